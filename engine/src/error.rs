@@ -1,0 +1,86 @@
+//! The engine's error type: every failure names what (path), the operation, and where (offset).
+
+use std::io;
+use std::path::PathBuf;
+
+/// Result alias used across the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, with enough context for an operator to act on it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A system call failed.
+    #[error("{op} {path} at byte offset {offset}: {source}")]
+    Io {
+        /// The operation, e.g. "read", "write", "open".
+        op: &'static str,
+        /// The file or device.
+        path: PathBuf,
+        /// Byte offset in that file (0 where none applies).
+        offset: u64,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The bytes do not match their recorded digest: data corruption.
+    #[error(
+        "{path}: checksum mismatch in chunk {chunk} (bytes {offset}..{end}): expected sha256 {expected}, found {found}"
+    )]
+    ChecksumMismatch {
+        /// The image or disk being checked.
+        path: PathBuf,
+        /// Chunk index.
+        chunk: u64,
+        /// First byte of the chunk in the disk.
+        offset: u64,
+        /// One past the last byte of the chunk in the disk.
+        end: u64,
+        /// Digest recorded in the manifest or image.
+        expected: String,
+        /// Digest of the bytes found.
+        found: String,
+    },
+    /// The image or manifest is malformed or cut short.
+    #[error("{path}: corrupt {what} at byte offset {offset}: {detail}")]
+    Corrupt {
+        /// The image or manifest file.
+        path: PathBuf,
+        /// Which structure, e.g. "frame header", "trailer", "manifest".
+        what: &'static str,
+        /// Byte offset of the structure in the file.
+        offset: u64,
+        /// What exactly is wrong.
+        detail: String,
+    },
+    /// The caller asked for something the engine cannot do.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// An I/O error with its context.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, offset: u64, source: io::Error) -> Self {
+        Self::Io {
+            op,
+            path: path.into(),
+            offset,
+            source,
+        }
+    }
+
+    /// Corrupt data with its context.
+    pub fn corrupt(path: impl Into<PathBuf>, what: &'static str, offset: u64, detail: impl Into<String>) -> Self {
+        Self::Corrupt {
+            path: path.into(),
+            what,
+            offset,
+            detail: detail.into(),
+        }
+    }
+
+    /// True if and only if this error means the data is damaged (not the environment).
+    pub fn is_integrity(&self) -> bool {
+        matches!(self, Self::ChecksumMismatch { .. } | Self::Corrupt { .. })
+    }
+}

@@ -1,0 +1,355 @@
+//! Reads and checks `dsimg` images: [`ImageReader`] decodes a stream frame by frame and checks
+//! every byte (frame CRCs, chunk SHA-256, index, trailer, image digest, nothing after the end);
+//! [`read_layout`] checks the structure of an image file from its trailer and index without
+//! reading the frames, so truncation is caught before anything is written.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::{
+    decode_index_head, index_len, FrameHeader, FrameKind, Header, IndexEntry, Trailer, FRAME_HEADER_LEN, HEADER_LEN,
+    INDEX_ENTRY_LEN, INDEX_HEAD_LEN, TRAILER_LEN,
+};
+use crate::digest::{sha256, ImageDigest, Sha, ZeroDigests};
+use crate::error::{Error, Result};
+
+/// Streaming decoder and checker.
+pub struct ImageReader<R: Read> {
+    r: R,
+    path: PathBuf,
+    header: Header,
+    pos: u64,
+    index: Vec<IndexEntry>,
+    digest: ImageDigest,
+    zeros: ZeroDigests,
+    scratch: Vec<u8>,
+    trailer: Option<Trailer>,
+}
+
+impl<R: Read> ImageReader<R> {
+    /// Reads and checks the header. `path` names the image in errors.
+    pub fn new(mut r: R, path: &Path) -> Result<Self> {
+        let mut b = [0u8; HEADER_LEN];
+        read_exact(&mut r, &mut b, path, 0, "header")?;
+        let header = Header::decode(&b).map_err(|d| Error::corrupt(path, "header", 0, d))?;
+        Ok(Self {
+            r,
+            path: path.to_owned(),
+            header,
+            pos: HEADER_LEN as u64,
+            index: Vec::new(),
+            digest: ImageDigest::new(header.disk_size, header.chunk_size),
+            zeros: ZeroDigests::new(header.disk_size, header.chunk_size),
+            scratch: Vec::new(),
+            trailer: None,
+        })
+    }
+
+    /// The image header.
+    pub fn header(&self) -> Header {
+        self.header
+    }
+
+    /// Bytes consumed so far.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// The trailer, once [`Self::next_frame`] has returned `None`.
+    pub fn trailer(&self) -> Option<Trailer> {
+        self.trailer
+    }
+
+    /// Decodes the next frame into `dst` (which must hold a chunk) and checks its SHA-256.
+    /// For [`FrameKind::Zero`] frames `dst` is left untouched. Returns `None` after the last
+    /// frame, once the index, the trailer and the image digest have been checked too.
+    pub fn next_frame(&mut self, dst: &mut [u8]) -> Result<Option<FrameHeader>> {
+        let n = self.index.len() as u64;
+        if n == self.header.chunk_count() {
+            if self.trailer.is_none() {
+                self.finish()?;
+            }
+            return Ok(None);
+        }
+        let at = self.pos;
+        let mut b = [0u8; FRAME_HEADER_LEN];
+        read_exact(&mut self.r, &mut b, &self.path, at, "frame header")?;
+        let f = FrameHeader::decode(&b).map_err(|d| Error::corrupt(&self.path, "frame header", at, d))?;
+        let want_len = self.header.chunk_len(n);
+        if f.index != n || f.raw_len != want_len {
+            return Err(Error::corrupt(
+                &self.path,
+                "frame header",
+                at,
+                format!(
+                    "frame for chunk {} of {} bytes where chunk {n} of {want_len} bytes belongs",
+                    f.index, f.raw_len
+                ),
+            ));
+        }
+        let payload_at = at + FRAME_HEADER_LEN as u64;
+        let raw = &mut dst[..f.raw_len as usize];
+        let found: Sha = match f.kind {
+            FrameKind::Zero => self.zeros.of(f.raw_len),
+            FrameKind::Raw => {
+                read_exact(&mut self.r, raw, &self.path, payload_at, "frame payload")?;
+                sha256(raw)
+            }
+            FrameKind::Lz4 => {
+                self.scratch.resize(f.stored_len as usize, 0);
+                read_exact(&mut self.r, &mut self.scratch, &self.path, payload_at, "frame payload")?;
+                match lz4_flex::block::decompress_into(&self.scratch, raw) {
+                    Ok(k) if k == raw.len() => sha256(raw),
+                    Ok(k) => {
+                        return Err(Error::corrupt(
+                            &self.path,
+                            "lz4 payload",
+                            payload_at,
+                            format!("decompressed to {k} bytes, expected {}", raw.len()),
+                        ))
+                    }
+                    Err(e) => return Err(Error::corrupt(&self.path, "lz4 payload", payload_at, e.to_string())),
+                }
+            }
+        };
+        if found != f.sha {
+            let chunk_off = n * u64::from(self.header.chunk_size);
+            return Err(Error::ChecksumMismatch {
+                path: self.path.clone(),
+                chunk: n,
+                offset: chunk_off,
+                end: chunk_off + u64::from(f.raw_len),
+                expected: hex::encode(f.sha),
+                found: hex::encode(found),
+            });
+        }
+        self.index.push(IndexEntry {
+            frame_offset: at,
+            stored_len: f.stored_len,
+            kind: f.kind,
+        });
+        self.digest.push(&f.sha);
+        self.pos = payload_at + u64::from(f.stored_len);
+        Ok(Some(f))
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        let at = self.pos;
+        let mut head = [0u8; INDEX_HEAD_LEN];
+        read_exact(&mut self.r, &mut head, &self.path, at, "index")?;
+        let count = decode_index_head(&head).map_err(|d| Error::corrupt(&self.path, "index", at, d))?;
+        if count != self.index.len() as u64 {
+            return Err(Error::corrupt(
+                &self.path,
+                "index",
+                at,
+                format!("{count} entries for {} frames", self.index.len()),
+            ));
+        }
+        let mut hasher = sha2::Sha256::default();
+        sha2::Digest::update(&mut hasher, head);
+        let mut e = [0u8; INDEX_ENTRY_LEN];
+        for (i, seen) in self.index.iter().enumerate() {
+            let eat = at + (INDEX_HEAD_LEN + i * INDEX_ENTRY_LEN) as u64;
+            read_exact(&mut self.r, &mut e, &self.path, eat, "index")?;
+            sha2::Digest::update(&mut hasher, e);
+            let entry = IndexEntry::decode(&e).map_err(|d| Error::corrupt(&self.path, "index entry", eat, d))?;
+            if entry != *seen {
+                return Err(Error::corrupt(
+                    &self.path,
+                    "index entry",
+                    eat,
+                    format!("entry {i} does not match its frame"),
+                ));
+            }
+        }
+        let dat = at + index_len(count) - 32;
+        let mut d = [0u8; 32];
+        read_exact(&mut self.r, &mut d, &self.path, dat, "index digest")?;
+        let have: Sha = sha2::Digest::finalize(hasher).into();
+        if d != have {
+            return Err(Error::corrupt(
+                &self.path,
+                "index digest",
+                dat,
+                "SHA-256 of the index does not match",
+            ));
+        }
+        let tat = at + index_len(count);
+        let mut t = [0u8; TRAILER_LEN];
+        read_exact(&mut self.r, &mut t, &self.path, tat, "trailer")?;
+        let trailer = Trailer::decode(&t).map_err(|d| Error::corrupt(&self.path, "trailer", tat, d))?;
+        let total = tat + TRAILER_LEN as u64;
+        if trailer.index_offset != at || trailer.total_len != total {
+            return Err(Error::corrupt(
+                &self.path,
+                "trailer",
+                tat,
+                "index offset or total length does not match the image",
+            ));
+        }
+        let digest = self.digest.clone().finish();
+        if trailer.image_digest != digest {
+            return Err(Error::corrupt(
+                &self.path,
+                "trailer",
+                tat,
+                "whole-image digest does not match the frames",
+            ));
+        }
+        let mut extra = [0u8; 1];
+        loop {
+            match self.r.read(&mut extra) {
+                Ok(0) => break,
+                Ok(_) => return Err(Error::corrupt(&self.path, "image", total, "data after the trailer")),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io("read", &self.path, total, e)),
+            }
+        }
+        self.pos = total;
+        self.trailer = Some(trailer);
+        Ok(())
+    }
+}
+
+fn read_exact(r: &mut impl Read, buf: &mut [u8], path: &Path, at: u64, what: &'static str) -> Result<()> {
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            Error::corrupt(path, what, at, "the image ends here: truncated")
+        } else {
+            Error::io("read", path, at, e)
+        }
+    })
+}
+
+/// An image's structure as its header, index and trailer describe it.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// The header.
+    pub header: Header,
+    /// The trailer.
+    pub trailer: Trailer,
+    /// One entry per chunk.
+    pub index: Vec<IndexEntry>,
+}
+
+impl Layout {
+    /// Number of chunks stored as `kind`.
+    pub fn count(&self, kind: FrameKind) -> u64 {
+        self.index.iter().filter(|e| e.kind == kind).count() as u64
+    }
+
+    /// Payload bytes stored as `kind`.
+    pub fn stored(&self, kind: FrameKind) -> u64 {
+        self.index
+            .iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| u64::from(e.stored_len))
+            .sum()
+    }
+}
+
+/// Checks the structure of an image file (header, trailer, index and how they fit the file's
+/// length) without reading the frames. Catches truncation and most structural damage at once.
+pub fn read_layout(file: &File, path: &Path) -> Result<Layout> {
+    let len = file.metadata().map_err(|e| Error::io("stat", path, 0, e))?.len();
+    let min = (HEADER_LEN + INDEX_HEAD_LEN + 32 + TRAILER_LEN) as u64;
+    if len < min {
+        return Err(Error::corrupt(
+            path,
+            "image",
+            len,
+            format!("{len} bytes is too short for a dsimg image (truncated?)"),
+        ));
+    }
+    let mut h = [0u8; HEADER_LEN];
+    pread_exact(file, &mut h, 0, path)?;
+    let header = Header::decode(&h).map_err(|d| Error::corrupt(path, "header", 0, d))?;
+    let tat = len - TRAILER_LEN as u64;
+    let mut t = [0u8; TRAILER_LEN];
+    pread_exact(file, &mut t, tat, path)?;
+    let trailer = Trailer::decode(&t).map_err(|d| Error::corrupt(path, "trailer", tat, d))?;
+    if trailer.total_len != len {
+        return Err(Error::corrupt(
+            path,
+            "trailer",
+            tat,
+            format!(
+                "image should be {} bytes but the file has {len} (truncated or extended)",
+                trailer.total_len
+            ),
+        ));
+    }
+    let count = header.chunk_count();
+    let ilen = index_len(count);
+    if trailer.index_offset.checked_add(ilen) != Some(tat) {
+        return Err(Error::corrupt(
+            path,
+            "trailer",
+            tat,
+            "index offset does not fit the chunk count and the image length",
+        ));
+    }
+    let mut ibytes = vec![0u8; ilen as usize];
+    pread_exact(file, &mut ibytes, trailer.index_offset, path)?;
+    let (body, digest) = ibytes.split_at(ibytes.len() - 32);
+    if sha256(body) != digest {
+        return Err(Error::corrupt(
+            path,
+            "index digest",
+            tat - 32,
+            "SHA-256 of the index does not match",
+        ));
+    }
+    let head: &[u8; INDEX_HEAD_LEN] = body[..INDEX_HEAD_LEN].try_into().expect("16 bytes");
+    let n = decode_index_head(head).map_err(|d| Error::corrupt(path, "index", trailer.index_offset, d))?;
+    if n != count {
+        return Err(Error::corrupt(
+            path,
+            "index",
+            trailer.index_offset,
+            format!("{n} entries for {count} chunks"),
+        ));
+    }
+    let mut index = Vec::with_capacity(count as usize);
+    let mut expect = HEADER_LEN as u64;
+    for (i, e) in body[INDEX_HEAD_LEN..].chunks_exact(INDEX_ENTRY_LEN).enumerate() {
+        let eat = trailer.index_offset + (INDEX_HEAD_LEN + i * INDEX_ENTRY_LEN) as u64;
+        let entry = IndexEntry::decode(e).map_err(|d| Error::corrupt(path, "index entry", eat, d))?;
+        if entry.frame_offset != expect {
+            return Err(Error::corrupt(
+                path,
+                "index entry",
+                eat,
+                format!("chunk {i} at {} where {expect} was expected", entry.frame_offset),
+            ));
+        }
+        expect += FRAME_HEADER_LEN as u64 + u64::from(entry.stored_len);
+        index.push(entry);
+    }
+    if expect != trailer.index_offset {
+        return Err(Error::corrupt(
+            path,
+            "index",
+            trailer.index_offset,
+            "frames do not end where the index starts",
+        ));
+    }
+    Ok(Layout { header, trailer, index })
+}
+
+fn pread_exact(file: &File, buf: &mut [u8], at: u64, path: &Path) -> Result<()> {
+    file.read_exact_at(buf, at).map_err(|e| Error::io("read", path, at, e))
+}
+
+/// Decodes a whole image held in memory, checking everything; the fuzz targets' entry point.
+pub fn check_bytes(bytes: &[u8]) -> Result<Trailer> {
+    let path = Path::new("<memory>");
+    let mut r = ImageReader::new(bytes, path)?;
+    let cs = r.header().chunk_size as usize;
+    let mut dst = vec![0u8; cs];
+    while r.next_frame(&mut dst)?.is_some() {}
+    r.trailer().ok_or_else(|| Error::Invalid("no trailer".into()))
+}

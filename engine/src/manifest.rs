@@ -1,0 +1,286 @@
+//! The manifest: one line per chunk with its kind and SHA-256, and the whole-image digest.
+//!
+//! Every run writes one (`OUT.manifest`); it is what `verify` checks a raw image against. It is
+//! text so an operator can read and diff it, and strict so that damage is never misread:
+//! the parser accepts exactly what [`Manifest::encode`] writes. Specified in
+//! `docs/image-format.md` ("The manifest").
+
+use std::path::Path;
+
+use crate::digest::{hex, ImageDigest, Sha, ZeroDigests};
+use crate::error::{Error, Result};
+
+/// First line of every manifest.
+pub const MANIFEST_MAGIC: &str = "diskstream-manifest v1";
+
+/// What a chunk held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkKind {
+    /// At least one non-zero byte.
+    Data,
+    /// All zeroes (stored as a hole or a zero frame).
+    Zero,
+}
+
+/// The digests of a disk, chunk by chunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// Size of the disk in bytes.
+    pub disk_size: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Kind and SHA-256 of each chunk, in order.
+    pub chunks: Vec<(ChunkKind, Sha)>,
+}
+
+impl Manifest {
+    /// An empty manifest for a disk; `chunks` is filled by the caller, in any order, through
+    /// [`Self::set`].
+    pub fn new(disk_size: u64, chunk_size: u32) -> Self {
+        let count = disk_size.div_ceil(u64::from(chunk_size)) as usize;
+        Self {
+            disk_size,
+            chunk_size,
+            chunks: vec![(ChunkKind::Zero, [0; 32]); count],
+        }
+    }
+
+    /// Records chunk `index`.
+    pub fn set(&mut self, index: u64, kind: ChunkKind, sha: Sha) {
+        self.chunks[index as usize] = (kind, sha);
+    }
+
+    /// The whole-image digest.
+    pub fn image_digest(&self) -> Sha {
+        ImageDigest::of(self.disk_size, self.chunk_size, self.chunks.iter().map(|(_, s)| s))
+    }
+
+    /// Offset and length of chunk `index` in the disk.
+    pub fn chunk_range(&self, index: u64) -> (u64, u32) {
+        let off = index * u64::from(self.chunk_size);
+        (off, (self.disk_size - off).min(u64::from(self.chunk_size)) as u32)
+    }
+
+    /// The text form.
+    pub fn encode(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::with_capacity(100 + self.chunks.len() * 80);
+        let _ = writeln!(s, "{MANIFEST_MAGIC}");
+        let _ = writeln!(s, "disk-size {}", self.disk_size);
+        let _ = writeln!(s, "chunk-size {}", self.chunk_size);
+        let _ = writeln!(s, "chunk-count {}", self.chunks.len());
+        for (i, (kind, sha)) in self.chunks.iter().enumerate() {
+            let k = match kind {
+                ChunkKind::Data => "data",
+                ChunkKind::Zero => "zero",
+            };
+            let _ = writeln!(s, "{i} {k} {}", hex(sha));
+        }
+        let _ = writeln!(s, "image-sha256 {}", hex(&self.image_digest()));
+        s.push_str("end\n");
+        s
+    }
+
+    /// Parses the text form, checking every line, the zero digests and the image digest.
+    /// `path` names the manifest in errors; offsets in errors are byte offsets of the line.
+    pub fn parse(text: &[u8], path: &Path) -> Result<Self> {
+        let text = std::str::from_utf8(text)
+            .map_err(|e| Error::corrupt(path, "manifest", e.valid_up_to() as u64, "not UTF-8"))?;
+        let mut p = Lines { text, pos: 0, path };
+        p.expect_exact(MANIFEST_MAGIC)?;
+        let disk_size: u64 = p.field("disk-size")?;
+        let chunk_size: u32 = p.field("chunk-size")?;
+        if !chunk_size.is_power_of_two() || chunk_size < 4096 {
+            return Err(p.err(format!(
+                "chunk size {chunk_size} is not a power of two of at least 4096"
+            )));
+        }
+        let count: u64 = p.field("chunk-count")?;
+        if count != disk_size.div_ceil(u64::from(chunk_size)) {
+            return Err(p.err(format!(
+                "{count} chunks do not cover {disk_size} bytes in chunks of {chunk_size}"
+            )));
+        }
+        let zeros = ZeroDigests::new(disk_size, chunk_size);
+        let mut chunks = Vec::new();
+        for i in 0..count {
+            let (at, line) = p.next("chunk line")?;
+            let mut parts = line.split(' ');
+            let (Some(idx), Some(kind), Some(sha), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(Error::corrupt(
+                    path,
+                    "manifest",
+                    at,
+                    format!("chunk line {i} is not `INDEX KIND SHA256`"),
+                ));
+            };
+            if idx != i.to_string() {
+                return Err(Error::corrupt(
+                    path,
+                    "manifest",
+                    at,
+                    format!("chunk {idx:?} where chunk {i} belongs"),
+                ));
+            }
+            let sha = parse_sha(sha)
+                .ok_or_else(|| Error::corrupt(path, "manifest", at, format!("chunk {i}: bad SHA-256 {sha:?}")))?;
+            let kind = match kind {
+                "data" => ChunkKind::Data,
+                "zero" => {
+                    let len = (disk_size - i * u64::from(chunk_size)).min(u64::from(chunk_size)) as u32;
+                    if sha != zeros.of(len) {
+                        return Err(Error::corrupt(
+                            path,
+                            "manifest",
+                            at,
+                            format!("chunk {i} is marked zero but its digest is not that of zeroes"),
+                        ));
+                    }
+                    ChunkKind::Zero
+                }
+                other => {
+                    return Err(Error::corrupt(
+                        path,
+                        "manifest",
+                        at,
+                        format!("chunk {i}: unknown kind {other:?}"),
+                    ))
+                }
+            };
+            chunks.push((kind, sha));
+        }
+        let m = Self {
+            disk_size,
+            chunk_size,
+            chunks,
+        };
+        let (at, line) = p.next("image-sha256 line")?;
+        let want = line
+            .strip_prefix("image-sha256 ")
+            .and_then(parse_sha)
+            .ok_or_else(|| Error::corrupt(path, "manifest", at, "expected `image-sha256 <hex>`"))?;
+        if want != m.image_digest() {
+            return Err(Error::corrupt(
+                path,
+                "manifest",
+                at,
+                "image digest does not match the chunk digests",
+            ));
+        }
+        p.expect_exact("end")?;
+        if p.pos != text.len() {
+            return Err(Error::corrupt(path, "manifest", p.pos as u64, "text after `end`"));
+        }
+        Ok(m)
+    }
+}
+
+fn parse_sha(s: &str) -> Option<Sha> {
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    ::hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
+struct Lines<'a> {
+    text: &'a str,
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Lines<'a> {
+    fn next(&mut self, what: &str) -> Result<(u64, &'a str)> {
+        let at = self.pos;
+        let rest = &self.text[self.pos..];
+        let Some(nl) = rest.find('\n') else {
+            return Err(Error::corrupt(
+                self.path,
+                "manifest",
+                at as u64,
+                format!("ends before the {what} (truncated?)"),
+            ));
+        };
+        self.pos += nl + 1;
+        Ok((at as u64, &rest[..nl]))
+    }
+
+    fn expect_exact(&mut self, want: &str) -> Result<()> {
+        let (at, line) = self.next(want)?;
+        if line != want {
+            return Err(Error::corrupt(
+                self.path,
+                "manifest",
+                at,
+                format!("expected `{want}`, found `{}`", line.escape_debug()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn field<T: std::str::FromStr>(&mut self, key: &str) -> Result<T> {
+        let (at, line) = self.next(key)?;
+        line.strip_prefix(key)
+            .and_then(|r| r.strip_prefix(' '))
+            .filter(|v| !v.starts_with('+') && !v.is_empty())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                Error::corrupt(
+                    self.path,
+                    "manifest",
+                    at,
+                    format!("expected `{key} <number>`, found `{}`", line.escape_debug()),
+                )
+            })
+    }
+
+    fn err(&self, detail: String) -> Error {
+        Error::corrupt(self.path, "manifest", self.pos as u64, detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::sha256;
+
+    fn sample() -> Manifest {
+        let mut m = Manifest::new(10_000, 4096);
+        m.set(0, ChunkKind::Data, sha256(b"a"));
+        m.set(1, ChunkKind::Zero, sha256(&[0; 4096]));
+        m.set(2, ChunkKind::Data, sha256(b"c"));
+        m
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = sample();
+        assert_eq!(Manifest::parse(m.encode().as_bytes(), Path::new("m")).unwrap(), m);
+    }
+
+    #[test]
+    fn every_single_byte_flip_is_rejected() {
+        let text = sample().encode().into_bytes();
+        for i in 0..text.len() {
+            let mut t = text.clone();
+            t[i] ^= 0x01;
+            assert!(
+                Manifest::parse(&t, Path::new("m")).is_err(),
+                "flip at byte {i} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_rejected() {
+        let text = sample().encode().into_bytes();
+        for cut in 0..text.len() {
+            assert!(
+                Manifest::parse(&text[..cut], Path::new("m")).is_err(),
+                "cut at {cut} accepted"
+            );
+        }
+    }
+}

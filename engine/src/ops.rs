@@ -1,0 +1,692 @@
+//! The operations the CLI exposes (and embedders call): create, verify, restore and info.
+//! Each wires the stages together for one job and returns a [`Report`] of what really ran.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::buf::BufPool;
+use crate::digest::{hex, ZeroDigests};
+use crate::direct_read::DirectReader;
+use crate::error::{Error, Result};
+use crate::format::reader::{read_layout, ImageReader, Layout};
+use crate::format::writer::ImageWriter;
+use crate::format::{FrameKind, Header, MAGIC, MAX_CHUNK, MIN_CHUNK};
+use crate::manifest::{ChunkKind, Manifest};
+use crate::pipeline::{self, Job, Payload, PipelineStats, Pools, Processed, Reorder};
+use crate::ring::{self, BackendKind, RingOptions};
+use crate::sink::image::DirectWriter;
+use crate::sink::raw::RawSink;
+use crate::sink::target::Target;
+use crate::sink::ZeroPolicy;
+use crate::source::{plan_chunks, Source};
+
+/// Default chunk size: 4 MiB (see docs/performance.md for the measurement behind it).
+pub const DEFAULT_CHUNK: u32 = 4 << 20;
+/// Default reads in flight.
+pub const DEFAULT_QUEUE_DEPTH: u32 = 8;
+
+/// Bytes of disk processed so far; the CLI polls it to draw progress.
+pub type Progress = Arc<AtomicU64>;
+
+/// Output format of `create`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// A sparse raw copy plus `OUT.manifest`.
+    Raw,
+    /// The native `dsimg` image.
+    Dsimg,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "raw" => Ok(Self::Raw),
+            "dsimg" => Ok(Self::Dsimg),
+            _ => Err(format!("unknown format {s:?} (expected raw or dsimg)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Raw => "raw",
+            Self::Dsimg => "dsimg",
+        })
+    }
+}
+
+/// Knobs shared by the operations.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Output format (create only).
+    pub format: Format,
+    /// lz4-compress data chunks (dsimg only).
+    pub compress: bool,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Reads (and writes) in flight.
+    pub queue_depth: u32,
+    /// Worker threads.
+    pub threads: usize,
+    /// Read backend wanted.
+    pub backend: BackendKind,
+    /// Register buffers and the file with the ring.
+    pub fixed_buffers: bool,
+    /// Run the one-thread reference path instead of the pipeline.
+    pub sequential: bool,
+    /// Replace an existing output file.
+    pub force: bool,
+    /// Zero chunks on a device target.
+    pub zero_policy: ZeroPolicy,
+    /// Where the manifest goes (default: `OUT.manifest`).
+    pub manifest: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            format: Format::Raw,
+            compress: true,
+            chunk_size: DEFAULT_CHUNK,
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            backend: BackendKind::Uring,
+            fixed_buffers: false,
+            sequential: false,
+            force: false,
+            zero_policy: ZeroPolicy::Write,
+            manifest: None,
+        }
+    }
+}
+
+/// What an operation did.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// The operation ("create", "verify", "restore").
+    pub op: &'static str,
+    /// Input path.
+    pub input: PathBuf,
+    /// Output path, if any.
+    pub output: Option<PathBuf>,
+    /// Manifest written or read, if any.
+    pub manifest: Option<PathBuf>,
+    /// Image format involved.
+    pub format: Option<Format>,
+    /// Read backend that ran.
+    pub backend: Option<BackendKind>,
+    /// Write backend that ran.
+    pub write_backend: Option<BackendKind>,
+    /// True if and only if the input was read with O_DIRECT (as the kernel reports it).
+    pub input_direct: bool,
+    /// True if and only if the output was written with O_DIRECT.
+    pub output_direct: bool,
+    /// Disk size in bytes.
+    pub disk_size: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Number of chunks.
+    pub chunks: u64,
+    /// Chunks that were all zeroes.
+    pub zero_chunks: u64,
+    /// Bytes in zero chunks (skipped).
+    pub zero_bytes: u64,
+    /// Bytes read from the input device or file.
+    pub bytes_read: u64,
+    /// Bytes written to the output.
+    pub bytes_written: u64,
+    /// Payload bytes stored (compressed size for dsimg, data bytes for raw).
+    pub bytes_stored: u64,
+    /// Read requests issued.
+    pub read_requests: u64,
+    /// Write requests issued.
+    pub write_requests: u64,
+    /// Whole-image SHA-256 (hex).
+    pub digest: String,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Things the operator should know (fallbacks).
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// Disk bytes per second.
+    pub fn throughput(&self) -> f64 {
+        self.disk_size as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+fn check_options(o: &Options) -> Result<()> {
+    if !o.chunk_size.is_power_of_two() || !(MIN_CHUNK..=MAX_CHUNK).contains(&o.chunk_size) {
+        return Err(Error::Invalid(format!(
+            "--chunk-size {}: must be a power of two from {MIN_CHUNK} to {MAX_CHUNK}",
+            o.chunk_size
+        )));
+    }
+    if o.queue_depth == 0 || o.queue_depth > 256 {
+        return Err(Error::Invalid(format!(
+            "--queue-depth {}: must be 1 to 256",
+            o.queue_depth
+        )));
+    }
+    if o.threads == 0 || o.threads > 256 {
+        return Err(Error::Invalid(format!("--threads {}: must be 1 to 256", o.threads)));
+    }
+    Ok(())
+}
+
+/// `OUT.manifest`, or the explicit path; a device output needs an explicit path.
+fn manifest_path(out: &Path, o: &Options) -> Result<PathBuf> {
+    if let Some(m) = &o.manifest {
+        return Ok(m.clone());
+    }
+    if std::fs::metadata(out).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type())) {
+        return Err(Error::Invalid(format!(
+            "{}: a block device output needs --manifest PATH for its manifest",
+            out.display()
+        )));
+    }
+    let mut s = out.as_os_str().to_owned();
+    s.push(".manifest");
+    Ok(PathBuf::from(s))
+}
+
+fn write_manifest(path: &Path, m: &Manifest) -> Result<()> {
+    let t = Target::create(path, true, false)?;
+    std::io::Write::write_all(&mut t.file(), m.encode().as_bytes())
+        .map_err(|e| Error::io("write", t.write_path(), 0, e))?;
+    t.commit()?;
+    Ok(())
+}
+
+fn run(job: Job<'_>, o: &Options, sink: &mut dyn FnMut(Processed) -> Result<()>) -> Result<PipelineStats> {
+    if o.sequential {
+        pipeline::run_sequential(job, sink)
+    } else {
+        pipeline::run_parallel(job, o.threads, sink)
+    }
+}
+
+/// Reads `src` (a block device or file) and writes `out` in `o.format`, plus its manifest.
+pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Result<Report> {
+    let t0 = Instant::now();
+    check_options(o)?;
+    let source = Source::open(src)?;
+    let mut warnings: Vec<String> = source.warning().map(str::to_owned).into_iter().collect();
+    let size = source.size();
+    let cs = o.chunk_size;
+    let plans = plan_chunks(size, cs, source.logical_block(), &source.data_extents()?);
+    let (mut backend, note) = ring::probe(
+        o.backend,
+        RingOptions {
+            queue_depth: o.queue_depth,
+            fixed_buffers: o.fixed_buffers,
+        },
+    );
+    warnings.extend(note);
+    let compress = o.compress && o.format == Format::Dsimg;
+    let pools = Pools::new(cs, o.queue_depth, o.threads, compress);
+    let zeros = ZeroDigests::new(size, cs);
+    let manifest_path = manifest_path(out, o)?;
+    let target = Target::create(out, o.force, true)?;
+    if !target.is_direct() {
+        warnings.push(format!(
+            "{}: the file system refuses O_DIRECT; writing through the page cache",
+            out.display()
+        ));
+    }
+    let mut manifest = Manifest::new(size, cs);
+    let mut report = Report {
+        op: "create",
+        input: src.to_owned(),
+        output: Some(out.to_owned()),
+        manifest: Some(manifest_path.clone()),
+        format: Some(o.format),
+        backend: Some(backend.kind()),
+        input_direct: source.is_direct(),
+        output_direct: target.is_direct(),
+        disk_size: size,
+        chunk_size: cs,
+        chunks: plans.len() as u64,
+        ..Report::default()
+    };
+    let job = Job {
+        src: &source,
+        plans: &plans,
+        backend: backend.as_mut(),
+        pools: &pools,
+        zeros: &zeros,
+        progress: Arc::clone(progress),
+    };
+    let record = |m: &mut Manifest, p: &Processed| {
+        let kind = if matches!(p.payload, Payload::Zero) {
+            ChunkKind::Zero
+        } else {
+            ChunkKind::Data
+        };
+        m.set(p.index, kind, p.digest);
+    };
+    let (target, stats) = match o.format {
+        Format::Raw => {
+            let mut sink = RawSink::new(target, size, backend_kind_for_writes(o), o.queue_depth, o.zero_policy)?;
+            report.write_backend = Some(sink.backend());
+            let mut stored = 0u64;
+            let stats = run(job, o, &mut |p| {
+                record(&mut manifest, &p);
+                match p.payload {
+                    Payload::Zero => sink.zero(p.offset, p.len),
+                    Payload::Raw(buf) => {
+                        stored += u64::from(p.len);
+                        sink.write(p.offset, p.len, buf)
+                    }
+                    Payload::Lz4 { .. } => Err(Error::Invalid("raw output received a compressed chunk".into())),
+                }
+            })?;
+            let (target, raw) = sink.finish()?;
+            report.bytes_written = raw.bytes_written;
+            report.write_requests = raw.requests;
+            report.bytes_stored = stored;
+            (target, stats)
+        }
+        Format::Dsimg => {
+            let w = DirectWriter::new(target, backend_kind_for_writes(o));
+            report.write_backend = Some(w.backend());
+            let path = out.to_owned();
+            let mut writer = ImageWriter::new(
+                w,
+                Header {
+                    disk_size: size,
+                    chunk_size: cs,
+                },
+            )
+            .map_err(|e| Error::io("write", &path, 0, e))?;
+            let mut reorder = Reorder::new(0);
+            let mut stored = 0u64;
+            let stats = run(job, o, &mut |p| {
+                record(&mut manifest, &p);
+                reorder.push(p.index, p, |p| {
+                    let kind = match p.payload {
+                        Payload::Zero => FrameKind::Zero,
+                        Payload::Raw(_) => FrameKind::Raw,
+                        Payload::Lz4 { .. } => FrameKind::Lz4,
+                    };
+                    let bytes = p.stored_bytes();
+                    stored += bytes.len() as u64;
+                    let at = writer.position();
+                    writer
+                        .push(p.index, kind, &p.digest, bytes)
+                        .map_err(|e| Error::io("write", &path, at, e))
+                })
+            })?;
+            let (w, _trailer) = writer.finish().map_err(|e| Error::io("write", &path, 0, e))?;
+            report.write_requests = w.requests();
+            let (target, written) = w.finish()?;
+            report.bytes_written = written;
+            report.bytes_stored = stored;
+            (target, stats)
+        }
+    };
+    target.commit()?;
+    write_manifest(&manifest_path, &manifest)?;
+    report.bytes_read = stats.read.bytes_read;
+    report.read_requests = stats.read.requests;
+    report.zero_chunks = stats.zero_chunks;
+    report.zero_bytes = stats.zero_bytes;
+    report.digest = hex(&manifest.image_digest());
+    report.warnings = warnings;
+    report.elapsed = t0.elapsed();
+    Ok(report)
+}
+
+fn backend_kind_for_writes(o: &Options) -> BackendKind {
+    if o.sequential {
+        BackendKind::Pread
+    } else {
+        o.backend
+    }
+}
+
+/// A buffered descriptor for small structural reads (O_DIRECT would need aligned buffers).
+fn open_plain(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| Error::io("open", path, 0, e))
+}
+
+/// What kind of image a path holds.
+pub fn detect(path: &Path) -> Result<Format> {
+    let mut f = File::open(path).map_err(|e| Error::io("open", path, 0, e))?;
+    let mut magic = [0u8; 8];
+    let mut got = 0;
+    while got < magic.len() {
+        match f.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", path, got as u64, e)),
+        }
+    }
+    Ok(if got == 8 && magic == MAGIC {
+        Format::Dsimg
+    } else {
+        Format::Raw
+    })
+}
+
+fn load_manifest(image: &Path, o: &Options) -> Result<(PathBuf, Manifest)> {
+    let mpath = manifest_path(image, o)?;
+    let bytes = std::fs::read(&mpath).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Invalid(format!(
+                "{}: not a dsimg image, and its manifest {} does not exist (a raw image needs one)",
+                image.display(),
+                mpath.display()
+            ))
+        } else {
+            Error::io("read", &mpath, 0, e)
+        }
+    })?;
+    Ok((mpath.clone(), Manifest::parse(&bytes, &mpath)?))
+}
+
+/// Re-reads an image with O_DIRECT and checks every chunk: a `dsimg` against its own digests,
+/// a raw image against its manifest. The first bad chunk is the error (with its offsets).
+pub fn verify(image: &Path, o: &Options, progress: &Progress) -> Result<Report> {
+    let t0 = Instant::now();
+    check_options(o)?;
+    match detect(image)? {
+        Format::Dsimg => {
+            let source = Source::open(image)?;
+            let layout = read_layout(&open_plain(image)?, image)?;
+            let mut rep = base_report("verify", image, &layout);
+            rep.input_direct = source.is_direct();
+            rep.warnings.extend(source.warning().map(str::to_owned));
+            let mut dr = DirectReader::new(source.file());
+            let mut dst = crate::buf::AlignedBuf::new(layout.header.chunk_size as usize);
+            {
+                let mut r = ImageReader::new(&mut dr, image)?;
+                while let Some(f) = r.next_frame(dst.as_mut_slice())? {
+                    progress.fetch_add(u64::from(f.raw_len), std::sync::atomic::Ordering::Relaxed);
+                }
+                rep.bytes_read = r.position();
+            }
+            rep.read_requests = dr.requests;
+            rep.elapsed = t0.elapsed();
+            Ok(rep)
+        }
+        Format::Raw => {
+            let (mpath, manifest) = load_manifest(image, o)?;
+            let mut rep = Report {
+                op: "verify",
+                manifest: Some(mpath),
+                ..Report::default()
+            };
+            let (source, stats) = run_raw(image, &manifest, o, &mut rep, progress, &mut |_| Ok(()))?;
+            drop(source);
+            rep.bytes_read = stats.read.bytes_read;
+            rep.read_requests = stats.read.requests;
+            rep.elapsed = t0.elapsed();
+            Ok(rep)
+        }
+    }
+}
+
+fn base_report(op: &'static str, image: &Path, layout: &Layout) -> Report {
+    Report {
+        op,
+        input: image.to_owned(),
+        format: Some(Format::Dsimg),
+        disk_size: layout.header.disk_size,
+        chunk_size: layout.header.chunk_size,
+        chunks: layout.header.chunk_count(),
+        zero_chunks: layout.count(FrameKind::Zero),
+        zero_bytes: layout
+            .index
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.kind == FrameKind::Zero)
+            .map(|(i, _)| u64::from(layout.header.chunk_len(i as u64)))
+            .sum(),
+        bytes_stored: layout.stored(FrameKind::Raw) + layout.stored(FrameKind::Lz4),
+        digest: hex(&layout.trailer.image_digest),
+        ..Report::default()
+    }
+}
+
+/// Runs the hash-only pipeline over a raw image, checking each chunk against the manifest
+/// before `then` sees it.
+fn run_raw(
+    image: &Path,
+    manifest: &Manifest,
+    o: &Options,
+    rep: &mut Report,
+    progress: &Progress,
+    then: &mut dyn FnMut(Processed) -> Result<()>,
+) -> Result<(Source, PipelineStats)> {
+    let source = Source::open(image)?;
+    if source.size() != manifest.disk_size {
+        return Err(Error::corrupt(
+            image,
+            "raw image",
+            source.size(),
+            format!(
+                "the image is {} bytes but its manifest says {} (truncated or extended)",
+                source.size(),
+                manifest.disk_size
+            ),
+        ));
+    }
+    let cs = manifest.chunk_size;
+    let plans = plan_chunks(source.size(), cs, source.logical_block(), &source.data_extents()?);
+    let (mut backend, note) = ring::probe(
+        o.backend,
+        RingOptions {
+            queue_depth: o.queue_depth,
+            fixed_buffers: o.fixed_buffers,
+        },
+    );
+    rep.warnings.extend(source.warning().map(str::to_owned));
+    rep.warnings.extend(note);
+    rep.input = image.to_owned();
+    rep.format = Some(Format::Raw);
+    rep.backend = Some(backend.kind());
+    rep.input_direct = source.is_direct();
+    rep.disk_size = manifest.disk_size;
+    rep.chunk_size = cs;
+    rep.chunks = plans.len() as u64;
+    rep.digest = hex(&manifest.image_digest());
+    let pools = Pools::new(cs, o.queue_depth, o.threads, false);
+    let zeros = ZeroDigests::new(source.size(), cs);
+    let job = Job {
+        src: &source,
+        plans: &plans,
+        backend: backend.as_mut(),
+        pools: &pools,
+        zeros: &zeros,
+        progress: Arc::clone(progress),
+    };
+    let stats = run(job, o, &mut |p| {
+        let (_, want) = manifest.chunks[p.index as usize];
+        if p.digest != want {
+            return Err(Error::ChecksumMismatch {
+                path: image.to_owned(),
+                chunk: p.index,
+                offset: p.offset,
+                end: p.offset + u64::from(p.len),
+                expected: hex(&want),
+                found: hex(&p.digest),
+            });
+        }
+        then(p)
+    })?;
+    rep.zero_chunks = stats.zero_chunks;
+    rep.zero_bytes = stats.zero_bytes;
+    rep.bytes_stored = manifest.disk_size - stats.zero_bytes;
+    Ok((source, stats))
+}
+
+/// Writes the disk held by `image` to `dest` (a file, created, or a block device), checking
+/// every chunk before it is written. A `dsimg` is checked structurally first, so a truncated
+/// or damaged image is refused before the first byte lands on `dest`.
+pub fn restore(image: &Path, dest: &Path, o: &Options, progress: &Progress) -> Result<Report> {
+    let t0 = Instant::now();
+    check_options(o)?;
+    match detect(image)? {
+        Format::Dsimg => {
+            let source = Source::open(image)?;
+            let layout = read_layout(&open_plain(image)?, image)?;
+            let mut rep = base_report("restore", image, &layout);
+            rep.output = Some(dest.to_owned());
+            rep.input_direct = source.is_direct();
+            let size = layout.header.disk_size;
+            let target = Target::create(dest, o.force, true)?;
+            rep.output_direct = target.is_direct();
+            let mut sink = RawSink::new(target, size, backend_kind_for_writes(o), o.queue_depth, o.zero_policy)?;
+            rep.write_backend = Some(sink.backend());
+            let pool = BufPool::new(layout.header.chunk_size as usize, o.queue_depth as usize + 1);
+            let mut dr = DirectReader::new(source.file());
+            {
+                let mut r = ImageReader::new(&mut dr, image)?;
+                let mut offset = 0u64;
+                loop {
+                    let mut buf = pool.get();
+                    let Some(f) = r.next_frame(buf.as_mut_slice())? else {
+                        break;
+                    };
+                    match f.kind {
+                        FrameKind::Zero => sink.zero(offset, f.raw_len)?,
+                        FrameKind::Raw | FrameKind::Lz4 => sink.write(offset, f.raw_len, buf)?,
+                    }
+                    offset += u64::from(f.raw_len);
+                    progress.fetch_add(u64::from(f.raw_len), std::sync::atomic::Ordering::Relaxed);
+                }
+                rep.bytes_read = r.position();
+            }
+            rep.read_requests = dr.requests;
+            let (target, raw) = sink.finish()?;
+            rep.bytes_written = raw.bytes_written;
+            rep.write_requests = raw.requests;
+            target.commit()?;
+            rep.elapsed = t0.elapsed();
+            Ok(rep)
+        }
+        Format::Raw => {
+            let (mpath, manifest) = load_manifest(image, o)?;
+            let mut rep = Report {
+                op: "restore",
+                manifest: Some(mpath),
+                output: Some(dest.to_owned()),
+                ..Report::default()
+            };
+            let target = Target::create(dest, o.force, true)?;
+            rep.output_direct = target.is_direct();
+            let mut sink = RawSink::new(
+                target,
+                manifest.disk_size,
+                backend_kind_for_writes(o),
+                o.queue_depth,
+                o.zero_policy,
+            )?;
+            rep.write_backend = Some(sink.backend());
+            let (_source, stats) = run_raw(image, &manifest, o, &mut rep, progress, &mut |p| match p.payload {
+                Payload::Zero => sink.zero(p.offset, p.len),
+                Payload::Raw(buf) => sink.write(p.offset, p.len, buf),
+                Payload::Lz4 { .. } => Err(Error::Invalid("raw restore received a compressed chunk".into())),
+            })?;
+            let (target, raw) = sink.finish()?;
+            rep.bytes_read = stats.read.bytes_read;
+            rep.read_requests = stats.read.requests;
+            rep.bytes_written = raw.bytes_written;
+            rep.write_requests = raw.requests;
+            target.commit()?;
+            rep.elapsed = t0.elapsed();
+            Ok(rep)
+        }
+    }
+}
+
+/// What `info` tells about an image.
+#[derive(Clone, Debug)]
+pub struct Info {
+    /// Format of the image.
+    pub format: Format,
+    /// Size of the image file(s) on disk (apparent length).
+    pub file_len: u64,
+    /// Disk size.
+    pub disk_size: u64,
+    /// Chunk size.
+    pub chunk_size: u32,
+    /// Chunks in all.
+    pub chunks: u64,
+    /// Chunks stored raw / lz4 / zero (raw images: data and zero).
+    pub data_chunks: u64,
+    /// Chunks stored as lz4.
+    pub lz4_chunks: u64,
+    /// Zero chunks.
+    pub zero_chunks: u64,
+    /// Payload bytes stored.
+    pub stored_bytes: u64,
+    /// Whole-image digest.
+    pub digest: String,
+    /// The manifest consulted, for raw images.
+    pub manifest: Option<PathBuf>,
+}
+
+/// Describes an image from its header, index and trailer (dsimg) or manifest (raw); checks
+/// structure and length, not every chunk (that is `verify`).
+pub fn info(image: &Path, o: &Options) -> Result<Info> {
+    let file_len = std::fs::metadata(image)
+        .map_err(|e| Error::io("stat", image, 0, e))?
+        .len();
+    match detect(image)? {
+        Format::Dsimg => {
+            let l = read_layout(&open_plain(image)?, image)?;
+            Ok(Info {
+                format: Format::Dsimg,
+                file_len,
+                disk_size: l.header.disk_size,
+                chunk_size: l.header.chunk_size,
+                chunks: l.header.chunk_count(),
+                data_chunks: l.count(FrameKind::Raw),
+                lz4_chunks: l.count(FrameKind::Lz4),
+                zero_chunks: l.count(FrameKind::Zero),
+                stored_bytes: l.stored(FrameKind::Raw) + l.stored(FrameKind::Lz4),
+                digest: hex(&l.trailer.image_digest),
+                manifest: None,
+            })
+        }
+        Format::Raw => {
+            let (mpath, m) = load_manifest(image, o)?;
+            if file_len != m.disk_size {
+                return Err(Error::corrupt(
+                    image,
+                    "raw image",
+                    file_len,
+                    format!("the image is {file_len} bytes but its manifest says {}", m.disk_size),
+                ));
+            }
+            let zero = m.chunks.iter().filter(|c| c.0 == ChunkKind::Zero).count() as u64;
+            let zero_bytes: u64 = (0..m.chunks.len() as u64)
+                .filter(|&i| m.chunks[i as usize].0 == ChunkKind::Zero)
+                .map(|i| u64::from(m.chunk_range(i).1))
+                .sum();
+            Ok(Info {
+                format: Format::Raw,
+                file_len,
+                disk_size: m.disk_size,
+                chunk_size: m.chunk_size,
+                chunks: m.chunks.len() as u64,
+                data_chunks: m.chunks.len() as u64 - zero,
+                lz4_chunks: 0,
+                zero_chunks: zero,
+                stored_bytes: m.disk_size - zero_bytes,
+                digest: hex(&m.image_digest()),
+                manifest: Some(mpath),
+            })
+        }
+    }
+}

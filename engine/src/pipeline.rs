@@ -1,0 +1,309 @@
+//! The pipeline: chunks from the ring go through N worker threads (zero check, SHA-256, lz4)
+//! over bounded crossbeam channels, and come back to the caller's thread for the sink.
+//!
+//! Chunks travel whole (one channel message per chunk, never per sub-block: cross-vCPU hand-offs
+//! are expensive here, perf.md §1). Results arrive in any order; [`Reorder`] restores disk order
+//! for sinks that need it. Every buffer goes back to its pool when dropped.
+//! [`run_sequential`] is the one-thread reference path that [`run_parallel`] must match byte for byte.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::buf::{BufPool, PoolBuf};
+use crate::digest::{is_zero, sha256, Sha, ZeroDigests};
+use crate::error::{Error, Result};
+use crate::ring::{ReadBackend, ReadChunk, ReadStats};
+use crate::source::{ChunkPlan, Source};
+
+/// What a worker found and made of a chunk.
+#[derive(Debug)]
+pub enum Payload {
+    /// Every byte is zero; nothing to store. The read buffer (if any) is back in its pool.
+    Zero,
+    /// Stored as is: the read buffer, bytes `[0, len)`.
+    Raw(PoolBuf),
+    /// lz4 block compression was smaller: `out[..stored]` holds it. The read buffer is kept
+    /// until the sink is done: then every chunk in flight holds a read buffer, so the output
+    /// pool (as large as the read pool) can never run dry while an earlier chunk waits for one.
+    Lz4 {
+        /// The read buffer (not needed by the sink, returned with the output buffer).
+        input: PoolBuf,
+        /// The compressed bytes live here.
+        out: PoolBuf,
+        /// Compressed length.
+        stored: u32,
+    },
+}
+
+/// A chunk after the workers: where it sits, its digest, and its payload.
+#[derive(Debug)]
+pub struct Processed {
+    /// Chunk index.
+    pub index: u64,
+    /// Offset in the disk.
+    pub offset: u64,
+    /// Bytes of disk in the chunk.
+    pub len: u32,
+    /// SHA-256 of the chunk's uncompressed bytes.
+    pub digest: Sha,
+    /// What to store.
+    pub payload: Payload,
+}
+
+impl Processed {
+    /// The bytes a sink stores for this chunk (empty for zero chunks).
+    pub fn stored_bytes(&self) -> &[u8] {
+        match &self.payload {
+            Payload::Zero => &[],
+            Payload::Raw(buf) => &buf.as_slice()[..self.len as usize],
+            Payload::Lz4 { out, stored, .. } => &out.as_slice()[..*stored as usize],
+        }
+    }
+}
+
+/// The buffer pools of one run: read buffers, and compression output buffers when compressing.
+#[derive(Clone)]
+pub struct Pools {
+    /// Read buffers, one chunk each.
+    pub input: BufPool,
+    /// lz4 output buffers (sized for the worst case), if compressing.
+    pub output: Option<BufPool>,
+}
+
+impl Pools {
+    /// Pools for `chunk_size` chunks with `depth` reads in flight and `threads` workers.
+    /// The read pool bounds memory: every chunk in flight holds one of its buffers.
+    pub fn new(chunk_size: u32, depth: u32, threads: usize, compress: bool) -> Self {
+        let count = depth as usize + threads + 2;
+        let out_size = lz4_flex::block::get_maximum_output_size(chunk_size as usize);
+        Self {
+            input: BufPool::new(chunk_size as usize, count),
+            output: compress.then(|| BufPool::new(out_size, count)),
+        }
+    }
+}
+
+/// Totals of a pipeline run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PipelineStats {
+    /// What the read ring did.
+    pub read: ReadStats,
+    /// Chunks found to be all zeroes (holes included).
+    pub zero_chunks: u64,
+    /// Bytes in zero chunks.
+    pub zero_bytes: u64,
+}
+
+/// The per-chunk work, shared by both paths so they cannot diverge.
+fn process(chunk: ReadChunk, zeros: &ZeroDigests, pools: &Pools) -> Processed {
+    let ReadChunk {
+        index,
+        offset,
+        len,
+        buf,
+    } = chunk;
+    let payload_and_digest = match buf {
+        None => (Payload::Zero, zeros.of(len)),
+        Some(buf) => {
+            let data = &buf.as_slice()[..len as usize];
+            if is_zero(data) {
+                (Payload::Zero, zeros.of(len))
+            } else {
+                let digest = sha256(data);
+                match &pools.output {
+                    None => (Payload::Raw(buf), digest),
+                    Some(out_pool) => {
+                        let mut out = out_pool.get();
+                        let stored = lz4_flex::block::compress_into(data, out.as_mut_slice())
+                            .expect("output buffer has lz4's worst-case size");
+                        if stored < len as usize {
+                            (
+                                Payload::Lz4 {
+                                    input: buf,
+                                    out,
+                                    stored: stored as u32,
+                                },
+                                digest,
+                            )
+                        } else {
+                            (Payload::Raw(buf), digest)
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let (payload, digest) = payload_and_digest;
+    Processed {
+        index,
+        offset,
+        len,
+        digest,
+        payload,
+    }
+}
+
+/// Everything a run needs besides the sink.
+pub struct Job<'a> {
+    /// The source disk.
+    pub src: &'a Source,
+    /// The chunks to read.
+    pub plans: &'a [ChunkPlan],
+    /// The read backend.
+    pub backend: &'a mut (dyn ReadBackend + Send),
+    /// Buffer pools.
+    pub pools: &'a Pools,
+    /// Zero-chunk digests for this disk.
+    pub zeros: &'a ZeroDigests,
+    /// Bytes of disk processed so far, for progress display.
+    pub progress: Arc<AtomicU64>,
+}
+
+/// The reference path: read, process and sink each chunk on the calling thread, in order.
+pub fn run_sequential(job: Job<'_>, sink: &mut dyn FnMut(Processed) -> Result<()>) -> Result<PipelineStats> {
+    let mut stats = PipelineStats::default();
+    let read = job
+        .backend
+        .read_all(job.src, job.plans, &job.pools.input, &mut |chunk| {
+            let p = process(chunk, job.zeros, job.pools);
+            if matches!(p.payload, Payload::Zero) {
+                stats.zero_chunks += 1;
+                stats.zero_bytes += u64::from(p.len);
+            }
+            job.progress.fetch_add(u64::from(p.len), Ordering::Relaxed);
+            sink(p)
+        })?;
+    stats.read = read;
+    Ok(stats)
+}
+
+/// The fast path: a reader thread drives the ring, `threads` workers process, and `sink`
+/// runs on the calling thread, receiving chunks in completion order.
+pub fn run_parallel(
+    job: Job<'_>,
+    threads: usize,
+    sink: &mut dyn FnMut(Processed) -> Result<()>,
+) -> Result<PipelineStats> {
+    let threads = threads.max(1);
+    let cancel = AtomicBool::new(false);
+    let depth = job.pools.input.capacity();
+    let (work_tx, work_rx) = crossbeam_channel::bounded::<ReadChunk>(depth);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<Processed>(depth);
+    let Job {
+        src,
+        plans,
+        backend,
+        pools,
+        zeros,
+        progress,
+    } = job;
+    std::thread::scope(|scope| {
+        let reader = {
+            let cancel = &cancel;
+            scope.spawn(move || {
+                let res = backend.read_all(src, plans, &pools.input, &mut |chunk| {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Err(Error::Invalid("cancelled".into()));
+                    }
+                    work_tx.send(chunk).map_err(|_| Error::Invalid("cancelled".into()))
+                });
+                if res.is_err() {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+                res
+            })
+        };
+        for _ in 0..threads {
+            let work_rx = work_rx.clone();
+            let done_tx = done_tx.clone();
+            let cancel = &cancel;
+            scope.spawn(move || {
+                for chunk in work_rx {
+                    if cancel.load(Ordering::Relaxed) {
+                        continue; // Dropping the chunk returns its buffer.
+                    }
+                    if done_tx.send(process(chunk, zeros, pools)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop((work_rx, done_tx));
+
+        let mut stats = PipelineStats::default();
+        let mut sink_err = None;
+        for p in done_rx {
+            if sink_err.is_some() || cancel.load(Ordering::Relaxed) {
+                continue; // Dropping returns the buffers to their pools.
+            }
+            if matches!(p.payload, Payload::Zero) {
+                stats.zero_chunks += 1;
+                stats.zero_bytes += u64::from(p.len);
+            }
+            let len = u64::from(p.len);
+            if let Err(e) = sink(p) {
+                cancel.store(true, Ordering::Relaxed);
+                sink_err = Some(e);
+            }
+            progress.fetch_add(len, Ordering::Relaxed);
+        }
+        let read = reader.join().expect("reader thread panicked");
+        if let Some(e) = sink_err {
+            return Err(e);
+        }
+        stats.read = read?;
+        Ok(stats)
+    })
+}
+
+/// Restores disk order: feed chunks in any order, take them out in index order.
+#[derive(Debug)]
+pub struct Reorder<T> {
+    next: u64,
+    waiting: BTreeMap<u64, T>,
+}
+
+impl<T> Reorder<T> {
+    /// Starts expecting index `first`.
+    pub fn new(first: u64) -> Self {
+        Self {
+            next: first,
+            waiting: BTreeMap::new(),
+        }
+    }
+
+    /// Adds item `index` and returns every item that is now next in order.
+    pub fn push(&mut self, index: u64, item: T, mut ready: impl FnMut(T) -> Result<()>) -> Result<()> {
+        self.waiting.insert(index, item);
+        while let Some(item) = self.waiting.remove(&self.next) {
+            self.next += 1;
+            ready(item)?;
+        }
+        Ok(())
+    }
+
+    /// Items still waiting for an earlier one.
+    pub fn pending(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn reorder_yields_source_order(perm in Just((0u64..64).collect::<Vec<_>>()).prop_shuffle()) {
+            let mut r = Reorder::new(0);
+            let mut out = Vec::new();
+            for i in perm {
+                r.push(i, i, |x| { out.push(x); Ok(()) }).unwrap();
+            }
+            prop_assert_eq!(out, (0..64).collect::<Vec<_>>());
+            prop_assert_eq!(r.pending(), 0);
+        }
+    }
+}

@@ -1,0 +1,472 @@
+//! The io_uring backends: [`UringReader`] keeps `queue_depth` chunk reads in flight and hands each
+//! filled buffer on as it completes; [`UringWriter`] keeps positional writes in flight and hands
+//! each buffer back once the kernel is done with it.
+//!
+//! One of the engine's unsafe islands. The contract that makes every `push` sound: a buffer whose
+//! address is in a submitted SQE is owned by a slot of this ring until its CQE has been reaped,
+//! and the ring is drained (never dropped with I/O in flight) before its slots are released.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use io_uring::{opcode, types, IoUring, Probe};
+
+use super::{zero_gaps, BackendKind, ReadBackend, ReadChunk, ReadStats, RingOptions};
+use crate::buf::{BufPool, PoolBuf};
+use crate::error::{Error, Result};
+use crate::source::{ChunkPlan, Source, MAX_SEGMENTS};
+
+/// Segment index bits in `user_data`.
+const SEG_BITS: u64 = 8;
+
+fn build_ring(entries: u32) -> io::Result<IoUring> {
+    let ring = IoUring::new(entries.next_power_of_two().clamp(8, 4096))?;
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    for (code, name) in [(opcode::Read::CODE, "READ"), (opcode::Write::CODE, "WRITE")] {
+        if !probe.is_supported(code) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("kernel io_uring lacks IORING_OP_{name}"),
+            ));
+        }
+    }
+    Ok(ring)
+}
+
+#[derive(Clone, Copy)]
+struct SegState {
+    buf_off: u32,
+    disk_off: u64,
+    len: u32,
+    done: u32,
+}
+
+struct ReadSlot {
+    plan: usize,
+    buf: PoolBuf,
+    pending: u32,
+    segs: Vec<SegState>,
+}
+
+/// io_uring reader with a fixed queue depth (chunks in flight).
+pub struct UringReader {
+    ring: IoUring,
+    opts: RingOptions,
+}
+
+impl UringReader {
+    /// Sets up a ring big enough for `queue_depth` chunks of up to [`MAX_SEGMENTS`] reads each.
+    pub fn new(opts: RingOptions) -> io::Result<Self> {
+        let opts = RingOptions {
+            queue_depth: opts.queue_depth.clamp(1, 256),
+            ..opts
+        };
+        let ring = build_ring(opts.queue_depth * MAX_SEGMENTS as u32)?;
+        Ok(Self { ring, opts })
+    }
+}
+
+impl ReadBackend for UringReader {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Uring
+    }
+
+    fn read_all(
+        &mut self,
+        src: &Source,
+        plans: &[ChunkPlan],
+        pool: &BufPool,
+        deliver: &mut dyn FnMut(ReadChunk) -> Result<()>,
+    ) -> Result<ReadStats> {
+        let fixed = if self.opts.fixed_buffers {
+            Some(register(&self.ring, src.file(), pool).map_err(|e| Error::io("io_uring register", src.path(), 0, e))?)
+        } else {
+            None
+        };
+        let mut run = ReadRun {
+            ring: &mut self.ring,
+            src,
+            plans,
+            fixed: fixed.as_ref(),
+            slots: (0..self.opts.queue_depth).map(|_| None).collect(),
+            stats: ReadStats::default(),
+            in_kernel: 0,
+        };
+        let res = run.run(pool, deliver);
+        // Never leave the kernel holding a buffer we are about to give away or free.
+        let drained = run.drain();
+        let stats = run.stats;
+        if fixed.is_some() {
+            let _ = self.ring.submitter().unregister_buffers();
+            let _ = self.ring.submitter().unregister_files();
+        }
+        res.and(drained)?;
+        Ok(stats)
+    }
+}
+
+/// Registered buffers: pool buffer address → index in the ring's buffer table.
+struct Fixed {
+    index: HashMap<usize, u16>,
+}
+
+fn register(ring: &IoUring, file: &File, pool: &BufPool) -> io::Result<Fixed> {
+    let mut bufs: Vec<PoolBuf> = (0..pool.capacity()).map(|_| pool.get()).collect();
+    let iovecs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.capacity(),
+        })
+        .collect();
+    // SAFETY: every iovec points at a live pool buffer. Pool buffers are only freed when the
+    // pool is dropped, which happens after `read_all` unregisters them.
+    let rc = unsafe { ring.submitter().register_buffers(&iovecs) };
+    let index = bufs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.as_slice().as_ptr() as usize, i as u16))
+        .collect();
+    drop(bufs);
+    rc?;
+    ring.submitter().register_files(&[file.as_raw_fd()])?;
+    Ok(Fixed { index })
+}
+
+struct ReadRun<'a> {
+    ring: &'a mut IoUring,
+    src: &'a Source,
+    plans: &'a [ChunkPlan],
+    fixed: Option<&'a Fixed>,
+    slots: Vec<Option<ReadSlot>>,
+    stats: ReadStats,
+    /// SQEs pushed whose CQE has not been reaped yet.
+    in_kernel: u32,
+}
+
+impl ReadRun<'_> {
+    fn run(&mut self, pool: &BufPool, deliver: &mut dyn FnMut(ReadChunk) -> Result<()>) -> Result<()> {
+        let mut next = 0usize;
+        let mut inflight = 0usize;
+        loop {
+            // Fill free slots; take a buffer without waiting while reads are in flight, since
+            // a completion we have not reaped may be what the downstream stages are waiting for.
+            while next < self.plans.len() {
+                let plan = &self.plans[next];
+                if plan.is_hole() {
+                    self.stats.hole_chunks += 1;
+                    deliver(ReadChunk {
+                        index: plan.index,
+                        offset: plan.offset,
+                        len: plan.len,
+                        buf: None,
+                    })?;
+                    next += 1;
+                    continue;
+                }
+                let Some(slot) = self.slots.iter().position(Option::is_none) else {
+                    break;
+                };
+                let buf = if inflight == 0 {
+                    pool.get()
+                } else {
+                    match pool.try_get() {
+                        Some(b) => b,
+                        None => break,
+                    }
+                };
+                self.start(slot, next, buf)?;
+                inflight += 1;
+                next += 1;
+            }
+            if inflight == 0 {
+                return Ok(());
+            }
+            self.ring
+                .submit_and_wait(1)
+                .map_err(|e| Error::io("io_uring_enter", self.src.path(), 0, e))?;
+            let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+            self.in_kernel -= cqes.len() as u32;
+            for (ud, res) in cqes {
+                if let Some(chunk) = self.complete(ud, res)? {
+                    inflight -= 1;
+                    deliver(chunk)?;
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, slot: usize, plan_idx: usize, mut buf: PoolBuf) -> Result<()> {
+        let plan = &self.plans[plan_idx];
+        zero_gaps(plan, &mut buf);
+        let segs: Vec<SegState> = plan
+            .segments
+            .iter()
+            .map(|s| SegState {
+                buf_off: s.buf_off,
+                disk_off: s.disk_off,
+                len: s.len,
+                done: 0,
+            })
+            .collect();
+        self.slots[slot] = Some(ReadSlot {
+            plan: plan_idx,
+            buf,
+            pending: segs.len() as u32,
+            segs,
+        });
+        for seg in 0..plan.segments.len() {
+            self.push_read(slot, seg)?;
+        }
+        Ok(())
+    }
+
+    fn push_read(&mut self, slot: usize, seg: usize) -> Result<()> {
+        let s = self.slots[slot].as_mut().expect("slot in use");
+        let st = s.segs[seg];
+        let base = s.buf.as_mut_ptr();
+        let ud = ((slot as u64) << SEG_BITS) | seg as u64;
+        // SAFETY: buf_off + done < buf_off + len <= capacity (the plan stays inside the chunk
+        // and the chunk inside the buffer), so the pointer stays inside the allocation.
+        let ptr = unsafe { base.add((st.buf_off + st.done) as usize) };
+        let len = st.len - st.done;
+        let off = st.disk_off + u64::from(st.done);
+        let entry = match self.fixed {
+            Some(f) => {
+                let idx = f.index[&(base as usize)];
+                opcode::ReadFixed::new(types::Fixed(0), ptr, len, idx)
+                    .offset(off)
+                    .build()
+            }
+            None => opcode::Read::new(types::Fd(self.src.file().as_raw_fd()), ptr, len)
+                .offset(off)
+                .build(),
+        }
+        .user_data(ud);
+        self.stats.requests += 1;
+        loop {
+            // SAFETY: the buffer is owned by slot `slot` until this SQE's CQE is reaped (see
+            // the module comment), and the fd outlives the ring's use of it.
+            let pushed = unsafe { self.ring.submission().push(&entry) };
+            if pushed.is_ok() {
+                self.in_kernel += 1;
+                return Ok(());
+            }
+            self.ring
+                .submit()
+                .map_err(|e| Error::io("io_uring_enter", self.src.path(), off, e))?;
+        }
+    }
+
+    /// Handles one CQE; returns the chunk once all its reads are done.
+    fn complete(&mut self, ud: u64, res: i32) -> Result<Option<ReadChunk>> {
+        let slot = (ud >> SEG_BITS) as usize;
+        let seg = (ud & ((1 << SEG_BITS) - 1)) as usize;
+        let s = self.slots[slot].as_mut().expect("completion for a live slot");
+        let plan = &self.plans[s.plan];
+        let st = &mut s.segs[seg];
+        let off = st.disk_off + u64::from(st.done);
+        if res == -libc::EINTR || res == -libc::EAGAIN {
+            return self.push_read(slot, seg).map(|()| None);
+        }
+        if res < 0 {
+            let e = io::Error::from_raw_os_error(-res);
+            return Err(Error::io("read", self.src.path(), off, e));
+        }
+        st.done += res as u32;
+        self.stats.bytes_read += res as u64;
+        let chunk_end = plan.offset + u64::from(plan.len);
+        let reached = st.disk_off + u64::from(st.done);
+        let wanted = (st.disk_off + u64::from(st.len)).min(chunk_end);
+        if reached < wanted {
+            if res == 0 {
+                let e = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "source ended early (was it truncated while reading?)",
+                );
+                return Err(Error::io("read", self.src.path(), reached, e));
+            }
+            return self.push_read(slot, seg).map(|()| None);
+        }
+        s.pending -= 1;
+        if s.pending > 0 {
+            return Ok(None);
+        }
+        let s = self.slots[slot].take().expect("slot");
+        let plan = &self.plans[s.plan];
+        Ok(Some(ReadChunk {
+            index: plan.index,
+            offset: plan.offset,
+            len: plan.len,
+            buf: Some(s.buf),
+        }))
+    }
+
+    /// Waits for every SQE still in flight, so no buffer is released while the kernel uses it.
+    fn drain(&mut self) -> Result<()> {
+        let _ = self.ring.submit();
+        while self.in_kernel > 0 {
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                // The kernel will not tell us more; keep the buffers alive rather than free
+                // memory it may still write to.
+                for s in self.slots.iter_mut() {
+                    if let Some(s) = s.take() {
+                        s.buf.leak();
+                    }
+                }
+                return Err(Error::io("io_uring_enter", self.src.path(), 0, e));
+            }
+            self.in_kernel -= self.ring.completion().count() as u32;
+        }
+        for s in &mut self.slots {
+            *s = None;
+        }
+        Ok(())
+    }
+}
+
+struct WriteSlot {
+    buf: PoolBuf,
+    offset: u64,
+    len: u32,
+    done: u32,
+}
+
+/// io_uring positional writer: up to `depth` writes in flight, any order.
+pub struct UringWriter {
+    ring: IoUring,
+    path: PathBuf,
+    fd: i32,
+    slots: Vec<Option<WriteSlot>>,
+    inflight: usize,
+    /// Write requests issued.
+    pub requests: u64,
+}
+
+impl UringWriter {
+    /// A writer for `file` (which the caller keeps open for the writer's lifetime).
+    pub fn new(file: &File, path: &Path, depth: u32) -> io::Result<Self> {
+        let depth = depth.clamp(1, 256);
+        Ok(Self {
+            ring: build_ring(depth)?,
+            path: path.to_owned(),
+            fd: file.as_raw_fd(),
+            slots: (0..depth).map(|_| None).collect(),
+            inflight: 0,
+            requests: 0,
+        })
+    }
+
+    /// Queues a write of `buf[..len]` at `offset`; `len` must already be aligned. When all slots
+    /// are busy it first reaps completions, handing finished buffers to `done`.
+    pub fn write(&mut self, buf: PoolBuf, offset: u64, len: u32, done: &mut dyn FnMut(PoolBuf)) -> Result<()> {
+        while self.inflight == self.slots.len() {
+            self.reap(1, done)?;
+        }
+        let slot = self.slots.iter().position(Option::is_none).expect("free slot");
+        self.slots[slot] = Some(WriteSlot {
+            buf,
+            offset,
+            len,
+            done: 0,
+        });
+        self.inflight += 1;
+        self.push(slot)?;
+        // Reap whatever is already complete without waiting.
+        self.reap(0, done)
+    }
+
+    /// Waits until every queued write has completed.
+    pub fn finish(&mut self, done: &mut dyn FnMut(PoolBuf)) -> Result<()> {
+        while self.inflight > 0 {
+            self.reap(1, done)?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, slot: usize) -> Result<()> {
+        let s = self.slots[slot].as_mut().expect("slot in use");
+        // SAFETY: done < len <= capacity, so the pointer stays inside the buffer.
+        let ptr = unsafe { s.buf.as_mut_ptr().add(s.done as usize) };
+        let off = s.offset + u64::from(s.done);
+        let entry = opcode::Write::new(types::Fd(self.fd), ptr, s.len - s.done)
+            .offset(off)
+            .build()
+            .user_data(slot as u64);
+        self.requests += 1;
+        loop {
+            // SAFETY: the buffer is owned by the slot until its CQE is reaped; `Drop` drains.
+            let pushed = unsafe { self.ring.submission().push(&entry) };
+            if pushed.is_ok() {
+                return Ok(());
+            }
+            self.ring
+                .submit()
+                .map_err(|e| Error::io("io_uring_enter", &self.path, off, e))?;
+        }
+    }
+
+    fn reap(&mut self, want: usize, done: &mut dyn FnMut(PoolBuf)) -> Result<()> {
+        match self.ring.submit_and_wait(want) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => return Ok(()),
+            Err(e) => return Err(Error::io("io_uring_enter", &self.path, 0, e)),
+        }
+        let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let mut first_err = None;
+        for (ud, res) in cqes {
+            let slot = ud as usize;
+            let s = self.slots[slot].as_mut().expect("completion for a live slot");
+            let off = s.offset + u64::from(s.done);
+            if res == -libc::EINTR || res == -libc::EAGAIN {
+                self.push(slot)?;
+                continue;
+            }
+            if res > 0 {
+                s.done += res as u32;
+                if s.done < s.len {
+                    self.push(slot)?;
+                    continue;
+                }
+            }
+            let s = self.slots[slot].take().expect("slot");
+            self.inflight -= 1;
+            done(s.buf);
+            if res < 0 {
+                let e = io::Error::from_raw_os_error(-res);
+                first_err.get_or_insert(Error::io("write", &self.path, off, e));
+            } else if res == 0 {
+                let e = io::Error::new(io::ErrorKind::WriteZero, "device accepted no bytes (is it full?)");
+                first_err.get_or_insert(Error::io("write", &self.path, off, e));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for UringWriter {
+    fn drop(&mut self) {
+        // Drain so the kernel never writes from a freed buffer; errors no longer matter here.
+        let mut stuck = 0;
+        while self.inflight > 0 && stuck < 1000 {
+            if self.reap(1, &mut drop).is_err() {
+                stuck += 1;
+            }
+        }
+        if self.inflight > 0 {
+            // The kernel may still write from these buffers: leak them rather than free them.
+            for s in self.slots.iter_mut() {
+                if let Some(s) = s.take() {
+                    s.buf.leak();
+                }
+            }
+        }
+    }
+}

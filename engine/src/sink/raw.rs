@@ -1,0 +1,165 @@
+//! The raw sink: writes each chunk's buffer at its own offset, out of order, through io_uring
+//! with O_DIRECT (the buffer the ring read is the buffer the ring writes), or with `pwrite` on the
+//! reference path. Zero chunks become holes in a file and, on a device, follow [`ZeroPolicy`].
+
+use std::os::unix::fs::FileExt;
+
+use super::target::Target;
+use super::ZeroPolicy;
+use crate::buf::{AlignedBuf, PoolBuf};
+use crate::error::{Error, Result};
+use crate::ring::uring::UringWriter;
+use crate::ring::BackendKind;
+use crate::sys;
+
+/// Counters of a raw sink.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawStats {
+    /// Bytes written with write requests (padding included).
+    pub bytes_written: u64,
+    /// Bytes of zero chunks (holes in a file; zeroed, discarded or skipped on a device).
+    pub zero_bytes: u64,
+    /// Write requests issued.
+    pub requests: u64,
+}
+
+enum Writer {
+    Uring(UringWriter),
+    Pwrite,
+}
+
+/// A raw copy of the disk being written.
+pub struct RawSink {
+    target: Target,
+    writer: Writer,
+    size: u64,
+    zero_policy: ZeroPolicy,
+    zero_buf: Option<AlignedBuf>,
+    stats: RawStats,
+}
+
+impl RawSink {
+    /// Prepares `target` to receive a disk of `size` bytes. With `BackendKind::Uring` writes go
+    /// through an io_uring with `depth` writes in flight (falling back to pwrite if refused).
+    pub fn new(target: Target, size: u64, backend: BackendKind, depth: u32, zero_policy: ZeroPolicy) -> Result<Self> {
+        if let Some(dev) = target.device_size() {
+            if dev < size {
+                return Err(Error::Invalid(format!(
+                    "{}: target device holds {dev} bytes, the disk needs {size}",
+                    target.final_path().display()
+                )));
+            }
+        }
+        let writer = match backend {
+            BackendKind::Uring => match UringWriter::new(target.file(), target.write_path(), depth) {
+                Ok(w) => Writer::Uring(w),
+                Err(_) => Writer::Pwrite,
+            },
+            BackendKind::Pread => Writer::Pwrite,
+        };
+        Ok(Self {
+            target,
+            writer,
+            size,
+            zero_policy,
+            zero_buf: None,
+            stats: RawStats::default(),
+        })
+    }
+
+    /// The output.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Which backend writes.
+    pub fn backend(&self) -> BackendKind {
+        match self.writer {
+            Writer::Uring(_) => BackendKind::Uring,
+            Writer::Pwrite => BackendKind::Pread,
+        }
+    }
+
+    /// Writes `buf[..len]` at `offset`. A short last chunk is padded with zeroes to the write
+    /// alignment (the file is truncated back to size in [`Self::finish`]).
+    pub fn write(&mut self, offset: u64, len: u32, mut buf: PoolBuf) -> Result<()> {
+        let align = if self.target.is_direct() {
+            self.target.align()
+        } else {
+            1
+        };
+        let padded = len.div_ceil(align) * align;
+        if padded > len {
+            buf.as_mut_slice()[len as usize..padded as usize].fill(0);
+        }
+        self.stats.bytes_written += u64::from(padded);
+        match &mut self.writer {
+            Writer::Uring(w) => w.write(buf, offset, padded, &mut drop),
+            Writer::Pwrite => {
+                self.stats.requests += 1;
+                let path = self.target.write_path();
+                self.target
+                    .file()
+                    .write_all_at(&buf.as_slice()[..padded as usize], offset)
+                    .map_err(|e| Error::io("write", path, offset, e))
+            }
+        }
+    }
+
+    /// Records a zero chunk: a hole in a file; on a device, whatever the zero policy says.
+    pub fn zero(&mut self, offset: u64, len: u32) -> Result<()> {
+        self.stats.zero_bytes += u64::from(len);
+        if self.target.device_size().is_none() || self.zero_policy == ZeroPolicy::Skip {
+            return Ok(());
+        }
+        let path = self.target.write_path().to_owned();
+        let mode = match self.zero_policy {
+            ZeroPolicy::Discard => sys::ZeroMode::Punch,
+            _ => sys::ZeroMode::Zero,
+        };
+        match sys::zero_range(self.target.file(), offset, u64::from(len), mode) {
+            Ok(()) => Ok(()),
+            Err(e) if self.zero_policy == ZeroPolicy::Write && e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                // The device cannot zero a range: write zeroes from a buffer kept for that.
+                let align = self.target.align();
+                let padded = len.div_ceil(align) * align;
+                let zb = self.zero_buf.get_or_insert_with(|| AlignedBuf::new(padded as usize));
+                if zb.capacity() < padded as usize {
+                    *zb = AlignedBuf::new(padded as usize);
+                }
+                self.stats.bytes_written += u64::from(padded);
+                self.target
+                    .file()
+                    .write_all_at(&zb.as_slice()[..padded as usize], offset)
+                    .map_err(|e| Error::io("write", &path, offset, e))
+            }
+            Err(e) => Err(Error::io(
+                if self.zero_policy == ZeroPolicy::Discard {
+                    "discard (fallocate PUNCH_HOLE)"
+                } else {
+                    "zero (fallocate ZERO_RANGE)"
+                },
+                &path,
+                offset,
+                e,
+            )),
+        }
+    }
+
+    /// Waits for all writes, sets a file's length to the disk size, and syncs.
+    /// Returns the target (ready to [`Target::commit`]) and the counters.
+    pub fn finish(mut self) -> Result<(Target, RawStats)> {
+        if let Writer::Uring(w) = &mut self.writer {
+            w.finish(&mut drop)?;
+            self.stats.requests += w.requests;
+        }
+        if self.target.device_size().is_none() {
+            let path = self.target.write_path().to_owned();
+            self.target
+                .file()
+                .set_len(self.size)
+                .map_err(|e| Error::io("truncate", &path, self.size, e))?;
+        }
+        Ok((self.target, self.stats))
+    }
+}

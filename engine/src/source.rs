@@ -1,0 +1,329 @@
+//! The source: a block device or file opened with O_DIRECT, its geometry, and the read plan.
+//!
+//! The plan cuts the disk into fixed-size chunks and, for files, keeps only the parts of each
+//! chunk that hold data (`SEEK_DATA`/`SEEK_HOLE`), so holes are never read: a chunk with no data
+//! at all becomes a hole chunk that costs no I/O and no buffer.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// What kind of object the path names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A block device (`BLKGETSIZE64`, `BLKSSZGET`).
+    BlockDevice,
+    /// A regular file (stat; holes mapped with `SEEK_DATA`).
+    File,
+}
+
+impl std::fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::BlockDevice => "block-device",
+            Self::File => "file",
+        })
+    }
+}
+
+/// An opened source disk.
+#[derive(Debug)]
+pub struct Source {
+    path: PathBuf,
+    file: File,
+    kind: SourceKind,
+    size: u64,
+    logical_block: u32,
+    direct: bool,
+    warning: Option<String>,
+}
+
+impl Source {
+    /// Opens `path` read-only with `O_DIRECT`. A file system that refuses O_DIRECT (tmpfs)
+    /// gets a buffered open and a warning in [`Source::warning`]; a device never does.
+    pub fn open(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, 0, e))?;
+        let ft = meta.file_type();
+        let kind = if ft.is_block_device() {
+            SourceKind::BlockDevice
+        } else if ft.is_file() {
+            SourceKind::File
+        } else {
+            return Err(Error::Invalid(format!(
+                "{}: not a block device or regular file",
+                path.display()
+            )));
+        };
+        let (file, direct, warning) = match open_direct(path, false) {
+            Ok(f) => (f, true, None),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && kind == SourceKind::File => {
+                let f = open_direct(path, true).map_err(|e| Error::io("open", path, 0, e))?;
+                let w = format!(
+                    "{}: the file system refuses O_DIRECT (tmpfs?); falling back to buffered reads \
+                     through the page cache, which is slower and pollutes the cache",
+                    path.display()
+                );
+                (f, false, Some(w))
+            }
+            Err(e) => return Err(Error::io("open", path, 0, e)),
+        };
+        let (size, logical_block) = match kind {
+            SourceKind::BlockDevice => {
+                let size = sys::block_device_size(&file).map_err(|e| Error::io("BLKGETSIZE64", path, 0, e))?;
+                let lbs =
+                    sys::block_device_logical_block_size(&file).map_err(|e| Error::io("BLKSSZGET", path, 0, e))?;
+                (size, lbs.max(512))
+            }
+            SourceKind::File => (meta.len(), 512),
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            kind,
+            size,
+            logical_block,
+            direct,
+            warning,
+        })
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Block device or file.
+    pub fn kind(&self) -> SourceKind {
+        self.kind
+    }
+
+    /// Size of the disk in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Alignment unit for O_DIRECT reads (at least 512).
+    pub fn logical_block(&self) -> u32 {
+        self.logical_block
+    }
+
+    /// True if and only if the kernel reports the descriptor as `O_DIRECT` (asked via fcntl).
+    pub fn is_direct(&self) -> bool {
+        self.direct && sys::is_direct(&self.file).unwrap_or(false)
+    }
+
+    /// The warning to show the operator, if the source could not be opened as asked.
+    pub fn warning(&self) -> Option<&str> {
+        self.warning.as_deref()
+    }
+
+    /// Data extents `[start, end)` in increasing order. Block devices are all data; files are
+    /// mapped with `SEEK_DATA`/`SEEK_HOLE`, or all data if the file system cannot say.
+    pub fn data_extents(&self) -> Result<Vec<(u64, u64)>> {
+        if self.kind == SourceKind::BlockDevice || self.size == 0 {
+            return Ok(if self.size == 0 { vec![] } else { vec![(0, self.size)] });
+        }
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < self.size {
+            let start = match sys::seek_data_hole(&self.file, pos, sys::Whence::Data) {
+                Ok(Some(s)) => s,
+                Ok(None) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(vec![(0, self.size)]),
+                Err(e) => return Err(Error::io("lseek(SEEK_DATA)", &self.path, pos, e)),
+            };
+            if start >= self.size {
+                break;
+            }
+            let end = sys::seek_data_hole(&self.file, start, sys::Whence::Hole)
+                .map_err(|e| Error::io("lseek(SEEK_HOLE)", &self.path, start, e))?
+                .unwrap_or(self.size)
+                .min(self.size);
+            out.push((start, end));
+            pos = end;
+        }
+        Ok(out)
+    }
+}
+
+fn open_direct(path: &Path, buffered: bool) -> io::Result<File> {
+    let flags = if buffered { 0 } else { libc::O_DIRECT };
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(flags | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// One positional read into a chunk's buffer: `len` bytes from disk offset `disk_off`
+/// land at `buf_off` in the buffer. Both offsets and the length are aligned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Offset in the chunk buffer.
+    pub buf_off: u32,
+    /// Offset in the source.
+    pub disk_off: u64,
+    /// Bytes to read (aligned up; a read may come back short only at end of file).
+    pub len: u32,
+}
+
+/// One chunk of the disk and the reads that fill it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkPlan {
+    /// Index of the chunk (offset / chunk size).
+    pub index: u64,
+    /// Offset of the chunk in the disk.
+    pub offset: u64,
+    /// Bytes of disk in this chunk (the last one may be short).
+    pub len: u32,
+    /// Reads to issue; empty for a chunk that lies wholly in a hole.
+    pub segments: Vec<Segment>,
+}
+
+impl ChunkPlan {
+    /// True if and only if the chunk lies wholly in a hole and needs no read.
+    pub fn is_hole(&self) -> bool {
+        self.segments.is_empty()
+    }
+}
+
+/// More separate reads than this in one chunk are merged into one read over their span.
+pub const MAX_SEGMENTS: usize = 16;
+
+/// Cuts `[0, size)` into chunks of `chunk_size` and intersects each with the data extents,
+/// widening every read to `align`. Pure: the file system is asked once, before.
+pub fn plan_chunks(size: u64, chunk_size: u32, align: u32, extents: &[(u64, u64)]) -> Vec<ChunkPlan> {
+    let cs = u64::from(chunk_size);
+    let align = u64::from(align.max(1));
+    let count = size.div_ceil(cs);
+    let mut plans = Vec::with_capacity(count as usize);
+    let mut ext = 0usize;
+    for index in 0..count {
+        let offset = index * cs;
+        let end = (offset + cs).min(size);
+        let mut segments: Vec<Segment> = Vec::new();
+        while ext < extents.len() && extents[ext].1 <= offset {
+            ext += 1;
+        }
+        let mut i = ext;
+        while i < extents.len() && extents[i].0 < end {
+            let s = extents[i].0.max(offset) / align * align;
+            let e = extents[i].1.min(end).div_ceil(align) * align;
+            let e = e.min(offset + cs);
+            match segments.last_mut() {
+                Some(last) if last.disk_off + u64::from(last.len) >= s => {
+                    let new_end = e.max(last.disk_off + u64::from(last.len));
+                    last.len = (new_end - last.disk_off) as u32;
+                }
+                _ => segments.push(Segment {
+                    buf_off: (s - offset) as u32,
+                    disk_off: s,
+                    len: (e - s) as u32,
+                }),
+            }
+            i += 1;
+        }
+        if segments.len() > MAX_SEGMENTS {
+            // Many small islands: one read over the span is cheaper than many small ones
+            // (holes inside it read as zeroes without device I/O).
+            let first = segments[0];
+            let last = segments[segments.len() - 1];
+            let end = last.disk_off + u64::from(last.len);
+            segments = vec![Segment {
+                len: (end - first.disk_off) as u32,
+                ..first
+            }];
+        }
+        plans.push(ChunkPlan {
+            index,
+            offset,
+            len: (end - offset) as u32,
+            segments,
+        });
+    }
+    plans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_disk_is_one_segment_per_chunk() {
+        let p = plan_chunks(10_000, 4096, 512, &[(0, 10_000)]);
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[2].len, 10_000 - 8192);
+        assert_eq!(
+            p[2].segments,
+            vec![Segment {
+                buf_off: 0,
+                disk_off: 8192,
+                len: 2048
+            }]
+        );
+    }
+
+    #[test]
+    fn holes_are_skipped_and_partial_extents_aligned() {
+        // Data at [5000, 6000) and [20000, 20001) in a 24 KiB disk with 8 KiB chunks.
+        let p = plan_chunks(24_576, 8192, 4096, &[(5000, 6000), (20_000, 20_001)]);
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            p[0].segments,
+            vec![Segment {
+                buf_off: 4096,
+                disk_off: 4096,
+                len: 4096
+            }]
+        );
+        assert!(p[1].is_hole());
+        assert_eq!(
+            p[2].segments,
+            vec![Segment {
+                buf_off: 0,
+                disk_off: 16_384,
+                len: 4096
+            }]
+        );
+    }
+
+    #[test]
+    fn adjacent_extents_merge_after_alignment() {
+        let p = plan_chunks(16_384, 16_384, 4096, &[(0, 100), (200, 4097)]);
+        assert_eq!(
+            p[0].segments,
+            vec![Segment {
+                buf_off: 0,
+                disk_off: 0,
+                len: 8192
+            }]
+        );
+    }
+
+    #[test]
+    fn fragmented_chunk_collapses_to_one_read() {
+        let ext: Vec<(u64, u64)> = (0..40).map(|i| (i * 8192, i * 8192 + 4096)).collect();
+        let p = plan_chunks(40 * 8192, 40 * 8192, 4096, &ext);
+        assert_eq!(
+            p[0].segments,
+            vec![Segment {
+                buf_off: 0,
+                disk_off: 0,
+                len: 39 * 8192 + 4096
+            }]
+        );
+    }
+
+    #[test]
+    fn empty_disk_has_no_chunks() {
+        assert!(plan_chunks(0, 4096, 512, &[]).is_empty());
+    }
+}

@@ -1,0 +1,101 @@
+//! The syscalls std does not wrap: block-device ioctls, fd flags, SEEK_DATA/SEEK_HOLE, fallocate.
+//!
+//! One of the engine's unsafe islands: every `unsafe` block here is a single FFI call on a file
+//! descriptor that the caller keeps open for the duration of the call.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// `BLKGETSIZE64`: `_IOR(0x12, 114, size_t)`.
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+/// `BLKSSZGET`: `_IO(0x12, 104)`, the logical block size in bytes.
+const BLKSSZGET: libc::c_ulong = 0x1268;
+
+/// Size in bytes of a block device.
+pub fn block_device_size(file: &File) -> io::Result<u64> {
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at a live local.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+/// Logical block size of a block device (the O_DIRECT alignment unit).
+pub fn block_device_logical_block_size(file: &File) -> io::Result<u32> {
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int through the pointer, which points at a live local.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKSSZGET, &mut size as *mut libc::c_int) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size.max(0) as u32)
+}
+
+/// The open file status flags (`fcntl(F_GETFL)`), as the kernel reports them now.
+pub fn status_flags(file: &File) -> io::Result<i32> {
+    // SAFETY: F_GETFL takes no argument and only reads the descriptor's flags.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+/// True if and only if the descriptor was opened with `O_DIRECT` (asks the kernel, not our notes).
+pub fn is_direct(file: &File) -> io::Result<bool> {
+    Ok(status_flags(file)? & libc::O_DIRECT != 0)
+}
+
+/// Which way `seek_data_hole` looks.
+#[derive(Clone, Copy, Debug)]
+pub enum Whence {
+    /// `SEEK_DATA`: the next offset at or after `from` that holds data.
+    Data,
+    /// `SEEK_HOLE`: the next offset at or after `from` that is a hole (EOF counts as one).
+    Hole,
+}
+
+/// `lseek(SEEK_DATA|SEEK_HOLE)`. `Ok(None)` means ENXIO: no more data after `from`.
+pub fn seek_data_hole(file: &File, from: u64, whence: Whence) -> io::Result<Option<u64>> {
+    let w = match whence {
+        Whence::Data => libc::SEEK_DATA,
+        Whence::Hole => libc::SEEK_HOLE,
+    };
+    // SAFETY: lseek only moves the descriptor's offset; the engine never uses that offset
+    // (all I/O is positional), so concurrent preads are unaffected.
+    let rc = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, w) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::ENXIO) {
+            return Ok(None);
+        }
+        return Err(err);
+    }
+    Ok(Some(rc as u64))
+}
+
+/// How `fallocate` should turn a range into zeroes.
+#[derive(Clone, Copy, Debug)]
+pub enum ZeroMode {
+    /// `FALLOC_FL_ZERO_RANGE`: the range reads as zeroes; the device may offload the write.
+    Zero,
+    /// `FALLOC_FL_PUNCH_HOLE | KEEP_SIZE`: deallocate (discard) with a zeroes-on-read guarantee.
+    Punch,
+}
+
+/// Makes `[offset, offset + len)` read as zeroes without writing buffers from user space.
+pub fn zero_range(file: &File, offset: u64, len: u64, mode: ZeroMode) -> io::Result<()> {
+    let flags = match mode {
+        ZeroMode::Zero => libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        ZeroMode::Punch => libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+    };
+    // SAFETY: fallocate takes plain integers and a descriptor we hold open.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), flags, offset as libc::off_t, len as libc::off_t) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! Argument parsing and dispatch: `diskstream image {create,verify,restore,info}` and `demo`.
+//! Exit codes (documented in the README): 0 success, 1 failure, 2 usage, 3 integrity (the data
+//! is damaged: corrupt or truncated image, checksum mismatch).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use diskstream_engine::ops::{self, Format, Options, Progress};
+use diskstream_engine::ring::BackendKind;
+use diskstream_engine::sink::ZeroPolicy;
+
+use crate::output;
+
+/// Exit code for damaged data.
+pub const EXIT_INTEGRITY: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(name = "diskstream", version, about = "Export VM disks to verified images, fast")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create, check and restore disk images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Build a sample disk in a directory and run create, verify, info and restore on it.
+    Demo(DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCmd {
+    /// Read SRC (block device or file) and write OUT plus OUT.manifest.
+    Create {
+        /// Source block device or file.
+        src: PathBuf,
+        /// Output image (a new file, or a block device for --format raw).
+        out: PathBuf,
+        /// raw: sparse raw copy; dsimg: native image (see docs/image-format.md).
+        #[arg(long, default_value = "raw")]
+        format: Format,
+        /// Compression of dsimg data chunks.
+        #[arg(long, default_value = "lz4", value_parser = ["lz4", "none"])]
+        compress: String,
+        #[command(flatten)]
+        tune: Tune,
+        /// Replace OUT if it exists (it is replaced only once the new image is complete).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-read an image with O_DIRECT and check every chunk.
+    Verify {
+        /// The image (dsimg, or raw with IMAGE.manifest beside it).
+        image: PathBuf,
+        #[command(flatten)]
+        tune: Tune,
+    },
+    /// Write the disk an image holds to DEST (a new file or a block device), checking as it goes.
+    Restore {
+        /// The image.
+        image: PathBuf,
+        /// Destination file (created) or block device.
+        dest: PathBuf,
+        #[command(flatten)]
+        tune: Tune,
+        /// Replace DEST if it is an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show what an image holds (checks its structure, not every chunk).
+    Info {
+        /// The image.
+        image: PathBuf,
+        /// Manifest of a raw image (default IMAGE.manifest).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Performance and target knobs shared by the image commands.
+#[derive(Args, Debug, Clone)]
+struct Tune {
+    /// Chunk size in bytes (power of two, 4096..=64 MiB; K/M suffixes accepted).
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    chunk_size: u64,
+    /// Reads in flight.
+    #[arg(long, default_value_t = ops::DEFAULT_QUEUE_DEPTH)]
+    queue_depth: u32,
+    /// Worker threads (default: the number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Read/write backend: uring (falls back to pread if the kernel refuses) or pread.
+    #[arg(long, default_value = "uring")]
+    backend: BackendKind,
+    /// Register buffers and files with io_uring (measured slower on virtio; see docs/performance.md).
+    #[arg(long)]
+    fixed_buffers: bool,
+    /// Run the one-thread reference path (pread, no workers).
+    #[arg(long)]
+    sequential: bool,
+    /// Zero chunks on a block device target: write (default), discard, or skip (target known zeroed).
+    #[arg(long, default_value = "write")]
+    zero_target: ZeroPolicy,
+    /// Manifest path (default OUT.manifest; required for a block device OUT).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Print one JSON object with the result instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Directory to build the demo in (default: a new directory under the system temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Size of the sample disk (K/M/G suffixes).
+    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    size: u64,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (num, mul) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 1 << 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 1 << 30),
+        Some(b'T' | b't') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mul))
+        .ok_or_else(|| format!("{s:?} is not a size (a number with an optional K, M, G or T suffix)"))
+}
+
+impl Tune {
+    fn options(&self) -> Result<Options, String> {
+        let chunk_size =
+            u32::try_from(self.chunk_size).map_err(|_| format!("--chunk-size {} is too large", self.chunk_size))?;
+        Ok(Options {
+            chunk_size,
+            queue_depth: self.queue_depth,
+            threads: self.threads.unwrap_or(Options::default().threads),
+            backend: if self.sequential {
+                BackendKind::Pread
+            } else {
+                self.backend
+            },
+            fixed_buffers: self.fixed_buffers,
+            sequential: self.sequential,
+            zero_policy: self.zero_target,
+            manifest: self.manifest.clone(),
+            ..Options::default()
+        })
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Image(cmd) => image(cmd),
+        Cmd::Demo(args) => crate::output::demo(args.dir, args.size),
+    }
+}
+
+fn image(cmd: ImageCmd) -> ExitCode {
+    let progress: Progress = Default::default();
+    match cmd {
+        ImageCmd::Create {
+            src,
+            out,
+            format,
+            compress,
+            tune,
+            force,
+        } => {
+            let mut o = match tune.options() {
+                Ok(o) => o,
+                Err(e) => return output::fail_msg(&e),
+            };
+            o.format = format;
+            o.compress = compress == "lz4";
+            o.force = force;
+            let total = output::disk_size_hint(&src);
+            let res = output::with_progress(&progress, total, "create", tune.json, || {
+                ops::create(&src, &out, &o, &progress)
+            });
+            output::finish(res, tune.json)
+        }
+        ImageCmd::Verify { image, tune } => {
+            let o = match tune.options() {
+                Ok(o) => o,
+                Err(e) => return output::fail_msg(&e),
+            };
+            let total = ops::info(&image, &o).map(|i| i.disk_size).unwrap_or(0);
+            let res = output::with_progress(&progress, total, "verify", tune.json, || {
+                ops::verify(&image, &o, &progress)
+            });
+            output::finish(res, tune.json)
+        }
+        ImageCmd::Restore {
+            image,
+            dest,
+            tune,
+            force,
+        } => {
+            let mut o = match tune.options() {
+                Ok(o) => o,
+                Err(e) => return output::fail_msg(&e),
+            };
+            o.force = force;
+            let total = ops::info(&image, &o).map(|i| i.disk_size).unwrap_or(0);
+            let res = output::with_progress(&progress, total, "restore", tune.json, || {
+                ops::restore(&image, &dest, &o, &progress)
+            });
+            output::finish(res, tune.json)
+        }
+        ImageCmd::Info { image, manifest, json } => {
+            let o = Options {
+                manifest,
+                ..Options::default()
+            };
+            output::info(ops::info(&image, &o), json)
+        }
+    }
+}

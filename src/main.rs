@@ -1,0 +1,12 @@
+//! The `diskstream` command line: parses arguments, runs engine and orchestrator operations, and
+//! prints results for people (progress bars on a TTY, plain lines otherwise) or programs (`--json`).
+#![forbid(unsafe_code)]
+
+mod cli;
+mod output;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    cli::main()
+}

@@ -1,0 +1,273 @@
+//! What the CLI prints: progress (an indicatif bar on a TTY, plain lines otherwise), results as
+//! text or one JSON object, errors with their exit code, and the engine demo.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use diskstream_engine::ops::{self, Format, Info, Options, Progress, Report};
+use diskstream_engine::{Error, Result};
+use serde_json::json;
+
+use crate::cli::EXIT_INTEGRITY;
+
+/// Size of the disk behind `path`, for the progress bar (0 if unknown).
+pub fn disk_size_hint(path: &Path) -> u64 {
+    diskstream_engine::source::Source::open(path)
+        .map(|s| s.size())
+        .unwrap_or(0)
+}
+
+/// Runs `f` while showing progress on stderr.
+pub fn with_progress<T>(progress: &Progress, total: u64, what: &str, quiet: bool, f: impl FnOnce() -> T) -> T {
+    let done = AtomicBool::new(false);
+    let tty = std::io::stderr().is_terminal();
+    std::thread::scope(|s| {
+        let ticker = s.spawn(|| {
+            if quiet && !tty {
+                return;
+            }
+            let start = Instant::now();
+            if tty {
+                let bar = indicatif::ProgressBar::new(total.max(1));
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                bar.set_message(what.to_string());
+                while !done.load(Ordering::Relaxed) {
+                    bar.set_position(progress.load(Ordering::Relaxed));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                bar.finish_and_clear();
+            } else {
+                let mut last = Instant::now();
+                while !done.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if last.elapsed() >= Duration::from_secs(2) {
+                        last = Instant::now();
+                        let d = progress.load(Ordering::Relaxed);
+                        let rate = d as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64;
+                        let pct = if total > 0 { d * 100 / total } else { 0 };
+                        eprintln!("{what}: {} of {} MiB ({pct}%), {rate:.1} MiB/s", d >> 20, total >> 20);
+                    }
+                }
+            }
+        });
+        let r = f();
+        done.store(true, Ordering::Relaxed);
+        let _ = ticker.join();
+        r
+    })
+}
+
+/// Exit code for an error.
+pub fn code_for(e: &Error) -> ExitCode {
+    if e.is_integrity() {
+        ExitCode::from(EXIT_INTEGRITY)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Prints a plain error and fails.
+pub fn fail_msg(msg: &str) -> ExitCode {
+    eprintln!("diskstream: error: {msg}");
+    ExitCode::FAILURE
+}
+
+fn fail(e: &Error, json_out: bool) -> ExitCode {
+    if json_out {
+        let kind = if e.is_integrity() { "integrity" } else { "error" };
+        println!("{}", json!({ "ok": false, "error": e.to_string(), "kind": kind }));
+    }
+    eprintln!("diskstream: error: {e}");
+    code_for(e)
+}
+
+fn opt_str<T: std::fmt::Display>(v: &Option<T>) -> serde_json::Value {
+    v.as_ref().map_or(serde_json::Value::Null, |x| json!(x.to_string()))
+}
+
+/// The JSON form of a report.
+pub fn report_json(r: &Report) -> serde_json::Value {
+    json!({
+        "ok": true,
+        "op": r.op,
+        "input": r.input,
+        "output": r.output,
+        "manifest": r.manifest,
+        "format": opt_str(&r.format),
+        "backend": opt_str(&r.backend),
+        "write_backend": opt_str(&r.write_backend),
+        "input_direct": r.input_direct,
+        "output_direct": r.output_direct,
+        "disk_size": r.disk_size,
+        "chunk_size": r.chunk_size,
+        "chunks": r.chunks,
+        "zero_chunks": r.zero_chunks,
+        "bytes_read": r.bytes_read,
+        "bytes_written": r.bytes_written,
+        "bytes_stored": r.bytes_stored,
+        "zero_bytes_skipped": r.zero_bytes,
+        "read_requests": r.read_requests,
+        "write_requests": r.write_requests,
+        "digest": r.digest,
+        "elapsed_s": r.elapsed.as_secs_f64(),
+        "throughput_bytes_per_s": r.throughput(),
+        "warnings": r.warnings,
+    })
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+}
+
+/// Prints the result of an operation and returns the exit code.
+pub fn finish(res: Result<Report>, json_out: bool) -> ExitCode {
+    let r = match res {
+        Ok(r) => r,
+        Err(e) => return fail(&e, json_out),
+    };
+    for w in &r.warnings {
+        eprintln!("diskstream: warning: {w}");
+    }
+    if json_out {
+        println!("{}", report_json(&r));
+        return ExitCode::SUCCESS;
+    }
+    let fmt = r.format.map_or("-".into(), |f| f.to_string());
+    match r.op {
+        "create" => println!(
+            "created {} ({fmt}) from {}: {} disk, {} stored, {} zero skipped",
+            r.output.as_deref().unwrap_or(Path::new("-")).display(),
+            r.input.display(),
+            mib(r.disk_size),
+            mib(r.bytes_stored),
+            mib(r.zero_bytes)
+        ),
+        "verify" => println!("verified {} ({fmt}): all {} chunks match", r.input.display(), r.chunks),
+        _ => println!(
+            "restored {} to {}: {} disk, every chunk checked",
+            r.input.display(),
+            r.output.as_deref().unwrap_or(Path::new("-")).display(),
+            mib(r.disk_size)
+        ),
+    }
+    println!(
+        "  {:.1} MiB/s in {:.2} s, backend {} (read) / {} (write), O_DIRECT in={} out={}",
+        r.throughput() / (1u64 << 20) as f64,
+        r.elapsed.as_secs_f64(),
+        opt_str(&r.backend).as_str().unwrap_or("-"),
+        opt_str(&r.write_backend).as_str().unwrap_or("-"),
+        r.input_direct,
+        r.output_direct
+    );
+    println!("  sha256 {}", r.digest);
+    ExitCode::SUCCESS
+}
+
+/// Prints `info`.
+pub fn info(res: Result<Info>, json_out: bool) -> ExitCode {
+    let i = match res {
+        Ok(i) => i,
+        Err(e) => return fail(&e, json_out),
+    };
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "ok": true, "format": i.format.to_string(), "file_len": i.file_len, "disk_size": i.disk_size,
+                "chunk_size": i.chunk_size, "chunks": i.chunks, "data_chunks": i.data_chunks, "lz4_chunks": i.lz4_chunks,
+                "zero_chunks": i.zero_chunks, "stored_bytes": i.stored_bytes, "digest": i.digest, "manifest": i.manifest,
+            })
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!("format:      {}", i.format);
+    println!("disk size:   {} bytes ({})", i.disk_size, mib(i.disk_size));
+    println!("chunk size:  {} bytes", i.chunk_size);
+    println!(
+        "chunks:      {} ({} stored raw, {} lz4, {} zero)",
+        i.chunks, i.data_chunks, i.lz4_chunks, i.zero_chunks
+    );
+    println!(
+        "stored:      {} bytes of payload, file {} bytes",
+        i.stored_bytes, i.file_len
+    );
+    println!("sha256:      {}", i.digest);
+    if let Some(m) = i.manifest {
+        println!("manifest:    {}", m.display());
+    }
+    ExitCode::SUCCESS
+}
+
+/// The engine demo: a sample disk, both formats, verify, info, restore, compare.
+pub fn demo(dir: Option<PathBuf>, size: u64) -> ExitCode {
+    match run_demo(dir, size) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e, false),
+    }
+}
+
+fn run_demo(dir: Option<PathBuf>, size: u64) -> Result<()> {
+    let dir = match dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("diskstream-demo-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, 0, e))?;
+    let disk = dir.join("disk0.img");
+    println!(
+        "demo: writing a {} sample disk (text, code, random data, zero runs, holes) to {}",
+        mib(size),
+        disk.display()
+    );
+    diskstream_engine::sample::write_sample_disk(&disk, size, 40, 1).map_err(|e| Error::io("write", &disk, 0, e))?;
+    let progress: Progress = Default::default();
+    let mut o = Options {
+        force: true,
+        ..Options::default()
+    };
+    for (format, name) in [(Format::Raw, "disk0.raw"), (Format::Dsimg, "disk0.dsimg")] {
+        o.format = format;
+        let out = dir.join(name);
+        println!(
+            "\n$ diskstream image create {} {} --format {format}",
+            disk.display(),
+            out.display()
+        );
+        finish_demo(with_progress(&progress, size, "create", false, || {
+            ops::create(&disk, &out, &o, &progress)
+        }))?;
+        println!("$ diskstream image verify {}", out.display());
+        finish_demo(ops::verify(&out, &o, &progress))?;
+    }
+    let img = dir.join("disk0.dsimg");
+    println!("\n$ diskstream image info {}", img.display());
+    let _ = info(ops::info(&img, &o), false);
+    let back = dir.join("disk0.restored");
+    println!("\n$ diskstream image restore {} {}", img.display(), back.display());
+    finish_demo(ops::restore(&img, &back, &o, &progress))?;
+    let same = std::fs::read(&disk).ok() == std::fs::read(&back).ok();
+    println!(
+        "\ndemo: restored disk is {} the original",
+        if same { "byte-identical to" } else { "DIFFERENT from" }
+    );
+    println!("demo: files are in {}", dir.display());
+    if same {
+        Ok(())
+    } else {
+        Err(Error::Invalid("restored disk differs from the original".into()))
+    }
+}
+
+fn finish_demo(r: Result<Report>) -> Result<()> {
+    let r = r?;
+    let _ = finish(Ok(r), false);
+    Ok(())
+}
