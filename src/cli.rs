@@ -70,6 +70,16 @@ enum ImageCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Read SRC through the pipeline (zero check, SHA-256, optional lz4) into a null sink.
+    Scan {
+        /// Source block device or file.
+        src: PathBuf,
+        /// Also lz4-compress each chunk (and discard the result).
+        #[arg(long, default_value = "none", value_parser = ["lz4", "none"])]
+        compress: String,
+        #[command(flatten)]
+        tune: Tune,
+    },
     /// Show what an image holds (checks its structure, not every chunk).
     Info {
         /// The image.
@@ -92,6 +102,9 @@ struct Tune {
     /// Reads in flight.
     #[arg(long, default_value_t = ops::DEFAULT_QUEUE_DEPTH)]
     queue_depth: u32,
+    /// Writes in flight (raw output and restore).
+    #[arg(long, default_value_t = ops::DEFAULT_WRITE_DEPTH)]
+    write_depth: u32,
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -146,6 +159,7 @@ impl Tune {
         Ok(Options {
             chunk_size,
             queue_depth: self.queue_depth,
+            write_depth: self.write_depth,
             threads: self.threads.unwrap_or(Options::default().threads),
             backend: if self.sequential {
                 BackendKind::Pread
@@ -219,6 +233,16 @@ fn image(cmd: ImageCmd) -> ExitCode {
             let res = output::with_progress(&progress, total, "restore", tune.json, || {
                 ops::restore(&image, &dest, &o, &progress)
             });
+            output::finish(res, tune.json)
+        }
+        ImageCmd::Scan { src, compress, tune } => {
+            let mut o = match tune.options() {
+                Ok(o) => o,
+                Err(e) => return output::fail_msg(&e),
+            };
+            o.compress = compress == "lz4";
+            let total = output::disk_size_hint(&src);
+            let res = output::with_progress(&progress, total, "scan", tune.json, || ops::scan(&src, &o, &progress));
             output::finish(res, tune.json)
         }
         ImageCmd::Info { image, manifest, json } => {

@@ -53,7 +53,7 @@ pub fn with_progress<T>(progress: &Progress, total: u64, what: &str, quiet: bool
                         last = Instant::now();
                         let d = progress.load(Ordering::Relaxed);
                         let rate = d as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64;
-                        let pct = if total > 0 { d * 100 / total } else { 0 };
+                        let pct = (d * 100).checked_div(total).unwrap_or(0);
                         eprintln!("{what}: {} of {} MiB ({pct}%), {rate:.1} MiB/s", d >> 20, total >> 20);
                     }
                 }
@@ -146,6 +146,13 @@ pub fn finish(res: Result<Report>, json_out: bool) -> ExitCode {
         "create" => println!(
             "created {} ({fmt}) from {}: {} disk, {} stored, {} zero skipped",
             r.output.as_deref().unwrap_or(Path::new("-")).display(),
+            r.input.display(),
+            mib(r.disk_size),
+            mib(r.bytes_stored),
+            mib(r.zero_bytes)
+        ),
+        "scan" => println!(
+            "scanned {}: {} disk, {} would be stored, {} zero",
             r.input.display(),
             mib(r.disk_size),
             mib(r.bytes_stored),

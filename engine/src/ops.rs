@@ -29,6 +29,9 @@ pub const DEFAULT_CHUNK: u32 = 4 << 20;
 /// Default reads in flight.
 pub const DEFAULT_QUEUE_DEPTH: u32 = 8;
 
+/// Default writes in flight.
+pub const DEFAULT_WRITE_DEPTH: u32 = 8;
+
 /// Bytes of disk processed so far; the CLI polls it to draw progress.
 pub type Progress = Arc<AtomicU64>;
 
@@ -70,8 +73,10 @@ pub struct Options {
     pub compress: bool,
     /// Chunk size in bytes.
     pub chunk_size: u32,
-    /// Reads (and writes) in flight.
+    /// Reads in flight.
     pub queue_depth: u32,
+    /// Writes in flight (raw output and restore).
+    pub write_depth: u32,
     /// Worker threads.
     pub threads: usize,
     /// Read backend wanted.
@@ -95,6 +100,7 @@ impl Default for Options {
             compress: true,
             chunk_size: DEFAULT_CHUNK,
             queue_depth: DEFAULT_QUEUE_DEPTH,
+            write_depth: DEFAULT_WRITE_DEPTH,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             backend: BackendKind::Uring,
             fixed_buffers: false,
@@ -175,6 +181,12 @@ fn check_options(o: &Options) -> Result<()> {
             o.queue_depth
         )));
     }
+    if o.write_depth == 0 || o.write_depth > 256 {
+        return Err(Error::Invalid(format!(
+            "--write-depth {}: must be 1 to 256",
+            o.write_depth
+        )));
+    }
     if o.threads == 0 || o.threads > 256 {
         return Err(Error::Invalid(format!("--threads {}: must be 1 to 256", o.threads)));
     }
@@ -231,7 +243,9 @@ pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Resul
     );
     warnings.extend(note);
     let compress = o.compress && o.format == Format::Dsimg;
-    let pools = Pools::new(cs, o.queue_depth, o.threads, compress);
+    // Raw output keeps read buffers in flight on the write side too.
+    let writes = if o.format == Format::Raw { o.write_depth } else { 0 };
+    let pools = Pools::new(cs, o.queue_depth + writes, o.threads, compress);
     let zeros = ZeroDigests::new(size, cs);
     let manifest_path = manifest_path(out, o)?;
     let target = Target::create(out, o.force, true)?;
@@ -274,7 +288,14 @@ pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Resul
     };
     let (target, stats) = match o.format {
         Format::Raw => {
-            let mut sink = RawSink::new(target, size, backend_kind_for_writes(o), o.queue_depth, o.zero_policy)?;
+            let mut sink = RawSink::new(
+                target,
+                size,
+                cs,
+                backend_kind_for_writes(o),
+                o.write_depth,
+                o.zero_policy,
+            )?;
             report.write_backend = Some(sink.backend());
             let mut stored = 0u64;
             let stats = run(job, o, &mut |p| {
@@ -283,7 +304,7 @@ pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Resul
                     Payload::Zero => sink.zero(p.offset, p.len),
                     Payload::Raw(buf) => {
                         stored += u64::from(p.len);
-                        sink.write(p.offset, p.len, buf)
+                        sink.write(p.offset, p.len, p.zero_map, buf)
                     }
                     Payload::Lz4 { .. } => Err(Error::Invalid("raw output received a compressed chunk".into())),
                 }
@@ -425,7 +446,7 @@ pub fn verify(image: &Path, o: &Options, progress: &Progress) -> Result<Report> 
                 manifest: Some(mpath),
                 ..Report::default()
             };
-            let (source, stats) = run_raw(image, &manifest, o, &mut rep, progress, &mut |_| Ok(()))?;
+            let (source, stats) = run_raw(image, &manifest, o, &mut rep, progress, 0, &mut |_| Ok(()))?;
             drop(source);
             rep.bytes_read = stats.read.bytes_read;
             rep.read_requests = stats.read.requests;
@@ -465,6 +486,7 @@ fn run_raw(
     o: &Options,
     rep: &mut Report,
     progress: &Progress,
+    extra_bufs: u32,
     then: &mut dyn FnMut(Processed) -> Result<()>,
 ) -> Result<(Source, PipelineStats)> {
     let source = Source::open(image)?;
@@ -499,7 +521,7 @@ fn run_raw(
     rep.chunk_size = cs;
     rep.chunks = plans.len() as u64;
     rep.digest = hex(&manifest.image_digest());
-    let pools = Pools::new(cs, o.queue_depth, o.threads, false);
+    let pools = Pools::new(cs, o.queue_depth + extra_bufs, o.threads, false);
     let zeros = ZeroDigests::new(source.size(), cs);
     let job = Job {
         src: &source,
@@ -545,9 +567,17 @@ pub fn restore(image: &Path, dest: &Path, o: &Options, progress: &Progress) -> R
             let size = layout.header.disk_size;
             let target = Target::create(dest, o.force, true)?;
             rep.output_direct = target.is_direct();
-            let mut sink = RawSink::new(target, size, backend_kind_for_writes(o), o.queue_depth, o.zero_policy)?;
+            let cs = layout.header.chunk_size;
+            let mut sink = RawSink::new(
+                target,
+                size,
+                cs,
+                backend_kind_for_writes(o),
+                o.write_depth,
+                o.zero_policy,
+            )?;
             rep.write_backend = Some(sink.backend());
-            let pool = BufPool::new(layout.header.chunk_size as usize, o.queue_depth as usize + 1);
+            let pool = BufPool::new(layout.header.chunk_size as usize, o.write_depth as usize + 1);
             let mut dr = DirectReader::new(source.file());
             {
                 let mut r = ImageReader::new(&mut dr, image)?;
@@ -559,7 +589,13 @@ pub fn restore(image: &Path, dest: &Path, o: &Options, progress: &Progress) -> R
                     };
                     match f.kind {
                         FrameKind::Zero => sink.zero(offset, f.raw_len)?,
-                        FrameKind::Raw | FrameKind::Lz4 => sink.write(offset, f.raw_len, buf)?,
+                        FrameKind::Raw | FrameKind::Lz4 => {
+                            let map = pipeline::zero_map(
+                                &buf.as_slice()[..f.raw_len as usize],
+                                pipeline::zero_block_size(cs),
+                            );
+                            sink.write(offset, f.raw_len, map, buf)?
+                        }
                     }
                     offset += u64::from(f.raw_len);
                     progress.fetch_add(u64::from(f.raw_len), std::sync::atomic::Ordering::Relaxed);
@@ -587,14 +623,17 @@ pub fn restore(image: &Path, dest: &Path, o: &Options, progress: &Progress) -> R
             let mut sink = RawSink::new(
                 target,
                 manifest.disk_size,
+                manifest.chunk_size,
                 backend_kind_for_writes(o),
-                o.queue_depth,
+                o.write_depth,
                 o.zero_policy,
             )?;
             rep.write_backend = Some(sink.backend());
-            let (_source, stats) = run_raw(image, &manifest, o, &mut rep, progress, &mut |p| match p.payload {
+            let (_source, stats) = run_raw(image, &manifest, o, &mut rep, progress, o.write_depth, &mut |p| match p
+                .payload
+            {
                 Payload::Zero => sink.zero(p.offset, p.len),
-                Payload::Raw(buf) => sink.write(p.offset, p.len, buf),
+                Payload::Raw(buf) => sink.write(p.offset, p.len, p.zero_map, buf),
                 Payload::Lz4 { .. } => Err(Error::Invalid("raw restore received a compressed chunk".into())),
             })?;
             let (target, raw) = sink.finish()?;
@@ -689,4 +728,63 @@ pub fn info(image: &Path, o: &Options) -> Result<Info> {
             })
         }
     }
+}
+
+/// Reads `src` through the whole pipeline (zero check, SHA-256 and, if `o.compress`, lz4) into
+/// a null sink: what the engine can do before any output is written. Used by benchmarks.
+pub fn scan(src: &Path, o: &Options, progress: &Progress) -> Result<Report> {
+    let t0 = Instant::now();
+    check_options(o)?;
+    let source = Source::open(src)?;
+    let size = source.size();
+    let cs = o.chunk_size;
+    let plans = plan_chunks(size, cs, source.logical_block(), &source.data_extents()?);
+    let (mut backend, note) = ring::probe(
+        o.backend,
+        RingOptions {
+            queue_depth: o.queue_depth,
+            fixed_buffers: o.fixed_buffers,
+        },
+    );
+    let pools = Pools::new(cs, o.queue_depth, o.threads, o.compress);
+    let zeros = ZeroDigests::new(size, cs);
+    let mut manifest = Manifest::new(size, cs);
+    let mut rep = Report {
+        op: "scan",
+        input: src.to_owned(),
+        backend: Some(backend.kind()),
+        input_direct: source.is_direct(),
+        disk_size: size,
+        chunk_size: cs,
+        chunks: plans.len() as u64,
+        warnings: source.warning().map(str::to_owned).into_iter().chain(note).collect(),
+        ..Report::default()
+    };
+    let job = Job {
+        src: &source,
+        plans: &plans,
+        backend: backend.as_mut(),
+        pools: &pools,
+        zeros: &zeros,
+        progress: Arc::clone(progress),
+    };
+    let mut stored = 0u64;
+    let stats = run(job, o, &mut |p| {
+        let kind = if matches!(p.payload, Payload::Zero) {
+            ChunkKind::Zero
+        } else {
+            ChunkKind::Data
+        };
+        manifest.set(p.index, kind, p.digest);
+        stored += p.stored_bytes().len() as u64;
+        Ok(())
+    })?;
+    rep.bytes_read = stats.read.bytes_read;
+    rep.read_requests = stats.read.requests;
+    rep.zero_chunks = stats.zero_chunks;
+    rep.zero_bytes = stats.zero_bytes;
+    rep.bytes_stored = stored;
+    rep.digest = hex(&manifest.image_digest());
+    rep.elapsed = t0.elapsed();
+    Ok(rep)
 }

@@ -47,6 +47,9 @@ pub struct Processed {
     pub len: u32,
     /// SHA-256 of the chunk's uncompressed bytes.
     pub digest: Sha,
+    /// Bit `i` set: sub-block `i` (of [`zero_block_size`] bytes) is all zeroes. Lets a raw sink
+    /// leave holes inside data chunks, as fine-grained as a sparse source had them.
+    pub zero_map: u64,
     /// What to store.
     pub payload: Payload,
 }
@@ -95,6 +98,29 @@ pub struct PipelineStats {
     pub zero_bytes: u64,
 }
 
+/// Granularity of zero detection inside a chunk: 64 KiB, or chunk/64 for chunks over 4 MiB
+/// (the map is one `u64`).
+pub fn zero_block_size(chunk_size: u32) -> u32 {
+    (chunk_size / 64).max(64 << 10)
+}
+
+/// Which sub-blocks of `data` are all zeroes (bit `i` for block `i`).
+pub fn zero_map(data: &[u8], block: u32) -> u64 {
+    data.chunks(block as usize)
+        .enumerate()
+        .fold(0u64, |m, (i, b)| if is_zero(b) { m | 1 << i } else { m })
+}
+
+/// The map with every sub-block of a `len`-byte chunk set.
+pub fn all_zero_map(len: u32, block: u32) -> u64 {
+    let blocks = u64::from(len).div_ceil(u64::from(block)).max(1);
+    if blocks >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << blocks) - 1
+    }
+}
+
 /// The per-chunk work, shared by both paths so they cannot diverge.
 fn process(chunk: ReadChunk, zeros: &ZeroDigests, pools: &Pools) -> Processed {
     let ReadChunk {
@@ -103,43 +129,54 @@ fn process(chunk: ReadChunk, zeros: &ZeroDigests, pools: &Pools) -> Processed {
         len,
         buf,
     } = chunk;
-    let payload_and_digest = match buf {
-        None => (Payload::Zero, zeros.of(len)),
-        Some(buf) => {
-            let data = &buf.as_slice()[..len as usize];
-            if is_zero(data) {
-                (Payload::Zero, zeros.of(len))
-            } else {
-                let digest = sha256(data);
-                match &pools.output {
-                    None => (Payload::Raw(buf), digest),
-                    Some(out_pool) => {
-                        let mut out = out_pool.get();
-                        let stored = lz4_flex::block::compress_into(data, out.as_mut_slice())
-                            .expect("output buffer has lz4's worst-case size");
-                        if stored < len as usize {
-                            (
-                                Payload::Lz4 {
-                                    input: buf,
-                                    out,
-                                    stored: stored as u32,
-                                },
-                                digest,
-                            )
-                        } else {
-                            (Payload::Raw(buf), digest)
-                        }
-                    }
+    let block = zero_block_size(pools.input.buf_size() as u32);
+    let all = all_zero_map(len, block);
+    let Some(buf) = buf else {
+        return Processed {
+            index,
+            offset,
+            len,
+            digest: zeros.of(len),
+            zero_map: all,
+            payload: Payload::Zero,
+        };
+    };
+    let data = &buf.as_slice()[..len as usize];
+    let map = zero_map(data, block);
+    if map == all {
+        return Processed {
+            index,
+            offset,
+            len,
+            digest: zeros.of(len),
+            zero_map: all,
+            payload: Payload::Zero,
+        };
+    }
+    let digest = sha256(data);
+    let payload = match &pools.output {
+        None => Payload::Raw(buf),
+        Some(out_pool) => {
+            let mut out = out_pool.get();
+            let stored = lz4_flex::block::compress_into(data, out.as_mut_slice())
+                .expect("output buffer has lz4's worst-case size");
+            if stored < len as usize {
+                Payload::Lz4 {
+                    input: buf,
+                    out,
+                    stored: stored as u32,
                 }
+            } else {
+                Payload::Raw(buf)
             }
         }
     };
-    let (payload, digest) = payload_and_digest;
     Processed {
         index,
         offset,
         len,
         digest,
+        zero_map: map,
         payload,
     }
 }

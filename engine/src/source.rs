@@ -63,7 +63,7 @@ impl Source {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && kind == SourceKind::File => {
                 let f = open_direct(path, true).map_err(|e| Error::io("open", path, 0, e))?;
                 let w = format!(
-                    "{}: the file system refuses O_DIRECT (tmpfs?); falling back to buffered reads \
+                    "{}: the file system refuses O_DIRECT (ramfs, an old tmpfs, some FUSE file systems); falling back to buffered reads \
                      through the page cache, which is slower and pollutes the cache",
                     path.display()
                 );

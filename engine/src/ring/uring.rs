@@ -332,20 +332,32 @@ impl ReadRun<'_> {
     }
 }
 
-struct WriteSlot {
-    buf: PoolBuf,
-    offset: u64,
-    len: u32,
-    done: u32,
+/// One write of a slot: `len` bytes from `buf_off` in the buffer to `disk_off` in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteSeg {
+    /// Offset in the buffer.
+    pub buf_off: u32,
+    /// Offset in the file or device.
+    pub disk_off: u64,
+    /// Bytes to write (aligned for O_DIRECT).
+    pub len: u32,
 }
 
-/// io_uring positional writer: up to `depth` writes in flight, any order.
+struct WriteSlot {
+    buf: PoolBuf,
+    segs: Vec<(WriteSeg, u32)>,
+    pending: u32,
+}
+
+/// io_uring positional writer: up to `depth` buffers in flight, any order, each written as one
+/// or more segments (so a chunk with zero sub-blocks leaves holes).
 pub struct UringWriter {
     ring: IoUring,
     path: PathBuf,
     fd: i32,
     slots: Vec<Option<WriteSlot>>,
     inflight: usize,
+    in_kernel: u32,
     /// Write requests issued.
     pub requests: u64,
 }
@@ -355,30 +367,45 @@ impl UringWriter {
     pub fn new(file: &File, path: &Path, depth: u32) -> io::Result<Self> {
         let depth = depth.clamp(1, 256);
         Ok(Self {
-            ring: build_ring(depth)?,
+            ring: build_ring(depth * 4)?,
             path: path.to_owned(),
             fd: file.as_raw_fd(),
             slots: (0..depth).map(|_| None).collect(),
             inflight: 0,
+            in_kernel: 0,
             requests: 0,
         })
     }
 
-    /// Queues a write of `buf[..len]` at `offset`; `len` must already be aligned. When all slots
-    /// are busy it first reaps completions, handing finished buffers to `done`.
+    /// Queues a write of `buf[..len]` at `offset`; `len` must already be aligned.
     pub fn write(&mut self, buf: PoolBuf, offset: u64, len: u32, done: &mut dyn FnMut(PoolBuf)) -> Result<()> {
+        self.write_segments(
+            buf,
+            &[WriteSeg {
+                buf_off: 0,
+                disk_off: offset,
+                len,
+            }],
+            done,
+        )
+    }
+
+    /// Queues the writes `segs` out of `buf` (at least one). When all slots are busy it first
+    /// reaps completions, handing finished buffers to `done`.
+    pub fn write_segments(&mut self, buf: PoolBuf, segs: &[WriteSeg], done: &mut dyn FnMut(PoolBuf)) -> Result<()> {
         while self.inflight == self.slots.len() {
             self.reap(1, done)?;
         }
         let slot = self.slots.iter().position(Option::is_none).expect("free slot");
         self.slots[slot] = Some(WriteSlot {
             buf,
-            offset,
-            len,
-            done: 0,
+            segs: segs.iter().map(|s| (*s, 0)).collect(),
+            pending: segs.len() as u32,
         });
         self.inflight += 1;
-        self.push(slot)?;
+        for seg in 0..segs.len() {
+            self.push(slot, seg)?;
+        }
         // Reap whatever is already complete without waiting.
         self.reap(0, done)
     }
@@ -391,20 +418,23 @@ impl UringWriter {
         Ok(())
     }
 
-    fn push(&mut self, slot: usize) -> Result<()> {
+    fn push(&mut self, slot: usize, seg: usize) -> Result<()> {
         let s = self.slots[slot].as_mut().expect("slot in use");
-        // SAFETY: done < len <= capacity, so the pointer stays inside the buffer.
-        let ptr = unsafe { s.buf.as_mut_ptr().add(s.done as usize) };
-        let off = s.offset + u64::from(s.done);
-        let entry = opcode::Write::new(types::Fd(self.fd), ptr, s.len - s.done)
+        let (w, done) = s.segs[seg];
+        // SAFETY: buf_off + done < buf_off + len <= capacity (the sink builds segments inside the
+        // buffer), so the pointer stays inside the allocation.
+        let ptr = unsafe { s.buf.as_mut_ptr().add((w.buf_off + done) as usize) };
+        let off = w.disk_off + u64::from(done);
+        let entry = opcode::Write::new(types::Fd(self.fd), ptr, w.len - done)
             .offset(off)
             .build()
-            .user_data(slot as u64);
+            .user_data(((slot as u64) << SEG_BITS) | seg as u64);
         self.requests += 1;
         loop {
             // SAFETY: the buffer is owned by the slot until its CQE is reaped; `Drop` drains.
             let pushed = unsafe { self.ring.submission().push(&entry) };
             if pushed.is_ok() {
+                self.in_kernel += 1;
                 return Ok(());
             }
             self.ring
@@ -420,31 +450,36 @@ impl UringWriter {
             Err(e) => return Err(Error::io("io_uring_enter", &self.path, 0, e)),
         }
         let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        self.in_kernel -= cqes.len() as u32;
         let mut first_err = None;
         for (ud, res) in cqes {
-            let slot = ud as usize;
+            let slot = (ud >> SEG_BITS) as usize;
+            let seg = (ud & ((1 << SEG_BITS) - 1)) as usize;
             let s = self.slots[slot].as_mut().expect("completion for a live slot");
-            let off = s.offset + u64::from(s.done);
+            let (w, ref mut written) = s.segs[seg];
+            let off = w.disk_off + u64::from(*written);
             if res == -libc::EINTR || res == -libc::EAGAIN {
-                self.push(slot)?;
+                self.push(slot, seg)?;
                 continue;
             }
             if res > 0 {
-                s.done += res as u32;
-                if s.done < s.len {
-                    self.push(slot)?;
+                *written += res as u32;
+                if *written < w.len {
+                    self.push(slot, seg)?;
                     continue;
                 }
-            }
-            let s = self.slots[slot].take().expect("slot");
-            self.inflight -= 1;
-            done(s.buf);
-            if res < 0 {
+            } else if res < 0 {
                 let e = io::Error::from_raw_os_error(-res);
                 first_err.get_or_insert(Error::io("write", &self.path, off, e));
-            } else if res == 0 {
+            } else {
                 let e = io::Error::new(io::ErrorKind::WriteZero, "device accepted no bytes (is it full?)");
                 first_err.get_or_insert(Error::io("write", &self.path, off, e));
+            }
+            s.pending -= 1;
+            if s.pending == 0 {
+                let s = self.slots[slot].take().expect("slot");
+                self.inflight -= 1;
+                done(s.buf);
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -454,13 +489,15 @@ impl UringWriter {
 impl Drop for UringWriter {
     fn drop(&mut self) {
         // Drain so the kernel never writes from a freed buffer; errors no longer matter here.
+        let _ = self.ring.submit();
         let mut stuck = 0;
-        while self.inflight > 0 && stuck < 1000 {
-            if self.reap(1, &mut drop).is_err() {
-                stuck += 1;
+        while self.in_kernel > 0 && stuck < 1000 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => self.in_kernel -= self.ring.completion().count() as u32,
+                Err(_) => stuck += 1,
             }
         }
-        if self.inflight > 0 {
+        if self.in_kernel > 0 {
             // The kernel may still write from these buffers: leak them rather than free them.
             for s in self.slots.iter_mut() {
                 if let Some(s) = s.take() {

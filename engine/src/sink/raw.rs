@@ -8,7 +8,7 @@ use super::target::Target;
 use super::ZeroPolicy;
 use crate::buf::{AlignedBuf, PoolBuf};
 use crate::error::{Error, Result};
-use crate::ring::uring::UringWriter;
+use crate::ring::uring::{UringWriter, WriteSeg};
 use crate::ring::BackendKind;
 use crate::sys;
 
@@ -24,7 +24,7 @@ pub struct RawStats {
 }
 
 enum Writer {
-    Uring(UringWriter),
+    Uring(Box<UringWriter>),
     Pwrite,
 }
 
@@ -33,15 +33,24 @@ pub struct RawSink {
     target: Target,
     writer: Writer,
     size: u64,
+    chunk_size: u32,
     zero_policy: ZeroPolicy,
     zero_buf: Option<AlignedBuf>,
     stats: RawStats,
 }
 
 impl RawSink {
-    /// Prepares `target` to receive a disk of `size` bytes. With `BackendKind::Uring` writes go
-    /// through an io_uring with `depth` writes in flight (falling back to pwrite if refused).
-    pub fn new(target: Target, size: u64, backend: BackendKind, depth: u32, zero_policy: ZeroPolicy) -> Result<Self> {
+    /// Prepares `target` to receive a disk of `size` bytes in `chunk_size` chunks. With
+    /// `BackendKind::Uring` writes go through an io_uring with `depth` buffers in flight (falling
+    /// back to pwrite if refused).
+    pub fn new(
+        target: Target,
+        size: u64,
+        chunk_size: u32,
+        backend: BackendKind,
+        depth: u32,
+        zero_policy: ZeroPolicy,
+    ) -> Result<Self> {
         if let Some(dev) = target.device_size() {
             if dev < size {
                 return Err(Error::Invalid(format!(
@@ -52,7 +61,7 @@ impl RawSink {
         }
         let writer = match backend {
             BackendKind::Uring => match UringWriter::new(target.file(), target.write_path(), depth) {
-                Ok(w) => Writer::Uring(w),
+                Ok(w) => Writer::Uring(Box::new(w)),
                 Err(_) => Writer::Pwrite,
             },
             BackendKind::Pread => Writer::Pwrite,
@@ -61,6 +70,7 @@ impl RawSink {
             target,
             writer,
             size,
+            chunk_size,
             zero_policy,
             zero_buf: None,
             stats: RawStats::default(),
@@ -80,9 +90,11 @@ impl RawSink {
         }
     }
 
-    /// Writes `buf[..len]` at `offset`. A short last chunk is padded with zeroes to the write
-    /// alignment (the file is truncated back to size in [`Self::finish`]).
-    pub fn write(&mut self, offset: u64, len: u32, mut buf: PoolBuf) -> Result<()> {
+    /// Writes `buf[..len]` at `offset`. Sub-blocks marked in `zero_map` (see
+    /// [`crate::pipeline::zero_map`]) are left as holes in a file target; a device gets the whole
+    /// chunk. A short last chunk is padded with zeroes to the write alignment (the file is
+    /// truncated back to size in [`Self::finish`]).
+    pub fn write(&mut self, offset: u64, len: u32, zero_map: u64, mut buf: PoolBuf) -> Result<()> {
         let align = if self.target.is_direct() {
             self.target.align()
         } else {
@@ -92,16 +104,52 @@ impl RawSink {
         if padded > len {
             buf.as_mut_slice()[len as usize..padded as usize].fill(0);
         }
-        self.stats.bytes_written += u64::from(padded);
+        let mut segs = Vec::new();
+        let block = crate::pipeline::zero_block_size(self.chunk_size);
+        if self.target.device_size().is_none() && zero_map != 0 {
+            let mut start = None;
+            let blocks = len.div_ceil(block);
+            for i in 0..=blocks {
+                let zero = i == blocks || zero_map & (1 << i) != 0;
+                match (zero, start) {
+                    (false, None) => start = Some(i),
+                    (true, Some(s)) => {
+                        let from = s * block;
+                        let to = (i * block).min(padded);
+                        segs.push(WriteSeg {
+                            buf_off: from,
+                            disk_off: offset + u64::from(from),
+                            len: to - from,
+                        });
+                        start = None;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            segs.push(WriteSeg {
+                buf_off: 0,
+                disk_off: offset,
+                len: padded,
+            });
+        }
+        if segs.is_empty() {
+            return Ok(());
+        }
+        self.stats.bytes_written += segs.iter().map(|s| u64::from(s.len)).sum::<u64>();
         match &mut self.writer {
-            Writer::Uring(w) => w.write(buf, offset, padded, &mut drop),
+            Writer::Uring(w) => w.write_segments(buf, &segs, &mut drop),
             Writer::Pwrite => {
-                self.stats.requests += 1;
                 let path = self.target.write_path();
-                self.target
-                    .file()
-                    .write_all_at(&buf.as_slice()[..padded as usize], offset)
-                    .map_err(|e| Error::io("write", path, offset, e))
+                for s in &segs {
+                    self.stats.requests += 1;
+                    let bytes = &buf.as_slice()[s.buf_off as usize..(s.buf_off + s.len) as usize];
+                    self.target
+                        .file()
+                        .write_all_at(bytes, s.disk_off)
+                        .map_err(|e| Error::io("write", path, s.disk_off, e))?;
+                }
+                Ok(())
             }
         }
     }

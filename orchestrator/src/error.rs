@@ -1,0 +1,211 @@
+//! `OpError`: the typed error of an orchestrated operation, with Ganeti's error kinds and codes.
+//!
+//! Ganeti raises `OpPrereqError(msg, ecode)` before anything is changed and `OpExecError(msg)`
+//! once Exec has started; hooks have their own two classes. We keep the same split so callers
+//! (and operators reading messages) can tell "nothing happened" from "something went wrong
+//! half-way". The `Display` of an [`OpError`] is Ganeti's message text alone; the block the
+//! Ganeti CLI prints (`Failure: prerequisites not met ...`) is [`OpError::ganeti_report`].
+
+use std::fmt;
+
+/// Which of Ganeti's error classes an [`OpError`] corresponds to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// `OpPrereqError`: a prerequisite was not met; nothing was changed.
+    Prereq,
+    /// `OpExecError`: the operation failed while executing.
+    Exec,
+    /// `HooksAbort`: a pre-phase hook script failed, so Exec did not run.
+    HooksAbort,
+    /// `HooksFailure`: the hooks could not be run at all.
+    HooksFailure,
+    /// `LockError`: a lock could not be acquired (timeout or ordering violation).
+    Lock,
+    /// `ConfigurationError`: the cluster configuration is unreadable or inconsistent.
+    Config,
+}
+
+/// Ganeti's `ECODE_*` error codes; [`Ecode::as_str`] gives Ganeti's string value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Ecode {
+    /// `ECODE_RESOLVER`: a name could not be resolved.
+    Resolver,
+    /// `ECODE_NORES`: not enough resources (e.g. disk space).
+    NoRes,
+    /// `ECODE_TEMP_NORES`: resources temporarily unavailable.
+    TempNoRes,
+    /// `ECODE_INVAL`: wrong arguments.
+    Inval,
+    /// `ECODE_STATE`: the object is in the wrong state (offline node, running instance).
+    State,
+    /// `ECODE_NOENT`: the entity does not exist.
+    NoEnt,
+    /// `ECODE_EXISTS`: the entity already exists.
+    Exists,
+    /// `ECODE_NOTUNIQUE`: the name or UUID does not identify one entity.
+    NotUnique,
+    /// `ECODE_FAULT`: an internal error.
+    Fault,
+    /// `ECODE_ENVIRON`: the environment (a node, the OS) is not as required.
+    Environ,
+}
+
+impl Ecode {
+    /// Ganeti's string value of the code, e.g. `wrong_state` for `ECODE_STATE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Resolver => "resolver_error",
+            Self::NoRes => "insufficient_resources",
+            Self::TempNoRes => "temp_insufficient_resources",
+            Self::Inval => "wrong_input",
+            Self::State => "wrong_state",
+            Self::NoEnt => "unknown_entity",
+            Self::Exists => "already_exists",
+            Self::NotUnique => "resource_not_unique",
+            Self::Fault => "internal_error",
+            Self::Environ => "environment_error",
+        }
+    }
+
+    /// Ganeti's constant name, e.g. `ECODE_STATE`.
+    pub fn ganeti_name(self) -> &'static str {
+        match self {
+            Self::Resolver => "ECODE_RESOLVER",
+            Self::NoRes => "ECODE_NORES",
+            Self::TempNoRes => "ECODE_TEMP_NORES",
+            Self::Inval => "ECODE_INVAL",
+            Self::State => "ECODE_STATE",
+            Self::NoEnt => "ECODE_NOENT",
+            Self::Exists => "ECODE_EXISTS",
+            Self::NotUnique => "ECODE_NOTUNIQUE",
+            Self::Fault => "ECODE_FAULT",
+            Self::Environ => "ECODE_ENVIRON",
+        }
+    }
+}
+
+impl fmt::Display for Ecode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of one operation: Ganeti's class, Ganeti's code and Ganeti's message text.
+///
+/// Ganeti attaches no code to a few prerequisite errors (and none to `OpExecError`); we always
+/// attach one, choosing `ECODE_INVAL` for argument errors and `ECODE_FAULT` for execution
+/// errors, so a script can always branch on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{msg}")]
+pub struct OpError {
+    /// Ganeti's error class.
+    pub kind: ErrorKind,
+    /// Ganeti's error code.
+    pub ecode: Ecode,
+    /// The message, in Ganeti's wording where Ganeti has one.
+    pub msg: String,
+}
+
+impl OpError {
+    /// Builds an error of any kind.
+    pub fn new(kind: ErrorKind, ecode: Ecode, msg: impl Into<String>) -> Self {
+        Self {
+            kind,
+            ecode,
+            msg: msg.into(),
+        }
+    }
+
+    /// An `OpPrereqError(msg, ecode)`.
+    pub fn prereq(ecode: Ecode, msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Prereq, ecode, msg)
+    }
+
+    /// An `OpExecError(msg)` (code `ECODE_FAULT`).
+    pub fn exec(msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Exec, Ecode::Fault, msg)
+    }
+
+    /// A `ConfigurationError(msg)` (code `ECODE_ENVIRON`).
+    pub fn config(msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, Ecode::Environ, msg)
+    }
+
+    /// A `LockError(msg)` with the given code (`ECODE_TEMP_NORES` for a timeout,
+    /// `ECODE_FAULT` for a programming error such as out-of-order acquisition).
+    pub fn lock(ecode: Ecode, msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Lock, ecode, msg)
+    }
+
+    /// Ganeti's `ExpandNames` error for an unknown object, e.g. `Instance 'x' not known`.
+    pub fn not_known(what: &str, name: &str) -> Self {
+        Self::prereq(Ecode::NoEnt, format!("{what} '{name}' not known"))
+    }
+
+    /// The text the Ganeti CLI prints for this error (`cli.FormatError`).
+    pub fn ganeti_report(&self) -> String {
+        match self.kind {
+            ErrorKind::Prereq => format!(
+                "Failure: prerequisites not met for this operation:\n\
+                 error type: {}, error details:\n{}",
+                self.ecode, self.msg
+            ),
+            ErrorKind::Exec => format!("Failure: command execution error:\n{}", self.msg),
+            ErrorKind::HooksAbort => format!("Failure: hooks execution failed:\n{}", self.msg),
+            ErrorKind::HooksFailure => format!("Failure: hooks general failure: {}", self.msg),
+            ErrorKind::Lock => format!("Failure: lock error: {}", self.msg),
+            ErrorKind::Config => {
+                format!("Corrupt configuration file: {}\nAborting.", self.msg)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ecode_strings_match_ganeti() {
+        let table = [
+            (Ecode::Resolver, "resolver_error", "ECODE_RESOLVER"),
+            (Ecode::NoRes, "insufficient_resources", "ECODE_NORES"),
+            (Ecode::TempNoRes, "temp_insufficient_resources", "ECODE_TEMP_NORES"),
+            (Ecode::Inval, "wrong_input", "ECODE_INVAL"),
+            (Ecode::State, "wrong_state", "ECODE_STATE"),
+            (Ecode::NoEnt, "unknown_entity", "ECODE_NOENT"),
+            (Ecode::Exists, "already_exists", "ECODE_EXISTS"),
+            (Ecode::NotUnique, "resource_not_unique", "ECODE_NOTUNIQUE"),
+            (Ecode::Fault, "internal_error", "ECODE_FAULT"),
+            (Ecode::Environ, "environment_error", "ECODE_ENVIRON"),
+        ];
+        for (code, value, name) in table {
+            assert_eq!(code.as_str(), value);
+            assert_eq!(code.to_string(), value);
+            assert_eq!(code.ganeti_name(), name);
+        }
+    }
+
+    #[test]
+    fn display_is_the_message_and_report_is_ganetis() {
+        let e = OpError::prereq(Ecode::State, "Can't use offline node: node2");
+        assert_eq!(e.to_string(), "Can't use offline node: node2");
+        assert_eq!(
+            e.ganeti_report(),
+            "Failure: prerequisites not met for this operation:\n\
+             error type: wrong_state, error details:\n\
+             Can't use offline node: node2"
+        );
+        let e = OpError::exec("Could not shutdown instance i1 on node n1");
+        assert_eq!(e.kind, ErrorKind::Exec);
+        assert_eq!(
+            e.ganeti_report(),
+            "Failure: command execution error:\nCould not shutdown instance i1 on node n1"
+        );
+        let e = OpError::not_known("Instance", "inst9");
+        assert_eq!(e.to_string(), "Instance 'inst9' not known");
+        assert_eq!(e.ecode, Ecode::NoEnt);
+    }
+}

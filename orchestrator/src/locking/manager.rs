@@ -1,0 +1,584 @@
+//! `LockManager` and `LockOwner`: cross-process locks on files, acquired strictly level by level.
+//!
+//! Every lock is `flock(2)` on `<lockdir>/<level>/<name>.lock`. The kernel keeps the lock for
+//! as long as the open file description lives, so a process that dies (even by SIGKILL) frees
+//! its locks, and two processes (or two owners in one process, which open the file separately)
+//! exclude each other. Lock files are never deleted: deleting a file someone may be about to
+//! lock would let two holders lock two different inodes of the same name.
+//!
+//! While a lock is held, the owner writes a small side file
+//! (`<lockdir>/<level>/<name>.holders/<pid>-<owner id>`: pid, mode, command, time). When a wait
+//! times out, the error names the holders. The *truth* about who holds the lock is
+//! `/proc/locks` (matched by device and inode); side files only add the command and the time,
+//! and are used only for pids that `/proc/locks` lists, so a holder that died is never named.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{flock, FlockOperation};
+
+use super::level::{LockLevel, LockMode};
+use crate::cluster::is_safe_name;
+use crate::error::{Ecode, OpError};
+
+/// The name of the big Ganeti lock at the `cluster` level.
+pub const BGL: &str = "BGL";
+
+/// Owner ids, unique within this process; with the pid they identify an owner's side files.
+static NEXT_OWNER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The longest sleep between two attempts while waiting for a lock.
+const MAX_POLL: Duration = Duration::from_millis(50);
+
+/// Why a lock request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// The request breaks the level order (or the BGL rule); nothing was acquired.
+    #[error("{0}")]
+    Order(String),
+    /// A lock name that cannot be a lock file name.
+    #[error("Invalid lock name '{0}'")]
+    InvalidName(String),
+    /// The lock was not free before the timeout; nothing of this request is held.
+    #[error(
+        "Could not acquire lock {level}/{name} ({mode}) within {:.1}s: {}",
+        waited.as_secs_f64(),
+        describe_holders(holders)
+    )]
+    Timeout {
+        /// The level of the lock.
+        level: LockLevel,
+        /// The lock that was busy.
+        name: String,
+        /// The mode requested.
+        mode: LockMode,
+        /// How long we waited.
+        waited: Duration,
+        /// Who held it when we gave up.
+        holders: Vec<Holder>,
+    },
+    /// The lock directory or a lock file could not be used.
+    #[error("lock file {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+impl From<LockError> for OpError {
+    fn from(e: LockError) -> Self {
+        let ecode = match &e {
+            LockError::Timeout { .. } => Ecode::TempNoRes,
+            LockError::InvalidName(_) => Ecode::Inval,
+            LockError::Order(_) => Ecode::Fault,
+            LockError::Io { .. } => Ecode::Environ,
+        };
+        OpError::lock(ecode, e.to_string())
+    }
+}
+
+/// A process holding a lock, as far as it can be known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The holder's pid (from `/proc/locks`).
+    pub pid: u32,
+    /// The mode it holds.
+    pub mode: LockMode,
+    /// The owner's command as it registered it, or the process's command line.
+    pub command: Option<String>,
+    /// When it acquired the lock (Unix seconds), if it registered.
+    pub since: Option<u64>,
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pid {}", self.pid)?;
+        if let Some(cmd) = &self.command {
+            write!(f, " ({cmd})")?;
+        }
+        write!(f, " {}", self.mode)?;
+        if let Some(since) = self.since {
+            write!(f, " since {}", format_utc(since))?;
+        }
+        Ok(())
+    }
+}
+
+fn describe_holders(holders: &[Holder]) -> String {
+    if holders.is_empty() {
+        "held by a process that released it meanwhile".into()
+    } else {
+        let list: Vec<String> = holders.iter().map(Holder::to_string).collect();
+        format!("held by {}", list.join(", "))
+    }
+}
+
+/// Where locks live. Cheap to clone; every [`LockOwner`] made from it shares the directory.
+#[derive(Debug, Clone)]
+pub struct LockManager {
+    dir: PathBuf,
+}
+
+impl LockManager {
+    /// Uses (and creates if needed) `dir` and one subdirectory per level.
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self, LockError> {
+        let dir = dir.into();
+        for level in LockLevel::ALL {
+            let d = dir.join(level.as_str());
+            fs::create_dir_all(&d).map_err(|source| LockError::Io { path: d, source })?;
+        }
+        Ok(Self { dir })
+    }
+
+    /// The lock directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A new owner (one operation; Ganeti's job) that describes itself as `command` to
+    /// anyone waiting for its locks.
+    pub fn owner(&self, command: impl Into<String>) -> LockOwner {
+        LockOwner {
+            manager: self.clone(),
+            id: NEXT_OWNER_ID.fetch_add(1, Ordering::Relaxed),
+            command: command.into(),
+            levels: Vec::new(),
+        }
+    }
+
+    /// Who holds `level/name` right now.
+    pub fn holders(&self, level: LockLevel, name: &str) -> Result<Vec<Holder>, LockError> {
+        let path = self.lock_path(level, name);
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(LockError::Io { path, source }),
+        };
+        let kernel = proc_locks_holders(meta.dev(), meta.ino());
+        let infos = read_side_files(&self.holders_dir(level, name));
+        let mut out = Vec::new();
+        for (pid, mode) in kernel {
+            let start = proc_start_time(pid);
+            let mut matched = false;
+            for info in infos.iter().filter(|i| i.pid == pid && i.mode == mode) {
+                if info.start_time.is_some() && info.start_time != start {
+                    continue; // A side file of an earlier process with the same pid.
+                }
+                matched = true;
+                out.push(Holder {
+                    pid,
+                    mode,
+                    command: Some(info.command.clone()),
+                    since: Some(info.since),
+                });
+            }
+            if !matched {
+                out.push(Holder {
+                    pid,
+                    mode,
+                    command: proc_cmdline(pid),
+                    since: None,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn lock_path(&self, level: LockLevel, name: &str) -> PathBuf {
+        self.dir.join(level.as_str()).join(format!("{name}.lock"))
+    }
+
+    fn holders_dir(&self, level: LockLevel, name: &str) -> PathBuf {
+        self.dir.join(level.as_str()).join(format!("{name}.holders"))
+    }
+}
+
+/// The locks of one operation. Locks are released in reverse order of acquisition when the
+/// owner is dropped (or per level with [`LockOwner::release`]).
+#[derive(Debug)]
+pub struct LockOwner {
+    manager: LockManager,
+    id: u64,
+    command: String,
+    levels: Vec<HeldLevel>,
+}
+
+#[derive(Debug)]
+struct HeldLevel {
+    level: LockLevel,
+    mode: LockMode,
+    locks: Vec<HeldLock>,
+}
+
+#[derive(Debug)]
+struct HeldLock {
+    name: String,
+    side_file: PathBuf,
+    // Dropped (closed, hence unlocked) after the side file is removed in `Drop`.
+    _file: File,
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.side_file);
+    }
+}
+
+impl HeldLevel {
+    fn release(mut self) {
+        while let Some(lock) = self.locks.pop() {
+            drop(lock);
+        }
+    }
+}
+
+impl LockOwner {
+    /// The command this owner reports to waiters.
+    pub fn command(&self) -> &str {
+        &self.command
+    }
+
+    /// Acquires `names` at `level` in `mode`, waiting at most `timeout` in total.
+    ///
+    /// Refused with [`LockError::Order`] if this owner already holds locks at `level` or a
+    /// higher level, or if `level` is not `cluster` and the BGL is not held (Ganeti's rules).
+    /// Names are deduplicated and locked in sorted order. On a timeout, every lock taken by
+    /// this call is released again and the error names the holders of the busy lock.
+    pub fn acquire<S: AsRef<str>>(
+        &mut self,
+        level: LockLevel,
+        names: &[S],
+        mode: LockMode,
+        timeout: Duration,
+    ) -> Result<(), LockError> {
+        if let Some(top) = self.levels.last() {
+            if top.level >= level {
+                return Err(LockError::Order(format!(
+                    "Cannot acquire locks at level '{level}' while owning locks at level '{}' \
+                     (levels must be acquired in increasing order: cluster < instance < \
+                     nodegroup < node < node-res < network)",
+                    top.level
+                )));
+            }
+        }
+        if level != LockLevel::Cluster && !self.is_owned(LockLevel::Cluster) {
+            return Err(LockError::Order(
+                "You must own the Big Ganeti Lock before acquiring any other".into(),
+            ));
+        }
+        let mut sorted: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if let Some(bad) = sorted.iter().find(|n| !is_safe_name(n)) {
+            return Err(LockError::InvalidName((*bad).to_string()));
+        }
+        if level == LockLevel::Cluster && sorted.iter().any(|n| *n != BGL) {
+            return Err(LockError::InvalidName(format!(
+                "cluster/{} (the cluster level has only '{BGL}')",
+                sorted.join(",")
+            )));
+        }
+        if sorted.is_empty() {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let mut held = HeldLevel {
+            level,
+            mode,
+            locks: Vec::with_capacity(sorted.len()),
+        };
+        for name in sorted {
+            match self.lock_one(level, name, mode, deadline) {
+                Ok(lock) => held.locks.push(lock),
+                Err(e) => {
+                    held.release();
+                    return Err(match e {
+                        LockError::Timeout { holders, .. } => LockError::Timeout {
+                            level,
+                            name: name.to_string(),
+                            mode,
+                            waited: start.elapsed(),
+                            holders,
+                        },
+                        other => other,
+                    });
+                }
+            }
+        }
+        self.levels.push(held);
+        Ok(())
+    }
+
+    /// Releases every lock held at `level` (in reverse order). Releasing a level not held is a
+    /// no-op.
+    pub fn release(&mut self, level: LockLevel) {
+        if let Some(pos) = self.levels.iter().position(|l| l.level == level) {
+            self.levels.remove(pos).release();
+        }
+    }
+
+    /// Releases everything, highest level first.
+    pub fn release_all(&mut self) {
+        while let Some(level) = self.levels.pop() {
+            level.release();
+        }
+    }
+
+    /// Whether any lock is held at `level`.
+    pub fn is_owned(&self, level: LockLevel) -> bool {
+        self.levels.iter().any(|l| l.level == level)
+    }
+
+    /// The names held at `level`, sorted.
+    pub fn owned(&self, level: LockLevel) -> Vec<&str> {
+        self.levels
+            .iter()
+            .filter(|l| l.level == level)
+            .flat_map(|l| l.locks.iter().map(|h| h.name.as_str()))
+            .collect()
+    }
+
+    /// The mode held at `level`, if any.
+    pub fn owned_mode(&self, level: LockLevel) -> Option<LockMode> {
+        self.levels.iter().find(|l| l.level == level).map(|l| l.mode)
+    }
+
+    fn lock_one(&self, level: LockLevel, name: &str, mode: LockMode, deadline: Instant) -> Result<HeldLock, LockError> {
+        let path = self.manager.lock_path(level, name);
+        let io_err = |path: &Path, source: io::Error| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        // std opens with O_CLOEXEC, so hook scripts and other children never inherit a lock.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        let op = match mode {
+            LockMode::Shared => FlockOperation::NonBlockingLockShared,
+            LockMode::Exclusive => FlockOperation::NonBlockingLockExclusive,
+        };
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match flock(&file, op) {
+                Ok(()) => break,
+                Err(e) if e == rustix::io::Errno::WOULDBLOCK || e == rustix::io::Errno::INTR => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        let holders = self.manager.holders(level, name).unwrap_or_default();
+                        return Err(LockError::Timeout {
+                            level,
+                            name: name.to_string(),
+                            mode,
+                            waited: Duration::ZERO,
+                            holders,
+                        });
+                    }
+                    thread::sleep(pause.min(deadline - now));
+                    pause = (pause * 2).min(MAX_POLL);
+                }
+                Err(e) => return Err(io_err(&path, e.into())),
+            }
+        }
+        let side_file = self.write_side_file(level, name, mode)?;
+        Ok(HeldLock {
+            name: name.to_string(),
+            side_file,
+            _file: file,
+        })
+    }
+
+    fn write_side_file(&self, level: LockLevel, name: &str, mode: LockMode) -> Result<PathBuf, LockError> {
+        let dir = self.manager.holders_dir(level, name);
+        let io_err = |path: &Path, source: io::Error| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        let pid = std::process::id();
+        remove_stale_side_files(&self.manager, level, name, &dir);
+        let path = dir.join(format!("{pid}-{}", self.id));
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let start = proc_start_time(pid).map(|s| s.to_string()).unwrap_or_default();
+        let command = self.command.replace('\n', " ");
+        let body = format!("pid={pid}\nstart_time={start}\nmode={mode}\nsince={since}\ncommand={command}\n");
+        let mut f = File::create(&path).map_err(|e| io_err(&path, e))?;
+        f.write_all(body.as_bytes()).map_err(|e| io_err(&path, e))?;
+        Ok(path)
+    }
+}
+
+impl Drop for LockOwner {
+    fn drop(&mut self) {
+        self.release_all();
+    }
+}
+
+/// Removes side files whose writer no longer holds the lock (it died without cleaning up).
+fn remove_stale_side_files(manager: &LockManager, level: LockLevel, name: &str, dir: &Path) {
+    let Ok(meta) = fs::metadata(manager.lock_path(level, name)) else {
+        return;
+    };
+    if !Path::new("/proc/locks").exists() {
+        return;
+    }
+    let live: Vec<u32> = proc_locks_holders(meta.dev(), meta.ino())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let fname = entry.file_name();
+        let pid = fname
+            .to_str()
+            .and_then(|s| s.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !live.contains(&pid) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SideInfo {
+    pid: u32,
+    start_time: Option<u64>,
+    mode: LockMode,
+    since: u64,
+    command: String,
+}
+
+fn read_side_files(dir: &Path) -> Vec<SideInfo> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(text) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let kv: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
+        let parsed = (|| {
+            Some(SideInfo {
+                pid: kv.get("pid")?.parse().ok()?,
+                start_time: kv.get("start_time").and_then(|s| s.parse().ok()),
+                mode: kv.get("mode")?.parse().ok()?,
+                since: kv.get("since")?.parse().ok()?,
+                command: kv.get("command")?.to_string(),
+            })
+        })();
+        out.extend(parsed);
+    }
+    out.sort_by_key(|i| (i.since, i.pid));
+    out
+}
+
+/// The granted `flock` holders of the file with this device and inode, from `/proc/locks`.
+fn proc_locks_holders(dev: u64, ino: u64) -> Vec<(u32, LockMode)> {
+    let Ok(text) = fs::read_to_string("/proc/locks") else {
+        return Vec::new();
+    };
+    let want = format!("{:02x}:{:02x}:{ino}", rustix::fs::major(dev), rustix::fs::minor(dev));
+    let mut out = Vec::new();
+    for line in text.lines() {
+        // "1: FLOCK  ADVISORY  WRITE 1234 fe:00:10010887 0 EOF"; waiters have "->" after "1:".
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 6 || fields[1] != "FLOCK" || fields[5] != want {
+            continue;
+        }
+        let mode = match fields[3] {
+            "WRITE" => LockMode::Exclusive,
+            "READ" => LockMode::Shared,
+            _ => continue,
+        };
+        if let Ok(pid) = fields[4].parse() {
+            out.push((pid, mode));
+        }
+    }
+    out.sort_unstable_by_key(|(pid, _)| *pid);
+    out.dedup();
+    out
+}
+
+/// The command line of a process, spaces between arguments.
+fn proc_cmdline(pid: u32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    (!args.is_empty()).then(|| args.join(" "))
+}
+
+/// A process's start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`); with the
+/// pid it identifies a process even after pid reuse.
+fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command (field 2) may contain spaces and parentheses; fields after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn format_utc(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_utc_known_dates() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_utc(1_795_659_271), "2026-11-26 02:14:31 UTC");
+    }
+
+    #[test]
+    fn proc_start_time_of_self_is_stable() {
+        let a = proc_start_time(std::process::id());
+        assert!(a.is_some());
+        assert_eq!(a, proc_start_time(std::process::id()));
+    }
+}

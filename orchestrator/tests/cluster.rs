@@ -1,0 +1,283 @@
+//! Cluster config tests: the shipped example, validation messages, name expansion, and the
+//! locked atomic rewrite.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::thread;
+
+use diskstream_orchestrator::cluster::{
+    update_file, AdminState, Cluster, CommandSpec, ConfigError, DiskTemplate, Driver, ParamValue,
+};
+use diskstream_orchestrator::{Ecode, ErrorKind};
+
+fn example_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cluster.toml")
+}
+
+/// A minimal valid config; tests append or replace pieces of it.
+const BASE: &str = r#"
+[cluster]
+name = "c.example.com"
+master = "node1.example.com"
+
+[[nodes]]
+name = "node1.example.com"
+uuid = "n-1"
+root = "vc/node1"
+
+[[nodes]]
+name = "node2.example.com"
+uuid = "n-2"
+root = "/abs/node2"
+offline = true
+
+[[instances]]
+name = "inst1.example.com"
+uuid = "i-1"
+primary_node = "node1.example.com"
+os = "noop"
+hypervisor = "kvm"
+admin_state = "up"
+beparams = { maxmem = 128, minmem = 128, vcpus = 1 }
+[[instances.disks]]
+uuid = "d-1"
+size = 10
+template = "file"
+path = "disks/d1.img"
+"#;
+
+fn parse(text: &str) -> Result<Cluster, ConfigError> {
+    Cluster::from_str_at(text, "/etc/ds/cluster.toml")
+}
+
+fn invalid(text: &str) -> String {
+    match parse(text) {
+        Ok(_) => panic!("accepted an invalid config:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_shipped_example_loads() {
+    let c = Cluster::load(example_path()).unwrap();
+    assert_eq!(c.info().name, "cluster.example.com");
+    assert_eq!(c.master().name, "node1.example.com");
+    assert_eq!(c.nodes().len(), 3);
+    assert!(c.node("node3.example.com").unwrap().drained);
+    let i = c.instance("inst1.example.com").unwrap();
+    assert_eq!(i.admin_state, AdminState::Up);
+    assert_eq!(i.disk_template(), "mixed");
+    assert_eq!(i.be_int("maxmem"), Some(1024));
+    assert_eq!(
+        i.hvparams.keys().collect::<Vec<_>>(),
+        ["kernel_path", "boot_order"],
+        "parameter order is kept as written"
+    );
+    assert_eq!(i.disks[0].template, DiskTemplate::File);
+    assert!(matches!(
+        &i.driver,
+        Some(Driver::Process { start: CommandSpec::Argv(v) }) if v[0] == "/bin/sleep"
+    ));
+    let i2 = c.instance("inst2.example.com").unwrap();
+    assert!(
+        matches!(&i2.driver, Some(Driver::Command { status: CommandSpec::Shell(s), .. }) if s.contains("domstate"))
+    );
+    let n1 = c.node("node1.example.com").unwrap();
+    let base = example_path().parent().unwrap().to_path_buf();
+    assert_eq!(c.export_dir(n1), base.join("vc/node1/var/lib/ganeti/export"));
+    assert_eq!(c.hooks_dir(n1), base.join("vc/node1/etc/ganeti/hooks"));
+    assert_eq!(c.data_dir(n1), base.join("vc/node1/var/lib/ganeti"));
+    assert_eq!(c.disk_path(&i.disks[1]), PathBuf::from("/dev/xenvg/inst1-data"));
+}
+
+#[test]
+fn defaults_and_paths() {
+    let c = parse(BASE).unwrap();
+    assert_eq!(c.info().compression_tools, ["gzip", "gzip-fast", "gzip-slow"]);
+    let n2 = c.node("node2.example.com").unwrap();
+    assert!(n2.offline && !n2.drained);
+    assert_eq!(c.export_dir(n2), PathBuf::from("/abs/node2/var/lib/ganeti/export"));
+    let n1 = c.node("node1.example.com").unwrap();
+    assert_eq!(c.node_root(n1), PathBuf::from("/etc/ds/vc/node1"));
+    let i = c.instance("inst1.example.com").unwrap();
+    assert_eq!(i.disks[0].mode, "rw");
+    assert_eq!(c.disk_path(&i.disks[0]), PathBuf::from("/etc/ds/disks/d1.img"));
+    assert_eq!(i.beparams.get("vcpus"), Some(&ParamValue::Int(1)));
+}
+
+#[test]
+fn validation_names_the_file_and_the_key() {
+    let cases: Vec<(String, &str)> = vec![
+        (
+            BASE.replace("master = \"node1.example.com\"", "master = \"nodeX\""),
+            "/etc/ds/cluster.toml: cluster.master: node 'nodeX' is not defined in [[nodes]]",
+        ),
+        (
+            BASE.replace("uuid = \"n-2\"", "uuid = \"n-1\""),
+            "/etc/ds/cluster.toml: nodes[1].uuid: duplicate UUID 'n-1'",
+        ),
+        (
+            BASE.replace("name = \"node2.example.com\"", "name = \"node1.example.com\""),
+            "nodes[1].name: duplicate node name 'node1.example.com'",
+        ),
+        (
+            BASE.replace("primary_node = \"node1.example.com\"", "primary_node = \"node9\""),
+            "instances[0].primary_node: node 'node9' is not defined in [[nodes]] (instance 'inst1.example.com')",
+        ),
+        (
+            BASE.replace("maxmem = 128, ", ""),
+            "instances[0].beparams.maxmem: is required (instance 'inst1.example.com')",
+        ),
+        (
+            BASE.replace("vcpus = 1", "vcpus = \"one\""),
+            "instances[0].beparams.vcpus: must be a non-negative integer",
+        ),
+        (
+            BASE.replace("uuid = \"d-1\"", "uuid = \"i-1\""),
+            "instances[0].disks[0].uuid: duplicate UUID 'i-1'",
+        ),
+        (
+            BASE.replace("size = 10", "size = 0"),
+            "instances[0].disks[0].size: must be at least 1 (MiB)",
+        ),
+        (
+            BASE.replace("name = \"inst1.example.com\"", "name = \"../x\""),
+            "instances[0].name: invalid instance name '../x'",
+        ),
+        (
+            format!("{BASE}secondary_nodes = []\n"),
+            "unknown field `secondary_nodes`",
+        ),
+        (
+            BASE.replace("template = \"file\"", "template = \"drbd\""),
+            "unknown variant `drbd`",
+        ),
+        (
+            BASE.replace("offline = true", "ofline = true"),
+            "unknown field `ofline`",
+        ),
+        (
+            BASE.replace(
+                "name = \"c.example.com\"",
+                "name = \"c.example.com\"\ncompression_tools = [\"gz ip\"]",
+            ),
+            "cluster.compression_tools[0]: invalid compression tool name 'gz ip'",
+        ),
+    ];
+    // A second instance with the same name, and one naming its primary as secondary.
+    let dup = format!(
+        "{BASE}{}",
+        &BASE[BASE.find("[[instances]]").unwrap()..].replace("uuid = \"i-1\"", "uuid = \"i-2\"")
+    );
+    let sec = BASE.replace(
+        "os = \"noop\"",
+        "secondary_nodes = [\"node1.example.com\"]\nos = \"noop\"",
+    );
+    let mut cases = cases;
+    cases.push((dup, "instances[1].name: duplicate instance name 'inst1.example.com'"));
+    cases.push((sec, "secondary_nodes[0]: the primary node cannot also be a secondary"));
+    for (text, want) in cases {
+        let got = invalid(&text);
+        assert!(got.contains(want), "got {got:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn expand_names_like_ganeti() {
+    let c = Cluster::load(example_path()).unwrap();
+    assert_eq!(c.expand_instance("inst1", None).unwrap().name, "inst1.example.com");
+    assert_eq!(
+        c.expand_instance("inst1.example.com", Some("7d1f2a9e-5b8c-4e3d-a6f0-1c2b3d4e0001"))
+            .unwrap()
+            .name,
+        "inst1.example.com"
+    );
+    let e = c.expand_instance("inst", None).unwrap_err();
+    assert_eq!(e.to_string(), "Instance 'inst' not known");
+    assert_eq!((e.kind, e.ecode), (ErrorKind::Prereq, Ecode::NoEnt));
+    let e = c.expand_instance("inst1", Some("other-uuid")).unwrap_err();
+    assert_eq!(e.ecode, Ecode::NotUnique);
+    assert!(e.msg.starts_with("The instances UUID '7d1f2a9e-5b8c-4e3d-a6f0-1c2b3d4e0001' does not match the expected UUID 'other-uuid' for instance 'inst1.example.com'."));
+    assert_eq!(c.expand_node("node2", None).unwrap().name, "node2.example.com");
+    let e = c.expand_node("node9", None).unwrap_err();
+    assert_eq!(e.to_string(), "Node 'node9' not known");
+    assert_eq!(e.ecode, Ecode::NoEnt);
+    assert_eq!(c.expand_node("node", None).unwrap_err().ecode, Ecode::NoEnt);
+}
+
+#[test]
+fn remove_instance_rewrites_atomically_and_keeps_comments() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.toml");
+    fs::copy(example_path(), &path).unwrap();
+    Cluster::remove_instance(&path, "inst1.example.com").unwrap();
+    let text = fs::read_to_string(&path).unwrap();
+    assert!(text.contains("# A three-node diskstream cluster"));
+    assert!(text.contains("drained = true             # cannot be an export target"));
+    let c = Cluster::load(&path).unwrap();
+    assert!(c.instance("inst1.example.com").is_none());
+    assert!(c.instance("inst2.example.com").is_some());
+    // Removing it again names it as unknown and leaves the file as it was.
+    let e = Cluster::remove_instance(&path, "inst1.example.com").unwrap_err();
+    assert_eq!(e.to_string(), "Instance 'inst1.example.com' not known");
+    assert_eq!(fs::read_to_string(&path).unwrap(), text);
+    // Only the config and its lock file are in the directory (no temporary files).
+    let mut names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".cluster.toml.lock", "cluster.toml"]);
+}
+
+#[test]
+fn an_edit_that_breaks_the_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.toml");
+    fs::copy(example_path(), &path).unwrap();
+    let before = fs::read_to_string(&path).unwrap();
+    let e = update_file(&path, |doc| {
+        doc["cluster"]["master"] = toml_edit::value("nobody");
+        Ok(())
+    })
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Config);
+    assert!(e.msg.contains("cluster.master: node 'nobody' is not defined"), "{e}");
+    assert_eq!(fs::read_to_string(&path).unwrap(), before);
+}
+
+#[test]
+fn concurrent_removals_lose_no_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.toml");
+    let mut text = BASE.to_string();
+    for i in 2..10 {
+        text.push_str(&format!(
+            "\n[[instances]]\nname = \"inst{i}\"\nuuid = \"i-{i}\"\nprimary_node = \"node1.example.com\"\n\
+             os = \"noop\"\nhypervisor = \"kvm\"\nadmin_state = \"down\"\n\
+             beparams = {{ maxmem = 1, minmem = 1, vcpus = 1 }}\n"
+        ));
+    }
+    fs::write(&path, text).unwrap();
+    let handles: Vec<_> = (2..10)
+        .map(|i| {
+            let path = path.clone();
+            thread::spawn(move || Cluster::remove_instance(&path, &format!("inst{i}")))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+    let c = Cluster::load(&path).unwrap();
+    let names: Vec<&str> = c.instances().iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["inst1.example.com"]);
+}
+
+#[test]
+fn load_errors_name_the_file() {
+    let e = Cluster::load("/nonexistent/cluster.toml").unwrap_err();
+    assert!(e.to_string().starts_with("/nonexistent/cluster.toml: "), "{e}");
+    let e = parse("[cluster\nname=1").unwrap_err();
+    assert!(matches!(e, ConfigError::Parse { .. }));
+    assert!(e.to_string().starts_with("/etc/ds/cluster.toml: "), "{e}");
+}
