@@ -24,6 +24,7 @@ pub mod digest;
 pub mod direct_read;
 pub mod error;
 pub mod format;
+pub mod fuzzing;
 pub mod manifest;
 pub mod ops;
 pub mod pipeline;

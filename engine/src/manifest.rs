@@ -224,7 +224,7 @@ impl<'a> Lines<'a> {
         let (at, line) = self.next(key)?;
         line.strip_prefix(key)
             .and_then(|r| r.strip_prefix(' '))
-            .filter(|v| !v.starts_with('+') && !v.is_empty())
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && (v.len() == 1 || !v.starts_with('0')))
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| {
                 Error::corrupt(

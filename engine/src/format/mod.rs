@@ -152,6 +152,9 @@ pub struct FrameHeader {
     pub stored_len: u32,
     /// SHA-256 of the uncompressed bytes.
     pub sha: Sha,
+    /// CRC-32C of the stored payload (0 for an empty one): catches damage to the stored bytes
+    /// even where it would not change what they decode to, before the decoder sees them.
+    pub payload_crc: u32,
 }
 
 impl FrameHeader {
@@ -164,6 +167,7 @@ impl FrameHeader {
         b[16..20].copy_from_slice(&self.raw_len.to_le_bytes());
         b[20..24].copy_from_slice(&self.stored_len.to_le_bytes());
         b[24..56].copy_from_slice(&self.sha);
+        b[56..60].copy_from_slice(&self.payload_crc.to_le_bytes());
         seal(&mut b);
         b
     }
@@ -174,7 +178,7 @@ impl FrameHeader {
             return Err("bad frame magic".into());
         }
         check_seal(b)?;
-        if b[5..8].iter().chain(&b[56..60]).any(|&x| x != 0) {
+        if b[5..8].iter().any(|&x| x != 0) {
             return Err("reserved bytes are not zero".into());
         }
         let kind = FrameKind::from_u8(b[4]).ok_or_else(|| format!("unknown frame kind {}", b[4]))?;
@@ -186,9 +190,10 @@ impl FrameHeader {
             raw_len: u32_at(b, 16),
             stored_len: u32_at(b, 20),
             sha,
+            payload_crc: u32_at(b, 56),
         };
         let ok = match kind {
-            FrameKind::Zero => f.stored_len == 0,
+            FrameKind::Zero => f.stored_len == 0 && f.payload_crc == 0,
             FrameKind::Raw => f.stored_len == f.raw_len,
             FrameKind::Lz4 => f.stored_len > 0 && f.stored_len < f.raw_len,
         };
@@ -305,6 +310,11 @@ pub fn index_len(count: u64) -> u64 {
     count
         .saturating_mul(INDEX_ENTRY_LEN as u64)
         .saturating_add(INDEX_HEAD_LEN as u64 + 32)
+}
+
+/// CRC-32C of a frame's stored payload.
+pub fn payload_crc(payload: &[u8]) -> u32 {
+    crc32c::crc32c(payload)
 }
 
 /// Writes the CRC-32C of bytes `0..60` into `60..64`.

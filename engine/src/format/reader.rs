@@ -95,11 +95,13 @@ impl<R: Read> ImageReader<R> {
             FrameKind::Zero => self.zeros.of(f.raw_len),
             FrameKind::Raw => {
                 read_exact(&mut self.r, raw, &self.path, payload_at, "frame payload")?;
+                check_payload_crc(&f, raw, &self.path, payload_at)?;
                 sha256(raw)
             }
             FrameKind::Lz4 => {
                 self.scratch.resize(f.stored_len as usize, 0);
                 read_exact(&mut self.r, &mut self.scratch, &self.path, payload_at, "frame payload")?;
+                check_payload_crc(&f, &self.scratch, &self.path, payload_at)?;
                 match lz4_flex::block::decompress_into(&self.scratch, raw) {
                     Ok(k) if k == raw.len() => sha256(raw),
                     Ok(k) => {
@@ -212,6 +214,19 @@ impl<R: Read> ImageReader<R> {
         self.trailer = Some(trailer);
         Ok(())
     }
+}
+
+fn check_payload_crc(f: &FrameHeader, payload: &[u8], path: &Path, at: u64) -> Result<()> {
+    let have = super::payload_crc(payload);
+    if have != f.payload_crc {
+        return Err(Error::corrupt(
+            path,
+            "frame payload",
+            at,
+            format!("CRC-32C mismatch in chunk {} (stored {:08x}, computed {have:08x})", f.index, f.payload_crc),
+        ));
+    }
+    Ok(())
 }
 
 fn read_exact(r: &mut impl Read, buf: &mut [u8], path: &Path, at: u64, what: &'static str) -> Result<()> {

@@ -50,6 +50,7 @@ impl<W: Write> ImageWriter<W> {
             raw_len,
             stored_len: payload.len() as u32,
             sha: *sha,
+            payload_crc: super::payload_crc(payload),
         };
         self.out.write_all(&frame.encode())?;
         self.out.write_all(payload)?;
