@@ -29,6 +29,9 @@ enum Cmd {
     Image(ImageCmd),
     /// Build a sample disk in a directory and run create, verify, info and restore on it.
     Demo(DemoArgs),
+    /// Measure what the disks, the CPUs and the engine can do, stage by stage, and predict the
+    /// export throughput and what limits it.
+    Bench(crate::bench_cmd::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -138,7 +141,7 @@ struct DemoArgs {
     size: u64,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, mul) = match s.as_bytes().last() {
         Some(b'K' | b'k') => (&s[..s.len() - 1], 1u64 << 10),
         Some(b'M' | b'm') => (&s[..s.len() - 1], 1 << 20),
@@ -180,6 +183,7 @@ pub fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Image(cmd) => image(cmd),
         Cmd::Demo(args) => crate::output::demo(args.dir, args.size),
+        Cmd::Bench(args) => crate::bench_cmd::run(args),
     }
 }
 

@@ -19,6 +19,7 @@
 //!
 //! `unsafe` lives only in [`sys`], [`buf`] and [`ring::uring`]; every block says why it is sound.
 
+pub mod bench;
 pub mod buf;
 pub mod digest;
 pub mod direct_read;

@@ -91,6 +91,11 @@ pub struct Options {
     pub zero_policy: ZeroPolicy,
     /// Where the manifest goes (default: `OUT.manifest`).
     pub manifest: Option<PathBuf>,
+    /// Read only the first `limit` bytes of the source (create and scan; benchmarks).
+    pub limit: Option<u64>,
+    /// Set from elsewhere (a signal handler) to stop at the next chunk; the operation then fails
+    /// with "interrupted" and cleans up like any failure.
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for Options {
@@ -108,6 +113,8 @@ impl Default for Options {
             force: false,
             zero_policy: ZeroPolicy::Write,
             manifest: None,
+            limit: None,
+            stop: None,
         }
     }
 }
@@ -218,10 +225,16 @@ fn write_manifest(path: &Path, m: &Manifest) -> Result<()> {
 }
 
 fn run(job: Job<'_>, o: &Options, sink: &mut dyn FnMut(Processed) -> Result<()>) -> Result<PipelineStats> {
+    let mut sink = |p: Processed| {
+        if o.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Err(Error::Invalid("interrupted".into()));
+        }
+        sink(p)
+    };
     if o.sequential {
-        pipeline::run_sequential(job, sink)
+        pipeline::run_sequential(job, &mut sink)
     } else {
-        pipeline::run_parallel(job, o.threads, sink)
+        pipeline::run_parallel(job, o.threads, &mut sink)
     }
 }
 
@@ -231,7 +244,7 @@ pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Resul
     check_options(o)?;
     let source = Source::open(src)?;
     let mut warnings: Vec<String> = source.warning().map(str::to_owned).into_iter().collect();
-    let size = source.size();
+    let size = o.limit.map_or(source.size(), |l| l.min(source.size()));
     let cs = o.chunk_size;
     let plans = plan_chunks(size, cs, source.logical_block(), &source.data_extents()?);
     let (mut backend, note) = ring::probe(
@@ -736,7 +749,7 @@ pub fn scan(src: &Path, o: &Options, progress: &Progress) -> Result<Report> {
     let t0 = Instant::now();
     check_options(o)?;
     let source = Source::open(src)?;
-    let size = source.size();
+    let size = o.limit.map_or(source.size(), |l| l.min(source.size()));
     let cs = o.chunk_size;
     let plans = plan_chunks(size, cs, source.logical_block(), &source.data_extents()?);
     let (mut backend, note) = ring::probe(

@@ -14,6 +14,8 @@ use crate::ring::BackendKind;
 
 /// Size of one staging buffer.
 pub const STAGE_SIZE: usize = 4 << 20;
+/// How far ahead of the writes the file's size is extended.
+const SIZE_AHEAD: u64 = 256 << 20;
 /// Staging buffers: one filling, the rest in flight.
 const STAGES: usize = 3;
 
@@ -26,6 +28,7 @@ pub struct DirectWriter {
     fill: usize,
     file_off: u64,
     written: u64,
+    sized_to: u64,
     /// Write requests issued.
     requests: u64,
 }
@@ -46,6 +49,7 @@ impl DirectWriter {
             fill: 0,
             file_off: 0,
             written: 0,
+            sized_to: 0,
             requests: 0,
         }
     }
@@ -62,6 +66,11 @@ impl DirectWriter {
     fn flush_stage(&mut self, len: usize) -> io::Result<()> {
         let Some(buf) = self.cur.take() else { return Ok(()) };
         let off = self.file_off;
+        if off + len as u64 > self.sized_to {
+            // Grow i_size ahead of the writes (see `RawSink::new`); `finish` cuts it back.
+            self.sized_to = off + len as u64 + SIZE_AHEAD;
+            self.target.file().set_len(self.sized_to)?;
+        }
         let res = match &mut self.ring {
             Some(ring) if self.target.is_direct() || len % 4096 == 0 => {
                 ring.write(buf, off, len as u32, &mut drop).map_err(io::Error::other)

@@ -66,6 +66,14 @@ impl RawSink {
             },
             BackendKind::Pread => Writer::Pwrite,
         };
+        if target.device_size().is_none() {
+            // Give the file its final size first: writes inside i_size are not "extending", which
+            // ext4 and XFS would otherwise serialise and complete synchronously under O_DIRECT.
+            target
+                .file()
+                .set_len(size)
+                .map_err(|e| Error::io("truncate", target.write_path(), size, e))?;
+        }
         Ok(Self {
             target,
             writer,

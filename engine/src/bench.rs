@@ -1,0 +1,239 @@
+//! Stage-by-stage measurements for `diskstream bench`: CPU kernels (SHA-256, lz4, zero check)
+//! per core and on all cores, O_DIRECT reads through the engine's ring at a sweep of queue depths
+//! and chunk sizes, O_DIRECT writes to a scratch file, and the pipeline end to end. Every rate is
+//! bytes of input per second.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::buf::BufPool;
+use crate::digest::{is_zero, sha256};
+use crate::error::{Error, Result};
+use crate::ring::uring::UringReader;
+use crate::ring::{ReadBackend, RingOptions};
+use crate::sample::{fill_content, Rng};
+use crate::sink::target::Target;
+use crate::source::{plan_chunks, Source};
+
+/// Chunk size the CPU kernels work on (the engine's default).
+pub const KERNEL_CHUNK: usize = 4 << 20;
+
+/// One CPU kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// SHA-256 of each chunk.
+    Sha256,
+    /// lz4 block compression of each chunk.
+    Lz4Compress,
+    /// lz4 block decompression (of the chunk compressed once beforehand).
+    Lz4Decompress,
+    /// The all-zero test, on an all-zero chunk (its full cost; data chunks exit early).
+    ZeroCheck,
+    /// What a worker does per chunk: zero check, SHA-256, lz4 compress.
+    Worker,
+}
+
+impl Kernel {
+    /// Every kernel, in report order.
+    pub const ALL: [Self; 5] = [Self::Sha256, Self::Lz4Compress, Self::Lz4Decompress, Self::ZeroCheck, Self::Worker];
+
+    /// Stable name (JSON key stem).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sha256 => "sha256",
+            Self::Lz4Compress => "lz4_compress",
+            Self::Lz4Decompress => "lz4_decompress",
+            Self::ZeroCheck => "zero_check",
+            Self::Worker => "zero_sha256_lz4",
+        }
+    }
+}
+
+/// A measured rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    /// Input bytes processed.
+    pub bytes: u64,
+    /// Wall time.
+    pub secs: f64,
+}
+
+impl Rate {
+    /// Bytes per second.
+    pub fn bytes_per_s(&self) -> f64 {
+        self.bytes as f64 / self.secs.max(1e-9)
+    }
+}
+
+/// A buffer of realistic disk content: machine code, text, random (already compressed) data and
+/// zero runs in 4–128 KiB runs, weighted so lz4 compresses it about 2:1 like a real system disk
+/// (perf.md's `/usr` tar sample: 2.0–2.16).
+pub fn realistic_buffer(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut v = vec![0u8; len];
+    let mut i = 0;
+    while i < len {
+        let run = (4096 * (1 + rng.below(32)) as usize).min(len - i);
+        let kind = match rng.below(20) {
+            0..=6 => 1,   // code-like
+            7..=11 => 0,  // text
+            12..=16 => 2, // random: compressed files, media
+            _ => 3,       // zero runs
+        };
+        fill_content(&mut rng, kind, &mut v[i..i + run]);
+        i += run;
+    }
+    v
+}
+
+/// Runs `kernel` over `data` in [`KERNEL_CHUNK`] pieces on `threads` threads (each walking its
+/// own chunks, round robin) until `dur` has passed; returns the aggregate rate.
+pub fn kernel_rate(data: &[u8], kernel: Kernel, threads: usize, dur: Duration) -> Rate {
+    let threads = threads.max(1);
+    let chunks: Vec<&[u8]> = data.chunks(KERNEL_CHUNK).collect();
+    let compressed: Vec<Vec<u8>> = if kernel == Kernel::Lz4Decompress {
+        chunks.iter().map(|c| lz4_flex::block::compress(c)).collect()
+    } else {
+        Vec::new()
+    };
+    let zeros = vec![0u8; if kernel == Kernel::ZeroCheck { KERNEL_CHUNK } else { 0 }];
+    let stop = AtomicBool::new(false);
+    let t0 = Instant::now();
+    let total: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (chunks, compressed, stop, zeros) = (&chunks, &compressed, &stop, &zeros);
+                s.spawn(move || {
+                    let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(KERNEL_CHUNK)];
+                    let mut done = 0u64;
+                    let mut i = t;
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = chunks[i % chunks.len()];
+                        match kernel {
+                            Kernel::Sha256 => {
+                                std::hint::black_box(sha256(c));
+                            }
+                            Kernel::Lz4Compress => {
+                                std::hint::black_box(lz4_flex::block::compress_into(c, &mut out).ok());
+                            }
+                            Kernel::Lz4Decompress => {
+                                let z = &compressed[i % chunks.len()];
+                                std::hint::black_box(lz4_flex::block::decompress_into(z, &mut out).ok());
+                            }
+                            Kernel::ZeroCheck => {
+                                // The full-scan cost: an all-zero chunk (data exits early).
+                                std::hint::black_box(is_zero(std::hint::black_box(&zeros[..c.len()])));
+                            }
+                            Kernel::Worker => {
+                                if !is_zero(c) {
+                                    std::hint::black_box(sha256(c));
+                                    std::hint::black_box(lz4_flex::block::compress_into(c, &mut out).ok());
+                                }
+                            }
+                        }
+                        done += c.len() as u64;
+                        i += threads;
+                    }
+                    done
+                })
+            })
+            .collect();
+        std::thread::sleep(dur);
+        stop.store(true, Ordering::Relaxed);
+        handles.into_iter().map(|h| h.join().expect("kernel thread")).sum()
+    });
+    Rate { bytes: total, secs: t0.elapsed().as_secs_f64() }
+}
+
+/// lz4 compression ratio (input / output) of `data` in [`KERNEL_CHUNK`] blocks.
+pub fn lz4_ratio(data: &[u8]) -> f64 {
+    let out: usize = data.chunks(KERNEL_CHUNK).map(|c| lz4_flex::block::compress(c).len().min(c.len())).sum();
+    data.len() as f64 / out.max(1) as f64
+}
+
+/// Reads the first `limit` bytes of `dev` (all of it if smaller) with O_DIRECT through the
+/// engine's io_uring reader at queue depth `qd` in `chunk`-byte reads, discarding the data.
+pub fn device_read(dev: &Path, limit: u64, qd: u32, chunk: u32, cancel: &AtomicBool) -> Result<Rate> {
+    let src = Source::open(dev)?;
+    let size = src.size().min(limit);
+    let plans = plan_chunks(size, chunk, src.logical_block(), &[(0, size)]);
+    let mut reader = UringReader::new(RingOptions { queue_depth: qd, fixed_buffers: false })
+        .map_err(|e| Error::io("io_uring setup", dev, 0, e))?;
+    let pool = BufPool::new(chunk as usize, qd as usize + 1);
+    let t0 = Instant::now();
+    let stats = reader.read_all(&src, &plans, &pool, &mut |_| {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Invalid("interrupted".into()));
+        }
+        Ok(())
+    })?;
+    Ok(Rate { bytes: stats.bytes_read, secs: t0.elapsed().as_secs_f64() })
+}
+
+/// A scratch file that is removed when dropped (and by [`ScratchFile::remove`]).
+#[derive(Debug)]
+pub struct ScratchFile {
+    path: PathBuf,
+}
+
+impl ScratchFile {
+    /// A fresh scratch path in `dir` (nothing is created yet).
+    pub fn new(dir: &Path) -> Self {
+        Self { path: dir.join(format!(".diskstream-bench-{}.tmp", std::process::id())) }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the file now (idempotent).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// Writes `size` bytes of realistic data to `path` with O_DIRECT through io_uring in `chunk`-byte
+/// writes, `qd` in flight, then fsyncs. A file path is written under a temporary name that is
+/// removed afterwards (never committed, so an existing file is left untouched); a block device is
+/// written in place (the caller asked for that with `--force`).
+pub fn target_write(path: &Path, size: u64, qd: u32, chunk: u32, cancel: &AtomicBool) -> Result<Rate> {
+    let target = Target::create(path, true, true)?;
+    let size = target.device_size().map_or(size, |d| d.min(size));
+    let mut sink = crate::sink::raw::RawSink::new(
+        target,
+        size,
+        chunk,
+        crate::ring::BackendKind::Uring,
+        qd,
+        crate::sink::ZeroPolicy::Write,
+    )?;
+    let pool = BufPool::new(chunk as usize, qd as usize + 1);
+    let fill = realistic_buffer(chunk as usize, 9);
+    let t0 = Instant::now();
+    let mut off = 0u64;
+    while off < size {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Invalid("interrupted".into()));
+        }
+        let len = (size - off).min(u64::from(chunk)) as u32;
+        let mut buf = pool.get();
+        buf.as_mut_slice()[..len as usize].copy_from_slice(&fill[..len as usize]);
+        sink.write(off, len, 0, buf)?;
+        off += u64::from(len);
+    }
+    let (target, stats) = sink.finish()?;
+    target.file().sync_all().map_err(|e| Error::io("fsync", path, 0, e))?;
+    Ok(Rate { bytes: stats.bytes_written, secs: t0.elapsed().as_secs_f64() })
+}
+
+/// Shared cancellation flag type (set from a SIGINT handler).
+pub type Cancel = Arc<AtomicBool>;

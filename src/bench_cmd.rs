@@ -1,0 +1,355 @@
+//! `diskstream bench`: measures each stage an export goes through (CPU kernels, device reads,
+//! target writes, the pipeline end to end), predicts raw and lz4 export throughput and names the
+//! stage that limits each. Writes only to scratch files it removes (also on Ctrl-C), never to a
+//! device or an existing file without `--force`, and never inside an export directory.
+
+use std::io::IsTerminal;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use diskstream_engine::bench::{self, Kernel, ScratchFile};
+use diskstream_engine::ops::{self, Format, Options, Progress};
+use serde_json::{json, Map, Value};
+
+/// Arguments of `diskstream bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Block device or file to read from (device and pipeline stages).
+    #[arg(long)]
+    device: Option<PathBuf>,
+    /// Directory (or new file path) to write a scratch file to; a block device or an existing
+    /// file only with --force.
+    #[arg(long)]
+    target: Option<PathBuf>,
+    /// Bytes to read and write per device measurement (K/M/G suffixes).
+    #[arg(long, default_value = "1G", value_parser = crate::cli::parse_size)]
+    size: u64,
+    /// Seconds per CPU kernel measurement.
+    #[arg(long, default_value_t = 0.5)]
+    duration: f64,
+    /// Threads for "all cores" measurements (default: the number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Allow writing to a block device (its first --size bytes are overwritten) or next to an
+    /// existing file.
+    #[arg(long)]
+    force: bool,
+    /// Show every point of the device sweep.
+    #[arg(long)]
+    verbose: bool,
+    /// Print one JSON object; every rate is a number under a key ending in `_bytes_per_s`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Queue depths and chunk sizes the device read sweep tries.
+const SWEEP_QD: [u32; 4] = [1, 4, 16, 32];
+const SWEEP_CHUNK: [u32; 2] = [1 << 20, 4 << 20];
+
+/// One measured stage, for the table.
+struct Row {
+    name: String,
+    bytes_per_s: f64,
+}
+
+/// Where the write stages go.
+enum TargetPlan {
+    /// A scratch file (in a directory, or at a new path), removed afterwards.
+    Scratch(ScratchFile),
+    /// A block device written in place (`--force`).
+    Device(PathBuf),
+}
+
+fn err(msg: String, json_out: bool) -> ExitCode {
+    if json_out {
+        println!("{}", json!({ "ok": false, "error": msg }));
+    }
+    eprintln!("diskstream bench: error: {msg}");
+    ExitCode::FAILURE
+}
+
+/// True if and only if `dir` is (inside) an export directory: Ganeti's `.../lib/ganeti/export`
+/// or an instance export (a directory holding `config.ini`).
+fn in_export_dir(dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else { return false };
+    dir.ancestors().any(|a| {
+        (a.file_name().is_some_and(|n| n == "export") && a.parent().and_then(Path::file_name).is_some_and(|n| n == "ganeti"))
+            || a.join("config.ini").is_file()
+    })
+}
+
+fn plan_target(t: &Path, force: bool) -> Result<TargetPlan, String> {
+    let meta = std::fs::metadata(t);
+    let dir = match &meta {
+        Ok(m) if m.is_dir() => t.to_path_buf(),
+        _ => t.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf(),
+    };
+    if in_export_dir(&dir) {
+        return Err(format!("{}: is inside an export directory; benchmark somewhere else", t.display()));
+    }
+    match meta {
+        Ok(m) if m.file_type().is_block_device() => {
+            if force {
+                Ok(TargetPlan::Device(t.to_path_buf()))
+            } else {
+                Err(format!(
+                    "{}: is a block device; writing to it destroys its data: pass --force to allow it",
+                    t.display()
+                ))
+            }
+        }
+        Ok(m) if m.is_dir() => Ok(TargetPlan::Scratch(ScratchFile::new(t))),
+        Ok(m) if m.is_file() && !force => {
+            Err(format!("{}: already exists; pass --force to benchmark next to it (it is left untouched)", t.display()))
+        }
+        Ok(m) if m.is_file() => Ok(TargetPlan::Scratch(ScratchFile::new(&dir))),
+        Ok(_) => Err(format!("{}: not a directory, file or block device", t.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if dir.is_dir() {
+                Ok(TargetPlan::Scratch(ScratchFile::new(&dir)))
+            } else {
+                Err(format!("{}: its directory {} does not exist", t.display(), dir.display()))
+            }
+        }
+        Err(e) => Err(format!("{}: {e}", t.display())),
+    }
+}
+
+fn say(json_out: bool, msg: &str) {
+    if !json_out {
+        eprintln!("bench: {msg}");
+    }
+}
+
+/// Runs the benchmark.
+pub fn run(a: BenchArgs) -> ExitCode {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            return err(format!("cannot install the signal handler: {e}"), a.json);
+        }
+    }
+    let threads = a.threads.unwrap_or_else(|| Options::default().threads).max(1);
+    if let Some(d) = &a.device {
+        if let Err(e) = diskstream_engine::source::Source::open(d) {
+            return err(format!("--device: {e}"), a.json);
+        }
+    }
+    let target = match a.target.as_deref().map(|t| plan_target(t, a.force)).transpose() {
+        Ok(t) => t,
+        Err(e) => return err(e, a.json),
+    };
+    match measure(&a, threads, target.as_ref(), &stop) {
+        Ok(out) => {
+            if a.json {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) if stop.load(Ordering::Relaxed) => {
+            drop(target);
+            eprintln!("diskstream bench: interrupted; scratch files removed ({e})");
+            ExitCode::from(130)
+        }
+        Err(e) => err(e, a.json),
+    }
+}
+
+fn measure(a: &BenchArgs, threads: usize, target: Option<&TargetPlan>, stop: &Arc<AtomicBool>) -> Result<Value, String> {
+    let check = || if stop.load(Ordering::Relaxed) { Err("interrupted".to_string()) } else { Ok(()) };
+    let dur = Duration::from_secs_f64(a.duration.clamp(0.05, 60.0));
+    let mut rows: Vec<Row> = Vec::new();
+    let mut out = Map::new();
+
+    // CPU kernels on a realistic buffer.
+    say(a.json, "CPU kernels on 64 MiB of realistic data (machine code, text, compressed data, zero runs)");
+    let data = bench::realistic_buffer(64 << 20, 1);
+    let ratio = bench::lz4_ratio(&data);
+    let mut cpu = Map::new();
+    let mut worker_all = 0.0;
+    let mut sha_all = 0.0;
+    for k in Kernel::ALL {
+        check()?;
+        let one = bench::kernel_rate(&data, k, 1, dur).bytes_per_s();
+        let all = bench::kernel_rate(&data, k, threads, dur).bytes_per_s();
+        rows.push(Row { name: format!("cpu {} (1 core)", k.name()), bytes_per_s: one });
+        rows.push(Row { name: format!("cpu {} ({threads} threads)", k.name()), bytes_per_s: all });
+        cpu.insert(k.name().into(), json!({ "per_core_bytes_per_s": one, "all_cores_bytes_per_s": all }));
+        match k {
+            Kernel::Worker => worker_all = all,
+            Kernel::Sha256 => sha_all = all,
+            _ => {}
+        }
+    }
+    out.insert("cpu".into(), Value::Object(cpu));
+    out.insert("sample".into(), json!({ "bytes": data.len(), "lz4_ratio": ratio }));
+    drop(data);
+
+    // Device reads.
+    let mut read_best = 0.0;
+    if let Some(dev) = &a.device {
+        say(a.json, &format!("O_DIRECT reads of {} through the io_uring ring", dev.display()));
+        let mut sweep = Vec::new();
+        let mut best = (0.0, 0, 0);
+        for chunk in SWEEP_CHUNK {
+            for qd in SWEEP_QD {
+                check()?;
+                drop_caches();
+                let r = bench::device_read(dev, a.size, qd, chunk, stop).map_err(|e| e.to_string())?;
+                let bps = r.bytes_per_s();
+                if a.verbose {
+                    rows.push(Row { name: format!("device read qd {qd} chunk {} MiB", chunk >> 20), bytes_per_s: bps });
+                }
+                sweep.push(json!({ "queue_depth": qd, "chunk_size": chunk, "read_bytes_per_s": bps }));
+                if bps > best.0 {
+                    best = (bps, qd, chunk);
+                }
+            }
+        }
+        read_best = best.0;
+        rows.push(Row {
+            name: format!("device read (best: qd {} chunk {} MiB)", best.1, best.2 >> 20),
+            bytes_per_s: best.0,
+        });
+        out.insert(
+            "device".into(),
+            json!({ "path": dev, "read_bytes_per_s": best.0, "best_queue_depth": best.1, "best_chunk_size": best.2, "sweep": sweep }),
+        );
+    }
+
+    // Target writes.
+    let mut write_rate = 0.0;
+    let manifest = std::env::temp_dir().join(format!(".diskstream-bench-{}.manifest", std::process::id()));
+    if let Some(t) = target {
+        check()?;
+        say(a.json, "O_DIRECT writes to the target");
+        let r = match t {
+            TargetPlan::Scratch(s) => bench::target_write(s.path(), a.size, 8, 4 << 20, stop),
+            TargetPlan::Device(d) => bench::target_write(d, a.size, 8, 4 << 20, stop),
+        }
+        .map_err(|e| e.to_string())?;
+        write_rate = r.bytes_per_s();
+        rows.push(Row { name: "target write (qd 8, 4 MiB)".into(), bytes_per_s: write_rate });
+        out.insert("target".into(), json!({ "write_bytes_per_s": write_rate }));
+    }
+
+    // The pipeline end to end.
+    let mut pipe = Map::new();
+    let (mut raw_pred, mut lz4_pred) = (0.0, 0.0);
+    if let Some(dev) = &a.device {
+        let o = Options { limit: Some(a.size), threads, stop: Some(Arc::clone(stop)), force: true, ..Options::default() };
+        let progress: Progress = Default::default();
+        for (name, compress) in [("raw_null", false), ("lz4_null", true)] {
+            check()?;
+            drop_caches();
+            let r = ops::scan(dev, &Options { compress, ..o.clone() }, &progress).map_err(|e| e.to_string())?;
+            rows.push(Row { name: format!("pipeline {name}"), bytes_per_s: r.throughput() });
+            pipe.insert(format!("{name}_bytes_per_s"), json!(r.throughput()));
+            if compress {
+                lz4_pred = r.throughput();
+            } else {
+                raw_pred = r.throughput();
+            }
+        }
+        if let Some(t) = target {
+            for (name, format) in [("raw_target", Format::Raw), ("lz4_target", Format::Dsimg)] {
+                check()?;
+                drop_caches();
+                let (out_path, scratch) = match t {
+                    TargetPlan::Scratch(s) => (s.path().to_path_buf(), Some(s)),
+                    TargetPlan::Device(d) => (d.clone(), None),
+                };
+                if format == Format::Dsimg && scratch.is_none() {
+                    continue; // A dsimg is a file; a device target only measures raw.
+                }
+                let oo = Options { format, manifest: Some(manifest.clone()), ..o.clone() };
+                let res = ops::create(dev, &out_path, &oo, &progress);
+                if let Some(s) = scratch {
+                    s.remove();
+                }
+                let _ = std::fs::remove_file(&manifest);
+                let r = res.map_err(|e| e.to_string())?;
+                rows.push(Row { name: format!("pipeline {name}"), bytes_per_s: r.throughput() });
+                pipe.insert(format!("{name}_bytes_per_s"), json!(r.throughput()));
+                if format == Format::Raw {
+                    raw_pred = r.throughput();
+                } else {
+                    lz4_pred = r.throughput();
+                }
+            }
+        }
+        out.insert("pipeline".into(), Value::Object(pipe));
+    }
+
+    // The verdict: the prediction is the measured end-to-end rate; the limit is the slowest stage.
+    let mut verdict = Map::new();
+    let mut raw_limits: Vec<(&str, f64)> = vec![("sha256 on all cores", sha_all)];
+    let mut lz4_limits: Vec<(&str, f64)> = vec![("zero check + sha256 + lz4 on all cores", worker_all)];
+    if a.device.is_some() {
+        raw_limits.push(("device read", read_best));
+        lz4_limits.push(("device read", read_best));
+    }
+    if target.is_some() {
+        raw_limits.push(("target write", write_rate));
+        lz4_limits.push(("target write (of lz4 output)", write_rate * ratio));
+    }
+    let (raw_lim, raw_lim_rate) = slowest(&raw_limits);
+    let (lz4_lim, lz4_lim_rate) = slowest(&lz4_limits);
+    if raw_pred == 0.0 {
+        raw_pred = raw_lim_rate;
+    }
+    if lz4_pred == 0.0 {
+        lz4_pred = lz4_lim_rate;
+    }
+    verdict.insert("raw_export_bytes_per_s".into(), json!(raw_pred));
+    verdict.insert("raw_limited_by".into(), json!(raw_lim));
+    verdict.insert("lz4_export_bytes_per_s".into(), json!(lz4_pred));
+    verdict.insert("lz4_limited_by".into(), json!(lz4_lim));
+    verdict.insert("measured_end_to_end".into(), json!(a.device.is_some()));
+    out.insert("verdict".into(), Value::Object(verdict));
+    out.insert("ok".into(), json!(true));
+    out.insert("threads".into(), json!(threads));
+    out.insert("units".into(), json!("bytes per second; MB = 10^6 bytes, MiB = 2^20 bytes"));
+
+    if !a.json {
+        print_table(&rows);
+        println!();
+        let how = if a.device.is_some() { "measured end to end" } else { "estimated from the CPU stages" };
+        println!("verdict ({how}):");
+        println!("  raw export: {:>8.0} MB/s ({:>8.1} MiB/s), limited by {raw_lim}", raw_pred / 1e6, raw_pred / 1048576.0);
+        println!("  lz4 export: {:>8.0} MB/s ({:>8.1} MiB/s), limited by {lz4_lim}", lz4_pred / 1e6, lz4_pred / 1048576.0);
+        if a.device.is_none() {
+            println!("  (give --device and --target to measure the disks too)");
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// The slowest of the stages that bound an export.
+fn slowest<'a>(v: &[(&'a str, f64)]) -> (&'a str, f64) {
+    v.iter().copied().min_by(|x, y| x.1.total_cmp(&y.1)).expect("at least one stage")
+}
+
+fn print_table(rows: &[Row]) {
+    let max = rows.iter().map(|r| r.bytes_per_s).fold(0.0, f64::max).max(1.0);
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(10);
+    println!("{:width$}  {:>10}  {:>10}  relative to the fastest", "stage", "MB/s", "MiB/s");
+    for r in rows {
+        let bar = "#".repeat(((r.bytes_per_s / max) * 40.0).round() as usize);
+        println!("{:width$}  {:>10.0}  {:>10.1}  {bar}", r.name, r.bytes_per_s / 1e6, r.bytes_per_s / 1048576.0);
+    }
+    if std::io::stdout().is_terminal() {
+        println!("(MB = 10^6 bytes, MiB = 2^20 bytes)");
+    }
+}
+
+/// Drops the page cache when root, so each read stage starts cold (as the export would).
+fn drop_caches() {
+    // Failure (not root) only makes the runs warmer.
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
