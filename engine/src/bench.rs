@@ -37,7 +37,13 @@ pub enum Kernel {
 
 impl Kernel {
     /// Every kernel, in report order.
-    pub const ALL: [Self; 5] = [Self::Sha256, Self::Lz4Compress, Self::Lz4Decompress, Self::ZeroCheck, Self::Worker];
+    pub const ALL: [Self; 5] = [
+        Self::Sha256,
+        Self::Lz4Compress,
+        Self::Lz4Decompress,
+        Self::ZeroCheck,
+        Self::Worker,
+    ];
 
     /// Stable name (JSON key stem).
     pub fn name(self) -> &'static str {
@@ -144,12 +150,18 @@ pub fn kernel_rate(data: &[u8], kernel: Kernel, threads: usize, dur: Duration) -
         stop.store(true, Ordering::Relaxed);
         handles.into_iter().map(|h| h.join().expect("kernel thread")).sum()
     });
-    Rate { bytes: total, secs: t0.elapsed().as_secs_f64() }
+    Rate {
+        bytes: total,
+        secs: t0.elapsed().as_secs_f64(),
+    }
 }
 
 /// lz4 compression ratio (input / output) of `data` in [`KERNEL_CHUNK`] blocks.
 pub fn lz4_ratio(data: &[u8]) -> f64 {
-    let out: usize = data.chunks(KERNEL_CHUNK).map(|c| lz4_flex::block::compress(c).len().min(c.len())).sum();
+    let out: usize = data
+        .chunks(KERNEL_CHUNK)
+        .map(|c| lz4_flex::block::compress(c).len().min(c.len()))
+        .sum();
     data.len() as f64 / out.max(1) as f64
 }
 
@@ -159,8 +171,11 @@ pub fn device_read(dev: &Path, limit: u64, qd: u32, chunk: u32, cancel: &AtomicB
     let src = Source::open(dev)?;
     let size = src.size().min(limit);
     let plans = plan_chunks(size, chunk, src.logical_block(), &[(0, size)]);
-    let mut reader = UringReader::new(RingOptions { queue_depth: qd, fixed_buffers: false })
-        .map_err(|e| Error::io("io_uring setup", dev, 0, e))?;
+    let mut reader = UringReader::new(RingOptions {
+        queue_depth: qd,
+        fixed_buffers: false,
+    })
+    .map_err(|e| Error::io("io_uring setup", dev, 0, e))?;
     let pool = BufPool::new(chunk as usize, qd as usize + 1);
     let t0 = Instant::now();
     let stats = reader.read_all(&src, &plans, &pool, &mut |_| {
@@ -169,7 +184,10 @@ pub fn device_read(dev: &Path, limit: u64, qd: u32, chunk: u32, cancel: &AtomicB
         }
         Ok(())
     })?;
-    Ok(Rate { bytes: stats.bytes_read, secs: t0.elapsed().as_secs_f64() })
+    Ok(Rate {
+        bytes: stats.bytes_read,
+        secs: t0.elapsed().as_secs_f64(),
+    })
 }
 
 /// A scratch file that is removed when dropped (and by [`ScratchFile::remove`]).
@@ -181,7 +199,9 @@ pub struct ScratchFile {
 impl ScratchFile {
     /// A fresh scratch path in `dir` (nothing is created yet).
     pub fn new(dir: &Path) -> Self {
-        Self { path: dir.join(format!(".diskstream-bench-{}.tmp", std::process::id())) }
+        Self {
+            path: dir.join(format!(".diskstream-bench-{}.tmp", std::process::id())),
+        }
     }
 
     /// Its path.
@@ -232,7 +252,10 @@ pub fn target_write(path: &Path, size: u64, qd: u32, chunk: u32, cancel: &Atomic
     }
     let (target, stats) = sink.finish()?;
     target.file().sync_all().map_err(|e| Error::io("fsync", path, 0, e))?;
-    Ok(Rate { bytes: stats.bytes_written, secs: t0.elapsed().as_secs_f64() })
+    Ok(Rate {
+        bytes: stats.bytes_written,
+        secs: t0.elapsed().as_secs_f64(),
+    })
 }
 
 /// Shared cancellation flag type (set from a SIGINT handler).

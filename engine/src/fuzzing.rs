@@ -35,8 +35,17 @@ pub fn manifest_parse(data: &[u8]) -> bool {
 
 fn tempfile_in_memory() -> std::io::Result<std::fs::File> {
     let dir = std::env::temp_dir();
-    let path = dir.join(format!("diskstream-fuzz-{}-{:?}", std::process::id(), std::thread::current().id()));
-    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+    let path = dir.join(format!(
+        "diskstream-fuzz-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)?;
     std::fs::remove_file(&path)?;
     Ok(f)
 }

@@ -74,7 +74,10 @@ impl Manifest {
                 ChunkKind::Data => "data",
                 ChunkKind::Zero => "zero",
             };
-            let _ = writeln!(s, "{i} {k} {}", hex(sha));
+            let mut h = [0u8; 64];
+            ::hex::encode_to_slice(sha, &mut h).expect("64 hex digits for 32 bytes");
+            let h = std::str::from_utf8(&h).expect("hex is ASCII");
+            let _ = writeln!(s, "{i} {k} {h}");
         }
         let _ = writeln!(s, "image-sha256 {}", hex(&self.image_digest()));
         s.push_str("end\n");

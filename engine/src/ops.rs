@@ -226,7 +226,10 @@ fn write_manifest(path: &Path, m: &Manifest) -> Result<()> {
 
 fn run(job: Job<'_>, o: &Options, sink: &mut dyn FnMut(Processed) -> Result<()>) -> Result<PipelineStats> {
     let mut sink = |p: Processed| {
-        if o.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+        if o.stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+        {
             return Err(Error::Invalid("interrupted".into()));
         }
         sink(p)

@@ -6,7 +6,7 @@
 //! for sinks that need it. Every buffer goes back to its pool when dropped.
 //! [`run_sequential`] is the one-thread reference path that [`run_parallel`] must match byte for byte.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -14,7 +14,8 @@ use crate::buf::{BufPool, PoolBuf};
 use crate::digest::{is_zero, sha256, Sha, ZeroDigests};
 use crate::error::{Error, Result};
 use crate::ring::{ReadBackend, ReadChunk, ReadStats};
-use crate::source::{ChunkPlan, Source};
+use crate::source::{ReadPlan, Source};
+use lz4_flex::block::CompressTable;
 
 /// What a worker found and made of a chunk.
 #[derive(Debug)]
@@ -122,7 +123,7 @@ pub fn all_zero_map(len: u32, block: u32) -> u64 {
 }
 
 /// The per-chunk work, shared by both paths so they cannot diverge.
-fn process(chunk: ReadChunk, zeros: &ZeroDigests, pools: &Pools) -> Processed {
+fn process(chunk: ReadChunk, zeros: &ZeroDigests, pools: &Pools, table: &mut CompressTable) -> Processed {
     let ReadChunk {
         index,
         offset,
@@ -158,7 +159,7 @@ fn process(chunk: ReadChunk, zeros: &ZeroDigests, pools: &Pools) -> Processed {
         None => Payload::Raw(buf),
         Some(out_pool) => {
             let mut out = out_pool.get();
-            let stored = lz4_flex::block::compress_into(data, out.as_mut_slice())
+            let stored = lz4_flex::block::compress_into_with_table(data, out.as_mut_slice(), table)
                 .expect("output buffer has lz4's worst-case size");
             if stored < len as usize {
                 Payload::Lz4 {
@@ -186,7 +187,7 @@ pub struct Job<'a> {
     /// The source disk.
     pub src: &'a Source,
     /// The chunks to read.
-    pub plans: &'a [ChunkPlan],
+    pub plans: &'a ReadPlan,
     /// The read backend.
     pub backend: &'a mut (dyn ReadBackend + Send),
     /// Buffer pools.
@@ -200,10 +201,11 @@ pub struct Job<'a> {
 /// The reference path: read, process and sink each chunk on the calling thread, in order.
 pub fn run_sequential(job: Job<'_>, sink: &mut dyn FnMut(Processed) -> Result<()>) -> Result<PipelineStats> {
     let mut stats = PipelineStats::default();
+    let mut table = CompressTable::large();
     let read = job
         .backend
         .read_all(job.src, job.plans, &job.pools.input, &mut |chunk| {
-            let p = process(chunk, job.zeros, job.pools);
+            let p = process(chunk, job.zeros, job.pools, &mut table);
             if matches!(p.payload, Payload::Zero) {
                 stats.zero_chunks += 1;
                 stats.zero_bytes += u64::from(p.len);
@@ -256,11 +258,12 @@ pub fn run_parallel(
             let done_tx = done_tx.clone();
             let cancel = &cancel;
             scope.spawn(move || {
+                let mut table = CompressTable::large();
                 for chunk in work_rx {
                     if cancel.load(Ordering::Relaxed) {
                         continue; // Dropping the chunk returns its buffer.
                     }
-                    if done_tx.send(process(chunk, zeros, pools)).is_err() {
+                    if done_tx.send(process(chunk, zeros, pools, &mut table)).is_err() {
                         return;
                     }
                 }
@@ -294,11 +297,13 @@ pub fn run_parallel(
     })
 }
 
-/// Restores disk order: feed chunks in any order, take them out in index order.
+/// Restores disk order: feed chunks in any order, take them out in index order. A ring of slots
+/// indexed from the next expected chunk: after warm-up it never allocates.
 #[derive(Debug)]
 pub struct Reorder<T> {
     next: u64,
-    waiting: BTreeMap<u64, T>,
+    waiting: VecDeque<Option<T>>,
+    pending: usize,
 }
 
 impl<T> Reorder<T> {
@@ -306,15 +311,24 @@ impl<T> Reorder<T> {
     pub fn new(first: u64) -> Self {
         Self {
             next: first,
-            waiting: BTreeMap::new(),
+            waiting: VecDeque::new(),
+            pending: 0,
         }
     }
 
-    /// Adds item `index` and returns every item that is now next in order.
+    /// Adds item `index` and hands every item that is now next in order to `ready`.
     pub fn push(&mut self, index: u64, item: T, mut ready: impl FnMut(T) -> Result<()>) -> Result<()> {
-        self.waiting.insert(index, item);
-        while let Some(item) = self.waiting.remove(&self.next) {
+        let pos = index.checked_sub(self.next).expect("each index is pushed once") as usize;
+        if self.waiting.len() <= pos {
+            self.waiting.resize_with(pos + 1, || None);
+        }
+        debug_assert!(self.waiting[pos].is_none(), "index {index} pushed twice");
+        self.waiting[pos] = Some(item);
+        self.pending += 1;
+        while let Some(Some(_)) = self.waiting.front() {
+            let item = self.waiting.pop_front().flatten().expect("checked above");
             self.next += 1;
+            self.pending -= 1;
             ready(item)?;
         }
         Ok(())
@@ -322,7 +336,7 @@ impl<T> Reorder<T> {
 
     /// Items still waiting for an earlier one.
     pub fn pending(&self) -> usize {
-        self.waiting.len()
+        self.pending
     }
 }
 

@@ -175,8 +175,8 @@ pub struct Segment {
     pub len: u32,
 }
 
-/// One chunk of the disk and the reads that fill it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One chunk of the disk; its reads are in the [`ReadPlan`] it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkPlan {
     /// Index of the chunk (offset / chunk size).
     pub index: u64,
@@ -184,14 +184,36 @@ pub struct ChunkPlan {
     pub offset: u64,
     /// Bytes of disk in this chunk (the last one may be short).
     pub len: u32,
-    /// Reads to issue; empty for a chunk that lies wholly in a hole.
-    pub segments: Vec<Segment>,
+    seg_start: u32,
+    seg_count: u32,
 }
 
 impl ChunkPlan {
     /// True if and only if the chunk lies wholly in a hole and needs no read.
     pub fn is_hole(&self) -> bool {
-        self.segments.is_empty()
+        self.seg_count == 0
+    }
+}
+
+/// The chunks of a disk and the reads that fill them, in two flat vectors (a handful of
+/// allocations for the whole disk, none per chunk).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadPlan {
+    chunks: Vec<ChunkPlan>,
+    segments: Vec<Segment>,
+}
+
+impl ReadPlan {
+    /// The reads of `chunk` (empty for a hole chunk).
+    pub fn segments(&self, chunk: &ChunkPlan) -> &[Segment] {
+        &self.segments[chunk.seg_start as usize..][..chunk.seg_count as usize]
+    }
+}
+
+impl std::ops::Deref for ReadPlan {
+    type Target = [ChunkPlan];
+    fn deref(&self) -> &[ChunkPlan] {
+        &self.chunks
     }
 }
 
@@ -200,16 +222,20 @@ pub const MAX_SEGMENTS: usize = 16;
 
 /// Cuts `[0, size)` into chunks of `chunk_size` and intersects each with the data extents,
 /// widening every read to `align`. Pure: the file system is asked once, before.
-pub fn plan_chunks(size: u64, chunk_size: u32, align: u32, extents: &[(u64, u64)]) -> Vec<ChunkPlan> {
+pub fn plan_chunks(size: u64, chunk_size: u32, align: u32, extents: &[(u64, u64)]) -> ReadPlan {
     let cs = u64::from(chunk_size);
     let align = u64::from(align.max(1));
     let count = size.div_ceil(cs);
-    let mut plans = Vec::with_capacity(count as usize);
+    let mut plan = ReadPlan {
+        chunks: Vec::with_capacity(count as usize),
+        segments: Vec::new(),
+    };
+    let mut segments: Vec<Segment> = Vec::new();
     let mut ext = 0usize;
     for index in 0..count {
         let offset = index * cs;
         let end = (offset + cs).min(size);
-        let mut segments: Vec<Segment> = Vec::new();
+        segments.clear();
         while ext < extents.len() && extents[ext].1 <= offset {
             ext += 1;
         }
@@ -237,19 +263,22 @@ pub fn plan_chunks(size: u64, chunk_size: u32, align: u32, extents: &[(u64, u64)
             let first = segments[0];
             let last = segments[segments.len() - 1];
             let end = last.disk_off + u64::from(last.len);
-            segments = vec![Segment {
+            segments.clear();
+            segments.push(Segment {
                 len: (end - first.disk_off) as u32,
                 ..first
-            }];
+            });
         }
-        plans.push(ChunkPlan {
+        plan.chunks.push(ChunkPlan {
             index,
             offset,
             len: (end - offset) as u32,
-            segments,
+            seg_start: plan.segments.len() as u32,
+            seg_count: segments.len() as u32,
         });
+        plan.segments.extend_from_slice(&segments);
     }
-    plans
+    plan
 }
 
 #[cfg(test)]
@@ -262,7 +291,7 @@ mod tests {
         assert_eq!(p.len(), 3);
         assert_eq!(p[2].len, 10_000 - 8192);
         assert_eq!(
-            p[2].segments,
+            p.segments(&p[2]),
             vec![Segment {
                 buf_off: 0,
                 disk_off: 8192,
@@ -277,7 +306,7 @@ mod tests {
         let p = plan_chunks(24_576, 8192, 4096, &[(5000, 6000), (20_000, 20_001)]);
         assert_eq!(p.len(), 3);
         assert_eq!(
-            p[0].segments,
+            p.segments(&p[0]),
             vec![Segment {
                 buf_off: 4096,
                 disk_off: 4096,
@@ -286,7 +315,7 @@ mod tests {
         );
         assert!(p[1].is_hole());
         assert_eq!(
-            p[2].segments,
+            p.segments(&p[2]),
             vec![Segment {
                 buf_off: 0,
                 disk_off: 16_384,
@@ -299,7 +328,7 @@ mod tests {
     fn adjacent_extents_merge_after_alignment() {
         let p = plan_chunks(16_384, 16_384, 4096, &[(0, 100), (200, 4097)]);
         assert_eq!(
-            p[0].segments,
+            p.segments(&p[0]),
             vec![Segment {
                 buf_off: 0,
                 disk_off: 0,
@@ -313,7 +342,7 @@ mod tests {
         let ext: Vec<(u64, u64)> = (0..40).map(|i| (i * 8192, i * 8192 + 4096)).collect();
         let p = plan_chunks(40 * 8192, 40 * 8192, 4096, &ext);
         assert_eq!(
-            p[0].segments,
+            p.segments(&p[0]),
             vec![Segment {
                 buf_off: 0,
                 disk_off: 0,

@@ -12,7 +12,10 @@ use diskstream_engine::sample::write_sample_disk;
 use diskstream_engine::source::{plan_chunks, Source};
 
 fn scratch_file(name: &str, size: u64) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::Builder::new().prefix("dstest-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("dstest-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
     let path = dir.path().join(name);
     write_sample_disk(&path, size, 60, 42).unwrap();
     (dir, path)
@@ -49,7 +52,11 @@ fn uring_reader_reads_through_a_real_ring_and_matches_pread() {
     let src = Source::open(&path).unwrap();
     let plans = plan_chunks(src.size(), 1 << 20, src.logical_block(), &src.data_extents().unwrap());
     let before = io_uring_fds();
-    let mut uring = UringReader::new(RingOptions { queue_depth: 4, fixed_buffers: false }).unwrap();
+    let mut uring = UringReader::new(RingOptions {
+        queue_depth: 4,
+        fixed_buffers: false,
+    })
+    .unwrap();
     assert_eq!(io_uring_fds(), before + 1, "no io_uring instance was created");
     assert_eq!(uring.kind(), BackendKind::Uring);
     let collect = |backend: &mut dyn ReadBackend| {
@@ -57,7 +64,10 @@ fn uring_reader_reads_through_a_real_ring_and_matches_pread() {
         let mut chunks = vec![Vec::new(); plans.len()];
         let stats = backend
             .read_all(&src, &plans, &pool, &mut |c| {
-                chunks[c.index as usize] = c.buf.map(|b| b.as_slice()[..c.len as usize].to_vec()).unwrap_or_default();
+                chunks[c.index as usize] = c
+                    .buf
+                    .map(|b| b.as_slice()[..c.len as usize].to_vec())
+                    .unwrap_or_default();
                 Ok(())
             })
             .unwrap();
@@ -67,7 +77,11 @@ fn uring_reader_reads_through_a_real_ring_and_matches_pread() {
     let (slow, _) = collect(&mut PreadReader::new());
     assert!(fast_stats.requests > 0 && fast_stats.bytes_read > 0);
     assert_eq!(fast, slow, "io_uring and pread read different bytes");
-    let mut fixed = UringReader::new(RingOptions { queue_depth: 4, fixed_buffers: true }).unwrap();
+    let mut fixed = UringReader::new(RingOptions {
+        queue_depth: 4,
+        fixed_buffers: true,
+    })
+    .unwrap();
     let (fixed_chunks, _) = collect(&mut fixed);
     assert_eq!(fixed_chunks, slow, "registered-buffer reads differ");
 }

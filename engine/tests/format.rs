@@ -14,7 +14,10 @@ use proptest::prelude::*;
 
 /// Encodes `disk` as an image the way the engine does (zero, lz4 if smaller, else raw).
 fn encode(disk: &[u8], chunk_size: u32) -> Vec<u8> {
-    let header = Header { disk_size: disk.len() as u64, chunk_size };
+    let header = Header {
+        disk_size: disk.len() as u64,
+        chunk_size,
+    };
     let mut w = ImageWriter::new(Vec::new(), header).unwrap();
     for (i, c) in disk.chunks(chunk_size as usize).enumerate() {
         let sha = sha256(c);
@@ -131,8 +134,11 @@ fn every_truncation_and_any_appended_byte_is_rejected() {
 fn fuzz_corpus_replays_through_the_fuzz_entry_points() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
     let mut seen = 0;
-    let targets: [(&str, fn(&[u8]) -> bool); 2] =
-        [("image_decode", fuzzing::image_decode), ("manifest_parse", fuzzing::manifest_parse)];
+    type Entry = fn(&[u8]) -> bool;
+    let targets: [(&str, Entry); 2] = [
+        ("image_decode", fuzzing::image_decode),
+        ("manifest_parse", fuzzing::manifest_parse),
+    ];
     for (target, f) in targets {
         let dir = root.join(target);
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {

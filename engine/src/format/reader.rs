@@ -223,7 +223,10 @@ fn check_payload_crc(f: &FrameHeader, payload: &[u8], path: &Path, at: u64) -> R
             path,
             "frame payload",
             at,
-            format!("CRC-32C mismatch in chunk {} (stored {:08x}, computed {have:08x})", f.index, f.payload_crc),
+            format!(
+                "CRC-32C mismatch in chunk {} (stored {:08x}, computed {have:08x})",
+                f.index, f.payload_crc
+            ),
         ));
     }
     Ok(())

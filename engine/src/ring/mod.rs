@@ -10,7 +10,7 @@ pub mod uring;
 
 use crate::buf::{BufPool, PoolBuf};
 use crate::error::Result;
-use crate::source::{ChunkPlan, Source};
+use crate::source::{ChunkPlan, ReadPlan, Segment, Source};
 
 /// Which read backend ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub trait ReadBackend {
     fn read_all(
         &mut self,
         src: &Source,
-        plans: &[ChunkPlan],
+        plans: &ReadPlan,
         pool: &BufPool,
         deliver: &mut dyn FnMut(ReadChunk) -> Result<()>,
     ) -> Result<ReadStats>;
@@ -108,10 +108,10 @@ pub fn probe(want: BackendKind, opts: RingOptions) -> (Box<dyn ReadBackend + Sen
 }
 
 /// Zeroes the parts of `buf[..len]` that no segment of `plan` will fill (holes inside a chunk).
-pub(crate) fn zero_gaps(plan: &ChunkPlan, buf: &mut PoolBuf) {
+pub(crate) fn zero_gaps(plan: &ChunkPlan, segments: &[Segment], buf: &mut PoolBuf) {
     let bytes = buf.as_mut_slice();
     let mut pos = 0usize;
-    for seg in &plan.segments {
+    for seg in segments {
         let start = seg.buf_off as usize;
         if start > pos {
             bytes[pos..start].fill(0);

@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use super::{zero_gaps, BackendKind, ReadBackend, ReadChunk, ReadStats};
 use crate::buf::BufPool;
 use crate::error::{Error, Result};
-use crate::source::{ChunkPlan, Source};
+use crate::source::{ReadPlan, Source};
 
 /// Blocking positional reads; simple enough to trust, used to check the fast path.
 #[derive(Debug, Default)]
@@ -26,12 +26,12 @@ impl ReadBackend for PreadReader {
     fn read_all(
         &mut self,
         src: &Source,
-        plans: &[ChunkPlan],
+        plans: &ReadPlan,
         pool: &BufPool,
         deliver: &mut dyn FnMut(ReadChunk) -> Result<()>,
     ) -> Result<ReadStats> {
         let mut stats = ReadStats::default();
-        for plan in plans {
+        for plan in plans.iter() {
             if plan.is_hole() {
                 stats.hole_chunks += 1;
                 deliver(ReadChunk {
@@ -43,8 +43,8 @@ impl ReadBackend for PreadReader {
                 continue;
             }
             let mut buf = pool.get();
-            zero_gaps(plan, &mut buf);
-            for seg in &plan.segments {
+            zero_gaps(plan, plans.segments(plan), &mut buf);
+            for seg in plans.segments(plan) {
                 let dst = &mut buf.as_mut_slice()[seg.buf_off as usize..][..seg.len as usize];
                 let mut done = 0usize;
                 while done < dst.len() {

@@ -17,7 +17,7 @@ use io_uring::{opcode, types, IoUring, Probe};
 use super::{zero_gaps, BackendKind, ReadBackend, ReadChunk, ReadStats, RingOptions};
 use crate::buf::{BufPool, PoolBuf};
 use crate::error::{Error, Result};
-use crate::source::{ChunkPlan, Source, MAX_SEGMENTS};
+use crate::source::{ReadPlan, Source, MAX_SEGMENTS};
 
 /// Segment index bits in `user_data`.
 const SEG_BITS: u64 = 8;
@@ -78,7 +78,7 @@ impl ReadBackend for UringReader {
     fn read_all(
         &mut self,
         src: &Source,
-        plans: &[ChunkPlan],
+        plans: &ReadPlan,
         pool: &BufPool,
         deliver: &mut dyn FnMut(ReadChunk) -> Result<()>,
     ) -> Result<ReadStats> {
@@ -95,6 +95,8 @@ impl ReadBackend for UringReader {
             slots: (0..self.opts.queue_depth).map(|_| None).collect(),
             stats: ReadStats::default(),
             in_kernel: 0,
+            spare: Vec::new(),
+            cqes: Vec::new(),
         };
         let res = run.run(pool, deliver);
         // Never leave the kernel holding a buffer we are about to give away or free.
@@ -140,12 +142,16 @@ fn register(ring: &IoUring, file: &File, pool: &BufPool) -> io::Result<Fixed> {
 struct ReadRun<'a> {
     ring: &'a mut IoUring,
     src: &'a Source,
-    plans: &'a [ChunkPlan],
+    plans: &'a ReadPlan,
     fixed: Option<&'a Fixed>,
     slots: Vec<Option<ReadSlot>>,
     stats: ReadStats,
     /// SQEs pushed whose CQE has not been reaped yet.
     in_kernel: u32,
+    /// Segment lists of finished slots, reused so steady state allocates nothing.
+    spare: Vec<Vec<SegState>>,
+    /// Reaped completions, reused.
+    cqes: Vec<(u64, i32)>,
 }
 
 impl ReadRun<'_> {
@@ -189,37 +195,39 @@ impl ReadRun<'_> {
             self.ring
                 .submit_and_wait(1)
                 .map_err(|e| Error::io("io_uring_enter", self.src.path(), 0, e))?;
-            let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.clear();
+            cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
             self.in_kernel -= cqes.len() as u32;
-            for (ud, res) in cqes {
+            for &(ud, res) in &cqes {
                 if let Some(chunk) = self.complete(ud, res)? {
                     inflight -= 1;
                     deliver(chunk)?;
                 }
             }
+            self.cqes = cqes;
         }
     }
 
     fn start(&mut self, slot: usize, plan_idx: usize, mut buf: PoolBuf) -> Result<()> {
         let plan = &self.plans[plan_idx];
-        zero_gaps(plan, &mut buf);
-        let segs: Vec<SegState> = plan
-            .segments
-            .iter()
-            .map(|s| SegState {
-                buf_off: s.buf_off,
-                disk_off: s.disk_off,
-                len: s.len,
-                done: 0,
-            })
-            .collect();
+        let plan_segs = self.plans.segments(plan);
+        zero_gaps(plan, plan_segs, &mut buf);
+        let mut segs = self.spare.pop().unwrap_or_default();
+        segs.clear();
+        segs.extend(plan_segs.iter().map(|s| SegState {
+            buf_off: s.buf_off,
+            disk_off: s.disk_off,
+            len: s.len,
+            done: 0,
+        }));
         self.slots[slot] = Some(ReadSlot {
             plan: plan_idx,
             buf,
             pending: segs.len() as u32,
             segs,
         });
-        for seg in 0..plan.segments.len() {
+        for seg in 0..plan_segs.len() {
             self.push_read(slot, seg)?;
         }
         Ok(())
@@ -296,13 +304,14 @@ impl ReadRun<'_> {
         if s.pending > 0 {
             return Ok(None);
         }
-        let s = self.slots[slot].take().expect("slot");
-        let plan = &self.plans[s.plan];
+        let ReadSlot { plan, buf, segs, .. } = self.slots[slot].take().expect("slot");
+        self.spare.push(segs);
+        let plan = &self.plans[plan];
         Ok(Some(ReadChunk {
             index: plan.index,
             offset: plan.offset,
             len: plan.len,
-            buf: Some(s.buf),
+            buf: Some(buf),
         }))
     }
 
@@ -358,6 +367,8 @@ pub struct UringWriter {
     slots: Vec<Option<WriteSlot>>,
     inflight: usize,
     in_kernel: u32,
+    spare: Vec<Vec<(WriteSeg, u32)>>,
+    cqes: Vec<(u64, i32)>,
     /// Write requests issued.
     pub requests: u64,
 }
@@ -373,6 +384,8 @@ impl UringWriter {
             slots: (0..depth).map(|_| None).collect(),
             inflight: 0,
             in_kernel: 0,
+            spare: Vec::new(),
+            cqes: Vec::new(),
             requests: 0,
         })
     }
@@ -397,9 +410,12 @@ impl UringWriter {
             self.reap(1, done)?;
         }
         let slot = self.slots.iter().position(Option::is_none).expect("free slot");
+        let mut list = self.spare.pop().unwrap_or_default();
+        list.clear();
+        list.extend(segs.iter().map(|s| (*s, 0)));
         self.slots[slot] = Some(WriteSlot {
             buf,
-            segs: segs.iter().map(|s| (*s, 0)).collect(),
+            segs: list,
             pending: segs.len() as u32,
         });
         self.inflight += 1;
@@ -449,10 +465,12 @@ impl UringWriter {
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => return Ok(()),
             Err(e) => return Err(Error::io("io_uring_enter", &self.path, 0, e)),
         }
-        let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
         self.in_kernel -= cqes.len() as u32;
         let mut first_err = None;
-        for (ud, res) in cqes {
+        for &(ud, res) in &cqes {
             let slot = (ud >> SEG_BITS) as usize;
             let seg = (ud & ((1 << SEG_BITS) - 1)) as usize;
             let s = self.slots[slot].as_mut().expect("completion for a live slot");
@@ -479,9 +497,11 @@ impl UringWriter {
             if s.pending == 0 {
                 let s = self.slots[slot].take().expect("slot");
                 self.inflight -= 1;
+                self.spare.push(s.segs);
                 done(s.buf);
             }
         }
+        self.cqes = cqes;
         first_err.map_or(Ok(()), Err)
     }
 }

@@ -36,6 +36,8 @@ pub struct RawSink {
     chunk_size: u32,
     zero_policy: ZeroPolicy,
     zero_buf: Option<AlignedBuf>,
+    /// Write segments of the current chunk, reused.
+    segs: Vec<WriteSeg>,
     stats: RawStats,
 }
 
@@ -81,6 +83,7 @@ impl RawSink {
             chunk_size,
             zero_policy,
             zero_buf: None,
+            segs: Vec::new(),
             stats: RawStats::default(),
         })
     }
@@ -112,7 +115,8 @@ impl RawSink {
         if padded > len {
             buf.as_mut_slice()[len as usize..padded as usize].fill(0);
         }
-        let mut segs = Vec::new();
+        let mut segs = std::mem::take(&mut self.segs);
+        segs.clear();
         let block = crate::pipeline::zero_block_size(self.chunk_size);
         if self.target.device_size().is_none() && zero_map != 0 {
             let mut start = None;
@@ -142,14 +146,21 @@ impl RawSink {
             });
         }
         if segs.is_empty() {
+            self.segs = segs;
             return Ok(());
         }
         self.stats.bytes_written += segs.iter().map(|s| u64::from(s.len)).sum::<u64>();
+        let res = self.submit(buf, &segs);
+        self.segs = segs;
+        res
+    }
+
+    fn submit(&mut self, buf: PoolBuf, segs: &[WriteSeg]) -> Result<()> {
         match &mut self.writer {
-            Writer::Uring(w) => w.write_segments(buf, &segs, &mut drop),
+            Writer::Uring(w) => w.write_segments(buf, segs, &mut drop),
             Writer::Pwrite => {
                 let path = self.target.write_path();
-                for s in &segs {
+                for s in segs {
                     self.stats.requests += 1;
                     let bytes = &buf.as_slice()[s.buf_off as usize..(s.buf_off + s.len) as usize];
                     self.target

@@ -1,0 +1,101 @@
+//! Steady state allocates nothing per chunk: a counting global allocator measures whole runs of
+//! scan, raw create and dsimg create on a disk of 16 chunks and on one of 256 chunks; the larger
+//! disk may only add the few allocations of logarithmic growth (manifest, index), not one per chunk.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use diskstream_engine::ops::{self, Format, Options, Progress};
+use diskstream_engine::sample::write_sample_disk;
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as our caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn count(f: impl FnOnce()) -> u64 {
+    let before = ALLOCS.load(Ordering::Relaxed);
+    f();
+    ALLOCS.load(Ordering::Relaxed) - before
+}
+
+fn runs(dir: &Path, chunks: u64) -> [u64; 3] {
+    let src = dir.join(format!("src{chunks}"));
+    write_sample_disk(&src, chunks << 20, 100, chunks).unwrap();
+    let o = Options {
+        chunk_size: 1 << 20,
+        threads: 2,
+        force: true,
+        ..Options::default()
+    };
+    let p: Progress = Default::default();
+    let scan = count(|| {
+        ops::scan(
+            &src,
+            &Options {
+                compress: true,
+                ..o.clone()
+            },
+            &p,
+        )
+        .unwrap();
+    });
+    let raw = count(|| {
+        ops::create(&src, &dir.join("o.raw"), &o, &p).unwrap();
+    });
+    let dsimg = count(|| {
+        ops::create(
+            &src,
+            &dir.join("o.dsimg"),
+            &Options {
+                format: Format::Dsimg,
+                ..o.clone()
+            },
+            &p,
+        )
+        .unwrap();
+    });
+    [scan, raw, dsimg]
+}
+
+#[test]
+fn allocations_do_not_grow_with_the_number_of_chunks() {
+    let dir = tempfile::Builder::new()
+        .prefix("dstest-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let _warm = runs(dir.path(), 16);
+    let small = runs(dir.path(), 16);
+    let large = runs(dir.path(), 256);
+    for (i, name) in ["scan", "create raw", "create dsimg"].iter().enumerate() {
+        let extra = large[i].saturating_sub(small[i]);
+        eprintln!("{name}: {} allocations for 16 chunks, {} for 256", small[i], large[i]);
+        assert!(
+            extra < 24,
+            "{name}: 240 more chunks cost {extra} more allocations (16 chunks: {}, 256: {})",
+            small[i],
+            large[i]
+        );
+    }
+}
