@@ -241,6 +241,49 @@ fn run(job: Job<'_>, o: &Options, sink: &mut dyn FnMut(Processed) -> Result<()>)
     }
 }
 
+/// The stages of one pipeline run: plan, read backend, buffer pools, zero digests.
+struct Plumbing {
+    plans: crate::source::ReadPlan,
+    backend: Box<dyn ring::ReadBackend + Send>,
+    pools: Pools,
+    zeros: ZeroDigests,
+    /// Why the asked-for backend is not the one running, if it is not.
+    note: Option<String>,
+}
+
+impl Plumbing {
+    /// Plans `size` bytes of `source` in `o.chunk_size`-or-`cs` chunks; `extra_bufs` read buffers
+    /// beyond the read depth are for a sink that keeps them in flight (raw writes).
+    fn new(source: &Source, size: u64, cs: u32, o: &Options, extra_bufs: u32, compress: bool) -> Result<Self> {
+        let plans = plan_chunks(size, cs, source.logical_block(), &source.data_extents()?);
+        let (backend, note) = ring::probe(
+            o.backend,
+            RingOptions {
+                queue_depth: o.queue_depth,
+                fixed_buffers: o.fixed_buffers,
+            },
+        );
+        Ok(Self {
+            plans,
+            backend,
+            pools: Pools::new(cs, o.queue_depth + extra_bufs, o.threads, compress),
+            zeros: ZeroDigests::new(size, cs),
+            note,
+        })
+    }
+
+    fn job<'a>(&'a mut self, src: &'a Source, progress: &Progress) -> Job<'a> {
+        Job {
+            src,
+            plans: &self.plans,
+            backend: self.backend.as_mut(),
+            pools: &self.pools,
+            zeros: &self.zeros,
+            progress: Arc::clone(progress),
+        }
+    }
+}
+
 /// Reads `src` (a block device or file) and writes `out` in `o.format`, plus its manifest.
 pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Result<Report> {
     let t0 = Instant::now();
@@ -249,20 +292,11 @@ pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Resul
     let mut warnings: Vec<String> = source.warning().map(str::to_owned).into_iter().collect();
     let size = o.limit.map_or(source.size(), |l| l.min(source.size()));
     let cs = o.chunk_size;
-    let plans = plan_chunks(size, cs, source.logical_block(), &source.data_extents()?);
-    let (mut backend, note) = ring::probe(
-        o.backend,
-        RingOptions {
-            queue_depth: o.queue_depth,
-            fixed_buffers: o.fixed_buffers,
-        },
-    );
-    warnings.extend(note);
     let compress = o.compress && o.format == Format::Dsimg;
     // Raw output keeps read buffers in flight on the write side too.
     let writes = if o.format == Format::Raw { o.write_depth } else { 0 };
-    let pools = Pools::new(cs, o.queue_depth + writes, o.threads, compress);
-    let zeros = ZeroDigests::new(size, cs);
+    let mut plumbing = Plumbing::new(&source, size, cs, o, writes, compress)?;
+    warnings.extend(plumbing.note.take());
     let manifest_path = manifest_path(out, o)?;
     let target = Target::create(out, o.force, true)?;
     if !target.is_direct() {
@@ -278,22 +312,15 @@ pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Resul
         output: Some(out.to_owned()),
         manifest: Some(manifest_path.clone()),
         format: Some(o.format),
-        backend: Some(backend.kind()),
+        backend: Some(plumbing.backend.kind()),
         input_direct: source.is_direct(),
         output_direct: target.is_direct(),
         disk_size: size,
         chunk_size: cs,
-        chunks: plans.len() as u64,
+        chunks: plumbing.plans.len() as u64,
         ..Report::default()
     };
-    let job = Job {
-        src: &source,
-        plans: &plans,
-        backend: backend.as_mut(),
-        pools: &pools,
-        zeros: &zeros,
-        progress: Arc::clone(progress),
-    };
+    let job = plumbing.job(&source, progress);
     let record = |m: &mut Manifest, p: &Processed| {
         let kind = if matches!(p.payload, Payload::Zero) {
             ChunkKind::Zero
@@ -519,34 +546,18 @@ fn run_raw(
         ));
     }
     let cs = manifest.chunk_size;
-    let plans = plan_chunks(source.size(), cs, source.logical_block(), &source.data_extents()?);
-    let (mut backend, note) = ring::probe(
-        o.backend,
-        RingOptions {
-            queue_depth: o.queue_depth,
-            fixed_buffers: o.fixed_buffers,
-        },
-    );
+    let mut plumbing = Plumbing::new(&source, source.size(), cs, o, extra_bufs, false)?;
     rep.warnings.extend(source.warning().map(str::to_owned));
-    rep.warnings.extend(note);
+    rep.warnings.extend(plumbing.note.take());
     rep.input = image.to_owned();
     rep.format = Some(Format::Raw);
-    rep.backend = Some(backend.kind());
+    rep.backend = Some(plumbing.backend.kind());
     rep.input_direct = source.is_direct();
     rep.disk_size = manifest.disk_size;
     rep.chunk_size = cs;
-    rep.chunks = plans.len() as u64;
+    rep.chunks = plumbing.plans.len() as u64;
     rep.digest = hex(&manifest.image_digest());
-    let pools = Pools::new(cs, o.queue_depth + extra_bufs, o.threads, false);
-    let zeros = ZeroDigests::new(source.size(), cs);
-    let job = Job {
-        src: &source,
-        plans: &plans,
-        backend: backend.as_mut(),
-        pools: &pools,
-        zeros: &zeros,
-        progress: Arc::clone(progress),
-    };
+    let job = plumbing.job(&source, progress);
     let stats = run(job, o, &mut |p| {
         let (_, want) = manifest.chunks[p.index as usize];
         if p.digest != want {
@@ -754,36 +765,25 @@ pub fn scan(src: &Path, o: &Options, progress: &Progress) -> Result<Report> {
     let source = Source::open(src)?;
     let size = o.limit.map_or(source.size(), |l| l.min(source.size()));
     let cs = o.chunk_size;
-    let plans = plan_chunks(size, cs, source.logical_block(), &source.data_extents()?);
-    let (mut backend, note) = ring::probe(
-        o.backend,
-        RingOptions {
-            queue_depth: o.queue_depth,
-            fixed_buffers: o.fixed_buffers,
-        },
-    );
-    let pools = Pools::new(cs, o.queue_depth, o.threads, o.compress);
-    let zeros = ZeroDigests::new(size, cs);
+    let mut plumbing = Plumbing::new(&source, size, cs, o, 0, o.compress)?;
     let mut manifest = Manifest::new(size, cs);
     let mut rep = Report {
         op: "scan",
         input: src.to_owned(),
-        backend: Some(backend.kind()),
+        backend: Some(plumbing.backend.kind()),
         input_direct: source.is_direct(),
         disk_size: size,
         chunk_size: cs,
-        chunks: plans.len() as u64,
-        warnings: source.warning().map(str::to_owned).into_iter().chain(note).collect(),
+        chunks: plumbing.plans.len() as u64,
+        warnings: source
+            .warning()
+            .map(str::to_owned)
+            .into_iter()
+            .chain(plumbing.note.take())
+            .collect(),
         ..Report::default()
     };
-    let job = Job {
-        src: &source,
-        plans: &plans,
-        backend: backend.as_mut(),
-        pools: &pools,
-        zeros: &zeros,
-        progress: Arc::clone(progress),
-    };
+    let job = plumbing.job(&source, progress);
     let mut stored = 0u64;
     let stats = run(job, o, &mut |p| {
         let kind = if matches!(p.payload, Payload::Zero) {

@@ -132,6 +132,11 @@ fn process(chunk: ReadChunk, zeros: &ZeroDigests, pools: &Pools, table: &mut Com
     } = chunk;
     let block = zero_block_size(pools.input.buf_size() as u32);
     let all = all_zero_map(len, block);
+    // A hole chunk, or a read chunk whose every sub-block is zero (its buffer goes back now).
+    let map = buf
+        .as_ref()
+        .map_or(all, |b| zero_map(&b.as_slice()[..len as usize], block));
+    let buf = buf.filter(|_| map != all);
     let Some(buf) = buf else {
         return Processed {
             index,
@@ -143,17 +148,6 @@ fn process(chunk: ReadChunk, zeros: &ZeroDigests, pools: &Pools, table: &mut Com
         };
     };
     let data = &buf.as_slice()[..len as usize];
-    let map = zero_map(data, block);
-    if map == all {
-        return Processed {
-            index,
-            offset,
-            len,
-            digest: zeros.of(len),
-            zero_map: all,
-            payload: Payload::Zero,
-        };
-    }
     let digest = sha256(data);
     let payload = match &pools.output {
         None => Payload::Raw(buf),
