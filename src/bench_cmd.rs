@@ -78,7 +78,8 @@ fn err(msg: String, json_out: bool) -> ExitCode {
 fn in_export_dir(dir: &Path) -> bool {
     let Ok(dir) = dir.canonicalize() else { return false };
     dir.ancestors().any(|a| {
-        (a.file_name().is_some_and(|n| n == "export") && a.parent().and_then(Path::file_name).is_some_and(|n| n == "ganeti"))
+        (a.file_name().is_some_and(|n| n == "export")
+            && a.parent().and_then(Path::file_name).is_some_and(|n| n == "ganeti"))
             || a.join("config.ini").is_file()
     })
 }
@@ -87,10 +88,17 @@ fn plan_target(t: &Path, force: bool) -> Result<TargetPlan, String> {
     let meta = std::fs::metadata(t);
     let dir = match &meta {
         Ok(m) if m.is_dir() => t.to_path_buf(),
-        _ => t.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf(),
+        _ => t
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf(),
     };
     if in_export_dir(&dir) {
-        return Err(format!("{}: is inside an export directory; benchmark somewhere else", t.display()));
+        return Err(format!(
+            "{}: is inside an export directory; benchmark somewhere else",
+            t.display()
+        ));
     }
     match meta {
         Ok(m) if m.file_type().is_block_device() => {
@@ -104,16 +112,21 @@ fn plan_target(t: &Path, force: bool) -> Result<TargetPlan, String> {
             }
         }
         Ok(m) if m.is_dir() => Ok(TargetPlan::Scratch(ScratchFile::new(t))),
-        Ok(m) if m.is_file() && !force => {
-            Err(format!("{}: already exists; pass --force to benchmark next to it (it is left untouched)", t.display()))
-        }
+        Ok(m) if m.is_file() && !force => Err(format!(
+            "{}: already exists; pass --force to benchmark next to it (it is left untouched)",
+            t.display()
+        )),
         Ok(m) if m.is_file() => Ok(TargetPlan::Scratch(ScratchFile::new(&dir))),
         Ok(_) => Err(format!("{}: not a directory, file or block device", t.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if dir.is_dir() {
                 Ok(TargetPlan::Scratch(ScratchFile::new(&dir)))
             } else {
-                Err(format!("{}: its directory {} does not exist", t.display(), dir.display()))
+                Err(format!(
+                    "{}: its directory {} does not exist",
+                    t.display(),
+                    dir.display()
+                ))
             }
         }
         Err(e) => Err(format!("{}: {e}", t.display())),
@@ -160,14 +173,28 @@ pub fn run(a: BenchArgs) -> ExitCode {
     }
 }
 
-fn measure(a: &BenchArgs, threads: usize, target: Option<&TargetPlan>, stop: &Arc<AtomicBool>) -> Result<Value, String> {
-    let check = || if stop.load(Ordering::Relaxed) { Err("interrupted".to_string()) } else { Ok(()) };
+fn measure(
+    a: &BenchArgs,
+    threads: usize,
+    target: Option<&TargetPlan>,
+    stop: &Arc<AtomicBool>,
+) -> Result<Value, String> {
+    let check = || {
+        if stop.load(Ordering::Relaxed) {
+            Err("interrupted".to_string())
+        } else {
+            Ok(())
+        }
+    };
     let dur = Duration::from_secs_f64(a.duration.clamp(0.05, 60.0));
     let mut rows: Vec<Row> = Vec::new();
     let mut out = Map::new();
 
     // CPU kernels on a realistic buffer.
-    say(a.json, "CPU kernels on 64 MiB of realistic data (machine code, text, compressed data, zero runs)");
+    say(
+        a.json,
+        "CPU kernels on 64 MiB of realistic data (machine code, text, compressed data, zero runs)",
+    );
     let data = bench::realistic_buffer(64 << 20, 1);
     let ratio = bench::lz4_ratio(&data);
     let mut cpu = Map::new();
@@ -177,9 +204,18 @@ fn measure(a: &BenchArgs, threads: usize, target: Option<&TargetPlan>, stop: &Ar
         check()?;
         let one = bench::kernel_rate(&data, k, 1, dur).bytes_per_s();
         let all = bench::kernel_rate(&data, k, threads, dur).bytes_per_s();
-        rows.push(Row { name: format!("cpu {} (1 core)", k.name()), bytes_per_s: one });
-        rows.push(Row { name: format!("cpu {} ({threads} threads)", k.name()), bytes_per_s: all });
-        cpu.insert(k.name().into(), json!({ "per_core_bytes_per_s": one, "all_cores_bytes_per_s": all }));
+        rows.push(Row {
+            name: format!("cpu {} (1 core)", k.name()),
+            bytes_per_s: one,
+        });
+        rows.push(Row {
+            name: format!("cpu {} ({threads} threads)", k.name()),
+            bytes_per_s: all,
+        });
+        cpu.insert(
+            k.name().into(),
+            json!({ "per_core_bytes_per_s": one, "all_cores_bytes_per_s": all }),
+        );
         match k {
             Kernel::Worker => worker_all = all,
             Kernel::Sha256 => sha_all = all,
@@ -193,7 +229,10 @@ fn measure(a: &BenchArgs, threads: usize, target: Option<&TargetPlan>, stop: &Ar
     // Device reads.
     let mut read_best = 0.0;
     if let Some(dev) = &a.device {
-        say(a.json, &format!("O_DIRECT reads of {} through the io_uring ring", dev.display()));
+        say(
+            a.json,
+            &format!("O_DIRECT reads of {} through the io_uring ring", dev.display()),
+        );
         let mut sweep = Vec::new();
         let mut best = (0.0, 0, 0);
         for chunk in SWEEP_CHUNK {
@@ -203,7 +242,10 @@ fn measure(a: &BenchArgs, threads: usize, target: Option<&TargetPlan>, stop: &Ar
                 let r = bench::device_read(dev, a.size, qd, chunk, stop).map_err(|e| e.to_string())?;
                 let bps = r.bytes_per_s();
                 if a.verbose {
-                    rows.push(Row { name: format!("device read qd {qd} chunk {} MiB", chunk >> 20), bytes_per_s: bps });
+                    rows.push(Row {
+                        name: format!("device read qd {qd} chunk {} MiB", chunk >> 20),
+                        bytes_per_s: bps,
+                    });
                 }
                 sweep.push(json!({ "queue_depth": qd, "chunk_size": chunk, "read_bytes_per_s": bps }));
                 if bps > best.0 {
@@ -234,7 +276,10 @@ fn measure(a: &BenchArgs, threads: usize, target: Option<&TargetPlan>, stop: &Ar
         }
         .map_err(|e| e.to_string())?;
         write_rate = r.bytes_per_s();
-        rows.push(Row { name: "target write (qd 8, 4 MiB)".into(), bytes_per_s: write_rate });
+        rows.push(Row {
+            name: "target write (qd 8, 4 MiB)".into(),
+            bytes_per_s: write_rate,
+        });
         out.insert("target".into(), json!({ "write_bytes_per_s": write_rate }));
     }
 
@@ -242,13 +287,22 @@ fn measure(a: &BenchArgs, threads: usize, target: Option<&TargetPlan>, stop: &Ar
     let mut pipe = Map::new();
     let (mut raw_pred, mut lz4_pred) = (0.0, 0.0);
     if let Some(dev) = &a.device {
-        let o = Options { limit: Some(a.size), threads, stop: Some(Arc::clone(stop)), force: true, ..Options::default() };
+        let o = Options {
+            limit: Some(a.size),
+            threads,
+            stop: Some(Arc::clone(stop)),
+            force: true,
+            ..Options::default()
+        };
         let progress: Progress = Default::default();
         for (name, compress) in [("raw_null", false), ("lz4_null", true)] {
             check()?;
             drop_caches();
             let r = ops::scan(dev, &Options { compress, ..o.clone() }, &progress).map_err(|e| e.to_string())?;
-            rows.push(Row { name: format!("pipeline {name}"), bytes_per_s: r.throughput() });
+            rows.push(Row {
+                name: format!("pipeline {name}"),
+                bytes_per_s: r.throughput(),
+            });
             pipe.insert(format!("{name}_bytes_per_s"), json!(r.throughput()));
             if compress {
                 lz4_pred = r.throughput();
@@ -267,14 +321,21 @@ fn measure(a: &BenchArgs, threads: usize, target: Option<&TargetPlan>, stop: &Ar
                 if format == Format::Dsimg && scratch.is_none() {
                     continue; // A dsimg is a file; a device target only measures raw.
                 }
-                let oo = Options { format, manifest: Some(manifest.clone()), ..o.clone() };
+                let oo = Options {
+                    format,
+                    manifest: Some(manifest.clone()),
+                    ..o.clone()
+                };
                 let res = ops::create(dev, &out_path, &oo, &progress);
                 if let Some(s) = scratch {
                     s.remove();
                 }
                 let _ = std::fs::remove_file(&manifest);
                 let r = res.map_err(|e| e.to_string())?;
-                rows.push(Row { name: format!("pipeline {name}"), bytes_per_s: r.throughput() });
+                rows.push(Row {
+                    name: format!("pipeline {name}"),
+                    bytes_per_s: r.throughput(),
+                });
                 pipe.insert(format!("{name}_bytes_per_s"), json!(r.throughput()));
                 if format == Format::Raw {
                     raw_pred = r.throughput();
@@ -314,15 +375,30 @@ fn measure(a: &BenchArgs, threads: usize, target: Option<&TargetPlan>, stop: &Ar
     out.insert("verdict".into(), Value::Object(verdict));
     out.insert("ok".into(), json!(true));
     out.insert("threads".into(), json!(threads));
-    out.insert("units".into(), json!("bytes per second; MB = 10^6 bytes, MiB = 2^20 bytes"));
+    out.insert(
+        "units".into(),
+        json!("bytes per second; MB = 10^6 bytes, MiB = 2^20 bytes"),
+    );
 
     if !a.json {
         print_table(&rows);
         println!();
-        let how = if a.device.is_some() { "measured end to end" } else { "estimated from the CPU stages" };
+        let how = if a.device.is_some() {
+            "measured end to end"
+        } else {
+            "estimated from the CPU stages"
+        };
         println!("verdict ({how}):");
-        println!("  raw export: {:>8.0} MB/s ({:>8.1} MiB/s), limited by {raw_lim}", raw_pred / 1e6, raw_pred / 1048576.0);
-        println!("  lz4 export: {:>8.0} MB/s ({:>8.1} MiB/s), limited by {lz4_lim}", lz4_pred / 1e6, lz4_pred / 1048576.0);
+        println!(
+            "  raw export: {:>8.0} MB/s ({:>8.1} MiB/s), limited by {raw_lim}",
+            raw_pred / 1e6,
+            raw_pred / 1048576.0
+        );
+        println!(
+            "  lz4 export: {:>8.0} MB/s ({:>8.1} MiB/s), limited by {lz4_lim}",
+            lz4_pred / 1e6,
+            lz4_pred / 1048576.0
+        );
         if a.device.is_none() {
             println!("  (give --device and --target to measure the disks too)");
         }
@@ -332,16 +408,27 @@ fn measure(a: &BenchArgs, threads: usize, target: Option<&TargetPlan>, stop: &Ar
 
 /// The slowest of the stages that bound an export.
 fn slowest<'a>(v: &[(&'a str, f64)]) -> (&'a str, f64) {
-    v.iter().copied().min_by(|x, y| x.1.total_cmp(&y.1)).expect("at least one stage")
+    v.iter()
+        .copied()
+        .min_by(|x, y| x.1.total_cmp(&y.1))
+        .expect("at least one stage")
 }
 
 fn print_table(rows: &[Row]) {
     let max = rows.iter().map(|r| r.bytes_per_s).fold(0.0, f64::max).max(1.0);
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(10);
-    println!("{:width$}  {:>10}  {:>10}  relative to the fastest", "stage", "MB/s", "MiB/s");
+    println!(
+        "{:width$}  {:>10}  {:>10}  relative to the fastest",
+        "stage", "MB/s", "MiB/s"
+    );
     for r in rows {
         let bar = "#".repeat(((r.bytes_per_s / max) * 40.0).round() as usize);
-        println!("{:width$}  {:>10.0}  {:>10.1}  {bar}", r.name, r.bytes_per_s / 1e6, r.bytes_per_s / 1048576.0);
+        println!(
+            "{:width$}  {:>10.0}  {:>10.1}  {bar}",
+            r.name,
+            r.bytes_per_s / 1e6,
+            r.bytes_per_s / 1048576.0
+        );
     }
     if std::io::stdout().is_terminal() {
         println!("(MB = 10^6 bytes, MiB = 2^20 bytes)");

@@ -27,8 +27,14 @@ enum Cmd {
     /// Create, check and restore disk images.
     #[command(subcommand)]
     Image(ImageCmd),
-    /// Build a sample disk in a directory and run create, verify, info and restore on it.
+    /// Build a three-node sample cluster in a directory and export its instance twice.
     Demo(DemoArgs),
+    /// Export an instance's disks to a node (Ganeti's `gnt-backup export`).
+    Export(crate::export_cmd::ExportArgs),
+    /// List the exports on the cluster's nodes (`gnt-backup list`).
+    List(crate::export_cmd::ListArgs),
+    /// Remove an instance's exports from every node (`gnt-backup remove`).
+    Remove(crate::export_cmd::RemoveArgs),
     /// Measure what the disks, the CPUs and the engine can do, stage by stage, and predict the
     /// export throughput and what limits it.
     Bench(crate::bench_cmd::BenchArgs),
@@ -182,7 +188,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Image(cmd) => image(cmd),
-        Cmd::Demo(args) => crate::output::demo(args.dir, args.size),
+        Cmd::Demo(args) => crate::export_cmd::demo(args.dir, args.size),
+        Cmd::Export(args) => crate::export_cmd::export(args),
+        Cmd::List(args) => crate::export_cmd::list(args),
+        Cmd::Remove(args) => crate::export_cmd::remove(args),
         Cmd::Bench(args) => crate::bench_cmd::run(args),
     }
 }

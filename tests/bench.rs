@@ -26,12 +26,18 @@ fn rates(v: &serde_json::Value, path: String, out: &mut Vec<(String, f64)>) {
         serde_json::Value::Object(m) => {
             for (k, x) in m {
                 if k.ends_with("_bytes_per_s") {
-                    out.push((format!("{path}.{k}"), x.as_f64().unwrap_or_else(|| panic!("{path}.{k} is not a number"))));
+                    out.push((
+                        format!("{path}.{k}"),
+                        x.as_f64().unwrap_or_else(|| panic!("{path}.{k} is not a number")),
+                    ));
                 }
                 rates(x, format!("{path}.{k}"), out);
             }
         }
-        serde_json::Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| rates(x, format!("{path}[{i}]"), out)),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, x)| rates(x, format!("{path}[{i}]"), out)),
         _ => {}
     }
 }
@@ -44,8 +50,24 @@ fn bench_on_a_loop_device_and_a_file_target_reports_every_stage() {
     let lo = Loop::attach(&backing, true);
     let target = dir.path().join("target");
     std::fs::create_dir(&target).unwrap();
-    let v = ds_json(&["bench", "--device", lo.path(), "--target", s(&target), "--size", "8M", "--duration", "0.05"]);
-    for k in ["sha256", "lz4_compress", "lz4_decompress", "zero_check", "zero_sha256_lz4"] {
+    let v = ds_json(&[
+        "bench",
+        "--device",
+        lo.path(),
+        "--target",
+        s(&target),
+        "--size",
+        "8M",
+        "--duration",
+        "0.05",
+    ]);
+    for k in [
+        "sha256",
+        "lz4_compress",
+        "lz4_decompress",
+        "zero_check",
+        "zero_sha256_lz4",
+    ] {
         assert!(v["cpu"][k]["per_core_bytes_per_s"].as_f64().unwrap() > 0.0, "cpu {k}");
         assert!(v["cpu"][k]["all_cores_bytes_per_s"].as_f64().unwrap() > 0.0, "cpu {k}");
     }
@@ -53,7 +75,10 @@ fn bench_on_a_loop_device_and_a_file_target_reports_every_stage() {
     assert!(v["device"]["read_bytes_per_s"].as_f64().unwrap() > 0.0);
     assert!(v["target"]["write_bytes_per_s"].as_f64().unwrap() > 0.0);
     for k in ["raw_null", "lz4_null", "raw_target", "lz4_target"] {
-        assert!(v["pipeline"][format!("{k}_bytes_per_s")].as_f64().unwrap() > 0.0, "pipeline {k}");
+        assert!(
+            v["pipeline"][format!("{k}_bytes_per_s")].as_f64().unwrap() > 0.0,
+            "pipeline {k}"
+        );
     }
     assert_eq!(v["verdict"]["measured_end_to_end"], true);
     assert!(v["verdict"]["raw_limited_by"].is_string() && v["verdict"]["lz4_limited_by"].is_string());
@@ -85,7 +110,11 @@ fn bench_refuses_devices_existing_files_export_dirs_and_bad_sources() {
     assert_eq!(r.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&r.stderr).contains("--force"));
     drop(lo);
-    assert_eq!(std::fs::read(&backing).unwrap(), before, "the device was written without --force");
+    assert_eq!(
+        std::fs::read(&backing).unwrap(),
+        before,
+        "the device was written without --force"
+    );
 
     let existing = dir.path().join("precious");
     std::fs::write(&existing, b"keep me").unwrap();
@@ -96,9 +125,19 @@ fn bench_refuses_devices_existing_files_export_dirs_and_bad_sources() {
     let export = dir.path().join("var/lib/ganeti/export/inst1");
     std::fs::create_dir_all(&export).unwrap();
     let r = ds(&["bench", "--target", s(&export), "--duration", "0.05"]);
-    assert!(String::from_utf8_lossy(&r.stderr).contains("export directory"), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("export directory"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
 
-    let r = ds(&["bench", "--device", s(&dir.path().join("missing")), "--duration", "0.05"]);
+    let r = ds(&[
+        "bench",
+        "--device",
+        s(&dir.path().join("missing")),
+        "--duration",
+        "0.05",
+    ]);
     assert_eq!(r.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&r.stderr).contains("missing"));
     let r = ds(&["bench", "--device", "/dev/zero", "--duration", "0.05"]);
@@ -115,7 +154,17 @@ fn bench_ctrl_c_at_any_moment_leaves_no_scratch_file() {
     // Interrupt at spread-out moments: during the CPU stages, the reads, the writes, the pipelines.
     for delay_ms in [50u64, 300, 700, 1100, 1500, 1900, 2400, 3000] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_diskstream"))
-            .args(["bench", "--device", s(&src), "--target", s(&target), "--size", "64M", "--duration", "0.1"])
+            .args([
+                "bench",
+                "--device",
+                s(&src),
+                "--target",
+                s(&target),
+                "--size",
+                "64M",
+                "--duration",
+                "0.1",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -123,7 +172,14 @@ fn bench_ctrl_c_at_any_moment_leaves_no_scratch_file() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
         let st = child.wait().unwrap();
-        assert!(st.code() == Some(130) || st.success(), "exit {st:?} after SIGINT at {delay_ms} ms");
-        assert!(leftovers(&target).is_empty(), "scratch left after SIGINT at {delay_ms} ms: {:?}", leftovers(&target));
+        assert!(
+            st.code() == Some(130) || st.success(),
+            "exit {st:?} after SIGINT at {delay_ms} ms"
+        );
+        assert!(
+            leftovers(&target).is_empty(),
+            "scratch left after SIGINT at {delay_ms} ms: {:?}",
+            leftovers(&target)
+        );
     }
 }

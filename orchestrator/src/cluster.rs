@@ -33,6 +33,11 @@ pub const EXPORT_SUBDIR: &str = "var/lib/ganeti/export";
 pub const HOOKS_SUBDIR: &str = "etc/ganeti/hooks";
 /// Data directory of a node, relative to its root (Ganeti's `DATA_DIR`).
 pub const DATA_SUBDIR: &str = "var/lib/ganeti";
+/// Run-time directory of a node, relative to its root (Ganeti's `RUN_DIR`): lock files on the
+/// master, instance pid files on a primary node.
+pub const RUN_SUBDIR: &str = "var/run/ganeti";
+/// Log directory of a node, relative to its root (Ganeti's `LOG_DIR`).
+pub const LOG_SUBDIR: &str = "var/log/ganeti";
 
 /// The backend parameters every instance must define (Ganeti fills them from cluster defaults;
 /// our config has no cluster-level defaults, so they are explicit).
@@ -63,6 +68,10 @@ pub struct ClusterInfo {
     /// Compression tools allowed besides `none` (Ganeti's `compression_tools`).
     #[serde(default = "default_compression_tools")]
     pub compression_tools: Vec<String>,
+    /// Directory of the cluster's lock files (see [`Cluster::lock_dir`]); relative to the
+    /// config's directory. Default: `<master root>/var/run/ganeti/locks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_dir: Option<PathBuf>,
 }
 
 fn default_compression_tools() -> Vec<String> {
@@ -543,6 +552,26 @@ impl Cluster {
     /// The node's data directory, `<root>/var/lib/ganeti` (`GANETI_DATA_DIR`).
     pub fn data_dir(&self, node: &Node) -> PathBuf {
         self.node_root(node).join(DATA_SUBDIR)
+    }
+
+    /// The node's run-time directory, `<root>/var/run/ganeti`.
+    pub fn run_dir(&self, node: &Node) -> PathBuf {
+        self.node_root(node).join(RUN_SUBDIR)
+    }
+
+    /// The node's log directory, `<root>/var/log/ganeti`.
+    pub fn log_dir(&self, node: &Node) -> PathBuf {
+        self.node_root(node).join(LOG_SUBDIR)
+    }
+
+    /// The directory of the cluster's lock files: `[cluster] lock_dir`, or
+    /// `<master root>/var/run/ganeti/locks`. Every `diskstream` command working on this cluster
+    /// locks there, so they exclude each other.
+    pub fn lock_dir(&self) -> PathBuf {
+        match &self.config.cluster.lock_dir {
+            Some(d) => self.resolve(d),
+            None => self.run_dir(self.master()).join("locks"),
+        }
     }
 
     /// The path of a disk's backing file or device.

@@ -1,4 +1,5 @@
-//! Ganeti's job feedback: the progress format and the catalogue of messages an export prints.
+//! Ganeti's job feedback: the progress format, the catalogue of messages an export prints, and
+//! the [`Feedback`] sink operations report through.
 //!
 //! Operators and their scripts read these lines, so the wording is Ganeti's, character for
 //! character (`lib/cmdlib/backup.py`, `lib/masterd/instance.py`). Each message is a function
@@ -229,6 +230,129 @@ pub fn export_failed(finalized: bool, disk_results: &[bool]) -> Option<String> {
 /// The hint of `gnt-backup remove` when no export was found.
 pub const EXPORT_NOT_FOUND_HINT: &str = "Export not found. If trying to remove an export \
      belonging to a deleted instance please use its Fully Qualified Domain Name.";
+
+/// One thing an operation reports while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A job log line (Ganeti's `ELOG_MESSAGE`), e.g. "Shutting down instance X".
+    Message {
+        /// Info or warning.
+        level: Level,
+        /// The message, in Ganeti's wording.
+        text: String,
+    },
+    /// Transfer progress of one disk.
+    Progress(DiskProgress),
+}
+
+/// A progress sample of one disk transfer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskProgress {
+    /// Disk index.
+    pub index: usize,
+    /// Transfer label, `disk/I` or `snapshot/I`.
+    pub label: String,
+    /// Bytes of the disk processed so far.
+    pub done_bytes: u64,
+    /// Size of the disk in bytes.
+    pub total_bytes: u64,
+    /// The same in Ganeti's terms (MiB, MiB/s, percent, ETA).
+    pub progress: Progress,
+}
+
+impl DiskProgress {
+    /// Builds a sample from byte counts and the time spent so far.
+    pub fn new(index: usize, label: &str, done_bytes: u64, total_bytes: u64, elapsed_secs: f64) -> Self {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let throughput = if elapsed_secs > 0.0 {
+            mib(done_bytes) / elapsed_secs
+        } else {
+            0.0
+        };
+        let percent = (total_bytes > 0).then(|| (done_bytes as f64 * 100.0 / total_bytes as f64).min(100.0));
+        let eta =
+            (throughput > 0.0 && total_bytes > 0).then(|| mib(total_bytes.saturating_sub(done_bytes)) / throughput);
+        Self {
+            index,
+            label: label.to_string(),
+            done_bytes,
+            total_bytes,
+            progress: Progress {
+                mbytes: mib(done_bytes),
+                throughput,
+                percent,
+                eta,
+            },
+        }
+    }
+
+    /// Ganeti's line: "disk/0 sent 1.5G, 120.2 MiB/s, 37%, ETA 1m 5s".
+    pub fn line(&self) -> String {
+        sent(&self.label, &self.progress)
+    }
+}
+
+/// Where an operation sends its [`Event`]s (the CLI prints them; tests collect them).
+pub trait Feedback: Send + Sync {
+    /// Receives one event.
+    fn emit(&self, event: Event);
+}
+
+impl dyn Feedback + '_ {
+    /// Emits an info message.
+    pub fn info(&self, text: impl Into<String>) {
+        self.emit(Event::Message {
+            level: Level::Info,
+            text: text.into(),
+        });
+    }
+
+    /// Emits a warning.
+    pub fn warning(&self, text: impl Into<String>) {
+        self.emit(Event::Message {
+            level: Level::Warning,
+            text: text.into(),
+        });
+    }
+}
+
+/// A [`Feedback`] that keeps every event (for tests and embedders).
+#[derive(Debug, Default)]
+pub struct Collector {
+    events: std::sync::Mutex<Vec<Event>>,
+}
+
+impl Collector {
+    /// Every event so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().expect("collector").clone()
+    }
+
+    /// The message lines so far, as the Ganeti CLI prints them (warnings prefixed).
+    pub fn lines(&self) -> Vec<String> {
+        self.events()
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message { level, text } => Some(log_line(*level, text)),
+                Event::Progress(_) => None,
+            })
+            .collect()
+    }
+}
+
+impl Feedback for Collector {
+    fn emit(&self, event: Event) {
+        self.events.lock().expect("collector").push(event);
+    }
+}
+
+/// A [`Feedback`] that drops everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Silent;
+
+impl Feedback for Silent {
+    fn emit(&self, _event: Event) {}
+}
 
 #[cfg(test)]
 mod tests {

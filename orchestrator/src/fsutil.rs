@@ -1,4 +1,4 @@
-//! Durable file-system helpers: atomic file replacement and directory fsync.
+//! Durable file-system helpers: atomic file replacement, directory fsync, fresh UUIDs.
 //!
 //! Every file the orchestrator rewrites (the cluster config, an export's `config.ini`) goes
 //! through [`atomic_write`], so a crash leaves either the old or the new content, never a mix.
@@ -41,8 +41,56 @@ pub fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// A fresh random (version 4) UUID, e.g. `3f0c2a8e-1b7d-4c55-9e2a-5d1f0b6c7a80`.
+///
+/// Sixteen bytes from `/dev/urandom` with the version and variant bits set (RFC 4122 §4.4),
+/// the same thing the kernel's `/proc/sys/kernel/random/uuid` returns.
+pub fn new_uuid() -> io::Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    File::open("/dev/urandom")?.read_exact(&mut b)?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+/// Removes a directory tree; a missing path is not an error.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Fsyncs a file's data and metadata.
+pub fn sync_file(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn uuids_are_version_4_and_fresh() {
+        let a = new_uuid().unwrap();
+        let b = new_uuid().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
+        assert!(parts[2].starts_with('4'));
+        assert!(matches!(&parts[3][..1], "8" | "9" | "a" | "b"));
+    }
+
     use super::*;
 
     #[test]

@@ -24,7 +24,17 @@
 //! * [`export::config_ini`] writes an export's `config.ini` byte for byte as Ganeti does, so
 //!   Ganeti's own import reads it.
 //! * [`feedback`] holds Ganeti's job messages ("Shutting down instance X") and its progress
-//!   format ("1.5G, 120.2 MiB/s, 37%, ETA 1m 5s").
+//!   format ("1.5G, 120.2 MiB/s, 37%, ETA 1m 5s"), and the [`feedback::Feedback`] sink that
+//!   operations report through.
+//! * [`lu`] runs a logical unit in Ganeti's order; the phases are types, so `exec` needs the
+//!   value `check_prereq` returned.
+//! * [`backup`] is `LUBackupExport` (and `LUBackupRemove`, and the export listing): Ganeti's
+//!   checks, messages and Exec matrix on top of the pieces below.
+//! * [`driver`] starts and stops instances (`process` and `command` drivers); [`snapshot`]
+//!   snapshots disks (reflink clones, LVM) and sweeps leftovers of killed runs.
+//! * [`export::store`] stages an export and swaps it in atomically; [`export::cleanup`] plans
+//!   and applies the removal of old exports without ever removing the new one.
+//! * [`demo`] builds a self-contained three-node cluster for `diskstream demo`.
 //!
 //! Where we differ from Ganeti on purpose (fewer locks, atomic finalize, ...) is listed with
 //! the reason in `docs/ganeti-compat.md`.
@@ -39,12 +49,17 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod cluster;
+pub mod demo;
+pub mod driver;
 pub mod error;
 pub mod export;
 pub mod feedback;
 pub mod fsutil;
 pub mod hooks;
 pub mod locking;
+pub mod lu;
+pub mod snapshot;
 
 pub use error::{Ecode, ErrorKind, OpError};

@@ -195,3 +195,235 @@ impl Drop for Mount {
         let _ = Command::new("umount").arg(self.dir.path()).status();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers of the export tests (tests/export_*.rs): real file systems, a cluster builder and
+// instance guards.
+
+/// A file system of its own (an image file, loop-mounted), unmounted and deleted on drop.
+pub struct FsMount {
+    /// The mount point.
+    pub dir: tempfile::TempDir,
+    image_dir: tempfile::TempDir,
+}
+
+impl FsMount {
+    /// XFS with reflinks (`mkfs.xfs -m reflink=1`): files can be snapshotted by cloning.
+    pub fn xfs_reflink() -> Self {
+        Self::make("mkfs.xfs", &["-q", "-m", "reflink=1"], 320, "xfsprogs")
+    }
+
+    /// ext4: files cannot be cloned, so they cannot be snapshotted.
+    pub fn ext4() -> Self {
+        Self::make("mkfs.ext4", &["-q", "-F"], 96, "e2fsprogs")
+    }
+
+    fn make(mkfs: &str, args: &[&str], mib: u64, package: &str) -> Self {
+        assert!(
+            is_root(),
+            "export tests mount real file systems (loop devices) and need root: run the README test command as root"
+        );
+        let image_dir = scratch();
+        let image = image_dir.path().join("fs.img");
+        File::create(&image)
+            .expect("image")
+            .set_len(mib << 20)
+            .expect("size image");
+        let out = match Command::new(mkfs).args(args).arg(&image).output() {
+            Ok(o) => o,
+            Err(e) => panic!(
+                "{mkfs} is needed by the export tests but could not run ({e}): install {package} \
+                 (apt-get install {package}); the project's test script does this in CI"
+            ),
+        };
+        assert!(
+            out.status.success(),
+            "{mkfs} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = scratch();
+        let out = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount -o loop {} failed: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir, image_dir }
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for FsMount {
+    fn drop(&mut self) {
+        // Lazy unmount: an instance process killed a moment ago may still hold a file open.
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = &self.image_dir;
+    }
+}
+
+/// A disk of a test instance.
+#[derive(Clone, Debug)]
+pub struct DiskSpec {
+    /// `file`, `plain` or `blockdev`.
+    pub template: &'static str,
+    /// Backing path.
+    pub path: PathBuf,
+    /// Size in MiB.
+    pub mib: u64,
+}
+
+/// An instance of a test cluster.
+#[derive(Clone, Debug)]
+pub struct InstSpec {
+    /// Name.
+    pub name: String,
+    /// Primary node name.
+    pub primary: String,
+    /// `up`, `down` or `offline`.
+    pub admin_state: &'static str,
+    /// Disks.
+    pub disks: Vec<DiskSpec>,
+    /// The `process` driver's command (argv), if any.
+    pub process: Option<Vec<String>>,
+}
+
+/// Writes `cluster.toml` in `dir`: nodes `node1.example.com`..`nodeN` (`node_roots[i]` is
+/// node i+1's root), the given instances, `tools` as compression tools. Returns its path.
+pub fn write_cluster(dir: &Path, node_roots: &[PathBuf], instances: &[InstSpec], tools: &[&str]) -> PathBuf {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let tools: Vec<String> = tools.iter().map(|t| format!("{t:?}")).collect();
+    let _ = writeln!(
+        t,
+        "[cluster]\nname = \"test.example.com\"\nmaster = \"node1.example.com\"\ncompression_tools = [{}]",
+        tools.join(", ")
+    );
+    for (i, root) in node_roots.iter().enumerate() {
+        let _ = writeln!(
+            t,
+            "\n[[nodes]]\nname = \"node{}.example.com\"\nuuid = \"00000000-0000-4000-8000-00000000000{}\"\nroot = {:?}",
+            i + 1,
+            i + 1,
+            root.display().to_string()
+        );
+    }
+    for (k, inst) in instances.iter().enumerate() {
+        let _ = writeln!(
+            t,
+            "\n[[instances]]\nname = {:?}\nuuid = \"11111111-0000-4000-8000-0000000000{k:02}\"\nprimary_node = {:?}\n\
+             os = \"debootstrap+default\"\nhypervisor = \"kvm\"\nadmin_state = {:?}\ntags = [\"test\"]\n\n\
+             [instances.beparams]\nmaxmem = 512\nminmem = 256\nvcpus = 1\n\n\
+             [instances.hvparams]\nboot_order = \"disk\"\n\n\
+             [[instances.nics]]\nmac = \"aa:00:00:00:00:{k:02x}\"\nlink = \"br0\"",
+            inst.name, inst.primary, inst.admin_state
+        );
+        for (j, d) in inst.disks.iter().enumerate() {
+            let _ = writeln!(
+                t,
+                "\n[[instances.disks]]\nuuid = \"22222222-0000-4000-8000-0000000{k:02}{j:03}\"\nname = \"disk{j}\"\n\
+                 size = {}\ntemplate = {:?}\npath = {:?}",
+                d.mib,
+                d.template,
+                d.path.display().to_string()
+            );
+        }
+        if let Some(argv) = &inst.process {
+            let argv: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
+            let _ = writeln!(
+                t,
+                "\n[instances.driver]\nkind = \"process\"\nstart = [{}]",
+                argv.join(", ")
+            );
+        }
+    }
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, t).expect("write cluster.toml");
+    path
+}
+
+/// A long-running instance process command.
+pub fn sleeper() -> Vec<String> {
+    vec!["/bin/sleep".into(), "100000".into()]
+}
+
+/// Starts an instance's process (as its driver does) and kills it on drop, so a failing test
+/// leaves no process behind.
+pub struct InstanceGuard {
+    /// The instance's process driver.
+    pub driver: diskstream_orchestrator::driver::ProcessDriver,
+}
+
+impl InstanceGuard {
+    /// The guard of `name` in the cluster at `cfg`; starts it if `start`.
+    pub fn new(cfg: &Path, name: &str, start: bool) -> Self {
+        use diskstream_orchestrator::cluster::{Cluster, Driver};
+        use diskstream_orchestrator::driver::{process_paths, InstanceDriver, ProcessDriver};
+        let c = Cluster::load(cfg).expect("load cluster");
+        let inst = c.instance(name).expect("instance");
+        let (pid_file, log_file) = process_paths(&c, inst).expect("paths");
+        let argv = match &inst.driver {
+            Some(Driver::Process { start }) => start.argv(),
+            _ => panic!("{name} has no process driver"),
+        };
+        let driver = ProcessDriver {
+            argv,
+            pid_file,
+            log_file,
+            env: vec![("DISKSTREAM_INSTANCE".into(), name.into())],
+        };
+        if start {
+            driver.start().expect("start instance");
+        }
+        Self { driver }
+    }
+
+    /// The running pid, if any.
+    pub fn pid(&self) -> Option<u32> {
+        self.driver.running_pid()
+    }
+}
+
+impl Drop for InstanceGuard {
+    fn drop(&mut self) {
+        use diskstream_orchestrator::driver::InstanceDriver;
+        let _ = self.driver.stop(std::time::Duration::ZERO);
+    }
+}
+
+/// `diskstream ARGS` as (success, stdout, stderr).
+pub fn ds_text(args: &[&str]) -> (bool, String, String) {
+    let out = ds(args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Files under `dir` (recursively) whose name contains `needle`.
+pub fn find_named(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if e.file_name().to_string_lossy().contains(needle) {
+            out.push(p.clone());
+        }
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(find_named(&p, needle));
+        }
+    }
+    out
+}

@@ -1,0 +1,423 @@
+//! Instance drivers: how an instance is started, stopped and asked whether it runs.
+//!
+//! Ganeti's `instance_start` / `instance_shutdown` RPCs go to the hypervisor on the primary
+//! node. Here an instance's `[instances.driver]` says how:
+//!
+//! * `process` ([`ProcessDriver`]): the instance *is* a process, started from the configured
+//!   command in its own process group (so it outlives the `diskstream` that started it and a
+//!   `kill -9` of that `diskstream` does not take it down). Its pid and start time go to
+//!   `<primary root>/var/run/ganeti/instances/<name>.pid`; it runs while that pid is alive, not
+//!   a zombie and has that start time (pid reuse is not mistaken for the instance). Stopping
+//!   sends SIGTERM to the group, then SIGKILL after the shutdown timeout.
+//! * `command` ([`CommandDriver`]): start, stop and status shell commands (e.g. wrapping
+//!   `virsh`); `status` exits 0 while the instance runs. Stopping runs `stop` and waits up to the
+//!   shutdown timeout for `status` to say it stopped.
+//!
+//! An instance without a driver cannot be started; stopping it is a no-op and it never runs.
+//! Commands get `DISKSTREAM_INSTANCE` (the name), `DISKSTREAM_DISK_COUNT` and
+//! `DISKSTREAM_DISK<i>` (the backing paths) in their environment.
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+
+use crate::cluster::{Cluster, CommandSpec, Driver, Instance};
+use crate::fsutil;
+
+/// How long SIGKILL is given to take effect before a stop is declared failed.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Starts, stops and queries one instance.
+pub trait InstanceDriver: Send + Sync {
+    /// Starts the instance; starting a running instance is a no-op.
+    fn start(&self) -> Result<(), String>;
+    /// Stops the instance, forcibly once `timeout` has passed; stopping a stopped instance is
+    /// a no-op.
+    fn stop(&self, timeout: Duration) -> Result<(), String>;
+    /// Whether the instance runs.
+    fn is_running(&self) -> Result<bool, String>;
+}
+
+/// The driver of `inst` as the cluster config describes it.
+pub fn driver_for(cluster: &Cluster, inst: &Instance) -> Box<dyn InstanceDriver> {
+    let env = instance_command_env(cluster, inst);
+    match &inst.driver {
+        Some(Driver::Process { start }) => {
+            let node = cluster.node(&inst.primary_node).expect("validated primary node");
+            Box::new(ProcessDriver {
+                argv: start.argv(),
+                pid_file: cluster
+                    .run_dir(node)
+                    .join("instances")
+                    .join(format!("{}.pid", inst.name)),
+                log_file: cluster
+                    .log_dir(node)
+                    .join("instances")
+                    .join(format!("{}.log", inst.name)),
+                env,
+            })
+        }
+        Some(Driver::Command { start, stop, status }) => Box::new(CommandDriver {
+            start: start.clone(),
+            stop: stop.clone(),
+            status: status.clone(),
+            env,
+        }),
+        None => Box::new(NoDriver {
+            name: inst.name.clone(),
+        }),
+    }
+}
+
+fn instance_command_env(cluster: &Cluster, inst: &Instance) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("DISKSTREAM_INSTANCE".to_string(), inst.name.clone()),
+        ("DISKSTREAM_DISK_COUNT".to_string(), inst.disks.len().to_string()),
+    ];
+    for (i, d) in inst.disks.iter().enumerate() {
+        env.push((
+            format!("DISKSTREAM_DISK{i}"),
+            cluster.disk_path(d).display().to_string(),
+        ));
+    }
+    env
+}
+
+/// An instance that is a process.
+#[derive(Debug, Clone)]
+pub struct ProcessDriver {
+    /// The command that becomes the instance.
+    pub argv: Vec<String>,
+    /// `pid start_time` of the running instance.
+    pub pid_file: PathBuf,
+    /// Where the instance's stdout and stderr go (appended).
+    pub log_file: PathBuf,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl ProcessDriver {
+    /// The pid of the running instance, if it runs.
+    pub fn running_pid(&self) -> Option<u32> {
+        let text = fs::read_to_string(&self.pid_file).ok()?;
+        let mut it = text.split_whitespace();
+        let pid: u32 = it.next()?.parse().ok()?;
+        let start: Option<u64> = it.next().and_then(|s| s.parse().ok());
+        let (state, st) = proc_state(pid)?;
+        if matches!(state, 'Z' | 'X' | 'x') {
+            return None;
+        }
+        if start.is_some() && start != Some(st) {
+            return None; // The pid was reused by another process.
+        }
+        Some(pid)
+    }
+}
+
+impl InstanceDriver for ProcessDriver {
+    fn start(&self) -> Result<(), String> {
+        if self.running_pid().is_some() {
+            return Ok(());
+        }
+        let (program, args) = self.argv.split_first().ok_or("empty start command")?;
+        for p in [&self.pid_file, &self.log_file] {
+            let dir = fsutil::parent_dir(p);
+            fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_file)
+            .map_err(|e| format!("{}: {e}", self.log_file.display()))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        // The child waits on a pipe until its pid file is written, then execs the command (same
+        // pid). If we die before that (kill -9), the pipe closes, `read` fails and the child
+        // exits: an instance process without a pid file never exists.
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg("read go && exec \"$@\" </dev/null")
+            .arg("diskstream-instance")
+            .arg(program)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .current_dir("/")
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot run {program}: {e}"))?;
+        let pid = child.id();
+        let start = proc_state(pid).map(|(_, s)| s).unwrap_or(0);
+        let mut go = child.stdin.take().ok_or("no pipe to the instance process")?;
+        if let Err(e) = fsutil::atomic_write(&self.pid_file, format!("{pid} {start}\n").as_bytes(), 0o644) {
+            drop(go);
+            let _ = child.wait();
+            return Err(format!("{}: {e}", self.pid_file.display()));
+        }
+        let _ = std::io::Write::write_all(&mut go, b"go\n");
+        drop(go);
+        // A command that fails at once (missing program, bad arguments) is a failed start.
+        thread::sleep(Duration::from_millis(50));
+        if let Ok(Some(status)) = child.try_wait() {
+            let _ = fs::remove_file(&self.pid_file);
+            return Err(format!(
+                "the instance process exited at once ({status}); see {}",
+                self.log_file.display()
+            ));
+        }
+        // The child is not waited for: it is the instance and outlives this process.
+        drop(child);
+        Ok(())
+    }
+
+    fn stop(&self, timeout: Duration) -> Result<(), String> {
+        let Some(pid) = self.running_pid() else {
+            let _ = fs::remove_file(&self.pid_file);
+            return Ok(());
+        };
+        signal_group(pid, Signal::TERM);
+        if !self.wait_gone(timeout) {
+            signal_group(pid, Signal::KILL);
+            if !self.wait_gone(KILL_GRACE) {
+                return Err(format!("process {pid} survived SIGKILL"));
+            }
+        }
+        let _ = fs::remove_file(&self.pid_file);
+        Ok(())
+    }
+
+    fn is_running(&self) -> Result<bool, String> {
+        Ok(self.running_pid().is_some())
+    }
+}
+
+impl ProcessDriver {
+    fn wait_gone(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.running_pid().is_none() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Signals the instance's process group (it leads one), or the process alone if it left it.
+fn signal_group(pid: u32, sig: Signal) {
+    let Some(p) = Pid::from_raw(pid as i32) else {
+        return;
+    };
+    if rustix::process::kill_process_group(p, sig).is_err() {
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
+/// `(state, start time in ticks)` of a process from `/proc/<pid>/stat`.
+pub fn proc_state(pid: u32) -> Option<(char, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// An instance driven by commands.
+#[derive(Debug, Clone)]
+pub struct CommandDriver {
+    /// Starts the instance; must exit 0.
+    pub start: CommandSpec,
+    /// Stops the instance; must exit 0.
+    pub stop: CommandSpec,
+    /// Exits 0 while the instance runs.
+    pub status: CommandSpec,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl CommandDriver {
+    fn run(&self, c: &CommandSpec) -> io::Result<(bool, String)> {
+        let argv = c.argv();
+        let (program, args) = argv.split_first().ok_or_else(|| io::Error::other("empty command"))?;
+        let out = Command::new(program)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.success(), text.trim().to_string()))
+    }
+
+    fn checked(&self, c: &CommandSpec, what: &str) -> Result<(), String> {
+        match self.run(c) {
+            Ok((true, _)) => Ok(()),
+            Ok((false, out)) => Err(format!("{what} command failed: {out}")),
+            Err(e) => Err(format!("{what} command could not run: {e}")),
+        }
+    }
+}
+
+impl InstanceDriver for CommandDriver {
+    fn start(&self) -> Result<(), String> {
+        if self.is_running()? {
+            return Ok(());
+        }
+        self.checked(&self.start, "start")
+    }
+
+    fn stop(&self, timeout: Duration) -> Result<(), String> {
+        if !self.is_running()? {
+            return Ok(());
+        }
+        self.checked(&self.stop, "stop")?;
+        let deadline = Instant::now() + timeout;
+        while self.is_running()? {
+            if Instant::now() >= deadline {
+                return Err(format!("still running {}s after the stop command", timeout.as_secs()));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn is_running(&self) -> Result<bool, String> {
+        self.run(&self.status)
+            .map(|(ok, _)| ok)
+            .map_err(|e| format!("status command could not run: {e}"))
+    }
+}
+
+/// An instance without a driver: never runs, cannot be started.
+#[derive(Debug, Clone)]
+pub struct NoDriver {
+    name: String,
+}
+
+impl InstanceDriver for NoDriver {
+    fn start(&self) -> Result<(), String> {
+        Err(format!(
+            "instance {} has no [instances.driver] in the cluster config",
+            self.name
+        ))
+    }
+
+    fn stop(&self, _timeout: Duration) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn is_running(&self) -> Result<bool, String> {
+        Ok(false)
+    }
+}
+
+/// Paths of a `process` instance, for tools and tests: `(pid file, log file)`.
+pub fn process_paths(cluster: &Cluster, inst: &Instance) -> Option<(PathBuf, PathBuf)> {
+    let node = cluster.node(&inst.primary_node)?;
+    Some((
+        cluster
+            .run_dir(node)
+            .join("instances")
+            .join(format!("{}.pid", inst.name)),
+        cluster
+            .log_dir(node)
+            .join("instances")
+            .join(format!("{}.log", inst.name)),
+    ))
+}
+
+/// Whether `path` names an existing file or device (a disk is "activated" if it does).
+pub fn disk_present(path: &Path) -> bool {
+    fs::metadata(path).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn driver(dir: &Path, argv: &[&str]) -> ProcessDriver {
+        ProcessDriver {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            pid_file: dir.join("run/i.pid"),
+            log_file: dir.join("log/i.log"),
+            env: vec![("DISKSTREAM_INSTANCE".into(), "i".into())],
+        }
+    }
+
+    #[test]
+    fn process_starts_stops_with_term_and_reports_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = driver(dir.path(), &["/bin/sleep", "1000"]);
+        assert!(!d.is_running().unwrap());
+        d.start().unwrap();
+        assert!(d.is_running().unwrap());
+        d.start().unwrap(); // idempotent
+        let pid = d.running_pid().unwrap();
+        d.stop(Duration::from_secs(5)).unwrap();
+        assert!(!d.is_running().unwrap());
+        assert!(proc_state(pid).is_none_or(|(s, _)| s == 'Z'));
+        d.stop(Duration::from_secs(1)).unwrap(); // idempotent
+    }
+
+    #[test]
+    fn process_ignoring_term_is_killed_after_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = driver(
+            dir.path(),
+            &["/bin/sh", "-c", "trap '' TERM; echo up; while :; do sleep 0.05; done"],
+        );
+        d.start().unwrap();
+        thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        d.stop(Duration::from_millis(300)).unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        assert!(!d.is_running().unwrap());
+        assert!(fs::read_to_string(dir.path().join("log/i.log")).unwrap().contains("up"));
+    }
+
+    #[test]
+    fn failing_start_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = driver(dir.path(), &["/bin/sh", "-c", "exit 3"]);
+        assert!(d.start().unwrap_err().contains("exited at once"));
+        assert!(!d.is_running().unwrap());
+    }
+
+    #[test]
+    fn command_driver_uses_status_and_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("running");
+        let f = flag.display();
+        let d = CommandDriver {
+            start: CommandSpec::Shell(format!("touch {f}")),
+            stop: CommandSpec::Shell(format!("rm -f {f}")),
+            status: CommandSpec::Shell(format!("test -e {f}")),
+            env: Vec::new(),
+        };
+        assert!(!d.is_running().unwrap());
+        d.start().unwrap();
+        assert!(d.is_running().unwrap());
+        d.stop(Duration::from_secs(1)).unwrap();
+        assert!(!d.is_running().unwrap());
+        let stuck = CommandDriver {
+            stop: CommandSpec::Shell("true".into()),
+            ..d.clone()
+        };
+        stuck.start().unwrap();
+        assert!(stuck
+            .stop(Duration::from_millis(100))
+            .unwrap_err()
+            .contains("still running"));
+    }
+}

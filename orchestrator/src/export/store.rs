@@ -1,0 +1,290 @@
+//! The export store of a node: staging, atomic finalize, listing (`ListExports`) and removal.
+//!
+//! An export of instance `I` is written into `<export dir>/I.new/` (cleared first), one raw
+//! dump per disk plus the engine's manifests and `config.ini`, every file `0600`, the
+//! directory `0700`, all fsynced. [`Staging::finalize`] then swaps it in with
+//! `renameat2(I.new, I, RENAME_EXCHANGE)` (a plain no-replace rename when there is no previous
+//! export) and removes the old export, now at `I.new`. Readers therefore always see either the
+//! complete previous export or the complete new one. A [`Staging`] dropped without finalize
+//! removes `I.new`, so a failed export leaves the previous one untouched and nothing behind.
+//!
+//! Removal ([`remove_export`]) first renames `I` to a hidden `.I.ds-removing-<pid>` and then
+//! deletes that, so an interrupted removal never leaves a half export under a listed name.
+//! Listing ([`list_exports`]) is Ganeti's `ListExports` without its staging bug: hidden
+//! entries, `*.new` staging directories and `lost+found` on a mount point are not exports.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{renameat_with, RenameFlags, CWD};
+use rustix::io::Errno;
+
+use crate::fsutil;
+
+/// The suffix of staging directories.
+pub const STAGING_SUFFIX: &str = ".new";
+/// The marker of directories being removed.
+pub const REMOVING_MARKER: &str = ".ds-removing-";
+
+/// The staging directory name of `instance`.
+pub fn staging_name(instance: &str) -> String {
+    format!("{instance}{STAGING_SUFFIX}")
+}
+
+/// Whether an export directory entry is an export (what `list` shows).
+pub fn is_export_name(name: &str) -> bool {
+    !name.starts_with('.') && !name.ends_with(STAGING_SUFFIX)
+}
+
+/// Ganeti's `ListExports` for one node's export directory: the sorted exports, or
+/// `No exports directory` if it is missing.
+pub fn list_exports(export_dir: &Path) -> Result<Vec<String>, String> {
+    let entries = fs::read_dir(export_dir).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            "No exports directory".to_string()
+        } else {
+            format!("{}: {e}", export_dir.display())
+        }
+    })?;
+    let mount_point = is_mount_point(export_dir);
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| is_export_name(n))
+        .filter(|n| !(mount_point && n == "lost+found"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn is_mount_point(dir: &Path) -> bool {
+    match (fs::metadata(dir), fs::metadata(dir.join(".."))) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev() || a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// `(device, inode)` of a path, following symlinks: two paths with the same identity are the
+/// same directory, even through NFS mounts, bind mounts or symlinks.
+pub fn identity(path: &Path) -> Option<(u64, u64)> {
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// An export being written. Dropping it without [`Staging::finalize`] removes it.
+#[derive(Debug)]
+pub struct Staging {
+    export_dir: PathBuf,
+    instance: String,
+    dir: PathBuf,
+    done: bool,
+}
+
+impl Staging {
+    /// Creates `<export_dir>/<instance>.new/` (mode 0700), removing any stale one first.
+    /// Creates the export directory itself if it is missing.
+    pub fn begin(export_dir: &Path, instance: &str) -> io::Result<Self> {
+        fs::create_dir_all(export_dir)?;
+        let dir = export_dir.join(staging_name(instance));
+        fsutil::remove_tree(&dir)?;
+        fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        fsutil::sync_dir(export_dir)?;
+        Ok(Self {
+            export_dir: export_dir.to_path_buf(),
+            instance: instance.to_string(),
+            dir,
+            done: false,
+        })
+    }
+
+    /// The staging directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes `config.ini`, makes every file private and durable, and atomically replaces the
+    /// previous export with this one. Returns the final directory.
+    pub fn finalize(mut self, config_ini: &str) -> io::Result<PathBuf> {
+        for e in fs::read_dir(&self.dir)? {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                fs::set_permissions(e.path(), fs::Permissions::from_mode(0o600))?;
+                fsutil::sync_file(&e.path())?;
+            }
+        }
+        fsutil::atomic_write(&self.dir.join("config.ini"), config_ini.as_bytes(), 0o600)?;
+        fsutil::sync_dir(&self.dir)?;
+        let target = self.export_dir.join(&self.instance);
+        let replaced = swap_in(&self.dir, &target)?;
+        self.done = true;
+        fsutil::sync_dir(&self.export_dir)?;
+        if replaced {
+            // The previous export is now at the staging name, which is never listed.
+            let _ = fsutil::remove_tree(&self.dir);
+            fsutil::sync_dir(&self.export_dir)?;
+        }
+        Ok(target)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fsutil::remove_tree(&self.dir);
+        }
+    }
+}
+
+/// Moves `new` to `target`: exchanged atomically with an existing `target` (then `new` holds
+/// the old content and `true` is returned), or renamed without replacing anything.
+fn swap_in(new: &Path, target: &Path) -> io::Result<bool> {
+    match renameat_with(CWD, new, CWD, target, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(true),
+        Err(Errno::NOENT) if fs::symlink_metadata(new).is_ok() => {
+            renameat_with(CWD, new, CWD, target, RenameFlags::NOREPLACE)?;
+            Ok(false)
+        }
+        Err(Errno::INVAL | Errno::NOSYS) => {
+            // The file system cannot exchange (e.g. NFS): move the old export aside under a
+            // hidden name first. There is a short window without an export under the name.
+            let aside = hidden_removal_path(target)?;
+            match fs::rename(target, &aside) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            fs::rename(new, target)?;
+            fs::rename(&aside, new).or_else(|_| fsutil::remove_tree(&aside))?;
+            Ok(true)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn hidden_removal_path(path: &Path) -> io::Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other("not a directory path"))?
+        .to_string_lossy()
+        .into_owned();
+    Ok(fsutil::parent_dir(path).join(format!(".{name}{REMOVING_MARKER}{}", std::process::id())))
+}
+
+/// Removes export `name` from an export directory: renamed to a hidden name first (atomic),
+/// then deleted.
+pub fn remove_export(export_dir: &Path, name: &str) -> io::Result<()> {
+    let path = export_dir.join(name);
+    let aside = hidden_removal_path(&path)?;
+    fs::rename(&path, &aside)?;
+    fsutil::sync_dir(export_dir)?;
+    fsutil::remove_tree(&aside)
+}
+
+/// Removes what interrupted runs left for `instance` in an export directory: its staging
+/// directory and half-removed exports. Call only while holding the node's lock.
+pub fn sweep_leftovers(export_dir: &Path, instance: &str) -> Vec<PathBuf> {
+    let removing = format!(".{instance}{REMOVING_MARKER}");
+    let staging = staging_name(instance);
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(export_dir) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if (n == staging || n.starts_with(&removing)) && fsutil::remove_tree(&e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
+}
+
+/// Whether interrupted runs left `instance`'s staging or half-removed directories here.
+pub fn has_leftovers(export_dir: &Path, instance: &str) -> bool {
+    let removing = format!(".{instance}{REMOVING_MARKER}");
+    let staging = staging_name(instance);
+    fs::read_dir(export_dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n == staging || n.starts_with(&removing)
+        })
+    })
+}
+
+/// Files of an export directory with sizes, for reports.
+pub fn files(dir: &Path) -> io::Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        out.push((e.file_name().to_string_lossy().into_owned(), e.metadata()?.len()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_replaces_atomically_and_failures_leave_the_old_export() {
+        let d = tempfile::tempdir().unwrap();
+        let ed = d.path().join("export");
+        // First export: no previous one.
+        let s = Staging::begin(&ed, "i1").unwrap();
+        fs::write(s.dir().join("dump1"), b"one").unwrap();
+        let fin = s.finalize("[export]\n").unwrap();
+        assert_eq!(fin, ed.join("i1"));
+        assert_eq!(list_exports(&ed).unwrap(), ["i1"]);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&fin), 0o700);
+        assert_eq!(mode(&fin.join("dump1")), 0o600);
+        assert_eq!(mode(&fin.join("config.ini")), 0o600);
+        // A failed export: staging dropped, old export intact, nothing listed in between.
+        {
+            let s = Staging::begin(&ed, "i1").unwrap();
+            fs::write(s.dir().join("partial"), b"x").unwrap();
+            assert_eq!(list_exports(&ed).unwrap(), ["i1"]);
+        }
+        assert!(!ed.join("i1.new").exists());
+        assert!(ed.join("i1/dump1").exists());
+        // Second export replaces the first.
+        let s = Staging::begin(&ed, "i1").unwrap();
+        fs::write(s.dir().join("dump2"), b"two").unwrap();
+        s.finalize("[export]\n").unwrap();
+        assert!(ed.join("i1/dump2").exists());
+        assert!(!ed.join("i1/dump1").exists());
+        assert!(!ed.join("i1.new").exists());
+        // A stale staging dir is cleared and never listed.
+        fs::create_dir_all(ed.join("i2.new")).unwrap();
+        fs::write(ed.join("i2.new/stale"), b"old").unwrap();
+        assert_eq!(list_exports(&ed).unwrap(), ["i1"]);
+        let s = Staging::begin(&ed, "i2").unwrap();
+        assert!(!s.dir().join("stale").exists());
+        drop(s);
+        // Removal goes through a hidden name.
+        remove_export(&ed, "i1").unwrap();
+        assert!(list_exports(&ed).unwrap().is_empty());
+        assert!(fs::read_dir(&ed).unwrap().next().is_none());
+        assert_eq!(
+            list_exports(&d.path().join("missing")).unwrap_err(),
+            "No exports directory"
+        );
+    }
+
+    #[test]
+    fn sweep_removes_only_this_instances_leftovers() {
+        let d = tempfile::tempdir().unwrap();
+        for n in ["a.new", ".a.ds-removing-12", "a", "b.new", ".b.ds-removing-3"] {
+            fs::create_dir_all(d.path().join(n)).unwrap();
+        }
+        let mut removed: Vec<String> = sweep_leftovers(d.path(), "a")
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        removed.sort();
+        assert_eq!(removed, [".a.ds-removing-12", "a.new"]);
+        assert!(d.path().join("a").exists() && d.path().join("b.new").exists());
+    }
+}

@@ -1,0 +1,319 @@
+//! The logical-unit runner: Ganeti's `mcpu` order, with the phases as types.
+//!
+//! [`run`] drives a [`LogicalUnit`] exactly in Ganeti's order (`lib/mcpu.py`):
+//!
+//! 1. the BGL (`cluster/BGL`) **shared**;
+//! 2. [`LogicalUnit::check_arguments`];
+//! 3. [`LogicalUnit::expand_names`], which returns the locks it needs;
+//! 4. for every level from `instance` to `network`: [`LogicalUnit::declare_locks`], then the
+//!    level's locks, sorted (the lock manager refuses any other order);
+//! 5. [`LogicalUnit::check_prereq`], which returns the LU's [`LogicalUnit::Prereq`] value;
+//! 6. hooks nodes and environment from that value, then the pre hooks (a failure aborts);
+//! 7. on `dry_run`, stop here;
+//! 8. [`LogicalUnit::exec`], which *consumes* the prerequisite value: it cannot be called
+//!    without what `check_prereq` produced, and not twice;
+//! 9. the post hooks (failures are warnings), and the `config-update` hook on the master if
+//!    Exec changed the cluster config;
+//! 10. locks released level by level (highest first), then the BGL.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::cluster::Cluster;
+use crate::error::OpError;
+use crate::feedback::Feedback;
+use crate::hooks::env::{phase_env, Env, HookContext};
+use crate::hooks::{check_pre_results, post_warnings, HooksRunner, Phase};
+use crate::locking::{LockError, LockLevel, LockManager, LockMode, LockOwner, BGL};
+
+/// How long the first, quiet attempt at a lock waits before the operator is told who holds it.
+const QUIET_WAIT: Duration = Duration::from_millis(500);
+
+/// What an operation runs with.
+pub struct Context<'a> {
+    /// The cluster config.
+    pub cluster: &'a Cluster,
+    /// The cluster's locks.
+    pub locks: &'a LockManager,
+    /// The hooks runner.
+    pub hooks: &'a HooksRunner,
+    /// Where job messages go.
+    pub feedback: &'a dyn Feedback,
+    /// The longest wait for any one level of locks.
+    pub lock_timeout: Duration,
+    /// Stop after the pre hooks.
+    pub dry_run: bool,
+    /// Describes the operation to lock waiters (e.g. `diskstream export inst1`).
+    pub command: String,
+}
+
+/// The locks an LU needs: per level, the names and the mode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NeededLocks {
+    levels: BTreeMap<LockLevel, (Vec<String>, LockMode)>,
+}
+
+impl NeededLocks {
+    /// Sets the locks of a level (replacing what was there).
+    pub fn set(&mut self, level: LockLevel, names: Vec<String>, mode: LockMode) {
+        self.levels.insert(level, (names, mode));
+    }
+
+    /// The locks of a level.
+    pub fn get(&self, level: LockLevel) -> Option<&(Vec<String>, LockMode)> {
+        self.levels.get(&level)
+    }
+}
+
+/// Where and with what environment an LU's hooks run.
+#[derive(Debug, Clone)]
+pub struct HooksSpec {
+    /// Hook context (opcode, hooks path, cluster, master).
+    pub context: HookContext,
+    /// Node names to run on, in order.
+    pub nodes: Vec<String>,
+    /// The LU's environment (unprefixed).
+    pub env: Env,
+}
+
+/// One of Ganeti's logical units.
+pub trait LogicalUnit {
+    /// What `check_prereq` establishes and `exec` consumes.
+    type Prereq;
+    /// What `exec` returns.
+    type Output;
+
+    /// `CheckArguments`: checks that need no cluster state.
+    fn check_arguments(&mut self, ctx: &Context<'_>) -> Result<(), OpError>;
+    /// `ExpandNames`: resolves names and says which locks are needed.
+    fn expand_names(&mut self, ctx: &Context<'_>) -> Result<NeededLocks, OpError>;
+    /// `DeclareLocks`: adjusts the locks of `level` just before it is acquired, knowing what
+    /// is held already.
+    fn declare_locks(&mut self, _ctx: &Context<'_>, _level: LockLevel, _needed: &mut NeededLocks, _owner: &LockOwner) {}
+    /// `CheckPrereq`: checks the cluster state under the locks.
+    fn check_prereq(&mut self, ctx: &Context<'_>, owner: &LockOwner) -> Result<Self::Prereq, OpError>;
+    /// `BuildHooksNodes` and `BuildHooksEnv` for the pre phase; `None` for an LU without hooks.
+    fn hooks(&self, _ctx: &Context<'_>, _prereq: &Self::Prereq) -> Option<HooksSpec> {
+        None
+    }
+    /// `Exec`. It owns the prerequisite value and may change the locks it holds (e.g. release
+    /// the nodes it is done with and lock others, always upwards from a released level).
+    fn exec(&mut self, ctx: &Context<'_>, prereq: Self::Prereq, owner: &mut LockOwner)
+        -> Result<Self::Output, OpError>;
+    /// `BuildHooksEnv` after Exec, for the post phase (default: the pre environment).
+    fn post_hooks_env(&self, _ctx: &Context<'_>, pre: &HooksSpec) -> Env {
+        pre.env.clone()
+    }
+    /// Whether Exec changed the cluster config (runs the `config-update` hook).
+    fn config_changed(&self) -> bool {
+        false
+    }
+}
+
+/// Acquires `names` at `level`, telling the operator once who holds them if the first short
+/// attempt fails.
+pub fn acquire(
+    ctx: &Context<'_>,
+    owner: &mut LockOwner,
+    level: LockLevel,
+    names: &[String],
+    mode: LockMode,
+) -> Result<(), OpError> {
+    match owner.acquire(level, names, mode, QUIET_WAIT.min(ctx.lock_timeout)) {
+        Ok(()) => Ok(()),
+        Err(LockError::Timeout { name, holders, .. }) if ctx.lock_timeout > QUIET_WAIT => {
+            let who: Vec<String> = holders.iter().map(ToString::to_string).collect();
+            ctx.feedback.info(format!(
+                "Waiting for lock {level}/{name} ({mode}), held by {}",
+                if who.is_empty() {
+                    "another operation".into()
+                } else {
+                    who.join(", ")
+                }
+            ));
+            owner
+                .acquire(level, names, mode, ctx.lock_timeout - QUIET_WAIT)
+                .map_err(OpError::from)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs `lu` in Ganeti's order. `Ok(None)` is a dry run that stopped after the pre hooks.
+pub fn run<L: LogicalUnit>(lu: &mut L, ctx: &Context<'_>) -> Result<Option<L::Output>, OpError> {
+    let mut owner = ctx.locks.owner(ctx.command.clone());
+    acquire(
+        ctx,
+        &mut owner,
+        LockLevel::Cluster,
+        &[BGL.to_string()],
+        LockMode::Shared,
+    )?;
+    lu.check_arguments(ctx)?;
+    let mut needed = lu.expand_names(ctx)?;
+    for level in LockLevel::ALL.into_iter().skip(1) {
+        lu.declare_locks(ctx, level, &mut needed, &owner);
+        if let Some((names, mode)) = needed.get(level).cloned() {
+            acquire(ctx, &mut owner, level, &names, mode)?;
+        }
+    }
+    let prereq = lu.check_prereq(ctx, &owner)?;
+    let hooks = lu.hooks(ctx, &prereq);
+    if let Some(h) = &hooks {
+        let env = phase_env(&h.context, Phase::Pre, &h.env, None);
+        let results = run_hooks(ctx, h, Phase::Pre, &h.context.hpath, &env);
+        check_pre_results(&results)?;
+    }
+    if ctx.dry_run {
+        return Ok(None);
+    }
+    let output = lu.exec(ctx, prereq, &mut owner)?;
+    if let Some(h) = &hooks {
+        let post = lu.post_hooks_env(ctx, h);
+        let env = phase_env(&h.context, Phase::Post, &post, Some(&h.env));
+        for w in post_warnings(&run_hooks(ctx, h, Phase::Post, &h.context.hpath, &env)) {
+            ctx.feedback.warning(w);
+        }
+        if lu.config_changed() {
+            let cu = HookContext {
+                hpath: "config-update".into(),
+                ..h.context.clone()
+            };
+            let env = phase_env(&cu, Phase::Post, &Env::new(), Some(&h.env));
+            let master = HooksSpec {
+                context: cu,
+                nodes: vec![ctx.cluster.master().name.clone()],
+                env: Env::new(),
+            };
+            for w in post_warnings(&run_hooks(ctx, &master, Phase::Post, "config-update", &env)) {
+                ctx.feedback.warning(w);
+            }
+        }
+    }
+    owner.release_all();
+    Ok(Some(output))
+}
+
+fn run_hooks(
+    ctx: &Context<'_>,
+    h: &HooksSpec,
+    phase: Phase,
+    hpath: &str,
+    env: &Env,
+) -> Vec<crate::hooks::NodeHookResults> {
+    let nodes: Vec<_> = h.nodes.iter().filter_map(|n| ctx.cluster.node(n)).collect();
+    ctx.hooks.run_on_nodes(ctx.cluster, &nodes, hpath, phase, env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feedback::Collector;
+    use std::sync::Mutex;
+
+    struct Traced<'t> {
+        trace: &'t Mutex<Vec<String>>,
+        fail_prereq: bool,
+    }
+
+    struct Checked(u32);
+
+    impl Traced<'_> {
+        fn log(&self, s: impl Into<String>) {
+            self.trace.lock().unwrap().push(s.into());
+        }
+    }
+
+    impl LogicalUnit for Traced<'_> {
+        type Prereq = Checked;
+        type Output = u32;
+
+        fn check_arguments(&mut self, _ctx: &Context<'_>) -> Result<(), OpError> {
+            self.log("check_arguments");
+            Ok(())
+        }
+        fn expand_names(&mut self, _ctx: &Context<'_>) -> Result<NeededLocks, OpError> {
+            self.log("expand_names");
+            let mut n = NeededLocks::default();
+            n.set(LockLevel::Instance, vec!["i1".into()], LockMode::Exclusive);
+            Ok(n)
+        }
+        fn declare_locks(&mut self, _ctx: &Context<'_>, level: LockLevel, n: &mut NeededLocks, owner: &LockOwner) {
+            self.log(format!("declare {level}"));
+            if level == LockLevel::Node {
+                assert_eq!(owner.owned(LockLevel::Instance), ["i1"]);
+                n.set(level, vec!["n2".into(), "n1".into()], LockMode::Exclusive);
+            }
+        }
+        fn check_prereq(&mut self, _ctx: &Context<'_>, owner: &LockOwner) -> Result<Checked, OpError> {
+            self.log(format!("check_prereq {:?}", owner.owned(LockLevel::Node)));
+            if self.fail_prereq {
+                return Err(OpError::prereq(crate::Ecode::State, "no"));
+            }
+            Ok(Checked(7))
+        }
+        fn exec(&mut self, _ctx: &Context<'_>, p: Checked, _o: &mut LockOwner) -> Result<u32, OpError> {
+            self.log("exec");
+            Ok(p.0)
+        }
+    }
+
+    fn cluster(dir: &std::path::Path) -> Cluster {
+        let text = format!(
+            "[cluster]\nname = \"c\"\nmaster = \"n1\"\n[[nodes]]\nname = \"n1\"\nuuid = \"u1\"\nroot = \"{}\"\n",
+            dir.join("n1").display()
+        );
+        Cluster::from_str_at(&text, dir.join("cluster.toml")).unwrap()
+    }
+
+    #[test]
+    fn runs_in_ganetis_order_and_dry_run_stops_before_exec() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cluster(dir.path());
+        let locks = LockManager::new(dir.path().join("locks")).unwrap();
+        let hooks = HooksRunner::default();
+        let fb = Collector::default();
+        let mut ctx = Context {
+            cluster: &c,
+            locks: &locks,
+            hooks: &hooks,
+            feedback: &fb,
+            lock_timeout: Duration::from_secs(1),
+            dry_run: false,
+            command: "test".into(),
+        };
+        let trace = Mutex::new(Vec::new());
+        let mut lu = Traced {
+            trace: &trace,
+            fail_prereq: false,
+        };
+        assert_eq!(run(&mut lu, &ctx).unwrap(), Some(7));
+        assert_eq!(
+            *trace.lock().unwrap(),
+            [
+                "check_arguments",
+                "expand_names",
+                "declare instance",
+                "declare nodegroup",
+                "declare node",
+                "declare node-res",
+                "declare network",
+                "check_prereq [\"n1\", \"n2\"]",
+                "exec"
+            ]
+        );
+        trace.lock().unwrap().clear();
+        ctx.dry_run = true;
+        assert_eq!(run(&mut lu, &ctx).unwrap(), None);
+        assert!(!trace.lock().unwrap().contains(&"exec".to_string()));
+        lu.fail_prereq = true;
+        ctx.dry_run = false;
+        trace.lock().unwrap().clear();
+        assert_eq!(run(&mut lu, &ctx).unwrap_err().msg, "no");
+        assert!(!trace.lock().unwrap().contains(&"exec".to_string()));
+        // Locks were released in every case: an exclusive BGL can be taken now.
+        let mut o = locks.owner("probe");
+        o.acquire(LockLevel::Cluster, &[BGL], LockMode::Exclusive, Duration::ZERO)
+            .unwrap();
+    }
+}

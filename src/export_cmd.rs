@@ -1,0 +1,412 @@
+//! The cluster commands: `export`, `list`, `remove` (Ganeti's `gnt-backup`) and the cluster
+//! `demo`, and how their job messages, progress and results are printed.
+//!
+//! Job messages are printed as the Ganeti CLI prints them (`Thu May  5 12:28:52 2011 Shutting
+//! down instance X`, warnings with ` - WARNING: `; times in UTC) on stdout, or on stderr when
+//! `--json` keeps stdout for the result. `--progress json` prints one JSON object per event
+//! instead. Errors print Ganeti's report (`Failure: prerequisites not met ...`) on stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use diskstream_orchestrator::backup::{self, ExportLu, ExportMode, ExportOp, ExportResult, RemoveLu};
+use diskstream_orchestrator::cluster::Cluster;
+use diskstream_orchestrator::feedback::{log_line, Event, Feedback, Level};
+use diskstream_orchestrator::{Ecode, ErrorKind, OpError};
+use serde_json::json;
+
+/// The default cluster config: `$DISKSTREAM_CLUSTER`, else `./cluster.toml`.
+fn cluster_path(arg: Option<PathBuf>) -> PathBuf {
+    arg.or_else(|| std::env::var_os("DISKSTREAM_CLUSTER").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("cluster.toml"))
+}
+
+/// `diskstream export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Target node (required; short names are expanded).
+    #[arg(short = 'n', long = "node")]
+    node: Option<String>,
+    /// Do not shut the instance down (snapshot it live; needs snapshot-capable disks).
+    #[arg(long)]
+    noshutdown: bool,
+    /// Seconds to wait for the instance to stop before it is killed.
+    #[arg(long, default_value_t = backup::DEFAULT_SHUTDOWN_TIMEOUT)]
+    shutdown_timeout: u64,
+    /// Remove the instance (disks and config entry) after a successful export.
+    #[arg(long)]
+    remove_instance: bool,
+    /// With --remove-instance: only warn if the disks cannot be removed.
+    #[arg(long)]
+    ignore_remove_failures: bool,
+    /// Allow the instance to stay down for the whole transfer if its disks cannot be snapshotted.
+    #[arg(long)]
+    long_sleep: bool,
+    /// Transport compression tool: none, or one of the cluster's compression_tools.
+    #[arg(long, default_value = "none")]
+    transport_compression: String,
+    /// Disks transferred at the same time.
+    #[arg(long, default_value_t = 1)]
+    max_parallel_disks: usize,
+    /// Check everything and run the pre hooks, but export nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Cluster config (default: $DISKSTREAM_CLUSTER, else ./cluster.toml).
+    #[arg(long)]
+    cluster: Option<PathBuf>,
+    /// Print one JSON object per event instead of text lines.
+    #[arg(long, value_parser = ["json"])]
+    progress: Option<String>,
+    /// Print the result as one JSON object on stdout (messages go to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Not supported (refused with an explanation).
+    #[arg(long)]
+    zero_free_space: bool,
+    /// Not supported (only valid with --zero-free-space).
+    #[arg(long)]
+    zeroing_timeout_fixed: Option<u64>,
+    /// Not supported (only valid with --zero-free-space).
+    #[arg(long)]
+    zeroing_timeout_per_mib: Option<f64>,
+    /// Export mode; only local is supported.
+    #[arg(long, default_value = "local", value_parser = ["local", "remote"])]
+    mode: String,
+    /// Longest wait for a lock, in seconds.
+    #[arg(long, default_value_t = 3600.0)]
+    lock_timeout: f64,
+    /// Seconds between progress lines of a disk transfer.
+    #[arg(long, default_value_t = 5.0)]
+    progress_interval: f64,
+    /// The instance.
+    instance: String,
+}
+
+/// `diskstream list`.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only these nodes (repeatable).
+    #[arg(long = "node")]
+    nodes: Vec<String>,
+    /// Do not print the header line.
+    #[arg(long)]
+    no_headers: bool,
+    /// Separate fields with this string instead of padding.
+    #[arg(long)]
+    separator: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Cluster config (default: $DISKSTREAM_CLUSTER, else ./cluster.toml).
+    #[arg(long)]
+    cluster: Option<PathBuf>,
+}
+
+/// `diskstream remove`.
+#[derive(Args, Debug)]
+pub struct RemoveArgs {
+    /// The instance (or the FQDN of a deleted instance).
+    instance: String,
+    /// Cluster config (default: $DISKSTREAM_CLUSTER, else ./cluster.toml).
+    #[arg(long)]
+    cluster: Option<PathBuf>,
+    /// Longest wait for a lock, in seconds.
+    #[arg(long, default_value_t = 3600.0)]
+    lock_timeout: f64,
+}
+
+/// Prints job messages.
+struct Printer {
+    json_events: bool,
+    to_stderr: bool,
+    lock: Mutex<()>,
+}
+
+impl Printer {
+    fn line(&self, s: &str) {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.to_stderr {
+            let _ = writeln!(std::io::stderr(), "{s}");
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{s}");
+            let _ = out.flush();
+        }
+    }
+}
+
+impl Feedback for Printer {
+    fn emit(&self, event: Event) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        if self.json_events {
+            let v = match &event {
+                Event::Message { level, text } => json!({
+                    "event": "message",
+                    "time": now,
+                    "level": match level { Level::Info => "info", Level::Warning => "warning" },
+                    "text": text,
+                }),
+                Event::Progress(p) => json!({
+                    "event": "progress",
+                    "time": now,
+                    "disk": p.index,
+                    "label": p.label,
+                    "done_bytes": p.done_bytes,
+                    "total_bytes": p.total_bytes,
+                    "mbytes": p.progress.mbytes,
+                    "throughput_mib_s": p.progress.throughput,
+                    "percent": p.progress.percent,
+                    "eta_s": p.progress.eta,
+                    "line": p.line(),
+                }),
+            };
+            self.line(&v.to_string());
+            return;
+        }
+        let text = match &event {
+            Event::Message { level, text } => log_line(*level, text),
+            Event::Progress(p) => p.line(),
+        };
+        self.line(&format!("{} {text}", ctime(now as u64)));
+    }
+}
+
+/// Python's `time.ctime` in UTC: `Thu May  5 12:28:52 2011`.
+pub fn ctime(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{} {} {d:>2} {:02}:{:02}:{:02} {y}",
+        DAYS[(days % 7) as usize],
+        MONTHS[(m - 1) as usize],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn error_kind(k: ErrorKind) -> &'static str {
+    match k {
+        ErrorKind::Prereq => "prereq",
+        ErrorKind::Exec => "exec",
+        ErrorKind::HooksAbort => "hooks_abort",
+        ErrorKind::HooksFailure => "hooks_failure",
+        ErrorKind::Lock => "lock",
+        ErrorKind::Config => "config",
+        _ => "error",
+    }
+}
+
+fn fail(e: &OpError, json_out: bool) -> ExitCode {
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "ok": false,
+                "error": e.msg,
+                "kind": error_kind(e.kind),
+                "ecode": e.ecode.as_str(),
+            })
+        );
+    }
+    eprintln!("{}", e.ganeti_report());
+    ExitCode::FAILURE
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+/// The JSON result of an export: Ganeti's `(fin_resu, dresults)` plus sizes and digests.
+pub fn export_json(r: &ExportResult) -> serde_json::Value {
+    let disks: Vec<serde_json::Value> = r
+        .disks
+        .iter()
+        .map(|d| match &d.report {
+            Ok(rep) => json!({
+                "index": d.index,
+                "label": d.label,
+                "snapshot": d.snapshot,
+                "dump": d.dump,
+                "path": r.export_dir.join(&d.dump),
+                "manifest": r.export_dir.join(format!("{}.manifest", d.dump)),
+                "disk_size": rep.disk_size,
+                "bytes_stored": rep.bytes_stored,
+                "zero_bytes_skipped": rep.zero_bytes,
+                "digest": rep.digest,
+                "elapsed_s": rep.elapsed.as_secs_f64(),
+                "throughput_bytes_per_s": rep.throughput(),
+            }),
+            Err(e) => json!({ "index": d.index, "label": d.label, "error": e }),
+        })
+        .collect();
+    json!({
+        "ok": true,
+        "result": [r.fin_resu, r.dresults],
+        "instance": r.instance,
+        "target_node": r.target_node,
+        "export_dir": r.export_dir,
+        "disks": disks,
+        "instance_removed": r.instance_removed,
+        "removed_old_exports": r.removed_old,
+        "shared_export_dir_nodes": r.shared_nodes,
+    })
+}
+
+/// Runs `diskstream export`.
+pub fn export(a: ExportArgs) -> ExitCode {
+    let Some(node) = a.node.clone() else {
+        return fail(&OpError::prereq(Ecode::Inval, "Target node must be specified"), a.json);
+    };
+    let printer = Printer {
+        json_events: a.progress.is_some(),
+        to_stderr: a.json && a.progress.is_none(),
+        lock: Mutex::new(()),
+    };
+    let mut op = ExportOp::new(a.instance.clone(), node);
+    op.shutdown = !a.noshutdown;
+    op.shutdown_timeout = a.shutdown_timeout;
+    op.remove_instance = a.remove_instance;
+    op.ignore_remove_failures = a.ignore_remove_failures;
+    op.long_sleep = a.long_sleep;
+    op.compress = a.transport_compression.clone();
+    op.mode = if a.mode == "remote" {
+        ExportMode::Remote
+    } else {
+        ExportMode::Local
+    };
+    op.zero_free_space = a.zero_free_space;
+    op.zeroing_timeout_fixed = a.zeroing_timeout_fixed;
+    op.zeroing_timeout_per_mib = a.zeroing_timeout_per_mib;
+    op.max_parallel_disks = a.max_parallel_disks;
+    op.progress_interval = secs(a.progress_interval);
+    let mut lu = ExportLu::new(op);
+    let command = format!(
+        "diskstream export -n {} {}",
+        a.node.as_deref().unwrap_or(""),
+        a.instance
+    );
+    let res = backup::run_on_cluster(
+        &cluster_path(a.cluster),
+        &mut lu,
+        &printer,
+        a.dry_run,
+        secs(a.lock_timeout),
+        &command,
+    );
+    match res {
+        Ok(Some(r)) => {
+            if a.json {
+                println!("{}", export_json(&r));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            if a.json {
+                println!("{}", json!({ "ok": true, "dry_run": true, "result": null }));
+            } else {
+                printer.line("Dry run: all checks and pre hooks passed; nothing was exported");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e, a.json),
+    }
+}
+
+/// Runs `diskstream list`.
+pub fn list(a: ListArgs) -> ExitCode {
+    let cluster = match Cluster::load(cluster_path(a.cluster)) {
+        Ok(c) => c,
+        Err(e) => return fail(&e.into(), a.json),
+    };
+    let rows = match backup::list(&cluster, &a.nodes) {
+        Ok(r) => r,
+        Err(e) => return fail(&e, a.json),
+    };
+    if a.json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| match &r.exports {
+                Ok(l) => json!({ "node": r.node, "exports": l }),
+                Err(e) => json!({ "node": r.node, "exports": null, "error": e }),
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        print!("{}", backup::format_table(&rows, !a.no_headers, a.separator.as_deref()));
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs `diskstream remove`.
+pub fn remove(a: RemoveArgs) -> ExitCode {
+    let printer = Printer {
+        json_events: false,
+        to_stderr: false,
+        lock: Mutex::new(()),
+    };
+    let mut lu = RemoveLu::new(a.instance.clone());
+    let command = format!("diskstream remove {}", a.instance);
+    match backup::run_on_cluster(
+        &cluster_path(a.cluster),
+        &mut lu,
+        &printer,
+        false,
+        secs(a.lock_timeout),
+        &command,
+    ) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => fail(&e, false),
+    }
+}
+
+/// Runs the cluster demo.
+pub fn demo(dir: Option<PathBuf>, size: u64) -> ExitCode {
+    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("diskstream-demo-{}", std::process::id())));
+    let printer = Printer {
+        json_events: false,
+        to_stderr: false,
+        lock: Mutex::new(()),
+    };
+    let say = |s: &str| printer.line(s);
+    match diskstream_orchestrator::demo::run(&dir, size, &printer, &say) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("diskstream demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctime_matches_python() {
+        // time.ctime(1304598532) in UTC.
+        assert_eq!(ctime(1_304_598_532), "Thu May  5 12:28:52 2011");
+        assert_eq!(ctime(0), "Thu Jan  1 00:00:00 1970");
+        assert_eq!(ctime(1_795_659_271), "Thu Nov 26 02:14:31 2026");
+    }
+}
