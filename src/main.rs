@@ -5,8 +5,6 @@
 mod bench_cmd;
 mod cli;
 mod export_cmd;
-// `output::demo` (the engine-only demo) is no longer dispatched: `demo` runs the cluster demo.
-#[allow(dead_code)]
 mod output;
 
 use std::process::ExitCode;

@@ -1,13 +1,13 @@
 //! What the CLI prints: progress (an indicatif bar on a TTY, plain lines otherwise), results as
-//! text or one JSON object, errors with their exit code, and the engine demo.
+//! text or one JSON object, and errors with their exit code.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use diskstream_engine::ops::{self, Format, Info, Options, Progress, Report};
+use diskstream_engine::ops::{Info, Progress, Report};
 use diskstream_engine::{Error, Result};
 use serde_json::json;
 
@@ -212,69 +212,4 @@ pub fn info(res: Result<Info>, json_out: bool) -> ExitCode {
         println!("manifest:    {}", m.display());
     }
     ExitCode::SUCCESS
-}
-
-/// The engine demo: a sample disk, both formats, verify, info, restore, compare.
-pub fn demo(dir: Option<PathBuf>, size: u64) -> ExitCode {
-    match run_demo(dir, size) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e, false),
-    }
-}
-
-fn run_demo(dir: Option<PathBuf>, size: u64) -> Result<()> {
-    let dir = match dir {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!("diskstream-demo-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io("mkdir", &dir, 0, e))?;
-    let disk = dir.join("disk0.img");
-    println!(
-        "demo: writing a {} sample disk (text, code, random data, zero runs, holes) to {}",
-        mib(size),
-        disk.display()
-    );
-    diskstream_engine::sample::write_sample_disk(&disk, size, 40, 1).map_err(|e| Error::io("write", &disk, 0, e))?;
-    let progress: Progress = Default::default();
-    let mut o = Options {
-        force: true,
-        ..Options::default()
-    };
-    for (format, name) in [(Format::Raw, "disk0.raw"), (Format::Dsimg, "disk0.dsimg")] {
-        o.format = format;
-        let out = dir.join(name);
-        println!(
-            "\n$ diskstream image create {} {} --format {format}",
-            disk.display(),
-            out.display()
-        );
-        finish_demo(with_progress(&progress, size, "create", false, || {
-            ops::create(&disk, &out, &o, &progress)
-        }))?;
-        println!("$ diskstream image verify {}", out.display());
-        finish_demo(ops::verify(&out, &o, &progress))?;
-    }
-    let img = dir.join("disk0.dsimg");
-    println!("\n$ diskstream image info {}", img.display());
-    let _ = info(ops::info(&img, &o), false);
-    let back = dir.join("disk0.restored");
-    println!("\n$ diskstream image restore {} {}", img.display(), back.display());
-    finish_demo(ops::restore(&img, &back, &o, &progress))?;
-    let same = std::fs::read(&disk).ok() == std::fs::read(&back).ok();
-    println!(
-        "\ndemo: restored disk is {} the original",
-        if same { "byte-identical to" } else { "DIFFERENT from" }
-    );
-    println!("demo: files are in {}", dir.display());
-    if same {
-        Ok(())
-    } else {
-        Err(Error::Invalid("restored disk differs from the original".into()))
-    }
-}
-
-fn finish_demo(r: Result<Report>) -> Result<()> {
-    let r = r?;
-    let _ = finish(Ok(r), false);
-    Ok(())
 }
