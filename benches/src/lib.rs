@@ -1,1 +1,275 @@
-//! Shared helpers for the criterion benches live in the bench files; this crate only hosts them.
+//! Shared helpers for diskstream's criterion benches (`benches/benches/*.rs`) and for the
+//! `kernel-rate` helper binary that `scripts/bench-compare` runs.
+//!
+//! - [`mixed_data`]: realistic disk content (the head of `tar -cf - -C / usr`, or the engine's
+//!   sample content when tar is unavailable).
+//! - [`BenchFile`]: a data file on a file system that supports `O_DIRECT` (never tmpfs),
+//!   created once per bench process and deleted afterwards.
+//! - [`lz4_sha256_rate`]: the "lz4 + SHA-256 on all cores" kernel (what one pipeline worker does
+//!   per chunk, with no I/O and no hand-offs), the ceiling the compressed export is judged by.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use diskstream_engine::digest::{is_zero, sha256};
+use diskstream_engine::sample::{fill_content, Rng};
+
+/// 1 MiB.
+pub const MIB: usize = 1 << 20;
+/// The chunk size every kernel is measured at (the engine's default).
+pub const CHUNK: usize = 4 * MIB;
+
+/// True when criterion runs in smoke mode (`cargo bench -- --test`): benches then use small
+/// inputs so the whole suite finishes in seconds.
+pub fn smoke_mode() -> bool {
+    std::env::args().any(|a| a == "--test")
+}
+
+/// Number of cores (threads for the "all cores" variants).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// `len` bytes of realistic disk content: the head of `tar -cf - -C / usr` (ELF binaries,
+/// libraries, text, compressed docs), repeated if `/usr` is smaller; the engine's sample content
+/// (text, code-like, random and zero runs) when tar is not available.
+pub fn mixed_data(len: usize) -> Vec<u8> {
+    match tar_usr(len) {
+        Ok(v) if v.len() == len => v,
+        Ok(v) if !v.is_empty() => v.iter().copied().cycle().take(len).collect(),
+        _ => sample_content(len, 7),
+    }
+}
+
+fn tar_usr(len: usize) -> io::Result<Vec<u8>> {
+    let mut child = Command::new("tar")
+        .args(["-cf", "-", "-C", "/", "usr"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut out = Vec::with_capacity(len);
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .take(len as u64)
+        .read_to_end(&mut out)?;
+    // We stop reading early on purpose; tar then dies of SIGPIPE.
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(out)
+}
+
+/// The engine's sample content (no holes): runs of text, code-like bytes, random and zeroes.
+pub fn sample_content(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut v = vec![0u8; len];
+    let mut i = 0;
+    while i < len {
+        let run = (4096 * (1 + rng.below(32)) as usize).min(len - i);
+        let kind = match rng.below(10) {
+            0..=3 => 0,
+            4..=6 => 1,
+            7 => 2,
+            _ => 3,
+        };
+        fill_content(&mut rng, kind, &mut v[i..i + run]);
+        i += run;
+    }
+    v
+}
+
+/// Incompressible bytes (xorshift64*).
+pub fn random_data(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    Rng::new(42).fill(&mut v);
+    v
+}
+
+/// Where bench data files go: `$DISKSTREAM_BENCH_DIR`, else `bench-data` next to the bench
+/// executable's target directory (the build tree, a real disk), else the current directory.
+/// Never `/tmp`, which may be tmpfs (no `O_DIRECT`).
+pub fn data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("DISKSTREAM_BENCH_DIR") {
+        return PathBuf::from(d);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            // target/<profile>/deps/<bench>-<hash>
+            exe.ancestors().nth(3).map(|t| t.join("bench-data"))
+        })
+        .unwrap_or_else(|| PathBuf::from("bench-data"))
+}
+
+/// A data file written once, fsynced, deleted on drop (with its temporary directory).
+pub struct BenchFile {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    len: u64,
+}
+
+impl BenchFile {
+    /// Creates a file of `len` bytes of [`mixed_data`] in a fresh temporary directory under
+    /// [`data_dir`]. The content is generated in 64 MiB pieces (tar output, then its copies).
+    pub fn mixed(len: u64) -> io::Result<Self> {
+        let base = data_dir();
+        std::fs::create_dir_all(&base)?;
+        let dir = tempfile::Builder::new().prefix("diskstream-bench-").tempdir_in(&base)?;
+        let path = dir.path().join("source.img");
+        let piece = (64 * MIB as u64).min(len) as usize;
+        let head = mixed_data(len.min(1 << 30) as usize);
+        let mut f = File::create(&path)?;
+        let mut written = 0u64;
+        while written < len {
+            let at = (written as usize) % head.len();
+            let n = (piece as u64).min(len - written).min((head.len() - at) as u64) as usize;
+            f.write_all(&head[at..at + n])?;
+            written += n as u64;
+        }
+        f.sync_all()?;
+        Ok(Self { _dir: dir, path, len })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its size.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True if the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Per-thread output buffer for lz4 of one [`CHUNK`].
+pub fn lz4_out_buf() -> Vec<u8> {
+    vec![0u8; lz4_flex::block::get_maximum_output_size(CHUNK)]
+}
+
+/// What one pipeline worker does per chunk: zero check, SHA-256, lz4 block compress into a
+/// reused buffer. Returns the stored size (0 for a zero chunk).
+pub fn lz4_sha256_chunk(chunk: &[u8], out: &mut [u8]) -> usize {
+    if is_zero(chunk) {
+        return 0;
+    }
+    std::hint::black_box(sha256(chunk));
+    let n = lz4_flex::block::compress_into(chunk, out).expect("output has lz4's worst-case size");
+    n.min(chunk.len())
+}
+
+/// One pass of [`lz4_sha256_chunk`] over every [`CHUNK`] of `data`, split over `outs.len()`
+/// threads (thread `t` takes chunks `t`, `t + n`, ...; disjoint). Returns the stored bytes.
+pub fn lz4_sha256_pass(data: &[u8], outs: &mut [Vec<u8>]) -> u64 {
+    let n = outs.len().max(1);
+    if n == 1 {
+        let out = &mut outs[0];
+        return data.chunks(CHUNK).map(|c| lz4_sha256_chunk(c, out) as u64).sum();
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = outs
+            .iter_mut()
+            .enumerate()
+            .map(|(t, out)| {
+                s.spawn(move || {
+                    data.chunks(CHUNK)
+                        .skip(t)
+                        .step_by(n)
+                        .map(|c| lz4_sha256_chunk(c, out) as u64)
+                        .sum::<u64>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("kernel thread")).sum()
+    })
+}
+
+/// Result of [`lz4_sha256_rate`].
+#[derive(Clone, Copy, Debug)]
+pub struct KernelRate {
+    /// Input bytes per second over all threads.
+    pub bytes_per_s: f64,
+    /// Input bytes / stored bytes (zero chunks store nothing).
+    pub ratio: f64,
+    /// Threads used.
+    pub threads: usize,
+    /// Input bytes processed in the timed part.
+    pub bytes: u64,
+}
+
+/// The lz4 + SHA-256 kernel rate on `threads` threads: one warm-up pass, then repeated passes
+/// over `data` until `min_time` has elapsed. Each thread persists for the whole measurement and
+/// walks its own disjoint chunks, with its output buffer allocated once.
+pub fn lz4_sha256_rate(data: &[u8], threads: usize, min_time: Duration) -> KernelRate {
+    let threads = threads.max(1);
+    let mut outs: Vec<Vec<u8>> = (0..threads).map(|_| lz4_out_buf()).collect();
+    let stored = lz4_sha256_pass(data, &mut outs); // warm-up: page-faults the output buffers
+    let chunks = data.len().div_ceil(CHUNK);
+    let t0 = Instant::now();
+    let processed: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = outs
+            .iter_mut()
+            .enumerate()
+            .map(|(t, out)| {
+                s.spawn(move || {
+                    let mut bytes = 0u64;
+                    while t0.elapsed() < min_time {
+                        for i in (t..chunks).step_by(threads) {
+                            let c = &data[i * CHUNK..((i + 1) * CHUNK).min(data.len())];
+                            lz4_sha256_chunk(c, out);
+                            bytes += c.len() as u64;
+                        }
+                    }
+                    bytes
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("kernel thread")).sum()
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    KernelRate {
+        bytes_per_s: processed as f64 / secs,
+        ratio: data.len() as f64 / stored.max(1) as f64,
+        threads,
+        bytes: processed,
+    }
+}
+
+/// Reads `total` bytes of `path` into memory as `slices` equal slices spread evenly over the
+/// file (so the sample represents the whole disk, like perf.md §2's 16 × 16 MiB). Buffered reads:
+/// this is the helper's setup, not something measured.
+pub fn read_spread_sample(path: &Path, total: usize, slices: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = File::open(path)?;
+    let size = size_of(&f)?;
+    let slices = slices.max(1);
+    let total = (total as u64).min(size) as usize;
+    let slice = (total / slices) / CHUNK * CHUNK;
+    let (slice, slices) = if slice == 0 { (total, 1) } else { (slice, slices) };
+    let stride = if slices > 1 {
+        (size - slice as u64) / (slices as u64 - 1)
+    } else {
+        0
+    };
+    let mut v = vec![0u8; slice * slices];
+    for i in 0..slices {
+        let off = (i as u64 * stride) / 4096 * 4096;
+        f.read_exact_at(&mut v[i * slice..(i + 1) * slice], off)?;
+    }
+    Ok(v)
+}
+
+/// Size of a file or block device (seek to the end).
+fn size_of(f: &File) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = f.try_clone()?;
+    f.seek(SeekFrom::End(0))
+}
