@@ -12,10 +12,10 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use diskstream_engine::digest::{is_zero, sha256};
-use diskstream_engine::sample::{fill_content, Rng};
+use diskstream_engine::sample::Rng;
 
 /// 1 MiB.
 pub const MIB: usize = 1 << 20;
@@ -40,7 +40,7 @@ pub fn mixed_data(len: usize) -> Vec<u8> {
     match tar_usr(len) {
         Ok(v) if v.len() == len => v,
         Ok(v) if !v.is_empty() => v.iter().copied().cycle().take(len).collect(),
-        _ => sample_content(len, 7),
+        _ => diskstream_engine::bench::realistic_buffer(len, 7),
     }
 }
 
@@ -61,25 +61,6 @@ fn tar_usr(len: usize) -> io::Result<Vec<u8>> {
     let _ = child.kill();
     let _ = child.wait();
     Ok(out)
-}
-
-/// The engine's sample content (no holes): runs of text, code-like bytes, random and zeroes.
-pub fn sample_content(len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = Rng::new(seed);
-    let mut v = vec![0u8; len];
-    let mut i = 0;
-    while i < len {
-        let run = (4096 * (1 + rng.below(32)) as usize).min(len - i);
-        let kind = match rng.below(10) {
-            0..=3 => 0,
-            4..=6 => 1,
-            7 => 2,
-            _ => 3,
-        };
-        fill_content(&mut rng, kind, &mut v[i..i + run]);
-        i += run;
-    }
-    v
 }
 
 /// Incompressible bytes (xorshift64*).
@@ -205,41 +186,18 @@ pub struct KernelRate {
     pub bytes: u64,
 }
 
-/// The lz4 + SHA-256 kernel rate on `threads` threads: one warm-up pass, then repeated passes
-/// over `data` until `min_time` has elapsed. Each thread persists for the whole measurement and
-/// walks its own disjoint chunks, with its output buffer allocated once.
+/// The worker kernel (zero check, SHA-256, lz4) on `threads` threads for `min_time`: the
+/// engine's own measurement (`diskstream bench` uses the same), after one warm-up pass.
 pub fn lz4_sha256_rate(data: &[u8], threads: usize, min_time: Duration) -> KernelRate {
+    use diskstream_engine::bench::{kernel_rate, lz4_ratio, Kernel};
     let threads = threads.max(1);
-    let mut outs: Vec<Vec<u8>> = (0..threads).map(|_| lz4_out_buf()).collect();
-    let stored = lz4_sha256_pass(data, &mut outs); // warm-up: page-faults the output buffers
-    let chunks = data.len().div_ceil(CHUNK);
-    let t0 = Instant::now();
-    let processed: u64 = std::thread::scope(|s| {
-        let handles: Vec<_> = outs
-            .iter_mut()
-            .enumerate()
-            .map(|(t, out)| {
-                s.spawn(move || {
-                    let mut bytes = 0u64;
-                    while t0.elapsed() < min_time {
-                        for i in (t..chunks).step_by(threads) {
-                            let c = &data[i * CHUNK..((i + 1) * CHUNK).min(data.len())];
-                            lz4_sha256_chunk(c, out);
-                            bytes += c.len() as u64;
-                        }
-                    }
-                    bytes
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("kernel thread")).sum()
-    });
-    let secs = t0.elapsed().as_secs_f64();
+    kernel_rate(data, Kernel::Worker, threads, Duration::from_millis(50));
+    let r = kernel_rate(data, Kernel::Worker, threads, min_time);
     KernelRate {
-        bytes_per_s: processed as f64 / secs,
-        ratio: data.len() as f64 / stored.max(1) as f64,
+        bytes_per_s: r.bytes_per_s(),
+        ratio: lz4_ratio(data),
         threads,
-        bytes: processed,
+        bytes: r.bytes,
     }
 }
 
