@@ -50,6 +50,8 @@ pub struct BenchArgs {
 /// Queue depths and chunk sizes the device read sweep tries.
 const SWEEP_QD: [u32; 4] = [1, 4, 16, 32];
 const SWEEP_CHUNK: [u32; 2] = [1 << 20, 4 << 20];
+/// Writes in flight for the target stage: what an export uses.
+const WRITE_QD: u32 = ops::DEFAULT_WRITE_DEPTH;
 
 /// One measured stage, for the table.
 struct Row {
@@ -271,13 +273,13 @@ fn measure(
         check()?;
         say(a.json, "O_DIRECT writes to the target");
         let r = match t {
-            TargetPlan::Scratch(s) => bench::target_write(s.path(), a.size, 8, 4 << 20, stop),
-            TargetPlan::Device(d) => bench::target_write(d, a.size, 8, 4 << 20, stop),
+            TargetPlan::Scratch(s) => bench::target_write(s.path(), a.size, WRITE_QD, ops::DEFAULT_CHUNK, stop),
+            TargetPlan::Device(d) => bench::target_write(d, a.size, WRITE_QD, ops::DEFAULT_CHUNK, stop),
         }
         .map_err(|e| e.to_string())?;
         write_rate = r.bytes_per_s();
         rows.push(Row {
-            name: "target write (qd 8, 4 MiB)".into(),
+            name: format!("target write (qd {WRITE_QD}, {} MiB)", ops::DEFAULT_CHUNK >> 20),
             bytes_per_s: write_rate,
         });
         out.insert("target".into(), json!({ "write_bytes_per_s": write_rate }));

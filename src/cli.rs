@@ -106,7 +106,7 @@ enum ImageCmd {
 #[derive(Args, Debug, Clone)]
 struct Tune {
     /// Chunk size in bytes (power of two, 4096..=64 MiB; K/M suffixes accepted).
-    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
     chunk_size: u64,
     /// Reads in flight.
     #[arg(long, default_value_t = ops::DEFAULT_QUEUE_DEPTH)]

@@ -82,7 +82,7 @@ fn roundtrip_sparse_source_stays_sparse_and_holes_are_not_read() {
     let zeros = dir.path().join("zeros");
     make_disk(&zeros, 16 * MIB, Data::Zeros, 0);
     let zout = dir.path().join("zeros.raw");
-    let z = create(&zeros, &zout, &[]);
+    let z = create(&zeros, &zout, &["--chunk-size", "4M"]);
     assert_eq!(z["zero_chunks"], 4);
     assert_eq!(allocated(&zout), 0, "all-zero disk must produce an all-hole file");
     let d = create(&zeros, &dir.path().join("zeros.dsimg"), &["--format", "dsimg"]);

@@ -1,4 +1,4 @@
-//! Per-chunk compute kernels on 4 MiB chunks, 1 thread: SHA-256 (`digest::sha256`), lz4_flex
+//! Per-chunk compute kernels on chunks of the engine's default size, 1 thread: SHA-256 (`digest::sha256`), lz4_flex
 //! block compress and decompress, zero detection (`digest::is_zero`), the worker's combined
 //! zero check + SHA-256 + lz4, and that combination on all cores over disjoint chunks.
 //!

@@ -20,7 +20,7 @@ use diskstream_engine::sample::Rng;
 /// 1 MiB.
 pub const MIB: usize = 1 << 20;
 /// The chunk size every kernel is measured at (the engine's default).
-pub const CHUNK: usize = 4 * MIB;
+pub const CHUNK: usize = diskstream_engine::ops::DEFAULT_CHUNK as usize;
 
 /// True when criterion runs in smoke mode (`cargo bench -- --test`): benches then use small
 /// inputs so the whole suite finishes in seconds.

@@ -18,7 +18,7 @@ use crate::sink::target::Target;
 use crate::source::{plan_chunks, Source};
 
 /// Chunk size the CPU kernels work on (the engine's default).
-pub const KERNEL_CHUNK: usize = 4 << 20;
+pub const KERNEL_CHUNK: usize = crate::ops::DEFAULT_CHUNK as usize;
 
 /// One CPU kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

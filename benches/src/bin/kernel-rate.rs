@@ -1,7 +1,7 @@
 //! `kernel-rate SRC [--mib N] [--slices N] [--threads N] [--secs S]`: the lz4 + SHA-256 kernel
 //! rate on `SRC`'s data with no I/O, the number `scripts/bench-compare` judges the compressed
 //! export against. Reads `--mib` MiB of SRC (default 256) as `--slices` slices spread over the
-//! whole source (default 16), then runs zero check + SHA-256 + lz4 block compress per 4 MiB chunk
+//! whole source (default 16), then runs zero check + SHA-256 + lz4 block compress per chunk (the engine's default size)
 //! on `--threads` threads (default: all cores) over disjoint chunks for `--secs` seconds
 //! (default 3). Prints one JSON object on stdout.
 
