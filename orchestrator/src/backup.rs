@@ -666,7 +666,8 @@ impl Exec<'_> {
             let reporter = s.spawn(|| {
                 let mut last = Instant::now();
                 while !all_done.load(Ordering::Acquire) {
-                    thread::sleep(Duration::from_millis(50));
+                    // Parked, not slept: the end of the transfer unparks it at once.
+                    thread::park_timeout(Duration::from_millis(50));
                     if last.elapsed() < self.op.progress_interval {
                         continue;
                     }
@@ -726,6 +727,7 @@ impl Exec<'_> {
                 let _ = h.join();
             }
             all_done.store(true, Ordering::Release);
+            reporter.thread().unpark();
             let _ = reporter.join();
         });
         items
