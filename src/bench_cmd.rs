@@ -297,19 +297,27 @@ fn measure(
             ..Options::default()
         };
         let progress: Progress = Default::default();
+        let dev_size = diskstream_engine::source::Source::open(dev)
+            .map_err(|e| e.to_string())?
+            .size();
         for (name, compress) in [("raw_null", false), ("lz4_null", true)] {
             check()?;
             drop_caches();
-            let r = ops::scan(dev, &Options { compress, ..o.clone() }, &progress).map_err(|e| e.to_string())?;
+            let (r, curve) = watched(&progress, || {
+                ops::scan(dev, &Options { compress, ..o.clone() }, &progress)
+            });
+            let r = r.map_err(|e| e.to_string())?;
+            let full = curve.extrapolate(r.disk_size, r.elapsed.as_secs_f64(), dev_size);
             rows.push(Row {
                 name: format!("pipeline {name}"),
                 bytes_per_s: r.throughput(),
             });
             pipe.insert(format!("{name}_bytes_per_s"), json!(r.throughput()));
+            pipe.insert(format!("{name}_whole_device_bytes_per_s"), json!(full));
             if compress {
-                lz4_pred = r.throughput();
+                lz4_pred = full;
             } else {
-                raw_pred = r.throughput();
+                raw_pred = full;
             }
         }
         if let Some(t) = target {
@@ -328,21 +336,23 @@ fn measure(
                     manifest: Some(manifest.clone()),
                     ..o.clone()
                 };
-                let res = ops::create(dev, &out_path, &oo, &progress);
+                let (res, curve) = watched(&progress, || ops::create(dev, &out_path, &oo, &progress));
                 if let Some(s) = scratch {
                     s.remove();
                 }
                 let _ = std::fs::remove_file(&manifest);
                 let r = res.map_err(|e| e.to_string())?;
+                let full = curve.extrapolate(r.disk_size, r.elapsed.as_secs_f64(), dev_size);
                 rows.push(Row {
                     name: format!("pipeline {name}"),
                     bytes_per_s: r.throughput(),
                 });
                 pipe.insert(format!("{name}_bytes_per_s"), json!(r.throughput()));
+                pipe.insert(format!("{name}_whole_device_bytes_per_s"), json!(full));
                 if format == Format::Raw {
-                    raw_pred = r.throughput();
+                    raw_pred = full;
                 } else {
-                    lz4_pred = r.throughput();
+                    lz4_pred = full;
                 }
             }
         }
@@ -408,6 +418,46 @@ fn measure(
     Ok(Value::Object(out))
 }
 
+/// Progress samples `(seconds, bytes)` of one pipeline run.
+struct Curve(Vec<(f64, u64)>);
+
+impl Curve {
+    /// The rate a run over `whole` bytes would reach, from a run over `bytes` that took `secs`:
+    /// the steady rate (from 20 % of the bytes to the last byte) plus the run's fixed cost (start
+    /// up, final flush and sync), which a longer run amortises.
+    fn extrapolate(&self, bytes: u64, secs: f64, whole: u64) -> f64 {
+        let first = self.0.iter().find(|s| s.1 >= bytes / 5);
+        let last = self.0.iter().find(|s| s.1 >= bytes);
+        let steady = match (first, last) {
+            (Some(a), Some(b)) if b.0 > a.0 && b.1 > a.1 => (b.1 - a.1) as f64 / (b.0 - a.0),
+            _ => return bytes as f64 / secs.max(1e-9),
+        };
+        let fixed = (secs - bytes as f64 / steady).max(0.0);
+        whole as f64 / (fixed + whole as f64 / steady)
+    }
+}
+
+/// Runs `f` while sampling `progress` every 5 ms (reset to 0 first).
+fn watched<T>(progress: &Progress, f: impl FnOnce() -> T) -> (T, Curve) {
+    progress.store(0, Ordering::Relaxed);
+    let done = AtomicBool::new(false);
+    let t0 = std::time::Instant::now();
+    std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let mut v = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                v.push((t0.elapsed().as_secs_f64(), progress.load(Ordering::Relaxed)));
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            v.push((t0.elapsed().as_secs_f64(), progress.load(Ordering::Relaxed)));
+            Curve(v)
+        });
+        let r = f();
+        done.store(true, Ordering::Relaxed);
+        (r, sampler.join().expect("sampler thread"))
+    })
+}
+
 /// The slowest of the stages that bound an export.
 fn slowest<'a>(v: &[(&'a str, f64)]) -> (&'a str, f64) {
     v.iter()
@@ -439,6 +489,9 @@ fn print_table(rows: &[Row]) {
 
 /// Drops the page cache when root, so each read stage starts cold (as the export would).
 fn drop_caches() {
-    // Failure (not root) only makes the runs warmer.
+    // Failure (not root) only makes the runs warmer. Written data is synced first and the device
+    // gets a moment to settle, as the comparison scripts do before fio.
+    let _ = std::process::Command::new("sync").status();
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    std::thread::sleep(Duration::from_millis(300));
 }
