@@ -272,15 +272,7 @@ pub fn ctime(secs: u64) -> String {
     ];
     let days = secs / 86400;
     let rem = secs % 86400;
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = diskstream_orchestrator::locking::civil_from_days(days as i64);
     format!(
         "{} {} {d:>2} {:02}:{:02}:{:02} {y}",
         DAYS[(days % 7) as usize],

@@ -24,4 +24,4 @@ mod level;
 mod manager;
 
 pub use level::{LockLevel, LockMode};
-pub use manager::{format_utc, Holder, LockError, LockManager, LockOwner, BGL};
+pub use manager::{civil_from_days, format_utc, Holder, LockError, LockManager, LockOwner, BGL};
