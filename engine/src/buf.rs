@@ -32,14 +32,17 @@ unsafe impl Send for AlignedBuf {}
 unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
-    /// Allocates `cap` bytes (rounded up to the alignment). The content is zeroed once here,
-    /// so no uninitialised memory is ever exposed through `as_slice`.
+    /// Allocates `cap` bytes (rounded up to the alignment) and writes zeroes over them, so no
+    /// uninitialised memory is ever exposed through `as_slice` and every page is resident from
+    /// the start (memory use is what the pools say at once, not a slow creep as pages fault in).
     pub fn new(cap: usize) -> Self {
         let cap = cap.max(BUF_ALIGN).div_ceil(BUF_ALIGN) * BUF_ALIGN;
         let layout = Layout::from_size_align(cap, BUF_ALIGN).expect("buffer layout");
         // SAFETY: layout has a non-zero size (cap >= BUF_ALIGN).
-        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let raw = unsafe { alloc::alloc(layout) };
         let ptr = NonNull::new(raw).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        // SAFETY: ptr is valid for writes of cap bytes (just allocated with that size).
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, cap) };
         Self { ptr, cap }
     }
 
@@ -126,6 +129,15 @@ impl BufPool {
     /// How many buffers have been allocated so far (never more than `capacity`).
     pub fn allocated(&self) -> usize {
         self.inner.allocated.load(Ordering::Relaxed)
+    }
+
+    /// Allocates every buffer the pool may hold now, so the pool's memory is all resident from the
+    /// start: peak memory then does not depend on how long a run is or how its timing goes.
+    pub fn fill(&self) {
+        let bufs: Vec<PoolBuf> = std::iter::from_fn(|| self.try_get())
+            .take(self.inner.capacity)
+            .collect();
+        drop(bufs);
     }
 
     /// Takes a buffer, allocating one if the pool is not yet full, else waiting for a return.

@@ -28,9 +28,9 @@ use crate::source::{plan_chunks, Source};
 /// (docs/performance.md, "Chunk size"), and 1 MiB chunks keep sparse disks cheap (zero padding in
 /// partly filled chunks is hashed too) and memory small.
 pub const DEFAULT_CHUNK: u32 = 1 << 20;
-/// Default reads in flight: 16 MiB at the default chunk size (the disk needs >= 4 MiB in flight,
-/// perf.md §1).
-pub const DEFAULT_QUEUE_DEPTH: u32 = 16;
+/// Default reads in flight: 32 MiB at the default chunk size. Measured against 16 (docs/performance.md,
+/// "Queue depth"): faster in 10 of 11 alternated runs (scan +26 %, raw +30 %, dsimg +12 %).
+pub const DEFAULT_QUEUE_DEPTH: u32 = 32;
 
 /// Default writes in flight.
 pub const DEFAULT_WRITE_DEPTH: u32 = 16;

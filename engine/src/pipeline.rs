@@ -81,10 +81,15 @@ impl Pools {
     pub fn new(chunk_size: u32, depth: u32, threads: usize, compress: bool) -> Self {
         let count = depth as usize + threads + 2;
         let out_size = lz4_flex::block::get_maximum_output_size(chunk_size as usize);
-        Self {
+        let pools = Self {
             input: BufPool::new(chunk_size as usize, count),
             output: compress.then(|| BufPool::new(out_size, count)),
+        };
+        pools.input.fill();
+        if let Some(out) = &pools.output {
+            out.fill();
         }
+        pools
     }
 }
 
