@@ -307,13 +307,7 @@ fn measure(
                 ops::scan(dev, &Options { compress, ..o.clone() }, &progress)
             });
             let r = r.map_err(|e| e.to_string())?;
-            let full = curve.extrapolate(r.disk_size, r.elapsed.as_secs_f64(), dev_size);
-            rows.push(Row {
-                name: format!("pipeline {name}"),
-                bytes_per_s: r.throughput(),
-            });
-            pipe.insert(format!("{name}_bytes_per_s"), json!(r.throughput()));
-            pipe.insert(format!("{name}_whole_device_bytes_per_s"), json!(full));
+            let full = record_pipeline(&mut rows, &mut pipe, name, &r, &curve, dev_size);
             if compress {
                 lz4_pred = full;
             } else {
@@ -342,13 +336,7 @@ fn measure(
                 }
                 let _ = std::fs::remove_file(&manifest);
                 let r = res.map_err(|e| e.to_string())?;
-                let full = curve.extrapolate(r.disk_size, r.elapsed.as_secs_f64(), dev_size);
-                rows.push(Row {
-                    name: format!("pipeline {name}"),
-                    bytes_per_s: r.throughput(),
-                });
-                pipe.insert(format!("{name}_bytes_per_s"), json!(r.throughput()));
-                pipe.insert(format!("{name}_whole_device_bytes_per_s"), json!(full));
+                let full = record_pipeline(&mut rows, &mut pipe, name, &r, &curve, dev_size);
                 if format == Format::Raw {
                     raw_pred = full;
                 } else {
@@ -416,6 +404,26 @@ fn measure(
         }
     }
     Ok(Value::Object(out))
+}
+
+/// Adds a pipeline stage to the table and the JSON; returns its rate extrapolated to a whole device
+/// of `dev_size` bytes (the prediction).
+fn record_pipeline(
+    rows: &mut Vec<Row>,
+    pipe: &mut Map<String, Value>,
+    name: &str,
+    r: &ops::Report,
+    curve: &Curve,
+    dev_size: u64,
+) -> f64 {
+    let full = curve.extrapolate(r.disk_size, r.elapsed.as_secs_f64(), dev_size);
+    rows.push(Row {
+        name: format!("pipeline {name}"),
+        bytes_per_s: r.throughput(),
+    });
+    pipe.insert(format!("{name}_bytes_per_s"), json!(r.throughput()));
+    pipe.insert(format!("{name}_whole_device_bytes_per_s"), json!(full));
+    full
 }
 
 /// Progress samples `(seconds, bytes)` of one pipeline run.

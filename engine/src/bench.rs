@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::buf::BufPool;
@@ -257,6 +256,3 @@ pub fn target_write(path: &Path, size: u64, qd: u32, chunk: u32, cancel: &Atomic
         secs: t0.elapsed().as_secs_f64(),
     })
 }
-
-/// Shared cancellation flag type (set from a SIGINT handler).
-pub type Cancel = Arc<AtomicBool>;

@@ -302,7 +302,6 @@ pub fn run_parallel(
 pub struct Reorder<T> {
     next: u64,
     waiting: VecDeque<Option<T>>,
-    pending: usize,
 }
 
 impl<T> Reorder<T> {
@@ -311,7 +310,6 @@ impl<T> Reorder<T> {
         Self {
             next: first,
             waiting: VecDeque::new(),
-            pending: 0,
         }
     }
 
@@ -323,11 +321,9 @@ impl<T> Reorder<T> {
         }
         debug_assert!(self.waiting[pos].is_none(), "index {index} pushed twice");
         self.waiting[pos] = Some(item);
-        self.pending += 1;
         while let Some(Some(_)) = self.waiting.front() {
             let item = self.waiting.pop_front().flatten().expect("checked above");
             self.next += 1;
-            self.pending -= 1;
             ready(item)?;
         }
         Ok(())
@@ -335,7 +331,7 @@ impl<T> Reorder<T> {
 
     /// Items still waiting for an earlier one.
     pub fn pending(&self) -> usize {
-        self.pending
+        self.waiting.iter().filter(|w| w.is_some()).count()
     }
 }
 

@@ -79,7 +79,10 @@ impl Target {
         let temp = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
         let _ = std::fs::remove_file(&temp); // A leftover of an earlier run of this same pid.
         let (file, direct) = match open(&temp, true, want_direct) {
-            Ok(f) => (f, want_direct),
+            Ok(f) => {
+                let direct = want_direct && sys::is_direct(&f).unwrap_or(false);
+                (f, direct)
+            }
             Err(e) if want_direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 let _ = std::fs::remove_file(&temp);
                 (
@@ -115,9 +118,10 @@ impl Target {
         &self.final_path
     }
 
-    /// True if and only if the kernel reports the descriptor as `O_DIRECT`.
+    /// True if and only if the kernel reported the descriptor as `O_DIRECT` when it was opened
+    /// (asked once: this is on the per-chunk path of the sinks).
     pub fn is_direct(&self) -> bool {
-        self.direct && sys::is_direct(&self.file).unwrap_or(false)
+        self.direct
     }
 
     /// Size of the device, or `None` for a file.
