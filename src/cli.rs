@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use diskstream_engine::buf::Pages;
 use diskstream_engine::ops::{self, Format, Options, Progress};
 use diskstream_engine::ring::BackendKind;
 use diskstream_engine::sink::ZeroPolicy;
@@ -123,6 +124,10 @@ struct Tune {
     /// Register buffers and files with io_uring (measured slower on virtio; see docs/performance.md).
     #[arg(long)]
     fixed_buffers: bool,
+    /// Take the read buffers from the kernel's reserved hugetlb pages (vm.nr_hugepages) when enough
+    /// are free, else transparent huge pages as by default (see docs/performance.md).
+    #[arg(long)]
+    hugetlb: bool,
     /// Run the one-thread reference path (pread, no workers).
     #[arg(long)]
     sequential: bool,
@@ -176,6 +181,7 @@ impl Tune {
                 self.backend
             },
             fixed_buffers: self.fixed_buffers,
+            pages: if self.hugetlb { Pages::Hugetlb } else { Pages::Thp },
             sequential: self.sequential,
             zero_policy: self.zero_target,
             manifest: self.manifest.clone(),

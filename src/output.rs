@@ -105,6 +105,7 @@ pub fn report_json(r: &Report) -> serde_json::Value {
         "format": opt_str(&r.format),
         "backend": opt_str(&r.backend),
         "write_backend": opt_str(&r.write_backend),
+        "buffer_pages": r.buffer_pages,
         "input_direct": r.input_direct,
         "output_direct": r.output_direct,
         "disk_size": r.disk_size,
@@ -167,13 +168,14 @@ pub fn finish(res: Result<Report>, json_out: bool) -> ExitCode {
         ),
     }
     println!(
-        "  {:.1} MiB/s in {:.2} s, backend {} (read) / {} (write), O_DIRECT in={} out={}",
+        "  {:.1} MiB/s in {:.2} s, backend {} (read) / {} (write), O_DIRECT in={} out={}, buffers {}",
         r.throughput() / (1u64 << 20) as f64,
         r.elapsed.as_secs_f64(),
         opt_str(&r.backend).as_str().unwrap_or("-"),
         opt_str(&r.write_backend).as_str().unwrap_or("-"),
         r.input_direct,
-        r.output_direct
+        r.output_direct,
+        r.buffer_pages.unwrap_or("-")
     );
     println!("  sha256 {}", r.digest);
     ExitCode::SUCCESS

@@ -295,6 +295,14 @@ fn really_o_direct_and_io_uring_ran() {
     assert!(c["write_requests"].as_u64().unwrap() >= 2);
     let p = create(&src, &dir.path().join("p.raw"), &["--sequential"]);
     assert_eq!(p["backend"], "pread");
+    // The buffers' pages, as the engine found them (hugetlb only when asked: see engine/tests/hugetlb.rs).
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let want = if thp.is_empty() || thp.contains("[never]") {
+        "4k"
+    } else {
+        "thp"
+    };
+    assert_eq!(c["buffer_pages"], want);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::buf::BufPool;
+use crate::buf::{BufPool, Pages};
 use crate::digest::{hex, ZeroDigests};
 use crate::direct_read::DirectReader;
 use crate::error::{Error, Result};
@@ -86,6 +86,8 @@ pub struct Options {
     pub backend: BackendKind,
     /// Register buffers and the file with the ring.
     pub fixed_buffers: bool,
+    /// What the buffer pools' memory is made of.
+    pub pages: Pages,
     /// Run the one-thread reference path instead of the pipeline.
     pub sequential: bool,
     /// Replace an existing output file.
@@ -112,6 +114,7 @@ impl Default for Options {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             backend: BackendKind::Uring,
             fixed_buffers: false,
+            pages: Pages::Thp,
             sequential: false,
             force: false,
             zero_policy: ZeroPolicy::Write,
@@ -139,6 +142,8 @@ pub struct Report {
     pub backend: Option<BackendKind>,
     /// Write backend that ran.
     pub write_backend: Option<BackendKind>,
+    /// What the read buffers are made of: "hugetlb", "thp" (transparent huge pages) or "4k".
+    pub buffer_pages: Option<&'static str>,
     /// True if and only if the input was read with O_DIRECT (as the kernel reports it).
     pub input_direct: bool,
     /// True if and only if the output was written with O_DIRECT.
@@ -250,8 +255,10 @@ struct Plumbing {
     backend: Box<dyn ring::ReadBackend + Send>,
     pools: Pools,
     zeros: ZeroDigests,
-    /// Why the asked-for backend is not the one running, if it is not.
-    note: Option<String>,
+    /// What the read buffers are made of (see [`Report::buffer_pages`]).
+    pages: &'static str,
+    /// Why the asked-for backend or pages are not the ones running, if they are not.
+    notes: Vec<String>,
 }
 
 impl Plumbing {
@@ -266,12 +273,32 @@ impl Plumbing {
                 fixed_buffers: o.fixed_buffers,
             },
         );
+        let pools = Pools::new(cs, o.queue_depth + extra_bufs, o.threads, compress, o.pages);
+        let mut notes: Vec<String> = note.into_iter().collect();
+        let pages = if pools.input.hugetlb() {
+            "hugetlb"
+        } else if crate::buf::thp_enabled() {
+            "thp"
+        } else {
+            "4k"
+        };
+        if o.pages == Pages::Hugetlb && pages != "hugetlb" {
+            notes.push(format!(
+                "no free hugetlb pages for the buffers (vm.nr_hugepages); using {}",
+                if pages == "thp" {
+                    "transparent huge pages"
+                } else {
+                    "4 KiB pages"
+                }
+            ));
+        }
         Ok(Self {
             plans,
             backend,
-            pools: Pools::new(cs, o.queue_depth + extra_bufs, o.threads, compress),
+            pools,
             zeros: ZeroDigests::new(size, cs),
-            note,
+            pages,
+            notes,
         })
     }
 
@@ -299,7 +326,7 @@ pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Resul
     // Raw output keeps read buffers in flight on the write side too.
     let writes = if o.format == Format::Raw { o.write_depth } else { 0 };
     let mut plumbing = Plumbing::new(&source, size, cs, o, writes, compress)?;
-    warnings.extend(plumbing.note.take());
+    warnings.append(&mut plumbing.notes);
     let manifest_path = manifest_path(out, o)?;
     let target = Target::create(out, o.force, true)?;
     if !target.is_direct() {
@@ -316,6 +343,7 @@ pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Resul
         manifest: Some(manifest_path.clone()),
         format: Some(o.format),
         backend: Some(plumbing.backend.kind()),
+        buffer_pages: Some(plumbing.pages),
         input_direct: source.is_direct(),
         output_direct: target.is_direct(),
         disk_size: size,
@@ -551,7 +579,8 @@ fn run_raw(
     let cs = manifest.chunk_size;
     let mut plumbing = Plumbing::new(&source, source.size(), cs, o, extra_bufs, false)?;
     rep.warnings.extend(source.warning().map(str::to_owned));
-    rep.warnings.extend(plumbing.note.take());
+    rep.warnings.append(&mut plumbing.notes);
+    rep.buffer_pages = Some(plumbing.pages);
     rep.input = image.to_owned();
     rep.format = Some(Format::Raw);
     rep.backend = Some(plumbing.backend.kind());
@@ -782,8 +811,9 @@ pub fn scan(src: &Path, o: &Options, progress: &Progress) -> Result<Report> {
             .warning()
             .map(str::to_owned)
             .into_iter()
-            .chain(plumbing.note.take())
+            .chain(std::mem::take(&mut plumbing.notes))
             .collect(),
+        buffer_pages: Some(plumbing.pages),
         ..Report::default()
     };
     let job = plumbing.job(&source, progress);

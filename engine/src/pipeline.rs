@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::buf::{BufPool, PoolBuf};
+use crate::buf::{BufPool, Pages, PoolBuf};
 use crate::digest::{is_zero, sha256, Sha, ZeroDigests};
 use crate::error::{Error, Result};
 use crate::ring::{ReadBackend, ReadChunk, ReadStats};
@@ -76,14 +76,14 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// Pools for `chunk_size` chunks with `depth` reads in flight and `threads` workers.
-    /// The read pool bounds memory: every chunk in flight holds one of its buffers.
-    pub fn new(chunk_size: u32, depth: u32, threads: usize, compress: bool) -> Self {
+    /// Pools for `chunk_size` chunks with `depth` reads in flight and `threads` workers, made
+    /// of `pages`. The read pool bounds memory: every chunk in flight holds one of its buffers.
+    pub fn new(chunk_size: u32, depth: u32, threads: usize, compress: bool, pages: Pages) -> Self {
         let count = depth as usize + threads + 2;
         let out_size = lz4_flex::block::get_maximum_output_size(chunk_size as usize);
         let pools = Self {
-            input: BufPool::new(chunk_size as usize, count),
-            output: compress.then(|| BufPool::new(out_size, count)),
+            input: BufPool::with_pages(chunk_size as usize, count, pages),
+            output: compress.then(|| BufPool::with_pages(out_size, count, pages)),
         };
         pools.input.fill();
         if let Some(out) = &pools.output {
