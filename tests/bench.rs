@@ -82,6 +82,13 @@ fn bench_on_a_loop_device_and_a_file_target_reports_every_stage() {
     }
     assert_eq!(v["verdict"]["measured_end_to_end"], true);
     assert!(v["verdict"]["raw_limited_by"].is_string() && v["verdict"]["lz4_limited_by"].is_string());
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    let pages = if thp.is_empty() || thp.contains("[never]") {
+        "4k"
+    } else {
+        "thp"
+    };
+    assert_eq!(v["buffer_pages"], pages, "bench says what its I/O buffers are made of");
     let mut all = Vec::new();
     rates(&v, String::new(), &mut all);
     assert!(all.len() >= 25, "only {} rates", all.len());
