@@ -275,6 +275,18 @@ impl BufPool {
         self.inner.slab.hugetlb
     }
 
+    /// What the pool's memory is made of, as reports name it: `hugetlb`, `thp` (transparent huge
+    /// pages, where the kernel has them on) or `4k`.
+    pub fn pages_name(&self) -> &'static str {
+        if self.hugetlb() {
+            "hugetlb"
+        } else if thp_enabled() {
+            "thp"
+        } else {
+            "4k"
+        }
+    }
+
     /// How many buffers have been allocated so far (never more than `capacity`).
     pub fn allocated(&self) -> usize {
         self.inner.allocated.load(Ordering::Relaxed)

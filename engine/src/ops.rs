@@ -275,21 +275,10 @@ impl Plumbing {
         );
         let pools = Pools::new(cs, o.queue_depth + extra_bufs, o.threads, compress, o.pages);
         let mut notes: Vec<String> = note.into_iter().collect();
-        let pages = if pools.input.hugetlb() {
-            "hugetlb"
-        } else if crate::buf::thp_enabled() {
-            "thp"
-        } else {
-            "4k"
-        };
-        if o.pages == Pages::Hugetlb && pages != "hugetlb" {
+        let pages = pools.input.pages_name();
+        if o.pages == Pages::Hugetlb && !pools.input.hugetlb() {
             notes.push(format!(
-                "no free hugetlb pages for the buffers (vm.nr_hugepages); using {}",
-                if pages == "thp" {
-                    "transparent huge pages"
-                } else {
-                    "4 KiB pages"
-                }
+                "no free hugetlb pages for the buffers (vm.nr_hugepages); using {pages} pages instead"
             ));
         }
         Ok(Self {
@@ -636,7 +625,7 @@ pub fn restore(image: &Path, dest: &Path, o: &Options, progress: &Progress) -> R
                 o.zero_policy,
             )?;
             rep.write_backend = Some(sink.backend());
-            let pool = BufPool::new(layout.header.chunk_size as usize, o.write_depth as usize + 1);
+            let pool = BufPool::with_pages(layout.header.chunk_size as usize, o.write_depth as usize + 1, o.pages);
             let mut dr = DirectReader::new(source.file());
             {
                 let mut r = ImageReader::new(&mut dr, image)?;
