@@ -1,5 +1,5 @@
 //! Read ring vs pread: read a 1 GiB file (mixed data, on a real disk, O_DIRECT) through
-//! `ring::uring::UringReader` at queue depths 1/4/8/16 and chunk sizes 1/4 MiB, with and without
+//! `ring::uring::UringReader` at queue depths 1/4/8/16/32 and chunk sizes 1/4 MiB, with and without
 //! registered (fixed) buffers, and through the `ring::pread::PreadReader` reference.
 //!
 //! `cargo bench -p diskstream-benches --bench read_ring`; smoke mode (`-- --test`) uses 64 MiB.
@@ -53,7 +53,7 @@ fn read_ring(c: &mut Criterion) {
             let mut r = PreadReader::new();
             b.iter(|| read_whole(&mut r, &src, chunk, 1))
         });
-        for qd in [1u32, 4, 8, 16] {
+        for qd in [1u32, 4, 8, 16, 32] {
             for fixed in [false, true] {
                 let name = format!("uring{}/{chunk_mib}MiB", if fixed { "-fixed" } else { "" });
                 g.bench_function(BenchmarkId::new(name, format!("qd{qd}")), |b| {
