@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
+use diskstream_engine::buf::Pages;
 use diskstream_orchestrator::backup::{self, ExportLu, ExportMode, ExportOp, ExportResult, RemoveLu};
 use diskstream_orchestrator::cluster::Cluster;
 use diskstream_orchestrator::feedback::{format_seconds, log_line, DiskProgress, Event, Feedback, Level};
@@ -55,6 +56,10 @@ pub struct ExportArgs {
     /// Disks transferred at the same time.
     #[arg(long, default_value_t = 1)]
     max_parallel_disks: usize,
+    /// Take the engine's buffers from reserved hugetlb pages (vm.nr_hugepages) when enough are
+    /// free, else transparent huge pages as by default.
+    #[arg(long)]
+    hugetlb: bool,
     /// Check everything and run the pre hooks, but export nothing.
     #[arg(long)]
     dry_run: bool,
@@ -334,6 +339,8 @@ pub fn export_json(r: &ExportResult) -> serde_json::Value {
                 "digest": rep.digest,
                 "elapsed_s": rep.elapsed.as_secs_f64(),
                 "throughput_bytes_per_s": rep.throughput(),
+                "buffer_pages": rep.buffer_pages,
+                "warnings": rep.warnings,
             }),
             Err(e) => json!({ "index": d.index, "label": d.label, "error": e }),
         })
@@ -377,6 +384,7 @@ pub fn export(a: ExportArgs) -> ExitCode {
     op.zeroing_timeout_fixed = a.zeroing_timeout_fixed;
     op.zeroing_timeout_per_mib = a.zeroing_timeout_per_mib;
     op.max_parallel_disks = a.max_parallel_disks;
+    op.pages = if a.hugetlb { Pages::Hugetlb } else { Pages::Thp };
     op.progress_interval = secs(interval);
     let mut lu = ExportLu::new(op);
     let command = format!(

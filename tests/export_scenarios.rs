@@ -264,6 +264,30 @@ fn offline_export(fs_kind: Fs) {
 }
 
 #[test]
+fn export_reports_its_buffer_pages_and_a_refused_hugetlb_ask() {
+    let free_huge: u64 = fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("HugePages_Free:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let f = fixture(Fs::Ext4, "down", false, &[]);
+    let (ok, out, err) = f.export(&["-n", "node2", "--hugetlb", "--json"]);
+    assert!(ok, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for d in v["disks"].as_array().unwrap() {
+        let warnings = d["warnings"].to_string();
+        if free_huge == 0 {
+            // Nothing reserved (the default): the ask is refused, said, and the export still works.
+            assert_ne!(d["buffer_pages"], "hugetlb", "{d}");
+            assert!(warnings.contains("no free hugetlb pages"), "{warnings}");
+        } else {
+            assert_eq!(d["buffer_pages"], "hugetlb", "{free_huge} pages free: {d}");
+        }
+    }
+    f.assert_exported(2, false);
+}
+
+#[test]
 fn snapshot_capable_offline_export() {
     // testPlainOfflineExport.
     offline_export(Fs::Xfs);

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use diskstream_engine::buf::Pages;
 use diskstream_engine::ops::{self, Format, Options, Report};
 
 use crate::cluster::{Cluster, DiskTemplate, Instance, Node};
@@ -75,6 +76,8 @@ pub struct ExportOp {
     pub zeroing_timeout_per_mib: Option<f64>,
     /// Disks transferred at the same time (at least 1).
     pub max_parallel_disks: usize,
+    /// What the engine's buffers are made of (`--hugetlb`: reserved hugetlb pages when free).
+    pub pages: Pages,
     /// How often a transfer reports progress.
     pub progress_interval: Duration,
 }
@@ -98,6 +101,7 @@ impl ExportOp {
             zeroing_timeout_fixed: None,
             zeroing_timeout_per_mib: None,
             max_parallel_disks: 1,
+            pages: Pages::Thp,
             progress_interval: Duration::from_secs(5),
         }
     }
@@ -659,6 +663,7 @@ impl Exec<'_> {
         let options = Options {
             format: Format::Raw,
             force: true,
+            pages: self.op.pages,
             ..Options::default()
         };
         let workers = self.op.max_parallel_disks.min(n).max(1);
