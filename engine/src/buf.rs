@@ -74,19 +74,9 @@ impl Slab {
         let align = if len >= HUGE_PAGE { HUGE_PAGE } else { BUF_ALIGN };
         let len = len.max(BUF_ALIGN).next_multiple_of(align);
         if pages == Pages::Hugetlb && align == HUGE_PAGE {
-            // SAFETY: as below; a hugetlb mapping is huge-page aligned by the kernel and its pages
-            // are reserved at mmap time, so failure shows here (MAP_FAILED), not at first touch.
-            let raw = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
-                    -1,
-                    0,
-                )
-            };
-            if raw != libc::MAP_FAILED {
+            // A hugetlb mapping is huge-page aligned by the kernel and its pages are reserved at
+            // mmap time, so a refusal shows here, not at first touch.
+            if let Some(raw) = map_anonymous(len, libc::MAP_HUGETLB) {
                 return Arc::new(Self {
                     base: NonNull::new(raw.cast()).expect("mmap never returns null"),
                     len,
@@ -95,22 +85,9 @@ impl Slab {
             }
         }
         let map_len = len + (align - BUF_ALIGN);
-        let oom = || std::alloc::handle_alloc_error(std::alloc::Layout::from_size_align(len, align).expect("layout"));
-        // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
-        // existing memory; the result is checked against MAP_FAILED below.
-        let raw = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
+        let Some(raw) = map_anonymous(map_len, 0) else {
+            std::alloc::handle_alloc_error(std::alloc::Layout::from_size_align(len, align).expect("layout"));
         };
-        if raw == libc::MAP_FAILED {
-            oom();
-        }
         let start = raw as usize;
         let base = start.next_multiple_of(align);
         let head = base - start;
@@ -136,6 +113,24 @@ impl Slab {
             hugetlb: false,
         })
     }
+}
+
+/// A new private anonymous read-write mapping of `len` bytes with `extra` mmap flags, or `None`
+/// if the kernel refuses it.
+fn map_anonymous(len: usize, extra: libc::c_int) -> Option<*mut libc::c_void> {
+    // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
+    // existing memory; the result is checked against MAP_FAILED.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | extra,
+            -1,
+            0,
+        )
+    };
+    (raw != libc::MAP_FAILED).then_some(raw)
 }
 
 impl Drop for Slab {
