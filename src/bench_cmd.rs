@@ -376,8 +376,8 @@ fn measure(
     out.insert("ok".into(), json!(true));
     out.insert("threads".into(), json!(threads));
     // The I/O buffers' memory shapes the device numbers (docs/performance.md, "Huge-page buffers").
-    let thp = diskstream_engine::buf::thp_enabled();
-    out.insert("buffer_pages".into(), json!(if thp { "thp" } else { "4k" }));
+    let pages = diskstream_engine::buf::pages_name(false);
+    out.insert("buffer_pages".into(), json!(pages));
     out.insert(
         "units".into(),
         json!("bytes per second; MB = 10^6 bytes, MiB = 2^20 bytes"),
@@ -405,7 +405,7 @@ fn measure(
         if a.device.is_none() {
             println!("  (give --device and --target to measure the disks too)");
         }
-        if !thp {
+        if pages == "4k" {
             println!(
                 "  note: transparent huge pages are off here (/sys/kernel/mm/transparent_hugepage/enabled), so\n  \
                  I/O buffers are scattered 4 KiB pages and large reads may be split: expect slower device\n  \

@@ -45,9 +45,21 @@ pub enum Pages {
 
 /// Whether the kernel gives transparent huge pages to memory that asks (`enabled` is `always` or
 /// `madvise`, not `never`, in /sys/kernel/mm/transparent_hugepage).
-pub fn thp_enabled() -> bool {
+fn thp_enabled() -> bool {
     std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
         .is_ok_and(|s| !s.is_empty() && !s.contains("[never]"))
+}
+
+/// How reports name memory: `hugetlb` for reserved hugetlb pages, else `thp` where the kernel
+/// gives transparent huge pages, else `4k`.
+pub fn pages_name(hugetlb: bool) -> &'static str {
+    if hugetlb {
+        "hugetlb"
+    } else if thp_enabled() {
+        "thp"
+    } else {
+        "4k"
+    }
 }
 
 /// One anonymous mapping that buffers are carved from; unmapped when the last holder drops it.
@@ -273,13 +285,7 @@ impl BufPool {
     /// What the pool's memory is made of, as reports name it: `hugetlb`, `thp` (transparent huge
     /// pages, where the kernel has them on) or `4k`.
     pub fn pages_name(&self) -> &'static str {
-        if self.hugetlb() {
-            "hugetlb"
-        } else if thp_enabled() {
-            "thp"
-        } else {
-            "4k"
-        }
+        pages_name(self.hugetlb())
     }
 
     /// How many buffers have been allocated so far (never more than `capacity`).

@@ -351,14 +351,7 @@ pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Resul
     };
     let (target, stats) = match o.format {
         Format::Raw => {
-            let mut sink = RawSink::new(
-                target,
-                size,
-                cs,
-                backend_kind_for_writes(o),
-                o.write_depth,
-                o.zero_policy,
-            )?;
+            let mut sink = raw_sink(target, size, cs, o)?;
             report.write_backend = Some(sink.backend());
             let mut stored = 0u64;
             let stats = run(job, o, &mut |p| {
@@ -426,6 +419,18 @@ pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Resul
     report.warnings = warnings;
     report.elapsed = t0.elapsed();
     Ok(report)
+}
+
+/// The raw sink `o` asks for: its write backend, write depth and zero policy.
+fn raw_sink(target: Target, size: u64, cs: u32, o: &Options) -> Result<RawSink> {
+    RawSink::new(
+        target,
+        size,
+        cs,
+        backend_kind_for_writes(o),
+        o.write_depth,
+        o.zero_policy,
+    )
 }
 
 fn backend_kind_for_writes(o: &Options) -> BackendKind {
@@ -616,16 +621,9 @@ pub fn restore(image: &Path, dest: &Path, o: &Options, progress: &Progress) -> R
             let target = Target::create(dest, o.force, true)?;
             rep.output_direct = target.is_direct();
             let cs = layout.header.chunk_size;
-            let mut sink = RawSink::new(
-                target,
-                size,
-                cs,
-                backend_kind_for_writes(o),
-                o.write_depth,
-                o.zero_policy,
-            )?;
+            let mut sink = raw_sink(target, size, cs, o)?;
             rep.write_backend = Some(sink.backend());
-            let pool = BufPool::with_pages(layout.header.chunk_size as usize, o.write_depth as usize + 1, o.pages);
+            let pool = BufPool::with_pages(cs as usize, o.write_depth as usize + 1, o.pages);
             let mut dr = DirectReader::new(source.file());
             {
                 let mut r = ImageReader::new(&mut dr, image)?;
