@@ -143,12 +143,11 @@ fn say(json_out: bool, msg: &str) {
 
 /// Runs the benchmark.
 pub fn run(a: BenchArgs) -> ExitCode {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
-            return err(format!("cannot install the signal handler: {e}"), a.json);
-        }
-    }
+    let interrupt = match crate::interrupt::Interrupt::install() {
+        Ok(i) => i,
+        Err(e) => return err(format!("cannot install the signal handler: {e}"), a.json),
+    };
+    let stop = interrupt.flag();
     let threads = a.threads.unwrap_or_else(|| Options::default().threads).max(1);
     if let Some(d) = &a.device {
         if let Err(e) = diskstream_engine::source::Source::open(d) {
@@ -168,8 +167,11 @@ pub fn run(a: BenchArgs) -> ExitCode {
         }
         Err(e) if stop.load(Ordering::Relaxed) => {
             drop(target);
-            eprintln!("diskstream bench: interrupted; scratch files removed ({e})");
-            ExitCode::from(130)
+            eprintln!(
+                "diskstream bench: interrupted by {}; scratch files removed ({e})",
+                interrupt.signal_name()
+            );
+            interrupt.exit_code()
         }
         Err(e) => err(e, a.json),
     }

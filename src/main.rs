@@ -5,6 +5,7 @@
 mod bench_cmd;
 mod cli;
 mod export_cmd;
+mod interrupt;
 mod output;
 
 use std::process::ExitCode;
