@@ -471,6 +471,42 @@ fn sigint_sigterm_and_sigkill_of_diskstream_kill_a_hanging_hook() {
     }
 }
 
+#[test]
+fn sigint_while_waiting_for_a_lock_stops_at_once_and_leaves_the_holder_alone() {
+    let dir = scratch();
+    let roots = node_roots(dir.path(), 2);
+    let cfg = write_cluster(
+        dir.path(),
+        &roots,
+        &[inst(INST, "down", file_disks(dir.path(), 1, 1, 11), None)],
+        &[],
+    );
+    let pids = dir.path().join("pids");
+    hanging_hook(&roots[0], &pids);
+    // The first export holds the instance lock while its hook hangs.
+    let mut holder = spawn_export(&["--cluster", s(&cfg), "-n", "node2", "--hooks-timeout", "30", INST]);
+    let hook_pids = pids_in(&pids);
+    let mut waiter = spawn_export(&["--cluster", s(&cfg), "-n", "node2", INST]);
+    let mut lines = BufReader::new(waiter.stdout.take().unwrap()).lines();
+    for l in lines.by_ref() {
+        if l.unwrap().contains("Waiting for lock") {
+            break;
+        }
+    }
+    signal(waiter.id(), "INT");
+    let (st, took) = wait_exit(&mut waiter, Duration::from_secs(20));
+    let (_, err) = output_of(&mut waiter);
+    assert_eq!(st.code(), Some(130), "{err}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(err.contains("interrupted while waiting for lock instance/"), "{err}");
+    assert!(holder.try_wait().unwrap().is_none(), "the holder runs on");
+    assert!(hook_pids.iter().all(|p| alive(*p)), "the holder's hook runs on");
+    signal(holder.id(), "TERM");
+    let (st, _) = wait_exit(&mut holder, Duration::from_secs(20));
+    assert_eq!(st.code(), Some(143));
+    wait_dead(&hook_pids, Duration::from_secs(3));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 11, 12. Declared sizes, absurd sizes, over-long names, unknown beparams.
 
@@ -819,14 +855,21 @@ fn export_kill_loop_sigint_sigterm_sigkill() {
     let mut stats: std::collections::BTreeMap<String, u32> = Default::default();
     let (mut hits, mut max_latency) = (0, Duration::ZERO);
     let mut round = 0;
-    while hits < 24 {
+    while hits < 30 {
         round += 1;
         assert!(round <= 80, "only {hits} of 80 signals hit a running export");
         let name = if round % 2 == 0 { snap } else { sleepy };
         let g = &guards[usize::from(name == sleepy)];
-        if g.pid().is_none() {
+        // Mostly running, sometimes stopped by the user (admin state still up): either way an
+        // interrupted export leaves it so.
+        let user_running = round % 5 != 3;
+        {
             use diskstream_orchestrator::driver::InstanceDriver;
-            g.driver.start().unwrap();
+            if user_running && g.pid().is_none() {
+                g.driver.start().unwrap();
+            } else if !user_running {
+                g.driver.stop(Duration::ZERO).unwrap();
+            }
         }
         let before = configs(name);
         let sig = ["INT", "TERM", "KILL"][rng.below(3) as usize];
@@ -846,13 +889,23 @@ fn export_kill_loop_sigint_sigterm_sigkill() {
         }
         let (st, took) = wait_exit(&mut child, Duration::from_secs(30));
         let (_, err) = output_of(&mut child);
-        let ctx = format!("round {round} ({name}, SIG{sig} after {at:?} in {phase}): exit {st:?}\n{err}");
+        let ctx = format!(
+            "round {round} ({name}, {}, SIG{sig} after {at:?} in {phase}): exit {st:?}\n{err}",
+            if user_running { "running" } else { "stopped by the user" }
+        );
         if !running {
             assert!(st.success(), "{ctx}");
             continue;
         }
         hits += 1;
         *stats.entry(format!("SIG{sig} in {phase}")).or_default() += 1;
+        *stats
+            .entry(format!(
+                "exit {} (instance {})",
+                st.code().map_or("by SIGKILL".to_string(), |c| c.to_string()),
+                if user_running { "running" } else { "stopped" }
+            ))
+            .or_default() += 1;
         // The previous export is intact, or the complete new one replaced it.
         let ed = export_dir(&roots[1]).join(name);
         check_complete(&ed, mib << 20).unwrap_or_else(|e| panic!("{ctx}: {e}"));
@@ -878,7 +931,14 @@ fn export_kill_loop_sigint_sigterm_sigkill() {
         // Nothing left behind, the instance as the user had it (running), locks released.
         let left = leftovers(&[dir.path(), xfs.path(), ext4.path()]);
         assert!(left.is_empty(), "{ctx}: left behind: {left:?}");
-        assert!(g.pid().is_some(), "{ctx}: the instance was left stopped");
+        if user_running {
+            assert!(g.pid().is_some(), "{ctx}: the instance was left stopped");
+        } else if code == Some(want) {
+            assert!(
+                g.pid().is_none(),
+                "{ctx}: the instance the user had stopped was left running"
+            );
+        }
         let (ok, out, err2) = ds_text(&[
             "export",
             "--cluster",

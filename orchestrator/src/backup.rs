@@ -304,6 +304,7 @@ impl LogicalUnit for ExportLu {
             op: &self.op,
             inst: &p.instance,
             target: &p.target,
+            started: AtomicBool::new(false),
         }
         .run(owner)?;
         self.config_changed = r.instance_removed;
@@ -439,6 +440,9 @@ struct Exec<'a> {
     op: &'a ExportOp,
     inst: &'a Instance,
     target: &'a Node,
+    /// Whether this export started the instance (Ganeti's restart after the snapshots or the
+    /// transfer).
+    started: AtomicBool,
 }
 
 /// What the transfer part produced.
@@ -622,14 +626,23 @@ impl Exec<'_> {
         self.ctx.interrupted()
     }
 
-    /// The error of an export stopped by SIGINT/SIGTERM `when`; first starts the instance again
-    /// if it was running before this export and is not now, and says in which state it is.
+    /// The error of an export stopped by SIGINT/SIGTERM `when`. First the instance is put back
+    /// as the user had it: started again if it was running before this export and is not now,
+    /// stopped again if it was not running and this export started it (Ganeti's restart after
+    /// the snapshots); then the message says in which state it is.
     fn interrupted_error(&self, drv: &dyn InstanceDriver, was_running: bool, when: &str) -> OpError {
         let name = &self.inst.name;
-        if was_running && !drv.is_running().unwrap_or(false) {
+        let running = drv.is_running().unwrap_or(false);
+        if was_running && !running {
             self.fb().info(fbk::starting_instance(name));
             if let Err(e) = drv.start() {
                 self.fb().warning(format!("Could not start instance {name}: {e}"));
+            }
+        } else if !was_running && running && self.started.load(Ordering::SeqCst) {
+            self.fb().info(fbk::shutting_down(name));
+            // The stop flag is set: a process instance is stopped at once.
+            if let Err(e) = drv.stop_cancellable(Duration::from_secs(self.op.shutdown_timeout), &self.ctx.stop) {
+                self.fb().warning(format!("Could not shutdown instance {name}: {e}"));
             }
         }
         let state = match (was_running, drv.is_running()) {
@@ -643,6 +656,7 @@ impl Exec<'_> {
 
     fn start_instance(&self, drv: &dyn InstanceDriver) -> Result<(), OpError> {
         self.fb().info(fbk::starting_instance(&self.inst.name));
+        self.started.store(true, Ordering::SeqCst);
         drv.start()
             .map_err(|e| OpError::exec(format!("Could not start instance: {e}")))
     }

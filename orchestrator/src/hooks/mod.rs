@@ -570,6 +570,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tail_keeps_the_last_bytes_and_counts_the_rest() {
+        let mut t = Tail::new(8);
+        t.push(b"abc");
+        assert_eq!(t.text(), "abc");
+        t.push(b"defgh");
+        assert_eq!(t.text(), "abcdefgh");
+        t.push(b"ij");
+        assert_eq!(
+            t.text(),
+            "[2 bytes of earlier output not kept; the last 8 bytes follow]\ncdefghij"
+        );
+        t.push(b"0123456789");
+        assert_eq!(
+            t.text(),
+            "[12 bytes of earlier output not kept; the last 8 bytes follow]\n23456789"
+        );
+    }
+
+    #[test]
     fn hook_names_follow_ext_plugin_mask() {
         for ok in ["10-check", "a_b", "Z9"] {
             assert!(is_valid_hook_name(ok), "{ok}");
