@@ -497,7 +497,7 @@ fn sigint_while_waiting_for_a_lock_stops_at_once_and_leaves_the_holder_alone() {
     let (st, took) = wait_exit(&mut waiter, Duration::from_secs(20));
     let (_, err) = output_of(&mut waiter);
     assert_eq!(st.code(), Some(130), "{err}");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
     assert!(err.contains("interrupted while waiting for lock instance/"), "{err}");
     assert!(holder.try_wait().unwrap().is_none(), "the holder runs on");
     assert!(hook_pids.iter().all(|p| alive(*p)), "the holder's hook runs on");
@@ -933,7 +933,9 @@ fn export_kill_loop_sigint_sigterm_sigkill() {
         assert!(left.is_empty(), "{ctx}: left behind: {left:?}");
         if user_running {
             assert!(g.pid().is_some(), "{ctx}: the instance was left stopped");
-        } else if code == Some(want) {
+        } else if code == Some(want) && !err.contains("stopped after the export completed") {
+            // (A signal during the post hooks comes after Exec completed: the instance was
+            // started as by any complete export of an instance whose admin state is up.)
             assert!(
                 g.pid().is_none(),
                 "{ctx}: the instance the user had stopped was left running"
