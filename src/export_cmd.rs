@@ -8,20 +8,30 @@
 //! shown as one indicatif bar per disk on stderr (bytes, rate, ETA) instead of the periodic
 //! "disk/0 sent ..." lines; the other messages still print as lines, above the bars. Errors
 //! print Ganeti's report (`Failure: prerequisites not met ...`) on stderr.
+//!
+//! `export` and `remove` install the SIGINT/SIGTERM handler ([`crate::interrupt`]): the flag
+//! it sets reaches lock waits, hooks (their process groups are killed), the shutdown wait and
+//! the engine; the operation undoes what it started (staging directory, snapshots, a stopped
+//! instance is started again) and the command exits 130 (SIGINT) or 143 (SIGTERM) with a
+//! message saying where it stopped (`"interrupted": true` in the `--json` result). `list` only
+//! reads and keeps the default signal behaviour.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use diskstream_engine::buf::Pages;
-use diskstream_orchestrator::backup::{self, ExportLu, ExportMode, ExportOp, ExportResult, RemoveLu};
+use diskstream_orchestrator::backup::{self, ExportLu, ExportMode, ExportOp, ExportResult, RemoveLu, RunOptions};
 use diskstream_orchestrator::cluster::Cluster;
 use diskstream_orchestrator::feedback::{format_seconds, log_line, DiskProgress, Event, Feedback, Level};
 use diskstream_orchestrator::{Ecode, ErrorKind, OpError};
 use serde_json::json;
+
+use crate::interrupt::Interrupt;
 
 /// The default cluster config: `$DISKSTREAM_CLUSTER`, else `./cluster.toml`.
 fn cluster_path(arg: Option<PathBuf>) -> PathBuf {
@@ -87,6 +97,10 @@ pub struct ExportArgs {
     /// Longest wait for a lock, in seconds.
     #[arg(long, default_value_t = 3600.0)]
     lock_timeout: f64,
+    /// Per-script hook timeout in seconds: a script running longer is killed (its process
+    /// group) and counts as failed (default: the cluster's hooks_timeout, else 900).
+    #[arg(long, value_parser = parse_hooks_timeout)]
+    hooks_timeout: Option<f64>,
     /// Seconds between progress lines of a disk transfer (default 5; 0.2 for the progress bars
     /// shown when stderr is a terminal).
     #[arg(long)]
@@ -288,8 +302,19 @@ pub fn ctime(secs: u64) -> String {
     )
 }
 
+/// `--hooks-timeout`: a positive number of seconds, at most a week.
+fn parse_hooks_timeout(v: &str) -> Result<f64, String> {
+    let s: f64 = v.parse().map_err(|_| format!("'{v}' is not a number of seconds"))?;
+    if s > 0.0 && s <= 7.0 * 24.0 * 3600.0 {
+        Ok(s)
+    } else {
+        Err(format!("{v}: must be above 0 and at most 604800 (one week)"))
+    }
+}
+
 fn error_kind(k: ErrorKind) -> &'static str {
     match k {
+        ErrorKind::Interrupted => "interrupted",
         ErrorKind::Prereq => "prereq",
         ErrorKind::Exec => "exec",
         ErrorKind::HooksAbort => "hooks_abort",
@@ -314,6 +339,40 @@ fn fail(e: &OpError, json_out: bool) -> ExitCode {
     }
     eprintln!("{}", e.ganeti_report());
     ExitCode::FAILURE
+}
+
+/// The end of a command stopped by SIGINT/SIGTERM: a message naming the signal and where the
+/// operation stopped, the `--json` result, and exit code 130/143. `completed` is the JSON of
+/// an operation that had finished before the signal was noticed.
+fn interrupted(cmd: &str, i: &Interrupt, msg: &str, completed: Option<serde_json::Value>, json_out: bool) -> ExitCode {
+    let sig = i.signal_name();
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "ok": false,
+                "interrupted": true,
+                "signal": sig,
+                "error": msg,
+                "kind": "interrupted",
+                "completed": completed.is_some(),
+                "result": completed,
+            })
+        );
+    }
+    eprintln!("diskstream {cmd}: interrupted by {sig}: {msg}");
+    i.exit_code()
+}
+
+fn install_interrupt(cmd: &str, json_out: bool) -> Result<Interrupt, ExitCode> {
+    Interrupt::install().map_err(|e| {
+        fail(
+            &OpError::exec(format!(
+                "diskstream {cmd}: cannot install the SIGINT/SIGTERM handler: {e}"
+            )),
+            json_out,
+        )
+    })
 }
 
 fn secs(s: f64) -> Duration {
@@ -386,21 +445,44 @@ pub fn export(a: ExportArgs) -> ExitCode {
     op.max_parallel_disks = a.max_parallel_disks;
     op.pages = if a.hugetlb { Pages::Hugetlb } else { Pages::Thp };
     op.progress_interval = secs(interval);
+    let interrupt = match install_interrupt("export", a.json) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
     let mut lu = ExportLu::new(op);
-    let command = format!(
-        "diskstream export -n {} {}",
-        a.node.as_deref().unwrap_or(""),
-        a.instance
-    );
-    let res = backup::run_on_cluster(
-        &cluster_path(a.cluster),
-        &mut lu,
-        &printer,
-        a.dry_run,
-        secs(a.lock_timeout),
-        &command,
-    );
+    let opts = RunOptions {
+        dry_run: a.dry_run,
+        lock_timeout: secs(a.lock_timeout),
+        command: format!(
+            "diskstream export -n {} {}",
+            a.node.as_deref().unwrap_or(""),
+            a.instance
+        ),
+        stop: interrupt.flag(),
+        hooks_timeout: a.hooks_timeout.map(secs),
+    };
+    let res = backup::run_on_cluster(&cluster_path(a.cluster), &mut lu, &printer, &opts);
     printer.finish_bars();
+    // Cancellation is decided by our own flag, whatever error the operation returned.
+    if interrupt.flag().load(Ordering::SeqCst) {
+        return match res {
+            Err(e) => interrupted("export", &interrupt, &e.msg, None, a.json),
+            Ok(Some(r)) => interrupted(
+                "export",
+                &interrupt,
+                "stopped after the export completed (remaining post hooks were stopped)",
+                Some(export_json(&r)),
+                a.json,
+            ),
+            Ok(None) => interrupted(
+                "export",
+                &interrupt,
+                "stopped after the dry run's checks; nothing was changed",
+                None,
+                a.json,
+            ),
+        };
+    }
     match res {
         Ok(Some(r)) => {
             if a.json {
@@ -448,16 +530,25 @@ pub fn list(a: ListArgs) -> ExitCode {
 /// Runs `diskstream remove`.
 pub fn remove(a: RemoveArgs) -> ExitCode {
     let printer = Printer::new(false, false, None);
+    let interrupt = match install_interrupt("remove", false) {
+        Ok(i) => i,
+        Err(code) => return code,
+    };
     let mut lu = RemoveLu::new(a.instance.clone());
-    let command = format!("diskstream remove {}", a.instance);
-    match backup::run_on_cluster(
-        &cluster_path(a.cluster),
-        &mut lu,
-        &printer,
-        false,
-        secs(a.lock_timeout),
-        &command,
-    ) {
+    let opts = RunOptions {
+        lock_timeout: secs(a.lock_timeout),
+        stop: interrupt.flag(),
+        ..RunOptions::new(format!("diskstream remove {}", a.instance))
+    };
+    let res = backup::run_on_cluster(&cluster_path(a.cluster), &mut lu, &printer, &opts);
+    if interrupt.flag().load(Ordering::SeqCst) {
+        let msg = match &res {
+            Err(e) => e.msg.clone(),
+            Ok(_) => "stopped after the removal completed".to_string(),
+        };
+        return interrupted("remove", &interrupt, &msg, None, false);
+    }
+    match res {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => fail(&e, false),
     }

@@ -272,6 +272,7 @@ impl LogicalUnit for ExportLu {
                 tools.join(", ")
             )));
         }
+        check_disk_sizes(c, &inst)?;
         Ok(ExportPrereq {
             hook_params: ExportHookParams {
                 mode: "local".into(),
@@ -303,6 +304,7 @@ impl LogicalUnit for ExportLu {
             op: &self.op,
             inst: &p.instance,
             target: &p.target,
+            started: AtomicBool::new(false),
         }
         .run(owner)?;
         self.config_changed = r.instance_removed;
@@ -312,6 +314,67 @@ impl LogicalUnit for ExportLu {
     fn config_changed(&self) -> bool {
         self.config_changed
     }
+}
+
+/// The size of a backing file or block device (a block device's size is where its end is).
+fn backing_size(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    std::fs::File::open(path)?.seek(SeekFrom::End(0))
+}
+
+/// Every disk's backing file or device must have exactly the declared size: a dump of another
+/// size would not match `diskN_size` in `config.ini` (an import would make a disk of the
+/// declared size and the dump would not fit, or leave its end unwritten). A mismatch is almost
+/// always a config error (a wrong `size`, or the wrong `path`), so it is refused before anything
+/// is changed. A missing backing file is left to the disk activation, which names it.
+fn check_disk_sizes(c: &Cluster, inst: &Instance) -> Result<(), OpError> {
+    for (i, d) in inst.disks.iter().enumerate() {
+        let path = c.disk_path(d);
+        let declared = d.size << 20;
+        let actual = match backing_size(&path) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(OpError::prereq(
+                    Ecode::Environ,
+                    format!(
+                        "Cannot check the size of disk/{i} of instance {} ({}): {e}",
+                        inst.name,
+                        path.display()
+                    ),
+                ))
+            }
+        };
+        if actual != declared {
+            let mib = |b: u64| {
+                if b % (1 << 20) == 0 {
+                    format!("{} MiB", b >> 20)
+                } else {
+                    format!("{:.2} MiB", b as f64 / 1048576.0)
+                }
+            };
+            return Err(OpError::prereq(
+                Ecode::State,
+                format!(
+                    "Disk disk/{i} of instance {}: its backing {} {} is {} ({actual} bytes), but the \
+                     cluster config declares size = {} ({} MiB, {declared} bytes); refusing to export a \
+                     disk whose size does not match its declaration (fix `size` or `path` in the \
+                     cluster config)",
+                    inst.name,
+                    if d.template == DiskTemplate::File {
+                        "file"
+                    } else {
+                        "device"
+                    },
+                    path.display(),
+                    mib(actual),
+                    d.size,
+                    d.size,
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_node_online(node: &Node) -> Result<(), OpError> {
@@ -377,6 +440,9 @@ struct Exec<'a> {
     op: &'a ExportOp,
     inst: &'a Instance,
     target: &'a Node,
+    /// Whether this export started the instance (Ganeti's restart after the snapshots or the
+    /// transfer).
+    started: AtomicBool,
 }
 
 /// What the transfer part produced.
@@ -419,9 +485,19 @@ impl Exec<'_> {
 
         let drv = driver::driver_for(c, inst);
         let was_running = drv.is_running().unwrap_or(false);
+        if self.interrupted() {
+            return Err(OpError::interrupted(format!(
+                "stopped before instance {} was shut down; nothing was changed",
+                inst.name
+            )));
+        }
         if self.op.shutdown {
             self.fb().info(fbk::shutting_down(&inst.name));
-            drv.stop(Duration::from_secs(self.op.shutdown_timeout))
+            let stopped = drv.stop_cancellable(Duration::from_secs(self.op.shutdown_timeout), &self.ctx.stop);
+            if self.interrupted() {
+                return Err(self.interrupted_error(drv.as_ref(), was_running, "during the shutdown of the instance"));
+            }
+            stopped
                 .map_err(|e| OpError::exec(format!("Could not shutdown instance {} on node {src}: {e}", inst.name)))?;
         }
         let activate = !up;
@@ -442,6 +518,20 @@ impl Exec<'_> {
             self.fb().info(fbk::deactivating_disks(&inst.name));
         }
         let t = result?;
+        if self.interrupted() {
+            let what = if t.fin_resu {
+                format!(
+                    "after the new export was finalized (it is complete in {}); the instance was \
+                     not removed and old exports on other nodes were not removed",
+                    t.export_dir.display()
+                )
+            } else {
+                "during the export: the new export was abandoned (its staging directory and \
+                 snapshots were removed; a previous export is untouched)"
+                    .to_string()
+            };
+            return Err(self.interrupted_error(drv.as_ref(), was_running, &what));
+        }
         let dresults: Vec<bool> = t.disks.iter().map(|d| d.report.is_ok()).collect();
         if let Some(msg) = fbk::export_failed(t.fin_resu, &dresults) {
             return Err(OpError::exec(msg));
@@ -457,6 +547,17 @@ impl Exec<'_> {
             removed_old: Vec::new(),
             shared_nodes: Vec::new(),
         };
+        if self.interrupted() {
+            return Err(self.interrupted_error(
+                drv.as_ref(),
+                was_running,
+                &format!(
+                    "after the new export was finalized (it is complete in {}); the instance was not \
+                     removed and old exports on other nodes were not removed",
+                    res.export_dir.display()
+                ),
+            ));
+        }
         if self.op.remove_instance {
             self.fb().info(fbk::removing_instance(&inst.name));
             self.remove_instance()?;
@@ -483,6 +584,10 @@ impl Exec<'_> {
         let mut have_snapshots = false;
         if try_snapshot {
             have_snapshots = self.create_snapshots(&snaps);
+            if self.interrupted() {
+                snaps.remove_all();
+                return Err(self.interrupted_error(drv, was_running, "while the disks were snapshotted"));
+            }
             if !have_snapshots {
                 if !self.op.shutdown {
                     return Err(OpError::exec(
@@ -509,15 +614,49 @@ impl Exec<'_> {
             self.start_instance(drv)?;
         }
         let t = self.local_export(&snaps, have_snapshots);
-        if do_reboot && !have_snapshots {
+        // Interrupted, the instance is left as the user had it: started only if it was running.
+        if do_reboot && !have_snapshots && (was_running || !self.interrupted()) {
             self.start_instance(drv)?;
         }
         snaps.remove_all();
         t
     }
 
+    fn interrupted(&self) -> bool {
+        self.ctx.interrupted()
+    }
+
+    /// The error of an export stopped by SIGINT/SIGTERM `when`. First the instance is put back
+    /// as the user had it: started again if it was running before this export and is not now,
+    /// stopped again if it was not running and this export started it (Ganeti's restart after
+    /// the snapshots); then the message says in which state it is.
+    fn interrupted_error(&self, drv: &dyn InstanceDriver, was_running: bool, when: &str) -> OpError {
+        let name = &self.inst.name;
+        let running = drv.is_running().unwrap_or(false);
+        if was_running && !running {
+            self.fb().info(fbk::starting_instance(name));
+            if let Err(e) = drv.start() {
+                self.fb().warning(format!("Could not start instance {name}: {e}"));
+            }
+        } else if !was_running && running && self.started.load(Ordering::SeqCst) {
+            self.fb().info(fbk::shutting_down(name));
+            // The stop flag is set: a process instance is stopped at once.
+            if let Err(e) = drv.stop_cancellable(Duration::from_secs(self.op.shutdown_timeout), &self.ctx.stop) {
+                self.fb().warning(format!("Could not shutdown instance {name}: {e}"));
+            }
+        }
+        let state = match (was_running, drv.is_running()) {
+            (true, Ok(true)) => format!("instance {name} is running, as before"),
+            (false, Ok(false)) => format!("instance {name} is stopped, as before"),
+            (true, _) => format!("instance {name} was running and could NOT be started again"),
+            (false, _) => format!("instance {name} was not running before and now runs"),
+        };
+        OpError::interrupted(format!("export of {name} stopped {when}; {state}"))
+    }
+
     fn start_instance(&self, drv: &dyn InstanceDriver) -> Result<(), OpError> {
         self.fb().info(fbk::starting_instance(&self.inst.name));
+        self.started.store(true, Ordering::SeqCst);
         drv.start()
             .map_err(|e| OpError::exec(format!("Could not start instance: {e}")))
     }
@@ -601,7 +740,7 @@ impl Exec<'_> {
             });
         }
         let disks = self.transfer(&items, snaps, &src, &dst);
-        if disks.iter().all(|d| d.report.is_ok()) {
+        if disks.iter().all(|d| d.report.is_ok()) && !self.interrupted() {
             self.fb().info(fbk::finalizing_export(&dst));
             let exported: Vec<ExportedDisk> = inst
                 .disks
@@ -639,7 +778,9 @@ impl Exec<'_> {
             }
         } else {
             // Unlike Ganeti, the partial export is removed (the staging guard drops here).
-            self.fb().warning(fbk::some_disk_exports_failed(&inst.name, &dst));
+            if !self.interrupted() {
+                self.fb().warning(fbk::some_disk_exports_failed(&inst.name, &dst));
+            }
             drop(staging);
             Ok(Transfer {
                 fin_resu: false,
@@ -664,6 +805,7 @@ impl Exec<'_> {
             format: Format::Raw,
             force: true,
             pages: self.op.pages,
+            stop: Some(Arc::clone(&self.ctx.stop)),
             ..Options::default()
         };
         let workers = self.op.max_parallel_disks.min(n).max(1);
@@ -696,7 +838,7 @@ impl Exec<'_> {
             for _ in 0..workers {
                 handles.push(s.spawn(|| loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
+                    if i >= n || self.interrupted() {
                         break;
                     }
                     let it = &items[i];
@@ -914,7 +1056,16 @@ impl LogicalUnit for RemoveLu {
     fn exec(&mut self, ctx: &Context<'_>, _p: RemovePrereq, _owner: &mut LockOwner) -> Result<RemoveResult, OpError> {
         let c = ctx.cluster;
         let mut res = RemoveResult::default();
-        for name in &self.nodes {
+        for (k, name) in self.nodes.iter().enumerate() {
+            if ctx.interrupted() {
+                return Err(OpError::interrupted(format!(
+                    "removal of the exports of {} stopped: removed from [{}], not removed from [{}] \
+                     (every export is either complete or gone)",
+                    self.name,
+                    res.removed.join(", "),
+                    self.nodes[k..].join(", ")
+                )));
+            }
             let node = c.node(name).expect("listed node");
             let dir = c.export_dir(node);
             match store::list_exports(&dir) {
@@ -1000,27 +1151,57 @@ pub fn format_table(rows: &[NodeExports], headers: bool, separator: Option<&str>
     out
 }
 
+/// How [`run_on_cluster`] runs an LU.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Stop after the pre hooks.
+    pub dry_run: bool,
+    /// The longest wait for any one level of locks.
+    pub lock_timeout: Duration,
+    /// Describes the operation to lock waiters.
+    pub command: String,
+    /// Set by SIGINT/SIGTERM: lock waits, hooks, the shutdown wait and transfers stop, and
+    /// what was started is undone.
+    pub stop: Arc<AtomicBool>,
+    /// The per-script hook timeout (default: the cluster's `hooks_timeout`, else 15 minutes).
+    pub hooks_timeout: Option<Duration>,
+}
+
+impl RunOptions {
+    /// Options for `command`: no dry run, an hour's lock timeout, a stop flag nobody sets.
+    pub fn new(command: impl Into<String>) -> Self {
+        Self {
+            dry_run: false,
+            lock_timeout: Duration::from_secs(3600),
+            command: command.into(),
+            stop: Arc::default(),
+            hooks_timeout: None,
+        }
+    }
+}
+
 /// Runs an LU against the cluster config at `cluster_path`: loads it, opens its lock
 /// directory, and runs `lu` with Ganeti's order.
 pub fn run_on_cluster<L: LogicalUnit>(
     cluster_path: &std::path::Path,
     lu: &mut L,
     feedback: &dyn Feedback,
-    dry_run: bool,
-    lock_timeout: Duration,
-    command: &str,
+    opts: &RunOptions,
 ) -> Result<Option<L::Output>, OpError> {
     let cluster = Cluster::load(cluster_path)?;
-    let locks = crate::locking::LockManager::new(cluster.lock_dir())?;
-    let hooks = crate::hooks::HooksRunner::default();
+    let locks = crate::locking::LockManager::new(cluster.lock_dir())?.with_stop(Arc::clone(&opts.stop));
+    let hooks = crate::hooks::HooksRunner::new(opts.hooks_timeout.unwrap_or_else(|| cluster.hooks_timeout()))
+        .with_report_interval(cluster.hooks_report_interval())
+        .with_stop(Arc::clone(&opts.stop));
     let ctx = Context {
         cluster: &cluster,
         locks: &locks,
         hooks: &hooks,
         feedback,
-        lock_timeout,
-        dry_run,
-        command: command.to_string(),
+        lock_timeout: opts.lock_timeout,
+        dry_run: opts.dry_run,
+        command: opts.command.clone(),
+        stop: Arc::clone(&opts.stop),
     };
     crate::lu::run(lu, &ctx)
 }

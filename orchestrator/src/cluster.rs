@@ -43,6 +43,30 @@ pub const LOG_SUBDIR: &str = "var/log/ganeti";
 /// our config has no cluster-level defaults, so they are explicit).
 pub const REQUIRED_BEPARAMS: [&str; 3] = ["maxmem", "minmem", "vcpus"];
 
+/// Every backend parameter Ganeti knows (`BES_PARAMETER_TYPES`); any other key is refused.
+pub const KNOWN_BEPARAMS: [&str; 6] = [
+    "always_failover",
+    "auto_balance",
+    "maxmem",
+    "minmem",
+    "spindle_use",
+    "vcpus",
+];
+
+/// The longest instance, node or disk name (bytes). File and lock names are built from
+/// instance and node names with up to 24 more bytes (`.<name>.ds-removing-<pid>`,
+/// `<name>.holders`), and a file name may have at most 255 bytes (`NAME_MAX`); 200 leaves room
+/// and still fits any DNS name used in practice (Ganeti's names are FQDNs, at most 253).
+pub const MAX_NAME_LEN: usize = 200;
+
+/// The largest declared disk size, in MiB: 2^33 MiB = 2^53 bytes (8 PiB). Bytes stay exact in
+/// an `f64` (progress and rates) and far from `u64` overflow; no single disk comes near it.
+pub const MAX_DISK_SIZE_MIB: u64 = 1 << 33;
+
+/// The longest per-script hook timeout or report interval accepted in the config (seconds):
+/// one week.
+pub const MAX_HOOKS_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+
 /// The file, as deserialized. Field names are the TOML keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +96,13 @@ pub struct ClusterInfo {
     /// config's directory. Default: `<master root>/var/run/ganeti/locks`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_dir: Option<PathBuf>,
+    /// Per-script hook timeout in seconds (default 900, Ganeti's hooks RPC timeout);
+    /// `export --hooks-timeout` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks_timeout: Option<f64>,
+    /// Seconds between "still running" messages about a hook script (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks_report_interval: Option<f64>,
 }
 
 fn default_compression_tools() -> Vec<String> {
@@ -436,7 +467,13 @@ impl Cluster {
             key,
             msg,
         })?;
-        let base_dir = fsutil::parent_dir(&path).to_path_buf();
+        // Absolute, so that paths resolved against it (hooks, disks, node roots) stay valid for
+        // children that run elsewhere (hook scripts run with cwd `/`). Symlinks are not
+        // resolved: relative paths stay relative to the directory that holds the file as named.
+        let base_dir = std::path::absolute(fsutil::parent_dir(&path)).map_err(|source| ConfigError::Io {
+            file: path.clone(),
+            source,
+        })?;
         Ok(Self { path, base_dir, config })
     }
 
@@ -453,6 +490,23 @@ impl Cluster {
     /// Cluster settings.
     pub fn info(&self) -> &ClusterInfo {
         &self.config.cluster
+    }
+
+    /// The per-script hook timeout (`[cluster] hooks_timeout`, else Ganeti's 15 minutes).
+    pub fn hooks_timeout(&self) -> std::time::Duration {
+        self.config
+            .cluster
+            .hooks_timeout
+            .map_or(crate::hooks::DEFAULT_SCRIPT_TIMEOUT, std::time::Duration::from_secs_f64)
+    }
+
+    /// How often a running hook script is reported (`[cluster] hooks_report_interval`, else
+    /// every 60 s).
+    pub fn hooks_report_interval(&self) -> std::time::Duration {
+        self.config.cluster.hooks_report_interval.map_or(
+            crate::hooks::DEFAULT_REPORT_INTERVAL,
+            std::time::Duration::from_secs_f64,
+        )
     }
 
     /// All nodes, in file order.
@@ -679,6 +733,55 @@ pub fn is_safe_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
 }
 
+/// Why an instance name cannot be used although it is a safe file name: it collides with the
+/// names the export store and the snapshots give their own entries (`<name>.new` staging
+/// directories, hidden `.<name>.ds-removing-<pid>` directories, `<disk>.ds-snap-<name>-<pid>`
+/// snapshots), or `None` if it is fine.
+pub fn reserved_instance_name(name: &str) -> Option<String> {
+    use crate::export::store::{REMOVING_MARKER, STAGING_SUFFIX};
+    use crate::snapshot::SNAP_MARKER;
+    if name.ends_with(STAGING_SUFFIX) {
+        return Some(format!(
+            "ends with '{STAGING_SUFFIX}', the suffix of export staging directories (its export \
+             would be hidden from listings and removed as another instance's staging directory)"
+        ));
+    }
+    for marker in [REMOVING_MARKER, SNAP_MARKER] {
+        if name.contains(marker) {
+            return Some(format!(
+                "contains '{marker}', which diskstream uses in the names of its own temporary \
+                 directories and snapshots"
+            ));
+        }
+    }
+    None
+}
+
+fn check_name_len(key: &str, what: &str, name: &str) -> Result<(), Invalid> {
+    if name.len() > MAX_NAME_LEN {
+        Err(invalid(
+            key,
+            format!(
+                "{what} name '{}...' is {} bytes long; the limit is {MAX_NAME_LEN} bytes",
+                name.chars().take(32).collect::<String>(),
+                name.len()
+            ),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_seconds(key: &str, v: Option<f64>) -> Result<(), Invalid> {
+    match v {
+        Some(s) if !(s > 0.0 && s <= MAX_HOOKS_SECONDS) => Err(invalid(
+            key,
+            format!("must be a number of seconds above 0 and at most {MAX_HOOKS_SECONDS} (one week), not {s}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Ganeti's compression tool name pattern (`^[-_a-zA-Z0-9]+$`).
 fn is_tool_name(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -694,6 +797,8 @@ fn validate(c: &ClusterConfig) -> Result<(), Invalid> {
     if c.cluster.name.is_empty() {
         return Err(invalid("cluster.name", "must not be empty"));
     }
+    check_seconds("cluster.hooks_timeout", c.cluster.hooks_timeout)?;
+    check_seconds("cluster.hooks_report_interval", c.cluster.hooks_report_interval)?;
     for (i, tool) in c.cluster.compression_tools.iter().enumerate() {
         if !is_tool_name(tool) {
             return Err(invalid(
@@ -707,6 +812,7 @@ fn validate(c: &ClusterConfig) -> Result<(), Invalid> {
     let mut uuids = HashSet::new();
     for (i, n) in c.nodes.iter().enumerate() {
         let key = format!("nodes[{i}]");
+        check_name_len(&format!("{key}.name"), "node", &n.name)?;
         if !is_safe_name(&n.name) {
             return Err(invalid(
                 format!("{key}.name"),
@@ -757,10 +863,17 @@ fn validate_instance<'a>(
     inst_names: &mut HashSet<&'a str>,
     uuids: &mut HashSet<&'a str>,
 ) -> Result<(), Invalid> {
+    check_name_len(&format!("{key}.name"), "instance", &inst.name)?;
     if !is_safe_name(&inst.name) {
         return Err(invalid(
             format!("{key}.name"),
             format!("invalid instance name '{}'", inst.name),
+        ));
+    }
+    if let Some(why) = reserved_instance_name(&inst.name) {
+        return Err(invalid(
+            format!("{key}.name"),
+            format!("instance name '{}' cannot be used: it {why}", inst.name),
         ));
     }
     if !inst_names.insert(inst.name.as_str()) {
@@ -798,6 +911,12 @@ fn validate_instance<'a>(
             None => return Err(invalid(format!("{key}.beparams.{p}"), "is required")),
         }
     }
+    if let Some(k) = inst.beparams.keys().find(|k| !KNOWN_BEPARAMS.contains(&k.as_str())) {
+        return Err(invalid(
+            format!("{key}.beparams.{k}"),
+            format!("unknown backend parameter '{k}' (known: {})", KNOWN_BEPARAMS.join(", ")),
+        ));
+    }
     if inst.nics.len() > MAX_NICS {
         return Err(invalid(
             format!("{key}.nics"),
@@ -829,6 +948,7 @@ fn validate_instance<'a>(
         let dk = format!("{key}.disks[{j}]");
         check_uuid(uuids, &d.uuid, &format!("{dk}.uuid"))?;
         if let Some(name) = &d.name {
+            check_name_len(&format!("{dk}.name"), "disk", name)?;
             if !disk_names.insert(name.as_str()) {
                 return Err(invalid(format!("{dk}.name"), format!("duplicate disk name '{name}'")));
             }
@@ -836,6 +956,16 @@ fn validate_instance<'a>(
         if d.size == 0 {
             return Err(invalid(format!("{dk}.size"), "must be at least 1 (MiB)"));
         }
+        if d.size > MAX_DISK_SIZE_MIB {
+            return Err(invalid(
+                format!("{dk}.size"),
+                format!(
+                    "{} MiB is absurd: the largest disk size accepted is {MAX_DISK_SIZE_MIB} MiB (8 PiB)",
+                    d.size
+                ),
+            ));
+        }
+        check_snapshot_name_len(inst, d, &dk)?;
         if d.path.as_os_str().is_empty() {
             return Err(invalid(format!("{dk}.path"), "must not be empty"));
         }
@@ -854,6 +984,29 @@ fn validate_instance<'a>(
             check_command(status, &format!("{key}.driver.status"))?;
         }
         None => {}
+    }
+    Ok(())
+}
+
+/// The snapshot of a disk is named `<disk file or LV>.ds-snap-<instance>-<pid>`: it must fit a
+/// file name (255 bytes) or an LVM name (127 bytes), else the export would fail at the snapshot.
+fn check_snapshot_name_len(inst: &Instance, d: &Disk, dk: &str) -> Result<(), Invalid> {
+    let (limit, what) = match d.template {
+        DiskTemplate::File => (255, "a file name (255 bytes)"),
+        DiskTemplate::Plain => (127, "an LVM volume name (127 bytes)"),
+        DiskTemplate::Blockdev => return Ok(()),
+    };
+    let base = d.path.file_name().map_or(0, |b| b.len());
+    let snap = crate::snapshot::snapshot_name(&"x".repeat(base), &inst.name, u32::MAX).len();
+    if snap > limit {
+        return Err(invalid(
+            format!("{dk}.path"),
+            format!(
+                "the disk's snapshot name (<disk>{}<instance>-<pid>) would be {snap} bytes, longer than \
+                 {what}: shorten the disk's file name or the instance name",
+                crate::snapshot::SNAP_MARKER
+            ),
+        ));
     }
     Ok(())
 }

@@ -152,7 +152,11 @@ fn run_steps(cfg: &Path, cluster: &Cluster, fb: &dyn Feedback, say: &dyn Fn(&str
         op.long_sleep = long_sleep;
         op.progress_interval = Duration::from_secs(1);
         let mut lu = ExportLu::new(op);
-        let r = backup::run_on_cluster(cfg, &mut lu, fb, false, Duration::from_secs(60), "diskstream demo")
+        let opts = backup::RunOptions {
+            lock_timeout: Duration::from_secs(60),
+            ..backup::RunOptions::new("diskstream demo")
+        };
+        let r = backup::run_on_cluster(cfg, &mut lu, fb, &opts)
             .map_err(|e: OpError| e.ganeti_report())?
             .expect("not a dry run");
         say(&format!(

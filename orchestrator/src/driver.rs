@@ -22,6 +22,7 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,12 @@ pub trait InstanceDriver: Send + Sync {
     fn stop(&self, timeout: Duration) -> Result<(), String>;
     /// Whether the instance runs.
     fn is_running(&self) -> Result<bool, String>;
+    /// [`InstanceDriver::stop`], cut short once `cancel` is set (SIGINT/SIGTERM of diskstream):
+    /// the instance is then stopped at once as far as the driver can force it, so that it can
+    /// be started again right away. The default cannot force anything and waits as `stop`.
+    fn stop_cancellable(&self, timeout: Duration, _cancel: &AtomicBool) -> Result<(), String> {
+        self.stop(timeout)
+    }
 }
 
 /// The driver of `inst` as the cluster config describes it.
@@ -178,14 +185,19 @@ impl InstanceDriver for ProcessDriver {
     }
 
     fn stop(&self, timeout: Duration) -> Result<(), String> {
+        self.stop_cancellable(timeout, &AtomicBool::new(false))
+    }
+
+    /// SIGTERM, then SIGKILL after `timeout`, or as soon as `cancel` is set.
+    fn stop_cancellable(&self, timeout: Duration, cancel: &AtomicBool) -> Result<(), String> {
         let Some(pid) = self.running_pid() else {
             let _ = fs::remove_file(&self.pid_file);
             return Ok(());
         };
         signal_group(pid, Signal::TERM);
-        if !self.wait_gone(timeout) {
+        if !self.wait_gone(timeout, cancel) {
             signal_group(pid, Signal::KILL);
-            if !self.wait_gone(KILL_GRACE) {
+            if !self.wait_gone(KILL_GRACE, &AtomicBool::new(false)) {
                 return Err(format!("process {pid} survived SIGKILL"));
             }
         }
@@ -199,13 +211,14 @@ impl InstanceDriver for ProcessDriver {
 }
 
 impl ProcessDriver {
-    fn wait_gone(&self, timeout: Duration) -> bool {
+    /// Waits until the process is gone (`true`), `timeout` passed or `cancel` is set (`false`).
+    fn wait_gone(&self, timeout: Duration, cancel: &AtomicBool) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             if self.running_pid().is_none() {
                 return true;
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || cancel.load(Ordering::SeqCst) {
                 return false;
             }
             thread::sleep(Duration::from_millis(10));
@@ -384,6 +397,28 @@ mod tests {
         assert!(t.elapsed() >= Duration::from_millis(300));
         assert!(!d.is_running().unwrap());
         assert!(fs::read_to_string(dir.path().join("log/i.log")).unwrap().contains("up"));
+    }
+
+    #[test]
+    fn cancelled_stop_kills_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = driver(
+            dir.path(),
+            &["/bin/sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"],
+        );
+        d.start().unwrap();
+        thread::sleep(Duration::from_millis(100));
+        let cancel = AtomicBool::new(false);
+        let t = Instant::now();
+        thread::scope(|s| {
+            s.spawn(|| {
+                thread::sleep(Duration::from_millis(200));
+                cancel.store(true, Ordering::SeqCst);
+            });
+            d.stop_cancellable(Duration::from_secs(60), &cancel).unwrap();
+        });
+        assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+        assert!(!d.is_running().unwrap());
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub enum ErrorKind {
     Lock,
     /// `ConfigurationError`: the cluster configuration is unreadable or inconsistent.
     Config,
+    /// The operation was stopped by SIGINT/SIGTERM (diskstream's own; Ganeti cancels jobs
+    /// through the job queue instead). What it had started was undone; the message says how
+    /// far it got.
+    Interrupted,
 }
 
 /// Ganeti's `ECODE_*` error codes; [`Ecode::as_str`] gives Ganeti's string value.
@@ -139,6 +143,11 @@ impl OpError {
         Self::new(ErrorKind::Lock, ecode, msg)
     }
 
+    /// The operation was stopped by a signal (code `ECODE_FAULT`); `msg` says where.
+    pub fn interrupted(msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Interrupted, Ecode::Fault, msg)
+    }
+
     /// Ganeti's `ExpandNames` error for an unknown object, e.g. `Instance 'x' not known`.
     pub fn not_known(what: &str, name: &str) -> Self {
         Self::prereq(Ecode::NoEnt, format!("{what} '{name}' not known"))
@@ -159,6 +168,7 @@ impl OpError {
             ErrorKind::Config => {
                 format!("Corrupt configuration file: {}\nAborting.", self.msg)
             }
+            ErrorKind::Interrupted => format!("Interrupted: {}", self.msg),
         }
     }
 }

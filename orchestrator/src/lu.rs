@@ -17,6 +17,8 @@
 //! 10. locks released level by level (highest first), then the BGL.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::Cluster;
@@ -45,6 +47,16 @@ pub struct Context<'a> {
     pub dry_run: bool,
     /// Describes the operation to lock waiters (e.g. `diskstream export inst1`).
     pub command: String,
+    /// Set by SIGINT/SIGTERM: the operation stops, undoing what it started. The lock manager
+    /// and the hooks runner should have the same flag (see `backup::run_on_cluster`).
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Context<'_> {
+    /// Whether the operation was asked to stop (SIGINT/SIGTERM).
+    pub fn interrupted(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
 }
 
 /// The locks an LU needs: per level, the names and the mode.
@@ -162,10 +174,18 @@ pub fn run<L: LogicalUnit>(lu: &mut L, ctx: &Context<'_>) -> Result<Option<L::Ou
     if let Some(h) = &hooks {
         let env = phase_env(&h.context, Phase::Pre, &h.env, None);
         let results = run_hooks(ctx, h, Phase::Pre, &h.context.hpath, &env);
+        if ctx.interrupted() {
+            return Err(OpError::interrupted(
+                "stopped during the pre hooks (their processes were killed); nothing was changed",
+            ));
+        }
         check_pre_results(&results)?;
     }
     if ctx.dry_run {
         return Ok(None);
+    }
+    if ctx.interrupted() {
+        return Err(OpError::interrupted("stopped before Exec; nothing was changed"));
     }
     let output = lu.exec(ctx, prereq, &mut owner)?;
     if let Some(h) = &hooks {
@@ -202,7 +222,9 @@ fn run_hooks(
     env: &Env,
 ) -> Vec<crate::hooks::NodeHookResults> {
     let nodes: Vec<_> = h.nodes.iter().filter_map(|n| ctx.cluster.node(n)).collect();
-    ctx.hooks.run_on_nodes(ctx.cluster, &nodes, hpath, phase, env)
+    let report = |msg: String| ctx.feedback.info(msg);
+    ctx.hooks
+        .run_on_nodes_reporting(ctx.cluster, &nodes, hpath, phase, env, &report)
 }
 
 #[cfg(test)]
@@ -281,6 +303,7 @@ mod tests {
             lock_timeout: Duration::from_secs(1),
             dry_run: false,
             command: "test".into(),
+            stop: Arc::default(),
         };
         let trace = Mutex::new(Vec::new());
         let mut lu = Traced {

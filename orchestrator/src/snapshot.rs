@@ -251,6 +251,12 @@ fn run_tool(program: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// A pid as snapshot names end with it: digits only, so that `<disk>.ds-snap-a-<pid>` never
+/// matches a snapshot of an instance named `a-1` (`<disk>.ds-snap-a-1-<pid>`).
+fn is_pid(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// A leftover snapshot found by [`sweep_stale`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stale {
@@ -282,7 +288,7 @@ pub fn sweep_stale(cluster: &Cluster, inst: &Instance) -> Vec<Stale> {
                 };
                 for e in entries.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    if let Some(pid) = name.strip_prefix(&prefix) {
+                    if let Some(pid) = name.strip_prefix(&prefix).filter(|p| is_pid(p)) {
                         let p = e.path();
                         out.push(Stale {
                             index,
@@ -305,7 +311,7 @@ pub fn sweep_stale(cluster: &Cluster, inst: &Instance) -> Vec<Stale> {
                 };
                 let prefix = format!("{lv}{SNAP_MARKER}{}-", sanitize(&inst.name));
                 for name in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    if let Some(pid) = name.strip_prefix(&prefix) {
+                    if let Some(pid) = name.strip_prefix(&prefix).filter(|p| is_pid(p)) {
                         out.push(Stale {
                             index,
                             name: format!("{vg}/{name}"),

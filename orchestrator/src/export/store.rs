@@ -193,11 +193,21 @@ pub fn sweep_leftovers(export_dir: &Path, instance: &str) -> Vec<PathBuf> {
     };
     for e in entries.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        if (n == staging || n.starts_with(&removing)) && fsutil::remove_tree(&e.path()).is_ok() {
+        if is_leftover(&n, &staging, &removing) && fsutil::remove_tree(&e.path()).is_ok() {
             removed.push(e.path());
         }
     }
     removed
+}
+
+/// Whether `name` is `staging` itself or `removing` followed by a pid (digits only), so that
+/// no other instance's entry can match (instance names are validated not to end with `.new`
+/// nor to contain the removal marker; see `cluster::reserved_instance_name`).
+fn is_leftover(name: &str, staging: &str, removing: &str) -> bool {
+    name == staging
+        || name
+            .strip_prefix(removing)
+            .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Whether interrupted runs left `instance`'s staging or half-removed directories here.
@@ -207,7 +217,7 @@ pub fn has_leftovers(export_dir: &Path, instance: &str) -> bool {
     fs::read_dir(export_dir).is_ok_and(|entries| {
         entries.flatten().any(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            n == staging || n.starts_with(&removing)
+            is_leftover(&n, &staging, &removing)
         })
     })
 }
@@ -286,5 +296,16 @@ mod tests {
         removed.sort();
         assert_eq!(removed, [".a.ds-removing-12", "a.new"]);
         assert!(d.path().join("a").exists() && d.path().join("b.new").exists());
+        // Another instance's names never match, even one that starts like this instance's.
+        for n in [
+            "a.new.new",
+            ".a.ds-removing-1.ds-removing-2",
+            ".a.ds-removing-",
+            "a.news",
+        ] {
+            fs::create_dir_all(d.path().join(n)).unwrap();
+        }
+        assert!(sweep_leftovers(d.path(), "a").is_empty());
+        assert!(!has_leftovers(d.path(), "a"));
     }
 }

@@ -6,7 +6,19 @@
 //! not matching `^[a-zA-Z0-9_-]+$` or not executable regular files (symlinks are followed)
 //! reported as skipped, each script run with no arguments, stdin `/dev/null`, cwd `/`, and an
 //! environment reset to exactly the hook environment. Unlike Ganeti, every script also has a
-//! timeout: on expiry its whole process group is killed and it counts as failed.
+//! timeout: on expiry its whole process group is killed and it counts as failed. A script
+//! that runs long is reported every `report_interval` ("... still running after 60 s"); when
+//! the stop flag is set (SIGINT/SIGTERM) the script's process group is killed at once and no
+//! further script runs. Each script is watched by a guard process (`/bin/sh`, its own process
+//! group) that holds the read end of a pipe from us: if diskstream dies without disarming it
+//! (SIGKILL), the pipe closes and the guard kills the script's process group, so a hook never
+//! outlives a killed diskstream. (`PR_SET_PDEATHSIG` would need code between fork and exec,
+//! which std only offers as `unsafe` `pre_exec`, and it reaches only the script itself, not
+//! the processes it started.)
+//!
+//! Output is bounded: only the last [`OUTPUT_TAIL`] bytes of a script's output are kept (as
+//! Ganeti keeps a script's "recent output"), the rest is read and discarded, and the result
+//! says how many bytes were left out.
 //!
 //! A failed pre hook aborts the operation with Ganeti's `HooksAbort` (naming node, script and
 //! output); post hook failures are only warnings. The environment is built by [`env`].
@@ -14,11 +26,14 @@
 pub mod env;
 
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::fs;
+use std::io::Write;
 use std::io::{self, Read};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -37,6 +52,15 @@ pub const HOOKS_PATH: &str = "/sbin:/bin:/usr/sbin:/usr/bin";
 /// The default per-script timeout: Ganeti's `RPC_TMO_NORMAL` (15 minutes), which in Ganeti
 /// bounds the whole hooks RPC of a node.
 pub const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// How often a script that is still running is reported by default.
+pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How much of a script's output is kept: the last 64 KiB.
+pub const OUTPUT_TAIL: usize = 64 * 1024;
+
+/// How often a running script is checked for its timeout, the stop flag and reports.
+const POLL: Duration = Duration::from_millis(50);
 
 /// The hook phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +127,8 @@ pub struct NodeHookResults {
 #[derive(Debug, Clone)]
 pub struct HooksRunner {
     timeout: Duration,
+    report_interval: Duration,
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl Default for HooksRunner {
@@ -111,10 +137,39 @@ impl Default for HooksRunner {
     }
 }
 
+/// Where "still running" messages go.
+pub type Report<'a> = &'a dyn Fn(String);
+
 impl HooksRunner {
     /// A runner that kills any script running longer than `timeout`.
     pub fn new(timeout: Duration) -> Self {
-        Self { timeout }
+        Self {
+            timeout,
+            report_interval: DEFAULT_REPORT_INTERVAL,
+            stop: None,
+        }
+    }
+
+    /// Reports a running script every `interval` (default [`DEFAULT_REPORT_INTERVAL`]).
+    pub fn with_report_interval(mut self, interval: Duration) -> Self {
+        self.report_interval = interval.max(POLL);
+        self
+    }
+
+    /// Kills the running script's process group, and runs no further script, once `stop` is set.
+    pub fn with_stop(mut self, stop: Arc<AtomicBool>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    /// The per-script timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether the stop flag is set.
+    pub fn stopped(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
     }
 
     /// Runs `<hooks_dir>/<hpath>-<phase>.d` (Ganeti's `HooksRunner.RunLocalHooks`). A missing
@@ -126,8 +181,21 @@ impl HooksRunner {
         phase: Phase,
         env: &BTreeMap<String, String>,
     ) -> Vec<HookResult> {
+        self.run_phase_reporting(hooks_dir, hpath, phase, env, &|_| {})
+    }
+
+    /// [`HooksRunner::run_phase`], telling `report` about scripts that run long.
+    pub fn run_phase_reporting(
+        &self,
+        hooks_dir: &Path,
+        hpath: &str,
+        phase: Phase,
+        env: &BTreeMap<String, String>,
+        report: Report<'_>,
+    ) -> Vec<HookResult> {
         let subdir = format!("{hpath}-{}.d", phase.as_str());
-        self.run_parts(&hooks_dir.join(&subdir), env)
+        let named = |msg: String| report(format!("Hook {subdir}/{msg}"));
+        self.run_parts_reporting(&hooks_dir.join(&subdir), env, &named)
             .into_iter()
             .map(|(name, status, output)| HookResult {
                 script: format!("{subdir}/{name}"),
@@ -147,18 +215,49 @@ impl HooksRunner {
         phase: Phase,
         env: &BTreeMap<String, String>,
     ) -> Vec<NodeHookResults> {
-        nodes
-            .iter()
-            .filter(|n| !n.offline)
-            .map(|n| NodeHookResults {
+        self.run_on_nodes_reporting(cluster, nodes, hpath, phase, env, &|_| {})
+    }
+
+    /// [`HooksRunner::run_on_nodes`], telling `report` about scripts that run long
+    /// (`Hook instance-export-pre.d/10-x on node1 still running after 60 s`). Once the stop
+    /// flag is set, the remaining nodes are not run.
+    pub fn run_on_nodes_reporting(
+        &self,
+        cluster: &Cluster,
+        nodes: &[&Node],
+        hpath: &str,
+        phase: Phase,
+        env: &BTreeMap<String, String>,
+        report: Report<'_>,
+    ) -> Vec<NodeHookResults> {
+        let mut out = Vec::new();
+        for n in nodes.iter().filter(|n| !n.offline) {
+            if self.stopped() {
+                break;
+            }
+            let named =
+                |msg: String| report(msg.replacen(" still running", &format!(" on {} still running", n.name), 1));
+            out.push(NodeHookResults {
                 node: n.name.clone(),
-                results: self.run_phase(&cluster.hooks_dir(n), hpath, phase, env),
-            })
-            .collect()
+                results: self.run_phase_reporting(&cluster.hooks_dir(n), hpath, phase, env, &named),
+            });
+        }
+        out
     }
 
     /// Ganeti's `utils.RunParts(dir, env, reset_env=True)`: `(name, status, output)` per entry.
     pub fn run_parts(&self, dir: &Path, env: &BTreeMap<String, String>) -> Vec<(String, HookStatus, String)> {
+        self.run_parts_reporting(dir, env, &|_| {})
+    }
+
+    /// [`HooksRunner::run_parts`], telling `report` (`<name> still running after N s`) about
+    /// scripts that run long. Once the stop flag is set, no further script runs.
+    pub fn run_parts_reporting(
+        &self,
+        dir: &Path,
+        env: &BTreeMap<String, String>,
+        report: Report<'_>,
+    ) -> Vec<(String, HookStatus, String)> {
         let Ok(entries) = fs::read_dir(dir) else {
             return Vec::new();
         };
@@ -168,21 +267,25 @@ impl HooksRunner {
             .filter(|n| !n.starts_with('.'))
             .collect();
         names.sort();
-        names
-            .into_iter()
-            .map(|name| {
-                let path = dir.join(&name);
-                if !is_valid_hook_name(&name) || !is_executable_file(&path) {
-                    return (name, HookStatus::Skip, String::new());
-                }
-                let (status, output) = match run_script(&path, env, self.timeout) {
-                    Ok(Ran { success: true, output }) => (HookStatus::Success, output),
-                    Ok(Ran { success: false, output }) => (HookStatus::Fail, output),
-                    Err(e) => (HookStatus::Fail, format!("Hook script execution error: {e}")),
-                };
-                (name, status, output)
-            })
-            .collect()
+        let mut out = Vec::new();
+        for name in names {
+            if self.stopped() {
+                break;
+            }
+            let path = dir.join(&name);
+            if !is_valid_hook_name(&name) || !is_executable_file(&path) {
+                out.push((name, HookStatus::Skip, String::new()));
+                continue;
+            }
+            let named = |msg: String| report(format!("{name} {msg}"));
+            let (status, output) = match self.run_script(&path, env, &named) {
+                Ok(Ran { success: true, output }) => (HookStatus::Success, output),
+                Ok(Ran { success: false, output }) => (HookStatus::Fail, output),
+                Err(e) => (HookStatus::Fail, format!("Hook script execution error: {e}")),
+            };
+            out.push((name, status, output));
+        }
+        out
     }
 }
 
@@ -204,82 +307,209 @@ struct Ran {
     output: String,
 }
 
-fn run_script(path: &Path, env: &BTreeMap<String, String>, timeout: Duration) -> io::Result<Ran> {
-    let (read_end, write_end) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
-    let stderr_end = write_end.try_clone()?;
-    let mut child = {
-        let mut cmd = Command::new(path);
-        cmd.env_clear()
-            .envs(env)
+/// The last `cap` bytes of a stream, and how many bytes before them were dropped.
+#[derive(Debug)]
+pub struct Tail {
+    buf: VecDeque<u8>,
+    cap: usize,
+    dropped: u64,
+}
+
+impl Tail {
+    /// An empty tail keeping at most `cap` bytes.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            buf: VecDeque::new(),
+            cap,
+            dropped: 0,
+        }
+    }
+
+    /// Appends `data`, dropping the oldest bytes beyond the capacity.
+    pub fn push(&mut self, data: &[u8]) {
+        if data.len() >= self.cap {
+            self.dropped += (self.buf.len() + data.len() - self.cap) as u64;
+            self.buf.clear();
+            self.buf.extend(&data[data.len() - self.cap..]);
+            return;
+        }
+        let over = (self.buf.len() + data.len()).saturating_sub(self.cap);
+        self.buf.drain(..over);
+        self.dropped += over as u64;
+        self.buf.extend(data);
+    }
+
+    /// The kept bytes as text (stripped), preceded by a note of how much was left out.
+    pub fn text(&self) -> String {
+        let (a, b) = self.buf.as_slices();
+        let mut bytes = a.to_vec();
+        bytes.extend_from_slice(b);
+        let text = String::from_utf8_lossy(&bytes).trim().to_string();
+        if self.dropped == 0 {
+            text
+        } else {
+            format!(
+                "[{} bytes of earlier output not kept; the last {} bytes follow]\n{text}",
+                self.dropped,
+                self.buf.len()
+            )
+        }
+    }
+}
+
+/// A guard process that kills a script's process group if diskstream dies before disarming
+/// it: it waits for a line on a pipe whose only writer is this process.
+struct DeathGuard {
+    child: std::process::Child,
+}
+
+impl DeathGuard {
+    fn spawn(pgid: Pid) -> io::Result<Self> {
+        let child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg("read x || kill -s KILL -- -\"$1\"")
+            .arg("diskstream-hook-guard")
+            .arg(pgid.as_raw_nonzero().to_string())
+            .env_clear()
             .env("PATH", HOOKS_PATH)
             .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(write_end))
-            .stderr(Stdio::from(stderr_end))
-            .process_group(0);
-        spawn_retrying_busy(&mut cmd)?
-        // `cmd` drops here, closing our copies of the pipe's write end.
-    };
-    let started = Instant::now();
-    let pgid = Pid::from_child(&child);
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        Ok(Self { child })
+    }
 
-    let output = Arc::new(Mutex::new(Vec::new()));
-    let (eof_tx, eof_rx) = mpsc::channel();
-    {
-        let output = Arc::clone(&output);
-        let mut reader = fs::File::from(read_end);
-        thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            loop {
-                match reader.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => output.lock().expect("reader").extend_from_slice(&buf[..n]),
-                }
+    /// The script's group is gone (or was killed by us): the guard exits without killing.
+    fn disarm(mut self) {
+        if let Some(mut w) = self.child.stdin.take() {
+            let _ = w.write_all(b"done\n");
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl HooksRunner {
+    fn run_script(&self, path: &Path, env: &BTreeMap<String, String>, report: Report<'_>) -> io::Result<Ran> {
+        let timeout = self.timeout;
+        let (read_end, write_end) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+        let stderr_end = write_end.try_clone()?;
+        let mut child = {
+            let mut cmd = Command::new(path);
+            cmd.env_clear()
+                .envs(env)
+                .env("PATH", HOOKS_PATH)
+                .current_dir("/")
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(write_end))
+                .stderr(Stdio::from(stderr_end))
+                .process_group(0);
+            spawn_retrying_busy(&mut cmd)?
+            // `cmd` drops here, closing our copies of the pipe's write end.
+        };
+        let started = Instant::now();
+        let pgid = Pid::from_child(&child);
+        let kill_group = || {
+            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+        };
+        let guard = match DeathGuard::spawn(pgid) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                kill_group();
+                let _ = child.wait();
+                return Err(io::Error::other(format!("cannot start the hook's guard /bin/sh: {e}")));
             }
-            let _ = eof_tx.send(());
-        });
-    }
-    let (exit_tx, exit_rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = exit_tx.send(child.wait());
-    });
+        };
 
-    let kill_group = || {
-        let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
-    };
-    let mut timed_out = false;
-    let status = match exit_rx.recv_timeout(timeout) {
-        Ok(status) => status?,
-        Err(_) => {
-            timed_out = true;
-            kill_group();
-            exit_rx
-                .recv()
-                .map_err(|_| io::Error::other("waiter thread vanished"))??
+        let output = Arc::new(Mutex::new(Tail::new(OUTPUT_TAIL)));
+        let (eof_tx, eof_rx) = mpsc::channel();
+        {
+            let output = Arc::clone(&output);
+            let mut reader = fs::File::from(read_end);
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match reader.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => output.lock().expect("reader").push(&buf[..n]),
+                    }
+                }
+                let _ = eof_tx.send(());
+            });
         }
-    };
-    // Output ends when every process of the script closed the pipe; background processes left
-    // behind may keep it open, so they get the rest of the timeout and are then killed.
-    let left = timeout.saturating_sub(started.elapsed());
-    if eof_rx.recv_timeout(left).is_err() {
-        kill_group();
-        let _ = eof_rx.recv_timeout(Duration::from_secs(1));
-    }
-    let bytes = output.lock().expect("reader").clone();
-    let mut text = String::from_utf8_lossy(&bytes).trim().to_string();
-    if timed_out {
-        if !text.is_empty() {
-            text.push('\n');
+        let (exit_tx, exit_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = exit_tx.send(child.wait());
+        });
+
+        let mut timed_out = false;
+        let mut interrupted = false;
+        let mut next_report = self.report_interval;
+        let status = loop {
+            match exit_rx.recv_timeout(POLL) {
+                Ok(status) => break status,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    break Err(io::Error::other("waiter thread vanished"));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            let elapsed = started.elapsed();
+            if self.stopped() || elapsed >= timeout {
+                interrupted = self.stopped();
+                timed_out = !interrupted;
+                kill_group();
+                break exit_rx.recv().map_err(|_| io::Error::other("waiter thread vanished"))?;
+            }
+            if elapsed >= next_report {
+                report(format!(
+                    "still running after {} s (timeout {} s)",
+                    elapsed.as_secs(),
+                    timeout.as_secs_f64()
+                ));
+                next_report += self.report_interval;
+            }
+        };
+        // Output ends when every process of the script closed the pipe; background processes left
+        // behind may keep it open, so they get the rest of the timeout and are then killed.
+        loop {
+            match eof_rx.recv_timeout(POLL) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if self.stopped() || started.elapsed() >= timeout {
+                interrupted |= self.stopped();
+                kill_group();
+                let _ = eof_rx.recv_timeout(Duration::from_secs(1));
+                break;
+            }
         }
-        text.push_str(&format!(
-            "Hook script killed after the {:.1}s timeout",
-            timeout.as_secs_f64()
-        ));
+        if let Some(g) = guard {
+            g.disarm();
+        }
+        let status = status?;
+        let mut text = output.lock().expect("reader").text();
+        let note = if timed_out {
+            Some(format!(
+                "Hook script killed after the {:.1}s timeout",
+                timeout.as_secs_f64()
+            ))
+        } else if interrupted {
+            Some("Hook script killed: diskstream was interrupted".to_string())
+        } else {
+            None
+        };
+        if let Some(note) = note {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&note);
+        }
+        Ok(Ran {
+            success: status.success() && !timed_out && !interrupted,
+            output: text,
+        })
     }
-    Ok(Ran {
-        success: status.success() && !timed_out,
-        output: text,
-    })
 }
 
 /// Spawns `cmd`, retrying briefly on `ETXTBSY`: a script that was just written may still be
@@ -338,6 +568,25 @@ pub fn post_warnings(results: &[NodeHookResults]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_bytes_and_counts_the_rest() {
+        let mut t = Tail::new(8);
+        t.push(b"abc");
+        assert_eq!(t.text(), "abc");
+        t.push(b"defgh");
+        assert_eq!(t.text(), "abcdefgh");
+        t.push(b"ij");
+        assert_eq!(
+            t.text(),
+            "[2 bytes of earlier output not kept; the last 8 bytes follow]\ncdefghij"
+        );
+        t.push(b"0123456789");
+        assert_eq!(
+            t.text(),
+            "[12 bytes of earlier output not kept; the last 8 bytes follow]\n23456789"
+        );
+    }
 
     #[test]
     fn hook_names_follow_ext_plugin_mask() {

@@ -65,6 +65,14 @@ pub enum LockError {
         /// Who held it when we gave up.
         holders: Vec<Holder>,
     },
+    /// The wait was given up because the stop flag was set (SIGINT/SIGTERM).
+    #[error("interrupted while waiting for lock {level}/{name}")]
+    Interrupted {
+        /// The level.
+        level: LockLevel,
+        /// The lock's name.
+        name: String,
+    },
     /// The lock directory or a lock file could not be used.
     #[error("lock file {path}: {source}")]
     Io {
@@ -82,6 +90,7 @@ impl From<LockError> for OpError {
             LockError::InvalidName(_) => Ecode::Inval,
             LockError::Order(_) => Ecode::Fault,
             LockError::Io { .. } => Ecode::Environ,
+            LockError::Interrupted { .. } => return OpError::interrupted(e.to_string()),
         };
         OpError::lock(ecode, e.to_string())
     }
@@ -127,6 +136,7 @@ fn describe_holders(holders: &[Holder]) -> String {
 #[derive(Debug, Clone)]
 pub struct LockManager {
     dir: PathBuf,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl LockManager {
@@ -137,7 +147,13 @@ impl LockManager {
             let d = dir.join(level.as_str());
             fs::create_dir_all(&d).map_err(|source| LockError::Io { path: d, source })?;
         }
-        Ok(Self { dir })
+        Ok(Self { dir, stop: None })
+    }
+
+    /// Gives up any wait for a lock ([`LockError::Interrupted`]) once `stop` is set.
+    pub fn with_stop(mut self, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     /// The lock directory.
@@ -378,6 +394,17 @@ impl LockOwner {
             match flock(&file, op) {
                 Ok(()) => break,
                 Err(e) if e == rustix::io::Errno::WOULDBLOCK || e == rustix::io::Errno::INTR => {
+                    if self
+                        .manager
+                        .stop
+                        .as_ref()
+                        .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst))
+                    {
+                        return Err(LockError::Interrupted {
+                            level,
+                            name: name.to_string(),
+                        });
+                    }
                     let now = Instant::now();
                     if now >= deadline {
                         let holders = self.manager.holders(level, name).unwrap_or_default();
