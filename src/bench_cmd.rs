@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use diskstream_engine::bench::{self, Kernel, ScratchFile};
+use diskstream_engine::bench::{self, CpuInfo, Kernel, ScratchFile};
+use diskstream_engine::digest::Checksum;
 use diskstream_engine::ops::{self, Format, Options, Progress};
 use serde_json::{json, Map, Value};
 
@@ -35,6 +36,10 @@ pub struct BenchArgs {
     /// Threads for "all cores" measurements (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// The chunk digest the pipeline stages use and the verdict is for (both are measured as
+    /// CPU kernels).
+    #[arg(long, default_value = "blake3")]
+    checksum: Checksum,
     /// Allow writing to a block device (its first --size bytes are overwritten) or next to an
     /// existing file.
     #[arg(long)]
@@ -201,9 +206,11 @@ fn measure(
     );
     let data = bench::realistic_buffer(64 << 20, 1);
     let ratio = bench::lz4_ratio(&data);
-    let mut cpu = Map::new();
+    let cpu_info = CpuInfo::detect();
+    say(a.json, &format!("CPU: {} ({})", cpu_info.model, cpu_info.features()));
+    let mut kernels = Map::new();
     let mut worker_all = 0.0;
-    let mut sha_all = 0.0;
+    let mut digest_all = 0.0;
     for k in Kernel::ALL {
         check()?;
         let one = bench::kernel_rate(&data, k, 1, dur).bytes_per_s();
@@ -216,17 +223,27 @@ fn measure(
             name: format!("cpu {} ({threads} threads)", k.name()),
             bytes_per_s: all,
         });
-        cpu.insert(
+        kernels.insert(
             k.name().into(),
             json!({ "per_core_bytes_per_s": one, "all_cores_bytes_per_s": all }),
         );
         match k {
-            Kernel::Worker => worker_all = all,
-            Kernel::Sha256 => sha_all = all,
+            Kernel::Worker(c) if c == a.checksum => worker_all = all,
+            Kernel::Digest(c) if c == a.checksum => digest_all = all,
             _ => {}
         }
     }
-    out.insert("cpu".into(), Value::Object(cpu));
+    out.insert("kernels".into(), Value::Object(kernels));
+    out.insert(
+        "cpu".into(),
+        json!({
+            "model": cpu_info.model,
+            "sha_ni": cpu_info.sha_ni,
+            "avx2": cpu_info.avx2,
+            "avx512f": cpu_info.avx512f,
+        }),
+    );
+    out.insert("checksum".into(), json!(a.checksum.name()));
     out.insert("sample".into(), json!({ "bytes": data.len(), "lz4_ratio": ratio }));
     drop(data);
 
@@ -293,6 +310,7 @@ fn measure(
     if let Some(dev) = &a.device {
         let o = Options {
             limit: Some(a.size),
+            checksum: a.checksum,
             threads,
             stop: Some(Arc::clone(stop)),
             force: true,
@@ -351,8 +369,10 @@ fn measure(
 
     // The verdict: the prediction is the measured end-to-end rate; the limit is the slowest stage.
     let mut verdict = Map::new();
-    let mut raw_limits: Vec<(&str, f64)> = vec![("sha256 on all cores", sha_all)];
-    let mut lz4_limits: Vec<(&str, f64)> = vec![("zero check + sha256 + lz4 on all cores", worker_all)];
+    let digest_stage = format!("{} on all cores", a.checksum);
+    let worker_stage = format!("zero check + {} + lz4 on all cores", a.checksum);
+    let mut raw_limits: Vec<(&str, f64)> = vec![(&digest_stage, digest_all)];
+    let mut lz4_limits: Vec<(&str, f64)> = vec![(&worker_stage, worker_all)];
     if a.device.is_some() {
         raw_limits.push(("device read", read_best));
         lz4_limits.push(("device read", read_best));
@@ -374,6 +394,7 @@ fn measure(
     verdict.insert("lz4_export_bytes_per_s".into(), json!(lz4_pred));
     verdict.insert("lz4_limited_by".into(), json!(lz4_lim));
     verdict.insert("measured_end_to_end".into(), json!(a.device.is_some()));
+    verdict.insert("checksum".into(), json!(a.checksum.name()));
     out.insert("verdict".into(), Value::Object(verdict));
     out.insert("ok".into(), json!(true));
     out.insert("threads".into(), json!(threads));
@@ -393,7 +414,8 @@ fn measure(
         } else {
             "estimated from the CPU stages"
         };
-        println!("verdict ({how}):");
+        println!("cpu: {} ({})", cpu_info.model, cpu_info.features());
+        println!("verdict ({how}, {} chunk digests):", a.checksum);
         println!(
             "  raw export: {:>8.0} MB/s ({:>8.1} MiB/s), limited by {raw_lim}",
             raw_pred / 1e6,

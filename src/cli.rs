@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use diskstream_engine::buf::Pages;
+use diskstream_engine::digest::Checksum;
 use diskstream_engine::ops::{self, Format, Options, Progress};
 use diskstream_engine::ring::BackendKind;
 use diskstream_engine::sink::ZeroPolicy;
@@ -55,6 +56,9 @@ enum ImageCmd {
         /// Compression of dsimg data chunks.
         #[arg(long, default_value = "lz4", value_parser = ["lz4", "none"])]
         compress: String,
+        /// Chunk digest recorded in the image and manifest: blake3 (fast on every CPU) or sha256.
+        #[arg(long, default_value = "blake3")]
+        checksum: Checksum,
         #[command(flatten)]
         tune: Tune,
         /// Replace OUT if it exists (it is replaced only once the new image is complete).
@@ -80,13 +84,16 @@ enum ImageCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Read SRC through the pipeline (zero check, SHA-256, optional lz4) into a null sink.
+    /// Read SRC through the pipeline (zero check, digest, optional lz4) into a null sink.
     Scan {
         /// Source block device or file.
         src: PathBuf,
         /// Also lz4-compress each chunk (and discard the result).
         #[arg(long, default_value = "none", value_parser = ["lz4", "none"])]
         compress: String,
+        /// Chunk digest: blake3 or sha256.
+        #[arg(long, default_value = "blake3")]
+        checksum: Checksum,
         #[command(flatten)]
         tune: Tune,
     },
@@ -210,6 +217,7 @@ fn image(cmd: ImageCmd) -> ExitCode {
             out,
             format,
             compress,
+            checksum,
             tune,
             force,
         } => {
@@ -218,6 +226,7 @@ fn image(cmd: ImageCmd) -> ExitCode {
                 Err(e) => return output::fail_msg(&e),
             };
             o.format = format;
+            o.checksum = checksum;
             o.compress = compress == "lz4";
             o.force = force;
             let total = output::disk_size_hint(&src);
@@ -254,12 +263,18 @@ fn image(cmd: ImageCmd) -> ExitCode {
             });
             output::finish(res, tune.json)
         }
-        ImageCmd::Scan { src, compress, tune } => {
+        ImageCmd::Scan {
+            src,
+            compress,
+            checksum,
+            tune,
+        } => {
             let mut o = match tune.options() {
                 Ok(o) => o,
                 Err(e) => return output::fail_msg(&e),
             };
             o.compress = compress == "lz4";
+            o.checksum = checksum;
             let total = output::disk_size_hint(&src);
             let res = output::with_progress(&progress, total, "scan", tune.json, || ops::scan(&src, &o, &progress));
             output::finish(res, tune.json)

@@ -118,6 +118,7 @@ pub fn report_json(r: &Report) -> serde_json::Value {
         "zero_bytes_skipped": r.zero_bytes,
         "read_requests": r.read_requests,
         "write_requests": r.write_requests,
+        "checksum": r.checksum.name(),
         "digest": r.digest,
         "elapsed_s": r.elapsed.as_secs_f64(),
         "throughput_bytes_per_s": r.throughput(),
@@ -177,7 +178,7 @@ pub fn finish(res: Result<Report>, json_out: bool) -> ExitCode {
         r.output_direct,
         r.buffer_pages.unwrap_or("-")
     );
-    println!("  sha256 {}", r.digest);
+    println!("  {} {}", r.checksum, r.digest);
     ExitCode::SUCCESS
 }
 
@@ -193,7 +194,8 @@ pub fn info(res: Result<Info>, json_out: bool) -> ExitCode {
             json!({
                 "ok": true, "format": i.format.to_string(), "file_len": i.file_len, "disk_size": i.disk_size,
                 "chunk_size": i.chunk_size, "chunks": i.chunks, "data_chunks": i.data_chunks, "lz4_chunks": i.lz4_chunks,
-                "zero_chunks": i.zero_chunks, "stored_bytes": i.stored_bytes, "digest": i.digest, "manifest": i.manifest,
+                "zero_chunks": i.zero_chunks, "stored_bytes": i.stored_bytes, "checksum": i.checksum.name(),
+                "digest": i.digest, "manifest": i.manifest,
             })
         );
         return ExitCode::SUCCESS;
@@ -209,7 +211,8 @@ pub fn info(res: Result<Info>, json_out: bool) -> ExitCode {
         "stored:      {} bytes of payload, file {} bytes",
         i.stored_bytes, i.file_len
     );
-    println!("sha256:      {}", i.digest);
+    println!("checksum:    {}", i.checksum);
+    println!("digest:      {}", i.digest);
     if let Some(m) = i.manifest {
         println!("manifest:    {}", m.display());
     }

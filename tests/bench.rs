@@ -62,15 +62,37 @@ fn bench_on_a_loop_device_and_a_file_target_reports_every_stage() {
         "0.05",
     ]);
     for k in [
+        "blake3",
         "sha256",
         "lz4_compress",
         "lz4_decompress",
         "zero_check",
+        "zero_blake3_lz4",
         "zero_sha256_lz4",
     ] {
-        assert!(v["cpu"][k]["per_core_bytes_per_s"].as_f64().unwrap() > 0.0, "cpu {k}");
-        assert!(v["cpu"][k]["all_cores_bytes_per_s"].as_f64().unwrap() > 0.0, "cpu {k}");
+        assert!(
+            v["kernels"][k]["per_core_bytes_per_s"].as_f64().unwrap() > 0.0,
+            "kernel {k}"
+        );
+        assert!(
+            v["kernels"][k]["all_cores_bytes_per_s"].as_f64().unwrap() > 0.0,
+            "kernel {k}"
+        );
     }
+    // The CPU as /proc/cpuinfo names it, and the features the kernels depend on.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    let model = v["cpu"]["model"].as_str().unwrap();
+    assert!(cpuinfo.contains(model), "{model}");
+    let flag = |f: &str| {
+        cpuinfo
+            .lines()
+            .any(|l| l.starts_with("flags") && l.split_whitespace().any(|x| x == f))
+    };
+    assert_eq!(v["cpu"]["sha_ni"], flag("sha_ni"));
+    assert_eq!(v["cpu"]["avx2"], flag("avx2"));
+    assert_eq!(v["cpu"]["avx512f"], flag("avx512f"));
+    assert_eq!(v["checksum"], "blake3");
+    assert_eq!(v["verdict"]["checksum"], "blake3");
     assert_eq!(v["device"]["sweep"].as_array().unwrap().len(), 8);
     assert!(v["device"]["read_bytes_per_s"].as_f64().unwrap() > 0.0);
     assert!(v["target"]["write_bytes_per_s"].as_f64().unwrap() > 0.0);
@@ -104,6 +126,7 @@ fn bench_text_output_states_units_and_a_verdict() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("MB/s") && text.contains("MiB/s"), "{text}");
     assert!(text.contains("raw export:") && text.contains("limited by"), "{text}");
+    assert!(text.contains("cpu: ") && text.contains("sha_ni"), "{text}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! Per-chunk compute kernels on chunks of the engine's default size, 1 thread: SHA-256 (`digest::sha256`), lz4_flex
-//! block compress and decompress, zero detection (`digest::is_zero`), the worker's combined
-//! zero check + SHA-256 + lz4, and that combination on all cores over disjoint chunks.
+//! Per-chunk compute kernels on chunks of the engine's default size, 1 thread: the chunk digests
+//! (BLAKE3 and SHA-256, `Checksum::digest`), lz4_flex block compress and decompress, zero
+//! detection (`digest::is_zero`), and the worker kernel (`pipeline::kernel`: zero check + digest
+//! + lz4) for both digests on 1 thread and on all cores over disjoint chunks.
 //!
 //! Data kinds (64 MiB each, more than the L3, so every pass streams from DRAM): `random`
 //! (incompressible), `zero`, `mixed` (the first 64 MiB of `tar -cf - -C / usr`, or the engine's
@@ -9,8 +10,10 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use diskstream_benches::{cores, lz4_out_buf, lz4_sha256_pass, mixed_data, random_data, smoke_mode, CHUNK, MIB};
-use diskstream_engine::digest::{is_zero, sha256};
+use diskstream_benches::{
+    cores, lz4_out_buf, mixed_data, random_data, smoke_mode, worker_pass, WorkerState, CHUNK, MIB,
+};
+use diskstream_engine::digest::{is_zero, Checksum};
 
 fn kernels(c: &mut Criterion) {
     let len = if smoke_mode() { 8 * MIB } else { 64 * MIB };
@@ -29,9 +32,11 @@ fn kernels(c: &mut Criterion) {
 
     for (kind, data) in &inputs {
         let data = data.as_slice();
-        g.bench_function(BenchmarkId::new("sha256", kind), |b| {
-            b.iter(|| data.chunks(CHUNK).map(|c| sha256(c)[0]).fold(0u8, |a, x| a ^ x))
-        });
+        for sum in Checksum::ALL {
+            g.bench_function(BenchmarkId::new(sum.name(), kind), |b| {
+                b.iter(|| data.chunks(CHUNK).map(|c| sum.digest(c)[0]).fold(0u8, |a, x| a ^ x))
+            });
+        }
         g.bench_function(BenchmarkId::new("is_zero", kind), |b| {
             b.iter(|| data.chunks(CHUNK).filter(|c| is_zero(c)).count())
         });
@@ -56,14 +61,16 @@ fn kernels(c: &mut Criterion) {
                     .sum::<usize>()
             })
         });
-        let mut outs = vec![lz4_out_buf()];
-        g.bench_function(BenchmarkId::new("lz4+sha256/1thread", kind), |b| {
-            b.iter(|| lz4_sha256_pass(data, &mut outs))
-        });
-        let mut outs: Vec<Vec<u8>> = (0..n).map(|_| lz4_out_buf()).collect();
-        g.bench_function(BenchmarkId::new(format!("lz4+sha256/{n}threads"), kind), |b| {
-            b.iter(|| lz4_sha256_pass(data, &mut outs))
-        });
+        for sum in Checksum::ALL {
+            let mut states = vec![WorkerState::new()];
+            g.bench_function(BenchmarkId::new(format!("worker_{sum}/1thread"), kind), |b| {
+                b.iter(|| worker_pass(data, sum, &mut states))
+            });
+            let mut states: Vec<WorkerState> = (0..n).map(|_| WorkerState::new()).collect();
+            g.bench_function(BenchmarkId::new(format!("worker_{sum}/{n}threads"), kind), |b| {
+                b.iter(|| worker_pass(data, sum, &mut states))
+            });
+        }
     }
     g.finish();
 }

@@ -1,11 +1,13 @@
 //! The whole pipeline into a null sink (`ops::scan`: read ring → workers → reorder-free sink that
-//! only records the manifest) on a 1 GiB mixed-data file: raw (SHA-256 only) and lz4
-//! (SHA-256 + lz4), with 1 worker thread and with all cores. Smoke mode (`-- --test`): 64 MiB.
+//! only records the manifest) on a 1 GiB mixed-data file: raw (digest only) and lz4
+//! (digest + lz4), for both digests, with 1 worker thread and with all cores. Smoke mode
+//! (`-- --test`): 64 MiB.
 
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use diskstream_benches::{cores, smoke_mode, BenchFile, MIB};
+use diskstream_engine::digest::Checksum;
 use diskstream_engine::ops::{self, Options, Progress};
 
 fn pipeline(c: &mut Criterion) {
@@ -20,16 +22,21 @@ fn pipeline(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(5))
         .throughput(Throughput::Bytes(size));
 
-    for compress in [false, true] {
+    for (compress, checksum) in [false, true].into_iter().flat_map(|c| Checksum::ALL.map(|s| (c, s))) {
         let mut threads = vec![1, n];
         threads.dedup();
         for t in threads {
             let opts = Options {
                 compress,
+                checksum,
                 threads: t,
                 ..Options::default()
             };
-            let name = if compress { "lz4+sha256" } else { "raw_sha256" };
+            let name = if compress {
+                format!("lz4+{checksum}")
+            } else {
+                format!("raw_{checksum}")
+            };
             g.bench_function(BenchmarkId::new(name, format!("{t}threads")), |b| {
                 b.iter(|| {
                     let rep = ops::scan(file.path(), &opts, &Progress::default()).expect("scan");

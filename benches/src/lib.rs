@@ -5,8 +5,9 @@
 //!   sample content when tar is unavailable).
 //! - [`BenchFile`]: a data file on a file system that supports `O_DIRECT` (never tmpfs),
 //!   created once per bench process and deleted afterwards.
-//! - [`lz4_sha256_rate`]: the "lz4 + SHA-256 on all cores" kernel (what one pipeline worker does
-//!   per chunk, with no I/O and no hand-offs), the ceiling the compressed export is judged by.
+//! - [`worker_rate`]: the worker kernel on all cores (`pipeline::kernel`: zero check, digest,
+//!   lz4 — what one pipeline worker does per chunk, with no I/O and no hand-offs), the ceiling
+//!   the compressed export is judged by.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -14,8 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use diskstream_engine::digest::{is_zero, sha256};
+use diskstream_engine::digest::Checksum;
+use diskstream_engine::pipeline::{kernel, zero_block_size};
 use diskstream_engine::sample::Rng;
+use lz4_flex::block::CompressTable;
 
 /// 1 MiB.
 pub const MIB: usize = 1 << 20;
@@ -136,35 +139,61 @@ pub fn lz4_out_buf() -> Vec<u8> {
     vec![0u8; lz4_flex::block::get_maximum_output_size(CHUNK)]
 }
 
-/// What one pipeline worker does per chunk: zero check, SHA-256, lz4 block compress into a
-/// reused buffer. Returns the stored size (0 for a zero chunk).
-pub fn lz4_sha256_chunk(chunk: &[u8], out: &mut [u8]) -> usize {
-    if is_zero(chunk) {
-        return 0;
-    }
-    std::hint::black_box(sha256(chunk));
-    let n = lz4_flex::block::compress_into(chunk, out).expect("output has lz4's worst-case size");
-    n.min(chunk.len())
+/// Per-thread state of the worker kernel: lz4's output buffer and hash table.
+pub struct WorkerState {
+    out: Vec<u8>,
+    table: CompressTable,
 }
 
-/// One pass of [`lz4_sha256_chunk`] over every [`CHUNK`] of `data`, split over `outs.len()`
+impl WorkerState {
+    /// Buffers for one thread.
+    pub fn new() -> Self {
+        Self {
+            out: lz4_out_buf(),
+            table: CompressTable::large(),
+        }
+    }
+}
+
+impl Default for WorkerState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What one pipeline worker does per chunk: the engine's own `pipeline::kernel` (zero check,
+/// digest, lz4 block compress into a reused buffer). Returns the stored size (0 for a zero chunk).
+pub fn worker_chunk(chunk: &[u8], checksum: Checksum, st: &mut WorkerState) -> usize {
+    let w = kernel(
+        chunk,
+        zero_block_size(CHUNK as u32),
+        checksum,
+        Some((&mut st.out, &mut st.table)),
+    );
+    match w.digest {
+        None => 0,
+        Some(_) => w.compressed.unwrap_or(chunk.len()),
+    }
+}
+
+/// One pass of [`worker_chunk`] over every [`CHUNK`] of `data`, split over `states.len()`
 /// threads (thread `t` takes chunks `t`, `t + n`, ...; disjoint). Returns the stored bytes.
-pub fn lz4_sha256_pass(data: &[u8], outs: &mut [Vec<u8>]) -> u64 {
-    let n = outs.len().max(1);
+pub fn worker_pass(data: &[u8], checksum: Checksum, states: &mut [WorkerState]) -> u64 {
+    let n = states.len().max(1);
     if n == 1 {
-        let out = &mut outs[0];
-        return data.chunks(CHUNK).map(|c| lz4_sha256_chunk(c, out) as u64).sum();
+        let st = &mut states[0];
+        return data.chunks(CHUNK).map(|c| worker_chunk(c, checksum, st) as u64).sum();
     }
     std::thread::scope(|s| {
-        let handles: Vec<_> = outs
+        let handles: Vec<_> = states
             .iter_mut()
             .enumerate()
-            .map(|(t, out)| {
+            .map(|(t, st)| {
                 s.spawn(move || {
                     data.chunks(CHUNK)
                         .skip(t)
                         .step_by(n)
-                        .map(|c| lz4_sha256_chunk(c, out) as u64)
+                        .map(|c| worker_chunk(c, checksum, st) as u64)
                         .sum::<u64>()
                 })
             })
@@ -173,7 +202,7 @@ pub fn lz4_sha256_pass(data: &[u8], outs: &mut [Vec<u8>]) -> u64 {
     })
 }
 
-/// Result of [`lz4_sha256_rate`].
+/// Result of [`worker_rate`].
 #[derive(Clone, Copy, Debug)]
 pub struct KernelRate {
     /// Input bytes per second over all threads.
@@ -186,13 +215,13 @@ pub struct KernelRate {
     pub bytes: u64,
 }
 
-/// The worker kernel (zero check, SHA-256, lz4) on `threads` threads for `min_time`: the
+/// The worker kernel (zero check, digest, lz4) on `threads` threads for `min_time`: the
 /// engine's own measurement (`diskstream bench` uses the same), after one warm-up pass.
-pub fn lz4_sha256_rate(data: &[u8], threads: usize, min_time: Duration) -> KernelRate {
+pub fn worker_rate(data: &[u8], checksum: Checksum, threads: usize, min_time: Duration) -> KernelRate {
     use diskstream_engine::bench::{kernel_rate, lz4_ratio, Kernel};
     let threads = threads.max(1);
-    kernel_rate(data, Kernel::Worker, threads, Duration::from_millis(50));
-    let r = kernel_rate(data, Kernel::Worker, threads, min_time);
+    kernel_rate(data, Kernel::Worker(checksum), threads, Duration::from_millis(50));
+    let r = kernel_rate(data, Kernel::Worker(checksum), threads, min_time);
     KernelRate {
         bytes_per_s: r.bytes_per_s(),
         ratio: lz4_ratio(data),

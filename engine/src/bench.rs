@@ -1,4 +1,4 @@
-//! Stage-by-stage measurements for `diskstream bench`: CPU kernels (SHA-256, lz4, zero check)
+//! Stage-by-stage measurements for `diskstream bench`: CPU kernels (BLAKE3, SHA-256, lz4, zero check)
 //! per core and on all cores, O_DIRECT reads through the engine's ring at a sweep of queue depths
 //! and chunk sizes, O_DIRECT writes to a scratch file, and the pipeline end to end. Every rate is
 //! bytes of input per second.
@@ -8,13 +8,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::buf::BufPool;
-use crate::digest::{is_zero, sha256};
+use crate::digest::{is_zero, Checksum};
 use crate::error::{Error, Result};
+use crate::pipeline::{self, zero_block_size};
 use crate::ring::uring::UringReader;
 use crate::ring::{ReadBackend, RingOptions};
 use crate::sample::{fill_content, Rng};
 use crate::sink::target::Target;
 use crate::source::{plan_chunks, Source};
+use lz4_flex::block::CompressTable;
 
 /// Chunk size the CPU kernels work on (the engine's default).
 pub const KERNEL_CHUNK: usize = crate::ops::DEFAULT_CHUNK as usize;
@@ -22,37 +24,90 @@ pub const KERNEL_CHUNK: usize = crate::ops::DEFAULT_CHUNK as usize;
 /// One CPU kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
-    /// SHA-256 of each chunk.
-    Sha256,
+    /// The chunk digest of each chunk.
+    Digest(Checksum),
     /// lz4 block compression of each chunk.
     Lz4Compress,
     /// lz4 block decompression (of the chunk compressed once beforehand).
     Lz4Decompress,
     /// The all-zero test, on an all-zero chunk (its full cost; data chunks exit early).
     ZeroCheck,
-    /// What a worker does per chunk: zero check, SHA-256, lz4 compress.
-    Worker,
+    /// What a pipeline worker does per chunk ([`crate::pipeline::kernel`]): zero check, digest,
+    /// lz4 compress.
+    Worker(Checksum),
 }
 
 impl Kernel {
     /// Every kernel, in report order.
-    pub const ALL: [Self; 5] = [
-        Self::Sha256,
+    pub const ALL: [Self; 7] = [
+        Self::Digest(Checksum::Blake3),
+        Self::Digest(Checksum::Sha256),
         Self::Lz4Compress,
         Self::Lz4Decompress,
         Self::ZeroCheck,
-        Self::Worker,
+        Self::Worker(Checksum::Blake3),
+        Self::Worker(Checksum::Sha256),
     ];
 
     /// Stable name (JSON key stem).
     pub fn name(self) -> &'static str {
         match self {
-            Self::Sha256 => "sha256",
+            Self::Digest(c) => c.name(),
             Self::Lz4Compress => "lz4_compress",
             Self::Lz4Decompress => "lz4_decompress",
             Self::ZeroCheck => "zero_check",
-            Self::Worker => "zero_sha256_lz4",
+            Self::Worker(Checksum::Blake3) => "zero_blake3_lz4",
+            Self::Worker(Checksum::Sha256) => "zero_sha256_lz4",
         }
+    }
+}
+
+/// The processor, as far as the digest and compression kernels care.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuInfo {
+    /// Model name (`/proc/cpuinfo`), or "unknown".
+    pub model: String,
+    /// SHA extensions (x86 `sha_ni`, Arm `sha2`): SHA-256 in hardware.
+    pub sha_ni: bool,
+    /// AVX2 (BLAKE3 hashes 8 blocks at once).
+    pub avx2: bool,
+    /// AVX-512F (BLAKE3 hashes 16 blocks at once).
+    pub avx512f: bool,
+}
+
+impl CpuInfo {
+    /// Reads `/proc/cpuinfo` (the first processor's model name and flags).
+    pub fn detect() -> Self {
+        Self::parse(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
+    }
+
+    /// Parses the text of `/proc/cpuinfo`.
+    pub fn parse(text: &str) -> Self {
+        let field = |key: &str| {
+            text.lines()
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim() == key)
+                .map(|(_, v)| v.trim().to_owned())
+        };
+        let flags = field("flags").or_else(|| field("Features")).unwrap_or_default();
+        let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+        Self {
+            model: field("model name")
+                .or_else(|| field("CPU part").map(|p| format!("Arm CPU part {p}")))
+                .unwrap_or_else(|| "unknown".into()),
+            sha_ni: has("sha_ni") || has("sha2"),
+            avx2: has("avx2"),
+            avx512f: has("avx512f"),
+        }
+    }
+
+    /// "sha_ni avx2 -avx512f": the features that matter, a minus for the missing ones.
+    pub fn features(&self) -> String {
+        [("sha_ni", self.sha_ni), ("avx2", self.avx2), ("avx512f", self.avx512f)]
+            .iter()
+            .map(|(n, on)| if *on { (*n).to_owned() } else { format!("-{n}") })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -112,13 +167,14 @@ pub fn kernel_rate(data: &[u8], kernel: Kernel, threads: usize, dur: Duration) -
                 let (chunks, compressed, stop, zeros) = (&chunks, &compressed, &stop, &zeros);
                 s.spawn(move || {
                     let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(KERNEL_CHUNK)];
+                    let mut table = CompressTable::large();
                     let mut done = 0u64;
                     let mut i = t;
                     while !stop.load(Ordering::Relaxed) {
                         let c = chunks[i % chunks.len()];
                         match kernel {
-                            Kernel::Sha256 => {
-                                std::hint::black_box(sha256(c));
+                            Kernel::Digest(checksum) => {
+                                std::hint::black_box(checksum.digest(c));
                             }
                             Kernel::Lz4Compress => {
                                 std::hint::black_box(lz4_flex::block::compress_into(c, &mut out).ok());
@@ -131,11 +187,14 @@ pub fn kernel_rate(data: &[u8], kernel: Kernel, threads: usize, dur: Duration) -
                                 // The full-scan cost: an all-zero chunk (data exits early).
                                 std::hint::black_box(is_zero(std::hint::black_box(&zeros[..c.len()])));
                             }
-                            Kernel::Worker => {
-                                if !is_zero(c) {
-                                    std::hint::black_box(sha256(c));
-                                    std::hint::black_box(lz4_flex::block::compress_into(c, &mut out).ok());
-                                }
+                            Kernel::Worker(checksum) => {
+                                let block = zero_block_size(KERNEL_CHUNK as u32);
+                                std::hint::black_box(pipeline::kernel(
+                                    c,
+                                    block,
+                                    checksum,
+                                    Some((&mut out, &mut table)),
+                                ));
                             }
                         }
                         done += c.len() as u64;
@@ -255,4 +314,23 @@ pub fn target_write(path: &Path, size: u64, qd: u32, chunk: u32, cancel: &Atomic
         bytes: stats.bytes_written,
         secs: t0.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn cpuinfo_of_x86_and_arm() {
+        let x86 = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) CPU @ 2.50GHz\nflags\t\t: fpu sse avx2 avx512f\n\nprocessor\t: 1\n";
+        let c = CpuInfo::parse(x86);
+        assert_eq!(c.model, "Intel(R) Xeon(R) CPU @ 2.50GHz");
+        assert!(!c.sha_ni && c.avx2 && c.avx512f);
+        assert_eq!(c.features(), "-sha_ni avx2 avx512f");
+        let arm = "processor\t: 0\nFeatures\t: fp asimd sha1 sha2\nCPU part\t: 0xd0c\n";
+        let c = CpuInfo::parse(arm);
+        assert!(c.sha_ni && !c.avx2);
+        assert_eq!(c.model, "Arm CPU part 0xd0c");
+        assert_eq!(CpuInfo::parse("").model, "unknown");
+    }
 }

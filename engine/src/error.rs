@@ -25,7 +25,7 @@ pub enum Error {
     },
     /// The bytes do not match their recorded digest: data corruption.
     #[error(
-        "{path}: checksum mismatch in chunk {chunk} (bytes {offset}..{end}): expected sha256 {expected}, found {found}"
+        "{path}: checksum mismatch in chunk {chunk} (bytes {offset}..{end}): expected {checksum} {expected}, found {found}"
     )]
     ChecksumMismatch {
         /// The image or disk being checked.
@@ -36,6 +36,8 @@ pub enum Error {
         offset: u64,
         /// One past the last byte of the chunk in the disk.
         end: u64,
+        /// The digest algorithm.
+        checksum: crate::digest::Checksum,
         /// Digest recorded in the manifest or image.
         expected: String,
         /// Digest of the bytes found.

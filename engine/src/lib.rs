@@ -21,6 +21,7 @@
 
 pub mod bench;
 pub mod buf;
+pub mod check;
 pub mod digest;
 pub mod direct_read;
 pub mod error;

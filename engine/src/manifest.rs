@@ -1,4 +1,5 @@
-//! The manifest: one line per chunk with its kind and SHA-256, and the whole-image digest.
+//! The manifest: the digest algorithm, one line per chunk with its kind and digest, and the
+//! whole-image digest.
 //!
 //! Every run writes one (`OUT.manifest`); it is what `verify` checks a raw image against. It is
 //! text so an operator can read and diff it, and strict so that damage is never misread:
@@ -7,11 +8,13 @@
 
 use std::path::Path;
 
-use crate::digest::{hex, ImageDigest, Sha, ZeroDigests};
+use crate::digest::{hex, Checksum, Hash, ImageDigest, ZeroDigests};
 use crate::error::{Error, Result};
 
-/// First line of every manifest.
-pub const MANIFEST_MAGIC: &str = "diskstream-manifest v1";
+/// First line of every manifest this version writes.
+pub const MANIFEST_MAGIC: &str = "diskstream-manifest v2";
+/// First line of a version-1 manifest (diskstream 0.1.0: SHA-256, no `checksum` line).
+pub const MANIFEST_MAGIC_V1: &str = "diskstream-manifest v1";
 
 /// What a chunk held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,20 +28,26 @@ pub enum ChunkKind {
 /// The digests of a disk, chunk by chunk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
+    /// Format version: 2 (written now) or 1 (read, and re-encoded as it was).
+    pub version: u8,
+    /// The digest algorithm of the chunk lines and the image digest.
+    pub checksum: Checksum,
     /// Size of the disk in bytes.
     pub disk_size: u64,
     /// Chunk size in bytes.
     pub chunk_size: u32,
-    /// Kind and SHA-256 of each chunk, in order.
-    pub chunks: Vec<(ChunkKind, Sha)>,
+    /// Kind and digest of each chunk, in order.
+    pub chunks: Vec<(ChunkKind, Hash)>,
 }
 
 impl Manifest {
     /// An empty manifest for a disk; `chunks` is filled by the caller, in any order, through
     /// [`Self::set`].
-    pub fn new(disk_size: u64, chunk_size: u32) -> Self {
+    pub fn new(checksum: Checksum, disk_size: u64, chunk_size: u32) -> Self {
         let count = disk_size.div_ceil(u64::from(chunk_size)) as usize;
         Self {
+            version: 2,
+            checksum,
             disk_size,
             chunk_size,
             chunks: vec![(ChunkKind::Zero, [0; 32]); count],
@@ -46,13 +55,18 @@ impl Manifest {
     }
 
     /// Records chunk `index`.
-    pub fn set(&mut self, index: u64, kind: ChunkKind, sha: Sha) {
-        self.chunks[index as usize] = (kind, sha);
+    pub fn set(&mut self, index: u64, kind: ChunkKind, digest: Hash) {
+        self.chunks[index as usize] = (kind, digest);
     }
 
     /// The whole-image digest.
-    pub fn image_digest(&self) -> Sha {
-        ImageDigest::of(self.disk_size, self.chunk_size, self.chunks.iter().map(|(_, s)| s))
+    pub fn image_digest(&self) -> Hash {
+        ImageDigest::of(
+            self.checksum,
+            self.disk_size,
+            self.chunk_size,
+            self.chunks.iter().map(|(_, s)| s),
+        )
     }
 
     /// Offset and length of chunk `index` in the disk.
@@ -65,21 +79,26 @@ impl Manifest {
     pub fn encode(&self) -> String {
         use std::fmt::Write;
         let mut s = String::with_capacity(100 + self.chunks.len() * 80);
-        let _ = writeln!(s, "{MANIFEST_MAGIC}");
+        if self.version == 1 {
+            let _ = writeln!(s, "{MANIFEST_MAGIC_V1}");
+        } else {
+            let _ = writeln!(s, "{MANIFEST_MAGIC}");
+            let _ = writeln!(s, "checksum {}", self.checksum);
+        }
         let _ = writeln!(s, "disk-size {}", self.disk_size);
         let _ = writeln!(s, "chunk-size {}", self.chunk_size);
         let _ = writeln!(s, "chunk-count {}", self.chunks.len());
-        for (i, (kind, sha)) in self.chunks.iter().enumerate() {
+        for (i, (kind, digest)) in self.chunks.iter().enumerate() {
             let k = match kind {
                 ChunkKind::Data => "data",
                 ChunkKind::Zero => "zero",
             };
             let mut h = [0u8; 64];
-            ::hex::encode_to_slice(sha, &mut h).expect("64 hex digits for 32 bytes");
+            ::hex::encode_to_slice(digest, &mut h).expect("64 hex digits for 32 bytes");
             let h = std::str::from_utf8(&h).expect("hex is ASCII");
             let _ = writeln!(s, "{i} {k} {h}");
         }
-        let _ = writeln!(s, "image-sha256 {}", hex(&self.image_digest()));
+        let _ = writeln!(s, "image-{} {}", self.checksum, hex(&self.image_digest()));
         s.push_str("end\n");
         s
     }
@@ -90,7 +109,44 @@ impl Manifest {
         let text = std::str::from_utf8(text)
             .map_err(|e| Error::corrupt(path, "manifest", e.valid_up_to() as u64, "not UTF-8"))?;
         let mut p = Lines { text, pos: 0, path };
-        p.expect_exact(MANIFEST_MAGIC)?;
+        let (at, first) = p.next("first line")?;
+        let (version, checksum) = match first {
+            MANIFEST_MAGIC_V1 => (1, Checksum::Sha256),
+            MANIFEST_MAGIC => {
+                let (at, line) = p.next("checksum line")?;
+                let c = line
+                    .strip_prefix("checksum ")
+                    .and_then(Checksum::from_name)
+                    .ok_or_else(|| {
+                        Error::corrupt(
+                            path,
+                            "manifest",
+                            at,
+                            format!("expected `checksum blake3|sha256`, found `{}`", line.escape_debug()),
+                        )
+                    })?;
+                (2, c)
+            }
+            other if other.starts_with("diskstream-manifest ") => {
+                return Err(Error::corrupt(
+                    path,
+                    "manifest",
+                    at,
+                    format!(
+                        "unsupported manifest version `{}` (this build reads v1 and v2)",
+                        other.escape_debug()
+                    ),
+                ))
+            }
+            other => {
+                return Err(Error::corrupt(
+                    path,
+                    "manifest",
+                    at,
+                    format!("expected `{MANIFEST_MAGIC}`, found `{}`", other.escape_debug()),
+                ))
+            }
+        };
         let disk_size: u64 = p.field("disk-size")?;
         let chunk_size: u32 = p.field("chunk-size")?;
         if !chunk_size.is_power_of_two() || chunk_size < 4096 {
@@ -104,18 +160,18 @@ impl Manifest {
                 "{count} chunks do not cover {disk_size} bytes in chunks of {chunk_size}"
             )));
         }
-        let zeros = ZeroDigests::new(disk_size, chunk_size);
+        let zeros = ZeroDigests::new(checksum, disk_size, chunk_size);
         let mut chunks = Vec::new();
         for i in 0..count {
             let (at, line) = p.next("chunk line")?;
             let mut parts = line.split(' ');
-            let (Some(idx), Some(kind), Some(sha), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+            let (Some(idx), Some(kind), Some(digest), None) = (parts.next(), parts.next(), parts.next(), parts.next())
             else {
                 return Err(Error::corrupt(
                     path,
                     "manifest",
                     at,
-                    format!("chunk line {i} is not `INDEX KIND SHA256`"),
+                    format!("chunk line {i} is not `INDEX KIND DIGEST`"),
                 ));
             };
             if idx != i.to_string() {
@@ -126,13 +182,19 @@ impl Manifest {
                     format!("chunk {idx:?} where chunk {i} belongs"),
                 ));
             }
-            let sha = parse_sha(sha)
-                .ok_or_else(|| Error::corrupt(path, "manifest", at, format!("chunk {i}: bad SHA-256 {sha:?}")))?;
+            let digest = parse_digest(digest).ok_or_else(|| {
+                Error::corrupt(
+                    path,
+                    "manifest",
+                    at,
+                    format!("chunk {i}: bad {checksum} digest {digest:?}"),
+                )
+            })?;
             let kind = match kind {
                 "data" => ChunkKind::Data,
                 "zero" => {
                     let len = (disk_size - i * u64::from(chunk_size)).min(u64::from(chunk_size)) as u32;
-                    if sha != zeros.of(len) {
+                    if digest != zeros.of(len) {
                         return Err(Error::corrupt(
                             path,
                             "manifest",
@@ -151,18 +213,21 @@ impl Manifest {
                     ))
                 }
             };
-            chunks.push((kind, sha));
+            chunks.push((kind, digest));
         }
         let m = Self {
+            version,
+            checksum,
             disk_size,
             chunk_size,
             chunks,
         };
-        let (at, line) = p.next("image-sha256 line")?;
+        let key = format!("image-{checksum} ");
+        let (at, line) = p.next("image digest line")?;
         let want = line
-            .strip_prefix("image-sha256 ")
-            .and_then(parse_sha)
-            .ok_or_else(|| Error::corrupt(path, "manifest", at, "expected `image-sha256 <hex>`"))?;
+            .strip_prefix(key.as_str())
+            .and_then(parse_digest)
+            .ok_or_else(|| Error::corrupt(path, "manifest", at, format!("expected `{key}<hex>`")))?;
         if want != m.image_digest() {
             return Err(Error::corrupt(
                 path,
@@ -179,7 +244,7 @@ impl Manifest {
     }
 }
 
-fn parse_sha(s: &str) -> Option<Sha> {
+fn parse_digest(s: &str) -> Option<Hash> {
     if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         return None;
     }
@@ -247,43 +312,91 @@ impl<'a> Lines<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::sha256;
 
-    fn sample() -> Manifest {
-        let mut m = Manifest::new(10_000, 4096);
-        m.set(0, ChunkKind::Data, sha256(b"a"));
-        m.set(1, ChunkKind::Zero, sha256(&[0; 4096]));
-        m.set(2, ChunkKind::Data, sha256(b"c"));
+    fn sample(c: Checksum) -> Manifest {
+        let mut m = Manifest::new(c, 10_000, 4096);
+        m.set(0, ChunkKind::Data, c.digest(b"a"));
+        m.set(1, ChunkKind::Zero, c.digest(&[0; 4096]));
+        m.set(2, ChunkKind::Data, c.digest(b"c"));
         m
+    }
+
+    /// The same manifest as version 1 wrote it (SHA-256, no checksum line).
+    fn sample_v1() -> Manifest {
+        Manifest {
+            version: 1,
+            ..sample(Checksum::Sha256)
+        }
+    }
+
+    fn samples() -> Vec<Manifest> {
+        vec![sample(Checksum::Blake3), sample(Checksum::Sha256), sample_v1()]
     }
 
     #[test]
     fn round_trip() {
-        let m = sample();
-        assert_eq!(Manifest::parse(m.encode().as_bytes(), Path::new("m")).unwrap(), m);
+        for m in samples() {
+            assert_eq!(Manifest::parse(m.encode().as_bytes(), Path::new("m")).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn version_1_text_is_what_0_1_0_wrote() {
+        let text = sample_v1().encode();
+        assert!(text.starts_with("diskstream-manifest v1\ndisk-size 10000\n"), "{text}");
+        assert!(text.contains("\nimage-sha256 "), "{text}");
+        assert!(!text.contains("checksum"), "{text}");
+        assert_eq!(sample_v1().image_digest(), sample(Checksum::Sha256).image_digest());
+        let v2 = sample(Checksum::Blake3).encode();
+        assert!(v2.starts_with("diskstream-manifest v2\nchecksum blake3\n"), "{v2}");
+        assert!(v2.contains("\nimage-blake3 "), "{v2}");
+    }
+
+    #[test]
+    fn a_checksum_line_naming_the_other_algorithm_is_rejected() {
+        let text = sample(Checksum::Blake3)
+            .encode()
+            .replace("checksum blake3", "checksum sha256");
+        assert!(Manifest::parse(text.as_bytes(), Path::new("m")).is_err());
+        let text = sample(Checksum::Blake3)
+            .encode()
+            .replace("checksum blake3", "checksum md5");
+        let e = Manifest::parse(text.as_bytes(), Path::new("m"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("checksum blake3|sha256"), "{e}");
+        let text = sample(Checksum::Blake3).encode().replace("manifest v2", "manifest v3");
+        let e = Manifest::parse(text.as_bytes(), Path::new("m"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unsupported manifest version"), "{e}");
     }
 
     #[test]
     fn every_single_byte_flip_is_rejected() {
-        let text = sample().encode().into_bytes();
-        for i in 0..text.len() {
-            let mut t = text.clone();
-            t[i] ^= 0x01;
-            assert!(
-                Manifest::parse(&t, Path::new("m")).is_err(),
-                "flip at byte {i} accepted"
-            );
+        for m in samples() {
+            let text = m.encode().into_bytes();
+            for i in 0..text.len() {
+                let mut t = text.clone();
+                t[i] ^= 0x01;
+                assert!(
+                    Manifest::parse(&t, Path::new("m")).is_err(),
+                    "flip at byte {i} accepted"
+                );
+            }
         }
     }
 
     #[test]
     fn every_truncation_is_rejected() {
-        let text = sample().encode().into_bytes();
-        for cut in 0..text.len() {
-            assert!(
-                Manifest::parse(&text[..cut], Path::new("m")).is_err(),
-                "cut at {cut} accepted"
-            );
+        for m in samples() {
+            let text = m.encode().into_bytes();
+            for cut in 0..text.len() {
+                assert!(
+                    Manifest::parse(&text[..cut], Path::new("m")).is_err(),
+                    "cut at {cut} accepted"
+                );
+            }
         }
     }
 }

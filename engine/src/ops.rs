@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::buf::{BufPool, Pages};
-use crate::digest::{hex, ZeroDigests};
+use crate::check::{run_frames, FramePools, ZeroMaps};
+use crate::digest::{hex, Checksum, ZeroDigests};
 use crate::direct_read::DirectReader;
 use crate::error::{Error, Result};
 use crate::format::reader::{read_layout, ImageReader, Layout};
@@ -74,6 +75,8 @@ pub struct Options {
     pub format: Format,
     /// lz4-compress data chunks (dsimg only).
     pub compress: bool,
+    /// Chunk digest algorithm of what is written (create, scan). Readers take it from the image.
+    pub checksum: Checksum,
     /// Chunk size in bytes.
     pub chunk_size: u32,
     /// Reads in flight.
@@ -108,6 +111,7 @@ impl Default for Options {
         Self {
             format: Format::Raw,
             compress: true,
+            checksum: Checksum::default(),
             chunk_size: DEFAULT_CHUNK,
             queue_depth: DEFAULT_QUEUE_DEPTH,
             write_depth: DEFAULT_WRITE_DEPTH,
@@ -168,7 +172,9 @@ pub struct Report {
     pub read_requests: u64,
     /// Write requests issued.
     pub write_requests: u64,
-    /// Whole-image SHA-256 (hex).
+    /// The chunk digest algorithm of the image, manifest or run.
+    pub checksum: Checksum,
+    /// Whole-image digest (hex), with [`Self::checksum`].
     pub digest: String,
     /// Wall time.
     pub elapsed: Duration,
@@ -264,7 +270,15 @@ struct Plumbing {
 impl Plumbing {
     /// Plans `size` bytes of `source` in `o.chunk_size`-or-`cs` chunks; `extra_bufs` read buffers
     /// beyond the read depth are for a sink that keeps them in flight (raw writes).
-    fn new(source: &Source, size: u64, cs: u32, o: &Options, extra_bufs: u32, compress: bool) -> Result<Self> {
+    fn new(
+        source: &Source,
+        size: u64,
+        cs: u32,
+        checksum: Checksum,
+        o: &Options,
+        extra_bufs: u32,
+        compress: bool,
+    ) -> Result<Self> {
         let plans = plan_chunks(size, cs, source.logical_block(), &source.data_extents()?);
         let (backend, note) = ring::probe(
             o.backend,
@@ -285,7 +299,7 @@ impl Plumbing {
             plans,
             backend,
             pools,
-            zeros: ZeroDigests::new(size, cs),
+            zeros: ZeroDigests::new(checksum, size, cs),
             pages,
             notes,
         })
@@ -314,7 +328,7 @@ pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Resul
     let compress = o.compress && o.format == Format::Dsimg;
     // Raw output keeps read buffers in flight on the write side too.
     let writes = if o.format == Format::Raw { o.write_depth } else { 0 };
-    let mut plumbing = Plumbing::new(&source, size, cs, o, writes, compress)?;
+    let mut plumbing = Plumbing::new(&source, size, cs, o.checksum, o, writes, compress)?;
     warnings.append(&mut plumbing.notes);
     let manifest_path = manifest_path(out, o)?;
     let target = Target::create(out, o.force, true)?;
@@ -324,9 +338,10 @@ pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Resul
             out.display()
         ));
     }
-    let mut manifest = Manifest::new(size, cs);
+    let mut manifest = Manifest::new(o.checksum, size, cs);
     let mut report = Report {
         op: "create",
+        checksum: o.checksum,
         input: src.to_owned(),
         output: Some(out.to_owned()),
         manifest: Some(manifest_path.clone()),
@@ -380,6 +395,7 @@ pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Resul
                 Header {
                     disk_size: size,
                     chunk_size: cs,
+                    checksum: o.checksum,
                 },
             )
             .map_err(|e| Error::io("write", &path, 0, e))?;
@@ -495,14 +511,10 @@ pub fn verify(image: &Path, o: &Options, progress: &Progress) -> Result<Report> 
             rep.input_direct = source.is_direct();
             rep.warnings.extend(source.warning().map(str::to_owned));
             let mut dr = DirectReader::new(source.file());
-            let mut dst = crate::buf::AlignedBuf::new(layout.header.chunk_size as usize);
-            {
-                let mut r = ImageReader::new(&mut dr, image)?;
-                while let Some(f) = r.next_frame(dst.as_mut_slice())? {
-                    progress.fetch_add(u64::from(f.raw_len), std::sync::atomic::Ordering::Relaxed);
-                }
-                rep.bytes_read = r.position();
-            }
+            let mut r = ImageReader::new(&mut dr, image)?;
+            check_frames(&mut r, &layout, o, 0, ZeroMaps::Skip, progress, &mut |_| Ok(()))?;
+            rep.bytes_read = r.position();
+            drop(r);
             rep.read_requests = dr.requests;
             rep.elapsed = t0.elapsed();
             Ok(rep)
@@ -524,9 +536,69 @@ pub fn verify(image: &Path, o: &Options, progress: &Progress) -> Result<Report> 
     }
 }
 
+/// Checks every frame of a dsimg, handing each checked chunk to `sink`: on `o.threads` workers,
+/// or on this thread with `o.sequential` (the reference path). `sink_depth` chunks may stay in
+/// the sink (raw writes in flight).
+fn check_frames<R: Read + Send>(
+    r: &mut ImageReader<R>,
+    layout: &Layout,
+    o: &Options,
+    sink_depth: u32,
+    maps: ZeroMaps,
+    progress: &Progress,
+    sink: &mut dyn FnMut(Processed) -> Result<()>,
+) -> Result<()> {
+    let stop = || {
+        o.stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+    };
+    let mut sink = |p: Processed| {
+        if stop() {
+            return Err(Error::Invalid("interrupted".into()));
+        }
+        sink(p)
+    };
+    let cs = layout.header.chunk_size;
+    if !o.sequential {
+        let pools = FramePools::new(cs, o.threads, sink_depth, o.pages);
+        return run_frames(r, &pools, o.threads, maps, progress, &mut sink);
+    }
+    let pool = BufPool::with_pages(cs as usize, sink_depth as usize + 1, o.pages);
+    let block = pipeline::zero_block_size(cs);
+    let mut offset = 0u64;
+    loop {
+        let mut buf = pool.get();
+        let Some(f) = r.next_frame(buf.as_mut_slice())? else {
+            return Ok(());
+        };
+        let (payload, zero_map) = match f.kind {
+            FrameKind::Zero => (Payload::Zero, pipeline::all_zero_map(f.raw_len, block)),
+            FrameKind::Raw | FrameKind::Lz4 => {
+                let map = match maps {
+                    ZeroMaps::Want => pipeline::zero_map(&buf.as_slice()[..f.raw_len as usize], block),
+                    ZeroMaps::Skip => 0,
+                };
+                (Payload::Raw(buf), map)
+            }
+        };
+        sink(Processed {
+            index: f.index,
+            offset,
+            len: f.raw_len,
+            digest: f.digest,
+            zero_map,
+            payload,
+        })?;
+        offset += u64::from(f.raw_len);
+        progress.fetch_add(u64::from(f.raw_len), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 fn base_report(op: &'static str, image: &Path, layout: &Layout) -> Report {
     Report {
         op,
+        checksum: layout.header.checksum,
         input: image.to_owned(),
         format: Some(Format::Dsimg),
         disk_size: layout.header.disk_size,
@@ -571,7 +643,7 @@ fn run_raw(
         ));
     }
     let cs = manifest.chunk_size;
-    let mut plumbing = Plumbing::new(&source, source.size(), cs, o, extra_bufs, false)?;
+    let mut plumbing = Plumbing::new(&source, source.size(), cs, manifest.checksum, o, extra_bufs, false)?;
     rep.warnings.extend(source.warning().map(str::to_owned));
     rep.warnings.append(&mut plumbing.notes);
     rep.buffer_pages = Some(plumbing.pages);
@@ -582,6 +654,7 @@ fn run_raw(
     rep.disk_size = manifest.disk_size;
     rep.chunk_size = cs;
     rep.chunks = plumbing.plans.len() as u64;
+    rep.checksum = manifest.checksum;
     rep.digest = hex(&manifest.image_digest());
     let job = plumbing.job(&source, progress);
     let stats = run(job, o, &mut |p| {
@@ -592,6 +665,7 @@ fn run_raw(
                 chunk: p.index,
                 offset: p.offset,
                 end: p.offset + u64::from(p.len),
+                checksum: manifest.checksum,
                 expected: hex(&want),
                 found: hex(&p.digest),
             });
@@ -623,31 +697,23 @@ pub fn restore(image: &Path, dest: &Path, o: &Options, progress: &Progress) -> R
             let cs = layout.header.chunk_size;
             let mut sink = raw_sink(target, size, cs, o)?;
             rep.write_backend = Some(sink.backend());
-            let pool = BufPool::with_pages(cs as usize, o.write_depth as usize + 1, o.pages);
             let mut dr = DirectReader::new(source.file());
-            {
-                let mut r = ImageReader::new(&mut dr, image)?;
-                let mut offset = 0u64;
-                loop {
-                    let mut buf = pool.get();
-                    let Some(f) = r.next_frame(buf.as_mut_slice())? else {
-                        break;
-                    };
-                    match f.kind {
-                        FrameKind::Zero => sink.zero(offset, f.raw_len)?,
-                        FrameKind::Raw | FrameKind::Lz4 => {
-                            let map = pipeline::zero_map(
-                                &buf.as_slice()[..f.raw_len as usize],
-                                pipeline::zero_block_size(cs),
-                            );
-                            sink.write(offset, f.raw_len, map, buf)?
-                        }
-                    }
-                    offset += u64::from(f.raw_len);
-                    progress.fetch_add(u64::from(f.raw_len), std::sync::atomic::Ordering::Relaxed);
-                }
-                rep.bytes_read = r.position();
-            }
+            let mut r = ImageReader::new(&mut dr, image)?;
+            check_frames(
+                &mut r,
+                &layout,
+                o,
+                o.write_depth,
+                ZeroMaps::Want,
+                progress,
+                &mut |p| match p.payload {
+                    Payload::Zero => sink.zero(p.offset, p.len),
+                    Payload::Raw(buf) => sink.write(p.offset, p.len, p.zero_map, buf),
+                    Payload::Lz4 { .. } => Err(Error::Invalid("restore received a compressed chunk".into())),
+                },
+            )?;
+            rep.bytes_read = r.position();
+            drop(r);
             rep.read_requests = dr.requests;
             let (target, raw) = sink.finish()?;
             rep.bytes_written = raw.bytes_written;
@@ -715,6 +781,8 @@ pub struct Info {
     pub zero_chunks: u64,
     /// Payload bytes stored.
     pub stored_bytes: u64,
+    /// The chunk digest algorithm.
+    pub checksum: Checksum,
     /// Whole-image digest.
     pub digest: String,
     /// The manifest consulted, for raw images.
@@ -740,6 +808,7 @@ pub fn info(image: &Path, o: &Options) -> Result<Info> {
                 lz4_chunks: l.count(FrameKind::Lz4),
                 zero_chunks: l.count(FrameKind::Zero),
                 stored_bytes: l.stored(FrameKind::Raw) + l.stored(FrameKind::Lz4),
+                checksum: l.header.checksum,
                 digest: hex(&l.trailer.image_digest),
                 manifest: None,
             })
@@ -769,6 +838,7 @@ pub fn info(image: &Path, o: &Options) -> Result<Info> {
                 lz4_chunks: 0,
                 zero_chunks: zero,
                 stored_bytes: m.disk_size - zero_bytes,
+                checksum: m.checksum,
                 digest: hex(&m.image_digest()),
                 manifest: Some(mpath),
             })
@@ -776,7 +846,7 @@ pub fn info(image: &Path, o: &Options) -> Result<Info> {
     }
 }
 
-/// Reads `src` through the whole pipeline (zero check, SHA-256 and, if `o.compress`, lz4) into
+/// Reads `src` through the whole pipeline (zero check, digest and, if `o.compress`, lz4) into
 /// a null sink: what the engine can do before any output is written. Used by benchmarks.
 pub fn scan(src: &Path, o: &Options, progress: &Progress) -> Result<Report> {
     let t0 = Instant::now();
@@ -784,10 +854,11 @@ pub fn scan(src: &Path, o: &Options, progress: &Progress) -> Result<Report> {
     let source = Source::open(src)?;
     let size = o.limit.map_or(source.size(), |l| l.min(source.size()));
     let cs = o.chunk_size;
-    let mut plumbing = Plumbing::new(&source, size, cs, o, 0, o.compress)?;
-    let mut manifest = Manifest::new(size, cs);
+    let mut plumbing = Plumbing::new(&source, size, cs, o.checksum, o, 0, o.compress)?;
+    let mut manifest = Manifest::new(o.checksum, size, cs);
     let mut rep = Report {
         op: "scan",
+        checksum: o.checksum,
         input: src.to_owned(),
         backend: Some(plumbing.backend.kind()),
         input_direct: source.is_direct(),

@@ -1,4 +1,4 @@
-//! The pipeline: chunks from the ring go through N worker threads (zero check, SHA-256, lz4)
+//! The pipeline: chunks from the ring go through N worker threads (zero check, digest, lz4)
 //! over bounded crossbeam channels, and come back to the caller's thread for the sink.
 //!
 //! Chunks travel whole (one channel message per chunk, never per sub-block: cross-vCPU hand-offs
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::buf::{BufPool, Pages, PoolBuf};
-use crate::digest::{is_zero, sha256, Sha, ZeroDigests};
+use crate::digest::{is_zero, Checksum, Hash, ZeroDigests};
 use crate::error::{Error, Result};
 use crate::ring::{ReadBackend, ReadChunk, ReadStats};
 use crate::source::{ReadPlan, Source};
@@ -46,8 +46,8 @@ pub struct Processed {
     pub offset: u64,
     /// Bytes of disk in the chunk.
     pub len: u32,
-    /// SHA-256 of the chunk's uncompressed bytes.
-    pub digest: Sha,
+    /// Digest of the chunk's uncompressed bytes (the run's [`Checksum`]).
+    pub digest: Hash,
     /// Bit `i` set: sub-block `i` (of [`zero_block_size`] bytes) is all zeroes. Lets a raw sink
     /// leave holes inside data chunks, as fine-grained as a sparse source had them.
     pub zero_map: u64,
@@ -127,6 +127,43 @@ pub fn all_zero_map(len: u32, block: u32) -> u64 {
     }
 }
 
+/// What [`kernel`] made of one chunk's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Worked {
+    /// Which sub-blocks are all zeroes (see [`zero_map`]).
+    pub zero_map: u64,
+    /// The chunk's digest; `None` when every byte is zero (nothing else was done).
+    pub digest: Option<Hash>,
+    /// Length of the lz4 block in the output buffer, when one was given and lz4 made the chunk
+    /// strictly smaller.
+    pub compressed: Option<usize>,
+}
+
+/// The per-chunk work of a worker: the zero map, then (for a chunk with data) the digest and,
+/// given an output buffer of lz4's worst-case size, lz4 block compression. The one kernel the
+/// pipeline runs, `diskstream bench` times and the criterion benches measure.
+pub fn kernel(data: &[u8], block: u32, checksum: Checksum, lz4: Option<(&mut [u8], &mut CompressTable)>) -> Worked {
+    let map = zero_map(data, block);
+    if map == all_zero_map(data.len() as u32, block) {
+        return Worked {
+            zero_map: map,
+            digest: None,
+            compressed: None,
+        };
+    }
+    let digest = checksum.digest(data);
+    let compressed = lz4.and_then(|(out, table)| {
+        let n = lz4_flex::block::compress_into_with_table(data, out, table)
+            .expect("output buffer has lz4's worst-case size");
+        (n < data.len()).then_some(n)
+    });
+    Worked {
+        zero_map: map,
+        digest: Some(digest),
+        compressed,
+    }
+}
+
 /// The per-chunk work, shared by both paths so they cannot diverge.
 fn process(chunk: ReadChunk, zeros: &ZeroDigests, pools: &Pools, table: &mut CompressTable) -> Processed {
     let ReadChunk {
@@ -136,47 +173,44 @@ fn process(chunk: ReadChunk, zeros: &ZeroDigests, pools: &Pools, table: &mut Com
         buf,
     } = chunk;
     let block = zero_block_size(pools.input.buf_size() as u32);
-    let all = all_zero_map(len, block);
-    // A hole chunk, or a read chunk whose every sub-block is zero (its buffer goes back now).
-    let map = buf
-        .as_ref()
-        .map_or(all, |b| zero_map(&b.as_slice()[..len as usize], block));
-    let buf = buf.filter(|_| map != all);
-    let Some(buf) = buf else {
-        return Processed {
-            index,
-            offset,
-            len,
-            digest: zeros.of(len),
-            zero_map: all,
-            payload: Payload::Zero,
-        };
+    let zero = |zero_map| Processed {
+        index,
+        offset,
+        len,
+        digest: zeros.of(len),
+        zero_map,
+        payload: Payload::Zero,
     };
+    // A hole chunk: nothing was read.
+    let Some(buf) = buf else {
+        return zero(all_zero_map(len, block));
+    };
+    let mut out = pools.output.as_ref().map(BufPool::get);
     let data = &buf.as_slice()[..len as usize];
-    let digest = sha256(data);
-    let payload = match &pools.output {
-        None => Payload::Raw(buf),
-        Some(out_pool) => {
-            let mut out = out_pool.get();
-            let stored = lz4_flex::block::compress_into_with_table(data, out.as_mut_slice(), table)
-                .expect("output buffer has lz4's worst-case size");
-            if stored < len as usize {
-                Payload::Lz4 {
-                    input: buf,
-                    out,
-                    stored: stored as u32,
-                }
-            } else {
-                Payload::Raw(buf)
-            }
-        }
+    let w = kernel(
+        data,
+        block,
+        zeros.checksum(),
+        out.as_mut().map(|o| (o.as_mut_slice(), &mut *table)),
+    );
+    // A read chunk whose every sub-block is zero (its buffers go back now).
+    let Some(digest) = w.digest else {
+        return zero(w.zero_map);
+    };
+    let payload = match (out, w.compressed) {
+        (Some(out), Some(stored)) => Payload::Lz4 {
+            input: buf,
+            out,
+            stored: stored as u32,
+        },
+        _ => Payload::Raw(buf),
     };
     Processed {
         index,
         offset,
         len,
         digest,
-        zero_map: map,
+        zero_map: w.zero_map,
         payload,
     }
 }
@@ -191,7 +225,7 @@ pub struct Job<'a> {
     pub backend: &'a mut (dyn ReadBackend + Send),
     /// Buffer pools.
     pub pools: &'a Pools,
-    /// Zero-chunk digests for this disk.
+    /// Zero-chunk digests for this disk (they carry the run's [`Checksum`]).
     pub zeros: &'a ZeroDigests,
     /// Bytes of disk processed so far, for progress display.
     pub progress: Arc<AtomicU64>,

@@ -1,10 +1,11 @@
 //! The dsimg format and the manifest as a compatibility boundary: property tests of the encoder
 //! against the decoder, every single-byte flip and every truncation rejected, and a replay of the
-//! fuzz corpus (`fuzz/corpus/*`) through the same entry points the fuzz targets call.
+//! fuzz corpus (`fuzz/corpus/*`) through the same entry points the fuzz targets call. Every test
+//! runs for both chunk digest algorithms.
 
 use std::path::Path;
 
-use diskstream_engine::digest::{is_zero, sha256, ImageDigest};
+use diskstream_engine::digest::{is_zero, Checksum, ImageDigest};
 use diskstream_engine::format::reader::{check_bytes, ImageReader};
 use diskstream_engine::format::writer::ImageWriter;
 use diskstream_engine::format::{FrameKind, Header};
@@ -13,14 +14,15 @@ use diskstream_engine::manifest::{ChunkKind, Manifest};
 use proptest::prelude::*;
 
 /// Encodes `disk` as an image the way the engine does (zero, lz4 if smaller, else raw).
-fn encode(disk: &[u8], chunk_size: u32) -> Vec<u8> {
+fn encode(disk: &[u8], chunk_size: u32, checksum: Checksum) -> Vec<u8> {
     let header = Header {
         disk_size: disk.len() as u64,
         chunk_size,
+        checksum,
     };
     let mut w = ImageWriter::new(Vec::new(), header).unwrap();
     for (i, c) in disk.chunks(chunk_size as usize).enumerate() {
-        let sha = sha256(c);
+        let sha = checksum.digest(c);
         if is_zero(c) {
             w.push(i as u64, FrameKind::Zero, &sha, &[]).unwrap();
             continue;
@@ -70,58 +72,87 @@ fn disk_strategy() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+fn checksum_strategy() -> impl Strategy<Value = Checksum> {
+    prop_oneof![Just(Checksum::Blake3), Just(Checksum::Sha256)]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
 
     #[test]
-    fn encode_then_decode_gives_the_disk_back(disk in disk_strategy(), shift in 12u32..15) {
+    fn encode_then_decode_gives_the_disk_back(disk in disk_strategy(), shift in 12u32..15, c in checksum_strategy()) {
         let cs = 1u32 << shift;
-        let img = encode(&disk, cs);
+        let img = encode(&disk, cs, c);
         let trailer = check_bytes(&img).unwrap();
-        let chunks: Vec<_> = disk.chunks(cs as usize).map(sha256).collect();
-        prop_assert_eq!(trailer.image_digest, ImageDigest::of(disk.len() as u64, cs, chunks.iter()));
+        let chunks: Vec<_> = disk.chunks(cs as usize).map(|x| c.digest(x)).collect();
+        prop_assert_eq!(trailer.image_digest, ImageDigest::of(c, disk.len() as u64, cs, chunks.iter()));
         prop_assert_eq!(decode(&img), disk);
     }
 
     #[test]
-    fn manifest_round_trips(disk in disk_strategy()) {
+    fn manifest_round_trips(disk in disk_strategy(), c in checksum_strategy()) {
         let cs = 4096u32;
-        let mut m = Manifest::new(disk.len() as u64, cs);
-        for (i, c) in disk.chunks(cs as usize).enumerate() {
-            let kind = if is_zero(c) { ChunkKind::Zero } else { ChunkKind::Data };
-            m.set(i as u64, kind, sha256(c));
+        let mut m = Manifest::new(c, disk.len() as u64, cs);
+        for (i, x) in disk.chunks(cs as usize).enumerate() {
+            let kind = if is_zero(x) { ChunkKind::Zero } else { ChunkKind::Data };
+            m.set(i as u64, kind, c.digest(x));
         }
         let text = m.encode();
         prop_assert_eq!(Manifest::parse(text.as_bytes(), Path::new("m")).unwrap(), m);
     }
 }
 
-fn small_image() -> Vec<u8> {
+fn small_image(c: Checksum) -> Vec<u8> {
     let mut disk = vec![0u8; 3 * 4096 + 100];
     disk[..4096].copy_from_slice(&[7u8; 4096]); // lz4
     for (i, b) in disk[8192..12288].iter_mut().enumerate() {
         *b = (i * 7919 % 251) as u8; // raw-ish
     }
     disk[12288..].fill(3);
-    encode(&disk, 4096)
+    encode(&disk, 4096, c)
 }
 
 #[test]
 fn every_single_byte_flip_of_an_image_is_rejected() {
-    let img = small_image();
-    assert!(check_bytes(&img).is_ok());
-    for i in 0..img.len() {
-        for bit in [0x01u8, 0x80] {
-            let mut bad = img.clone();
-            bad[i] ^= bit;
-            assert!(check_bytes(&bad).is_err(), "flip of bit {bit:#x} at byte {i} accepted");
+    for c in Checksum::ALL {
+        let img = small_image(c);
+        assert!(check_bytes(&img).is_ok());
+        for i in 0..img.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = img.clone();
+                bad[i] ^= bit;
+                assert!(
+                    check_bytes(&bad).is_err(),
+                    "{c}: flip of bit {bit:#x} at byte {i} accepted"
+                );
+            }
         }
     }
 }
 
 #[test]
+fn the_header_records_the_algorithm_and_a_swapped_one_is_rejected() {
+    let img = small_image(Checksum::Blake3);
+    assert_eq!(u16::from_le_bytes([img[8], img[9]]), 2, "version");
+    assert_eq!(img[28], Checksum::Blake3.id());
+    // Claim SHA-256 with a valid header CRC: the frames' digests then do not match.
+    let mut bad = img.clone();
+    bad[28] = Checksum::Sha256.id();
+    let crc = crc32c::crc32c(&bad[..60]);
+    bad[60..64].copy_from_slice(&crc.to_le_bytes());
+    let e = check_bytes(&bad).unwrap_err();
+    assert!(e.is_integrity(), "{e}");
+    // An unknown algorithm is named.
+    bad[28] = 9;
+    let crc = crc32c::crc32c(&bad[..60]);
+    bad[60..64].copy_from_slice(&crc.to_le_bytes());
+    let e = check_bytes(&bad).unwrap_err().to_string();
+    assert!(e.contains("unknown checksum algorithm 9"), "{e}");
+}
+
+#[test]
 fn every_truncation_and_any_appended_byte_is_rejected() {
-    let img = small_image();
+    let img = small_image(Checksum::Blake3);
     for cut in 0..img.len() {
         assert!(check_bytes(&img[..cut]).is_err(), "image cut at {cut} accepted");
     }

@@ -1,19 +1,22 @@
-//! `kernel-rate SRC [--mib N] [--slices N] [--threads N] [--secs S]`: the lz4 + SHA-256 kernel
-//! rate on `SRC`'s data with no I/O, the number `scripts/bench-compare` judges the compressed
-//! export against. Reads `--mib` MiB of SRC (default 256) as `--slices` slices spread over the
-//! whole source (default 16), then runs zero check + SHA-256 + lz4 block compress per chunk (the engine's default size)
-//! on `--threads` threads (default: all cores) over disjoint chunks for `--secs` seconds
-//! (default 3). Prints one JSON object on stdout.
+//! `kernel-rate SRC [--mib N] [--slices N] [--threads N] [--secs S] [--checksum blake3|sha256]`:
+//! the worker kernel's rate on `SRC`'s data with no I/O, the number `scripts/bench-compare` judges
+//! the compressed export against. Reads `--mib` MiB of SRC (default 256) as `--slices` slices
+//! spread over the whole source (default 16), then runs the engine's `pipeline::kernel` (zero
+//! check + digest + lz4 block compress) per chunk of the engine's default size on `--threads`
+//! threads (default: all cores) over disjoint chunks for `--secs` seconds (default 3). Prints one
+//! JSON object on stdout.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use diskstream_benches::{cores, lz4_sha256_rate, read_spread_sample, MIB};
+use diskstream_benches::{cores, read_spread_sample, worker_rate, MIB};
+use diskstream_engine::digest::Checksum;
 
 fn main() -> ExitCode {
     let mut src: Option<PathBuf> = None;
     let (mut mib, mut slices, mut threads, mut secs) = (256usize, 16usize, cores(), 3.0f64);
+    let mut checksum = Checksum::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut num = |name: &str| -> Option<f64> {
@@ -40,8 +43,17 @@ fn main() -> ExitCode {
                 Some(v) => secs = v,
                 None => return ExitCode::from(2),
             },
+            "--checksum" => match args.next().map(|v| v.parse::<Checksum>()) {
+                Some(Ok(c)) => checksum = c,
+                _ => {
+                    eprintln!("kernel-rate: --checksum needs blake3 or sha256");
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
-                eprintln!("usage: kernel-rate SRC [--mib N] [--slices N] [--threads N] [--secs S]");
+                eprintln!(
+                    "usage: kernel-rate SRC [--mib N] [--slices N] [--threads N] [--secs S] [--checksum blake3|sha256]"
+                );
                 return ExitCode::SUCCESS;
             }
             _ if src.is_none() => src = Some(PathBuf::from(a)),
@@ -52,7 +64,7 @@ fn main() -> ExitCode {
         }
     }
     let Some(src) = src else {
-        eprintln!("usage: kernel-rate SRC [--mib N] [--slices N] [--threads N] [--secs S]");
+        eprintln!("usage: kernel-rate SRC [--mib N] [--slices N] [--threads N] [--secs S] [--checksum blake3|sha256]");
         return ExitCode::from(2);
     };
     let data = match read_spread_sample(&src, mib * MIB, slices) {
@@ -62,9 +74,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let r = lz4_sha256_rate(&data, threads, Duration::from_secs_f64(secs));
+    let r = worker_rate(&data, checksum, threads, Duration::from_secs_f64(secs));
     println!(
-        "{{\"kernel\":\"lz4+sha256\",\"threads\":{},\"sample_bytes\":{},\"bytes_processed\":{},\
+        "{{\"kernel\":\"lz4+{checksum}\",\"checksum\":\"{checksum}\",\"threads\":{},\"sample_bytes\":{},\"bytes_processed\":{},\
          \"bytes_per_s\":{:.0},\"lz4_ratio\":{:.3}}}",
         r.threads,
         data.len(),

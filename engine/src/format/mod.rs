@@ -8,12 +8,14 @@
 pub mod reader;
 pub mod writer;
 
-use crate::digest::Sha;
+use crate::digest::{Checksum, Hash};
 
 /// First 8 bytes of every image.
 pub const MAGIC: [u8; 8] = *b"DSIMG\0\r\n";
-/// Format version this code writes and reads.
-pub const VERSION: u16 = 1;
+/// Format version this code writes. It reads this one and [`VERSION_1`].
+pub const VERSION: u16 = 2;
+/// The first version (diskstream 0.1.0): SHA-256 only, header byte 28 reserved.
+pub const VERSION_1: u16 = 1;
 /// Size of the header.
 pub const HEADER_LEN: usize = 64;
 /// Size of a frame header (the payload follows it).
@@ -65,13 +67,15 @@ impl FrameKind {
     }
 }
 
-/// The image header: what disk the image holds and how it is cut.
+/// The image header: what disk the image holds, how it is cut, and how chunks are digested.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
     /// Size of the disk in bytes.
     pub disk_size: u64,
     /// Chunk size in bytes (a power of two in `MIN_CHUNK..=MAX_CHUNK`).
     pub chunk_size: u32,
+    /// The digest algorithm of the frames, the index and the trailer (version 1: SHA-256).
+    pub checksum: Checksum,
 }
 
 impl Header {
@@ -86,7 +90,7 @@ impl Header {
         (self.disk_size - start).min(u64::from(self.chunk_size)) as u32
     }
 
-    /// Encodes the 64-byte header.
+    /// Encodes the 64-byte header (always the current [`VERSION`]).
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
         b[0..8].copy_from_slice(&MAGIC);
@@ -94,6 +98,7 @@ impl Header {
         b[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
         b[16..24].copy_from_slice(&self.disk_size.to_le_bytes());
         b[24..28].copy_from_slice(&self.chunk_size.to_le_bytes());
+        b[28] = self.checksum.id();
         b[32..40].copy_from_slice(&self.chunk_count().to_le_bytes());
         seal(&mut b);
         b
@@ -105,21 +110,27 @@ impl Header {
             return Err("not a dsimg image (bad magic)".into());
         }
         let version = u16_at(b, 8);
-        if version != VERSION {
+        if version != VERSION && version != VERSION_1 {
             return Err(format!(
-                "unsupported format version {version} (this build reads {VERSION})"
+                "unsupported format version {version} (this build reads {VERSION_1} and {VERSION})"
             ));
         }
         check_seal(b)?;
-        if u16_at(b, 10) != 0 || u32_at(b, 28) != 0 || b[40..60].iter().any(|&x| x != 0) {
+        if u16_at(b, 10) != 0 || b[29..32].iter().any(|&x| x != 0) || b[40..60].iter().any(|&x| x != 0) {
             return Err("reserved bytes are not zero".into());
         }
+        let checksum = match (version, b[28]) {
+            (VERSION_1, 0) => Checksum::Sha256,
+            (VERSION_1, _) => return Err("reserved bytes are not zero".into()),
+            (_, id) => Checksum::from_id(id).ok_or_else(|| format!("unknown checksum algorithm {id}"))?,
+        };
         if u32_at(b, 12) as usize != HEADER_LEN {
             return Err(format!("header length {} (expected {HEADER_LEN})", u32_at(b, 12)));
         }
         let h = Self {
             disk_size: u64_at(b, 16),
             chunk_size: u32_at(b, 24),
+            checksum,
         };
         if !h.chunk_size.is_power_of_two() || !(MIN_CHUNK..=MAX_CHUNK).contains(&h.chunk_size) {
             return Err(format!(
@@ -150,8 +161,8 @@ pub struct FrameHeader {
     pub raw_len: u32,
     /// Payload length in the image.
     pub stored_len: u32,
-    /// SHA-256 of the uncompressed bytes.
-    pub sha: Sha,
+    /// Digest of the uncompressed bytes, with the image's algorithm.
+    pub digest: Hash,
     /// CRC-32C of the stored payload (0 for an empty one): catches damage to the stored bytes
     /// even where it would not change what they decode to, before the decoder sees them.
     pub payload_crc: u32,
@@ -166,7 +177,7 @@ impl FrameHeader {
         b[8..16].copy_from_slice(&self.index.to_le_bytes());
         b[16..20].copy_from_slice(&self.raw_len.to_le_bytes());
         b[20..24].copy_from_slice(&self.stored_len.to_le_bytes());
-        b[24..56].copy_from_slice(&self.sha);
+        b[24..56].copy_from_slice(&self.digest);
         b[56..60].copy_from_slice(&self.payload_crc.to_le_bytes());
         seal(&mut b);
         b
@@ -182,14 +193,14 @@ impl FrameHeader {
             return Err("reserved bytes are not zero".into());
         }
         let kind = FrameKind::from_u8(b[4]).ok_or_else(|| format!("unknown frame kind {}", b[4]))?;
-        let mut sha = [0u8; 32];
-        sha.copy_from_slice(&b[24..56]);
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(&b[24..56]);
         let f = Self {
             kind,
             index: u64_at(b, 8),
             raw_len: u32_at(b, 16),
             stored_len: u32_at(b, 20),
-            sha,
+            digest,
             payload_crc: u32_at(b, 56),
         };
         let ok = match kind {
@@ -271,7 +282,7 @@ pub struct Trailer {
     /// Length of the whole image, trailer included.
     pub total_len: u64,
     /// Whole-image digest (see [`crate::digest`]).
-    pub image_digest: Sha,
+    pub image_digest: Hash,
 }
 
 impl Trailer {

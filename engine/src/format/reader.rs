@@ -1,5 +1,5 @@
 //! Reads and checks `dsimg` images: [`ImageReader`] decodes a stream frame by frame and checks
-//! every byte (frame CRCs, chunk SHA-256, index, trailer, image digest, nothing after the end);
+//! every byte (frame CRCs, chunk digests, index, trailer, image digest, nothing after the end);
 //! [`read_layout`] checks the structure of an image file from its trailer and index without
 //! reading the frames, so truncation is caught before anything is written.
 
@@ -12,7 +12,7 @@ use super::{
     decode_index_head, index_len, FrameHeader, FrameKind, Header, IndexEntry, Trailer, FRAME_HEADER_LEN, HEADER_LEN,
     INDEX_ENTRY_LEN, INDEX_HEAD_LEN, TRAILER_LEN,
 };
-use crate::digest::{sha256, ImageDigest, Sha, ZeroDigests};
+use crate::digest::{Hash, ImageDigest, Incremental, ZeroDigests};
 use crate::error::{Error, Result};
 
 /// Streaming decoder and checker.
@@ -40,8 +40,8 @@ impl<R: Read> ImageReader<R> {
             header,
             pos: HEADER_LEN as u64,
             index: Vec::new(),
-            digest: ImageDigest::new(header.disk_size, header.chunk_size),
-            zeros: ZeroDigests::new(header.disk_size, header.chunk_size),
+            digest: ImageDigest::new(header.checksum, header.disk_size, header.chunk_size),
+            zeros: ZeroDigests::new(header.checksum, header.disk_size, header.chunk_size),
             scratch: Vec::new(),
             trailer: None,
         })
@@ -62,10 +62,46 @@ impl<R: Read> ImageReader<R> {
         self.trailer
     }
 
-    /// Decodes the next frame into `dst` (which must hold a chunk) and checks its SHA-256.
+    /// Decodes the next frame into `dst` (which must hold a chunk) and checks its digest.
     /// For [`FrameKind::Zero`] frames `dst` is left untouched. Returns `None` after the last
     /// frame, once the index, the trailer and the image digest have been checked too.
+    /// The one-thread reference path: [`Self::next_stored`] then [`check_frame`] on one thread.
     pub fn next_frame(&mut self, dst: &mut [u8]) -> Result<Option<FrameHeader>> {
+        let mut stored = std::mem::take(&mut self.scratch);
+        stored.resize(self.header.chunk_size as usize, 0);
+        let next = self.next_stored(&mut stored);
+        let res = match next {
+            Ok(Some(at)) => {
+                let (f, payload) = (at.frame, &stored[..at.frame.stored_len as usize]);
+                check_frame(
+                    &f,
+                    payload,
+                    at.payload_at,
+                    dst,
+                    &self.zeros,
+                    self.header.chunk_size,
+                    &self.path,
+                )
+                .map(|()| {
+                    if f.kind == FrameKind::Raw {
+                        dst[..payload.len()].copy_from_slice(payload);
+                    }
+                    Some(f)
+                })
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        };
+        self.scratch = stored;
+        res
+    }
+
+    /// Reads the next frame's header and its stored payload into `stored[..stored_len]`
+    /// (`stored` must hold a chunk), checking the frame's place in the image (index, length,
+    /// header CRC) but not its payload: that is [`check_frame`]'s job, which may run on another
+    /// thread. Returns `None` after the last frame, once the index, the trailer and the image
+    /// digest (over the frames' recorded digests) have been checked.
+    pub fn next_stored(&mut self, stored: &mut [u8]) -> Result<Option<StoredFrame>> {
         let n = self.index.len() as u64;
         if n == self.header.chunk_count() {
             if self.trailer.is_none() {
@@ -90,51 +126,31 @@ impl<R: Read> ImageReader<R> {
             ));
         }
         let payload_at = at + FRAME_HEADER_LEN as u64;
-        let raw = &mut dst[..f.raw_len as usize];
-        let found: Sha = match f.kind {
-            FrameKind::Zero => self.zeros.of(f.raw_len),
-            FrameKind::Raw => {
-                read_exact(&mut self.r, raw, &self.path, payload_at, "frame payload")?;
-                check_payload_crc(&f, raw, &self.path, payload_at)?;
-                sha256(raw)
-            }
-            FrameKind::Lz4 => {
-                self.scratch.resize(f.stored_len as usize, 0);
-                read_exact(&mut self.r, &mut self.scratch, &self.path, payload_at, "frame payload")?;
-                check_payload_crc(&f, &self.scratch, &self.path, payload_at)?;
-                match lz4_flex::block::decompress_into(&self.scratch, raw) {
-                    Ok(k) if k == raw.len() => sha256(raw),
-                    Ok(k) => {
-                        return Err(Error::corrupt(
-                            &self.path,
-                            "lz4 payload",
-                            payload_at,
-                            format!("decompressed to {k} bytes, expected {}", raw.len()),
-                        ))
-                    }
-                    Err(e) => return Err(Error::corrupt(&self.path, "lz4 payload", payload_at, e.to_string())),
-                }
-            }
-        };
-        if found != f.sha {
-            let chunk_off = n * u64::from(self.header.chunk_size);
-            return Err(Error::ChecksumMismatch {
-                path: self.path.clone(),
-                chunk: n,
-                offset: chunk_off,
-                end: chunk_off + u64::from(f.raw_len),
-                expected: hex::encode(f.sha),
-                found: hex::encode(found),
-            });
-        }
+        read_exact(
+            &mut self.r,
+            &mut stored[..f.stored_len as usize],
+            &self.path,
+            payload_at,
+            "frame payload",
+        )?;
         self.index.push(IndexEntry {
             frame_offset: at,
             stored_len: f.stored_len,
             kind: f.kind,
         });
-        self.digest.push(&f.sha);
+        self.digest.push(&f.digest);
         self.pos = payload_at + u64::from(f.stored_len);
-        Ok(Some(f))
+        Ok(Some(StoredFrame { frame: f, payload_at }))
+    }
+
+    /// The zero-chunk digests of this image (for [`check_frame`]).
+    pub fn zeros(&self) -> &ZeroDigests {
+        &self.zeros
+    }
+
+    /// The path that names the image in errors.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn finish(&mut self) -> Result<()> {
@@ -150,13 +166,13 @@ impl<R: Read> ImageReader<R> {
                 format!("{count} entries for {} frames", self.index.len()),
             ));
         }
-        let mut hasher = sha2::Sha256::default();
-        sha2::Digest::update(&mut hasher, head);
+        let mut hasher = Incremental::new(self.header.checksum);
+        hasher.update(&head);
         let mut e = [0u8; INDEX_ENTRY_LEN];
         for (i, seen) in self.index.iter().enumerate() {
             let eat = at + (INDEX_HEAD_LEN + i * INDEX_ENTRY_LEN) as u64;
             read_exact(&mut self.r, &mut e, &self.path, eat, "index")?;
-            sha2::Digest::update(&mut hasher, e);
+            hasher.update(&e);
             let entry = IndexEntry::decode(&e).map_err(|d| Error::corrupt(&self.path, "index entry", eat, d))?;
             if entry != *seen {
                 return Err(Error::corrupt(
@@ -170,13 +186,12 @@ impl<R: Read> ImageReader<R> {
         let dat = at + index_len(count) - 32;
         let mut d = [0u8; 32];
         read_exact(&mut self.r, &mut d, &self.path, dat, "index digest")?;
-        let have: Sha = sha2::Digest::finalize(hasher).into();
-        if d != have {
+        if d != hasher.finish() {
             return Err(Error::corrupt(
                 &self.path,
                 "index digest",
                 dat,
-                "SHA-256 of the index does not match",
+                format!("{} of the index does not match", self.header.checksum),
             ));
         }
         let tat = at + index_len(count);
@@ -216,18 +231,70 @@ impl<R: Read> ImageReader<R> {
     }
 }
 
-fn check_payload_crc(f: &FrameHeader, payload: &[u8], path: &Path, at: u64) -> Result<()> {
-    let have = super::payload_crc(payload);
+/// A frame whose header and stored payload [`ImageReader::next_stored`] has read.
+#[derive(Clone, Copy, Debug)]
+pub struct StoredFrame {
+    /// The frame header (its place in the image is checked; its payload is not yet).
+    pub frame: FrameHeader,
+    /// Offset of the payload in the image (for errors).
+    pub payload_at: u64,
+}
+
+/// Checks a frame's stored payload and recovers the chunk: the payload's CRC-32C, lz4 decoding to
+/// exactly `raw_len` bytes into `dst` (lz4 frames only: a raw frame's bytes are `stored` itself,
+/// a zero frame's are zeroes), and the chunk's digest against the frame's. Only then may the bytes
+/// be used. Pure: runs on any thread.
+pub fn check_frame(
+    f: &FrameHeader,
+    stored: &[u8],
+    payload_at: u64,
+    dst: &mut [u8],
+    zeros: &ZeroDigests,
+    chunk_size: u32,
+    path: &Path,
+) -> Result<()> {
+    let have = super::payload_crc(stored);
     if have != f.payload_crc {
         return Err(Error::corrupt(
             path,
             "frame payload",
-            at,
+            payload_at,
             format!(
                 "CRC-32C mismatch in chunk {} (stored {:08x}, computed {have:08x})",
                 f.index, f.payload_crc
             ),
         ));
+    }
+    let found: Hash = match f.kind {
+        FrameKind::Zero => zeros.of(f.raw_len),
+        FrameKind::Raw => zeros.checksum().digest(stored),
+        FrameKind::Lz4 => {
+            let raw = &mut dst[..f.raw_len as usize];
+            match lz4_flex::block::decompress_into(stored, raw) {
+                Ok(k) if k == raw.len() => zeros.checksum().digest(raw),
+                Ok(k) => {
+                    return Err(Error::corrupt(
+                        path,
+                        "lz4 payload",
+                        payload_at,
+                        format!("decompressed to {k} bytes, expected {}", raw.len()),
+                    ))
+                }
+                Err(e) => return Err(Error::corrupt(path, "lz4 payload", payload_at, e.to_string())),
+            }
+        }
+    };
+    if found != f.digest {
+        let chunk_off = f.index * u64::from(chunk_size);
+        return Err(Error::ChecksumMismatch {
+            path: path.to_owned(),
+            chunk: f.index,
+            offset: chunk_off,
+            end: chunk_off + u64::from(f.raw_len),
+            checksum: zeros.checksum(),
+            expected: hex::encode(f.digest),
+            found: hex::encode(found),
+        });
     }
     Ok(())
 }
@@ -313,12 +380,12 @@ pub fn read_layout(file: &File, path: &Path) -> Result<Layout> {
     let mut ibytes = vec![0u8; ilen as usize];
     pread_exact(file, &mut ibytes, trailer.index_offset, path)?;
     let (body, digest) = ibytes.split_at(ibytes.len() - 32);
-    if sha256(body) != digest {
+    if header.checksum.digest(body) != digest {
         return Err(Error::corrupt(
             path,
             "index digest",
             tat - 32,
-            "SHA-256 of the index does not match",
+            format!("{} of the index does not match", header.checksum),
         ));
     }
     let head: &[u8; INDEX_HEAD_LEN] = body[..INDEX_HEAD_LEN].try_into().expect("16 bytes");

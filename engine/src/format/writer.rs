@@ -4,7 +4,7 @@
 use std::io::{self, Write};
 
 use super::{encode_index_head, FrameHeader, FrameKind, Header, IndexEntry, Trailer, FRAME_HEADER_LEN, HEADER_LEN};
-use crate::digest::{ImageDigest, Sha};
+use crate::digest::{Hash, ImageDigest};
 
 /// Streaming `dsimg` encoder.
 pub struct ImageWriter<W: Write> {
@@ -24,7 +24,7 @@ impl<W: Write> ImageWriter<W> {
             header,
             pos: HEADER_LEN as u64,
             index: Vec::new(),
-            digest: ImageDigest::new(header.disk_size, header.chunk_size),
+            digest: ImageDigest::new(header.checksum, header.disk_size, header.chunk_size),
         })
     }
 
@@ -35,7 +35,7 @@ impl<W: Write> ImageWriter<W> {
 
     /// Appends the frame of the next chunk. `payload` is empty for [`FrameKind::Zero`], the raw
     /// bytes for [`FrameKind::Raw`], and an lz4 block for [`FrameKind::Lz4`].
-    pub fn push(&mut self, index: u64, kind: FrameKind, sha: &Sha, payload: &[u8]) -> io::Result<()> {
+    pub fn push(&mut self, index: u64, kind: FrameKind, digest: &Hash, payload: &[u8]) -> io::Result<()> {
         let expected = self.index.len() as u64;
         if index != expected || index >= self.header.chunk_count() {
             return Err(io::Error::new(
@@ -49,7 +49,7 @@ impl<W: Write> ImageWriter<W> {
             index,
             raw_len,
             stored_len: payload.len() as u32,
-            sha: *sha,
+            digest: *digest,
             payload_crc: super::payload_crc(payload),
         };
         self.out.write_all(&frame.encode())?;
@@ -59,7 +59,7 @@ impl<W: Write> ImageWriter<W> {
             stored_len: frame.stored_len,
             kind,
         });
-        self.digest.push(sha);
+        self.digest.push(digest);
         self.pos += (FRAME_HEADER_LEN + payload.len()) as u64;
         Ok(())
     }
@@ -78,8 +78,8 @@ impl<W: Write> ImageWriter<W> {
         for e in &self.index {
             bytes.extend_from_slice(&e.encode());
         }
-        let sha = crate::digest::sha256(&bytes);
-        bytes.extend_from_slice(&sha);
+        let digest = self.header.checksum.digest(&bytes);
+        bytes.extend_from_slice(&digest);
         self.out.write_all(&bytes)?;
         self.pos += bytes.len() as u64;
         let trailer = Trailer {
