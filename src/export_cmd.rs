@@ -70,6 +70,9 @@ pub struct ExportArgs {
     /// free, else transparent huge pages as by default.
     #[arg(long)]
     hugetlb: bool,
+    /// Chunk digest recorded in each dump's manifest: blake3 (fast on every CPU) or sha256.
+    #[arg(long, default_value = "blake3")]
+    checksum: diskstream_engine::digest::Checksum,
     /// Check everything and run the pre hooks, but export nothing.
     #[arg(long)]
     dry_run: bool,
@@ -395,6 +398,7 @@ pub fn export_json(r: &ExportResult) -> serde_json::Value {
                 "disk_size": rep.disk_size,
                 "bytes_stored": rep.bytes_stored,
                 "zero_bytes_skipped": rep.zero_bytes,
+                "checksum": rep.checksum.name(),
                 "digest": rep.digest,
                 "elapsed_s": rep.elapsed.as_secs_f64(),
                 "throughput_bytes_per_s": rep.throughput(),
@@ -444,6 +448,7 @@ pub fn export(a: ExportArgs) -> ExitCode {
     op.zeroing_timeout_per_mib = a.zeroing_timeout_per_mib;
     op.max_parallel_disks = a.max_parallel_disks;
     op.pages = if a.hugetlb { Pages::Hugetlb } else { Pages::Thp };
+    op.checksum = a.checksum;
     op.progress_interval = secs(interval);
     let interrupt = match install_interrupt("export", a.json) {
         Ok(i) => i,

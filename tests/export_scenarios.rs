@@ -288,6 +288,34 @@ fn export_reports_its_buffer_pages_and_a_refused_hugetlb_ask() {
 }
 
 #[test]
+fn export_records_the_chosen_checksum_in_manifests_and_json() {
+    let f = fixture(Fs::Ext4, "down", false, &[]);
+    for (args, sum) in [(&[][..], "blake3"), (&["--checksum", "sha256"][..], "sha256")] {
+        let mut a = vec!["-n", "node2", "--json"];
+        a.extend_from_slice(args);
+        let (ok, out, err) = f.export(&a);
+        assert!(ok, "{out}\n{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        for d in v["disks"].as_array().unwrap() {
+            assert_eq!(d["checksum"], sum, "{d}");
+            let m = fs::read_to_string(d["manifest"].as_str().unwrap()).unwrap();
+            assert!(
+                m.starts_with(&format!("diskstream-manifest v2\nchecksum {sum}\n")),
+                "{m}"
+            );
+            let verify = ds_json(&["image", "verify", d["path"].as_str().unwrap()]);
+            assert_eq!(
+                (verify["checksum"].as_str(), &verify["digest"]),
+                (Some(sum), &d["digest"])
+            );
+        }
+        f.assert_exported(2, false);
+    }
+    let (ok, _, err) = f.export(&["-n", "node2", "--checksum", "crc32"]);
+    assert!(!ok && err.contains("crc32"), "{err}");
+}
+
+#[test]
 fn snapshot_capable_offline_export() {
     // testPlainOfflineExport.
     offline_export(Fs::Xfs);

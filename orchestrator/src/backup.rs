@@ -17,6 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use diskstream_engine::buf::Pages;
+use diskstream_engine::digest::Checksum;
 use diskstream_engine::ops::{self, Format, Options, Report};
 
 use crate::cluster::{Cluster, DiskTemplate, Instance, Node};
@@ -78,6 +79,8 @@ pub struct ExportOp {
     pub max_parallel_disks: usize,
     /// What the engine's buffers are made of (`--hugetlb`: reserved hugetlb pages when free).
     pub pages: Pages,
+    /// The chunk digest recorded in each dump's manifest (`--checksum`; BLAKE3 by default).
+    pub checksum: Checksum,
     /// How often a transfer reports progress.
     pub progress_interval: Duration,
 }
@@ -102,6 +105,7 @@ impl ExportOp {
             zeroing_timeout_per_mib: None,
             max_parallel_disks: 1,
             pages: Pages::Thp,
+            checksum: Checksum::default(),
             progress_interval: Duration::from_secs(5),
         }
     }
@@ -805,6 +809,7 @@ impl Exec<'_> {
             format: Format::Raw,
             force: true,
             pages: self.op.pages,
+            checksum: self.op.checksum,
             stop: Some(Arc::clone(&self.ctx.stop)),
             ..Options::default()
         };

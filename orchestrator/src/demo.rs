@@ -186,11 +186,12 @@ fn run_steps(cfg: &Path, cluster: &Cluster, fb: &dyn Feedback, say: &dyn Fn(&str
             return Err(format!("{}: digest changed after the export", dump.display()));
         }
         say(&format!(
-            "  {}: {} chunks ok, {} MiB disk, {} MiB stored, sha256 {}",
+            "  {}: {} chunks ok, {} MiB disk, {} MiB stored, {} {}",
             d.label,
             rep.chunks,
             created.disk_size >> 20,
             created.bytes_stored >> 20,
+            rep.checksum,
             rep.digest
         ));
     }
