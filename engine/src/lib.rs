@@ -26,6 +26,7 @@ pub mod direct_read;
 pub mod error;
 pub mod format;
 pub mod fuzzing;
+pub mod input;
 pub mod manifest;
 pub mod ops;
 pub mod pipeline;
