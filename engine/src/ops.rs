@@ -20,7 +20,7 @@ use crate::pipeline::{self, Job, Payload, PipelineStats, Pools, Processed, Reord
 use crate::ring::{self, BackendKind, RingOptions};
 use crate::sink::image::DirectWriter;
 use crate::sink::raw::RawSink;
-use crate::sink::target::{check_output, remove_stale_manifest, same_file, OutputKind, Target};
+use crate::sink::target::{check_output, remove_stale_manifest, same_file, Target};
 use crate::sink::ZeroPolicy;
 use crate::source::{plan_chunks, Source};
 
@@ -240,14 +240,6 @@ fn check_outputs(input: &Path, out: &Path, manifest: Option<&Path>, o: &Options,
             input.display()
         )));
     }
-    let kind = check_output(out, o.force, true)?;
-    if kind == OutputKind::Device && format == Format::Dsimg {
-        return Err(Error::Invalid(format!(
-            "{}: is a block device; a dsimg image is a file and cannot be written to a device (use --format raw, \
-             or write the image to a file)",
-            out.display()
-        )));
-    }
     if let Some(m) = manifest {
         for (other, role) in [(input, "the input"), (out, "the output")] {
             if same_file(m, other) {
@@ -258,6 +250,18 @@ fn check_outputs(input: &Path, out: &Path, manifest: Option<&Path>, o: &Options,
                 )));
             }
         }
+    }
+    let is_device =
+        std::fs::metadata(out).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+    if is_device && format == Format::Dsimg {
+        return Err(Error::Invalid(format!(
+            "{}: is a block device; a dsimg image is a file and cannot be written to a device (use --format raw, \
+             or write the image to a file)",
+            out.display()
+        )));
+    }
+    check_output(out, o.force, true)?;
+    if let Some(m) = manifest {
         check_output(m, o.force, false)?;
     }
     Ok(())
