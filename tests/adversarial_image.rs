@@ -67,8 +67,8 @@ fn ds_rss(args: &[&str]) -> (std::process::Output, u64) {
     let text = std::fs::read_to_string(&rss_file).expect("rss file");
     let kib: u64 = text
         .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.trim().parse().ok())
         .unwrap_or_else(|| panic!("no peak RSS in {text:?}"));
     (out, kib * 1024)
 }
@@ -668,16 +668,30 @@ struct Tally {
 /// moment spread over the run (some before the first chunk, some mid-run, some at the commit,
 /// some after it finished). `expect[i]` is the complete output (and manifest, if any) of source
 /// `i`.
-fn kill_loop(
-    name: &str,
+/// What a kill loop runs and where its outputs land.
+struct LoopSpec<'a> {
+    name: &'a str,
     seed: u64,
     kills: u32,
-    d: &Path,
-    out: &Path,
-    manifest: Option<&Path>,
-    argv: &dyn Fn(usize) -> Vec<String>,
-    expect: &[(Vec<u8>, Option<Vec<u8>>); 2],
-) -> Tally {
+    /// The directory of the output (checked for partials).
+    dir: &'a Path,
+    out: &'a Path,
+    manifest: Option<&'a Path>,
+    argv: &'a dyn Fn(usize) -> Vec<String>,
+    expect: &'a [(Vec<u8>, Option<Vec<u8>>); 2],
+}
+
+fn kill_loop(spec: LoopSpec<'_>) -> Tally {
+    let LoopSpec {
+        name,
+        seed,
+        kills,
+        dir: d,
+        out,
+        manifest,
+        argv,
+        expect,
+    } = spec;
     let mut rng = Rng::new(seed);
     let mut tally = Tally::default();
     // The previous output is source 0's, complete.
@@ -814,16 +828,16 @@ fn kill_loop_create(format: &str, seed: u64) {
             .map(|x| x.to_string())
             .collect()
     };
-    let t = kill_loop(
-        &format!("create {format}"),
+    let t = kill_loop(LoopSpec {
+        name: &format!("create {format}"),
         seed,
-        24,
-        &d,
-        &out,
-        Some(&man),
-        &argv,
-        &expect,
-    );
+        kills: 24,
+        dir: &d,
+        out: &out,
+        manifest: Some(&man),
+        argv: &argv,
+        expect: &expect,
+    });
     assert!(t.int_term + t.kills >= 20);
     assert!(t.kills > 0 && t.int_term > 0);
     assert!(
@@ -866,7 +880,16 @@ fn kill_loop_restore() {
             .map(|x| x.to_string())
             .collect()
     };
-    let t = kill_loop("restore", 0x5eed_0003, 24, &d, &dest, None, &argv, &expect);
+    let t = kill_loop(LoopSpec {
+        name: "restore",
+        seed: 0x5eed_0003,
+        kills: 24,
+        dir: &d,
+        out: &dest,
+        manifest: None,
+        argv: &argv,
+        expect: &expect,
+    });
     assert!(t.int_term + t.kills >= 20);
     assert!(t.stopped > 0, "no run was stopped mid-way");
 }
