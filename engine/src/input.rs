@@ -40,10 +40,15 @@ fn acceptable(ft: &FileType, allow_device: bool) -> bool {
 
 fn refusal(path: &Path, what: &str, ft: &FileType, allow_device: bool) -> Error {
     Error::Invalid(format!(
-        "{}: {what} is {}, not a regular file{} (diskstream reads {what} by position, never as a stream)",
+        "{}: {what} is {}, {} (diskstream reads {what} by position, never as a stream)",
         path.display(),
         kind_name(ft),
-        if allow_device { " or block device" } else { "" },
+        match (allow_device, what) {
+            // A source is a disk: a device first.
+            (true, "the source") => "not a block device or regular file",
+            (true, _) => "not a regular file or block device",
+            (false, _) => "not a regular file",
+        },
     ))
 }
 
