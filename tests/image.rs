@@ -31,6 +31,8 @@ fn roundtrip(src: &Path, dir: &Path, format: &str, extra: &[&str]) {
     assert_eq!(r["digest"], c["digest"]);
     assert_same_bytes(src, &back);
     let _ = std::fs::remove_file(&img);
+    // The manifest too: an existing manifest, like an existing image, is replaced only with --force.
+    let _ = std::fs::remove_file(dir.join(format!("img.{format}.manifest")));
     let _ = std::fs::remove_file(&back);
 }
 

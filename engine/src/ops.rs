@@ -224,9 +224,11 @@ fn manifest_path(out: &Path, o: &Options) -> Result<PathBuf> {
     Ok(PathBuf::from(s))
 }
 
-/// The extended attribute in which a raw image records its whole-image digest (hex), so that a
-/// manifest of another image is named as such, not as damage (docs/image-format.md).
-pub const IMAGE_DIGEST_XATTR: &str = "user.diskstream.image-sha256";
+/// The extended attribute in which a raw image records its whole-image digest (the 32 bytes), so
+/// that a manifest of another image is named as such, not as damage (docs/image-format.md). Name
+/// and value are short enough to live inside an ext4 inode (256-byte inodes): an all-hole image
+/// stays without a single allocated block.
+pub const IMAGE_DIGEST_XATTR: &str = "user.diskstream.sha256";
 
 /// Refuses, before anything is opened for writing, an output or manifest path that names the
 /// input (the same path, a hard link or a symbolic link to it, the same device), a manifest that
@@ -462,7 +464,7 @@ pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Resul
     if o.format == Format::Raw && !target.is_device() {
         // Best effort: a file system without user xattrs keeps no binding (then `verify` can only
         // compare chunks).
-        let _ = crate::sys::set_xattr(target.file(), IMAGE_DIGEST_XATTR, hex(&digest).as_bytes());
+        let _ = crate::sys::set_xattr(target.file(), IMAGE_DIGEST_XATTR, &digest);
     }
     // Past this point the pair is committed whole: a stop request is honoured up to here.
     check_stop(o)?;
@@ -561,14 +563,14 @@ fn check_recorded_digest(image: &Path, mpath: &Path, want: &crate::digest::Sha) 
     let Ok(Some(rec)) = crate::sys::get_xattr(&f, IMAGE_DIGEST_XATTR, 128) else {
         return Ok(());
     };
-    let want = hex(want);
-    if rec != want.as_bytes() {
+    if rec != want {
         return Err(Error::ManifestMismatch {
             manifest: mpath.to_owned(),
             image: image.to_owned(),
             detail: format!(
-                "the image was committed with whole-image sha256 {}, the manifest describes {want}",
-                String::from_utf8_lossy(&rec)
+                "the image was committed with whole-image sha256 {}, the manifest describes {}",
+                ::hex::encode(&rec),
+                hex(want)
             ),
         });
     }
