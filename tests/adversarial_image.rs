@@ -653,6 +653,88 @@ fn run_and_signal(args: &[&str], sig: Sig, delay: Duration) -> ExitStatus {
     }
 }
 
+/// Like [`run_and_signal`] with the output kept: (status, stderr, time from signal to exit).
+fn signal_and_collect(args: &[&str], sig: Sig) -> (ExitStatus, String, Duration) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let t0 = Instant::now();
+    while !handlers_installed(child.id()) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no handlers after 10 s");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let name = if sig == Sig::Int { "INT" } else { "TERM" };
+    let _ = Command::new("kill")
+        .args(["-s", name, &child.id().to_string()])
+        .status();
+    let t1 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t1.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} did not stop within 10 s of {sig:?}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let waited = t1.elapsed();
+    let out = child.wait_with_output().unwrap();
+    (out.status, stderr_of(&out), waited)
+}
+
+#[test]
+fn sigint_and_sigterm_stop_every_image_command_with_130_143_and_a_message() {
+    let dir = scratch();
+    let d = dir.path();
+    let src = d.join("src");
+    make_disk(&src, 64 * MIB, Data::Mixed, 30);
+    let raw = d.join("i.raw");
+    let img = d.join("i.dsimg");
+    ds_json(&["image", "create", s(&src), s(&raw)]);
+    ds_json(&["image", "create", s(&src), s(&img), "--format", "dsimg"]);
+    let out = d.join("new.raw");
+    let dest = d.join("dest");
+    let cases: Vec<(Vec<&str>, bool)> = vec![
+        (vec!["image", "create", s(&src), s(&out)], true),
+        (vec!["image", "create", s(&src), s(&out), "--format", "dsimg"], true),
+        (vec!["image", "restore", s(&img), s(&dest)], true),
+        (vec!["image", "restore", s(&raw), s(&dest)], true),
+        (vec!["image", "verify", s(&raw)], false),
+        (vec!["image", "verify", s(&img)], false),
+        (vec!["image", "scan", s(&src), "--compress", "lz4"], false),
+    ];
+    let mut slowest = Duration::ZERO;
+    for (args, writes) in &cases {
+        for sig in [Sig::Int, Sig::Term] {
+            // The signal arrives as soon as the handlers are in: before or at the first chunk.
+            let (st, err, waited) = signal_and_collect(args, sig);
+            let (code, name) = if sig == Sig::Int {
+                (130, "SIGINT")
+            } else {
+                (143, "SIGTERM")
+            };
+            assert_eq!(st.code(), Some(code), "{args:?} {sig:?}: {err}");
+            let want = if *writes {
+                format!("interrupted by {name}; partial output removed")
+            } else {
+                format!("interrupted by {name}")
+            };
+            assert!(err.contains(&want), "{args:?} {sig:?}: {err}");
+            assert!(
+                !out.exists() && !dest.exists(),
+                "{args:?}: an interrupted run left its output"
+            );
+            assert!(partials(d).is_empty(), "{args:?}: {:?}", partials(d));
+            slowest = slowest.max(waited);
+        }
+    }
+    eprintln!("slowest stop after the signal: {slowest:?}");
+    assert!(slowest < Duration::from_secs(1), "a command took {slowest:?} to stop");
+}
+
 #[derive(Default, Debug)]
 struct Tally {
     runs: u32,
