@@ -1,4 +1,5 @@
-//! The syscalls std does not wrap: block-device ioctls, fd flags, SEEK_DATA/SEEK_HOLE, fallocate.
+//! The syscalls std does not wrap: block-device ioctls, fd flags, SEEK_DATA/SEEK_HOLE, fallocate,
+//! extended attributes.
 //!
 //! One of the engine's unsafe islands: every `unsafe` block here is a single FFI call on a file
 //! descriptor that the caller keeps open for the duration of the call.
