@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch: `diskstream image {create,verify,restore,info}` and `demo`.
 //! Exit codes (documented in the README): 0 success, 1 failure, 2 usage, 3 integrity (the data
-//! is damaged: corrupt or truncated image, checksum mismatch).
+//! is damaged: corrupt or truncated image, checksum mismatch), 130/143 interrupted by
+//! SIGINT/SIGTERM (partial outputs removed).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -211,6 +212,13 @@ pub fn main() -> ExitCode {
 
 fn image(cmd: ImageCmd) -> ExitCode {
     let progress: Progress = Default::default();
+    // Installed before anything is opened: a SIGINT/SIGTERM from here on stops the operation at
+    // the next chunk, its partial outputs are removed, and the exit code is 130/143.
+    let interrupt = match crate::interrupt::Interrupt::install() {
+        Ok(i) => i,
+        Err(e) => return output::fail_msg(&format!("cannot install the SIGINT/SIGTERM handlers: {e}")),
+    };
+    let stop = Some(interrupt.flag());
     match cmd {
         ImageCmd::Create {
             src,
@@ -229,22 +237,24 @@ fn image(cmd: ImageCmd) -> ExitCode {
             o.checksum = checksum;
             o.compress = compress == "lz4";
             o.force = force;
+            o.stop = stop;
             let total = output::disk_size_hint(&src);
             let res = output::with_progress(&progress, total, "create", tune.json, || {
                 ops::create(&src, &out, &o, &progress)
             });
-            output::finish(res, tune.json)
+            output::finish_or_interrupted(res, tune.json, &interrupt, true)
         }
         ImageCmd::Verify { image, tune } => {
-            let o = match tune.options() {
+            let mut o = match tune.options() {
                 Ok(o) => o,
                 Err(e) => return output::fail_msg(&e),
             };
+            o.stop = stop;
             let total = ops::info(&image, &o).map(|i| i.disk_size).unwrap_or(0);
             let res = output::with_progress(&progress, total, "verify", tune.json, || {
                 ops::verify(&image, &o, &progress)
             });
-            output::finish(res, tune.json)
+            output::finish_or_interrupted(res, tune.json, &interrupt, false)
         }
         ImageCmd::Restore {
             image,
@@ -257,11 +267,12 @@ fn image(cmd: ImageCmd) -> ExitCode {
                 Err(e) => return output::fail_msg(&e),
             };
             o.force = force;
+            o.stop = stop;
             let total = ops::info(&image, &o).map(|i| i.disk_size).unwrap_or(0);
             let res = output::with_progress(&progress, total, "restore", tune.json, || {
                 ops::restore(&image, &dest, &o, &progress)
             });
-            output::finish(res, tune.json)
+            output::finish_or_interrupted(res, tune.json, &interrupt, true)
         }
         ImageCmd::Scan {
             src,
@@ -275,9 +286,10 @@ fn image(cmd: ImageCmd) -> ExitCode {
             };
             o.compress = compress == "lz4";
             o.checksum = checksum;
+            o.stop = stop;
             let total = output::disk_size_hint(&src);
             let res = output::with_progress(&progress, total, "scan", tune.json, || ops::scan(&src, &o, &progress));
-            output::finish(res, tune.json)
+            output::finish_or_interrupted(res, tune.json, &interrupt, false)
         }
         ImageCmd::Info { image, manifest, json } => {
             let o = Options {

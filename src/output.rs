@@ -81,9 +81,40 @@ pub fn fail_msg(msg: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Like [`finish`], but an operation stopped by SIGINT/SIGTERM says so ("interrupted by SIGINT;
+/// partial output removed" where it writes) and exits 130/143.
+pub fn finish_or_interrupted(
+    res: Result<Report>,
+    json_out: bool,
+    interrupt: &crate::interrupt::Interrupt,
+    writes: bool,
+) -> ExitCode {
+    match res {
+        Err(e) if e.is_cancelled() && interrupt.signal().is_some() => {
+            let msg = format!(
+                "interrupted by {}{}",
+                interrupt.signal_name(),
+                if writes { "; partial output removed" } else { "" }
+            );
+            if json_out {
+                println!("{}", json!({ "ok": false, "error": msg, "kind": "interrupted" }));
+            }
+            eprintln!("diskstream: {msg}");
+            interrupt.exit_code()
+        }
+        res => finish(res, json_out),
+    }
+}
+
 fn fail(e: &Error, json_out: bool) -> ExitCode {
     if json_out {
-        let kind = if e.is_integrity() { "integrity" } else { "error" };
+        let kind = if e.is_integrity() {
+            "integrity"
+        } else if matches!(e, Error::ManifestMismatch { .. }) {
+            "mismatch"
+        } else {
+            "error"
+        };
         println!("{}", json!({ "ok": false, "error": e.to_string(), "kind": kind }));
     }
     eprintln!("diskstream: error: {e}");

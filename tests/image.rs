@@ -31,6 +31,8 @@ fn roundtrip(src: &Path, dir: &Path, format: &str, extra: &[&str]) {
     assert_eq!(r["digest"], c["digest"]);
     assert_same_bytes(src, &back);
     let _ = std::fs::remove_file(&img);
+    // The manifest too: an existing manifest, like an existing image, is replaced only with --force.
+    let _ = std::fs::remove_file(dir.join(format!("img.{format}.manifest")));
     let _ = std::fs::remove_file(&back);
 }
 
@@ -245,7 +247,8 @@ fn device_target_restore_overwrites_old_content_with_zeroes() {
     let backing = dir.path().join("dev");
     make_disk(&backing, 8 * MIB, Data::Random, 99); // Old content that must not survive.
     let lo = Loop::attach(&backing, true);
-    let r = ds_json(&["image", "restore", s(&img), lo.path()]);
+    // Writing over a device needs --force (tests/adversarial_image.rs checks the refusal).
+    let r = ds_json(&["image", "restore", s(&img), lo.path(), "--force"]);
     assert_eq!(r["output_direct"], true);
     assert_eq!(read_prefix(&lo.dev, 8 * MIB), std::fs::read(&src).unwrap());
     // A target that is too small is refused before anything is written.
@@ -253,7 +256,7 @@ fn device_target_restore_overwrites_old_content_with_zeroes() {
     make_disk(&small, 4 * MIB, Data::Random, 1);
     let before = std::fs::read(&small).unwrap();
     let lo2 = Loop::attach(&small, true);
-    let out = ds(&["image", "restore", s(&img), lo2.path()]);
+    let out = ds(&["image", "restore", s(&img), lo2.path(), "--force"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("target device holds"));
     drop(lo2);
@@ -277,7 +280,7 @@ fn device_raw_create_needs_a_manifest_path_and_existing_files_need_force() {
     let r = ds(&["image", "create", s(&src), lo.path()]);
     assert!(String::from_utf8_lossy(&r.stderr).contains("--manifest"));
     let m = dir.path().join("dev.manifest");
-    ds_json(&["image", "create", s(&src), lo.path(), "--manifest", s(&m)]);
+    ds_json(&["image", "create", s(&src), lo.path(), "--manifest", s(&m), "--force"]);
     assert_eq!(read_prefix(&lo.dev, 2 * MIB), std::fs::read(&src).unwrap());
 }
 

@@ -238,7 +238,7 @@ pub fn device_read(dev: &Path, limit: u64, qd: u32, chunk: u32, cancel: &AtomicB
     let t0 = Instant::now();
     let stats = reader.read_all(&src, &plans, &pool, &mut |_| {
         if cancel.load(Ordering::Relaxed) {
-            return Err(Error::Invalid("interrupted".into()));
+            return Err(Error::Cancelled);
         }
         Ok(())
     })?;
@@ -300,7 +300,7 @@ pub fn target_write(path: &Path, size: u64, qd: u32, chunk: u32, cancel: &Atomic
     let mut off = 0u64;
     while off < size {
         if cancel.load(Ordering::Relaxed) {
-            return Err(Error::Invalid("interrupted".into()));
+            return Err(Error::Cancelled);
         }
         let len = (size - off).min(u64::from(chunk)) as u32;
         let mut buf = pool.get();

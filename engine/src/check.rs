@@ -119,7 +119,7 @@ pub fn run_frames<R: Read + Send>(
             scope.spawn(move || -> Result<()> {
                 loop {
                     if cancel.load(Ordering::Relaxed) {
-                        return Err(Error::Invalid("cancelled".into()));
+                        return Err(Error::Cancelled);
                     }
                     let mut buf = pools.stored.get();
                     let res = reader.next_stored(buf.as_mut_slice());
@@ -132,7 +132,7 @@ pub fn run_frames<R: Read + Send>(
                     };
                     let Some(at) = next else { return Ok(()) };
                     if work_tx.send((at, buf)).is_err() {
-                        return Err(Error::Invalid("cancelled".into()));
+                        return Err(Error::Cancelled);
                     }
                 }
             })

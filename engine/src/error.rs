@@ -58,6 +58,21 @@ pub enum Error {
     /// The caller asked for something the engine cannot do.
     #[error("{0}")]
     Invalid(String),
+    /// The operation was stopped from outside (`Options::stop`, set by a SIGINT/SIGTERM handler)
+    /// and cleaned up what it had created.
+    #[error("interrupted")]
+    Cancelled,
+    /// A manifest and an image that are not a pair: the manifest describes another image (for
+    /// example one whose commit was cut between the two renames). Neither is known to be damaged.
+    #[error("{manifest}: manifest does not belong to {image} ({detail})")]
+    ManifestMismatch {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The image.
+        image: PathBuf,
+        /// Which identities differ.
+        detail: String,
+    },
 }
 
 impl Error {
@@ -84,5 +99,10 @@ impl Error {
     /// True if and only if this error means the data is damaged (not the environment).
     pub fn is_integrity(&self) -> bool {
         matches!(self, Self::ChecksumMismatch { .. } | Self::Corrupt { .. })
+    }
+
+    /// True if and only if the operation was stopped from outside ([`Error::Cancelled`]).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Self::Cancelled)
     }
 }

@@ -15,6 +15,8 @@
 //!   O_DIRECT ([`sink::raw`]), or a `dsimg` stream ([`sink::image`]).
 //! - [`format`]: the `dsimg` byte format (encoder and decoder; the compatibility boundary,
 //!   specified in `docs/image-format.md`) and [`manifest`]: the per-chunk digest list.
+//! - [`input`]: inputs refused unless they are regular files (or block devices) before any open
+//!   that could block, and manifests read no further than the disk they describe.
 //! - [`ops`]: the operations the CLI exposes: create, verify, restore, info.
 //!
 //! `unsafe` lives only in [`sys`], [`buf`] and [`ring::uring`]; every block says why it is sound.
@@ -27,6 +29,7 @@ pub mod direct_read;
 pub mod error;
 pub mod format;
 pub mod fuzzing;
+pub mod input;
 pub mod manifest;
 pub mod ops;
 pub mod pipeline;

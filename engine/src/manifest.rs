@@ -109,57 +109,13 @@ impl Manifest {
         let text = std::str::from_utf8(text)
             .map_err(|e| Error::corrupt(path, "manifest", e.valid_up_to() as u64, "not UTF-8"))?;
         let mut p = Lines { text, pos: 0, path };
-        let (at, first) = p.next("first line")?;
-        let (version, checksum) = match first {
-            MANIFEST_MAGIC_V1 => (1, Checksum::Sha256),
-            MANIFEST_MAGIC => {
-                let (at, line) = p.next("checksum line")?;
-                let c = line
-                    .strip_prefix("checksum ")
-                    .and_then(Checksum::from_name)
-                    .ok_or_else(|| {
-                        Error::corrupt(
-                            path,
-                            "manifest",
-                            at,
-                            format!("expected `checksum blake3|sha256`, found `{}`", line.escape_debug()),
-                        )
-                    })?;
-                (2, c)
-            }
-            other if other.starts_with("diskstream-manifest ") => {
-                return Err(Error::corrupt(
-                    path,
-                    "manifest",
-                    at,
-                    format!(
-                        "unsupported manifest version `{}` (this build reads v1 and v2)",
-                        other.escape_debug()
-                    ),
-                ))
-            }
-            other => {
-                return Err(Error::corrupt(
-                    path,
-                    "manifest",
-                    at,
-                    format!("expected `{MANIFEST_MAGIC}`, found `{}`", other.escape_debug()),
-                ))
-            }
-        };
-        let disk_size: u64 = p.field("disk-size")?;
-        let chunk_size: u32 = p.field("chunk-size")?;
-        if !chunk_size.is_power_of_two() || chunk_size < 4096 {
-            return Err(p.err(format!(
-                "chunk size {chunk_size} is not a power of two of at least 4096"
-            )));
-        }
-        let count: u64 = p.field("chunk-count")?;
-        if count != disk_size.div_ceil(u64::from(chunk_size)) {
-            return Err(p.err(format!(
-                "{count} chunks do not cover {disk_size} bytes in chunks of {chunk_size}"
-            )));
-        }
+        let ManifestHeader {
+            version,
+            checksum,
+            disk_size,
+            chunk_size,
+            chunk_count: count,
+        } = ManifestHeader::parse_lines(&mut p)?;
         let zeros = ZeroDigests::new(checksum, disk_size, chunk_size);
         let mut chunks = Vec::new();
         for i in 0..count {
@@ -241,6 +197,117 @@ impl Manifest {
             return Err(Error::corrupt(path, "manifest", p.pos as u64, "text after `end`"));
         }
         Ok(m)
+    }
+}
+
+/// The header lines of a manifest (version, algorithm, sizes): what it describes, and so how
+/// long it can be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ManifestHeader {
+    /// Format version: 1 or 2.
+    pub version: u8,
+    /// The digest algorithm (version 1: SHA-256).
+    pub checksum: Checksum,
+    /// Size of the disk in bytes.
+    pub disk_size: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Number of chunk lines that follow (`ceil(disk_size / chunk_size)`).
+    pub chunk_count: u64,
+}
+
+impl ManifestHeader {
+    /// Parses the header from the start of a manifest (`head` may stop anywhere after it),
+    /// as strictly as [`Manifest::parse`] does.
+    pub fn parse(head: &[u8], path: &Path) -> Result<Self> {
+        let text = match std::str::from_utf8(head) {
+            Ok(t) => t,
+            // A cut inside a multi-byte character at the end of the head is not an error yet.
+            Err(e) if e.error_len().is_none() => std::str::from_utf8(&head[..e.valid_up_to()]).expect("valid prefix"),
+            Err(e) => return Err(Error::corrupt(path, "manifest", e.valid_up_to() as u64, "not UTF-8")),
+        };
+        Self::parse_lines(&mut Lines { text, pos: 0, path })
+    }
+
+    fn parse_lines(p: &mut Lines<'_>) -> Result<Self> {
+        let path = p.path;
+        let (at, first) = p.next("first line")?;
+        let (version, checksum) = match first {
+            MANIFEST_MAGIC_V1 => (1, Checksum::Sha256),
+            MANIFEST_MAGIC => {
+                let (at, line) = p.next("checksum line")?;
+                let c = line
+                    .strip_prefix("checksum ")
+                    .and_then(Checksum::from_name)
+                    .ok_or_else(|| {
+                        Error::corrupt(
+                            path,
+                            "manifest",
+                            at,
+                            format!("expected `checksum blake3|sha256`, found `{}`", line.escape_debug()),
+                        )
+                    })?;
+                (2, c)
+            }
+            other if other.starts_with("diskstream-manifest ") => {
+                return Err(Error::corrupt(
+                    path,
+                    "manifest",
+                    at,
+                    format!(
+                        "unsupported manifest version `{}` (this build reads v1 and v2)",
+                        other.escape_debug()
+                    ),
+                ))
+            }
+            other => {
+                return Err(Error::corrupt(
+                    path,
+                    "manifest",
+                    at,
+                    format!("expected `{MANIFEST_MAGIC}`, found `{}`", other.escape_debug()),
+                ))
+            }
+        };
+        let disk_size: u64 = p.field("disk-size")?;
+        let chunk_size: u32 = p.field("chunk-size")?;
+        if !chunk_size.is_power_of_two() || chunk_size < 4096 {
+            return Err(p.err(format!(
+                "chunk size {chunk_size} is not a power of two of at least 4096"
+            )));
+        }
+        let count: u64 = p.field("chunk-count")?;
+        if count != disk_size.div_ceil(u64::from(chunk_size)) {
+            return Err(p.err(format!(
+                "{count} chunks do not cover {disk_size} bytes in chunks of {chunk_size}"
+            )));
+        }
+        Ok(Self {
+            version,
+            checksum,
+            disk_size,
+            chunk_size,
+            chunk_count: count,
+        })
+    }
+
+    /// The most bytes a manifest with this header can hold, as [`Manifest::encode`] writes it:
+    /// the header, one line of at most `digits(count) + 71` bytes per chunk, the image digest
+    /// line and `end` (version 1's header, one line shorter, is covered by the same bound).
+    pub fn max_len(&self) -> u64 {
+        let digits = |n: u64| n.checked_ilog10().map_or(1, |d| u64::from(d) + 1);
+        let header = MANIFEST_MAGIC.len() as u64
+            + 1
+            + format!("checksum {}\n", self.checksum).len() as u64
+            + format!(
+                "disk-size {}\nchunk-size {}\nchunk-count {}\n",
+                self.disk_size, self.chunk_size, self.chunk_count
+            )
+            .len() as u64;
+        let line = digits(self.chunk_count) + 1 + 4 + 1 + 64 + 1;
+        header
+            .saturating_add(self.chunk_count.saturating_mul(line))
+            .saturating_add(13 + 64 + 1 + 4)
     }
 }
 
@@ -382,6 +449,44 @@ mod tests {
                 assert!(
                     Manifest::parse(&t, Path::new("m")).is_err(),
                     "flip at byte {i} accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn max_len_bounds_what_encode_writes() {
+        for (size, cs) in [
+            (0u64, 4096u32),
+            (1, 4096),
+            (10_000, 4096),
+            (9 << 20, 4096),
+            (5 << 20, 1 << 20),
+        ] {
+            let v1 = Manifest {
+                version: 1,
+                ..Manifest::new(Checksum::Sha256, size, cs)
+            };
+            for m in [
+                Manifest::new(Checksum::Blake3, size, cs),
+                Manifest::new(Checksum::Sha256, size, cs),
+                v1,
+            ] {
+                let text = m.encode();
+                let h = ManifestHeader::parse(text.as_bytes(), Path::new("m")).unwrap();
+                assert_eq!(
+                    (h.chunk_count, h.version, h.checksum),
+                    (m.chunks.len() as u64, m.version, m.checksum)
+                );
+                assert!(
+                    h.max_len() >= text.len() as u64,
+                    "{size}/{cs}: {} < {}",
+                    h.max_len(),
+                    text.len()
+                );
+                assert!(
+                    h.max_len() <= text.len() as u64 + 64 + 20 * h.chunk_count,
+                    "{size}/{cs}: bound too loose"
                 );
             }
         }

@@ -21,7 +21,7 @@ use crate::pipeline::{self, Job, Payload, PipelineStats, Pools, Processed, Reord
 use crate::ring::{self, BackendKind, RingOptions};
 use crate::sink::image::DirectWriter;
 use crate::sink::raw::RawSink;
-use crate::sink::target::Target;
+use crate::sink::target::{check_output, remove_stale_manifest, same_file, Target};
 use crate::sink::ZeroPolicy;
 use crate::source::{plan_chunks, Source};
 
@@ -230,22 +230,73 @@ fn manifest_path(out: &Path, o: &Options) -> Result<PathBuf> {
     Ok(PathBuf::from(s))
 }
 
-fn write_manifest(path: &Path, m: &Manifest) -> Result<()> {
-    let t = Target::create(path, true, false)?;
-    std::io::Write::write_all(&mut t.file(), m.encode().as_bytes())
-        .map_err(|e| Error::io("write", t.write_path(), 0, e))?;
-    t.commit()?;
+/// The extended attribute in which a raw image records its whole-image digest (one byte naming
+/// the algorithm, [`Checksum::id`], then the 32 digest bytes), so that a manifest of another image
+/// is named as such, not as damage (docs/image-format.md). Name and value are short enough to live
+/// inside an ext4 inode (256-byte inodes): an all-hole image stays without a single allocated block.
+pub const IMAGE_DIGEST_XATTR: &str = "user.diskstream.digest";
+
+/// The value of [`IMAGE_DIGEST_XATTR`] for `digest` computed with `checksum`.
+fn digest_xattr(checksum: Checksum, digest: &crate::digest::Hash) -> [u8; 33] {
+    let mut v = [0u8; 33];
+    v[0] = checksum.id();
+    v[1..].copy_from_slice(digest);
+    v
+}
+
+/// Refuses, before anything is opened for writing, an output or manifest path that names the
+/// input (the same path, a hard link or a symbolic link to it, the same device), a manifest that
+/// is the output, a manifest that is not a new or (with `force`) regular file, and a format that
+/// cannot go to a block device.
+fn check_outputs(input: &Path, out: &Path, manifest: Option<&Path>, o: &Options, format: Format) -> Result<()> {
+    if same_file(input, out) {
+        return Err(Error::Invalid(format!(
+            "{}: is the input {}; refusing to write over it",
+            out.display(),
+            input.display()
+        )));
+    }
+    if let Some(m) = manifest {
+        for (other, role) in [(input, "the input"), (out, "the output")] {
+            if same_file(m, other) {
+                return Err(Error::Invalid(format!(
+                    "{}: the manifest path is {role} {}; refusing to write over it",
+                    m.display(),
+                    other.display()
+                )));
+            }
+        }
+    }
+    let is_device =
+        std::fs::metadata(out).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+    if is_device && format == Format::Dsimg {
+        return Err(Error::Invalid(format!(
+            "{}: is a block device; a dsimg image is a file and cannot be written to a device (use --format raw, \
+             or write the image to a file)",
+            out.display()
+        )));
+    }
+    check_output(out, o.force, true)?;
+    if let Some(m) = manifest {
+        check_output(m, o.force, false)?;
+    }
+    Ok(())
+}
+
+/// `Error::Cancelled` if the operation was asked to stop.
+fn check_stop(o: &Options) -> Result<()> {
+    if o.stop
+        .as_ref()
+        .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+    {
+        return Err(Error::Cancelled);
+    }
     Ok(())
 }
 
 fn run(job: Job<'_>, o: &Options, sink: &mut dyn FnMut(Processed) -> Result<()>) -> Result<PipelineStats> {
     let mut sink = |p: Processed| {
-        if o.stop
-            .as_ref()
-            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
-        {
-            return Err(Error::Invalid("interrupted".into()));
-        }
+        check_stop(o)?;
         sink(p)
     };
     if o.sequential {
@@ -328,10 +379,16 @@ pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Resul
     let compress = o.compress && o.format == Format::Dsimg;
     // Raw output keeps read buffers in flight on the write side too.
     let writes = if o.format == Format::Raw { o.write_depth } else { 0 };
+    let manifest_path = manifest_path(out, o)?;
+    check_outputs(src, out, Some(&manifest_path), o, o.format)?;
     let mut plumbing = Plumbing::new(&source, size, cs, o.checksum, o, writes, compress)?;
     warnings.append(&mut plumbing.notes);
-    let manifest_path = manifest_path(out, o)?;
+    // The manifest's temporary file first: every refusal comes before the first byte is written.
+    let manifest_target = Target::create_file(&manifest_path, o.force)?;
     let target = Target::create(out, o.force, true)?;
+    if target.is_device() {
+        remove_stale_manifest(&manifest_path)?;
+    }
     if !target.is_direct() {
         warnings.push(format!(
             "{}: the file system refuses O_DIRECT; writing through the page cache",
@@ -425,8 +482,17 @@ pub fn create(src: &Path, out: &Path, o: &Options, progress: &Progress) -> Resul
             (target, stats)
         }
     };
-    target.commit()?;
-    write_manifest(&manifest_path, &manifest)?;
+    let digest = manifest.image_digest();
+    std::io::Write::write_all(&mut manifest_target.file(), manifest.encode().as_bytes())
+        .map_err(|e| Error::io("write", manifest_target.write_path(), 0, e))?;
+    if o.format == Format::Raw && !target.is_device() {
+        // Best effort: a file system without user xattrs keeps no binding (then `verify` can only
+        // compare chunks).
+        let _ = crate::sys::set_xattr(target.file(), IMAGE_DIGEST_XATTR, &digest_xattr(o.checksum, &digest));
+    }
+    // Past this point the pair is committed whole: a stop request is honoured up to here.
+    check_stop(o)?;
+    target.commit_with_manifest(manifest_target)?;
     report.bytes_read = stats.read.bytes_read;
     report.read_requests = stats.read.requests;
     report.zero_chunks = stats.zero_chunks;
@@ -459,12 +525,13 @@ fn backend_kind_for_writes(o: &Options) -> BackendKind {
 
 /// A buffered descriptor for small structural reads (O_DIRECT would need aligned buffers).
 fn open_plain(path: &Path) -> Result<File> {
-    File::open(path).map_err(|e| Error::io("open", path, 0, e))
+    crate::input::open_input(path, "the image", true)
 }
 
-/// What kind of image a path holds.
+/// What kind of image a path holds. Anything but a regular file or block device (a FIFO,
+/// `/dev/stdin`, a directory) is refused before it is opened.
 pub fn detect(path: &Path) -> Result<Format> {
-    let mut f = File::open(path).map_err(|e| Error::io("open", path, 0, e))?;
+    let mut f = open_plain(path)?;
     let mut magic = [0u8; 8];
     let mut got = 0;
     while got < magic.len() {
@@ -482,20 +549,106 @@ pub fn detect(path: &Path) -> Result<Format> {
     })
 }
 
-fn load_manifest(image: &Path, o: &Options) -> Result<(PathBuf, Manifest)> {
+/// Loads the manifest of the raw image `image` (`image_size` bytes): its header is read and
+/// checked against the image first, so the manifest is read only as far as the image's chunk
+/// count allows; then the image's own record of its digest, if it has one, must match.
+fn load_manifest(image: &Path, o: &Options, image_size: u64) -> Result<(PathBuf, Manifest)> {
     let mpath = manifest_path(image, o)?;
-    let bytes = std::fs::read(&mpath).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Error::Invalid(format!(
-                "{}: not a dsimg image, and its manifest {} does not exist (a raw image needs one)",
-                image.display(),
-                mpath.display()
-            ))
-        } else {
-            Error::io("read", &mpath, 0, e)
-        }
+    let mf = crate::input::ManifestFile::open(&mpath).map_err(|e| match e {
+        Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => Error::Invalid(format!(
+            "{}: not a dsimg image, and its manifest {} does not exist (a raw image needs one)",
+            image.display(),
+            mpath.display()
+        )),
+        e => e,
     })?;
-    Ok((mpath.clone(), Manifest::parse(&bytes, &mpath)?))
+    if mf.header().disk_size != image_size {
+        return Err(Error::corrupt(
+            image,
+            "raw image",
+            image_size,
+            format!(
+                "the image is {image_size} bytes but its manifest says {} (truncated or extended)",
+                mf.header().disk_size
+            ),
+        ));
+    }
+    let manifest = mf.read()?;
+    check_recorded_digest(image, &mpath, manifest.checksum, &manifest.image_digest())?;
+    Ok((mpath, manifest))
+}
+
+/// Compares the digest a raw image recorded when it was committed (its xattr; absent on file
+/// systems without user xattrs, on copies that dropped them, and on devices) with the manifest's.
+fn check_recorded_digest(image: &Path, mpath: &Path, checksum: Checksum, want: &crate::digest::Hash) -> Result<()> {
+    let Ok(f) = crate::input::open_input(image, "the image", true) else {
+        return Ok(()); // Opening it again below names the problem.
+    };
+    let Ok(Some(rec)) = crate::sys::get_xattr(&f, IMAGE_DIGEST_XATTR, 128) else {
+        return Ok(());
+    };
+    if rec[..] != digest_xattr(checksum, want)[..] {
+        let recorded = match rec.split_first() {
+            Some((&id, d)) => format!(
+                "{} {}",
+                Checksum::from_id(id).map_or("an unknown algorithm", Checksum::name),
+                ::hex::encode(d)
+            ),
+            None => "an empty record".into(),
+        };
+        return Err(Error::ManifestMismatch {
+            manifest: mpath.to_owned(),
+            image: image.to_owned(),
+            detail: format!(
+                "the image was committed with whole-image digest {recorded}, the manifest describes {checksum} {}",
+                hex(want)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The size of a raw image: a regular file's length or a block device's size.
+fn image_size(image: &Path) -> Result<u64> {
+    let f = crate::input::open_input(image, "the image", true)?;
+    let m = f.metadata().map_err(|e| Error::io("stat", image, 0, e))?;
+    if std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()) {
+        crate::sys::block_device_size(&f).map_err(|e| Error::io("BLKGETSIZE64", image, 0, e))
+    } else {
+        Ok(m.len())
+    }
+}
+
+/// For a dsimg with a manifest beside it (or named by `--manifest`): the manifest must describe
+/// this image (same disk size, chunk size and whole-image digest). No manifest is no error: a
+/// dsimg carries its own digests.
+fn check_dsimg_manifest(image: &Path, o: &Options, layout: &Layout) -> Result<Option<PathBuf>> {
+    let mpath = manifest_path(image, o)?;
+    if o.manifest.is_none() && std::fs::symlink_metadata(&mpath).is_err() {
+        return Ok(None);
+    }
+    let mf = crate::input::ManifestFile::open(&mpath)?;
+    let h = *mf.header();
+    let mismatch = |detail: String| Error::ManifestMismatch {
+        manifest: mpath.clone(),
+        image: image.to_owned(),
+        detail,
+    };
+    if h.disk_size != layout.header.disk_size || h.chunk_size != layout.header.chunk_size {
+        return Err(mismatch(format!(
+            "the image holds a disk of {} bytes in chunks of {}, the manifest {} bytes in chunks of {}",
+            layout.header.disk_size, layout.header.chunk_size, h.disk_size, h.chunk_size
+        )));
+    }
+    let m = mf.read()?;
+    if m.image_digest() != layout.trailer.image_digest {
+        return Err(mismatch(format!(
+            "the image's whole-image sha256 is {}, the manifest describes {}",
+            hex(&layout.trailer.image_digest),
+            hex(&m.image_digest())
+        )));
+    }
+    Ok(Some(mpath))
 }
 
 /// Re-reads an image with O_DIRECT and checks every chunk: a `dsimg` against its own digests,
@@ -508,6 +661,7 @@ pub fn verify(image: &Path, o: &Options, progress: &Progress) -> Result<Report> 
             let source = Source::open(image)?;
             let layout = read_layout(&open_plain(image)?, image)?;
             let mut rep = base_report("verify", image, &layout);
+            rep.manifest = check_dsimg_manifest(image, o, &layout)?;
             rep.input_direct = source.is_direct();
             rep.warnings.extend(source.warning().map(str::to_owned));
             let mut dr = DirectReader::new(source.file());
@@ -520,7 +674,7 @@ pub fn verify(image: &Path, o: &Options, progress: &Progress) -> Result<Report> 
             Ok(rep)
         }
         Format::Raw => {
-            let (mpath, manifest) = load_manifest(image, o)?;
+            let (mpath, manifest) = load_manifest(image, o, image_size(image)?)?;
             let mut rep = Report {
                 op: "verify",
                 manifest: Some(mpath),
@@ -548,15 +702,8 @@ fn check_frames<R: Read + Send>(
     progress: &Progress,
     sink: &mut dyn FnMut(Processed) -> Result<()>,
 ) -> Result<()> {
-    let stop = || {
-        o.stop
-            .as_ref()
-            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
-    };
     let mut sink = |p: Processed| {
-        if stop() {
-            return Err(Error::Invalid("interrupted".into()));
-        }
+        check_stop(o)?;
         sink(p)
     };
     let cs = layout.header.chunk_size;
@@ -692,6 +839,7 @@ pub fn restore(image: &Path, dest: &Path, o: &Options, progress: &Progress) -> R
             rep.output = Some(dest.to_owned());
             rep.input_direct = source.is_direct();
             let size = layout.header.disk_size;
+            check_outputs(image, dest, None, o, Format::Raw)?;
             let target = Target::create(dest, o.force, true)?;
             rep.output_direct = target.is_direct();
             let cs = layout.header.chunk_size;
@@ -718,12 +866,20 @@ pub fn restore(image: &Path, dest: &Path, o: &Options, progress: &Progress) -> R
             let (target, raw) = sink.finish()?;
             rep.bytes_written = raw.bytes_written;
             rep.write_requests = raw.requests;
+            check_stop(o)?;
             target.commit()?;
             rep.elapsed = t0.elapsed();
             Ok(rep)
         }
         Format::Raw => {
-            let (mpath, manifest) = load_manifest(image, o)?;
+            let (mpath, manifest) = load_manifest(image, o, image_size(image)?)?;
+            check_outputs(image, dest, None, o, Format::Raw)?;
+            if same_file(dest, &mpath) {
+                return Err(Error::Invalid(format!(
+                    "{}: is the image's manifest; refusing to write over it",
+                    dest.display()
+                )));
+            }
             let mut rep = Report {
                 op: "restore",
                 manifest: Some(mpath),
@@ -753,6 +909,7 @@ pub fn restore(image: &Path, dest: &Path, o: &Options, progress: &Progress) -> R
             rep.read_requests = stats.read.requests;
             rep.bytes_written = raw.bytes_written;
             rep.write_requests = raw.requests;
+            check_stop(o)?;
             target.commit()?;
             rep.elapsed = t0.elapsed();
             Ok(rep)
@@ -792,9 +949,7 @@ pub struct Info {
 /// Describes an image from its header, index and trailer (dsimg) or manifest (raw); checks
 /// structure and length, not every chunk (that is `verify`).
 pub fn info(image: &Path, o: &Options) -> Result<Info> {
-    let file_len = std::fs::metadata(image)
-        .map_err(|e| Error::io("stat", image, 0, e))?
-        .len();
+    let file_len = crate::input::check_kind(image, "the image", true)?.len();
     match detect(image)? {
         Format::Dsimg => {
             let l = read_layout(&open_plain(image)?, image)?;
@@ -814,7 +969,7 @@ pub fn info(image: &Path, o: &Options) -> Result<Info> {
             })
         }
         Format::Raw => {
-            let (mpath, m) = load_manifest(image, o)?;
+            let (mpath, m) = load_manifest(image, o, image_size(image)?)?;
             if file_len != m.disk_size {
                 return Err(Error::corrupt(
                     image,

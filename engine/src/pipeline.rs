@@ -276,9 +276,9 @@ pub fn run_parallel(
             scope.spawn(move || {
                 let res = backend.read_all(src, plans, &pools.input, &mut |chunk| {
                     if cancel.load(Ordering::Relaxed) {
-                        return Err(Error::Invalid("cancelled".into()));
+                        return Err(Error::Cancelled);
                     }
-                    work_tx.send(chunk).map_err(|_| Error::Invalid("cancelled".into()))
+                    work_tx.send(chunk).map_err(|_| Error::Cancelled)
                 });
                 if res.is_err() {
                     cancel.store(true, Ordering::Relaxed);

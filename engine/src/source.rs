@@ -4,9 +4,9 @@
 //! chunk that hold data (`SEEK_DATA`/`SEEK_HOLE`), so holes are never read: a chunk with no data
 //! at all becomes a hole chunk that costs no I/O and no buffer.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -46,22 +46,18 @@ impl Source {
     /// Opens `path` read-only with `O_DIRECT`. A file system that refuses O_DIRECT (tmpfs)
     /// gets a buffered open and a warning in [`Source::warning`]; a device never does.
     pub fn open(path: &Path) -> Result<Self> {
-        let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, 0, e))?;
-        let ft = meta.file_type();
-        let kind = if ft.is_block_device() {
+        // A FIFO, character device, socket or directory is refused before any open that could
+        // block (a FIFO's open waits for a writer): a disk is read by position.
+        let meta = crate::input::check_kind(path, "the source", true)?;
+        let kind = if meta.file_type().is_block_device() {
             SourceKind::BlockDevice
-        } else if ft.is_file() {
-            SourceKind::File
         } else {
-            return Err(Error::Invalid(format!(
-                "{}: not a block device or regular file",
-                path.display()
-            )));
+            SourceKind::File
         };
         let (file, direct, warning) = match open_direct(path, false) {
             Ok(f) => (f, true, None),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && kind == SourceKind::File => {
-                let f = open_direct(path, true).map_err(|e| Error::io("open", path, 0, e))?;
+                let f = open_direct(path, true).map_err(|e| crate::input::open_error(path, e))?;
                 let w = format!(
                     "{}: the file system refuses O_DIRECT (ramfs, an old tmpfs, some FUSE file systems); falling back to buffered reads \
                      through the page cache, which is slower and pollutes the cache",
@@ -69,7 +65,7 @@ impl Source {
                 );
                 (f, false, Some(w))
             }
-            Err(e) => return Err(Error::io("open", path, 0, e)),
+            Err(e) => return Err(crate::input::open_error(path, e)),
         };
         let (size, logical_block) = match kind {
             SourceKind::BlockDevice => {
@@ -157,10 +153,7 @@ impl Source {
 
 fn open_direct(path: &Path, buffered: bool) -> io::Result<File> {
     let flags = if buffered { 0 } else { libc::O_DIRECT };
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(flags | libc::O_CLOEXEC)
-        .open(path)
+    crate::input::open_checked(path, "the source", true, flags)
 }
 
 /// One positional read into a chunk's buffer: `len` bytes from disk offset `disk_off`

@@ -1,4 +1,5 @@
-//! The syscalls std does not wrap: block-device ioctls, fd flags, SEEK_DATA/SEEK_HOLE, fallocate.
+//! The syscalls std does not wrap: block-device ioctls, fd flags, SEEK_DATA/SEEK_HOLE, fallocate,
+//! extended attributes.
 //!
 //! One of the engine's unsafe islands: every `unsafe` block here is a single FFI call on a file
 //! descriptor that the caller keeps open for the duration of the call.
@@ -98,4 +99,47 @@ pub fn zero_range(file: &File, offset: u64, len: u64, mode: ZeroMode) -> io::Res
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Clears `O_NONBLOCK` on a descriptor that was opened with it (so that opening a FIFO swapped
+/// in behind our back could not block) before it is used for ordinary blocking I/O.
+pub fn clear_nonblock(file: &File) -> io::Result<()> {
+    let flags = status_flags(file)?;
+    // SAFETY: F_SETFL takes an int of flags and only changes the descriptor's status flags.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `fsetxattr`: sets the extended attribute `name` (a C string without its NUL) to `value`.
+pub fn set_xattr(file: &File, name: &str, value: &[u8]) -> io::Result<()> {
+    let name = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: the name is a live NUL-terminated string and the value a live slice of the length
+    // passed; the kernel only reads both during the call.
+    let rc = unsafe { libc::fsetxattr(file.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `fgetxattr` into a buffer of at most `max` bytes: `Ok(None)` if the attribute is absent or the
+/// file system has no extended attributes.
+pub fn get_xattr(file: &File, name: &str, max: usize) -> io::Result<Option<Vec<u8>>> {
+    let name = std::ffi::CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut buf = vec![0u8; max];
+    // SAFETY: the name is a live NUL-terminated string; the kernel writes at most `buf.len()`
+    // bytes into the live buffer.
+    let rc = unsafe { libc::fgetxattr(file.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        return match err.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
+            _ => Err(err),
+        };
+    }
+    buf.truncate(rc as usize);
+    Ok(Some(buf))
 }

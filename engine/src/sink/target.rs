@@ -1,7 +1,17 @@
 //! Opening outputs: a regular file is created under a temporary name in the same directory and
 //! renamed over the final name only once complete and fsynced (a failed or killed run never
 //! leaves a half image under the final name, and never touches an existing one before then);
-//! a block device is written in place.
+//! a block device is written in place, opened with `O_EXCL` (a mounted or otherwise claimed
+//! device is refused) and only with `force`.
+//!
+//! An image and its manifest are committed together ([`Target::commit_with_manifest`]): both are
+//! complete and synced under temporary names before either is renamed, the manifest is renamed
+//! first, and the image records its whole-image digest (`user.diskstream.sha256`) so that a
+//! reader can tell a manifest that belongs to another image (a commit cut between the renames)
+//! from damage (docs/image-format.md, "Committing an image and its manifest").
+//!
+//! Leftovers of killed runs (`.NAME.partial-<pid>` whose process is gone) are swept by the next
+//! run that writes the same NAME ([`sweep_partials`]).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -24,20 +34,39 @@ pub struct Target {
 }
 
 impl Target {
-    /// Opens `path` for writing. A block device is opened in place (O_DIRECT); anything else
-    /// becomes a new file `.<name>.partial-<pid>` next to it, created with mode 0600. An existing
-    /// regular file is refused unless `force` (and even then replaced only on [`Self::commit`]).
+    /// Opens `path` for writing. A block device is opened in place (O_DIRECT, O_EXCL) and only
+    /// with `force`; anything else becomes a new file `.<name>.partial-<pid>` next to it, created
+    /// with mode 0600. An existing regular file is refused unless `force` (and even then replaced
+    /// only on [`Self::commit`]).
     pub fn create(path: &Path, force: bool, want_direct: bool) -> Result<Self> {
-        match std::fs::metadata(path) {
-            Ok(m) if m.file_type().is_block_device() => {
-                let file = open(path, false, want_direct).or_else(|e| {
+        Self::open(path, force, want_direct, true)
+    }
+
+    /// Like [`Self::create`], but never a device: a manifest or other side file.
+    pub fn create_file(path: &Path, force: bool) -> Result<Self> {
+        Self::open(path, force, false, false)
+    }
+
+    fn open(path: &Path, force: bool, want_direct: bool, allow_device: bool) -> Result<Self> {
+        match check_output(path, force, allow_device)? {
+            OutputKind::Device => {
+                let file = open_device(path, want_direct).or_else(|e| {
                     if want_direct && e.raw_os_error() == Some(libc::EINVAL) {
-                        open(path, false, false)
+                        open_device(path, false)
                     } else {
                         Err(e)
                     }
                 });
-                let file = file.map_err(|e| Error::io("open", path, 0, e))?;
+                let file = file.map_err(|e| {
+                    if e.raw_os_error() == Some(libc::EBUSY) {
+                        Error::Invalid(format!(
+                            "{}: device is in use (mounted or claimed); refusing to write",
+                            path.display()
+                        ))
+                    } else {
+                        Error::io("open", path, 0, e)
+                    }
+                })?;
                 let size = sys::block_device_size(&file).map_err(|e| Error::io("BLKGETSIZE64", path, 0, e))?;
                 let lbs =
                     sys::block_device_logical_block_size(&file).map_err(|e| Error::io("BLKSSZGET", path, 0, e))?;
@@ -52,23 +81,9 @@ impl Target {
                     committed: false,
                 });
             }
-            Ok(m) if m.is_dir() => return Err(Error::Invalid(format!("{}: is a directory", path.display()))),
-            Ok(m) if !m.is_file() => {
-                return Err(Error::Invalid(format!(
-                    "{}: not a regular file or block device",
-                    path.display()
-                )))
-            }
-            Ok(_) if !force => {
-                return Err(Error::Invalid(format!(
-                    "{}: already exists; pass --force to replace it",
-                    path.display()
-                )))
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("stat", path, 0, e)),
+            OutputKind::New | OutputKind::Replace => {}
         }
+        sweep_partials(path);
         let name = path
             .file_name()
             .ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?;
@@ -134,6 +149,11 @@ impl Target {
         self.logical_block
     }
 
+    /// True if and only if the output is a block device written in place.
+    pub fn is_device(&self) -> bool {
+        self.device_size.is_some()
+    }
+
     /// Flushes the data to stable storage and, for a file, renames it into place and syncs the
     /// directory, so the complete output appears at once or not at all.
     pub fn commit(mut self) -> Result<PathBuf> {
@@ -141,12 +161,207 @@ impl Target {
             .sync_all()
             .map_err(|e| Error::io("fsync", self.write_path(), 0, e))?;
         if let Some(temp) = &self.temp_path {
-            std::fs::rename(temp, &self.final_path).map_err(|e| Error::io("rename", temp, 0, e))?;
+            test_only_fault("rename")
+                .and_then(|()| std::fs::rename(temp, &self.final_path))
+                .map_err(|e| Error::io("rename", temp, 0, e))?;
             sync_dir(&self.final_path)?;
         }
         self.committed = true;
         Ok(self.final_path.clone())
     }
+
+    /// Commits this image and its `manifest` (written in full beforehand) as a pair: both synced
+    /// under their temporary names, then the manifest renamed, then the image, then the
+    /// directories synced. A crash or failure between the two renames leaves the new manifest
+    /// beside the previous image, which records its own digest, so `verify` names the mismatch;
+    /// it never leaves a new image beside an old manifest. A device image is in place already:
+    /// its old manifest was removed before its first byte was overwritten
+    /// ([`remove_stale_manifest`]).
+    pub fn commit_with_manifest(mut self, mut manifest: Target) -> Result<PathBuf> {
+        manifest
+            .file
+            .sync_all()
+            .map_err(|e| Error::io("fsync", manifest.write_path(), 0, e))?;
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io("fsync", self.write_path(), 0, e))?;
+        if let Some(temp) = &manifest.temp_path {
+            test_only_fault("rename-manifest")
+                .and_then(|()| std::fs::rename(temp, &manifest.final_path))
+                .map_err(|e| Error::io("rename", temp, 0, e))?;
+        }
+        manifest.committed = true;
+        if let Some(temp) = &self.temp_path {
+            test_only_fault("rename-image")
+                .and_then(|()| std::fs::rename(temp, &self.final_path))
+                .map_err(|e| {
+                    Error::io(
+                        "rename (the new manifest is in place, the image is not: verify will report the pair as a mismatch until the next run)",
+                        temp,
+                        0,
+                        e,
+                    )
+                })?;
+            sync_dir(&self.final_path)?;
+        }
+        self.committed = true;
+        sync_dir(&manifest.final_path)?;
+        Ok(self.final_path.clone())
+    }
+}
+
+/// What an output path is now, as [`check_output`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputKind {
+    /// Nothing there: a new file.
+    New,
+    /// An existing regular file, to be replaced on commit (`force` was given).
+    Replace,
+    /// An existing block device, to be written in place (`force` was given).
+    Device,
+}
+
+/// Decides, from `stat` alone and before anything is opened or written, whether `path` may be
+/// written: a new file; an existing regular file or (with `allow_device`) block device only with
+/// `force`; never a directory, FIFO, socket or character device.
+pub fn check_output(path: &Path, force: bool, allow_device: bool) -> Result<OutputKind> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_block_device() && allow_device => {
+            if force {
+                Ok(OutputKind::Device)
+            } else {
+                Err(Error::Invalid(format!(
+                    "{}: is a block device; writing to it destroys what it holds: pass --force to overwrite it",
+                    path.display()
+                )))
+            }
+        }
+        Ok(m) if !m.is_file() => Err(Error::Invalid(format!(
+            "{}: is {}; refusing to write over it (the output must be a new or regular file{})",
+            path.display(),
+            crate::input::kind_name(&m.file_type()),
+            if allow_device { " or a block device" } else { "" }
+        ))),
+        Ok(_) if !force => Err(Error::Invalid(format!(
+            "{}: already exists; pass --force to replace it",
+            path.display()
+        ))),
+        Ok(_) => Ok(OutputKind::Replace),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(OutputKind::New),
+        Err(e) => Err(Error::io("stat", path, 0, e)),
+    }
+}
+
+/// True if and only if `a` and `b` name the same file: the same canonical path, or the same
+/// device and inode (hard links, symbolic links), or block devices with the same device number.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        if x.dev() == y.dev() && x.ino() == y.ino() {
+            return true;
+        }
+        if x.file_type().is_block_device() && y.file_type().is_block_device() && x.rdev() == y.rdev() {
+            return true;
+        }
+    }
+    match (canonical(a), canonical(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// The canonical path of `p`, or of its parent joined with its name where `p` does not exist.
+fn canonical(p: &Path) -> Option<PathBuf> {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return Some(c);
+    }
+    let dir = p
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Some(std::fs::canonicalize(dir).ok()?.join(p.file_name()?))
+}
+
+/// Before a device's first byte is overwritten: removes its previous manifest at `manifest`
+/// (the device will no longer hold what it describes) and syncs the directory, so that a run
+/// cut short leaves no manifest beside a half-written device.
+pub fn remove_stale_manifest(manifest: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(manifest) {
+        Ok(_) => {
+            std::fs::remove_file(manifest).map_err(|e| Error::io("remove", manifest, 0, e))?;
+            sync_dir(manifest)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("stat", manifest, 0, e)),
+    }
+}
+
+/// Removes the leftovers `.NAME.partial-<pid>` beside `path` (this naming pattern only, regular
+/// files only) whose process is gone, or is no longer a diskstream (the pid was reused by another
+/// program, which cannot be writing our partial), or is this process. A partial of a live
+/// diskstream is left alone: it may be writing it now. Returns the paths removed.
+pub fn sweep_partials(path: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let (Some(name), dir) = (
+        path.file_name(),
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    ) else {
+        return removed;
+    };
+    let prefix = format!(".{}.partial-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let fname = e.file_name();
+        let Some(pid) = fname
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && live_diskstream(pid) {
+            continue;
+        }
+        let p = e.path();
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) && std::fs::remove_file(&p).is_ok() {
+            removed.push(p);
+        }
+    }
+    removed
+}
+
+/// True if and only if `pid` is a running (not zombie) process whose command name starts with
+/// `diskstream` (the binary, or the engine's own test programs).
+fn live_diskstream(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) S ...`: the state follows the last ')'.
+    let state = stat.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next());
+    if matches!(state, Some('Z' | 'X' | 'x') | None) {
+        return false;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end().starts_with("diskstream"))
+}
+
+/// Test-only fault injection at a named commit step, for the tests of the commit protocol: with
+/// `DISKSTREAM_TEST_ONLY_FAIL_AT=<step>` the step fails with EIO; with
+/// `DISKSTREAM_TEST_ONLY_CRASH_AT=<step>` the process exits at once without any cleanup, as a
+/// SIGKILL there would leave it. Steps: `rename` (a lone output), `rename-manifest`,
+/// `rename-image`. Unset (always, outside tests) they cost one environment lookup per commit.
+fn test_only_fault(step: &str) -> io::Result<()> {
+    if std::env::var_os("DISKSTREAM_TEST_ONLY_CRASH_AT").is_some_and(|v| v == step) {
+        std::process::exit(86);
+    }
+    if std::env::var_os("DISKSTREAM_TEST_ONLY_FAIL_AT").is_some_and(|v| v == step) {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok(())
 }
 
 impl Drop for Target {
@@ -168,6 +383,15 @@ pub fn sync_dir(path: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("fsync directory", dir, 0, e))
+}
+
+fn open_device(path: &Path, direct: bool) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.write(true).read(true);
+    // O_EXCL without O_CREAT on a block device: an exclusive claim that fails with EBUSY while the
+    // device is mounted, in use by device-mapper, md or another exclusive opener.
+    o.custom_flags(libc::O_CLOEXEC | libc::O_EXCL | if direct { libc::O_DIRECT } else { 0 });
+    o.open(path)
 }
 
 fn open(path: &Path, create: bool, direct: bool) -> io::Result<File> {
