@@ -17,7 +17,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use diskstream_orchestrator::export::config_ini::IniDocument;
 
 const INST: &str = "inst1.example.com";
 
@@ -167,28 +166,6 @@ fn wait_dead(pids: &[u32], limit: Duration) {
     }
 }
 
-/// Checks that an export directory is complete (config.ini parses, every dump and manifest
-/// exists with the disk's size).
-fn check_complete(dir: &Path, disk_bytes: u64) -> Result<(), String> {
-    let text = fs::read_to_string(dir.join("config.ini")).map_err(|e| format!("config.ini: {e}"))?;
-    let ini = IniDocument::parse(&text).map_err(|e| e.to_string())?;
-    let n: usize = ini
-        .get("instance", "disk_count")
-        .and_then(|v| v.parse().ok())
-        .ok_or("no disk_count")?;
-    for i in 0..n {
-        let dump = ini.get("instance", &format!("disk{i}_dump")).ok_or("no dump")?;
-        let len = fs::metadata(dir.join(dump)).map_err(|e| format!("{dump}: {e}"))?.len();
-        if len != disk_bytes {
-            return Err(format!("{dump}: {len} bytes, expected {disk_bytes}"));
-        }
-        if !dir.join(format!("{dump}.manifest")).exists() {
-            return Err(format!("{dump}.manifest missing"));
-        }
-    }
-    Ok(())
-}
-
 /// Staging, half-removed exports and snapshots anywhere under `dirs`.
 fn leftovers(dirs: &[&Path]) -> Vec<PathBuf> {
     let mut v = Vec::new();
@@ -243,7 +220,7 @@ fn exporting_an_instance_never_removes_another_instances_export() {
         assert!(ok, "{out}\n{err}");
     }
     let ed = export_dir(&roots[1]);
-    check_complete(&ed.join("x-1"), 1 << 20).unwrap();
+    check_export_complete(&ed.join("x-1"), 1 << 20).unwrap();
     // A half-removed export of another instance whose name starts like `x`'s marker.
     fs::create_dir_all(ed.join(".x.ds-removing-1.ds-removing-2")).unwrap();
     let (ok, out, err) = ds_text(&["export", "--cluster", s(&cfg), "-n", "node2", "x"]);
@@ -306,7 +283,7 @@ fn hooks_run_with_a_relative_cluster_path() {
         );
     }
     assert_eq!(fs::read_to_string(&marker).unwrap(), "pre\npre\npre\n");
-    check_complete(&export_dir(&roots[1]).join(INST), 1 << 20).unwrap();
+    check_export_complete(&export_dir(&roots[1]).join(INST), 1 << 20).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -536,7 +513,7 @@ fn declared_disk_size_must_match_the_backing_file() {
     fs::File::create(&disk).unwrap().set_len(64 << 20).unwrap();
     let (ok, out, err) = ds_text(&["export", "--cluster", s(&cfg), "-n", "node2", INST]);
     assert!(ok, "{out}\n{err}");
-    check_complete(&export_dir(&roots[1]).join(INST), 64 << 20).unwrap();
+    check_export_complete(&export_dir(&roots[1]).join(INST), 64 << 20).unwrap();
 }
 
 #[test]
@@ -908,7 +885,7 @@ fn export_kill_loop_sigint_sigterm_sigkill() {
             .or_default() += 1;
         // The previous export is intact, or the complete new one replaced it.
         let ed = export_dir(&roots[1]).join(name);
-        check_complete(&ed, mib << 20).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        check_export_complete(&ed, mib << 20).unwrap_or_else(|e| panic!("{ctx}: {e}"));
         let after = configs(name);
         if sig == "KILL" {
             // The next run sweeps what a killed one left, and finds the locks free.

@@ -135,15 +135,6 @@ fn parallel_verify_and_restore_match_the_reference_path() {
     }
 }
 
-fn flip(path: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x08;
-    f.write_all_at(&b, at).unwrap();
-}
-
 #[test]
 fn damage_is_found_by_the_parallel_and_the_reference_path() {
     let dir = scratch();
@@ -155,7 +146,7 @@ fn damage_is_found_by_the_parallel_and_the_reference_path() {
     let len = pristine.len() as u64;
     for at in [70, 64 + 64 + 1000, len / 3, len / 2, len - 200, len - 10] {
         std::fs::write(&img, &pristine).unwrap();
-        flip(&img, at);
+        flip_byte(&img, at, 0x08);
         for v in [&["--sequential"][..], &["--threads", "3"][..]] {
             let mut a = vec!["image", "verify", s(&img)];
             a.extend_from_slice(v);

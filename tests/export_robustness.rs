@@ -43,28 +43,6 @@ fn file_disks(dir: &Path, n: usize, mib: u64, seed: u64) -> Vec<DiskSpec> {
         .collect()
 }
 
-/// Checks that an export directory is complete: config.ini parses and every dump it names
-/// exists with its manifest and the disk's size. Returns the error otherwise.
-fn check_complete(dir: &Path, disk_bytes: u64) -> Result<(), String> {
-    let text = fs::read_to_string(dir.join("config.ini")).map_err(|e| format!("config.ini: {e}"))?;
-    let ini = IniDocument::parse(&text).map_err(|e| e.to_string())?;
-    let n: usize = ini
-        .get("instance", "disk_count")
-        .and_then(|v| v.parse().ok())
-        .ok_or("no disk_count")?;
-    for i in 0..n {
-        let dump = ini.get("instance", &format!("disk{i}_dump")).ok_or("no dump")?;
-        let len = fs::metadata(dir.join(dump)).map_err(|e| format!("{dump}: {e}"))?.len();
-        if len != disk_bytes {
-            return Err(format!("{dump}: {len} bytes, expected {disk_bytes}"));
-        }
-        if !dir.join(format!("{dump}.manifest")).exists() {
-            return Err(format!("{dump}.manifest missing"));
-        }
-    }
-    Ok(())
-}
-
 #[test]
 fn shared_export_directory_keeps_the_new_export() {
     let dir = scratch();
@@ -98,11 +76,11 @@ fn shared_export_directory_keeps_the_new_export() {
         !export_dir(&roots[0]).join(INST).exists(),
         "the old export on node1 is removed"
     );
-    check_complete(&export_dir(&roots[1]).join(INST), 4 << 20).expect("the new export survives cleanup");
+    check_export_complete(&export_dir(&roots[1]).join(INST), 4 << 20).expect("the new export survives cleanup");
     // The same the other way round: export to node3, node2 shares its directory.
     let v = export("node3");
     assert_eq!(v["shared_export_dir_nodes"], serde_json::json!(["node2.example.com"]));
-    check_complete(&export_dir(&roots[2]).join(INST), 4 << 20).expect("the new export survives cleanup");
+    check_export_complete(&export_dir(&roots[2]).join(INST), 4 << 20).expect("the new export survives cleanup");
 }
 
 /// A small deterministic generator for kill times.
@@ -183,7 +161,7 @@ fn kill_9_at_random_moments_never_loses_or_exposes_a_partial_export() {
         for r in &roots {
             for name in listed(r) {
                 assert_eq!(name, INST, "round {round}: unexpected entry listed on {}", r.display());
-                check_complete(&export_dir(r).join(&name), mib << 20)
+                check_export_complete(&export_dir(r).join(&name), mib << 20)
                     .unwrap_or_else(|e| panic!("round {round} (kill after {at} ms): partial export listed: {e}"));
                 complete += 1;
             }
@@ -197,7 +175,7 @@ fn kill_9_at_random_moments_never_loses_or_exposes_a_partial_export() {
     // The next export succeeds and cleans up after the killed ones.
     let (ok, out, err) = run("node3");
     assert!(ok, "{out}\n{err}");
-    check_complete(&export_dir(&roots[2]).join(INST), mib << 20).unwrap();
+    check_export_complete(&export_dir(&roots[2]).join(INST), mib << 20).unwrap();
     let snaps = find_named(&disk_dir, ".ds-snap-");
     assert!(snaps.is_empty(), "snapshots left after the next run: {snaps:?}");
     for r in &roots {

@@ -155,15 +155,6 @@ fn paths_uring_pread_sequential_threads_and_chunk_sizes_agree() {
     }
 }
 
-fn flip(path: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, at).unwrap();
-    b[0] ^= 0x40;
-    f.write_all_at(&b, at).unwrap();
-}
-
 #[test]
 fn corrupt_dsimg_any_single_byte_fails_verify_with_offset() {
     let dir = scratch();
@@ -178,7 +169,7 @@ fn corrupt_dsimg_any_single_byte_fails_verify_with_offset() {
     positions.extend((0..60).map(|i| 200 + i * (len - 600) / 60));
     for at in positions {
         std::fs::write(&img, &pristine).unwrap();
-        flip(&img, at);
+        flip_byte(&img, at, 0x40);
         let out = ds(&["image", "verify", s(&img)]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(3), "flip at {at} not detected: {err}");
@@ -196,7 +187,7 @@ fn corrupt_raw_byte_names_the_chunk_and_offset() {
     make_disk(&src, 6 * MIB, Data::Random, 2);
     let img = dir.path().join("i.raw");
     create(&src, &img, &["--chunk-size", "1M"]);
-    flip(&img, 3 * MIB + 12345);
+    flip_byte(&img, 3 * MIB + 12345, 0x40);
     let out = ds(&["image", "verify", s(&img)]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
@@ -205,9 +196,9 @@ fn corrupt_raw_byte_names_the_chunk_and_offset() {
         "{err}"
     );
     // A flipped manifest byte is also caught.
-    flip(&img, 3 * MIB + 12345);
+    flip_byte(&img, 3 * MIB + 12345, 0x40);
     let m = dir.path().join("i.raw.manifest");
-    flip(&m, 150);
+    flip_byte(&m, 150, 0x40);
     assert_eq!(ds(&["image", "verify", s(&img)]).status.code(), Some(3));
 }
 

@@ -427,3 +427,37 @@ pub fn find_named(dir: &Path, needle: &str) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Flips the bits `mask` of the byte at `at` of `path` in place.
+pub fn flip_byte(path: &Path, at: u64, mask: u8) {
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= mask;
+    f.write_all_at(&b, at).unwrap();
+}
+
+/// Checks that an export directory is complete: config.ini parses and every dump it names
+/// exists with its manifest and the disk's size. Returns the error otherwise.
+pub fn check_export_complete(dir: &Path, disk_bytes: u64) -> Result<(), String> {
+    use diskstream_orchestrator::export::config_ini::IniDocument;
+    let text = std::fs::read_to_string(dir.join("config.ini")).map_err(|e| format!("config.ini: {e}"))?;
+    let ini = IniDocument::parse(&text).map_err(|e| e.to_string())?;
+    let n: usize = ini
+        .get("instance", "disk_count")
+        .and_then(|v| v.parse().ok())
+        .ok_or("no disk_count")?;
+    for i in 0..n {
+        let dump = ini.get("instance", &format!("disk{i}_dump")).ok_or("no dump")?;
+        let len = std::fs::metadata(dir.join(dump))
+            .map_err(|e| format!("{dump}: {e}"))?
+            .len();
+        if len != disk_bytes {
+            return Err(format!("{dump}: {len} bytes, expected {disk_bytes}"));
+        }
+        if !dir.join(format!("{dump}.manifest")).exists() {
+            return Err(format!("{dump}.manifest missing"));
+        }
+    }
+    Ok(())
+}
