@@ -102,6 +102,7 @@ impl ReadBackend for UringReader {
         // Never leave the kernel holding a buffer we are about to give away or free.
         let drained = run.drain();
         let stats = run.stats;
+        drop(run);
         if fixed.is_some() {
             let _ = self.ring.submitter().unregister_buffers();
             let _ = self.ring.submitter().unregister_files();
@@ -338,6 +339,16 @@ impl ReadRun<'_> {
             *s = None;
         }
         Ok(())
+    }
+}
+
+impl Drop for ReadRun<'_> {
+    /// On every exit path, unwinding from a panicking consumer included: no buffer goes back to
+    /// its pool (the slots drop right after this) while the kernel may still read into it.
+    fn drop(&mut self) {
+        if self.in_kernel > 0 {
+            let _ = self.drain();
+        }
     }
 }
 

@@ -21,8 +21,10 @@ const STAGES: usize = 3;
 
 /// Streams bytes into a [`Target`] with aligned direct writes.
 pub struct DirectWriter {
-    target: Target,
+    /// Declared (so dropped) before `target`: the ring drains its in-flight writes while the file
+    /// they name is still open, never after its descriptor could have been reused.
     ring: Option<UringWriter>,
+    target: Target,
     pool: BufPool,
     cur: Option<PoolBuf>,
     fill: usize,

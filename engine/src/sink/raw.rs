@@ -30,8 +30,10 @@ enum Writer {
 
 /// A raw copy of the disk being written.
 pub struct RawSink {
-    target: Target,
+    /// Declared (so dropped) before `target`: a ring drains its in-flight writes while the file
+    /// they name is still open, never after its descriptor could have been reused.
     writer: Writer,
+    target: Target,
     size: u64,
     chunk_size: u32,
     zero_policy: ZeroPolicy,
