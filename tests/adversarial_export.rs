@@ -20,14 +20,6 @@ use common::*;
 
 const INST: &str = "inst1.example.com";
 
-fn export_dir(root: &Path) -> PathBuf {
-    root.join("var/lib/ganeti/export")
-}
-
-fn node_roots(dir: &Path, n: usize) -> Vec<PathBuf> {
-    (1..=n).map(|i| dir.join(format!("node{i}"))).collect()
-}
-
 fn file_disks(dir: &Path, n: usize, mib: u64, seed: u64) -> Vec<DiskSpec> {
     (0..n)
         .map(|i| {

@@ -461,3 +461,13 @@ pub fn check_export_complete(dir: &Path, disk_bytes: u64) -> Result<(), String> 
     }
     Ok(())
 }
+
+/// A node root's export directory (Ganeti's layout).
+pub fn export_dir(root: &Path) -> PathBuf {
+    root.join("var/lib/ganeti/export")
+}
+
+/// The roots of nodes 1..=n under `dir` (`node1`, `node2`, ...).
+pub fn node_roots(dir: &Path, n: usize) -> Vec<PathBuf> {
+    (1..=n).map(|i| dir.join(format!("node{i}"))).collect()
+}
