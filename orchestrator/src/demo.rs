@@ -20,6 +20,7 @@ use crate::cluster::Cluster;
 use crate::driver;
 use crate::error::OpError;
 use crate::feedback::Feedback;
+use crate::hooks::env::py_bool;
 use crate::snapshot;
 
 /// The instance of the demo cluster.
@@ -199,12 +200,4 @@ fn run_steps(cfg: &Path, cluster: &Cluster, fb: &dyn Feedback, say: &dyn Fn(&str
     list(say)?;
     say("demo: the second export removed the old export on node2 (\"Removing old exports\")");
     Ok(())
-}
-
-fn py_bool(b: bool) -> &'static str {
-    if b {
-        "True"
-    } else {
-        "False"
-    }
 }

@@ -236,15 +236,7 @@ fn signal_group(pid: u32, sig: Signal) {
     }
 }
 
-/// `(state, start time in ticks)` of a process from `/proc/<pid>/stat`.
-pub fn proc_state(pid: u32) -> Option<(char, u64)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, start))
-}
+pub use crate::fsutil::proc_state;
 
 /// An instance driven by commands.
 #[derive(Debug, Clone)]

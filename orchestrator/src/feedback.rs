@@ -120,11 +120,6 @@ pub fn exporting(label: &str, src: &str, dst: &str) -> String {
     format!("Exporting {label} from {src} to {dst}")
 }
 
-/// "LABEL is now listening, starting export".
-pub fn now_listening(label: &str) -> String {
-    format!("{label} is now listening, starting export")
-}
-
 /// "LABEL is sending data on NODE".
 pub fn sending_data(label: &str, node: &str) -> String {
     format!("{label} is sending data on {node}")

@@ -1,4 +1,5 @@
-//! Durable file-system helpers: atomic file replacement, directory fsync, fresh UUIDs.
+//! Durable file-system helpers: atomic file replacement, directory fsync, fresh UUIDs; and a
+//! process's state and start time from `/proc` (who holds a lock, is an instance alive).
 //!
 //! Every file the orchestrator rewrites (the cluster config, an export's `config.ini`) goes
 //! through [`atomic_write`], so a crash leaves either the old or the new content, never a mix.
@@ -75,6 +76,18 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 /// Fsyncs a file's data and metadata.
 pub fn sync_file(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
+}
+
+/// `(state, start time in clock ticks since boot)` of a process, from `/proc/<pid>/stat`; with
+/// the pid, the start time identifies a process even after pid reuse. The command (field 2) may
+/// contain spaces and parentheses, so the fields are counted after the last `)`.
+pub fn proc_state(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
 }
 
 #[cfg(test)]

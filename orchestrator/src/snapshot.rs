@@ -151,11 +151,6 @@ impl Snapshot {
         }
     }
 
-    /// Whether it was removed already.
-    pub fn is_removed(&self) -> bool {
-        self.removed
-    }
-
     /// Removes the snapshot (at most once; later calls do nothing).
     pub fn remove(&mut self) -> Result<(), String> {
         if self.removed {

@@ -71,8 +71,13 @@ impl HookContext {
     }
 }
 
-fn py_bool(b: bool) -> String {
-    if b { "True" } else { "False" }.into()
+/// Python's spelling of a bool (`True`/`False`), as Ganeti's environment and messages show it.
+pub fn py_bool(b: bool) -> &'static str {
+    if b {
+        "True"
+    } else {
+        "False"
+    }
 }
 
 /// Ganeti's `BuildInstanceHookEnvByObject` for `inst` (unprefixed).
@@ -169,9 +174,9 @@ pub fn export_lu_env(inst: &Instance, p: &ExportHookParams) -> Env {
     let mut env = Env::new();
     env.insert("EXPORT_MODE".into(), p.mode.clone());
     env.insert("EXPORT_NODE".into(), p.target_node.clone());
-    env.insert("EXPORT_DO_SHUTDOWN".into(), py_bool(p.shutdown));
+    env.insert("EXPORT_DO_SHUTDOWN".into(), py_bool(p.shutdown).into());
     env.insert("SHUTDOWN_TIMEOUT".into(), p.shutdown_timeout.to_string());
-    env.insert("REMOVE_INSTANCE".into(), py_bool(p.remove_instance));
+    env.insert("REMOVE_INSTANCE".into(), py_bool(p.remove_instance).into());
     env.extend(instance_env(inst));
     env
 }

@@ -92,16 +92,7 @@ pub enum HookStatus {
     Success,
 }
 
-impl HookStatus {
-    /// Ganeti's numeric value.
-    pub fn ganeti_value(self) -> u8 {
-        match self {
-            Self::Skip => 0,
-            Self::Fail => 1,
-            Self::Success => 2,
-        }
-    }
-}
+impl HookStatus {}
 
 /// One script's result.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -232,7 +232,6 @@ pub struct LockOwner {
 #[derive(Debug)]
 struct HeldLevel {
     level: LockLevel,
-    mode: LockMode,
     locks: Vec<HeldLock>,
 }
 
@@ -311,7 +310,6 @@ impl LockOwner {
         let deadline = start + timeout;
         let mut held = HeldLevel {
             level,
-            mode,
             locks: Vec::with_capacity(sorted.len()),
         };
         for name in sorted {
@@ -363,11 +361,6 @@ impl LockOwner {
             .filter(|l| l.level == level)
             .flat_map(|l| l.locks.iter().map(|h| h.name.as_str()))
             .collect()
-    }
-
-    /// The mode held at `level`, if any.
-    pub fn owned_mode(&self, level: LockLevel) -> Option<LockMode> {
-        self.levels.iter().find(|l| l.level == level).map(|l| l.mode)
     }
 
     fn lock_one(&self, level: LockLevel, name: &str, mode: LockMode, deadline: Instant) -> Result<HeldLock, LockError> {
@@ -563,10 +556,7 @@ fn proc_cmdline(pid: u32) -> Option<String> {
 /// A process's start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`); with the
 /// pid it identifies a process even after pid reuse.
 fn proc_start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command (field 2) may contain spaces and parentheses; fields after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    crate::fsutil::proc_state(pid).map(|(_, start)| start)
 }
 
 /// The proleptic Gregorian date `(year, month 1..=12, day 1..=31)` of a day count since
