@@ -231,7 +231,7 @@ pub fn worker_rate(data: &[u8], checksum: Checksum, threads: usize, min_time: Du
 }
 
 /// Reads `total` bytes of `path` into memory as `slices` equal slices spread evenly over the
-/// file (so the sample represents the whole disk, like perf.md §2's 16 × 16 MiB). Buffered reads:
+/// file (so the sample represents the whole disk, not its first files). Buffered reads:
 /// this is the helper's setup, not something measured.
 pub fn read_spread_sample(path: &Path, total: usize, slices: usize) -> io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;

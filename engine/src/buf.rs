@@ -5,7 +5,7 @@
 //! the raw sink hands the very same buffer back to the kernel. The pool hands out at most
 //! `capacity` buffers, carved lazily out of one [`Slab`] and never freed until the pool and all
 //! its buffers are gone, so peak memory is bounded by the pool and steady state allocates
-//! nothing (perf.md §2, finding 1).
+//! nothing (`engine/tests/alloc.rs` counts it).
 //!
 //! Slabs are anonymous mappings aligned to 2 MiB and marked `MADV_HUGEPAGE`, so where the kernel
 //! has transparent huge pages (`enabled` = `always` or `madvise`) a 1 MiB buffer is one physically

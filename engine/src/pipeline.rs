@@ -1,8 +1,9 @@
 //! The pipeline: chunks from the ring go through N worker threads (zero check, digest, lz4)
 //! over bounded crossbeam channels, and come back to the caller's thread for the sink.
 //!
-//! Chunks travel whole (one channel message per chunk, never per sub-block: cross-vCPU hand-offs
-//! are expensive here, perf.md §1). Results arrive in any order; [`Reorder`] restores disk order
+//! Chunks travel whole (one channel message per chunk, never per sub-block: each hand-off between
+//! threads on different vCPUs costs microseconds of wake-up, so per-sub-block messages would cost
+//! more than the work they carry). Results arrive in any order; [`Reorder`] restores disk order
 //! for sinks that need it. Every buffer goes back to its pool when dropped.
 //! [`run_sequential`] is the one-thread reference path that [`run_parallel`] must match byte for byte.
 

@@ -1,6 +1,6 @@
 //! An O_DIRECT `Write` for the `dsimg` stream: bytes are gathered into aligned staging buffers
 //! and each full buffer is written at its file offset through io_uring while the next fills
-//! (page-cache writes cost ~25 % more CPU here, perf.md §6). The tail is padded to a page and
+//! (page-cache writes cost ~25 % more CPU: every byte is copied once more in the kernel). The tail is padded to a page and
 //! the file truncated back to the exact length in [`DirectWriter::finish`].
 
 use std::io::{self, Write};
