@@ -129,7 +129,8 @@ impl Rate {
 
 /// A buffer of realistic disk content: machine code, text, random (already compressed) data and
 /// zero runs in 4–128 KiB runs, weighted so lz4 compresses it about 2:1 like a real system disk
-/// (the `/usr` tar stream compresses 1.8–2.2:1 in 1 MiB lz4 blocks).
+/// (the `/usr` tar stream compresses 1.7–2.2:1 in 1 MiB lz4 blocks on the machines measured in
+/// `docs/performance.md`).
 pub fn realistic_buffer(len: usize, seed: u64) -> Vec<u8> {
     let mut rng = Rng::new(seed);
     let mut v = vec![0u8; len];
