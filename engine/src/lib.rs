@@ -37,6 +37,6 @@ pub mod ring;
 pub mod sample;
 pub mod sink;
 pub mod source;
-pub mod sys;
+pub(crate) mod sys;
 
 pub use error::{Error, Result};
