@@ -8,31 +8,24 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
-/// `BLKGETSIZE64`: `_IOR(0x12, 114, size_t)`.
-const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-/// `BLKSSZGET`: `_IO(0x12, 104)`, the logical block size in bytes.
-const BLKSSZGET: libc::c_ulong = 0x1268;
+/// `BLKGETSIZE64`: `_IOR(0x12, 114, size_t)`, encoded for this architecture (the direction and
+/// size bits differ between x86, ppc64, mips and sparc).
+const BLKGETSIZE64: rustix::ioctl::Opcode = rustix::ioctl::opcode::read::<usize>(0x12, 114);
 
 /// Size in bytes of a block device.
 pub fn block_device_size(file: &File) -> io::Result<u64> {
     let mut size: u64 = 0;
     // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at a live local.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size as *mut u64) };
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size as *mut u64) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(size)
 }
 
-/// Logical block size of a block device (the O_DIRECT alignment unit).
+/// Logical block size of a block device (the O_DIRECT alignment unit), `BLKSSZGET`.
 pub fn block_device_logical_block_size(file: &File) -> io::Result<u32> {
-    let mut size: libc::c_int = 0;
-    // SAFETY: BLKSSZGET writes one int through the pointer, which points at a live local.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKSSZGET, &mut size as *mut libc::c_int) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(size.max(0) as u32)
+    Ok(rustix::fs::ioctl_blksszget(file)?)
 }
 
 /// The open file status flags (`fcntl(F_GETFL)`), as the kernel reports them now.
@@ -142,4 +135,13 @@ pub fn get_xattr(file: &File, name: &str, max: usize) -> io::Result<Option<Vec<u
     }
     buf.truncate(rc as usize);
     Ok(Some(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn blkgetsize64_is_the_kernels_number_on_x86_64() {
+        assert_eq!(super::BLKGETSIZE64 as u64, 0x8008_1272);
+    }
 }
