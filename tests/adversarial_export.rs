@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use diskstream_engine::sample::Rng;
 
 const INST: &str = "inst1.example.com";
 
@@ -697,19 +698,6 @@ fn sigterm_during_a_long_sleep_transfer_restarts_the_instance_and_keeps_the_prev
 // ---------------------------------------------------------------------------------------------
 // The export kill loop.
 
-/// A small deterministic generator (seeded): kill times and signals.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n.max(1)
-    }
-}
-
 /// The phase an export was in, from the last job message it printed.
 fn phase_of(out: &str) -> &'static str {
     let last = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
@@ -818,7 +806,7 @@ fn export_kill_loop_sigint_sigterm_sigkill() {
     let full = t.elapsed() / 2;
     let seed = 0x5eed_u64;
     eprintln!("one export takes {full:?}; seed {seed:#x}");
-    let mut rng = Lcg(seed);
+    let mut rng = Rng::new(seed);
     let window = (full.as_millis() as u64).max(50);
     let configs = |name: &str| fs::read_to_string(export_dir(&roots[1]).join(name).join("config.ini")).unwrap();
     let mut stats: std::collections::BTreeMap<String, u32> = Default::default();

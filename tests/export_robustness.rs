@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
+use diskstream_engine::sample::Rng;
 use diskstream_orchestrator::export::config_ini::IniDocument;
 use sha2::{Digest, Sha256};
 
@@ -75,19 +76,6 @@ fn shared_export_directory_keeps_the_new_export() {
     check_export_complete(&export_dir(&roots[2]).join(INST), 4 << 20).expect("the new export survives cleanup");
 }
 
-/// A small deterministic generator for kill times.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n.max(1)
-    }
-}
-
 #[test]
 fn kill_9_at_random_moments_never_loses_or_exposes_a_partial_export() {
     let mount = FsMount::xfs_reflink();
@@ -117,7 +105,7 @@ fn kill_9_at_random_moments_never_loses_or_exposes_a_partial_export() {
     let full = t.elapsed();
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
     eprintln!("one export takes {full:?}; kill seed {seed}");
-    let mut rng = Lcg(seed);
+    let mut rng = Rng::new(seed);
     // Kill times spread over a whole run (a run under load may take longer than the first).
     let window = (full.as_millis() as u64).max(50);
     let listed = |root: &Path| -> Vec<String> {
