@@ -838,6 +838,13 @@ fn export_kill_loop_sigint_sigterm_sigkill() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // The delay counts from the moment diskstream has its SIGINT/SIGTERM handlers: a signal
+        // before that (the first microseconds of the process) ends it by the default action,
+        // before it has done anything.
+        let t0 = Instant::now();
+        while !handlers_installed(child.id()) && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         std::thread::sleep(at);
         let running = child.try_wait().unwrap().is_none();
         let phase = phase_of(&fs::read_to_string(&out_file).unwrap_or_default());

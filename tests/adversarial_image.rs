@@ -593,21 +593,6 @@ fn stale_partials_of_dead_pids_are_swept_and_a_live_diskstreams_are_kept() {
 // ---------------------------------------------------------------------------------------------
 // 4: kill loops.
 
-/// True once the process has its SIGINT and SIGTERM handlers (bits 2 and 15 of SigCgt), or is
-/// gone.
-fn handlers_installed(pid: u32) -> bool {
-    let Ok(st) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return true;
-    };
-    if st.lines().any(|l| l.starts_with("State:") && l.contains('Z')) {
-        return true; // Exited, not yet reaped.
-    }
-    st.lines()
-        .find_map(|l| l.strip_prefix("SigCgt:"))
-        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-        .is_some_and(|m| m & (1 << 1) != 0 && m & (1 << 14) != 0)
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Sig {
     Int,
