@@ -28,7 +28,7 @@ pub struct BenchArgs {
     #[arg(long)]
     target: Option<PathBuf>,
     /// Bytes to read and write per device measurement (K/M/G suffixes).
-    #[arg(long, default_value = "1G", value_parser = crate::cli::parse_size)]
+    #[arg(long, default_value = "1G", value_parser = crate::units::parse_size)]
     size: u64,
     /// Seconds per CPU kernel measurement.
     #[arg(long, default_value_t = 0.5)]

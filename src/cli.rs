@@ -14,9 +14,7 @@ use diskstream_engine::ring::BackendKind;
 use diskstream_engine::sink::ZeroPolicy;
 
 use crate::output;
-
-/// Exit code for damaged data.
-pub const EXIT_INTEGRITY: u8 = 3;
+use crate::units::parse_size;
 
 #[derive(Parser, Debug)]
 #[command(name = "diskstream", version, about = "Export VM disks to verified images, fast")]
@@ -158,20 +156,6 @@ struct DemoArgs {
     /// Size of the sample disk (K/M/G suffixes).
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     size: u64,
-}
-
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let (num, mul) = match s.as_bytes().last() {
-        Some(b'K' | b'k') => (&s[..s.len() - 1], 1u64 << 10),
-        Some(b'M' | b'm') => (&s[..s.len() - 1], 1 << 20),
-        Some(b'G' | b'g') => (&s[..s.len() - 1], 1 << 30),
-        Some(b'T' | b't') => (&s[..s.len() - 1], 1 << 40),
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mul))
-        .ok_or_else(|| format!("{s:?} is not a size (a number with an optional K, M, G or T suffix)"))
 }
 
 impl Tune {

@@ -4,9 +4,11 @@
 
 mod bench_cmd;
 mod cli;
+mod exit;
 mod export_cmd;
 mod interrupt;
 mod output;
+mod units;
 
 use std::process::ExitCode;
 

@@ -11,7 +11,7 @@ use diskstream_engine::ops::{Info, Progress, Report};
 use diskstream_engine::{Error, Result};
 use serde_json::json;
 
-use crate::cli::EXIT_INTEGRITY;
+use crate::exit::EXIT_INTEGRITY;
 
 /// Size of the disk behind `path`, for the progress bar (0 if unknown).
 pub fn disk_size_hint(path: &Path) -> u64 {
