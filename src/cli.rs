@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use diskstream_engine::buf::Pages;
 use diskstream_engine::digest::Checksum;
 use diskstream_engine::ops::{self, Format, Options, Progress};
@@ -39,6 +39,17 @@ enum Cmd {
     /// Measure what the disks, the CPUs and the engine can do, stage by stage, and predict the
     /// export throughput and what limits it.
     Bench(crate::bench_cmd::BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout, or write one page per command into --dir.
+    Man {
+        /// Write diskstream.1 and diskstream-COMMAND.1 pages into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,6 +202,8 @@ pub fn main() -> ExitCode {
         Cmd::List(args) => crate::export_cmd::list(args),
         Cmd::Remove(args) => crate::export_cmd::remove(args),
         Cmd::Bench(args) => crate::bench_cmd::run(args),
+        Cmd::Completions { shell } => crate::install_cmd::completions(Cli::command(), shell),
+        Cmd::Man { dir } => crate::install_cmd::man(Cli::command(), dir.as_deref()),
     }
 }
 

@@ -6,6 +6,7 @@ mod bench_cmd;
 mod cli;
 mod exit;
 mod export_cmd;
+mod install_cmd;
 mod interrupt;
 mod output;
 mod units;

@@ -1,0 +1,137 @@
+//! What packaging promises: the declared `rust-version` builds everything the lock file pulls in,
+//! the man pages and completion scripts come out of the binary, and the license ships.
+
+use std::path::Path;
+use std::process::Command;
+
+mod common;
+
+/// Parses "1.88" or "1.88.0" into a comparable triple.
+fn version(v: &str) -> (u64, u64, u64) {
+    let mut it = v
+        .split('.')
+        .map(|p| p.parse::<u64>().unwrap_or_else(|_| panic!("version {v:?}")));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+#[test]
+fn rust_version_is_at_least_every_locked_packages() {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--offline",
+            "--manifest-path",
+        ])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata JSON");
+    let packages = meta["packages"].as_array().expect("packages");
+    let members: Vec<&str> = meta["workspace_members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m.as_str().expect("member id"))
+        .collect();
+    let mut ours = Vec::new();
+    let mut highest = ((0, 0, 0), String::new());
+    for p in packages {
+        let name = p["name"].as_str().expect("name");
+        let Some(rv) = p["rust_version"].as_str() else {
+            if members.contains(&p["id"].as_str().expect("id")) {
+                panic!("workspace member {name} declares no rust-version");
+            }
+            continue;
+        };
+        if members.contains(&p["id"].as_str().expect("id")) {
+            ours.push((name.to_string(), version(rv)));
+        } else if version(rv) > highest.0 {
+            highest = (version(rv), format!("{name} {}", p["version"].as_str().unwrap_or("?")));
+        }
+    }
+    assert!(ours.len() >= 4, "the workspace's members: {ours:?}");
+    assert!(
+        highest.0 >= (1, 80, 0),
+        "some dependency declares a rust-version: {highest:?}"
+    );
+    for (name, v) in &ours {
+        assert!(
+            *v >= highest.0,
+            "{name} declares rust-version {v:?}, below {} which needs {:?}",
+            highest.1,
+            highest.0
+        );
+    }
+}
+
+#[test]
+fn man_pages_and_completions_come_from_the_binary() {
+    let dir = common::scratch();
+    let out = common::ds(&["man", "--dir", dir.path().to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in [
+        "diskstream.1",
+        "diskstream-export.1",
+        "diskstream-image-create.1",
+        "diskstream-bench.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).expect(page);
+        assert!(
+            text.starts_with(".ie \\n(.g .ds Aq"),
+            "{page} is roff: {}",
+            &text[..40.min(text.len())]
+        );
+        assert!(text.contains(".SH NAME"), "{page}");
+    }
+    let create = std::fs::read_to_string(dir.path().join("diskstream-image-create.1")).expect("page");
+    assert!(create.contains("checksum"), "the page lists the flags");
+    assert!(
+        !dir.path().join("diskstream-help.1").exists(),
+        "no page for clap's help"
+    );
+    let one = common::ds(&["man"]);
+    assert!(
+        one.status.success() && one.stdout.starts_with(b".ie"),
+        "diskstream man prints roff"
+    );
+
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef diskstream"),
+        ("fish", "complete -c diskstream"),
+    ] {
+        let out = common::ds(&["completions", shell]);
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf-8");
+        assert!(text.contains(marker), "{shell} script: {}", &text[..80.min(text.len())]);
+        assert!(text.contains("verify"), "{shell} completes the image subcommands");
+    }
+    let bad = common::ds(&["completions", "tcsh"]);
+    assert_eq!(bad.status.code(), Some(2), "an unknown shell is a usage error");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("bash"),
+        "the error lists the shells"
+    );
+}
+
+#[test]
+fn the_declared_license_ships() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("LICENSE")).expect("LICENSE file");
+    assert!(text.contains("Apache License") && text.contains("Version 2.0, January 2004"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    assert!(manifest.contains("license = \"Apache-2.0\""));
+}
