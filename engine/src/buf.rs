@@ -180,7 +180,7 @@ impl AlignedBuf {
     /// The buffer at `[offset, offset + cap)` of `slab`, zeroed; the caller hands out each range once.
     fn carve(slab: Arc<Slab>, offset: usize, cap: usize) -> Self {
         assert!(
-            offset % BUF_ALIGN == 0 && offset + cap <= slab.len,
+            offset.is_multiple_of(BUF_ALIGN) && offset + cap <= slab.len,
             "buffer outside its slab"
         );
         // SAFETY: offset + cap <= slab.len (checked above), so the range lies inside the mapping.

@@ -351,7 +351,7 @@ fn check_disk_sizes(c: &Cluster, inst: &Instance) -> Result<(), OpError> {
         };
         if actual != declared {
             let mib = |b: u64| {
-                if b % (1 << 20) == 0 {
+                if b.is_multiple_of(1 << 20) {
                     format!("{} MiB", b >> 20)
                 } else {
                     format!("{:.2} MiB", b as f64 / 1048576.0)

@@ -83,7 +83,7 @@ pub fn make_disk(path: &Path, size: u64, data: Data, seed: u64) {
                     fill_content(&mut rng, kind, &mut b[i..i + run]);
                     i += run;
                 }
-                !matches!(data, Data::Sparse) || (off >> 20) % 3 == 0
+                !matches!(data, Data::Sparse) || (off >> 20).is_multiple_of(3)
             }
         };
         if write {

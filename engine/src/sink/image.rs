@@ -74,7 +74,7 @@ impl DirectWriter {
             self.target.file().set_len(self.sized_to)?;
         }
         let res = match &mut self.ring {
-            Some(ring) if self.target.is_direct() || len % 4096 == 0 => {
+            Some(ring) if self.target.is_direct() || len.is_multiple_of(4096) => {
                 ring.write(buf, off, len as u32, &mut drop).map_err(io::Error::other)
             }
             _ => {
