@@ -1,0 +1,189 @@
+//! Mutual TLS between cluster members: configurations that trust the cluster CA alone, require a
+//! certificate on both ends, and checks that the peer's certificate names the node it must be.
+//!
+//! Rules (the agent's protocol builds on them):
+//! - TLS 1.3 only, with rustls' `ring` provider; both ends present a certificate issued by the
+//!   cluster CA ([`crate::pki`]); anything else fails the handshake before a byte of payload.
+//! - A client names the node it dials (`ServerName` = node name); the server's certificate must
+//!   carry that name, so a connection to the wrong node (or a node whose address now belongs to
+//!   another) fails.
+//! - A server learns who the client is from its certificate ([`peer_node`]) and authorizes by
+//!   name ([`authorize`]): an agent takes commands only from the node the cluster config names as
+//!   master, and data streams only from the node a master-opened transfer names.
+
+use std::io;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection, StreamOwned};
+
+use crate::pki::Identity;
+
+/// The ALPN protocol both ends announce; a peer speaking something else is refused.
+pub const ALPN: &[u8] = b"diskstream/1";
+
+/// Why a TLS connection was refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// The configuration could not be built (bad certificate or key).
+    #[error("TLS configuration for node {node}: {detail}")]
+    Config {
+        /// The local node.
+        node: String,
+        /// rustls' complaint.
+        detail: String,
+    },
+    /// The handshake failed: wrong CA, wrong name, no certificate, not TLS at all.
+    #[error("TLS handshake with {peer}: {source}")]
+    Handshake {
+        /// Who was at the other end, as far as it is known (address or node name).
+        peer: String,
+        /// The error (a rustls error wrapped in `io::Error`, or the socket's).
+        #[source]
+        source: io::Error,
+    },
+    /// The peer proved an identity, but not one allowed to do this.
+    #[error("{peer} is not allowed here: {why}")]
+    Refused {
+        /// The peer's node name (from its certificate) or address.
+        peer: String,
+        /// What it would have needed to be.
+        why: String,
+    },
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(ca: &CertificateDer<'static>, node: &str) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.clone()).map_err(|e| TlsError::Config {
+        node: node.to_string(),
+        detail: format!("cluster CA certificate: {e}"),
+    })?;
+    Ok(Arc::new(roots))
+}
+
+fn config_err(node: &str) -> impl FnOnce(rustls::Error) -> TlsError + '_ {
+    move |e| TlsError::Config {
+        node: node.to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// The server side of a node: presents `id`, requires a client certificate from the CA `ca`.
+pub fn server_config(ca: &CertificateDer<'static>, id: &Identity) -> Result<Arc<ServerConfig>, TlsError> {
+    let node = id.node.as_str();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca, node)?, provider())
+        .build()
+        .map_err(|e| TlsError::Config {
+            node: node.to_string(),
+            detail: e.to_string(),
+        })?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_err(node))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![id.cert.clone()], id.key.clone_key())
+        .map_err(config_err(node))?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// The client side of a node (or the master): presents `id`, trusts only the CA `ca`.
+pub fn client_config(ca: &CertificateDer<'static>, id: &Identity) -> Result<Arc<ClientConfig>, TlsError> {
+    let node = id.node.as_str();
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots(ca, node)?, provider())
+        .build()
+        .map_err(|e| TlsError::Config {
+            node: node.to_string(),
+            detail: e.to_string(),
+        })?;
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_err(node))?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(vec![id.cert.clone()], id.key.clone_key())
+        .map_err(config_err(node))?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Whether the end-entity certificate `cert` names `node` (its subjectAltName DNS names).
+pub fn names_node(cert: &CertificateDer<'_>, node: &str) -> bool {
+    let (Ok(parsed), Ok(name)) = (ParsedCertificate::try_from(cert), ServerName::try_from(node)) else {
+        return false;
+    };
+    rustls::client::verify_server_name(&parsed, &name).is_ok()
+}
+
+/// Of `candidates`, the node that the client's certificate names (the handshake has already
+/// checked that the CA issued it). `None` when it names none of them.
+pub fn peer_node<'a>(conn: &ServerConnection, candidates: &[&'a str]) -> Option<&'a str> {
+    let cert = conn.peer_certificates()?.first()?;
+    candidates.iter().copied().find(|n| names_node(cert, n))
+}
+
+/// Refuses a client whose certificate does not name one of `allowed` (e.g. the master, for a
+/// command; the primary node of an opened transfer, for a disk stream).
+pub fn authorize<'a>(conn: &ServerConnection, allowed: &[&'a str], addr: &str) -> Result<&'a str, TlsError> {
+    peer_node(conn, allowed).ok_or_else(|| TlsError::Refused {
+        peer: addr.to_string(),
+        why: format!(
+            "its certificate names none of {}",
+            allowed.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+        ),
+    })
+}
+
+/// A finished server-side handshake on a blocking socket.
+pub type ServerStream = StreamOwned<ServerConnection, TcpStream>;
+/// A finished client-side handshake on a blocking socket.
+pub type ClientStream = StreamOwned<ClientConnection, TcpStream>;
+
+/// Completes the server side of a handshake on `tcp` within `timeout`.
+pub fn accept(cfg: &Arc<ServerConfig>, tcp: TcpStream, timeout: Duration) -> Result<ServerStream, TlsError> {
+    let addr = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
+    let hs = |source| TlsError::Handshake {
+        peer: addr.clone(),
+        source,
+    };
+    tcp.set_read_timeout(Some(timeout)).map_err(hs)?;
+    tcp.set_write_timeout(Some(timeout)).map_err(hs)?;
+    let conn = ServerConnection::new(Arc::clone(cfg)).map_err(|e| hs(io::Error::other(e)))?;
+    let mut s = StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).map_err(hs)?;
+    }
+    Ok(s)
+}
+
+/// Dials `node` over `tcp` and completes the handshake within `timeout`; the server's
+/// certificate must name `node`.
+pub fn connect(
+    cfg: &Arc<ClientConfig>,
+    tcp: TcpStream,
+    node: &str,
+    timeout: Duration,
+) -> Result<ClientStream, TlsError> {
+    let hs = |source| TlsError::Handshake {
+        peer: node.to_string(),
+        source,
+    };
+    let name = ServerName::try_from(node.to_string()).map_err(|e| hs(io::Error::other(e)))?;
+    tcp.set_read_timeout(Some(timeout)).map_err(hs)?;
+    tcp.set_write_timeout(Some(timeout)).map_err(hs)?;
+    let conn = ClientConnection::new(Arc::clone(cfg), name).map_err(|e| hs(io::Error::other(e)))?;
+    let mut s = StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).map_err(hs)?;
+    }
+    Ok(s)
+}
