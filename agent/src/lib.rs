@@ -5,4 +5,5 @@
 #![deny(missing_docs)]
 
 pub mod pki;
+pub mod rate;
 pub mod tls;
