@@ -63,7 +63,7 @@ pub const OUTPUT_TAIL: usize = 64 * 1024;
 const POLL: Duration = Duration::from_millis(50);
 
 /// The hook phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Phase {
     /// Before Exec; a failure aborts the operation.
     Pre,
@@ -82,7 +82,7 @@ impl Phase {
 }
 
 /// The outcome of one script (Ganeti's `HKR_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HookStatus {
     /// Not run: bad name, not executable, not a regular file (`HKR_SKIP` = 0).
     Skip,
@@ -95,7 +95,7 @@ pub enum HookStatus {
 impl HookStatus {}
 
 /// One script's result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HookResult {
     /// `<subdir>/<name>`, e.g. `instance-export-pre.d/10-check`.
     pub script: String,
@@ -106,7 +106,7 @@ pub struct HookResult {
 }
 
 /// The results of one node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeHookResults {
     /// The node name.
     pub node: String,
