@@ -161,25 +161,7 @@ pub(super) fn local_export(x: &Exec<'_>, snaps: &SnapSet<'_>, have_snapshots: bo
     let dst = x.target.name.as_str();
     let final_dir = x.ctx.cluster.export_dir(x.target).join(&inst.name);
     if let Err(e) = x.nodes().begin_export(dst, &inst.name) {
-        x.fb()
-            .warning(format!("Could not prepare the export directory on node {dst}: {e}"));
-        x.fb().warning(fbk::some_disk_exports_failed(&inst.name, dst));
-        let e = std::sync::Arc::new(e);
-        let disks = (0..inst.disks.len())
-            .map(|i| DiskResult {
-                index: i,
-                label: fbk::disk_label(i, have_snapshots),
-                snapshot: have_snapshots,
-                dump: String::new(),
-                path: final_dir.clone(),
-                report: Err(TransferError::NotStaged(std::sync::Arc::clone(&e))),
-            })
-            .collect();
-        return Ok(Transfer {
-            fin_resu: false,
-            disks,
-            export_dir: final_dir,
-        });
+        return Ok(not_staged(x, e, have_snapshots, final_dir));
     }
     let mut jobs = Vec::new();
     for i in 0..inst.disks.len() {
@@ -256,6 +238,30 @@ pub(super) fn local_export(x: &Exec<'_>, snaps: &SnapSet<'_>, have_snapshots: bo
         disks,
         export_dir: final_dir,
     })
+}
+
+/// The staging export could not be opened on the target: every disk fails with that error.
+fn not_staged(x: &Exec<'_>, e: crate::node::NodeError, have_snapshots: bool, final_dir: PathBuf) -> Transfer {
+    let (inst, dst) = (x.inst, x.target.name.as_str());
+    x.fb()
+        .warning(format!("Could not prepare the export directory on node {dst}: {e}"));
+    x.fb().warning(fbk::some_disk_exports_failed(&inst.name, dst));
+    let e = std::sync::Arc::new(e);
+    let disks = (0..inst.disks.len())
+        .map(|i| DiskResult {
+            index: i,
+            label: fbk::disk_label(i, have_snapshots),
+            snapshot: have_snapshots,
+            dump: String::new(),
+            path: final_dir.clone(),
+            report: Err(TransferError::NotStaged(std::sync::Arc::clone(&e))),
+        })
+        .collect();
+    Transfer {
+        fin_resu: false,
+        disks,
+        export_dir: final_dir,
+    }
 }
 
 /// Ganeti's `config.ini` of the export: the disks as sent (a snapshot's disk has no name).
