@@ -113,7 +113,7 @@ pub fn run(dir: &Path, size: u64, fb: &dyn Feedback, say: &dyn Fn(&str)) -> Resu
     let cluster = Cluster::load(&cfg).map_err(|e| e.to_string())?;
     let inst = cluster.instance(DEMO_INSTANCE).expect("demo instance").clone();
     let drv = driver::driver_for(&cluster, &inst);
-    drv.start()?;
+    drv.start().map_err(|e| e.to_string())?;
     say(&format!(
         "demo: instance {DEMO_INSTANCE} is running (a process on node1)"
     ));
@@ -121,7 +121,7 @@ pub fn run(dir: &Path, size: u64, fb: &dyn Feedback, say: &dyn Fn(&str)) -> Resu
     say(&format!("demo: stopping instance {DEMO_INSTANCE}"));
     let stopped = drv.stop(Duration::from_secs(10));
     result?;
-    stopped?;
+    stopped.map_err(|e| e.to_string())?;
     say(&format!(
         "demo: done; the cluster is in {} (try: diskstream list --cluster {})",
         dir.display(),
@@ -182,7 +182,7 @@ fn run_steps(cfg: &Path, cluster: &Cluster, fb: &dyn Feedback, say: &dyn Fn(&str
         let dump = r.export_dir.join(&d.dump);
         let progress = Default::default();
         let rep = ops::verify(&dump, &Options::default(), &progress).map_err(|e| e.to_string())?;
-        let created = d.report.as_ref().map_err(Clone::clone)?;
+        let created = d.report.as_ref().map_err(ToString::to_string)?;
         if rep.digest != created.digest {
             return Err(format!("{}: digest changed after the export", dump.display()));
         }

@@ -34,19 +34,90 @@ use crate::fsutil;
 /// How long SIGKILL is given to take effect before a stop is declared failed.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
+/// Why an instance could not be started, stopped or queried. The texts are the ones operators
+/// have always seen after "Could not start instance X: ".
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    /// A file of the driver (pid file, log file, their directories) could not be written.
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The start command is empty.
+    #[error("empty start command")]
+    EmptyCommand,
+    /// The instance's program could not be run.
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The pipe that releases the instance process could not be made.
+    #[error("no pipe to the instance process")]
+    NoPipe,
+    /// The instance process exited right after it was started.
+    #[error("the instance process exited at once ({status}); see {}", log.display())]
+    ExitedAtOnce {
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// Its log file.
+        log: PathBuf,
+    },
+    /// The instance process did not die of SIGKILL.
+    #[error("process {pid} survived SIGKILL")]
+    SurvivedKill {
+        /// Its pid.
+        pid: u32,
+    },
+    /// A `command` driver's command exited non-zero.
+    #[error("{what} command failed: {output}")]
+    CommandFailed {
+        /// `start` or `stop`.
+        what: &'static str,
+        /// Its stdout and stderr, trimmed.
+        output: String,
+    },
+    /// A `command` driver's command could not be run.
+    #[error("{what} command could not run: {source}")]
+    CommandNotRun {
+        /// `start`, `stop` or `status`.
+        what: &'static str,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The instance still ran when the shutdown timeout passed.
+    #[error("still running {secs}s after the stop command")]
+    StillRunning {
+        /// The timeout in seconds.
+        secs: u64,
+    },
+    /// The instance has no driver, so it cannot be started.
+    #[error("instance {0} has no [instances.driver] in the cluster config")]
+    NoDriver(String),
+}
+
 /// Starts, stops and queries one instance.
 pub trait InstanceDriver: Send + Sync {
     /// Starts the instance; starting a running instance is a no-op.
-    fn start(&self) -> Result<(), String>;
+    fn start(&self) -> Result<(), DriverError>;
     /// Stops the instance, forcibly once `timeout` has passed; stopping a stopped instance is
     /// a no-op.
-    fn stop(&self, timeout: Duration) -> Result<(), String>;
+    fn stop(&self, timeout: Duration) -> Result<(), DriverError>;
     /// Whether the instance runs.
-    fn is_running(&self) -> Result<bool, String>;
+    fn is_running(&self) -> Result<bool, DriverError>;
     /// [`InstanceDriver::stop`], cut short once `cancel` is set (SIGINT/SIGTERM of diskstream):
     /// the instance is then stopped at once as far as the driver can force it, so that it can
     /// be started again right away. The default cannot force anything and waits as `stop`.
-    fn stop_cancellable(&self, timeout: Duration, _cancel: &AtomicBool) -> Result<(), String> {
+    fn stop_cancellable(&self, timeout: Duration, _cancel: &AtomicBool) -> Result<(), DriverError> {
         self.stop(timeout)
     }
 }
@@ -128,21 +199,25 @@ impl ProcessDriver {
 }
 
 impl InstanceDriver for ProcessDriver {
-    fn start(&self) -> Result<(), String> {
+    fn start(&self) -> Result<(), DriverError> {
         if self.running_pid().is_some() {
             return Ok(());
         }
-        let (program, args) = self.argv.split_first().ok_or("empty start command")?;
+        let (program, args) = self.argv.split_first().ok_or(DriverError::EmptyCommand)?;
+        let file_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| DriverError::File { path, source }
+        };
         for p in [&self.pid_file, &self.log_file] {
             let dir = fsutil::parent_dir(p);
-            fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            fs::create_dir_all(dir).map_err(file_err(dir))?;
         }
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log_file)
-            .map_err(|e| format!("{}: {e}", self.log_file.display()))?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+            .map_err(file_err(&self.log_file))?;
+        let log2 = log.try_clone().map_err(file_err(&self.log_file))?;
         // The child waits on a pipe until its pid file is written, then execs the command (same
         // pid). If we die before that (kill -9), the pipe closes, `read` fails and the child
         // exits: an instance process without a pid file never exists.
@@ -159,14 +234,17 @@ impl InstanceDriver for ProcessDriver {
             .current_dir("/")
             .process_group(0)
             .spawn()
-            .map_err(|e| format!("cannot run {program}: {e}"))?;
+            .map_err(|source| DriverError::Spawn {
+                program: program.clone(),
+                source,
+            })?;
         let pid = child.id();
         let start = proc_state(pid).map(|(_, s)| s).unwrap_or(0);
-        let mut go = child.stdin.take().ok_or("no pipe to the instance process")?;
+        let mut go = child.stdin.take().ok_or(DriverError::NoPipe)?;
         if let Err(e) = fsutil::atomic_write(&self.pid_file, format!("{pid} {start}\n").as_bytes(), 0o644) {
             drop(go);
             let _ = child.wait();
-            return Err(format!("{}: {e}", self.pid_file.display()));
+            return Err(file_err(&self.pid_file)(e));
         }
         let _ = std::io::Write::write_all(&mut go, b"go\n");
         drop(go);
@@ -174,22 +252,22 @@ impl InstanceDriver for ProcessDriver {
         thread::sleep(Duration::from_millis(50));
         if let Ok(Some(status)) = child.try_wait() {
             let _ = fs::remove_file(&self.pid_file);
-            return Err(format!(
-                "the instance process exited at once ({status}); see {}",
-                self.log_file.display()
-            ));
+            return Err(DriverError::ExitedAtOnce {
+                status,
+                log: self.log_file.clone(),
+            });
         }
         // The child is not waited for: it is the instance and outlives this process.
         drop(child);
         Ok(())
     }
 
-    fn stop(&self, timeout: Duration) -> Result<(), String> {
+    fn stop(&self, timeout: Duration) -> Result<(), DriverError> {
         self.stop_cancellable(timeout, &AtomicBool::new(false))
     }
 
     /// SIGTERM, then SIGKILL after `timeout`, or as soon as `cancel` is set.
-    fn stop_cancellable(&self, timeout: Duration, cancel: &AtomicBool) -> Result<(), String> {
+    fn stop_cancellable(&self, timeout: Duration, cancel: &AtomicBool) -> Result<(), DriverError> {
         let Some(pid) = self.running_pid() else {
             let _ = fs::remove_file(&self.pid_file);
             return Ok(());
@@ -198,14 +276,14 @@ impl InstanceDriver for ProcessDriver {
         if !self.wait_gone(timeout, cancel) {
             signal_group(pid, Signal::KILL);
             if !self.wait_gone(KILL_GRACE, &AtomicBool::new(false)) {
-                return Err(format!("process {pid} survived SIGKILL"));
+                return Err(DriverError::SurvivedKill { pid });
             }
         }
         let _ = fs::remove_file(&self.pid_file);
         Ok(())
     }
 
-    fn is_running(&self) -> Result<bool, String> {
+    fn is_running(&self) -> Result<bool, DriverError> {
         Ok(self.running_pid().is_some())
     }
 }
@@ -265,24 +343,24 @@ impl CommandDriver {
         Ok((out.status.success(), text.trim().to_string()))
     }
 
-    fn checked(&self, c: &CommandSpec, what: &str) -> Result<(), String> {
+    fn checked(&self, c: &CommandSpec, what: &'static str) -> Result<(), DriverError> {
         match self.run(c) {
             Ok((true, _)) => Ok(()),
-            Ok((false, out)) => Err(format!("{what} command failed: {out}")),
-            Err(e) => Err(format!("{what} command could not run: {e}")),
+            Ok((false, output)) => Err(DriverError::CommandFailed { what, output }),
+            Err(source) => Err(DriverError::CommandNotRun { what, source }),
         }
     }
 }
 
 impl InstanceDriver for CommandDriver {
-    fn start(&self) -> Result<(), String> {
+    fn start(&self) -> Result<(), DriverError> {
         if self.is_running()? {
             return Ok(());
         }
         self.checked(&self.start, "start")
     }
 
-    fn stop(&self, timeout: Duration) -> Result<(), String> {
+    fn stop(&self, timeout: Duration) -> Result<(), DriverError> {
         if !self.is_running()? {
             return Ok(());
         }
@@ -290,17 +368,19 @@ impl InstanceDriver for CommandDriver {
         let deadline = Instant::now() + timeout;
         while self.is_running()? {
             if Instant::now() >= deadline {
-                return Err(format!("still running {}s after the stop command", timeout.as_secs()));
+                return Err(DriverError::StillRunning {
+                    secs: timeout.as_secs(),
+                });
             }
             thread::sleep(Duration::from_millis(50));
         }
         Ok(())
     }
 
-    fn is_running(&self) -> Result<bool, String> {
+    fn is_running(&self) -> Result<bool, DriverError> {
         self.run(&self.status)
             .map(|(ok, _)| ok)
-            .map_err(|e| format!("status command could not run: {e}"))
+            .map_err(|source| DriverError::CommandNotRun { what: "status", source })
     }
 }
 
@@ -311,18 +391,15 @@ pub struct NoDriver {
 }
 
 impl InstanceDriver for NoDriver {
-    fn start(&self) -> Result<(), String> {
-        Err(format!(
-            "instance {} has no [instances.driver] in the cluster config",
-            self.name
-        ))
+    fn start(&self) -> Result<(), DriverError> {
+        Err(DriverError::NoDriver(self.name.clone()))
     }
 
-    fn stop(&self, _timeout: Duration) -> Result<(), String> {
+    fn stop(&self, _timeout: Duration) -> Result<(), DriverError> {
         Ok(())
     }
 
-    fn is_running(&self) -> Result<bool, String> {
+    fn is_running(&self) -> Result<bool, DriverError> {
         Ok(false)
     }
 }
@@ -417,7 +494,7 @@ mod tests {
     fn failing_start_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let d = driver(dir.path(), &["/bin/sh", "-c", "exit 3"]);
-        assert!(d.start().unwrap_err().contains("exited at once"));
+        assert!(d.start().unwrap_err().to_string().contains("exited at once"));
         assert!(!d.is_running().unwrap());
     }
 
@@ -445,6 +522,7 @@ mod tests {
         assert!(stuck
             .stop(Duration::from_millis(100))
             .unwrap_err()
+            .to_string()
             .contains("still running"));
     }
 }

@@ -6,7 +6,9 @@
 //! half-way". The `Display` of an [`OpError`] is Ganeti's message text alone; the block the
 //! Ganeti CLI prints (`Failure: prerequisites not met ...`) is [`OpError::ganeti_report`].
 
+use std::error::Error as StdError;
 use std::fmt;
+use std::sync::Arc;
 
 /// Which of Ganeti's error classes an [`OpError`] corresponds to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,12 +98,19 @@ impl fmt::Display for Ecode {
     }
 }
 
-/// The error of one operation: Ganeti's class, Ganeti's code and Ganeti's message text.
+/// The typed error below an [`OpError`] (a driver, snapshot, store, cleanup or transfer error),
+/// shared so that an `OpError` stays cheap to clone.
+pub type Source = Arc<dyn StdError + Send + Sync + 'static>;
+
+/// The error of one operation: Ganeti's class, Ganeti's code and Ganeti's message text, and the
+/// typed error that caused it, if any ([`std::error::Error::source`]).
 ///
 /// Ganeti attaches no code to a few prerequisite errors (and none to `OpExecError`); we always
 /// attach one, choosing `ECODE_INVAL` for argument errors and `ECODE_FAULT` for execution
-/// errors, so a script can always branch on it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// errors, so a script can always branch on it. The message already says what the source says
+/// (in Ganeti's wording); the source is there for callers that branch on it, e.g. the CLI's
+/// integrity exit code ([`OpError::engine_error`]).
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{msg}")]
 pub struct OpError {
     /// Ganeti's error class.
@@ -110,7 +119,19 @@ pub struct OpError {
     pub ecode: Ecode,
     /// The message, in Ganeti's wording where Ganeti has one.
     pub msg: String,
+    /// The typed error that caused this one.
+    #[source]
+    pub source: Option<Source>,
 }
+
+/// Two errors are equal if kind, code and message are (the message includes the source's text).
+impl PartialEq for OpError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.ecode == other.ecode && self.msg == other.msg
+    }
+}
+
+impl Eq for OpError {}
 
 impl OpError {
     /// Builds an error of any kind.
@@ -119,7 +140,32 @@ impl OpError {
             kind,
             ecode,
             msg: msg.into(),
+            source: None,
         }
+    }
+
+    /// This error, caused by `source`.
+    pub fn with_source(mut self, source: impl StdError + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// The engine error somewhere in this error's source chain (a failed disk transfer), if any.
+    pub fn engine_error(&self) -> Option<&diskstream_engine::Error> {
+        let mut cur: Option<&(dyn StdError + 'static)> = self.source.as_deref().map(|s| s as _);
+        while let Some(e) = cur {
+            if let Some(engine) = e.downcast_ref::<diskstream_engine::Error>() {
+                return Some(engine);
+            }
+            cur = e.source();
+        }
+        None
+    }
+
+    /// True if and only if the engine found damaged data on the way (the CLI's integrity exit
+    /// code).
+    pub fn is_integrity(&self) -> bool {
+        self.engine_error().is_some_and(diskstream_engine::Error::is_integrity)
     }
 
     /// An `OpPrereqError(msg, ecode)`.

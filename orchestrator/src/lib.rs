@@ -48,6 +48,7 @@
 //! assert_eq!(format_progress(&p), "1.5G, 120.2 MiB/s, 37%, ETA 1m 5s");
 //! ```
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod backup;
 pub mod cluster;
@@ -60,6 +61,7 @@ pub mod fsutil;
 pub mod hooks;
 pub mod locking;
 pub mod lu;
+pub mod node;
 pub mod snapshot;
 
 pub use error::{Ecode, ErrorKind, OpError};

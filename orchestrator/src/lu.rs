@@ -25,8 +25,10 @@ use crate::cluster::Cluster;
 use crate::error::OpError;
 use crate::feedback::Feedback;
 use crate::hooks::env::{phase_env, Env, HookContext};
-use crate::hooks::{check_pre_results, post_warnings, HooksRunner, Phase};
+use crate::hooks::{check_pre_results, post_warnings, HooksRunner, NodeHookResults, Phase};
 use crate::locking::{LockError, LockLevel, LockManager, LockMode, LockOwner, BGL};
+use crate::node::local::LocalNodeOps;
+use crate::node::NodeOps;
 
 /// How long the first, quiet attempt at a lock waits before the operator is told who holds it.
 const QUIET_WAIT: Duration = Duration::from_millis(500);
@@ -37,8 +39,8 @@ pub struct Context<'a> {
     pub cluster: &'a Cluster,
     /// The cluster's locks.
     pub locks: &'a LockManager,
-    /// The hooks runner.
-    pub hooks: &'a HooksRunner,
+    /// The nodes: every hook, instance, disk and export operation goes through them.
+    pub nodes: &'a dyn NodeOps,
     /// Where job messages go.
     pub feedback: &'a dyn Feedback,
     /// The longest wait for any one level of locks.
@@ -48,7 +50,7 @@ pub struct Context<'a> {
     /// Describes the operation to lock waiters (e.g. `diskstream export inst1`).
     pub command: String,
     /// Set by SIGINT/SIGTERM: the operation stops, undoing what it started. The lock manager
-    /// and the hooks runner should have the same flag (see `backup::run_on_cluster`).
+    /// and the nodes should have the same flag (see [`run_on_cluster`]).
     pub stop: Arc<AtomicBool>,
 }
 
@@ -214,17 +216,82 @@ pub fn run<L: LogicalUnit>(lu: &mut L, ctx: &Context<'_>) -> Result<Option<L::Ou
     Ok(Some(output))
 }
 
-fn run_hooks(
-    ctx: &Context<'_>,
-    h: &HooksSpec,
-    phase: Phase,
-    hpath: &str,
-    env: &Env,
-) -> Vec<crate::hooks::NodeHookResults> {
-    let nodes: Vec<_> = h.nodes.iter().filter_map(|n| ctx.cluster.node(n)).collect();
+/// Runs a hooks phase on each of `h`'s nodes in order. Offline nodes are skipped, as Ganeti
+/// ignores them; once the operation is stopped, the remaining nodes are not run.
+fn run_hooks(ctx: &Context<'_>, h: &HooksSpec, phase: Phase, hpath: &str, env: &Env) -> Vec<NodeHookResults> {
     let report = |msg: String| ctx.feedback.info(msg);
-    ctx.hooks
-        .run_on_nodes_reporting(ctx.cluster, &nodes, hpath, phase, env, &report)
+    let mut out = Vec::new();
+    for n in h
+        .nodes
+        .iter()
+        .filter_map(|n| ctx.cluster.node(n))
+        .filter(|n| !n.offline)
+    {
+        if ctx.interrupted() {
+            break;
+        }
+        out.push(NodeHookResults {
+            node: n.name.clone(),
+            results: ctx.nodes.run_hooks(&n.name, hpath, phase, env, &report),
+        });
+    }
+    out
+}
+
+/// How [`run_on_cluster`] runs an LU.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Stop after the pre hooks.
+    pub dry_run: bool,
+    /// The longest wait for any one level of locks.
+    pub lock_timeout: Duration,
+    /// Describes the operation to lock waiters.
+    pub command: String,
+    /// Set by SIGINT/SIGTERM: lock waits, hooks, the shutdown wait and transfers stop, and
+    /// what was started is undone.
+    pub stop: Arc<AtomicBool>,
+    /// The per-script hook timeout (default: the cluster's `hooks_timeout`, else 15 minutes).
+    pub hooks_timeout: Option<Duration>,
+}
+
+impl RunOptions {
+    /// Options for `command`: no dry run, an hour's lock timeout, a stop flag nobody sets.
+    pub fn new(command: impl Into<String>) -> Self {
+        Self {
+            dry_run: false,
+            lock_timeout: Duration::from_secs(3600),
+            command: command.into(),
+            stop: Arc::default(),
+            hooks_timeout: None,
+        }
+    }
+}
+
+/// Runs an LU against the cluster config at `cluster_path`: loads it, opens its lock
+/// directory, and runs `lu` with Ganeti's order on this machine's nodes ([`LocalNodeOps`]).
+pub fn run_on_cluster<L: LogicalUnit>(
+    cluster_path: &std::path::Path,
+    lu: &mut L,
+    feedback: &dyn Feedback,
+    opts: &RunOptions,
+) -> Result<Option<L::Output>, OpError> {
+    let cluster = Cluster::load(cluster_path)?;
+    let locks = LockManager::new(cluster.lock_dir())?.with_stop(Arc::clone(&opts.stop));
+    let hooks = HooksRunner::new(opts.hooks_timeout.unwrap_or_else(|| cluster.hooks_timeout()))
+        .with_report_interval(cluster.hooks_report_interval())
+        .with_stop(Arc::clone(&opts.stop));
+    let nodes = LocalNodeOps::new(&cluster, hooks, Arc::clone(&opts.stop));
+    let ctx = Context {
+        cluster: &cluster,
+        locks: &locks,
+        nodes: &nodes,
+        feedback,
+        lock_timeout: opts.lock_timeout,
+        dry_run: opts.dry_run,
+        command: opts.command.clone(),
+        stop: Arc::clone(&opts.stop),
+    };
+    run(lu, &ctx)
 }
 
 #[cfg(test)]
@@ -293,12 +360,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = cluster(dir.path());
         let locks = LockManager::new(dir.path().join("locks")).unwrap();
-        let hooks = HooksRunner::default();
+        let nodes = crate::node::fake::FakeNodes::new();
         let fb = Collector::default();
         let mut ctx = Context {
             cluster: &c,
             locks: &locks,
-            hooks: &hooks,
+            nodes: &nodes,
             feedback: &fb,
             lock_timeout: Duration::from_secs(1),
             dry_run: false,

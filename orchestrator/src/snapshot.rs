@@ -32,8 +32,65 @@ use crate::cluster::{Cluster, Disk, DiskTemplate, Instance};
 /// The marker in snapshot names.
 pub const SNAP_MARKER: &str = ".ds-snap-";
 
+/// Why a snapshot could not be made or removed. The texts are the ones operators have always
+/// seen after "Could not snapshot disk/I on node N: ".
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// Block devices are never snapshotted.
+    #[error("blockdev disks cannot be snapshotted")]
+    Blockdev,
+    /// A file disk's path has no file name.
+    #[error("{}: not a file path", path.display())]
+    NotAFilePath {
+        /// The disk's path.
+        path: PathBuf,
+    },
+    /// A plain disk's path is not `/dev/<vg>/<lv>`.
+    #[error("{path}: a plain disk path must be /dev/<vg>/<lv>")]
+    NotAnLvPath {
+        /// The disk's path.
+        path: String,
+    },
+    /// A file could not be opened, created or removed.
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// `FICLONE` failed.
+    #[error("reflink clone of {}: {source}", path.display())]
+    Clone {
+        /// The disk's file.
+        path: PathBuf,
+        /// The kernel's error.
+        #[source]
+        source: Errno,
+    },
+    /// An LVM tool exited non-zero.
+    #[error("{command}: {stderr}")]
+    Tool {
+        /// The program and its arguments.
+        command: String,
+        /// Its stderr, trimmed.
+        stderr: String,
+    },
+    /// An LVM tool could not be run.
+    #[error("cannot run {program}: {source}")]
+    ToolNotRun {
+        /// The program.
+        program: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// Whether a disk can be snapshotted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Capability {
     /// It can.
     Capable,
@@ -152,7 +209,7 @@ impl Snapshot {
     }
 
     /// Removes the snapshot (at most once; later calls do nothing).
-    pub fn remove(&mut self) -> Result<(), String> {
+    pub fn remove(&mut self) -> Result<(), SnapshotError> {
         if self.removed {
             return Ok(());
         }
@@ -161,7 +218,10 @@ impl Snapshot {
             SnapshotKind::File { path } => match fs::remove_file(path) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(format!("{}: {e}", path.display())),
+                Err(source) => Err(SnapshotError::File {
+                    path: path.clone(),
+                    source,
+                }),
             },
             SnapshotKind::Lvm { vg, lv } => run_tool("lvremove", &["-f", &format!("{vg}/{lv}")]),
         }
@@ -175,31 +235,40 @@ impl Drop for Snapshot {
 }
 
 /// Snapshots disk `index` (template and backing `path`) for `instance`.
-pub fn create(index: usize, disk: &Disk, path: &Path, instance: &str) -> Result<Snapshot, String> {
+pub fn create(index: usize, disk: &Disk, path: &Path, instance: &str) -> Result<Snapshot, SnapshotError> {
     let pid = std::process::id();
+    let file_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SnapshotError::File { path, source }
+    };
     match disk.template {
-        DiskTemplate::Blockdev => Err("blockdev disks cannot be snapshotted".into()),
+        DiskTemplate::Blockdev => Err(SnapshotError::Blockdev),
         DiskTemplate::File => {
             let base = path
                 .file_name()
-                .ok_or_else(|| format!("{}: not a file path", path.display()))?
+                .ok_or_else(|| SnapshotError::NotAFilePath {
+                    path: path.to_path_buf(),
+                })?
                 .to_string_lossy()
                 .into_owned();
             let snap = crate::fsutil::parent_dir(path).join(snapshot_name(&base, instance, pid));
-            let src = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let src = File::open(path).map_err(file_err(path))?;
             let dst = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(&snap)
-                .map_err(|e| format!("{}: {e}", snap.display()))?;
+                .map_err(file_err(&snap))?;
             // From here on the guard removes the clone if anything fails.
             let guard = Snapshot {
                 index,
                 kind: SnapshotKind::File { path: snap.clone() },
                 removed: false,
             };
-            rustix::fs::ioctl_ficlone(&dst, &src).map_err(|e| format!("reflink clone of {}: {e}", path.display()))?;
+            rustix::fs::ioctl_ficlone(&dst, &src).map_err(|source| SnapshotError::Clone {
+                path: path.to_path_buf(),
+                source,
+            })?;
             Ok(guard)
         }
         DiskTemplate::Plain => {
@@ -224,25 +293,27 @@ pub fn create(index: usize, disk: &Disk, path: &Path, instance: &str) -> Result<
 }
 
 /// `(vg, lv)` of an LV device path `/dev/<vg>/<lv>`.
-pub fn lvm_names(path: &Path) -> Result<(String, String), String> {
+pub fn lvm_names(path: &Path) -> Result<(String, String), SnapshotError> {
     let s = path.display().to_string();
     let parts: Vec<&str> = s.trim_start_matches("/dev/").split('/').collect();
     if s.starts_with("/dev/") && parts.len() == 2 && parts.iter().all(|p| !p.is_empty()) {
         Ok((parts[0].to_string(), parts[1].to_string()))
     } else {
-        Err(format!("{s}: a plain disk path must be /dev/<vg>/<lv>"))
+        Err(SnapshotError::NotAnLvPath { path: s })
     }
 }
 
-fn run_tool(program: &str, args: &[&str]) -> Result<(), String> {
+fn run_tool(program: &str, args: &[&str]) -> Result<(), SnapshotError> {
     match Command::new(program).args(args).output() {
         Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(format!(
-            "{program} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => Err(format!("cannot run {program}: {e}")),
+        Ok(out) => Err(SnapshotError::Tool {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }),
+        Err(source) => Err(SnapshotError::ToolNotRun {
+            program: program.to_string(),
+            source,
+        }),
     }
 }
 
@@ -253,7 +324,7 @@ fn is_pid(s: &str) -> bool {
 }
 
 /// A leftover snapshot found by [`sweep_stale`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stale {
     /// The disk index.
     pub index: usize,
@@ -311,7 +382,9 @@ pub fn sweep_stale(cluster: &Cluster, inst: &Instance) -> Vec<Stale> {
                             index,
                             name: format!("{vg}/{name}"),
                             pid: pid.parse().ok(),
-                            error: run_tool("lvremove", &["-f", &format!("{vg}/{name}")]).err(),
+                            error: run_tool("lvremove", &["-f", &format!("{vg}/{name}")])
+                                .err()
+                                .map(|e| e.to_string()),
                         });
                     }
                 }

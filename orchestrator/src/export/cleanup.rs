@@ -11,10 +11,21 @@
 
 use std::path::{Path, PathBuf};
 
-use super::store;
+use serde::{Deserialize, Serialize};
+
+use super::store::{self, StoreError};
+
+/// Why an old export could not be removed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CleanupError {
+    /// The store refused the removal.
+    #[error("{0}")]
+    Remove(#[source] StoreError),
+}
 
 /// What one node's export directory looked like.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeListing {
     /// Node name.
     pub node: String,
@@ -31,7 +42,7 @@ pub struct NodeListing {
 }
 
 /// A planned removal.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Removal {
     /// Node name.
     pub node: String,
@@ -119,7 +130,7 @@ pub fn listing(node: &str, export_dir: &Path, instance: &str, offline: bool) -> 
         exports: if offline {
             Err("node is offline".into())
         } else {
-            store::list_exports(export_dir)
+            store::list_exports(export_dir).map_err(|e| e.to_string())
         },
         leftovers: !offline && store::has_leftovers(export_dir, instance),
     }
@@ -127,16 +138,22 @@ pub fn listing(node: &str, export_dir: &Path, instance: &str, offline: bool) -> 
 
 /// Applies one removal: re-checks that the export is still there and is not the new export,
 /// then removes it. `Ok(false)` if there was nothing (left) to remove.
-pub fn apply_one(r: &Removal, instance: &str, new_export_id: Option<(u64, u64)>) -> Result<bool, String> {
-    let path = r.export_dir.join(instance);
+pub fn apply_one(r: &Removal, instance: &str, new_export_id: Option<(u64, u64)>) -> Result<bool, CleanupError> {
+    remove_unless(&r.export_dir, instance, new_export_id)
+}
+
+/// Removes `<export_dir>/<instance>` unless it is missing or is `keep` (by identity).
+/// `Ok(false)` if there was nothing (left) to remove.
+pub fn remove_unless(export_dir: &Path, instance: &str, keep: Option<(u64, u64)>) -> Result<bool, CleanupError> {
+    let path = export_dir.join(instance);
     let id = store::identity(&path);
     if id.is_none() {
         return Ok(false);
     }
-    if id == new_export_id {
+    if id == keep {
         return Ok(false);
     }
-    store::remove_export(&r.export_dir, instance).map_err(|e| e.to_string())?;
+    store::remove_export(export_dir, instance).map_err(|e| CleanupError::Remove(e.into()))?;
     Ok(true)
 }
 

@@ -28,6 +28,27 @@ pub const STAGING_SUFFIX: &str = ".new";
 /// The marker of directories being removed.
 pub const REMOVING_MARKER: &str = ".ds-removing-";
 
+/// Why a node's export store could not be read or changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The node has no export directory (Ganeti's text).
+    #[error("No exports directory")]
+    NoExportsDir,
+    /// The export directory could not be listed.
+    #[error("{}: {source}", path.display())]
+    List {
+        /// The export directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Staging, finalizing or removing failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
 /// The staging directory name of `instance`.
 pub fn staging_name(instance: &str) -> String {
     format!("{instance}{STAGING_SUFFIX}")
@@ -40,12 +61,15 @@ pub fn is_export_name(name: &str) -> bool {
 
 /// Ganeti's `ListExports` for one node's export directory: the sorted exports, or
 /// `No exports directory` if it is missing.
-pub fn list_exports(export_dir: &Path) -> Result<Vec<String>, String> {
-    let entries = fs::read_dir(export_dir).map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            "No exports directory".to_string()
+pub fn list_exports(export_dir: &Path) -> Result<Vec<String>, StoreError> {
+    let entries = fs::read_dir(export_dir).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            StoreError::NoExportsDir
         } else {
-            format!("{}: {e}", export_dir.display())
+            StoreError::List {
+                path: export_dir.to_path_buf(),
+                source,
+            }
         }
     })?;
     let mount_point = is_mount_point(export_dir);
@@ -277,8 +301,12 @@ mod tests {
         remove_export(&ed, "i1").unwrap();
         assert!(list_exports(&ed).unwrap().is_empty());
         assert!(fs::read_dir(&ed).unwrap().next().is_none());
+        assert!(matches!(
+            list_exports(&d.path().join("missing")),
+            Err(StoreError::NoExportsDir)
+        ));
         assert_eq!(
-            list_exports(&d.path().join("missing")).unwrap_err(),
+            list_exports(&d.path().join("missing")).unwrap_err().to_string(),
             "No exports directory"
         );
     }

@@ -22,6 +22,7 @@
 
 mod level;
 mod manager;
+mod proc;
 
 pub use level::{LockLevel, LockMode};
 pub use manager::{civil_from_days, format_utc, Holder, LockError, LockManager, LockOwner, BGL};

@@ -1,0 +1,345 @@
+//! `LUBackupExport.Exec`: Ganeti's matrix of shutdown, snapshots, restart, transfer, removal
+//! of the instance and cleanup of old exports, every step a [`NodeOps`] call on a named node.
+//!
+//! | instance | `--noshutdown` | snapshots | what happens |
+//! |---|---|---|---|
+//! | up | no | all disks | stop, snapshot, start, send the snapshots |
+//! | up | no | not all | stop, abort (restart if it ran) unless `--long-sleep`: send the disks, then start |
+//! | up | yes | all disks | snapshot, send the snapshots (the instance keeps running) |
+//! | up | yes | not all | abort: a live export needs snapshots |
+//! | down | any | never tried | (stop), activate, send the disks, deactivate |
+//! | any | `--remove-instance` | never tried | stop, send the disks, remove disks and config entry |
+//!
+//! A SIGINT/SIGTERM stops it at the next step: what it started is undone and the instance is
+//! left as the user had it ([`Exec::interrupted_error`]).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::cluster::{AdminState, Instance, Node};
+use crate::error::OpError;
+use crate::export::cleanup;
+use crate::feedback::{self as fbk, Feedback};
+use crate::locking::{LockLevel, LockMode, LockOwner};
+use crate::lu::{acquire, Context};
+use crate::node::NodeOps;
+
+use super::transfer::{self, SnapSet, Transfer};
+use super::{ExportOp, ExportResult};
+
+/// One run of Exec.
+pub(super) struct Exec<'a> {
+    pub(super) ctx: &'a Context<'a>,
+    pub(super) op: &'a ExportOp,
+    pub(super) inst: &'a Instance,
+    pub(super) target: &'a Node,
+    /// Whether this export started the instance (Ganeti's restart after the snapshots or the
+    /// transfer).
+    started: AtomicBool,
+}
+
+impl<'a> Exec<'a> {
+    pub(super) fn new(ctx: &'a Context<'a>, op: &'a ExportOp, inst: &'a Instance, target: &'a Node) -> Self {
+        Self {
+            ctx,
+            op,
+            inst,
+            target,
+            started: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn fb(&self) -> &dyn Feedback {
+        self.ctx.feedback
+    }
+
+    pub(super) fn nodes(&self) -> &dyn NodeOps {
+        self.ctx.nodes
+    }
+
+    /// The primary node's name.
+    pub(super) fn src(&self) -> &str {
+        &self.inst.primary_node
+    }
+
+    pub(super) fn interrupted(&self) -> bool {
+        self.ctx.interrupted()
+    }
+
+    fn was_running(&self) -> bool {
+        self.nodes()
+            .instance_running(self.src(), &self.inst.name)
+            .unwrap_or(false)
+    }
+
+    pub(super) fn run(&self, owner: &mut LockOwner) -> Result<ExportResult, OpError> {
+        let inst = self.inst;
+        let up = inst.admin_state == AdminState::Up;
+        self.sweep_leftovers();
+        let was_running = self.was_running();
+        if self.interrupted() {
+            return Err(OpError::interrupted(format!(
+                "stopped before instance {} was shut down; nothing was changed",
+                inst.name
+            )));
+        }
+        if self.op.shutdown {
+            self.fb().info(fbk::shutting_down(&inst.name));
+            let timeout = Duration::from_secs(self.op.shutdown_timeout);
+            let stopped = self.nodes().stop_instance(self.src(), &inst.name, timeout);
+            if self.interrupted() {
+                return Err(self.interrupted_error(was_running, "during the shutdown of the instance"));
+            }
+            stopped.map_err(|e| {
+                let msg = format!("Could not shutdown instance {} on node {}: {e}", inst.name, self.src());
+                OpError::exec(msg).with_source(e)
+            })?;
+        }
+        let activate = !up;
+        if activate {
+            self.fb().info(fbk::activating_disks(&inst.name));
+            self.nodes()
+                .activate_disks(self.src(), &inst.name)
+                .map_err(|e| OpError::exec(format!("Cannot activate block devices: {e}")).with_source(e))?;
+        }
+        let result = self.snapshot_and_transfer(up, was_running);
+        if activate {
+            self.fb().info(fbk::deactivating_disks(&inst.name));
+        }
+        let t = result?;
+        if self.interrupted() {
+            let what = if t.fin_resu {
+                finalized_but(&t.export_dir)
+            } else {
+                "during the export: the new export was abandoned (its staging directory and \
+                 snapshots were removed; a previous export is untouched)"
+                    .to_string()
+            };
+            return Err(self.interrupted_error(was_running, &what));
+        }
+        let mut res = t.into_result(inst, self.target)?;
+        if self.interrupted() {
+            return Err(self.interrupted_error(was_running, &finalized_but(&res.export_dir)));
+        }
+        if self.op.remove_instance {
+            self.fb().info(fbk::removing_instance(&inst.name));
+            self.remove_instance()?;
+            res.instance_removed = true;
+        }
+        self.cleanup_exports(owner, &mut res)?;
+        Ok(res)
+    }
+
+    /// Leftovers of interrupted runs; safe because we hold the instance lock exclusively.
+    fn sweep_leftovers(&self) {
+        let inst = self.inst;
+        for s in self.nodes().sweep_stale_snapshots(self.src(), &inst.name) {
+            let by = s.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+            match s.error {
+                None => self.fb().warning(format!(
+                    "Removed stale snapshot {} of disk/{} left by an interrupted export{by}",
+                    s.name, s.index
+                )),
+                Some(e) => self.fb().warning(format!(
+                    "Could not remove stale snapshot {} of disk/{}: {e}",
+                    s.name, s.index
+                )),
+            }
+        }
+        self.nodes().sweep_export_leftovers(&self.target.name, &inst.name);
+    }
+
+    fn snapshot_and_transfer(&self, up: bool, was_running: bool) -> Result<Transfer, OpError> {
+        let inst = self.inst;
+        let try_snapshot = !self.op.remove_instance && up;
+        let do_reboot = self.op.shutdown && up && !self.op.remove_instance;
+        let snaps = SnapSet::new(self.nodes(), self.src(), self.fb(), inst.disks.len());
+        let mut have_snapshots = false;
+        if try_snapshot {
+            have_snapshots = self.create_snapshots(&snaps);
+            if self.interrupted() {
+                snaps.remove_all();
+                return Err(self.interrupted_error(was_running, "while the disks were snapshotted"));
+            }
+            if !have_snapshots {
+                if !self.op.shutdown {
+                    return Err(OpError::exec(
+                        "Not all disks could be snapshotted, and you requested a live export; aborting",
+                    ));
+                }
+                if !self.op.long_sleep {
+                    if was_running {
+                        // Ganeti leaves the instance stopped here; we restore what the user had.
+                        self.fb().info(fbk::starting_instance(&inst.name));
+                        if let Err(e) = self.nodes().start_instance(self.src(), &inst.name) {
+                            self.fb()
+                                .warning(format!("Could not start instance {}: {e}", inst.name));
+                        }
+                    }
+                    return Err(OpError::exec(
+                        "Not all disks could be snapshotted, and you did not allow the instance to \
+                         remain offline for a longer time through the --long-sleep option; aborting",
+                    ));
+                }
+            }
+        }
+        if do_reboot && have_snapshots {
+            self.start_instance()?;
+        }
+        let t = transfer::local_export(self, &snaps, have_snapshots);
+        // Interrupted, the instance is left as the user had it: started only if it was running.
+        if do_reboot && !have_snapshots && (was_running || !self.interrupted()) {
+            self.start_instance()?;
+        }
+        snaps.remove_all();
+        t
+    }
+
+    /// The error of an export stopped by SIGINT/SIGTERM `when`. First the instance is put back
+    /// as the user had it: started again if it was running before this export and is not now,
+    /// stopped again if it was not running and this export started it (Ganeti's restart after
+    /// the snapshots); then the message says in which state it is.
+    fn interrupted_error(&self, was_running: bool, when: &str) -> OpError {
+        let name = &self.inst.name;
+        let (nodes, src) = (self.nodes(), self.src());
+        let running = nodes.instance_running(src, name).unwrap_or(false);
+        if was_running && !running {
+            self.fb().info(fbk::starting_instance(name));
+            if let Err(e) = nodes.start_instance(src, name) {
+                self.fb().warning(format!("Could not start instance {name}: {e}"));
+            }
+        } else if !was_running && running && self.started.load(Ordering::SeqCst) {
+            self.fb().info(fbk::shutting_down(name));
+            // The stop flag is set: a process instance is stopped at once.
+            if let Err(e) = nodes.stop_instance(src, name, Duration::from_secs(self.op.shutdown_timeout)) {
+                self.fb().warning(format!("Could not shutdown instance {name}: {e}"));
+            }
+        }
+        let state = match (was_running, nodes.instance_running(src, name)) {
+            (true, Ok(true)) => format!("instance {name} is running, as before"),
+            (false, Ok(false)) => format!("instance {name} is stopped, as before"),
+            (true, _) => format!("instance {name} was running and could NOT be started again"),
+            (false, _) => format!("instance {name} was not running before and now runs"),
+        };
+        OpError::interrupted(format!("export of {name} stopped {when}; {state}"))
+    }
+
+    fn start_instance(&self) -> Result<(), OpError> {
+        self.fb().info(fbk::starting_instance(&self.inst.name));
+        self.started.store(true, Ordering::SeqCst);
+        self.nodes()
+            .start_instance(self.src(), &self.inst.name)
+            .map_err(|e| OpError::exec(format!("Could not start instance: {e}")).with_source(e))
+    }
+
+    /// Ganeti's `CreateSnapshots`: all disks or none.
+    fn create_snapshots(&self, snaps: &SnapSet<'_>) -> bool {
+        let (inst, src) = (self.inst, self.src());
+        for i in 0..inst.disks.len() {
+            if let crate::snapshot::Capability::NotCapable(why) = self.nodes().snapshot_capability(src, &inst.name, i) {
+                self.fb().info(format!("disk/{i} cannot be snapshotted: {why}"));
+                return false;
+            }
+        }
+        let mut ok = true;
+        for i in 0..inst.disks.len() {
+            self.fb().info(fbk::creating_snapshot(i, src));
+            match self.nodes().create_snapshot(src, &inst.name, i) {
+                Ok(s) => snaps.set(i, s),
+                Err(e) => {
+                    self.fb().warning(fbk::could_not_snapshot(i, src, &e.to_string()));
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            snaps.remove_all();
+        }
+        ok
+    }
+
+    /// Ganeti's `RemoveInstance`: the disks, then the instance's entry in the config.
+    fn remove_instance(&self) -> Result<(), OpError> {
+        let c = self.ctx.cluster;
+        let failed = self.nodes().remove_disks(self.src(), &self.inst.name);
+        if !failed.is_empty() {
+            let text: Vec<String> = failed.iter().map(|(i, e)| format!("disk/{i}: {e}")).collect();
+            if self.op.ignore_remove_failures {
+                self.fb()
+                    .warning(format!("can't remove instance's disks: {}", text.join("; ")));
+            } else {
+                let err = OpError::exec(format!("Can't remove instance's disks: {}", text.join("; ")));
+                return Err(match failed.into_iter().next() {
+                    Some((_, e)) => err.with_source(e),
+                    None => err,
+                });
+            }
+        }
+        crate::cluster::Cluster::remove_instance(c.path(), &self.inst.name)?;
+        self.nodes().forget_instance(self.src(), &self.inst.name);
+        Ok(())
+    }
+
+    /// Ganeti's `_CleanupExports`, with #1186 fixed and only the affected nodes locked.
+    fn cleanup_exports(&self, owner: &mut LockOwner, res: &mut ExportResult) -> Result<(), OpError> {
+        let c = self.ctx.cluster;
+        let name = &self.inst.name;
+        let others: Vec<&Node> = c.nodes().iter().filter(|n| n.name != self.target.name).collect();
+        if others.is_empty() {
+            return Ok(());
+        }
+        self.fb().info(fbk::removing_old_exports(name));
+        let listings: Vec<cleanup::NodeListing> = others
+            .iter()
+            .map(|n| {
+                if n.offline {
+                    cleanup::NodeListing {
+                        node: n.name.clone(),
+                        export_dir: c.export_dir(n),
+                        dir_id: None,
+                        export_id: None,
+                        exports: Err("node is offline".into()),
+                        leftovers: false,
+                    }
+                } else {
+                    self.nodes().export_listing(&n.name, name)
+                }
+            })
+            .collect();
+        let target = self.nodes().export_listing(&self.target.name, name);
+        let new_id = target.export_id;
+        let plan = cleanup::plan(name, &listings, target.dir_id, new_id);
+        res.shared_nodes = plan.shared.clone();
+        // The primary and target are done with; lock exactly the nodes we remove from.
+        owner.release(LockLevel::Node);
+        let nodes = plan.nodes();
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        acquire(self.ctx, owner, LockLevel::Node, &nodes, LockMode::Exclusive)?;
+        for r in &plan.removals {
+            match self.nodes().remove_export(&r.node, name, new_id) {
+                Ok(true) => res.removed_old.push(r.node.clone()),
+                Ok(false) => {}
+                Err(e) => self
+                    .fb()
+                    .warning(fbk::could_not_remove_older_export(name, &r.node, &e.to_string())),
+            }
+            self.nodes().sweep_export_leftovers(&r.node, name);
+        }
+        for r in &plan.sweeps {
+            self.nodes().sweep_export_leftovers(&r.node, name);
+        }
+        owner.release(LockLevel::Node);
+        Ok(())
+    }
+}
+
+/// The "when" of an export stopped after its finalize.
+fn finalized_but(dir: &std::path::Path) -> String {
+    format!(
+        "after the new export was finalized (it is complete in {}); the instance was not \
+         removed and old exports on other nodes were not removed",
+        dir.display()
+    )
+}

@@ -1,0 +1,139 @@
+//! What an export returns: Ganeti's `(fin_resu, dresults)` plus where and what was written,
+//! serialized with the field names of the CLI's `--json` result.
+
+use std::path::PathBuf;
+
+use diskstream_engine::ops::Report;
+use serde::Serialize;
+
+use crate::node::TransferError;
+
+/// One disk's transfer.
+#[derive(Debug)]
+pub struct DiskResult {
+    /// Disk index.
+    pub index: usize,
+    /// `disk/I` or `snapshot/I`.
+    pub label: String,
+    /// Whether a snapshot was transferred.
+    pub snapshot: bool,
+    /// The dump file name (a fresh UUID).
+    pub dump: String,
+    /// The dump's path in the final export directory.
+    pub path: PathBuf,
+    /// The engine's report, or why the disk was not exported (the engine's error kept whole).
+    pub report: Result<Report, TransferError>,
+}
+
+/// A sent disk as the CLI's JSON shows it.
+#[derive(Serialize)]
+struct SentJson<'a> {
+    index: usize,
+    label: &'a str,
+    snapshot: bool,
+    dump: &'a str,
+    path: &'a PathBuf,
+    manifest: PathBuf,
+    disk_size: u64,
+    bytes_stored: u64,
+    zero_bytes_skipped: u64,
+    checksum: &'static str,
+    digest: &'a str,
+    elapsed_s: f64,
+    throughput_bytes_per_s: f64,
+    buffer_pages: Option<&'static str>,
+    warnings: &'a [String],
+}
+
+/// A failed disk as the CLI's JSON shows it.
+#[derive(Serialize)]
+struct FailedJson<'a> {
+    index: usize,
+    label: &'a str,
+    error: &'a TransferError,
+}
+
+impl Serialize for DiskResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.report {
+            Ok(rep) => SentJson {
+                index: self.index,
+                label: &self.label,
+                snapshot: self.snapshot,
+                dump: &self.dump,
+                path: &self.path,
+                manifest: self.path.with_file_name(format!("{}.manifest", self.dump)),
+                disk_size: rep.disk_size,
+                bytes_stored: rep.bytes_stored,
+                zero_bytes_skipped: rep.zero_bytes,
+                checksum: rep.checksum.name(),
+                digest: &rep.digest,
+                elapsed_s: rep.elapsed.as_secs_f64(),
+                throughput_bytes_per_s: rep.throughput(),
+                buffer_pages: rep.buffer_pages,
+                warnings: &rep.warnings,
+            }
+            .serialize(s),
+            Err(error) => FailedJson {
+                index: self.index,
+                label: &self.label,
+                error,
+            }
+            .serialize(s),
+        }
+    }
+}
+
+/// What an export did: Ganeti's `(fin_resu, dresults)` plus where and what was written.
+#[derive(Debug)]
+pub struct ExportResult {
+    /// Whether finalization succeeded.
+    pub fin_resu: bool,
+    /// One success flag per disk.
+    pub dresults: Vec<bool>,
+    /// The instance name.
+    pub instance: String,
+    /// The target node name.
+    pub target_node: String,
+    /// The export directory (final).
+    pub export_dir: PathBuf,
+    /// Per disk.
+    pub disks: Vec<DiskResult>,
+    /// Whether the instance was removed.
+    pub instance_removed: bool,
+    /// Nodes whose old export was removed.
+    pub removed_old: Vec<String>,
+    /// Nodes whose export directory is the target's (shared), left alone.
+    pub shared_nodes: Vec<String>,
+}
+
+/// An export as the CLI's `--json` result shows it.
+#[derive(Serialize)]
+struct ExportJson<'a> {
+    ok: bool,
+    result: (bool, &'a [bool]),
+    instance: &'a str,
+    target_node: &'a str,
+    export_dir: &'a PathBuf,
+    disks: &'a [DiskResult],
+    instance_removed: bool,
+    removed_old_exports: &'a [String],
+    shared_export_dir_nodes: &'a [String],
+}
+
+impl Serialize for ExportResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        ExportJson {
+            ok: true,
+            result: (self.fin_resu, &self.dresults),
+            instance: &self.instance,
+            target_node: &self.target_node,
+            export_dir: &self.export_dir,
+            disks: &self.disks,
+            instance_removed: self.instance_removed,
+            removed_old_exports: &self.removed_old,
+            shared_export_dir_nodes: &self.shared_nodes,
+        }
+        .serialize(s)
+    }
+}

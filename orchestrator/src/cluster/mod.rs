@@ -1,0 +1,260 @@
+//! The cluster configuration: the TOML file that is the cluster's source of truth.
+//!
+//! It plays the part of Ganeti's `config.data`: cluster name and master, the allowed
+//! compression tools, the nodes (each with a root directory laid out like Ganeti's virtual
+//! cluster `GANETI_ROOTDIR`) and the instances with everything an export needs. The format is
+//! documented in `docs/cluster-config.md`; `examples/cluster.toml` is a complete example.
+//!
+//! Loading parses with serde and then validates the whole file (unique names and UUIDs,
+//! references to nodes that exist, required backend parameters, safe file names), reporting
+//! the file and the key at fault. Changes ([`Cluster::remove_instance`]) are made under an
+//! exclusive lock on a sibling lock file, edit the TOML in place (comments survive), re-validate
+//! the result and replace the file atomically.
+//!
+//! The module is split along jobs: [`schema`] is the file's shape (serde types), [`validate`]
+//! checks a parsed file, [`layout`] is where things live under a node's root, [`edit`] changes
+//! the file in place under a lock.
+
+mod edit;
+mod layout;
+pub mod schema;
+pub mod validate;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Ecode, OpError};
+use crate::fsutil;
+
+pub use edit::update_file;
+pub use layout::{DATA_SUBDIR, EXPORT_SUBDIR, HOOKS_SUBDIR, LOG_SUBDIR, RUN_SUBDIR};
+pub use schema::*;
+pub use validate::{
+    is_safe_name, match_name_component, reserved_instance_name, Invalid, KNOWN_BEPARAMS, MAX_DISKS, MAX_DISK_SIZE_MIB,
+    MAX_HOOKS_SECONDS, MAX_NAME_LEN, MAX_NICS, REQUIRED_BEPARAMS,
+};
+
+/// A configuration file that could not be loaded: the file, the key at fault and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or written.
+    #[error("{file}: {source}")]
+    Io {
+        /// The config file.
+        file: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("{file}: {msg}")]
+    Parse {
+        /// The config file.
+        file: PathBuf,
+        /// The parser's message (it names line, column and key).
+        msg: String,
+    },
+    /// The file parsed but is inconsistent.
+    #[error("{file}: {key}: {msg}")]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// The key at fault, e.g. `instances[1].primary_node`.
+        key: String,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+impl From<ConfigError> for OpError {
+    fn from(e: ConfigError) -> Self {
+        OpError::config(e.to_string())
+    }
+}
+
+/// A loaded and validated cluster configuration.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    path: PathBuf,
+    base_dir: PathBuf,
+    config: ClusterConfig,
+}
+
+impl Cluster {
+    /// Loads and validates a config file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref().to_path_buf();
+        let text = fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+            file: path.clone(),
+            source,
+        })?;
+        Self::from_str_at(&text, path)
+    }
+
+    /// Parses and validates `text` as if it were the content of `path`.
+    pub fn from_str_at(text: &str, path: impl Into<PathBuf>) -> Result<Self, ConfigError> {
+        let path = path.into();
+        let config: ClusterConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: path.clone(),
+            msg: e.to_string().trim_end().to_string(),
+        })?;
+        validate::validate(&config).map_err(|Invalid { key, msg }| ConfigError::Invalid {
+            file: path.clone(),
+            key,
+            msg,
+        })?;
+        // Absolute, so that paths resolved against it (hooks, disks, node roots) stay valid for
+        // children that run elsewhere (hook scripts run with cwd `/`). Symlinks are not
+        // resolved: relative paths stay relative to the directory that holds the file as named.
+        let base_dir = std::path::absolute(fsutil::parent_dir(&path)).map_err(|source| ConfigError::Io {
+            file: path.clone(),
+            source,
+        })?;
+        Ok(Self { path, base_dir, config })
+    }
+
+    /// The config file this was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The parsed configuration.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// Cluster settings.
+    pub fn info(&self) -> &ClusterInfo {
+        &self.config.cluster
+    }
+
+    /// The per-script hook timeout (`[cluster] hooks_timeout`, else Ganeti's 15 minutes).
+    pub fn hooks_timeout(&self) -> std::time::Duration {
+        self.config
+            .cluster
+            .hooks_timeout
+            .map_or(crate::hooks::DEFAULT_SCRIPT_TIMEOUT, std::time::Duration::from_secs_f64)
+    }
+
+    /// How often a running hook script is reported (`[cluster] hooks_report_interval`, else
+    /// every 60 s).
+    pub fn hooks_report_interval(&self) -> std::time::Duration {
+        self.config.cluster.hooks_report_interval.map_or(
+            crate::hooks::DEFAULT_REPORT_INTERVAL,
+            std::time::Duration::from_secs_f64,
+        )
+    }
+
+    /// All nodes, in file order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.config.nodes
+    }
+
+    /// All instances, in file order.
+    pub fn instances(&self) -> &[Instance] {
+        &self.config.instances
+    }
+
+    /// The node with exactly this name.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.config.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The instance with exactly this name.
+    pub fn instance(&self, name: &str) -> Option<&Instance> {
+        self.config.instances.iter().find(|i| i.name == name)
+    }
+
+    /// The master node (validated to exist).
+    pub fn master(&self) -> &Node {
+        self.node(&self.config.cluster.master)
+            .expect("validated: the master node exists")
+    }
+
+    /// Ganeti's `ExpandInstanceName`: an exact name, or a unique match of `name` followed by
+    /// a dot-separated suffix, case-insensitively (`inst1` → `inst1.example.com`).
+    /// Fails with `Instance 'X' not known` (`ECODE_NOENT`). If `expected_uuid` is given it
+    /// must match (`ECODE_NOTUNIQUE`), as for the opcode's `instance_uuid`.
+    pub fn expand_instance(&self, name: &str, expected_uuid: Option<&str>) -> Result<&Instance, OpError> {
+        let names: Vec<&str> = self.config.instances.iter().map(|i| i.name.as_str()).collect();
+        let full = match_name_component(name, &names).ok_or_else(|| OpError::not_known("Instance", name))?;
+        let inst = self.instance(full).expect("matched an existing name");
+        if let Some(uuid) = expected_uuid {
+            if inst.uuid != uuid {
+                return Err(OpError::prereq(
+                    Ecode::NotUnique,
+                    format!(
+                        "The instances UUID '{}' does not match the expected UUID '{uuid}' for \
+                         instance '{}'. Maybe the instance changed since you submitted this job.",
+                        inst.uuid, inst.name
+                    ),
+                ));
+            }
+        }
+        Ok(inst)
+    }
+
+    /// Ganeti's `ExpandNodeName`, with the same rules and messages as
+    /// [`Cluster::expand_instance`] (`Node 'X' not known`).
+    pub fn expand_node(&self, name: &str, expected_uuid: Option<&str>) -> Result<&Node, OpError> {
+        let names: Vec<&str> = self.config.nodes.iter().map(|n| n.name.as_str()).collect();
+        let full = match_name_component(name, &names).ok_or_else(|| OpError::not_known("Node", name))?;
+        let node = self.node(full).expect("matched an existing name");
+        if let Some(uuid) = expected_uuid {
+            if node.uuid != uuid {
+                return Err(OpError::prereq(
+                    Ecode::NotUnique,
+                    format!(
+                        "The nodes UUID '{}' does not match the expected UUID '{uuid}' for \
+                         node '{}'. Maybe the node changed since you submitted this job.",
+                        node.uuid, node.name
+                    ),
+                ));
+            }
+        }
+        Ok(node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn match_name_component_follows_ganeti() {
+        let names = ["inst1.example.com", "inst10.example.com", "Other.example.com"];
+        let m = |k| match_name_component(k, &names);
+        assert_eq!(m("inst1.example.com"), Some("inst1.example.com"));
+        assert_eq!(m("inst1"), Some("inst1.example.com"));
+        assert_eq!(m("inst10"), Some("inst10.example.com"));
+        assert_eq!(m("inst1.example"), Some("inst1.example.com"));
+        assert_eq!(m("INST1"), Some("inst1.example.com"));
+        assert_eq!(m("other"), Some("Other.example.com"));
+        assert_eq!(m("inst"), None);
+        assert_eq!(m("example.com"), None);
+        assert_eq!(m(""), None);
+        // Ambiguous prefixes match nothing.
+        let names = ["a.x.com", "a.y.com"];
+        assert_eq!(match_name_component("a", &names), None);
+        assert_eq!(match_name_component("a.x", &names), Some("a.x.com"));
+    }
+
+    #[test]
+    fn python_str_of_params() {
+        assert_eq!(ParamValue::Bool(true).python_str(), "True");
+        assert_eq!(ParamValue::Bool(false).python_str(), "False");
+        assert_eq!(ParamValue::Int(-3).python_str(), "-3");
+        assert_eq!(ParamValue::Float(0.5).python_str(), "0.5");
+        assert_eq!(ParamValue::Float(2.0).python_str(), "2.0");
+        assert_eq!(ParamValue::Str("x y".into()).python_str(), "x y");
+    }
+
+    #[test]
+    fn disk_template_of_sets() {
+        use DiskTemplate::*;
+        assert_eq!(disk_template_of([]), "diskless");
+        assert_eq!(disk_template_of([Plain, Plain]), "plain");
+        assert_eq!(disk_template_of([File, Plain]), "mixed");
+        assert_eq!(disk_template_of([Blockdev]), "blockdev");
+    }
+}

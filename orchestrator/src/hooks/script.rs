@@ -1,0 +1,202 @@
+//! Running one hook script: a reset environment, its own process group, output kept to a
+//! tail, the per-script timeout, the stop flag, and a guard process that kills the group if
+//! diskstream dies first.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::pipe::PipeFlags;
+use rustix::process::{Pid, Signal};
+
+use super::{HooksRunner, Ran, Report, Tail, HOOKS_PATH, OUTPUT_TAIL, POLL};
+
+/// A guard process that kills a script's process group if diskstream dies before disarming
+/// it: it waits for a line on a pipe whose only writer is this process.
+struct DeathGuard {
+    child: std::process::Child,
+}
+
+impl DeathGuard {
+    fn spawn(pgid: Pid) -> io::Result<Self> {
+        let child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg("read x || kill -s KILL -- -\"$1\"")
+            .arg("diskstream-hook-guard")
+            .arg(pgid.as_raw_nonzero().to_string())
+            .env_clear()
+            .env("PATH", HOOKS_PATH)
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        Ok(Self { child })
+    }
+
+    /// The script's group is gone (or was killed by us): the guard exits without killing.
+    fn disarm(mut self) {
+        if let Some(mut w) = self.child.stdin.take() {
+            let _ = w.write_all(b"done\n");
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl HooksRunner {
+    pub(super) fn run_script(
+        &self,
+        path: &Path,
+        env: &BTreeMap<String, String>,
+        report: Report<'_>,
+    ) -> io::Result<Ran> {
+        let timeout = self.timeout;
+        let (read_end, write_end) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+        let stderr_end = write_end.try_clone()?;
+        let mut child = {
+            let mut cmd = Command::new(path);
+            cmd.env_clear()
+                .envs(env)
+                .env("PATH", HOOKS_PATH)
+                .current_dir("/")
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(write_end))
+                .stderr(Stdio::from(stderr_end))
+                .process_group(0);
+            spawn_retrying_busy(&mut cmd)?
+            // `cmd` drops here, closing our copies of the pipe's write end.
+        };
+        let started = Instant::now();
+        let pgid = Pid::from_child(&child);
+        let kill_group = || {
+            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+        };
+        let guard = match DeathGuard::spawn(pgid) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                kill_group();
+                let _ = child.wait();
+                return Err(io::Error::other(format!("cannot start the hook's guard /bin/sh: {e}")));
+            }
+        };
+
+        let output = Arc::new(Mutex::new(Tail::new(OUTPUT_TAIL)));
+        let eof_rx = read_into(fs::File::from(read_end), Arc::clone(&output));
+        let (exit_tx, exit_rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = exit_tx.send(child.wait());
+        });
+
+        let mut timed_out = false;
+        let mut interrupted = false;
+        let mut next_report = self.report_interval;
+        let status = loop {
+            match exit_rx.recv_timeout(POLL) {
+                Ok(status) => break status,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    break Err(io::Error::other("waiter thread vanished"));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            let elapsed = started.elapsed();
+            if self.stopped() || elapsed >= timeout {
+                interrupted = self.stopped();
+                timed_out = !interrupted;
+                kill_group();
+                break exit_rx.recv().map_err(|_| io::Error::other("waiter thread vanished"))?;
+            }
+            if elapsed >= next_report {
+                report(format!(
+                    "still running after {} s (timeout {} s)",
+                    elapsed.as_secs(),
+                    timeout.as_secs_f64()
+                ));
+                next_report += self.report_interval;
+            }
+        };
+        // Output ends when every process of the script closed the pipe; background processes left
+        // behind may keep it open, so they get the rest of the timeout and are then killed.
+        loop {
+            match eof_rx.recv_timeout(POLL) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if self.stopped() || started.elapsed() >= timeout {
+                interrupted |= self.stopped();
+                kill_group();
+                let _ = eof_rx.recv_timeout(Duration::from_secs(1));
+                break;
+            }
+        }
+        if let Some(g) = guard {
+            g.disarm();
+        }
+        let status = status?;
+        let text = output.lock().expect("reader").text();
+        Ok(Ran {
+            success: status.success() && !timed_out && !interrupted,
+            output: with_note(text, timed_out, interrupted, timeout),
+        })
+    }
+}
+
+/// Reads `reader` into `output` on a thread; the receiver hears when the pipe is closed.
+fn read_into(mut reader: fs::File, output: Arc<Mutex<Tail>>) -> mpsc::Receiver<()> {
+    let (eof_tx, eof_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => output.lock().expect("reader").push(&buf[..n]),
+            }
+        }
+        let _ = eof_tx.send(());
+    });
+    eof_rx
+}
+
+/// A script's output with a last line saying why it was killed, if it was.
+fn with_note(mut text: String, timed_out: bool, interrupted: bool, timeout: Duration) -> String {
+    let note = if timed_out {
+        Some(format!(
+            "Hook script killed after the {:.1}s timeout",
+            timeout.as_secs_f64()
+        ))
+    } else if interrupted {
+        Some("Hook script killed: diskstream was interrupted".to_string())
+    } else {
+        None
+    };
+    if let Some(note) = note {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&note);
+    }
+    text
+}
+
+/// Spawns `cmd`, retrying briefly on `ETXTBSY`: a script that was just written may still be
+/// open for writing in a child forked meanwhile by another thread, until that child execs.
+fn spawn_retrying_busy(cmd: &mut Command) -> io::Result<std::process::Child> {
+    let busy = rustix::io::Errno::TXTBSY.raw_os_error();
+    let mut attempts = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(busy) && attempts < 50 => {
+                attempts += 1;
+                thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}

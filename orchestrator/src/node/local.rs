@@ -1,0 +1,300 @@
+//! [`LocalNodeOps`]: every node's operations run on this machine, from the cluster config's
+//! node roots. The one place an export calls the engine.
+
+use std::collections::HashMap;
+use std::io::{Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use diskstream_engine::ops::{self, Format, Options, Report};
+
+use super::{DiskSource, NodeError, NodeOps, SendDisk, SnapshotRef, TransferError, TransferProgress};
+use crate::cluster::{Cluster, Disk, DiskTemplate, Instance, Node};
+use crate::driver::{self, InstanceDriver};
+use crate::export::cleanup::{self, NodeListing};
+use crate::export::store::{self, Staging};
+use crate::hooks::env::Env;
+use crate::hooks::{HookResult, HooksRunner, Phase};
+use crate::snapshot::{self, Capability, Snapshot, Stale};
+
+/// The nodes of `cluster`, all reached through this machine's file systems (node roots,
+/// disk paths) and processes (instance drivers, hook scripts).
+///
+/// Open staging exports and snapshots are held here; whatever is still held when this is
+/// dropped is removed (a staging directory) or deleted (a snapshot), as on every failure path.
+pub struct LocalNodeOps<'a> {
+    cluster: &'a Cluster,
+    hooks: HooksRunner,
+    stop: Arc<AtomicBool>,
+    staging: Mutex<HashMap<(String, String), Staging>>,
+    snapshots: Mutex<HashMap<SnapshotRef, Snapshot>>,
+}
+
+impl<'a> LocalNodeOps<'a> {
+    /// The nodes of `cluster`; hooks run with `hooks`; `stop` (SIGINT/SIGTERM) cuts the
+    /// shutdown wait short and stops transfers.
+    pub fn new(cluster: &'a Cluster, hooks: HooksRunner, stop: Arc<AtomicBool>) -> Self {
+        Self {
+            cluster,
+            hooks,
+            stop,
+            staging: Mutex::default(),
+            snapshots: Mutex::default(),
+        }
+    }
+
+    fn node(&self, name: &str) -> Result<&'a Node, NodeError> {
+        self.cluster
+            .node(name)
+            .ok_or_else(|| NodeError::Unknown(format!("node {name} is not in the cluster config")))
+    }
+
+    fn instance(&self, name: &str) -> Result<&'a Instance, NodeError> {
+        self.cluster
+            .instance(name)
+            .ok_or_else(|| NodeError::Unknown(format!("instance {name} is not in the cluster config")))
+    }
+
+    fn disk(&self, instance: &str, index: usize) -> Result<&'a Disk, NodeError> {
+        self.instance(instance)?
+            .disks
+            .get(index)
+            .ok_or_else(|| NodeError::Unknown(format!("instance {instance} has no disk/{index}")))
+    }
+
+    fn driver(&self, instance: &str) -> Result<Box<dyn InstanceDriver>, NodeError> {
+        Ok(driver::driver_for(self.cluster, self.instance(instance)?))
+    }
+
+    fn export_dir(&self, node: &str) -> Result<PathBuf, NodeError> {
+        Ok(self.cluster.export_dir(self.node(node)?))
+    }
+
+    /// Where `req` reads from: the disk, or the snapshot this node made of it.
+    fn source_path(&self, req: &SendDisk) -> Result<PathBuf, NodeError> {
+        let disk = self.disk(&req.instance, req.disk)?;
+        match &req.source {
+            DiskSource::Disk => Ok(self.cluster.disk_path(disk)),
+            DiskSource::Snapshot(s) => self
+                .snapshots
+                .lock()
+                .expect("snapshots")
+                .get(s)
+                .map(Snapshot::path)
+                .ok_or_else(|| NodeError::Unknown(format!("no snapshot {} of disk/{}", s.name, s.disk))),
+        }
+    }
+
+    /// The staging directory of `instance` on `node`, opened by [`NodeOps::begin_export`].
+    fn staging_dir(&self, node: &str, instance: &str) -> Result<PathBuf, NodeError> {
+        self.staging
+            .lock()
+            .expect("staging")
+            .get(&(node.to_string(), instance.to_string()))
+            .map(|s| s.dir().to_path_buf())
+            .ok_or_else(|| NodeError::Unknown(format!("no staging export of {instance} on node {node}")))
+    }
+
+    /// The engine's options for an export's dump: a sparse raw file with its manifest, in the
+    /// staging directory this export owns, stopped by SIGINT/SIGTERM.
+    fn dump_options(&self, req: &SendDisk) -> Options {
+        Options {
+            format: Format::Raw,
+            force: true,
+            pages: req.pages,
+            checksum: req.checksum,
+            stop: Some(Arc::clone(&self.stop)),
+            ..Options::default()
+        }
+    }
+}
+
+impl NodeOps for LocalNodeOps<'_> {
+    fn run_hooks(&self, node: &str, hpath: &str, phase: Phase, env: &Env, report: &dyn Fn(String)) -> Vec<HookResult> {
+        let Ok(n) = self.node(node) else {
+            return Vec::new();
+        };
+        let named = |msg: String| report(msg.replacen(" still running", &format!(" on {node} still running"), 1));
+        self.hooks
+            .run_phase_reporting(&self.cluster.hooks_dir(n), hpath, phase, env, &named)
+    }
+
+    fn instance_running(&self, _node: &str, instance: &str) -> Result<bool, NodeError> {
+        Ok(self.driver(instance)?.is_running()?)
+    }
+
+    fn stop_instance(&self, _node: &str, instance: &str, timeout: Duration) -> Result<(), NodeError> {
+        Ok(self.driver(instance)?.stop_cancellable(timeout, &self.stop)?)
+    }
+
+    fn start_instance(&self, _node: &str, instance: &str) -> Result<(), NodeError> {
+        Ok(self.driver(instance)?.start()?)
+    }
+
+    fn forget_instance(&self, _node: &str, instance: &str) {
+        if let Some((pid_file, _)) = self
+            .instance(instance)
+            .ok()
+            .and_then(|i| driver::process_paths(self.cluster, i))
+        {
+            let _ = std::fs::remove_file(pid_file);
+        }
+    }
+
+    fn backing_size(&self, _node: &str, instance: &str, disk: usize) -> Result<Option<u64>, NodeError> {
+        let path = self.cluster.disk_path(self.disk(instance, disk)?);
+        // A block device's size is where its end is.
+        match std::fs::File::open(&path).and_then(|mut f| f.seek(SeekFrom::End(0))) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(NodeError::Io(e)),
+        }
+    }
+
+    fn activate_disks(&self, _node: &str, instance: &str) -> Result<(), NodeError> {
+        for d in &self.instance(instance)?.disks {
+            let path = self.cluster.disk_path(d);
+            if !driver::disk_present(&path) {
+                return Err(NodeError::DiskMissing { path });
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_disks(&self, _node: &str, instance: &str) -> Vec<(usize, NodeError)> {
+        let Ok(inst) = self.instance(instance) else {
+            return Vec::new();
+        };
+        let mut failed = Vec::new();
+        for (i, d) in inst.disks.iter().enumerate() {
+            let path = self.cluster.disk_path(d);
+            let r = match d.template {
+                DiskTemplate::File => std::fs::remove_file(&path).map_err(|source| NodeError::Disk {
+                    path: path.clone(),
+                    source,
+                }),
+                DiskTemplate::Plain => match std::process::Command::new("lvremove").arg("-f").arg(&path).status() {
+                    Err(e) => Err(NodeError::Io(e)),
+                    Ok(s) if s.success() => Ok(()),
+                    Ok(status) => Err(NodeError::ToolFailed {
+                        command: format!("lvremove {}", path.display()),
+                        status,
+                    }),
+                },
+                // Ganeti never deletes an adopted block device.
+                DiskTemplate::Blockdev => Ok(()),
+            };
+            if let Err(e) = r {
+                failed.push((i, e));
+            }
+        }
+        failed
+    }
+
+    fn sweep_stale_snapshots(&self, _node: &str, instance: &str) -> Vec<Stale> {
+        self.instance(instance)
+            .map(|inst| snapshot::sweep_stale(self.cluster, inst))
+            .unwrap_or_default()
+    }
+
+    fn snapshot_capability(&self, _node: &str, instance: &str, disk: usize) -> Capability {
+        match self.disk(instance, disk) {
+            Ok(d) => snapshot::capability(d, &self.cluster.disk_path(d)),
+            Err(e) => Capability::NotCapable(e.to_string()),
+        }
+    }
+
+    fn create_snapshot(&self, _node: &str, instance: &str, disk: usize) -> Result<SnapshotRef, NodeError> {
+        let d = self.disk(instance, disk)?;
+        let snap = snapshot::create(disk, d, &self.cluster.disk_path(d), instance)?;
+        let r = SnapshotRef {
+            instance: instance.to_string(),
+            disk,
+            name: snap.path().display().to_string(),
+        };
+        self.snapshots.lock().expect("snapshots").insert(r.clone(), snap);
+        Ok(r)
+    }
+
+    fn remove_snapshot(&self, _node: &str, s: &SnapshotRef) -> Result<(), NodeError> {
+        let taken = self.snapshots.lock().expect("snapshots").remove(s);
+        match taken {
+            Some(mut snap) => Ok(snap.remove()?),
+            None => Err(NodeError::Unknown(format!("no snapshot {} of disk/{}", s.name, s.disk))),
+        }
+    }
+
+    fn begin_export(&self, node: &str, instance: &str) -> Result<(), NodeError> {
+        let dir = self.export_dir(node)?;
+        let key = (node.to_string(), instance.to_string());
+        // An earlier staging of the same export is dropped (removed) before the new one exists.
+        drop(self.staging.lock().expect("staging").remove(&key));
+        let staging = Staging::begin(&dir, instance).map_err(crate::export::store::StoreError::from)?;
+        self.staging.lock().expect("staging").insert(key, staging);
+        Ok(())
+    }
+
+    fn send_disk(&self, req: &SendDisk, progress: &TransferProgress) -> Result<Report, TransferError> {
+        if !crate::cluster::is_safe_name(&req.dump) {
+            return Err(NodeError::Unknown(format!("invalid dump name '{}'", req.dump)).into());
+        }
+        let source = self.source_path(req)?;
+        let out = self.staging_dir(&req.target_node, &req.instance)?.join(&req.dump);
+        let declared = self.disk(&req.instance, req.disk)?.size << 20;
+        let total = diskstream_engine::source::Source::open(&source).map_or(declared, |s| s.size());
+        progress.total.store(total, Ordering::Relaxed);
+        ops::create(&source, &out, &self.dump_options(req), &progress.done).map_err(TransferError::Engine)
+    }
+
+    fn finalize_export(&self, node: &str, instance: &str, config_ini: &str) -> Result<PathBuf, NodeError> {
+        let taken = self
+            .staging
+            .lock()
+            .expect("staging")
+            .remove(&(node.to_string(), instance.to_string()));
+        let staging =
+            taken.ok_or_else(|| NodeError::Unknown(format!("no staging export of {instance} on node {node}")))?;
+        Ok(staging
+            .finalize(config_ini)
+            .map_err(crate::export::store::StoreError::from)?)
+    }
+
+    fn abandon_export(&self, node: &str, instance: &str) {
+        let taken = self
+            .staging
+            .lock()
+            .expect("staging")
+            .remove(&(node.to_string(), instance.to_string()));
+        drop(taken);
+    }
+
+    fn sweep_export_leftovers(&self, node: &str, instance: &str) {
+        if let Ok(dir) = self.export_dir(node) {
+            store::sweep_leftovers(&dir, instance);
+        }
+    }
+
+    fn list_exports(&self, node: &str) -> Result<Vec<String>, NodeError> {
+        Ok(store::list_exports(&self.export_dir(node)?)?)
+    }
+
+    fn export_listing(&self, node: &str, instance: &str) -> NodeListing {
+        match self.node(node) {
+            Ok(n) => cleanup::listing(node, &self.cluster.export_dir(n), instance, n.offline),
+            Err(e) => NodeListing {
+                node: node.to_string(),
+                export_dir: PathBuf::new(),
+                dir_id: None,
+                export_id: None,
+                exports: Err(e.to_string()),
+                leftovers: false,
+            },
+        }
+    }
+
+    fn remove_export(&self, node: &str, instance: &str, keep: Option<(u64, u64)>) -> Result<bool, NodeError> {
+        Ok(cleanup::remove_unless(&self.export_dir(node)?, instance, keep)?)
+    }
+}
