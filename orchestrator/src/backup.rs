@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use diskstream_engine::buf::Pages;
 use diskstream_engine::digest::Checksum;
-use diskstream_engine::ops::{self, Format, Options, Report};
+use diskstream_engine::ops::{self, CreateOptions, Format, Report, Tuning};
 
 use crate::cluster::{Cluster, DiskTemplate, Instance, Node};
 use crate::driver::{self, InstanceDriver};
@@ -731,7 +731,7 @@ impl Exec<'_> {
                 c.disk_path(d)
             };
             let dump = crate::fsutil::new_uuid().map_err(|e| OpError::exec(format!("cannot make a UUID: {e}")))?;
-            let total = diskstream_engine::source::Source::open(&source)
+            let total = diskstream_engine::source::Disk::open(&source)
                 .map(|s| s.size())
                 .unwrap_or(d.size << 20);
             items.push(Item {
@@ -805,13 +805,16 @@ impl Exec<'_> {
         let results: Vec<Mutex<Option<Result<Report, String>>>> = (0..n).map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
         let all_done = AtomicBool::new(false);
-        let options = Options {
+        let options = CreateOptions {
             format: Format::Raw,
             force: true,
-            pages: self.op.pages,
             checksum: self.op.checksum,
-            stop: Some(Arc::clone(&self.ctx.stop)),
-            ..Options::default()
+            tuning: Tuning {
+                pages: self.op.pages,
+                stop: Some(Arc::clone(&self.ctx.stop)),
+                ..Tuning::default()
+            },
+            ..CreateOptions::default()
         };
         let workers = self.op.max_parallel_disks.min(n).max(1);
         thread::scope(|s| {
