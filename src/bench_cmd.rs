@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::Args;
 use diskstream_engine::bench::{self, CpuInfo, Kernel, ScratchFile};
 use diskstream_engine::digest::Checksum;
-use diskstream_engine::ops::{self, Format, Options, Progress};
+use diskstream_engine::ops::{self, CreateOptions, Format, Progress, ScanOptions, Tuning};
 use serde_json::{json, Map, Value};
 
 /// Arguments of `diskstream bench`.
@@ -153,9 +153,9 @@ pub fn run(a: BenchArgs) -> ExitCode {
         Err(e) => return err(format!("cannot install the signal handler: {e}"), a.json),
     };
     let stop = interrupt.flag();
-    let threads = a.threads.unwrap_or_else(|| Options::default().threads).max(1);
+    let threads = a.threads.unwrap_or_else(ops::default_threads).max(1);
     if let Some(d) = &a.device {
-        if let Err(e) = diskstream_engine::source::Source::open(d) {
+        if let Err(e) = diskstream_engine::source::Disk::open(d) {
             return err(format!("--device: {e}"), a.json);
         }
     }
@@ -308,23 +308,40 @@ fn measure(
     let mut pipe = Map::new();
     let (mut raw_pred, mut lz4_pred) = (0.0, 0.0);
     if let Some(dev) = &a.device {
-        let o = Options {
-            limit: Some(a.size),
-            checksum: a.checksum,
+        let tuning = Tuning {
             threads,
             stop: Some(Arc::clone(stop)),
+            ..Tuning::default()
+        };
+        let o = CreateOptions {
+            tuning: tuning.clone(),
+            limit: Some(a.size),
+            checksum: a.checksum,
             force: true,
-            ..Options::default()
+            ..CreateOptions::default()
+        };
+        let scan = ScanOptions {
+            tuning,
+            limit: o.limit,
+            checksum: o.checksum,
+            ..ScanOptions::default()
         };
         let progress: Progress = Default::default();
-        let dev_size = diskstream_engine::source::Source::open(dev)
+        let dev_size = diskstream_engine::source::Disk::open(dev)
             .map_err(|e| e.to_string())?
             .size();
         for (name, compress) in [("raw_null", false), ("lz4_null", true)] {
             check()?;
             drop_caches();
             let (r, curve) = watched(&progress, || {
-                ops::scan(dev, &Options { compress, ..o.clone() }, &progress)
+                ops::scan(
+                    dev,
+                    &ScanOptions {
+                        compress,
+                        ..scan.clone()
+                    },
+                    &progress,
+                )
             });
             let r = r.map_err(|e| e.to_string())?;
             let full = record_pipeline(&mut rows, &mut pipe, name, &r, &curve, dev_size);
@@ -345,7 +362,7 @@ fn measure(
                 if format == Format::Dsimg && scratch.is_none() {
                     continue; // A dsimg is a file; a device target only measures raw.
                 }
-                let oo = Options {
+                let oo = CreateOptions {
                     format,
                     manifest: Some(manifest.clone()),
                     ..o.clone()

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use diskstream_engine::buf::Pages;
 use diskstream_engine::digest::Checksum;
-use diskstream_engine::ops::{self, Format, Options, Progress};
+use diskstream_engine::ops::{
+    self, CreateOptions, Format, InfoOptions, Progress, RestoreOptions, ScanOptions, Tuning, VerifyOptions,
+};
 use diskstream_engine::ring::BackendKind;
 use diskstream_engine::sink::ZeroPolicy;
 
@@ -170,14 +172,15 @@ struct DemoArgs {
 }
 
 impl Tune {
-    fn options(&self) -> Result<Options, String> {
+    /// The engine's tuning from these flags, with the SIGINT/SIGTERM flag as its stop flag.
+    fn options(&self, stop: Option<ops::StopFlag>) -> Result<Tuning, String> {
         let chunk_size =
             u32::try_from(self.chunk_size).map_err(|_| format!("--chunk-size {} is too large", self.chunk_size))?;
-        Ok(Options {
+        Ok(Tuning {
             chunk_size,
             queue_depth: self.queue_depth,
             write_depth: self.write_depth,
-            threads: self.threads.unwrap_or(Options::default().threads),
+            threads: self.threads.unwrap_or_else(ops::default_threads),
             backend: if self.sequential {
                 BackendKind::Pread
             } else {
@@ -186,9 +189,7 @@ impl Tune {
             fixed_buffers: self.fixed_buffers,
             pages: if self.hugetlb { Pages::Hugetlb } else { Pages::Thp },
             sequential: self.sequential,
-            zero_policy: self.zero_target,
-            manifest: self.manifest.clone(),
-            ..Options::default()
+            stop,
         })
     }
 }
@@ -226,15 +227,20 @@ fn image(cmd: ImageCmd) -> ExitCode {
             tune,
             force,
         } => {
-            let mut o = match tune.options() {
-                Ok(o) => o,
+            let tuning = match tune.options(stop) {
+                Ok(t) => t,
                 Err(e) => return output::fail_msg(&e),
             };
-            o.format = format;
-            o.checksum = checksum;
-            o.compress = compress == "lz4";
-            o.force = force;
-            o.stop = stop;
+            let o = CreateOptions {
+                tuning,
+                format,
+                compress: compress == "lz4",
+                checksum,
+                force,
+                zero_policy: tune.zero_target,
+                manifest: tune.manifest.clone(),
+                limit: None,
+            };
             let total = output::disk_size_hint(&src);
             let res = output::with_progress(&progress, total, "create", tune.json, || {
                 ops::create(&src, &out, &o, &progress)
@@ -242,12 +248,15 @@ fn image(cmd: ImageCmd) -> ExitCode {
             output::finish_or_interrupted(res, tune.json, &interrupt, true)
         }
         ImageCmd::Verify { image, tune } => {
-            let mut o = match tune.options() {
-                Ok(o) => o,
+            let tuning = match tune.options(stop) {
+                Ok(t) => t,
                 Err(e) => return output::fail_msg(&e),
             };
-            o.stop = stop;
-            let total = ops::info(&image, &o).map(|i| i.disk_size).unwrap_or(0);
+            let o = VerifyOptions {
+                tuning,
+                manifest: tune.manifest.clone(),
+            };
+            let total = image_size_hint(&image, &o.manifest);
             let res = output::with_progress(&progress, total, "verify", tune.json, || {
                 ops::verify(&image, &o, &progress)
             });
@@ -259,13 +268,17 @@ fn image(cmd: ImageCmd) -> ExitCode {
             tune,
             force,
         } => {
-            let mut o = match tune.options() {
-                Ok(o) => o,
+            let tuning = match tune.options(stop) {
+                Ok(t) => t,
                 Err(e) => return output::fail_msg(&e),
             };
-            o.force = force;
-            o.stop = stop;
-            let total = ops::info(&image, &o).map(|i| i.disk_size).unwrap_or(0);
+            let o = RestoreOptions {
+                tuning,
+                force,
+                zero_policy: tune.zero_target,
+                manifest: tune.manifest.clone(),
+            };
+            let total = image_size_hint(&image, &o.manifest);
             let res = output::with_progress(&progress, total, "restore", tune.json, || {
                 ops::restore(&image, &dest, &o, &progress)
             });
@@ -277,23 +290,28 @@ fn image(cmd: ImageCmd) -> ExitCode {
             checksum,
             tune,
         } => {
-            let mut o = match tune.options() {
-                Ok(o) => o,
+            let tuning = match tune.options(stop) {
+                Ok(t) => t,
                 Err(e) => return output::fail_msg(&e),
             };
-            o.compress = compress == "lz4";
-            o.checksum = checksum;
-            o.stop = stop;
+            let o = ScanOptions {
+                tuning,
+                compress: compress == "lz4",
+                checksum,
+                limit: None,
+            };
             let total = output::disk_size_hint(&src);
             let res = output::with_progress(&progress, total, "scan", tune.json, || ops::scan(&src, &o, &progress));
             output::finish_or_interrupted(res, tune.json, &interrupt, false)
         }
-        ImageCmd::Info { image, manifest, json } => {
-            let o = Options {
-                manifest,
-                ..Options::default()
-            };
-            output::info(ops::info(&image, &o), json)
-        }
+        ImageCmd::Info { image, manifest, json } => output::info(ops::info(&image, &InfoOptions { manifest }), json),
     }
+}
+
+/// The disk size an image holds, for the progress bar (0 if unknown).
+fn image_size_hint(image: &std::path::Path, manifest: &Option<PathBuf>) -> u64 {
+    let o = InfoOptions {
+        manifest: manifest.clone(),
+    };
+    ops::info(image, &o).map(|i| i.disk_size).unwrap_or(0)
 }

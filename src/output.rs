@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use diskstream_engine::ops::{Info, Progress, Report};
-use diskstream_engine::{Error, Result};
+use diskstream_engine::{Error, ErrorKind, Result};
 use serde_json::json;
 
 use crate::exit::EXIT_INTEGRITY;
 
 /// Size of the disk behind `path`, for the progress bar (0 if unknown).
 pub fn disk_size_hint(path: &Path) -> u64 {
-    diskstream_engine::source::Source::open(path)
+    diskstream_engine::source::Disk::open(path)
         .map(|s| s.size())
         .unwrap_or(0)
 }
@@ -108,12 +108,10 @@ pub fn finish_or_interrupted(
 
 fn fail(e: &Error, json_out: bool) -> ExitCode {
     if json_out {
-        let kind = if e.is_integrity() {
-            "integrity"
-        } else if matches!(e, Error::ManifestMismatch { .. }) {
-            "mismatch"
-        } else {
-            "error"
+        // An interruption is named as such only when a signal caused it (finish_or_interrupted).
+        let kind = match e.kind() {
+            ErrorKind::Cancelled => "error",
+            k => k.as_str(),
         };
         println!("{}", json!({ "ok": false, "error": e.to_string(), "kind": kind }));
     }
@@ -125,36 +123,18 @@ fn opt_str<T: std::fmt::Display>(v: &Option<T>) -> serde_json::Value {
     v.as_ref().map_or(serde_json::Value::Null, |x| json!(x.to_string()))
 }
 
+/// `value` (a serialized [`Report`] or [`Info`]) with `"ok": true` added.
+fn ok_json(value: impl serde::Serialize) -> serde_json::Value {
+    let mut v = serde_json::to_value(value).expect("a report serializes");
+    if let Some(m) = v.as_object_mut() {
+        m.insert("ok".into(), json!(true));
+    }
+    v
+}
+
 /// The JSON form of a report.
 pub fn report_json(r: &Report) -> serde_json::Value {
-    json!({
-        "ok": true,
-        "op": r.op,
-        "input": r.input,
-        "output": r.output,
-        "manifest": r.manifest,
-        "format": opt_str(&r.format),
-        "backend": opt_str(&r.backend),
-        "write_backend": opt_str(&r.write_backend),
-        "buffer_pages": r.buffer_pages,
-        "input_direct": r.input_direct,
-        "output_direct": r.output_direct,
-        "disk_size": r.disk_size,
-        "chunk_size": r.chunk_size,
-        "chunks": r.chunks,
-        "zero_chunks": r.zero_chunks,
-        "bytes_read": r.bytes_read,
-        "bytes_written": r.bytes_written,
-        "bytes_stored": r.bytes_stored,
-        "zero_bytes_skipped": r.zero_bytes,
-        "read_requests": r.read_requests,
-        "write_requests": r.write_requests,
-        "checksum": r.checksum.name(),
-        "digest": r.digest,
-        "elapsed_s": r.elapsed.as_secs_f64(),
-        "throughput_bytes_per_s": r.throughput(),
-        "warnings": r.warnings,
-    })
+    ok_json(r)
 }
 
 fn mib(b: u64) -> String {
@@ -220,15 +200,7 @@ pub fn info(res: Result<Info>, json_out: bool) -> ExitCode {
         Err(e) => return fail(&e, json_out),
     };
     if json_out {
-        println!(
-            "{}",
-            json!({
-                "ok": true, "format": i.format.to_string(), "file_len": i.file_len, "disk_size": i.disk_size,
-                "chunk_size": i.chunk_size, "chunks": i.chunks, "data_chunks": i.data_chunks, "lz4_chunks": i.lz4_chunks,
-                "zero_chunks": i.zero_chunks, "stored_bytes": i.stored_bytes, "checksum": i.checksum.name(),
-                "digest": i.digest, "manifest": i.manifest,
-            })
-        );
+        println!("{}", ok_json(&i));
         return ExitCode::SUCCESS;
     }
     println!("format:      {}", i.format);

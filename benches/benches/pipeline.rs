@@ -8,7 +8,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use diskstream_benches::{cores, smoke_mode, BenchFile, MIB};
 use diskstream_engine::digest::Checksum;
-use diskstream_engine::ops::{self, Options, Progress};
+use diskstream_engine::ops::{self, Progress, ScanOptions, Tuning};
 
 fn pipeline(c: &mut Criterion) {
     let size = if smoke_mode() { 64 * MIB as u64 } else { 1 << 30 };
@@ -26,11 +26,14 @@ fn pipeline(c: &mut Criterion) {
         let mut threads = vec![1, n];
         threads.dedup();
         for t in threads {
-            let opts = Options {
+            let opts = ScanOptions {
                 compress,
                 checksum,
-                threads: t,
-                ..Options::default()
+                tuning: Tuning {
+                    threads: t,
+                    ..Tuning::default()
+                },
+                ..ScanOptions::default()
             };
             let name = if compress {
                 format!("lz4+{checksum}")

@@ -13,9 +13,9 @@ use diskstream_engine::buf::BufPool;
 use diskstream_engine::ring::pread::PreadReader;
 use diskstream_engine::ring::uring::UringReader;
 use diskstream_engine::ring::{ReadBackend, RingOptions};
-use diskstream_engine::source::{plan_chunks, Source};
+use diskstream_engine::source::{plan_chunks, Disk};
 
-fn read_whole(backend: &mut dyn ReadBackend, src: &Source, chunk: u32, depth: u32) -> u64 {
+fn read_whole(backend: &mut dyn ReadBackend, src: &Disk, chunk: u32, depth: u32) -> u64 {
     let extents = src.data_extents().expect("map extents");
     let plans = plan_chunks(src.size(), chunk, src.logical_block(), &extents);
     let pool = BufPool::new(chunk as usize, depth as usize + 2);
@@ -32,7 +32,7 @@ fn read_whole(backend: &mut dyn ReadBackend, src: &Source, chunk: u32, depth: u3
 fn read_ring(c: &mut Criterion) {
     let size = if smoke_mode() { 64 * MIB as u64 } else { 1 << 30 };
     let file = BenchFile::mixed(size).expect("create bench file");
-    let src = Source::open(file.path()).expect("open source");
+    let src = Disk::open(file.path()).expect("open source");
     if !src.is_direct() {
         eprintln!(
             "WARNING: {} is not read with O_DIRECT; numbers are page-cache numbers",

@@ -15,7 +15,7 @@ use crate::ring::uring::UringReader;
 use crate::ring::{ReadBackend, RingOptions};
 use crate::sample::{fill_content, Rng};
 use crate::sink::target::Target;
-use crate::source::{plan_chunks, Source};
+use crate::source::{plan_chunks, Disk};
 use lz4_flex::block::CompressTable;
 
 /// Chunk size the CPU kernels work on (the engine's default).
@@ -227,7 +227,7 @@ pub fn lz4_ratio(data: &[u8]) -> f64 {
 /// Reads the first `limit` bytes of `dev` (all of it if smaller) with O_DIRECT through the
 /// engine's io_uring reader at queue depth `qd` in `chunk`-byte reads, discarding the data.
 pub fn device_read(dev: &Path, limit: u64, qd: u32, chunk: u32, cancel: &AtomicBool) -> Result<Rate> {
-    let src = Source::open(dev)?;
+    let src = Disk::open(dev)?;
     let size = src.size().min(limit);
     let plans = plan_chunks(size, chunk, src.logical_block(), &[(0, size)]);
     let mut reader = UringReader::new(RingOptions {
@@ -309,7 +309,7 @@ pub fn target_write(path: &Path, size: u64, qd: u32, chunk: u32, cancel: &Atomic
         sink.write(off, len, 0, buf)?;
         off += u64::from(len);
     }
-    let (target, stats) = sink.finish()?;
+    let (target, stats) = sink.complete()?;
     target.file().sync_all().map_err(|e| Error::io("fsync", path, 0, e))?;
     Ok(Rate {
         bytes: stats.bytes_written,

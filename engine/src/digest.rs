@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 pub type Hash = [u8; 32];
 
 /// The chunk digest algorithm.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Checksum {
     /// BLAKE3 (the `blake3` crate: SIMD on every x86-64 and Arm CPU, ~10x SHA-256 without SHA
     /// extensions). The default.

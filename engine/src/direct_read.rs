@@ -11,8 +11,8 @@ use crate::buf::AlignedBuf;
 const READ_SIZE: usize = 4 << 20;
 
 /// Reads a file front to back in aligned 4 MiB pieces.
-pub struct DirectReader<'a> {
-    file: &'a File,
+pub struct DirectReader {
+    file: File,
     buf: AlignedBuf,
     pos: usize,
     filled: usize,
@@ -22,9 +22,10 @@ pub struct DirectReader<'a> {
     pub requests: u64,
 }
 
-impl<'a> DirectReader<'a> {
-    /// Starts at offset 0 of `file`.
-    pub fn new(file: &'a File) -> Self {
+impl DirectReader {
+    /// Starts at offset 0 of `file` (opened with O_DIRECT, or buffered where the file system
+    /// refuses it).
+    pub fn new(file: File) -> Self {
         Self {
             file,
             buf: AlignedBuf::new(READ_SIZE),
@@ -37,7 +38,7 @@ impl<'a> DirectReader<'a> {
     }
 }
 
-impl Read for DirectReader<'_> {
+impl Read for DirectReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.pos == self.filled {
             if self.eof {

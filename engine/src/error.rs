@@ -58,7 +58,7 @@ pub enum Error {
     /// The caller asked for something the engine cannot do.
     #[error("{0}")]
     Invalid(String),
-    /// The operation was stopped from outside (`Options::stop`, set by a SIGINT/SIGTERM handler)
+    /// The operation was stopped from outside (`Tuning::stop`, set by a SIGINT/SIGTERM handler)
     /// and cleaned up what it had created.
     #[error("interrupted")]
     Cancelled,
@@ -73,6 +73,42 @@ pub enum Error {
         /// Which identities differ.
         detail: String,
     },
+}
+
+/// The kind of an [`Error`], for callers that act on it (exit codes, JSON, an orchestrator
+/// carrying it up) without matching on every variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The data is damaged: a checksum mismatch, a corrupt or truncated image or manifest.
+    Integrity,
+    /// A manifest and an image that are not a pair (neither known to be damaged).
+    Mismatch,
+    /// Stopped from outside (a signal, a cancel flag).
+    Cancelled,
+    /// A system call failed.
+    Io,
+    /// The caller asked for something the engine cannot do.
+    Invalid,
+}
+
+impl ErrorKind {
+    /// The `kind` the CLI's JSON error objects carry: "integrity", "mismatch", "interrupted",
+    /// or "error" for I/O failures and invalid requests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Integrity => "integrity",
+            Self::Mismatch => "mismatch",
+            Self::Cancelled => "interrupted",
+            Self::Io | Self::Invalid => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Error {
@@ -96,9 +132,20 @@ impl Error {
         }
     }
 
+    /// What kind of failure this is: what a caller maps to an exit code or a JSON `kind`.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::ChecksumMismatch { .. } | Self::Corrupt { .. } => ErrorKind::Integrity,
+            Self::ManifestMismatch { .. } => ErrorKind::Mismatch,
+            Self::Cancelled => ErrorKind::Cancelled,
+            Self::Io { .. } => ErrorKind::Io,
+            Self::Invalid(_) => ErrorKind::Invalid,
+        }
+    }
+
     /// True if and only if this error means the data is damaged (not the environment).
     pub fn is_integrity(&self) -> bool {
-        matches!(self, Self::ChecksumMismatch { .. } | Self::Corrupt { .. })
+        self.kind() == ErrorKind::Integrity
     }
 
     /// True if and only if the operation was stopped from outside ([`Error::Cancelled`]).

@@ -3,23 +3,37 @@
 //!
 //! # A tour, in the order the bytes flow
 //!
-//! - [`source`]: opens the block device or file (`O_DIRECT`), learns its size and logical block
-//!   size, maps a file's holes, and cuts the disk into a [`source::ChunkPlan`] per chunk.
+//! - [`source`]: where chunks come from, behind the [`source::Source`] trait. A
+//!   [`source::Disk`] (block device or file, `O_DIRECT`, size, logical block size, holes) cut into
+//!   a [`source::ReadPlan`] and read as a [`source::DiskSource`]; or a `dsimg` frame stream read
+//!   as a [`source::FrameSource`] (a file today, any byte stream — pipe, socket — next).
 //! - [`buf`]: the aligned buffers every stage hands on, from a bounded pool ([`buf::BufPool`]) that
 //!   caps memory and makes steady state allocation-free.
 //! - [`ring`]: the read ring: io_uring with many reads in flight ([`ring::uring`]) or the pread
 //!   reference ([`ring::pread`]), chosen by [`ring::probe`].
-//! - [`pipeline`]: worker threads that detect zero chunks, hash (SHA-256) and compress (lz4), and
-//!   [`pipeline::Reorder`] to put chunks back in disk order.
-//! - [`sink`]: where chunks land: a sparse raw file or device written through io_uring with
-//!   O_DIRECT ([`sink::raw`]), or a `dsimg` stream ([`sink::image`]).
+//! - [`pipeline`]: worker threads that detect zero chunks, hash (BLAKE3 or SHA-256) and compress
+//!   (lz4), and [`pipeline::Reorder`] to put chunks back in disk order; [`check`]: the workers that
+//!   check `dsimg` frames.
+//! - [`sink`]: where chunks land, behind the [`sink::Sink`] trait (its protocol is documented
+//!   there): a sparse raw file or device written through io_uring with O_DIRECT, out of order
+//!   ([`sink::raw`]); a `dsimg` stream, in order ([`sink::image`]); a check against a manifest
+//!   ([`sink::verify`]); nothing ([`sink::null`]).
+//! - [`transfer`]: [`transfer::Transfer`] runs any source into any sink and assembles the
+//!   [`ops::Report`].
 //! - [`format`]: the `dsimg` byte format (encoder and decoder; the compatibility boundary,
 //!   specified in `docs/image-format.md`) and [`manifest`]: the per-chunk digest list.
 //! - [`input`]: inputs refused unless they are regular files (or block devices) before any open
 //!   that could block, and manifests read no further than the disk they describe.
-//! - [`ops`]: the operations the CLI exposes: create, verify, restore, info.
+//! - [`ops`]: the operations the CLI exposes, one file each: create, verify, restore, scan, info,
+//!   with their options ([`ops::Tuning`] shared, one type per operation).
+//! - [`bench`]: stage measurements for `diskstream bench`.
 //!
-//! `unsafe` lives only in [`sys`], [`buf`] and [`ring::uring`]; every block says why it is sound.
+//! `unsafe` lives only in [`buf`], [`ring::uring`] and the private `sys` module (where rustix has
+//! no safe wrapper); every block says why it is sound. The `testing` feature adds `sample`
+//! (deterministic sample disks and data) and `fuzzing` (the fuzz targets' entry points): test
+//! support, not API.
+
+#![deny(missing_docs)]
 
 pub mod bench;
 pub mod buf;
@@ -28,15 +42,21 @@ pub mod digest;
 pub mod direct_read;
 pub mod error;
 pub mod format;
+#[cfg(feature = "testing")]
 pub mod fuzzing;
 pub mod input;
 pub mod manifest;
 pub mod ops;
 pub mod pipeline;
 pub mod ring;
+#[cfg(feature = "testing")]
 pub mod sample;
+#[cfg(not(feature = "testing"))]
+mod sample;
 pub mod sink;
 pub mod source;
 pub(crate) mod sys;
+pub mod transfer;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
+pub use sample::write_sample_disk;

@@ -15,7 +15,7 @@ use crate::buf::{BufPool, Pages, PoolBuf};
 use crate::digest::{is_zero, Checksum, Hash, ZeroDigests};
 use crate::error::{Error, Result};
 use crate::ring::{ReadBackend, ReadChunk, ReadStats};
-use crate::source::{ReadPlan, Source};
+use crate::source::{Disk, ReadPlan};
 use lz4_flex::block::CompressTable;
 
 /// What a worker found and made of a chunk.
@@ -219,7 +219,7 @@ fn process(chunk: ReadChunk, zeros: &ZeroDigests, pools: &Pools, table: &mut Com
 /// Everything a run needs besides the sink.
 pub struct Job<'a> {
     /// The source disk.
-    pub src: &'a Source,
+    pub src: &'a Disk,
     /// The chunks to read.
     pub plans: &'a ReadPlan,
     /// The read backend.

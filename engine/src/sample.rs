@@ -1,5 +1,8 @@
 //! Sample disks with realistic content (text, machine-code-like bytes, zero runs, holes) for the
 //! demo, the tests and the benches. Deterministic: the same seed gives the same bytes.
+//! Public only with the `testing` feature; the demo's disks come from [`write_sample_disk`],
+//! re-exported at the crate root.
+#![cfg_attr(not(feature = "testing"), allow(dead_code))]
 
 use std::fs::File;
 use std::io;

@@ -8,7 +8,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use diskstream_engine::ops::{self, Format, Options, Progress};
+use diskstream_engine::ops::{self, CreateOptions, Format, Progress, ScanOptions, Tuning};
 use diskstream_engine::sample::write_sample_disk;
 
 struct Counting;
@@ -45,19 +45,24 @@ fn count(f: impl FnOnce()) -> u64 {
 fn runs(dir: &Path, chunks: u64) -> [u64; 3] {
     let src = dir.join(format!("src{chunks}"));
     write_sample_disk(&src, chunks << 16, 100, chunks).unwrap();
-    let o = Options {
+    let tuning = Tuning {
         chunk_size: 1 << 16,
         threads: 2,
+        ..Tuning::default()
+    };
+    let o = CreateOptions {
+        tuning: tuning.clone(),
         force: true,
-        ..Options::default()
+        ..CreateOptions::default()
     };
     let p: Progress = Default::default();
     let scan = count(|| {
         ops::scan(
             &src,
-            &Options {
+            &ScanOptions {
+                tuning,
                 compress: true,
-                ..o.clone()
+                ..ScanOptions::default()
             },
             &p,
         )
@@ -70,7 +75,7 @@ fn runs(dir: &Path, chunks: u64) -> [u64; 3] {
         ops::create(
             &src,
             &dir.join("o.dsimg"),
-            &Options {
+            &CreateOptions {
                 format: Format::Dsimg,
                 ..o.clone()
             },

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use diskstream_engine::digest::{sha256, Checksum};
 use diskstream_engine::format::reader::check_bytes;
 use diskstream_engine::manifest::Manifest;
-use diskstream_engine::ops::{self, Options, Progress};
+use diskstream_engine::ops::{self, Progress, RestoreOptions, Tuning, VerifyOptions};
 
 /// SHA-256 of the fixture disk (fixtures/v1/README.md).
 const DISK_SHA256: &str = "753f2885a602dc702ca7ca131dde94f748ece938be46f22aa0df95cc22da3ecd";
@@ -28,17 +28,24 @@ fn scratch() -> tempfile::TempDir {
         .unwrap()
 }
 
-fn paths() -> [Options; 2] {
+fn paths() -> [Tuning; 2] {
     [
-        Options {
+        Tuning {
             threads: 4,
-            ..Options::default()
+            ..Tuning::default()
         },
-        Options {
+        Tuning {
             sequential: true,
-            ..Options::default()
+            ..Tuning::default()
         },
     ]
+}
+
+fn verify_options(tuning: &Tuning) -> VerifyOptions {
+    VerifyOptions {
+        tuning: tuning.clone(),
+        ..VerifyOptions::default()
+    }
 }
 
 #[test]
@@ -55,12 +62,21 @@ fn v1_dsimg_and_raw_verify_and_restore_byte_identically() {
             if image == "disk.raw" {
                 std::fs::copy(fixture("disk.raw.manifest"), dir.path().join("disk.raw.manifest")).unwrap();
             }
-            let v = ops::verify(&img, &o, &Progress::default()).unwrap();
+            let v = ops::verify(&img, &verify_options(&o), &Progress::default()).unwrap();
             assert_eq!(v.checksum, Checksum::Sha256, "{image}");
             assert_eq!(v.digest, IMAGE_DIGEST, "{image}");
             let dest = dir.path().join("restored");
             let _ = std::fs::remove_file(&dest);
-            let r = ops::restore(&img, &dest, &o, &Progress::default()).unwrap();
+            let r = ops::restore(
+                &img,
+                &dest,
+                &RestoreOptions {
+                    tuning: o.clone(),
+                    ..RestoreOptions::default()
+                },
+                &Progress::default(),
+            )
+            .unwrap();
             assert_eq!(r.digest, IMAGE_DIGEST);
             let back = std::fs::read(&dest).unwrap();
             assert!(
@@ -115,7 +131,7 @@ fn flipped_bytes_of_the_v1_images_fail_verify_on_both_paths() {
             bad[at] ^= 0x04;
             std::fs::write(&img, &bad).unwrap();
             for o in paths() {
-                let e = ops::verify(&img, &o, &Progress::default())
+                let e = ops::verify(&img, &verify_options(&o), &Progress::default())
                     .expect_err(&format!("{name}: flip at {at} accepted (sequential: {})", o.sequential));
                 // A flipped magic makes it no dsimg at all (then a raw image without a manifest):
                 // an error, but not one about damaged data.

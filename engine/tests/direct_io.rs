@@ -9,7 +9,7 @@ use diskstream_engine::buf::BufPool;
 use diskstream_engine::ring::uring::UringReader;
 use diskstream_engine::ring::{pread::PreadReader, BackendKind, ReadBackend, RingOptions};
 use diskstream_engine::sample::write_sample_disk;
-use diskstream_engine::source::{plan_chunks, Source};
+use diskstream_engine::source::{plan_chunks, Disk};
 
 fn scratch_file(name: &str, size: u64) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::Builder::new()
@@ -39,7 +39,7 @@ fn io_uring_fds() -> usize {
 #[test]
 fn source_descriptor_is_o_direct_in_the_kernel() {
     let (_dir, path) = scratch_file("disk", 8 << 20);
-    let src = Source::open(&path).unwrap();
+    let src = Disk::open(&path).unwrap();
     let flags = fdinfo_flags(src.file().as_raw_fd());
     assert_ne!(flags & libc::O_DIRECT as u32, 0, "fdinfo flags {flags:o} lack O_DIRECT");
     assert!(src.is_direct());
@@ -49,7 +49,7 @@ fn source_descriptor_is_o_direct_in_the_kernel() {
 #[test]
 fn uring_reader_reads_through_a_real_ring_and_matches_pread() {
     let (_dir, path) = scratch_file("disk", 9 << 20);
-    let src = Source::open(&path).unwrap();
+    let src = Disk::open(&path).unwrap();
     let plans = plan_chunks(src.size(), 1 << 20, src.logical_block(), &src.data_extents().unwrap());
     let before = io_uring_fds();
     let mut uring = UringReader::new(RingOptions {

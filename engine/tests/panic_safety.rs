@@ -17,7 +17,7 @@ use std::time::Duration;
 use diskstream_engine::buf::BufPool;
 use diskstream_engine::ring::uring::{UringReader, UringWriter};
 use diskstream_engine::ring::{ReadBackend, RingOptions};
-use diskstream_engine::source::{plan_chunks, Source};
+use diskstream_engine::source::{plan_chunks, Disk};
 
 const CHUNK: u32 = 1 << 20;
 const PAINT: u8 = 0xAA;
@@ -124,7 +124,7 @@ fn a_panicking_consumer_never_gets_buffers_reused_under_in_flight_reads() {
     let throttle = Throttle::reads_of(&disk_of(&path), 16 << 20);
     let mut hits = 0;
     for round in 0..2 {
-        let src = Source::open(&path).unwrap();
+        let src = Disk::open(&path).unwrap();
         let plans = plan_chunks(src.size(), CHUNK, src.logical_block(), &src.data_extents().unwrap());
         let depth = 32;
         let pool = BufPool::new(CHUNK as usize, depth as usize + 4);

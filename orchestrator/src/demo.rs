@@ -13,7 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use diskstream_engine::ops::{self, Options};
+use diskstream_engine::ops::{self, VerifyOptions};
 
 use crate::backup::{self, ExportLu, ExportOp, ExportResult};
 use crate::cluster::Cluster;
@@ -34,8 +34,8 @@ pub fn build_cluster(dir: &Path, size: u64) -> Result<PathBuf, String> {
     fs::create_dir_all(&disks).map_err(|e| err(&disks, e))?;
     let d0 = disks.join("inst1-root.img");
     let d1 = disks.join("inst1-data.img");
-    diskstream_engine::sample::write_sample_disk(&d0, size, 40, 1).map_err(|e| err(&d0, e))?;
-    diskstream_engine::sample::write_sample_disk(&d1, size, 3, 2).map_err(|e| err(&d1, e))?;
+    diskstream_engine::write_sample_disk(&d0, size, 40, 1).map_err(|e| err(&d0, e))?;
+    diskstream_engine::write_sample_disk(&d1, size, 3, 2).map_err(|e| err(&d1, e))?;
     for i in 1..=3 {
         let ed = dir.join(format!("vc/node{i}")).join(crate::cluster::EXPORT_SUBDIR);
         fs::create_dir_all(&ed).map_err(|e| err(&ed, e))?;
@@ -181,7 +181,7 @@ fn run_steps(cfg: &Path, cluster: &Cluster, fb: &dyn Feedback, say: &dyn Fn(&str
     for d in &r.disks {
         let dump = r.export_dir.join(&d.dump);
         let progress = Default::default();
-        let rep = ops::verify(&dump, &Options::default(), &progress).map_err(|e| e.to_string())?;
+        let rep = ops::verify(&dump, &VerifyOptions::default(), &progress).map_err(|e| e.to_string())?;
         let created = d.report.as_ref().map_err(ToString::to_string)?;
         if rep.digest != created.digest {
             return Err(format!("{}: digest changed after the export", dump.display()));

@@ -148,6 +148,20 @@ impl<R: Read> ImageReader<R> {
         &self.zeros
     }
 
+    /// The stream it reads.
+    pub fn get_ref(&self) -> &R {
+        &self.r
+    }
+
+    /// Payload bytes of the frames read so far that store data (raw and lz4 frames).
+    pub fn stored_bytes(&self) -> u64 {
+        self.index
+            .iter()
+            .filter(|e| e.kind != FrameKind::Zero)
+            .map(|e| u64::from(e.stored_len))
+            .sum()
+    }
+
     /// The path that names the image in errors.
     pub fn path(&self) -> &Path {
         &self.path

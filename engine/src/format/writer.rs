@@ -28,6 +28,11 @@ impl<W: Write> ImageWriter<W> {
         })
     }
 
+    /// The writer underneath.
+    pub fn get_ref(&self) -> &W {
+        &self.out
+    }
+
     /// Bytes written so far.
     pub fn position(&self) -> u64 {
         self.pos

@@ -10,14 +10,16 @@ pub mod uring;
 
 use crate::buf::{BufPool, PoolBuf};
 use crate::error::Result;
-use crate::source::{ChunkPlan, ReadPlan, Segment, Source};
+use crate::source::{ChunkPlan, Disk, ReadPlan, Segment};
 
-/// Which read backend ran.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which read backend ran (serialized as in the CLI's JSON: "io_uring" or "pread").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum BackendKind {
     /// io_uring, the fast path.
+    #[serde(rename = "io_uring")]
     Uring,
     /// Blocking pread, the reference path and fallback.
+    #[serde(rename = "pread")]
     Pread,
 }
 
@@ -76,7 +78,7 @@ pub trait ReadBackend {
     /// or from `deliver`.
     fn read_all(
         &mut self,
-        src: &Source,
+        src: &Disk,
         plans: &ReadPlan,
         pool: &BufPool,
         deliver: &mut dyn FnMut(ReadChunk) -> Result<()>,

@@ -5,7 +5,7 @@ use std::os::unix::fs::FileExt;
 use super::{zero_gaps, BackendKind, ReadBackend, ReadChunk, ReadStats};
 use crate::buf::BufPool;
 use crate::error::{Error, Result};
-use crate::source::{ReadPlan, Source};
+use crate::source::{Disk, ReadPlan};
 
 /// Blocking positional reads; simple enough to trust, used to check the fast path.
 #[derive(Debug, Default)]
@@ -25,7 +25,7 @@ impl ReadBackend for PreadReader {
 
     fn read_all(
         &mut self,
-        src: &Source,
+        src: &Disk,
         plans: &ReadPlan,
         pool: &BufPool,
         deliver: &mut dyn FnMut(ReadChunk) -> Result<()>,

@@ -17,7 +17,7 @@ use io_uring::{opcode, types, IoUring, Probe};
 use super::{zero_gaps, BackendKind, ReadBackend, ReadChunk, ReadStats, RingOptions};
 use crate::buf::{BufPool, PoolBuf};
 use crate::error::{Error, Result};
-use crate::source::{ReadPlan, Source, MAX_SEGMENTS};
+use crate::source::{Disk, ReadPlan, MAX_SEGMENTS};
 
 /// Segment index bits in `user_data`.
 const SEG_BITS: u64 = 8;
@@ -77,7 +77,7 @@ impl ReadBackend for UringReader {
 
     fn read_all(
         &mut self,
-        src: &Source,
+        src: &Disk,
         plans: &ReadPlan,
         pool: &BufPool,
         deliver: &mut dyn FnMut(ReadChunk) -> Result<()>,
@@ -142,7 +142,7 @@ fn register(ring: &IoUring, file: &File, pool: &BufPool) -> io::Result<Fixed> {
 
 struct ReadRun<'a> {
     ring: &'a mut IoUring,
-    src: &'a Source,
+    src: &'a Disk,
     plans: &'a ReadPlan,
     fixed: Option<&'a Fixed>,
     slots: Vec<Option<ReadSlot>>,

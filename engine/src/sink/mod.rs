@@ -1,14 +1,106 @@
-//! Sinks: where processed chunks land.
+//! Sinks: where processed chunks land. A [`Sink`] receives every chunk of a disk from a
+//! [`crate::transfer::Transfer`] and, on [`Sink::finish`], commits its output.
 //!
 //! - [`target`]: opens an output (a new file under a temporary name, renamed into place only
 //!   when complete, or a block device written in place) with O_DIRECT.
 //! - [`raw`]: a sparse raw copy of the disk, chunk buffers written through io_uring exactly as
-//!   they were read (no copy in user space), zero chunks left as holes.
-//! - [`image`]: an O_DIRECT staging writer under the streaming `dsimg` encoder.
+//!   they were read (no copy in user space), out of order, zero chunks left as holes.
+//! - [`image`]: the `dsimg` sink: frames in disk order through the streaming encoder onto
+//!   [`direct_write::DirectWriter`] (O_DIRECT staging writes).
+//! - [`manifest`]: the manifest written beside an image and the commit of the pair.
+//! - [`verify`]: checks every chunk against a manifest and that none is missing, then hands it on
+//!   (to [`null::NullSink`] for `verify`, to a raw sink for `restore`).
+//! - [`null`]: keeps nothing; counts what would be stored and the whole-image digest (`scan`).
 
+pub mod direct_write;
 pub mod image;
+pub mod manifest;
+pub mod null;
 pub mod raw;
 pub mod target;
+pub mod verify;
+
+use crate::digest::Hash;
+use crate::error::Result;
+use crate::pipeline::Processed;
+use crate::ring::BackendKind;
+
+/// The order in which a sink needs its chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Any order (completion order: the fastest). Each chunk carries its offset.
+    Any,
+    /// Disk order, chunk 0 first; the transfer puts chunks back in order (bounded by the pools).
+    Disk,
+}
+
+/// What a sink asks of the source and the transfer, declared before the first chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SinkNeeds {
+    /// The order chunks must arrive in.
+    pub order: Order,
+    /// Chunks the sink may keep in flight after [`Sink::put`] returns (raw writes): the source
+    /// sizes its buffer pools with them, so memory stays bounded and nothing deadlocks.
+    pub in_flight: u32,
+    /// Whether each chunk's zero map must be exact (a raw sink leaves zero blocks as holes).
+    pub zero_maps: bool,
+    /// Whether the sink stores lz4 payloads (chunks lz4 makes smaller arrive as
+    /// [`crate::pipeline::Payload::Lz4`]); a sink that does not never receives one.
+    pub lz4: bool,
+}
+
+impl SinkNeeds {
+    /// Any order, nothing in flight, no zero maps, no lz4.
+    pub const ANY: Self = Self {
+        order: Order::Any,
+        in_flight: 0,
+        zero_maps: false,
+        lz4: false,
+    };
+}
+
+/// What a sink did, returned by [`Sink::finish`].
+#[derive(Clone, Debug, Default)]
+pub struct SinkStats {
+    /// Write backend that ran, if the sink writes.
+    pub write_backend: Option<BackendKind>,
+    /// True if and only if the output was written with O_DIRECT.
+    pub output_direct: bool,
+    /// Bytes written to the output (padding included).
+    pub bytes_written: u64,
+    /// Write requests issued.
+    pub write_requests: u64,
+    /// Payload bytes stored (compressed size for dsimg, data bytes for raw).
+    pub bytes_stored: u64,
+    /// The whole-image digest of what the sink wrote or checked, if it computed or knows one.
+    pub digest: Option<Hash>,
+}
+
+/// Where the chunks of one disk go.
+///
+/// # Protocol
+///
+/// 1. The sink declares its [`SinkNeeds`] once, before the first chunk.
+/// 2. [`Sink::put`] receives every chunk of the disk exactly once: in disk order if the sink asked
+///    for [`Order::Disk`], else in any order. Payloads are [`crate::pipeline::Payload::Lz4`] only
+///    if it asked for lz4. The sink may keep up to `in_flight` chunks (their buffers) after `put`
+///    returns. An error from `put` stops the transfer.
+/// 3. [`Sink::finish`], called once after the last chunk, completes every write, commits the
+///    output (renamed into place, with its manifest where it has one) unless the operation was
+///    asked to stop, and returns the sink's [`SinkStats`].
+/// 4. A sink dropped without `finish` (an error, a stop, a panic) aborts: it waits for the writes
+///    in flight and removes its partial output (files under a temporary name; a block device is
+///    written in place and keeps what was written).
+pub trait Sink {
+    /// What the sink needs (see the protocol).
+    fn needs(&self) -> SinkNeeds;
+
+    /// Takes one chunk.
+    fn put(&mut self, chunk: Processed) -> Result<()>;
+
+    /// Completes and commits the output.
+    fn finish(self: Box<Self>) -> Result<SinkStats>;
+}
 
 /// What to do with zero chunks on a block device target (a file target always gets holes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

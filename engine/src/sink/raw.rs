@@ -1,13 +1,18 @@
 //! The raw sink: writes each chunk's buffer at its own offset, out of order, through io_uring
 //! with O_DIRECT (the buffer the ring read is the buffer the ring writes), or with `pwrite` on the
 //! reference path. Zero chunks become holes in a file and, on a device, follow [`ZeroPolicy`].
+//! As a [`Sink`] it takes chunks in any order, keeps up to its write depth in flight, and commits
+//! its output (with the manifest, for `create`) on [`Sink::finish`].
 
 use std::os::unix::fs::FileExt;
 
+use super::manifest::{commit, ManifestOut};
 use super::target::Target;
-use super::ZeroPolicy;
+use super::{Order, Sink, SinkNeeds, SinkStats, ZeroPolicy};
 use crate::buf::{AlignedBuf, PoolBuf};
 use crate::error::{Error, Result};
+use crate::ops::options::StopFlag;
+use crate::pipeline::{Payload, Processed};
 use crate::ring::uring::{UringWriter, WriteSeg};
 use crate::ring::BackendKind;
 use crate::sys;
@@ -41,6 +46,12 @@ pub struct RawSink {
     /// Write segments of the current chunk, reused.
     segs: Vec<WriteSeg>,
     stats: RawStats,
+    /// Writes in flight at most (the read buffers the sink holds).
+    depth: u32,
+    /// Data bytes of the chunks written (what the copy stores).
+    stored: u64,
+    manifest: Option<ManifestOut>,
+    stop: Option<StopFlag>,
 }
 
 impl RawSink {
@@ -87,7 +98,23 @@ impl RawSink {
             zero_buf: None,
             segs: Vec::new(),
             stats: RawStats::default(),
+            depth,
+            stored: 0,
+            manifest: None,
+            stop: None,
         })
+    }
+
+    /// Records every chunk in `manifest`, committed with the image as a pair.
+    pub fn with_manifest(mut self, manifest: ManifestOut) -> Self {
+        self.manifest = Some(manifest);
+        self
+    }
+
+    /// Honours `stop` up to the commit.
+    pub fn with_stop(mut self, stop: Option<StopFlag>) -> Self {
+        self.stop = stop;
+        self
     }
 
     /// The output.
@@ -106,7 +133,7 @@ impl RawSink {
     /// Writes `buf[..len]` at `offset`. Sub-blocks marked in `zero_map` (see
     /// [`crate::pipeline::zero_map`]) are left as holes in a file target; a device gets the whole
     /// chunk. A short last chunk is padded with zeroes to the write alignment (the file is
-    /// truncated back to size in [`Self::finish`]).
+    /// truncated back to size in [`Self::complete`]).
     pub fn write(&mut self, offset: u64, len: u32, zero_map: u64, mut buf: PoolBuf) -> Result<()> {
         let align = if self.target.is_direct() {
             self.target.align()
@@ -215,9 +242,9 @@ impl RawSink {
         }
     }
 
-    /// Waits for all writes, sets a file's length to the disk size, and syncs.
-    /// Returns the target (ready to [`Target::commit`]) and the counters.
-    pub fn finish(mut self) -> Result<(Target, RawStats)> {
+    /// Waits for all writes and sets a file's length to the disk size. Returns the target (ready
+    /// to [`Target::commit`]) and the counters; [`Sink::finish`] commits it too.
+    pub fn complete(mut self) -> Result<(Target, RawStats)> {
         if let Writer::Uring(w) = &mut self.writer {
             w.finish(&mut drop)?;
             self.stats.requests += w.requests;
@@ -230,5 +257,46 @@ impl RawSink {
                 .map_err(|e| Error::io("truncate", &path, self.size, e))?;
         }
         Ok((self.target, self.stats))
+    }
+}
+
+impl Sink for RawSink {
+    fn needs(&self) -> SinkNeeds {
+        SinkNeeds {
+            order: Order::Any,
+            in_flight: self.depth,
+            zero_maps: true,
+            lz4: false,
+        }
+    }
+
+    fn put(&mut self, p: Processed) -> Result<()> {
+        if let Some(m) = &mut self.manifest {
+            m.record(&p);
+        }
+        match p.payload {
+            Payload::Zero => self.zero(p.offset, p.len),
+            Payload::Raw(buf) => {
+                self.stored += u64::from(p.len);
+                self.write(p.offset, p.len, p.zero_map, buf)
+            }
+            Payload::Lz4 { .. } => Err(Error::Invalid("a raw sink received a compressed chunk".into())),
+        }
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<SinkStats> {
+        let backend = self.backend();
+        let (manifest, stop, stored) = (self.manifest.take(), self.stop.take(), self.stored);
+        let (target, raw) = self.complete()?;
+        let output_direct = target.is_direct();
+        let digest = commit(target, manifest, true, stop.as_ref())?;
+        Ok(SinkStats {
+            write_backend: Some(backend),
+            output_direct,
+            bytes_written: raw.bytes_written,
+            write_requests: raw.requests,
+            bytes_stored: stored,
+            digest,
+        })
     }
 }

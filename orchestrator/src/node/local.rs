@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use diskstream_engine::ops::{self, Format, Options, Report};
+use diskstream_engine::ops::{self, CreateOptions, Format, Report, Tuning};
 
 use super::{DiskSource, NodeError, NodeOps, SendDisk, SnapshotRef, TransferError, TransferProgress};
 use crate::cluster::{Cluster, Disk, DiskTemplate, Instance, Node};
@@ -99,14 +99,17 @@ impl<'a> LocalNodeOps<'a> {
 
     /// The engine's options for an export's dump: a sparse raw file with its manifest, in the
     /// staging directory this export owns, stopped by SIGINT/SIGTERM.
-    fn dump_options(&self, req: &SendDisk) -> Options {
-        Options {
+    fn dump_options(&self, req: &SendDisk) -> CreateOptions {
+        CreateOptions {
             format: Format::Raw,
             force: true,
-            pages: req.pages,
             checksum: req.checksum,
-            stop: Some(Arc::clone(&self.stop)),
-            ..Options::default()
+            tuning: Tuning {
+                pages: req.pages,
+                stop: Some(Arc::clone(&self.stop)),
+                ..Tuning::default()
+            },
+            ..CreateOptions::default()
         }
     }
 }
@@ -243,7 +246,7 @@ impl NodeOps for LocalNodeOps<'_> {
         let source = self.source_path(req)?;
         let out = self.staging_dir(&req.target_node, &req.instance)?.join(&req.dump);
         let declared = self.disk(&req.instance, req.disk)?.size << 20;
-        let total = diskstream_engine::source::Source::open(&source).map_or(declared, |s| s.size());
+        let total = diskstream_engine::source::Disk::open(&source).map_or(declared, |s| s.size());
         progress.total.store(total, Ordering::Relaxed);
         ops::create(&source, &out, &self.dump_options(req), &progress.done).map_err(TransferError::Engine)
     }

@@ -1,0 +1,76 @@
+//! `create`: a disk ([`DiskSource`]) into a raw copy ([`RawSink`]) or a `dsimg` ([`ImageSink`]),
+//! with its manifest, committed as a pair.
+
+use std::path::Path;
+use std::time::Instant;
+
+use super::image::{check_outputs, manifest_path};
+use super::report::ReportHead;
+use super::{CreateOptions, Format, Progress, Report};
+use crate::error::Result;
+use crate::format::Header;
+use crate::sink::image::ImageSink;
+use crate::sink::manifest::ManifestOut;
+use crate::sink::raw::RawSink;
+use crate::sink::target::{remove_stale_manifest, Target};
+use crate::sink::Sink;
+use crate::source::{Disk, DiskSource};
+use crate::transfer::Transfer;
+
+/// Reads `src` (a block device or file) and writes `out` in `o.format`, plus its manifest.
+pub fn create(src: &Path, out: &Path, o: &CreateOptions, progress: &Progress) -> Result<Report> {
+    let t0 = Instant::now();
+    let t = &o.tuning;
+    t.check()?;
+    let disk = Disk::open(src)?;
+    let mut source = DiskSource::new(disk, t.chunk_size, o.checksum).limit(o.limit);
+    let info = crate::source::Source::info(&source);
+    let manifest_path = manifest_path(out, o.manifest.as_deref())?;
+    check_outputs(src, out, Some(&manifest_path), o.force, o.format)?;
+    // The manifest's temporary file first: every refusal comes before the first byte is written.
+    let manifest_target = Target::create_file(&manifest_path, o.force)?;
+    let target = Target::create(out, o.force, true)?;
+    if target.is_device() {
+        remove_stale_manifest(&manifest_path)?;
+    }
+    let mut head = ReportHead {
+        output: Some(out.to_owned()),
+        manifest: Some(manifest_path),
+        format: Some(o.format),
+        ..ReportHead::new("create")
+    };
+    if !target.is_direct() {
+        head.warnings.push(format!(
+            "{}: the file system refuses O_DIRECT; writing through the page cache",
+            out.display()
+        ));
+    }
+    let manifest = ManifestOut::new(manifest_target, o.checksum, info.disk_size, info.chunk_size);
+    let sink: Box<dyn Sink> = match o.format {
+        Format::Raw => Box::new(
+            RawSink::new(
+                target,
+                info.disk_size,
+                info.chunk_size,
+                t.write_backend(),
+                t.write_depth,
+                o.zero_policy,
+            )?
+            .with_manifest(manifest)
+            .with_stop(t.stop.clone()),
+        ),
+        Format::Dsimg => {
+            let header = Header {
+                disk_size: info.disk_size,
+                chunk_size: info.chunk_size,
+                checksum: o.checksum,
+            };
+            Box::new(
+                ImageSink::new(target, header, t.write_backend(), o.compress)?
+                    .with_manifest(manifest)
+                    .with_stop(t.stop.clone()),
+            )
+        }
+    };
+    Transfer::new(head, t, progress, t0).run(&mut source, sink)
+}

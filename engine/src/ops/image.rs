@@ -1,0 +1,209 @@
+//! What several operations share about images: [`detect`], the manifest path of an image or
+//! output, loading a raw image's manifest (checked against the image and its recorded digest),
+//! checking a dsimg's manifest, and the checks on outputs made before anything is opened.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::Format;
+use crate::digest::{hex, Checksum, Hash};
+use crate::error::{Error, Result};
+use crate::format::reader::Layout;
+use crate::format::MAGIC;
+use crate::manifest::Manifest;
+use crate::sink::manifest::{digest_xattr, IMAGE_DIGEST_XATTR};
+use crate::sink::target::{check_output, same_file};
+
+fn is_block_device(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+}
+
+/// `OUT.manifest`, or the explicit path; a device output needs an explicit path.
+pub(super) fn manifest_path(out: &Path, explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(m) = explicit {
+        return Ok(m.to_owned());
+    }
+    if is_block_device(out) {
+        return Err(Error::Invalid(format!(
+            "{}: a block device output needs --manifest PATH for its manifest",
+            out.display()
+        )));
+    }
+    let mut s = out.as_os_str().to_owned();
+    s.push(".manifest");
+    Ok(PathBuf::from(s))
+}
+
+/// Refuses, before anything is opened for writing, an output or manifest path that names the
+/// input (the same path, a hard link or a symbolic link to it, the same device), a manifest that
+/// is the output, a manifest that is not a new or (with `force`) regular file, and a format that
+/// cannot go to a block device.
+pub(super) fn check_outputs(
+    input: &Path,
+    out: &Path,
+    manifest: Option<&Path>,
+    force: bool,
+    format: Format,
+) -> Result<()> {
+    if same_file(input, out) {
+        return Err(Error::Invalid(format!(
+            "{}: is the input {}; refusing to write over it",
+            out.display(),
+            input.display()
+        )));
+    }
+    if let Some(m) = manifest {
+        for (other, role) in [(input, "the input"), (out, "the output")] {
+            if same_file(m, other) {
+                return Err(Error::Invalid(format!(
+                    "{}: the manifest path is {role} {}; refusing to write over it",
+                    m.display(),
+                    other.display()
+                )));
+            }
+        }
+    }
+    if is_block_device(out) && format == Format::Dsimg {
+        return Err(Error::Invalid(format!(
+            "{}: is a block device; a dsimg image is a file and cannot be written to a device (use --format raw, \
+             or write the image to a file)",
+            out.display()
+        )));
+    }
+    check_output(out, force, true)?;
+    if let Some(m) = manifest {
+        check_output(m, force, false)?;
+    }
+    Ok(())
+}
+
+/// A buffered descriptor for small structural reads (O_DIRECT would need aligned buffers).
+pub(super) fn open_plain(path: &Path) -> Result<File> {
+    crate::input::open_input(path, "the image", true)
+}
+
+/// What kind of image a path holds. Anything but a regular file or block device (a FIFO,
+/// `/dev/stdin`, a directory) is refused before it is opened.
+pub fn detect(path: &Path) -> Result<Format> {
+    let mut f = open_plain(path)?;
+    let mut magic = [0u8; 8];
+    let mut got = 0;
+    while got < magic.len() {
+        match f.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", path, got as u64, e)),
+        }
+    }
+    Ok(if got == 8 && magic == MAGIC {
+        Format::Dsimg
+    } else {
+        Format::Raw
+    })
+}
+
+/// Loads the manifest of the raw image `image` (`image_size` bytes): its header is read and
+/// checked against the image first, so the manifest is read only as far as the image's chunk
+/// count allows; then the image's own record of its digest, if it has one, must match.
+pub(super) fn load_manifest(image: &Path, explicit: Option<&Path>, image_size: u64) -> Result<(PathBuf, Manifest)> {
+    let mpath = manifest_path(image, explicit)?;
+    let mf = crate::input::ManifestFile::open(&mpath).map_err(|e| match e {
+        Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => Error::Invalid(format!(
+            "{}: not a dsimg image, and its manifest {} does not exist (a raw image needs one)",
+            image.display(),
+            mpath.display()
+        )),
+        e => e,
+    })?;
+    if mf.header().disk_size != image_size {
+        return Err(size_mismatch(image, image_size, mf.header().disk_size));
+    }
+    let manifest = mf.read()?;
+    check_recorded_digest(image, &mpath, manifest.checksum, &manifest.image_digest())?;
+    Ok((mpath, manifest))
+}
+
+/// The error for a raw image whose length is not its manifest's disk size.
+pub(super) fn size_mismatch(image: &Path, image_size: u64, manifest_size: u64) -> Error {
+    Error::corrupt(
+        image,
+        "raw image",
+        image_size,
+        format!("the image is {image_size} bytes but its manifest says {manifest_size} (truncated or extended)"),
+    )
+}
+
+/// Compares the digest a raw image recorded when it was committed (its xattr; absent on file
+/// systems without user xattrs, on copies that dropped them, and on devices) with the manifest's.
+fn check_recorded_digest(image: &Path, mpath: &Path, checksum: Checksum, want: &Hash) -> Result<()> {
+    let Ok(f) = crate::input::open_input(image, "the image", true) else {
+        return Ok(()); // Opening it again below names the problem.
+    };
+    let Ok(Some(rec)) = crate::sys::get_xattr(&f, IMAGE_DIGEST_XATTR, 128) else {
+        return Ok(());
+    };
+    if rec[..] != digest_xattr(checksum, want)[..] {
+        let recorded = match rec.split_first() {
+            Some((&id, d)) => format!(
+                "{} {}",
+                Checksum::from_id(id).map_or("an unknown algorithm", Checksum::name),
+                ::hex::encode(d)
+            ),
+            None => "an empty record".into(),
+        };
+        return Err(Error::ManifestMismatch {
+            manifest: mpath.to_owned(),
+            image: image.to_owned(),
+            detail: format!(
+                "the image was committed with whole-image digest {recorded}, the manifest describes {checksum} {}",
+                hex(want)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The size of a raw image: a regular file's length or a block device's size.
+pub(super) fn image_size(image: &Path) -> Result<u64> {
+    let f = crate::input::open_input(image, "the image", true)?;
+    let m = f.metadata().map_err(|e| Error::io("stat", image, 0, e))?;
+    if std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()) {
+        crate::sys::block_device_size(&f).map_err(|e| Error::io("BLKGETSIZE64", image, 0, e))
+    } else {
+        Ok(m.len())
+    }
+}
+
+/// For a dsimg with a manifest beside it (or named by `--manifest`): the manifest must describe
+/// this image (same disk size, chunk size and whole-image digest). No manifest is no error: a
+/// dsimg carries its own digests.
+pub(super) fn check_dsimg_manifest(image: &Path, explicit: Option<&Path>, layout: &Layout) -> Result<Option<PathBuf>> {
+    let mpath = manifest_path(image, explicit)?;
+    if explicit.is_none() && std::fs::symlink_metadata(&mpath).is_err() {
+        return Ok(None);
+    }
+    let mf = crate::input::ManifestFile::open(&mpath)?;
+    let h = *mf.header();
+    let mismatch = |detail: String| Error::ManifestMismatch {
+        manifest: mpath.clone(),
+        image: image.to_owned(),
+        detail,
+    };
+    if h.disk_size != layout.header.disk_size || h.chunk_size != layout.header.chunk_size {
+        return Err(mismatch(format!(
+            "the image holds a disk of {} bytes in chunks of {}, the manifest {} bytes in chunks of {}",
+            layout.header.disk_size, layout.header.chunk_size, h.disk_size, h.chunk_size
+        )));
+    }
+    let m = mf.read()?;
+    if m.image_digest() != layout.trailer.image_digest {
+        return Err(mismatch(format!(
+            "the image's whole-image sha256 is {}, the manifest describes {}",
+            hex(&layout.trailer.image_digest),
+            hex(&m.image_digest())
+        )));
+    }
+    Ok(Some(mpath))
+}

@@ -1,0 +1,194 @@
+//! What an operation reports: [`Report`] (a transfer: what really ran, counted by the source, the
+//! transfer and the sink, assembled in one place, [`Report::assemble`]) and [`Info`] (an image
+//! described from its structure). Both serialize to the JSON objects the CLI prints.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use super::Format;
+use crate::digest::{hex, Checksum};
+use crate::ring::BackendKind;
+use crate::sink::SinkStats;
+use crate::source::{SourceInfo, SourceStats};
+
+/// What an operation did. Serializes to the CLI's JSON result (with `ok` added by the CLI).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// The operation ("create", "verify", "restore", "scan").
+    pub op: &'static str,
+    /// Input path.
+    pub input: PathBuf,
+    /// Output path, if any.
+    pub output: Option<PathBuf>,
+    /// Manifest written or read, if any.
+    pub manifest: Option<PathBuf>,
+    /// Image format involved.
+    pub format: Option<Format>,
+    /// Read backend that ran.
+    pub backend: Option<BackendKind>,
+    /// Write backend that ran.
+    pub write_backend: Option<BackendKind>,
+    /// What the read buffers are made of: "hugetlb", "thp" (transparent huge pages) or "4k".
+    pub buffer_pages: Option<&'static str>,
+    /// True if and only if the input was read with O_DIRECT (as the kernel reports it).
+    pub input_direct: bool,
+    /// True if and only if the output was written with O_DIRECT.
+    pub output_direct: bool,
+    /// Disk size in bytes.
+    pub disk_size: u64,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+    /// Number of chunks.
+    pub chunks: u64,
+    /// Chunks that were all zeroes.
+    pub zero_chunks: u64,
+    /// Bytes read from the input device, file or stream.
+    pub bytes_read: u64,
+    /// Bytes written to the output.
+    pub bytes_written: u64,
+    /// Payload bytes stored (of the image read, where the input is an image; else of the
+    /// output: compressed size for dsimg, data bytes for raw).
+    pub bytes_stored: u64,
+    /// Bytes in zero chunks (skipped).
+    #[serde(rename = "zero_bytes_skipped")]
+    pub zero_bytes: u64,
+    /// Read requests issued.
+    pub read_requests: u64,
+    /// Write requests issued.
+    pub write_requests: u64,
+    /// The chunk digest algorithm of the image, manifest or run.
+    pub checksum: Checksum,
+    /// Whole-image digest (hex), with [`Self::checksum`].
+    pub digest: String,
+    /// Wall time.
+    #[serde(rename = "elapsed_s", serialize_with = "secs")]
+    pub elapsed: Duration,
+    /// Disk bytes per second ([`Self::throughput`], kept as the JSON field).
+    pub throughput_bytes_per_s: f64,
+    /// Things the operator should know (fallbacks).
+    pub warnings: Vec<String>,
+}
+
+fn secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// What an operation was asked to do and found before moving a byte: the part of a [`Report`]
+/// that neither the source nor the sink knows.
+#[derive(Clone, Debug)]
+pub struct ReportHead {
+    /// The operation.
+    pub op: &'static str,
+    /// Output path, if any.
+    pub output: Option<PathBuf>,
+    /// Manifest written or read, if any.
+    pub manifest: Option<PathBuf>,
+    /// Image format involved.
+    pub format: Option<Format>,
+    /// Warnings about the output (after the source's).
+    pub warnings: Vec<String>,
+}
+
+impl ReportHead {
+    /// The head of operation `op`, with nothing else known yet.
+    pub fn new(op: &'static str) -> Self {
+        Self {
+            op,
+            output: None,
+            manifest: None,
+            format: None,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Chunks and bytes of zero chunks, counted by the transfer as they pass.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ZeroCount {
+    /// Zero chunks.
+    pub chunks: u64,
+    /// Bytes in them.
+    pub bytes: u64,
+}
+
+impl Report {
+    /// Disk bytes per second.
+    pub fn throughput(&self) -> f64 {
+        self.disk_size as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The report of a transfer: the head, what the source holds and did, the zero chunks
+    /// counted on the way, and what the sink did. Stored bytes and the digest are the source's
+    /// where it is an image, else the sink's.
+    pub fn assemble(
+        head: ReportHead,
+        info: SourceInfo,
+        source: SourceStats,
+        zeros: ZeroCount,
+        sink: SinkStats,
+        elapsed: Duration,
+    ) -> Self {
+        let chunks = info.chunks();
+        let digest = source.digest.or(sink.digest).map(|d| hex(&d)).unwrap_or_default();
+        let mut r = Self {
+            op: head.op,
+            input: info.input,
+            output: head.output,
+            manifest: head.manifest,
+            format: head.format,
+            backend: source.backend,
+            write_backend: sink.write_backend,
+            buffer_pages: source.buffer_pages,
+            input_direct: info.input_direct,
+            output_direct: sink.output_direct,
+            disk_size: info.disk_size,
+            chunk_size: info.chunk_size,
+            chunks,
+            zero_chunks: zeros.chunks,
+            bytes_read: source.bytes_read,
+            bytes_written: sink.bytes_written,
+            bytes_stored: source.stored.unwrap_or(sink.bytes_stored),
+            zero_bytes: zeros.bytes,
+            read_requests: source.read_requests,
+            write_requests: sink.write_requests,
+            checksum: info.checksum,
+            digest,
+            elapsed,
+            throughput_bytes_per_s: 0.0,
+            warnings: source.warnings.into_iter().chain(head.warnings).collect(),
+        };
+        r.throughput_bytes_per_s = r.throughput();
+        r
+    }
+}
+
+/// What `info` tells about an image. Serializes to the CLI's JSON (with `ok` added by the CLI).
+#[derive(Clone, Debug, Serialize)]
+pub struct Info {
+    /// Format of the image.
+    pub format: Format,
+    /// Size of the image file(s) on disk (apparent length).
+    pub file_len: u64,
+    /// Disk size.
+    pub disk_size: u64,
+    /// Chunk size.
+    pub chunk_size: u32,
+    /// Chunks in all.
+    pub chunks: u64,
+    /// Chunks stored raw / lz4 / zero (raw images: data and zero).
+    pub data_chunks: u64,
+    /// Chunks stored as lz4.
+    pub lz4_chunks: u64,
+    /// Zero chunks.
+    pub zero_chunks: u64,
+    /// Payload bytes stored.
+    pub stored_bytes: u64,
+    /// The chunk digest algorithm.
+    pub checksum: Checksum,
+    /// Whole-image digest.
+    pub digest: String,
+    /// The manifest consulted, for raw images.
+    pub manifest: Option<PathBuf>,
+}

@@ -1,0 +1,80 @@
+//! `restore`: writes the disk an image holds to a file or device through a [`RawSink`], every
+//! chunk checked before it is written: a `dsimg` as a [`FrameSource`] (its structure checked
+//! before the first byte lands), a raw image as a [`DiskSource`] through a [`VerifySink`] holding
+//! its manifest.
+
+use std::path::Path;
+use std::time::Instant;
+
+use super::image::{check_outputs, detect, image_size, load_manifest, open_plain, size_mismatch};
+use super::report::ReportHead;
+use super::{Format, Progress, Report, RestoreOptions};
+use crate::direct_read::DirectReader;
+use crate::error::{Error, Result};
+use crate::format::reader::read_layout;
+use crate::sink::raw::RawSink;
+use crate::sink::target::{same_file, Target};
+use crate::sink::verify::VerifySink;
+use crate::source::{Disk, DiskSource, FrameSource, Source};
+use crate::transfer::Transfer;
+
+/// The raw sink writing a disk of `size` bytes in `chunk_size` chunks to `dest`.
+fn raw_sink(dest: &Path, size: u64, chunk_size: u32, o: &RestoreOptions) -> Result<RawSink> {
+    let t = &o.tuning;
+    let target = Target::create(dest, o.force, true)?;
+    Ok(RawSink::new(
+        target,
+        size,
+        chunk_size,
+        t.write_backend(),
+        t.write_depth,
+        o.zero_policy,
+    )?
+    .with_stop(t.stop.clone()))
+}
+
+/// Writes the disk held by `image` to `dest` (a file, created, or a block device), checking
+/// every chunk before it is written. A `dsimg` is checked structurally first, so a truncated
+/// or damaged image is refused before the first byte lands on `dest`.
+pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progress) -> Result<Report> {
+    let t0 = Instant::now();
+    let t = &o.tuning;
+    t.check()?;
+    let mut head = ReportHead {
+        output: Some(dest.to_owned()),
+        format: Some(detect(image)?),
+        ..ReportHead::new("restore")
+    };
+    match head.format {
+        Some(Format::Dsimg) => {
+            let disk = Disk::open(image)?;
+            let layout = read_layout(&open_plain(image)?, image)?;
+            check_outputs(image, dest, None, o.force, Format::Raw)?;
+            let sink = raw_sink(dest, layout.header.disk_size, layout.header.chunk_size, o)?;
+            let direct = disk.is_direct();
+            let stream = DirectReader::new(disk.into_file());
+            let mut source = FrameSource::new(stream, image)?.opened(direct, None);
+            Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
+        }
+        _ => {
+            let (mpath, manifest) = load_manifest(image, o.manifest.as_deref(), image_size(image)?)?;
+            check_outputs(image, dest, None, o.force, Format::Raw)?;
+            if same_file(dest, &mpath) {
+                return Err(Error::Invalid(format!(
+                    "{}: is the image's manifest; refusing to write over it",
+                    dest.display()
+                )));
+            }
+            head.manifest = Some(mpath);
+            let sink = raw_sink(dest, manifest.disk_size, manifest.chunk_size, o)?;
+            let disk = Disk::open(image)?;
+            if disk.size() != manifest.disk_size {
+                return Err(size_mismatch(image, disk.size(), manifest.disk_size));
+            }
+            let mut source = DiskSource::new(disk, manifest.chunk_size, manifest.checksum);
+            let chunks = source.info().chunks();
+            let sink = VerifySink::new(Box::new(sink), image, chunks).against(&manifest);
+            Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! [`FrameSource`]: a `dsimg` frame stream read in order on one thread and checked on the workers
+//! ([`crate::check::run_frames`]), or read and checked on one thread with
+//! [`crate::ops::Tuning::sequential`] ([`ImageReader::next_frame`], the reference). The stream is
+//! any [`FrameStream`]: a file read with O_DIRECT today, a pipe or socket from another node next.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use super::{RunSpec, Source, SourceInfo, SourceStats};
+use crate::buf::BufPool;
+use crate::check::{run_frames, FramePools, ZeroMaps};
+use crate::direct_read::DirectReader;
+use crate::error::Result;
+use crate::format::reader::ImageReader;
+use crate::format::FrameKind;
+use crate::pipeline::{self, Payload, Processed};
+
+/// A byte stream that carries a dsimg image front to back.
+pub trait FrameStream: Read + Send {
+    /// Read requests issued so far (0 where the stream does not count them).
+    fn requests(&self) -> u64 {
+        0
+    }
+}
+
+impl FrameStream for DirectReader {
+    fn requests(&self) -> u64 {
+        self.requests
+    }
+}
+
+impl FrameStream for std::fs::File {}
+impl FrameStream for std::io::Cursor<Vec<u8>> {}
+impl FrameStream for std::net::TcpStream {}
+impl FrameStream for std::os::unix::net::UnixStream {}
+impl FrameStream for std::process::ChildStdout {}
+
+/// The chunks of a dsimg stream, each checked (CRC-32C, lz4, digest) before it is delivered; the
+/// index, trailer and whole-image digest are checked when the stream ends.
+pub struct FrameSource<R: FrameStream> {
+    reader: ImageReader<R>,
+    direct: bool,
+    warnings: Vec<String>,
+}
+
+impl<R: FrameStream> FrameSource<R> {
+    /// Reads and checks the header of the stream; `path` names it in errors and the report.
+    pub fn new(stream: R, path: &Path) -> Result<Self> {
+        Ok(Self {
+            reader: ImageReader::new(stream, path)?,
+            direct: false,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// Records how the stream is read: with O_DIRECT or not, and the warning if not as asked.
+    pub fn opened(mut self, direct: bool, warning: Option<&str>) -> Self {
+        self.direct = direct;
+        self.warnings.extend(warning.map(str::to_owned));
+        self
+    }
+
+    fn run_sequential(&mut self, spec: RunSpec<'_>, deliver: &mut dyn FnMut(Processed) -> Result<()>) -> Result<()> {
+        let cs = self.reader.header().chunk_size;
+        let pool = BufPool::with_pages(cs as usize, spec.needs.in_flight as usize + 1, spec.tuning.pages);
+        let block = pipeline::zero_block_size(cs);
+        let mut offset = 0u64;
+        loop {
+            let mut buf = pool.get();
+            let Some(f) = self.reader.next_frame(buf.as_mut_slice())? else {
+                return Ok(());
+            };
+            let (payload, zero_map) = match f.kind {
+                FrameKind::Zero => (Payload::Zero, pipeline::all_zero_map(f.raw_len, block)),
+                FrameKind::Raw | FrameKind::Lz4 => {
+                    let map = if spec.needs.zero_maps {
+                        pipeline::zero_map(&buf.as_slice()[..f.raw_len as usize], block)
+                    } else {
+                        0
+                    };
+                    (Payload::Raw(buf), map)
+                }
+            };
+            deliver(Processed {
+                index: f.index,
+                offset,
+                len: f.raw_len,
+                digest: f.digest,
+                zero_map,
+                payload,
+            })?;
+            offset += u64::from(f.raw_len);
+            spec.progress.fetch_add(u64::from(f.raw_len), Ordering::Relaxed);
+        }
+    }
+}
+
+impl<R: FrameStream> Source for FrameSource<R> {
+    fn info(&self) -> SourceInfo {
+        let h = self.reader.header();
+        SourceInfo {
+            input: self.reader.path().to_owned(),
+            disk_size: h.disk_size,
+            chunk_size: h.chunk_size,
+            checksum: h.checksum,
+            input_direct: self.direct,
+        }
+    }
+
+    fn run(&mut self, spec: RunSpec<'_>, deliver: &mut dyn FnMut(Processed) -> Result<()>) -> Result<SourceStats> {
+        let t = spec.tuning;
+        if t.sequential {
+            self.run_sequential(spec, deliver)?;
+        } else {
+            let maps = if spec.needs.zero_maps {
+                ZeroMaps::Want
+            } else {
+                ZeroMaps::Skip
+            };
+            let pools = FramePools::new(
+                self.reader.header().chunk_size,
+                t.threads,
+                spec.needs.in_flight,
+                t.pages,
+            );
+            run_frames(&mut self.reader, &pools, t.threads, maps, spec.progress, deliver)?;
+        }
+        Ok(SourceStats {
+            backend: None,
+            buffer_pages: None,
+            bytes_read: self.reader.position(),
+            read_requests: self.reader.get_ref().requests(),
+            stored: Some(self.reader.stored_bytes()),
+            digest: self.reader.trailer().map(|t| t.image_digest),
+            warnings: std::mem::take(&mut self.warnings),
+        })
+    }
+}
