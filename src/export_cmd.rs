@@ -25,12 +25,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use diskstream_engine::buf::Pages;
+use diskstream_engine::error::ErrorKind as EngineKind;
 use diskstream_orchestrator::backup::{self, ExportLu, ExportMode, ExportOp, ExportResult, RemoveLu, RunOptions};
 use diskstream_orchestrator::cluster::Cluster;
 use diskstream_orchestrator::feedback::{format_seconds, log_line, DiskProgress, Event, Feedback, Level};
 use diskstream_orchestrator::{Ecode, ErrorKind, OpError};
-use serde_json::json;
+use serde::Serialize;
 
+use crate::exit::EXIT_INTEGRITY;
 use crate::interrupt::Interrupt;
 
 /// The default cluster config: `$DISKSTREAM_CLUSTER`, else `./cluster.toml`.
@@ -250,28 +252,31 @@ impl Feedback for Printer {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         if self.json_events {
-            let v = match &event {
-                Event::Message { level, text } => json!({
-                    "event": "message",
-                    "time": now,
-                    "level": match level { Level::Info => "info", Level::Warning => "warning" },
-                    "text": text,
+            let line = match &event {
+                Event::Message { level, text } => serde_json::to_string(&MessageJson {
+                    event: "message",
+                    time: now,
+                    level: match level {
+                        Level::Info => "info",
+                        Level::Warning => "warning",
+                    },
+                    text,
                 }),
-                Event::Progress(p) => json!({
-                    "event": "progress",
-                    "time": now,
-                    "disk": p.index,
-                    "label": p.label,
-                    "done_bytes": p.done_bytes,
-                    "total_bytes": p.total_bytes,
-                    "mbytes": p.progress.mbytes,
-                    "throughput_mib_s": p.progress.throughput,
-                    "percent": p.progress.percent,
-                    "eta_s": p.progress.eta,
-                    "line": p.line(),
+                Event::Progress(p) => serde_json::to_string(&ProgressJson {
+                    event: "progress",
+                    time: now,
+                    disk: p.index,
+                    label: &p.label,
+                    done_bytes: p.done_bytes,
+                    total_bytes: p.total_bytes,
+                    mbytes: p.progress.mbytes,
+                    throughput_mib_s: p.progress.throughput,
+                    percent: p.progress.percent,
+                    eta_s: p.progress.eta,
+                    line: p.line(),
                 }),
             };
-            self.line(&v.to_string());
+            self.line(&line.unwrap_or_else(|e| format!("{{\"event\":\"error\",\"text\":\"{e}\"}}")));
             return;
         }
         if let (Some(bars), Event::Progress(p)) = (&self.bars, &event) {
@@ -283,6 +288,68 @@ impl Feedback for Printer {
             Event::Progress(p) => p.line(),
         };
         self.line(&format!("{} {text}", ctime(now as u64)));
+    }
+}
+
+/// A job message on `--progress json`.
+#[derive(Serialize)]
+struct MessageJson<'a> {
+    event: &'static str,
+    time: f64,
+    level: &'static str,
+    text: &'a str,
+}
+
+/// A disk's progress on `--progress json`.
+#[derive(Serialize)]
+struct ProgressJson<'a> {
+    event: &'static str,
+    time: f64,
+    disk: usize,
+    label: &'a str,
+    done_bytes: u64,
+    total_bytes: u64,
+    mbytes: f64,
+    throughput_mib_s: f64,
+    percent: Option<f64>,
+    eta_s: Option<f64>,
+    line: String,
+}
+
+/// A failed command's `--json` result.
+#[derive(Serialize)]
+struct FailureJson<'a> {
+    ok: bool,
+    error: &'a str,
+    kind: &'static str,
+    ecode: &'static str,
+}
+
+/// The `--json` result of a command stopped by SIGINT/SIGTERM.
+#[derive(Serialize)]
+struct InterruptedJson<'a> {
+    ok: bool,
+    interrupted: bool,
+    signal: &'static str,
+    error: &'a str,
+    kind: &'static str,
+    completed: bool,
+    result: Option<serde_json::Value>,
+}
+
+/// The `--json` result of `export --dry-run`.
+#[derive(Serialize)]
+struct DryRunJson {
+    ok: bool,
+    dry_run: bool,
+    result: Option<()>,
+}
+
+/// Prints one `--json` result line.
+fn print_json(v: &impl Serialize) {
+    match serde_json::to_string(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("diskstream: error: cannot print the JSON result: {e}"),
     }
 }
 
@@ -328,20 +395,35 @@ fn error_kind(k: ErrorKind) -> &'static str {
     }
 }
 
+/// The JSON `kind` and the exit code of a failed operation. When the engine's error is the
+/// cause (a disk's transfer met corrupt data, was cancelled, ...), its kind is what the image
+/// commands would report for it, and damaged data exits with the integrity code, as `image`
+/// does; otherwise the kind is the orchestrator's (Ganeti's error class).
+fn kind_and_code(e: &OpError) -> (&'static str, ExitCode) {
+    if let Some(engine) = e.engine_error() {
+        let kind = engine.kind();
+        if kind == EngineKind::Integrity {
+            return (kind.as_str(), ExitCode::from(EXIT_INTEGRITY));
+        }
+        if kind != EngineKind::Io && kind != EngineKind::Invalid {
+            return (kind.as_str(), ExitCode::FAILURE);
+        }
+    }
+    (error_kind(e.kind), ExitCode::FAILURE)
+}
+
 fn fail(e: &OpError, json_out: bool) -> ExitCode {
+    let (kind, code) = kind_and_code(e);
     if json_out {
-        println!(
-            "{}",
-            json!({
-                "ok": false,
-                "error": e.msg,
-                "kind": error_kind(e.kind),
-                "ecode": e.ecode.as_str(),
-            })
-        );
+        print_json(&FailureJson {
+            ok: false,
+            error: &e.msg,
+            kind,
+            ecode: e.ecode.as_str(),
+        });
     }
     eprintln!("{}", e.ganeti_report());
-    ExitCode::FAILURE
+    code
 }
 
 /// The end of a command stopped by SIGINT/SIGTERM: a message naming the signal and where the
@@ -350,18 +432,15 @@ fn fail(e: &OpError, json_out: bool) -> ExitCode {
 fn interrupted(cmd: &str, i: &Interrupt, msg: &str, completed: Option<serde_json::Value>, json_out: bool) -> ExitCode {
     let sig = i.signal_name();
     if json_out {
-        println!(
-            "{}",
-            json!({
-                "ok": false,
-                "interrupted": true,
-                "signal": sig,
-                "error": msg,
-                "kind": "interrupted",
-                "completed": completed.is_some(),
-                "result": completed,
-            })
-        );
+        print_json(&InterruptedJson {
+            ok: false,
+            interrupted: true,
+            signal: sig,
+            error: msg,
+            kind: "interrupted",
+            completed: completed.is_some(),
+            result: completed,
+        });
     }
     eprintln!("diskstream {cmd}: interrupted by {sig}: {msg}");
     i.exit_code()
@@ -382,43 +461,10 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
-/// The JSON result of an export: Ganeti's `(fin_resu, dresults)` plus sizes and digests.
-pub fn export_json(r: &ExportResult) -> serde_json::Value {
-    let disks: Vec<serde_json::Value> = r
-        .disks
-        .iter()
-        .map(|d| match &d.report {
-            Ok(rep) => json!({
-                "index": d.index,
-                "label": d.label,
-                "snapshot": d.snapshot,
-                "dump": d.dump,
-                "path": r.export_dir.join(&d.dump),
-                "manifest": r.export_dir.join(format!("{}.manifest", d.dump)),
-                "disk_size": rep.disk_size,
-                "bytes_stored": rep.bytes_stored,
-                "zero_bytes_skipped": rep.zero_bytes,
-                "checksum": rep.checksum.name(),
-                "digest": rep.digest,
-                "elapsed_s": rep.elapsed.as_secs_f64(),
-                "throughput_bytes_per_s": rep.throughput(),
-                "buffer_pages": rep.buffer_pages,
-                "warnings": rep.warnings,
-            }),
-            Err(e) => json!({ "index": d.index, "label": d.label, "error": e }),
-        })
-        .collect();
-    json!({
-        "ok": true,
-        "result": [r.fin_resu, r.dresults],
-        "instance": r.instance,
-        "target_node": r.target_node,
-        "export_dir": r.export_dir,
-        "disks": disks,
-        "instance_removed": r.instance_removed,
-        "removed_old_exports": r.removed_old,
-        "shared_export_dir_nodes": r.shared_nodes,
-    })
+/// The JSON result of an export: Ganeti's `(fin_resu, dresults)` plus sizes and digests (the
+/// orchestrator's `ExportResult` serializes itself in this shape).
+pub fn export_json(r: &ExportResult) -> Option<serde_json::Value> {
+    serde_json::to_value(r).ok()
 }
 
 /// Runs `diskstream export`.
@@ -476,7 +522,7 @@ pub fn export(a: ExportArgs) -> ExitCode {
                 "export",
                 &interrupt,
                 "stopped after the export completed (remaining post hooks were stopped)",
-                Some(export_json(&r)),
+                export_json(&r),
                 a.json,
             ),
             Ok(None) => interrupted(
@@ -491,13 +537,17 @@ pub fn export(a: ExportArgs) -> ExitCode {
     match res {
         Ok(Some(r)) => {
             if a.json {
-                println!("{}", export_json(&r));
+                print_json(&r);
             }
             ExitCode::SUCCESS
         }
         Ok(None) => {
             if a.json {
-                println!("{}", json!({ "ok": true, "dry_run": true, "result": null }));
+                print_json(&DryRunJson {
+                    ok: true,
+                    dry_run: true,
+                    result: None,
+                });
             } else {
                 printer.line("Dry run: all checks and pre hooks passed; nothing was exported");
             }
@@ -518,14 +568,7 @@ pub fn list(a: ListArgs) -> ExitCode {
         Err(e) => return fail(&e, a.json),
     };
     if a.json {
-        let v: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|r| match &r.exports {
-                Ok(l) => json!({ "node": r.node, "exports": l }),
-                Err(e) => json!({ "node": r.node, "exports": null, "error": e }),
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(v));
+        print_json(&rows);
     } else {
         print!("{}", backup::format_table(&rows, !a.no_headers, a.separator.as_deref()));
     }
@@ -583,5 +626,32 @@ mod tests {
         assert_eq!(ctime(1_304_598_532), "Thu May  5 12:28:52 2011");
         assert_eq!(ctime(0), "Thu Jan  1 00:00:00 1970");
         assert_eq!(ctime(1_795_659_271), "Thu Nov 26 02:14:31 2026");
+    }
+
+    /// An export that failed because a disk's data was damaged exits 3 with the engine's kind,
+    /// whatever else failed beside it; a cancelled transfer says "interrupted"; an I/O failure
+    /// keeps Ganeti's class; an error without an engine cause keeps its own kind and exits 1.
+    #[test]
+    fn engine_kinds_reach_the_exit_code_and_json_kind() {
+        use diskstream_engine::Error as E;
+        use diskstream_orchestrator::backup::DiskFailures;
+        use diskstream_orchestrator::node::TransferError as T;
+        let failed = |errs: Vec<(usize, T)>| {
+            OpError::exec("Export failed, errors in disk export: disk(s) 0, 1").with_source(DiskFailures(errs))
+        };
+        let io = || T::Engine(E::io("read", "/dev/loop0", 4096, std::io::Error::from_raw_os_error(5)));
+        let corrupt = T::Engine(E::corrupt("/dev/loop1", "frame header", 0, "bad magic"));
+        let e = failed(vec![(0, io()), (1, corrupt)]);
+        let (kind, code) = kind_and_code(&e);
+        assert_eq!((kind, code), ("integrity", ExitCode::from(EXIT_INTEGRITY)));
+
+        let (kind, code) = kind_and_code(&failed(vec![(0, T::Engine(E::Cancelled))]));
+        assert_eq!((kind, code), ("interrupted", ExitCode::FAILURE));
+
+        let (kind, code) = kind_and_code(&failed(vec![(0, io())]));
+        assert_eq!((kind, code), ("exec", ExitCode::FAILURE));
+
+        let e = OpError::prereq(Ecode::State, "Instance is running");
+        assert_eq!(kind_and_code(&e), ("prereq", ExitCode::FAILURE));
     }
 }
