@@ -68,6 +68,8 @@ pub struct ExportArgs {
     /// Disks transferred at the same time.
     #[arg(long, default_value_t = 1)]
     max_parallel_disks: usize,
+    #[command(flatten)]
+    throttle: crate::throttle::Throttle,
     /// Take the engine's buffers from reserved hugetlb pages (vm.nr_hugepages) when enough are
     /// free, else transparent huge pages as by default.
     #[arg(long)]
@@ -493,6 +495,15 @@ pub fn export(a: ExportArgs) -> ExitCode {
     op.zeroing_timeout_fixed = a.zeroing_timeout_fixed;
     op.zeroing_timeout_per_mib = a.zeroing_timeout_per_mib;
     op.max_parallel_disks = a.max_parallel_disks;
+    let throttle = match a
+        .throttle
+        .with_defaults()
+        .and_then(|t| t.apply_priorities().map(|()| t))
+    {
+        Ok(t) => t,
+        Err(e) => return fail(&OpError::prereq(Ecode::Inval, e), a.json),
+    };
+    op.bwlimit = throttle.bwlimit;
     op.pages = if a.hugetlb { Pages::Hugetlb } else { Pages::Thp };
     op.checksum = a.checksum;
     op.progress_interval = secs(interval);

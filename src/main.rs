@@ -9,6 +9,7 @@ mod export_cmd;
 mod install_cmd;
 mod interrupt;
 mod output;
+mod throttle;
 mod units;
 
 use std::process::ExitCode;

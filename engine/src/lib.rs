@@ -47,7 +47,9 @@ pub mod fuzzing;
 pub mod input;
 pub mod manifest;
 pub mod ops;
+pub mod pace;
 pub mod pipeline;
+pub mod priority;
 pub mod ring;
 #[cfg(feature = "testing")]
 pub mod sample;

@@ -50,6 +50,9 @@ pub struct Tuning {
     pub sequential: bool,
     /// Set from elsewhere to stop at the next chunk (see [`StopFlag`]).
     pub stop: Option<StopFlag>,
+    /// `--bwlimit`: bytes of disk data per second, spread evenly ([`crate::pace`]); `None`
+    /// runs as fast as the hardware allows.
+    pub bwlimit: Option<u64>,
 }
 
 impl Default for Tuning {
@@ -64,6 +67,7 @@ impl Default for Tuning {
             pages: Pages::Thp,
             sequential: false,
             stop: None,
+            bwlimit: None,
         }
     }
 }
@@ -96,6 +100,11 @@ impl Tuning {
     /// [`Error::Cancelled`] if the operation was asked to stop.
     pub fn check_stop(&self) -> Result<()> {
         check_stop(self.stop.as_ref())
+    }
+
+    /// A pacer for `bwlimit`, if one is set (each stage that paces takes its own).
+    pub fn pacer(&self) -> Option<std::sync::Arc<crate::pace::Pacer>> {
+        self.bwlimit.map(|r| std::sync::Arc::new(crate::pace::Pacer::new(r)))
     }
 
     /// The write backend: the reference path writes with pwrite too.

@@ -73,6 +73,9 @@ pub trait ReadBackend {
     /// Which backend this is.
     fn kind(&self) -> BackendKind;
 
+    /// Paces the reads to come: none starts before `pacer` allows its bytes (`--bwlimit`).
+    fn set_pacer(&mut self, pacer: Option<std::sync::Arc<crate::pace::Pacer>>);
+
     /// Reads `plans` from `src` into buffers taken from `pool`. Blocks on the pool when all
     /// buffers are out (that is the back-pressure). Stops at the first error, from the device
     /// or from `deliver`.
