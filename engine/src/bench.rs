@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use crate::buf::BufPool;
 use crate::digest::{is_zero, Checksum};
+use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::pipeline::{self, zero_block_size};
+use crate::plan::plan_chunks;
 use crate::ring::uring::UringReader;
 use crate::ring::{ReadBackend, RingOptions};
 use crate::sample::{fill_content, Rng};
 use crate::sink::target::Target;
-use crate::source::{plan_chunks, Disk};
 use lz4_flex::block::CompressTable;
 
 /// Chunk size the CPU kernels work on (the engine's default).

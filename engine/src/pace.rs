@@ -10,7 +10,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::ops::StopFlag;
+use crate::stop::StopFlag;
 
 /// The burst a pacer allows beyond the steady rate, as time at that rate.
 pub const BURST: Duration = Duration::from_millis(50);

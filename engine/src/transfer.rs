@@ -6,11 +6,12 @@
 use std::time::Instant;
 
 use crate::error::Result;
-use crate::ops::report::{Report, ReportHead, ZeroCount};
-use crate::ops::{Progress, Tuning};
 use crate::pipeline::{Payload, Processed, Reorder};
+use crate::report::{Report, ReportHead, ZeroCount};
 use crate::sink::{Order, Sink};
 use crate::source::{RunSpec, Source};
+use crate::stop::Progress;
+use crate::tuning::Tuning;
 
 /// One source into one sink.
 pub struct Transfer<'a> {

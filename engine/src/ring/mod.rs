@@ -9,8 +9,9 @@ pub mod pread;
 pub mod uring;
 
 use crate::buf::{BufPool, PoolBuf};
+use crate::disk::Disk;
 use crate::error::Result;
-use crate::source::{ChunkPlan, Disk, ReadPlan, Segment};
+use crate::plan::{ChunkPlan, ReadPlan, Segment};
 
 /// Which read backend ran (serialized as in the CLI's JSON: "io_uring" or "pread").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]

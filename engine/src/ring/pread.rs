@@ -4,8 +4,9 @@ use std::os::unix::fs::FileExt;
 
 use super::{zero_gaps, BackendKind, ReadBackend, ReadChunk, ReadStats};
 use crate::buf::BufPool;
+use crate::disk::Disk;
 use crate::error::{Error, Result};
-use crate::source::{Disk, ReadPlan};
+use crate::plan::ReadPlan;
 
 /// Blocking positional reads; simple enough to trust, used to check the fast path.
 #[derive(Debug, Default)]

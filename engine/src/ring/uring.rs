@@ -16,8 +16,9 @@ use io_uring::{opcode, types, IoUring, Probe};
 
 use super::{zero_gaps, BackendKind, ReadBackend, ReadChunk, ReadStats, RingOptions};
 use crate::buf::{BufPool, PoolBuf};
+use crate::disk::Disk;
 use crate::error::{Error, Result};
-use crate::source::{Disk, ReadPlan, MAX_SEGMENTS};
+use crate::plan::{ReadPlan, MAX_SEGMENTS};
 
 /// Segment index bits in `user_data`.
 const SEG_BITS: u64 = 8;

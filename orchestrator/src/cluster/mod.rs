@@ -35,6 +35,13 @@ pub use validate::{
     MAX_HOOKS_SECONDS, MAX_NAME_LEN, MAX_NICS, REQUIRED_BEPARAMS,
 };
 
+/// The default per-script hook timeout: Ganeti's `RPC_TMO_NORMAL` (15 minutes), which in Ganeti
+/// bounds the whole hooks RPC of a node.
+pub const DEFAULT_SCRIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// How often a hook script that is still running is reported by default.
+pub const DEFAULT_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A configuration file that could not be loaded: the file, the key at fault and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -133,16 +140,16 @@ impl Cluster {
         self.config
             .cluster
             .hooks_timeout
-            .map_or(crate::hooks::DEFAULT_SCRIPT_TIMEOUT, std::time::Duration::from_secs_f64)
+            .map_or(DEFAULT_SCRIPT_TIMEOUT, std::time::Duration::from_secs_f64)
     }
 
     /// How often a running hook script is reported (`[cluster] hooks_report_interval`, else
     /// every 60 s).
     pub fn hooks_report_interval(&self) -> std::time::Duration {
-        self.config.cluster.hooks_report_interval.map_or(
-            crate::hooks::DEFAULT_REPORT_INTERVAL,
-            std::time::Duration::from_secs_f64,
-        )
+        self.config
+            .cluster
+            .hooks_report_interval
+            .map_or(DEFAULT_REPORT_INTERVAL, std::time::Duration::from_secs_f64)
     }
 
     /// All nodes, in file order.
