@@ -186,18 +186,7 @@ impl Cluster {
         let names: Vec<&str> = self.config.instances.iter().map(|i| i.name.as_str()).collect();
         let full = match_name_component(name, &names).ok_or_else(|| OpError::not_known("Instance", name))?;
         let inst = self.instance(full).expect("matched an existing name");
-        if let Some(uuid) = expected_uuid {
-            if inst.uuid != uuid {
-                return Err(OpError::prereq(
-                    Ecode::NotUnique,
-                    format!(
-                        "The instances UUID '{}' does not match the expected UUID '{uuid}' for \
-                         instance '{}'. Maybe the instance changed since you submitted this job.",
-                        inst.uuid, inst.name
-                    ),
-                ));
-            }
-        }
+        check_expected_uuid("instance", &inst.uuid, &inst.name, expected_uuid)?;
         Ok(inst)
     }
 
@@ -207,19 +196,23 @@ impl Cluster {
         let names: Vec<&str> = self.config.nodes.iter().map(|n| n.name.as_str()).collect();
         let full = match_name_component(name, &names).ok_or_else(|| OpError::not_known("Node", name))?;
         let node = self.node(full).expect("matched an existing name");
-        if let Some(uuid) = expected_uuid {
-            if node.uuid != uuid {
-                return Err(OpError::prereq(
-                    Ecode::NotUnique,
-                    format!(
-                        "The nodes UUID '{}' does not match the expected UUID '{uuid}' for \
-                         node '{}'. Maybe the node changed since you submitted this job.",
-                        node.uuid, node.name
-                    ),
-                ));
-            }
-        }
+        check_expected_uuid("node", &node.uuid, &node.name, expected_uuid)?;
         Ok(node)
+    }
+}
+
+/// The opcode's `instance_uuid` / `node_uuid` check: the expanded entity must have the UUID the
+/// job was submitted for (`ECODE_NOTUNIQUE`, Ganeti's message).
+fn check_expected_uuid(kind: &str, uuid: &str, name: &str, expected: Option<&str>) -> Result<(), OpError> {
+    match expected {
+        Some(want) if want != uuid => Err(OpError::prereq(
+            Ecode::NotUnique,
+            format!(
+                "The {kind}s UUID '{uuid}' does not match the expected UUID '{want}' for {kind} '{name}'. \
+                 Maybe the {kind} changed since you submitted this job."
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
