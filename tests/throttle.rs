@@ -88,6 +88,7 @@ fn bwlimit_50m_copies_a_gib_in_21_5_s_without_bursts() {
         "1 GiB at 50 MB/s took {secs:.2} s, want {want:.2} s ± 10 %"
     );
     let peak = max_per_second(&samples);
+    eprintln!("1 GiB at --bwlimit 50M: {secs:.2} s (want {want:.2}), busiest second {peak} bytes");
     assert!(
         peak <= 60_000_000,
         "{peak} bytes in one second (limit 50 MB/s, at most 60 MB in any second)"

@@ -38,21 +38,16 @@ impl<'a> Transfer<'a> {
     pub fn run(self, source: &mut dyn Source, mut sink: Box<dyn Sink + '_>) -> Result<Report> {
         let info = source.info();
         let needs = sink.needs();
+        let pacer = self.tuning.pacer();
         let spec = RunSpec {
             tuning: self.tuning,
             needs,
             progress: self.progress,
+            pace: pacer.as_ref(),
         };
         let mut zeros = ZeroCount::default();
         let mut reorder = Reorder::new(0);
-        // --bwlimit at the sink too: a disk source paces its reads, but a frame source (restore,
-        // verify) reads ahead by its pools; pacing what reaches the sink keeps both even.
-        let pacer = self.tuning.pacer();
-        let stop = self.tuning.stop.clone();
         let stats = source.run(spec, &mut |p: Processed| {
-            if let (Some(pacer), false) = (&pacer, matches!(p.payload, Payload::Zero)) {
-                pacer.wait(u64::from(p.len), stop.as_ref());
-            }
             self.tuning.check_stop()?;
             if matches!(p.payload, Payload::Zero) {
                 zeros.chunks += 1;

@@ -97,6 +97,12 @@ impl Tuning {
         self.bwlimit.map(|r| std::sync::Arc::new(crate::pace::Pacer::new(r)))
     }
 
+    /// With `bwlimit`, how often a raw output is synced while it is written: about half a
+    /// second's worth, 16 to 256 MiB (see `sink::raw`'s flusher).
+    pub fn flush_every(&self) -> Option<u64> {
+        self.bwlimit.map(|r| (r / 2).clamp(16 << 20, 256 << 20))
+    }
+
     /// The write backend: the reference path writes with pwrite too.
     pub fn write_backend(&self) -> BackendKind {
         if self.sequential {

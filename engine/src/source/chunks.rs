@@ -65,7 +65,7 @@ impl Source for DiskSource {
                 fixed_buffers: t.fixed_buffers,
             },
         );
-        backend.set_pacer(t.pacer());
+        backend.set_pacer(spec.pace.cloned());
         // A sink that keeps chunks in flight (raw writes) holds read buffers too.
         let pools = Pools::new(
             cs,

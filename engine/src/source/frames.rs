@@ -110,6 +110,16 @@ impl<R: FrameStream> Source for FrameSource<R> {
 
     fn run(&mut self, spec: RunSpec<'_>, deliver: &mut dyn FnMut(Processed) -> Result<()>) -> Result<SourceStats> {
         let t = spec.tuning;
+        // --bwlimit: each data chunk waits for the pacer before it is handed on; the reader,
+        // bounded by the pools, follows at the same rate. Zero frames cost no I/O.
+        let stop = t.stop.clone();
+        let mut paced = |p: Processed| {
+            if let (Some(pace), false) = (spec.pace, matches!(p.payload, Payload::Zero)) {
+                pace.wait(u64::from(p.len), stop.as_ref());
+            }
+            deliver(p)
+        };
+        let deliver: &mut dyn FnMut(Processed) -> Result<()> = &mut paced;
         if t.sequential {
             self.run_sequential(spec, deliver)?;
         } else {

@@ -76,6 +76,10 @@ pub struct RunSpec<'a> {
     pub needs: SinkNeeds,
     /// Bytes of disk processed so far, for progress display.
     pub progress: &'a Progress,
+    /// `--bwlimit`: the one pacer of this transfer. A source spends it where its input is read
+    /// (a disk: before each read starts; a frame stream: before each data chunk is handed on), so
+    /// the rate holds however deep the pools are.
+    pub pace: Option<&'a std::sync::Arc<crate::pace::Pacer>>,
 }
 
 /// A source of chunks: a disk read through the ring, a dsimg frame stream, and (later) a byte
