@@ -17,6 +17,8 @@ use diskstream_engine::digest::Checksum;
 use diskstream_engine::ops::{self, CreateOptions, Format, Progress, ScanOptions, Tuning};
 use serde_json::{json, Map, Value};
 
+use crate::contract::{self, BenchResult, Failed, Kind, Op};
+
 /// Arguments of `diskstream bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -73,11 +75,8 @@ enum TargetPlan {
 }
 
 fn err(msg: String, json_out: bool) -> ExitCode {
-    if json_out {
-        println!("{}", json!({ "ok": false, "error": msg }));
-    }
     eprintln!("diskstream bench: error: {msg}");
-    ExitCode::FAILURE
+    Failed::new(Op::Bench, Kind::Error, msg).emit(json_out)
 }
 
 /// True if and only if `dir` is (inside) an export directory: Ganeti's `.../lib/ganeti/export`
@@ -165,18 +164,19 @@ pub fn run(a: BenchArgs) -> ExitCode {
     };
     match measure(&a, threads, target.as_ref(), &stop) {
         Ok(out) => {
-            if a.json {
-                println!("{out}");
-            }
-            ExitCode::SUCCESS
+            tracing::info!("bench ended: ok");
+            contract::done(Op::Bench, BenchResult(out), a.json)
         }
         Err(e) if stop.load(Ordering::Relaxed) => {
             drop(target);
-            eprintln!(
-                "diskstream bench: interrupted by {}; scratch files removed ({e})",
+            let msg = format!(
+                "interrupted by {}; scratch files removed ({e})",
                 interrupt.signal_name()
             );
-            interrupt.exit_code()
+            eprintln!("diskstream bench: {msg}");
+            Failed::new(Op::Bench, Kind::Interrupted, msg)
+                .signal(interrupt.signal_name(), interrupt.code())
+                .emit(a.json)
         }
         Err(e) => err(e, a.json),
     }
@@ -187,7 +187,7 @@ fn measure(
     threads: usize,
     target: Option<&TargetPlan>,
     stop: &Arc<AtomicBool>,
-) -> Result<Value, String> {
+) -> Result<Map<String, Value>, String> {
     let check = || {
         if stop.load(Ordering::Relaxed) {
             Err("interrupted".to_string())
@@ -413,7 +413,6 @@ fn measure(
     verdict.insert("measured_end_to_end".into(), json!(a.device.is_some()));
     verdict.insert("checksum".into(), json!(a.checksum.name()));
     out.insert("verdict".into(), Value::Object(verdict));
-    out.insert("ok".into(), json!(true));
     out.insert("threads".into(), json!(threads));
     // The I/O buffers' memory shapes the device numbers (docs/performance.md, "Huge-page buffers").
     let pages = diskstream_engine::buf::pages_name(false);
@@ -454,7 +453,7 @@ fn measure(
             );
         }
     }
-    Ok(Value::Object(out))
+    Ok(out)
 }
 
 /// Adds a pipeline stage to the table and the JSON; returns its rate extrapolated to a whole device

@@ -15,6 +15,7 @@ use diskstream_engine::ops::{
 use diskstream_engine::ring::BackendKind;
 use diskstream_engine::sink::ZeroPolicy;
 
+use crate::contract::{Failed, Kind, Op};
 use crate::output;
 use crate::units::parse_size;
 
@@ -23,6 +24,12 @@ use crate::units::parse_size;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// More log detail on stderr (-v debug, -vv trace); DISKSTREAM_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors in the log, and no progress lines or bars.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -45,6 +52,14 @@ enum Cmd {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+    /// Print the JSON Schema of the --json results or the --progress json lines (the files in
+    /// docs/schema/ are this output).
+    #[command(hide = true)]
+    Schema {
+        /// Which schema.
+        #[arg(value_enum)]
+        which: crate::contract::SchemaKind,
     },
     /// Print the man page (roff) to stdout, or write one page per command into --dir.
     Man {
@@ -159,6 +174,9 @@ struct Tune {
     /// Print one JSON object with the result instead of text.
     #[arg(long)]
     json: bool,
+    /// Progress as one JSON object per line on stderr (docs/json.md).
+    #[arg(long, value_enum)]
+    progress: Option<crate::contract::ProgressFormat>,
 }
 
 #[derive(Args, Debug)]
@@ -169,9 +187,24 @@ struct DemoArgs {
     /// Size of the sample disk (K/M/G suffixes).
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     size: u64,
+    /// Print one JSON object with the result on stdout (messages go to stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 impl Tune {
+    /// How progress is shown: `--progress json`, else nothing with `-q` or `--json` (unless
+    /// stderr is a terminal), else bars or lines.
+    fn show(&self, quiet: bool) -> output::Show {
+        if self.progress.is_some() {
+            output::Show::Json
+        } else if quiet || (self.json && !std::io::IsTerminal::is_terminal(&std::io::stderr())) {
+            output::Show::Quiet
+        } else {
+            output::Show::Human
+        }
+    }
+
     /// The engine's tuning from these flags, with the SIGINT/SIGTERM flag as its stop flag.
     fn options(&self, stop: Option<ops::StopFlag>) -> Result<Tuning, String> {
         let chunk_size =
@@ -195,26 +228,87 @@ impl Tune {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
+    crate::logging::init(cli.verbose, cli.quiet);
     match cli.cmd {
-        Cmd::Image(cmd) => image(cmd),
-        Cmd::Demo(args) => crate::export_cmd::demo(args.dir, args.size),
-        Cmd::Export(args) => crate::export_cmd::export(args),
+        Cmd::Image(cmd) => image(cmd, cli.quiet),
+        Cmd::Demo(args) => crate::export_cmd::demo(args.dir, args.size, args.json),
+        Cmd::Export(args) => crate::export_cmd::export(args, cli.quiet),
         Cmd::List(args) => crate::export_cmd::list(args),
         Cmd::Remove(args) => crate::export_cmd::remove(args),
         Cmd::Bench(args) => crate::bench_cmd::run(args),
         Cmd::Completions { shell } => crate::install_cmd::completions(Cli::command(), shell),
+        Cmd::Schema { which } => {
+            print!("{}", which.schema());
+            ExitCode::SUCCESS
+        }
         Cmd::Man { dir } => crate::install_cmd::man(Cli::command(), dir.as_deref()),
     }
 }
 
-fn image(cmd: ImageCmd) -> ExitCode {
+/// A command line clap refused: clap's message on stderr, the JSON failure on stdout when
+/// `--json` was among the arguments, and exit code 2 (help and version exit 0 as clap's do).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as K;
+    if matches!(
+        e.kind(),
+        K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.kind() == K::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(crate::exit::EXIT_USAGE)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let _ = e.print();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().any(|a| a == "--json");
+    let op = op_of(&args);
+    let msg = e.render().to_string();
+    let first = msg
+        .lines()
+        .next()
+        .unwrap_or("usage error")
+        .trim_start_matches("error: ");
+    Failed::new(op, Kind::Usage, first).emit(json)
+}
+
+/// The command named on a command line clap refused (for the JSON failure's `op`).
+fn op_of(args: &[String]) -> Op {
+    let words: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    match words.as_slice() {
+        ["image", "create", ..] => Op::ImageCreate,
+        ["image", "verify", ..] => Op::ImageVerify,
+        ["image", "restore", ..] => Op::ImageRestore,
+        ["image", "scan", ..] => Op::ImageScan,
+        ["image", "info", ..] => Op::ImageInfo,
+        ["export", ..] => Op::Export,
+        ["list", ..] => Op::List,
+        ["remove", ..] => Op::Remove,
+        ["demo", ..] => Op::Demo,
+        ["bench", ..] => Op::Bench,
+        _ => Op::Diskstream,
+    }
+}
+
+fn image(cmd: ImageCmd, quiet: bool) -> ExitCode {
     let progress: Progress = Default::default();
     // Installed before anything is opened: a SIGINT/SIGTERM from here on stops the operation at
     // the next chunk, its partial outputs are removed, and the exit code is 130/143.
     let interrupt = match crate::interrupt::Interrupt::install() {
         Ok(i) => i,
-        Err(e) => return output::fail_msg(&format!("cannot install the SIGINT/SIGTERM handlers: {e}")),
+        Err(e) => {
+            let msg = format!("cannot install the SIGINT/SIGTERM handlers: {e}");
+            return output::fail_msg(Op::Diskstream, Kind::Error, &msg, false);
+        }
     };
     let stop = Some(interrupt.flag());
     match cmd {
@@ -229,7 +323,7 @@ fn image(cmd: ImageCmd) -> ExitCode {
         } => {
             let tuning = match tune.options(stop) {
                 Ok(t) => t,
-                Err(e) => return output::fail_msg(&e),
+                Err(e) => return output::fail_msg(Op::ImageCreate, Kind::Usage, &e, tune.json),
             };
             let o = CreateOptions {
                 tuning,
@@ -242,25 +336,27 @@ fn image(cmd: ImageCmd) -> ExitCode {
                 limit: None,
             };
             let total = output::disk_size_hint(&src);
-            let res = output::with_progress(&progress, total, "create", tune.json, || {
+            start(Op::ImageCreate, &src, Some(&out));
+            let res = output::with_progress(&progress, total, Op::ImageCreate, tune.show(quiet), || {
                 ops::create(&src, &out, &o, &progress)
             });
-            output::finish_or_interrupted(res, tune.json, &interrupt, true)
+            output::finish_or_interrupted(res, Op::ImageCreate, tune.json, &interrupt, true)
         }
         ImageCmd::Verify { image, tune } => {
             let tuning = match tune.options(stop) {
                 Ok(t) => t,
-                Err(e) => return output::fail_msg(&e),
+                Err(e) => return output::fail_msg(Op::ImageVerify, Kind::Usage, &e, tune.json),
             };
             let o = VerifyOptions {
                 tuning,
                 manifest: tune.manifest.clone(),
             };
             let total = image_size_hint(&image, &o.manifest);
-            let res = output::with_progress(&progress, total, "verify", tune.json, || {
+            start(Op::ImageVerify, &image, None);
+            let res = output::with_progress(&progress, total, Op::ImageVerify, tune.show(quiet), || {
                 ops::verify(&image, &o, &progress)
             });
-            output::finish_or_interrupted(res, tune.json, &interrupt, false)
+            output::finish_or_interrupted(res, Op::ImageVerify, tune.json, &interrupt, false)
         }
         ImageCmd::Restore {
             image,
@@ -270,7 +366,7 @@ fn image(cmd: ImageCmd) -> ExitCode {
         } => {
             let tuning = match tune.options(stop) {
                 Ok(t) => t,
-                Err(e) => return output::fail_msg(&e),
+                Err(e) => return output::fail_msg(Op::ImageRestore, Kind::Usage, &e, tune.json),
             };
             let o = RestoreOptions {
                 tuning,
@@ -279,10 +375,11 @@ fn image(cmd: ImageCmd) -> ExitCode {
                 manifest: tune.manifest.clone(),
             };
             let total = image_size_hint(&image, &o.manifest);
-            let res = output::with_progress(&progress, total, "restore", tune.json, || {
+            start(Op::ImageRestore, &image, Some(&dest));
+            let res = output::with_progress(&progress, total, Op::ImageRestore, tune.show(quiet), || {
                 ops::restore(&image, &dest, &o, &progress)
             });
-            output::finish_or_interrupted(res, tune.json, &interrupt, true)
+            output::finish_or_interrupted(res, Op::ImageRestore, tune.json, &interrupt, true)
         }
         ImageCmd::Scan {
             src,
@@ -292,7 +389,7 @@ fn image(cmd: ImageCmd) -> ExitCode {
         } => {
             let tuning = match tune.options(stop) {
                 Ok(t) => t,
-                Err(e) => return output::fail_msg(&e),
+                Err(e) => return output::fail_msg(Op::ImageScan, Kind::Usage, &e, tune.json),
             };
             let o = ScanOptions {
                 tuning,
@@ -301,11 +398,20 @@ fn image(cmd: ImageCmd) -> ExitCode {
                 limit: None,
             };
             let total = output::disk_size_hint(&src);
-            let res = output::with_progress(&progress, total, "scan", tune.json, || ops::scan(&src, &o, &progress));
-            output::finish_or_interrupted(res, tune.json, &interrupt, false)
+            start(Op::ImageScan, &src, None);
+            let res = output::with_progress(&progress, total, Op::ImageScan, tune.show(quiet), || {
+                ops::scan(&src, &o, &progress)
+            });
+            output::finish_or_interrupted(res, Op::ImageScan, tune.json, &interrupt, false)
         }
         ImageCmd::Info { image, manifest, json } => output::info(ops::info(&image, &InfoOptions { manifest }), json),
     }
+}
+
+/// Logs the start of an image operation.
+fn start(op: Op, input: &std::path::Path, output: Option<&std::path::Path>) {
+    let output = output.map_or_else(|| "-".into(), |p| p.display().to_string());
+    tracing::info!(input = %input.display(), %output, "{} started", op.name());
 }
 
 /// The disk size an image holds, for the progress bar (0 if unknown).

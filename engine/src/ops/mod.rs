@@ -38,7 +38,7 @@ pub use crate::sink::manifest::IMAGE_DIGEST_XATTR;
 pub type Progress = Arc<AtomicU64>;
 
 /// An image format: what `create` writes, what `verify`, `restore` and `info` find.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// A sparse raw copy plus `OUT.manifest`.
