@@ -40,15 +40,15 @@ pub struct BenchArgs {
     threads: Option<usize>,
     /// The chunk digest the pipeline stages use and the verdict is for (both are measured as
     /// CPU kernels).
-    #[arg(long, default_value = "blake3")]
+    #[arg(long, default_value = "blake3", value_parser = crate::cli::checksums())]
     checksum: Checksum,
     /// Allow writing to a block device (its first --size bytes are overwritten) or next to an
     /// existing file.
     #[arg(long)]
     force: bool,
-    /// Show every point of the device sweep.
-    #[arg(long)]
-    verbose: bool,
+    /// Show every point of the device sweep (the global `-v`/`--verbose`).
+    #[arg(skip)]
+    pub verbose: bool,
     /// Print one JSON object; every rate is a number under a key ending in `_bytes_per_s`.
     #[arg(long)]
     json: bool,

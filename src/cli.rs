@@ -78,18 +78,18 @@ enum ImageCmd {
         /// Output image (a new file, or a block device for --format raw).
         out: PathBuf,
         /// raw: sparse raw copy; dsimg: native image (see docs/image-format.md).
-        #[arg(long, default_value = "raw")]
+        #[arg(long, default_value = "raw", value_parser = choice::<Format>(&["raw", "dsimg"]))]
         format: Format,
         /// Compression of dsimg data chunks.
         #[arg(long, default_value = "lz4", value_parser = ["lz4", "none"])]
         compress: String,
         /// Chunk digest recorded in the image and manifest: blake3 (fast on every CPU) or sha256.
-        #[arg(long, default_value = "blake3")]
+        #[arg(long, default_value = "blake3", value_parser = checksums())]
         checksum: Checksum,
         #[command(flatten)]
         tune: Tune,
         /// Replace OUT if it exists (it is replaced only once the new image is complete).
-        #[arg(long)]
+        #[arg(short, long)]
         force: bool,
     },
     /// Re-read an image with O_DIRECT and check every chunk.
@@ -108,7 +108,7 @@ enum ImageCmd {
         #[command(flatten)]
         tune: Tune,
         /// Replace DEST if it is an existing file.
-        #[arg(long)]
+        #[arg(short, long)]
         force: bool,
     },
     /// Read SRC through the pipeline (zero check, digest, optional lz4) into a null sink.
@@ -119,7 +119,7 @@ enum ImageCmd {
         #[arg(long, default_value = "none", value_parser = ["lz4", "none"])]
         compress: String,
         /// Chunk digest: blake3 or sha256.
-        #[arg(long, default_value = "blake3")]
+        #[arg(long, default_value = "blake3", value_parser = checksums())]
         checksum: Checksum,
         #[command(flatten)]
         tune: Tune,
@@ -153,7 +153,10 @@ struct Tune {
     #[arg(long)]
     threads: Option<usize>,
     /// Read/write backend: uring (falls back to pread if the kernel refuses) or pread.
-    #[arg(long, default_value = "uring")]
+    #[arg(long, default_value = "uring", value_parser = choice::<BackendKind>([
+        clap::builder::PossibleValue::new("uring").alias("io_uring"),
+        clap::builder::PossibleValue::new("pread"),
+    ]))]
     backend: BackendKind,
     /// Register buffers and files with io_uring (measured slower on virtio; see docs/performance.md).
     #[arg(long)]
@@ -166,7 +169,7 @@ struct Tune {
     #[arg(long)]
     sequential: bool,
     /// Zero chunks on a block device target: write (default), discard, or skip (target known zeroed).
-    #[arg(long, default_value = "write")]
+    #[arg(long, default_value = "write", value_parser = choice::<ZeroPolicy>(&["write", "discard", "skip"]))]
     zero_target: ZeroPolicy,
     /// Manifest path (default OUT.manifest; required for a block device OUT).
     #[arg(long)]
@@ -190,6 +193,23 @@ struct DemoArgs {
     /// Print one JSON object with the result on stdout (messages go to stderr).
     #[arg(long)]
     json: bool,
+}
+
+/// A flag whose values are an engine type's names: parsed by its `FromStr`, listed in `--help`
+/// and completions like a clap `ValueEnum`'s (the engine does not depend on clap).
+pub fn choice<T>(
+    values: impl IntoIterator<Item = impl Into<clap::builder::PossibleValue>>,
+) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(values).try_map(|s| s.parse::<T>())
+}
+
+/// `--checksum`'s values.
+pub fn checksums() -> impl clap::builder::TypedValueParser<Value = Checksum> {
+    choice::<Checksum>(&["blake3", "sha256"])
 }
 
 impl Tune {
@@ -233,13 +253,17 @@ pub fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     crate::logging::init(cli.verbose, cli.quiet);
+    tracing::debug!(args = ?std::env::args().collect::<Vec<_>>(), "diskstream {}", env!("CARGO_PKG_VERSION"));
     match cli.cmd {
         Cmd::Image(cmd) => image(cmd, cli.quiet),
         Cmd::Demo(args) => crate::export_cmd::demo(args.dir, args.size, args.json),
         Cmd::Export(args) => crate::export_cmd::export(args, cli.quiet),
         Cmd::List(args) => crate::export_cmd::list(args),
         Cmd::Remove(args) => crate::export_cmd::remove(args),
-        Cmd::Bench(args) => crate::bench_cmd::run(args),
+        Cmd::Bench(mut args) => {
+            args.verbose = cli.verbose > 0;
+            crate::bench_cmd::run(args)
+        }
         Cmd::Completions { shell } => crate::install_cmd::completions(Cli::command(), shell),
         Cmd::Schema { which } => {
             print!("{}", which.schema());
@@ -269,12 +293,14 @@ fn usage_error(e: clap::Error) -> ExitCode {
     let json = args.iter().any(|a| a == "--json");
     let op = op_of(&args);
     let msg = e.render().to_string();
-    let first = msg
+    let lines: Vec<&str> = msg
         .lines()
-        .next()
-        .unwrap_or("usage error")
-        .trim_start_matches("error: ");
-    Failed::new(op, Kind::Usage, first).emit(json)
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let text = lines.join(" ");
+    Failed::new(op, Kind::Usage, text.trim_start_matches("error: ")).emit(json)
 }
 
 /// The command named on a command line clap refused (for the JSON failure's `op`).

@@ -142,7 +142,7 @@ pub struct Failed {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ecode: Option<&'static str>,
     /// True when a signal stopped the command.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub interrupted: bool,
     /// The signal ("SIGINT", "SIGTERM") that stopped it.
     #[serde(skip_serializing_if = "Option::is_none")]

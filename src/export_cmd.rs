@@ -28,10 +28,10 @@ use crate::contract::{self, DemoResult, DryRun, Failed, Kind, Listing, Op};
 use crate::interrupt::Interrupt;
 use crate::jobs::{Bars, Printer};
 
-/// The default cluster config: `$DISKSTREAM_CLUSTER`, else `./cluster.toml`.
+/// The cluster config: `--cluster` (or `$DISKSTREAM_CLUSTER`, through clap), else
+/// `./cluster.toml`.
 fn cluster_path(arg: Option<PathBuf>) -> PathBuf {
-    arg.or_else(|| std::env::var_os("DISKSTREAM_CLUSTER").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("cluster.toml"))
+    arg.unwrap_or_else(|| PathBuf::from("cluster.toml"))
 }
 
 /// `diskstream export`.
@@ -66,13 +66,13 @@ pub struct ExportArgs {
     #[arg(long)]
     hugetlb: bool,
     /// Chunk digest recorded in each dump's manifest: blake3 (fast on every CPU) or sha256.
-    #[arg(long, default_value = "blake3")]
+    #[arg(long, default_value = "blake3", value_parser = crate::cli::checksums())]
     checksum: diskstream_engine::digest::Checksum,
     /// Check everything and run the pre hooks, but export nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Cluster config (default: $DISKSTREAM_CLUSTER, else ./cluster.toml).
-    #[arg(long)]
+    /// Cluster config (default ./cluster.toml).
+    #[arg(long, env = "DISKSTREAM_CLUSTER")]
     cluster: Option<PathBuf>,
     /// Print one JSON object per event on stderr instead of text lines (docs/json.md).
     #[arg(long, value_enum)]
@@ -131,8 +131,8 @@ pub struct ListArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    /// Cluster config (default: $DISKSTREAM_CLUSTER, else ./cluster.toml).
-    #[arg(long)]
+    /// Cluster config (default ./cluster.toml).
+    #[arg(long, env = "DISKSTREAM_CLUSTER")]
     cluster: Option<PathBuf>,
 }
 
@@ -141,8 +141,8 @@ pub struct ListArgs {
 pub struct RemoveArgs {
     /// The instance (or the FQDN of a deleted instance).
     instance: String,
-    /// Cluster config (default: $DISKSTREAM_CLUSTER, else ./cluster.toml).
-    #[arg(long)]
+    /// Cluster config (default ./cluster.toml).
+    #[arg(long, env = "DISKSTREAM_CLUSTER")]
     cluster: Option<PathBuf>,
     /// Longest wait for a lock, in seconds.
     #[arg(long, default_value_t = 3600.0)]
