@@ -213,6 +213,12 @@ pub fn checksums() -> impl clap::builder::TypedValueParser<Value = Checksum> {
 }
 
 impl Tune {
+    /// [`Self::options`], or the usage failure of `op` printed.
+    fn tuning(&self, stop: Option<ops::StopFlag>, op: Op) -> Result<Tuning, ExitCode> {
+        self.options(stop)
+            .map_err(|e| output::fail_msg(op, Kind::Usage, &e, self.json))
+    }
+
     /// How progress is shown: `--progress json`, else nothing with `-q` or `--json` (unless
     /// stderr is a terminal), else bars or lines.
     fn show(&self, quiet: bool) -> output::Show {
@@ -326,6 +332,11 @@ fn op_of(args: &[String]) -> Op {
 }
 
 fn image(cmd: ImageCmd, quiet: bool) -> ExitCode {
+    image_op(cmd, quiet).unwrap_or_else(|code| code)
+}
+
+/// [`image`], with an early exit code as the error.
+fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
     let progress: Progress = Default::default();
     // Installed before anything is opened: a SIGINT/SIGTERM from here on stops the operation at
     // the next chunk, its partial outputs are removed, and the exit code is 130/143.
@@ -333,11 +344,11 @@ fn image(cmd: ImageCmd, quiet: bool) -> ExitCode {
         Ok(i) => i,
         Err(e) => {
             let msg = format!("cannot install the SIGINT/SIGTERM handlers: {e}");
-            return output::fail_msg(Op::Diskstream, Kind::Error, &msg, false);
+            return Err(output::fail_msg(Op::Diskstream, Kind::Error, &msg, false));
         }
     };
     let stop = Some(interrupt.flag());
-    match cmd {
+    Ok(match cmd {
         ImageCmd::Create {
             src,
             out,
@@ -347,10 +358,7 @@ fn image(cmd: ImageCmd, quiet: bool) -> ExitCode {
             tune,
             force,
         } => {
-            let tuning = match tune.options(stop) {
-                Ok(t) => t,
-                Err(e) => return output::fail_msg(Op::ImageCreate, Kind::Usage, &e, tune.json),
-            };
+            let tuning = tune.tuning(stop, Op::ImageCreate)?;
             let o = CreateOptions {
                 tuning,
                 format,
@@ -369,10 +377,7 @@ fn image(cmd: ImageCmd, quiet: bool) -> ExitCode {
             output::finish_or_interrupted(res, Op::ImageCreate, tune.json, &interrupt, true)
         }
         ImageCmd::Verify { image, tune } => {
-            let tuning = match tune.options(stop) {
-                Ok(t) => t,
-                Err(e) => return output::fail_msg(Op::ImageVerify, Kind::Usage, &e, tune.json),
-            };
+            let tuning = tune.tuning(stop, Op::ImageVerify)?;
             let o = VerifyOptions {
                 tuning,
                 manifest: tune.manifest.clone(),
@@ -390,10 +395,7 @@ fn image(cmd: ImageCmd, quiet: bool) -> ExitCode {
             tune,
             force,
         } => {
-            let tuning = match tune.options(stop) {
-                Ok(t) => t,
-                Err(e) => return output::fail_msg(Op::ImageRestore, Kind::Usage, &e, tune.json),
-            };
+            let tuning = tune.tuning(stop, Op::ImageRestore)?;
             let o = RestoreOptions {
                 tuning,
                 force,
@@ -413,10 +415,7 @@ fn image(cmd: ImageCmd, quiet: bool) -> ExitCode {
             checksum,
             tune,
         } => {
-            let tuning = match tune.options(stop) {
-                Ok(t) => t,
-                Err(e) => return output::fail_msg(Op::ImageScan, Kind::Usage, &e, tune.json),
-            };
+            let tuning = tune.tuning(stop, Op::ImageScan)?;
             let o = ScanOptions {
                 tuning,
                 compress: compress == "lz4",
@@ -431,7 +430,7 @@ fn image(cmd: ImageCmd, quiet: bool) -> ExitCode {
             output::finish_or_interrupted(res, Op::ImageScan, tune.json, &interrupt, false)
         }
         ImageCmd::Info { image, manifest, json } => output::info(ops::info(&image, &InfoOptions { manifest }), json),
-    }
+    })
 }
 
 /// Logs the start of an image operation.
