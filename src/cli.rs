@@ -1,7 +1,7 @@
-//! Argument parsing and dispatch: `diskstream image {create,verify,restore,info}` and `demo`.
-//! Exit codes (documented in the README): 0 success, 1 failure, 2 usage, 3 integrity (the data
-//! is damaged: corrupt or truncated image, checksum mismatch), 130/143 interrupted by
-//! SIGINT/SIGTERM (partial outputs removed).
+//! Argument parsing and dispatch: `diskstream image {create,verify,restore,scan,info}`,
+//! `export`, `list`, `remove`, `demo`, `bench`, `completions`, `man`, and the global `-v`/`-q`.
+//! Exit codes are the one table of [`crate::exit`]; a command line clap refuses exits 2 (with
+//! the JSON failure on stdout when `--json` was given).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
