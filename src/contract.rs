@@ -231,20 +231,28 @@ pub struct BenchResult(pub serde_json::Map<String, serde_json::Value>);
 #[allow(dead_code)]
 pub enum AnyResult {
     /// `image create`, `verify`, `restore`, `scan`.
+    #[schemars(extend("properties" = { "op": { "enum": ["image create", "image verify", "image restore", "image scan"] } }))]
     Transfer(Done<Report>),
     /// `image info`.
+    #[schemars(extend("properties" = { "op": { "const": "image info" } }))]
     Info(Done<Info>),
     /// `export`.
+    #[schemars(extend("properties" = { "op": { "const": "export" } }))]
     Export(Done<ExportResult>),
     /// `export --dry-run`.
+    #[schemars(extend("properties" = { "op": { "const": "export" } }))]
     DryRun(Done<DryRun>),
     /// `list`.
+    #[schemars(extend("properties" = { "op": { "const": "list" } }))]
     List(Done<Listing>),
     /// `remove`.
+    #[schemars(extend("properties" = { "op": { "const": "remove" } }))]
     Remove(Done<RemoveResult>),
     /// `demo`.
+    #[schemars(extend("properties" = { "op": { "const": "demo" } }))]
     Demo(Done<DemoResult>),
     /// `bench`.
+    #[schemars(extend("properties" = { "op": { "const": "bench" } }))]
     Bench(Done<BenchResult>),
     /// Any command that failed.
     Failed(Failed),

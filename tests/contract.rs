@@ -136,6 +136,23 @@ fn image_commands_results_and_progress_lines_validate() {
         assert_eq!(last["done_bytes"], 16 << 20, "{last}");
         assert!(last["bytes_per_s"].as_f64().unwrap() > 0.0, "{last}");
     }
+    // The schema can fail: a result under another command's name, without a field, or with a
+    // rate of the wrong type does not validate.
+    let r = run(&["image", "scan", src_s, "--json"], &[]);
+    let good = checked(&r, "image scan", true);
+    let results = validator("result.schema.json");
+    for (key, bad) in [
+        ("op", Value::from("list")),
+        ("throughput_bytes_per_s", Value::from("fast")),
+        ("ok", Value::from(false)),
+    ] {
+        let mut v = good.clone();
+        v[key] = bad;
+        assert!(!results.is_valid(&v), "{key} changed, still valid: {v}");
+    }
+    let mut v = good.clone();
+    v.as_object_mut().unwrap().remove("digest");
+    assert!(!results.is_valid(&v), "without digest, still valid: {v}");
     let r = run(&["image", "info", img_s, "--json"], &[]);
     assert_eq!(checked(&r, "image info", true)["chunks"], 16);
     // A failure is an envelope too.
