@@ -168,6 +168,8 @@ struct Tune {
     /// Run the one-thread reference path (pread, no workers).
     #[arg(long)]
     sequential: bool,
+    #[command(flatten)]
+    throttle: crate::throttle::Throttle,
     /// Zero chunks on a block device target: write (default), discard, or skip (target known zeroed).
     #[arg(long, default_value = "write", value_parser = choice::<ZeroPolicy>(&["write", "discard", "skip"]))]
     zero_target: ZeroPolicy,
@@ -235,6 +237,10 @@ impl Tune {
     fn options(&self, stop: Option<ops::StopFlag>) -> Result<Tuning, String> {
         let chunk_size =
             u32::try_from(self.chunk_size).map_err(|_| format!("--chunk-size {} is too large", self.chunk_size))?;
+        // --bwlimit/--ionice/--nice, with the defaults file's values for those not given; the
+        // priorities are set here, before the operation starts its threads.
+        let throttle = self.throttle.with_defaults()?;
+        throttle.apply_priorities()?;
         Ok(Tuning {
             chunk_size,
             queue_depth: self.queue_depth,
@@ -249,6 +255,7 @@ impl Tune {
             pages: if self.hugetlb { Pages::Hugetlb } else { Pages::Thp },
             sequential: self.sequential,
             stop,
+            bwlimit: throttle.bwlimit,
         })
     }
 }

@@ -6,6 +6,7 @@
 
 use std::process::ExitCode;
 
+use diskstream_engine::bench::BenchReport;
 use diskstream_engine::ops::{Info, Report};
 use diskstream_orchestrator::backup::{ExportResult, NodeExports, RemoveResult};
 use schemars::JsonSchema;
@@ -220,11 +221,6 @@ pub struct DemoResult {
     pub dir: std::path::PathBuf,
 }
 
-/// The result of `bench`: measurements by stage and the verdict (see docs/json.md; rates are
-/// `*_bytes_per_s`, sizes bytes).
-#[derive(Serialize, JsonSchema)]
-pub struct BenchResult(pub serde_json::Map<String, serde_json::Value>);
-
 /// Every `--json` result: the schema's top level (one of these).
 #[derive(Serialize, JsonSchema)]
 #[serde(untagged)]
@@ -253,7 +249,7 @@ pub enum AnyResult {
     Demo(Done<DemoResult>),
     /// `bench`.
     #[schemars(extend("properties" = { "op": { "const": "bench" } }))]
-    Bench(Done<BenchResult>),
+    Bench(Done<BenchReport>),
     /// Any command that failed.
     Failed(Failed),
 }

@@ -61,6 +61,8 @@ pub struct ExportArgs {
     /// Disks transferred at the same time.
     #[arg(long, default_value_t = 1)]
     max_parallel_disks: usize,
+    #[command(flatten)]
+    throttle: crate::throttle::Throttle,
     /// Take the engine's buffers from reserved hugetlb pages (vm.nr_hugepages) when enough are
     /// free, else transparent huge pages as by default.
     #[arg(long)]
@@ -227,7 +229,8 @@ fn secs(s: f64) -> Duration {
 }
 
 /// The orchestrator's operation for `diskstream export -n NODE ...`.
-fn export_op(a: &ExportArgs, node: String, interval: f64) -> ExportOp {
+/// A bad `--ionice`/`--nice` or defaults file is a usage failure, as for the image commands.
+fn export_op(a: &ExportArgs, node: String, interval: f64) -> Result<ExportOp, ExitCode> {
     let mut op = ExportOp::new(a.instance.clone(), node);
     op.shutdown = !a.noshutdown;
     op.shutdown_timeout = a.shutdown_timeout;
@@ -243,10 +246,23 @@ fn export_op(a: &ExportArgs, node: String, interval: f64) -> ExportOp {
     op.zeroing_timeout_fixed = a.zeroing_timeout_fixed;
     op.zeroing_timeout_per_mib = a.zeroing_timeout_per_mib;
     op.max_parallel_disks = a.max_parallel_disks;
+    let throttle = match a
+        .throttle
+        .with_defaults()
+        .and_then(|t| t.apply_priorities().map(|()| t))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            let e = OpError::prereq(Ecode::Inval, e);
+            eprintln!("{}", e.ganeti_report());
+            return Err(failure(Op::Export, &e, Kind::Usage).emit(a.json));
+        }
+    };
+    op.bwlimit = throttle.bwlimit;
     op.pages = if a.hugetlb { Pages::Hugetlb } else { Pages::Thp };
     op.checksum = a.checksum;
     op.progress_interval = secs(interval);
-    op
+    Ok(op)
 }
 
 /// Logs what an export wrote.
@@ -287,7 +303,10 @@ pub fn export(a: ExportArgs, quiet: bool) -> ExitCode {
     // Bars move smoothly; plain lines come every 5 s (unless asked otherwise).
     let interval = a.progress_interval.unwrap_or(if bars.is_some() { 0.2 } else { 5.0 });
     let printer = Printer::new(Op::Export, json_events, a.json, bars);
-    let op = export_op(&a, node, interval);
+    let op = match export_op(&a, node, interval) {
+        Ok(op) => op,
+        Err(code) => return code,
+    };
     let interrupt = match install_interrupt(Op::Export, a.json) {
         Ok(i) => i,
         Err(code) => return code,

@@ -12,6 +12,7 @@ mod interrupt;
 mod jobs;
 mod logging;
 mod output;
+mod throttle;
 mod units;
 
 use std::process::ExitCode;

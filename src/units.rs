@@ -31,7 +31,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Parses a rate in bytes per second, with an optional unit (see the module docs; `50M` and
 /// `50MB/s` are 50·10⁶ bytes/s, `50MiB` is 50·2^20).
-#[cfg_attr(not(test), allow(dead_code))] // --bwlimit comes with throttling
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     let body = s.strip_suffix("/s").unwrap_or(s);
     parse(body, Letters::Decimal).map_err(|why| {

@@ -3,10 +3,11 @@
 //!
 //! # A tour, in the order the bytes flow
 //!
-//! - [`source`]: where chunks come from, behind the [`source::Source`] trait. A
-//!   [`source::Disk`] (block device or file, `O_DIRECT`, size, logical block size, holes) cut into
-//!   a [`source::ReadPlan`] and read as a [`source::DiskSource`]; or a `dsimg` frame stream read
-//!   as a [`source::FrameSource`] (a file today, any byte stream — pipe, socket — next).
+//! - [`disk`]: a [`disk::Disk`] (block device or file, `O_DIRECT`, size, logical block size,
+//!   holes) and [`plan`]: the pure planner that cuts it into a [`plan::ReadPlan`].
+//! - [`source`]: where chunks come from, behind the [`source::Source`] trait: a disk read as a
+//!   [`source::DiskSource`], or a `dsimg` frame stream read as a [`source::FrameSource`] (a file,
+//!   or any byte stream: pipe, socket).
 //! - [`buf`]: the aligned buffers every stage hands on, from a bounded pool ([`buf::BufPool`]) that
 //!   caps memory and makes steady state allocation-free.
 //! - [`ring`]: the read ring: io_uring with many reads in flight ([`ring::uring`]) or the pread
@@ -19,14 +20,20 @@
 //!   ([`sink::raw`]); a `dsimg` stream, in order ([`sink::image`]); a check against a manifest
 //!   ([`sink::verify`]); nothing ([`sink::null`]).
 //! - [`transfer`]: [`transfer::Transfer`] runs any source into any sink and assembles the
-//!   [`ops::Report`].
+//!   [`report::Report`].
+//! - [`tuning`]: [`tuning::Tuning`], the knobs every operation shares; [`stop`]: the stop flag
+//!   and progress counter a frontend holds; [`pace`]: the `--bwlimit` pacer; [`priority`]:
+//!   `--ionice`/`--nice`.
 //! - [`format`]: the `dsimg` byte format (encoder and decoder; the compatibility boundary,
 //!   specified in `docs/image-format.md`) and [`manifest`]: the per-chunk digest list.
 //! - [`input`]: inputs refused unless they are regular files (or block devices) before any open
 //!   that could block, and manifests read no further than the disk they describe.
 //! - [`ops`]: the operations the CLI exposes, one file each: create, verify, restore, scan, info,
-//!   with their options ([`ops::Tuning`] shared, one type per operation).
+//!   with their options (one type per operation).
 //! - [`bench`]: stage measurements for `diskstream bench`.
+//!
+//! Modules depend on each other in one direction only (no cycle): disk, plan, stop, tuning, pace
+//! below ring and pipeline; those below source and sink; then report, transfer, and ops on top.
 //!
 //! `unsafe` lives only in [`buf`], [`ring::uring`] and the private `sys` module (where rustix has
 //! no safe wrapper); every block says why it is sound. The `testing` feature adds `sample`
@@ -40,6 +47,7 @@ pub mod buf;
 pub mod check;
 pub mod digest;
 pub mod direct_read;
+pub mod disk;
 pub mod error;
 pub mod format;
 #[cfg(feature = "testing")]
@@ -47,7 +55,11 @@ pub mod fuzzing;
 pub mod input;
 pub mod manifest;
 pub mod ops;
+pub mod pace;
 pub mod pipeline;
+pub mod plan;
+pub mod priority;
+pub mod report;
 pub mod ring;
 #[cfg(feature = "testing")]
 pub mod sample;
@@ -55,8 +67,10 @@ pub mod sample;
 mod sample;
 pub mod sink;
 pub mod source;
+pub mod stop;
 pub(crate) mod sys;
 pub mod transfer;
+pub mod tuning;
 
 pub use error::{Error, ErrorKind, Result};
 pub use sample::write_sample_disk;

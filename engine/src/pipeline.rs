@@ -13,9 +13,10 @@ use std::sync::Arc;
 
 use crate::buf::{BufPool, Pages, PoolBuf};
 use crate::digest::{is_zero, Checksum, Hash, ZeroDigests};
+use crate::disk::Disk;
 use crate::error::{Error, Result};
+use crate::plan::ReadPlan;
 use crate::ring::{ReadBackend, ReadChunk, ReadStats};
-use crate::source::{Disk, ReadPlan};
 use lz4_flex::block::CompressTable;
 
 /// What a worker found and made of a chunk.

@@ -1,8 +1,9 @@
 //! The syscalls std does not wrap: block-device ioctls, fd flags, SEEK_DATA/SEEK_HOLE, fallocate,
-//! extended attributes.
+//! extended attributes, I/O priority.
 //!
 //! Everything goes through rustix's safe wrappers except `BLKGETSIZE64`, for which rustix has
-//! none: that one `unsafe` block is a single ioctl on a descriptor the caller keeps open.
+//! none (one `unsafe` ioctl on a descriptor the caller keeps open), and `ioprio_set`/`ioprio_get`
+//! (two `unsafe` syscalls that take integers only).
 
 use std::fs::File;
 use std::io;
@@ -108,6 +109,36 @@ pub fn get_xattr(file: &File, name: &str, max: usize) -> io::Result<Option<Vec<u
         Err(Errno::NODATA | Errno::NOTSUP) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// `ioprio_set(IOPRIO_WHO_PROCESS, 0, value)`: the I/O priority of the calling thread, inherited
+/// by the threads (and io_uring workers) it starts afterwards. rustix has no wrapper.
+pub fn set_io_priority(value: u16) -> io::Result<()> {
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    // SAFETY: ioprio_set takes three integers and touches no memory of ours.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0 as libc::c_long,
+            libc::c_long::from(value),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `ioprio_get(IOPRIO_WHO_PROCESS, 0)`: the calling thread's I/O priority value.
+pub fn io_priority() -> io::Result<u16> {
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    // SAFETY: ioprio_get takes two integers and touches no memory of ours.
+    let rc = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0 as libc::c_long) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(rc as u16)
 }
 
 #[cfg(test)]

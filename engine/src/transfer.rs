@@ -6,11 +6,12 @@
 use std::time::Instant;
 
 use crate::error::Result;
-use crate::ops::report::{Report, ReportHead, ZeroCount};
-use crate::ops::{Progress, Tuning};
 use crate::pipeline::{Payload, Processed, Reorder};
+use crate::report::{Report, ReportHead, ZeroCount};
 use crate::sink::{Order, Sink};
 use crate::source::{RunSpec, Source};
+use crate::stop::Progress;
+use crate::tuning::Tuning;
 
 /// One source into one sink.
 pub struct Transfer<'a> {
@@ -44,7 +45,14 @@ impl<'a> Transfer<'a> {
         };
         let mut zeros = ZeroCount::default();
         let mut reorder = Reorder::new(0);
+        // --bwlimit at the sink too: a disk source paces its reads, but a frame source (restore,
+        // verify) reads ahead by its pools; pacing what reaches the sink keeps both even.
+        let pacer = self.tuning.pacer();
+        let stop = self.tuning.stop.clone();
         let stats = source.run(spec, &mut |p: Processed| {
+            if let (Some(pacer), false) = (&pacer, matches!(p.payload, Payload::Zero)) {
+                pacer.wait(u64::from(p.len), stop.as_ref());
+            }
             self.tuning.check_stop()?;
             if matches!(p.payload, Payload::Zero) {
                 zeros.chunks += 1;

@@ -61,6 +61,7 @@ pub mod fsutil;
 pub mod hooks;
 pub mod locking;
 pub mod lu;
+pub mod names;
 pub mod node;
 pub mod snapshot;
 

@@ -29,8 +29,8 @@ use rustix::io::Errno;
 
 use crate::cluster::{Cluster, Disk, DiskTemplate, Instance};
 
-/// The marker in snapshot names.
-pub const SNAP_MARKER: &str = ".ds-snap-";
+use crate::names::sanitize;
+pub use crate::names::{snapshot_name, SNAP_MARKER};
 
 /// Why a snapshot could not be made or removed. The texts are the ones operators have always
 /// seen after "Could not snapshot disk/I on node N: ".
@@ -96,24 +96,6 @@ pub enum Capability {
     Capable,
     /// It cannot, and why.
     NotCapable(String),
-}
-
-/// The snapshot name of a disk file or LV `base` for `instance` made by process `pid`.
-pub fn snapshot_name(base: &str, instance: &str, pid: u32) -> String {
-    format!("{base}{SNAP_MARKER}{}-{pid}", sanitize(instance))
-}
-
-/// LVM names allow letters, digits and `+_.-`; anything else becomes `_`.
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '+' | '_' | '.' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 fn not_capable_errno(e: Errno) -> bool {

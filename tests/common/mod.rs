@@ -26,6 +26,16 @@ pub fn ds(args: &[&str]) -> Output {
         .expect("run diskstream")
 }
 
+/// Runs `diskstream ARGS` with extra environment variables.
+pub fn ds_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_diskstream"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run diskstream")
+}
+
 /// Runs `diskstream ARGS --json` and expects success; returns the JSON object.
 pub fn ds_json(args: &[&str]) -> serde_json::Value {
     let mut a = args.to_vec();

@@ -354,3 +354,33 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
+
+/// An image format: what `create` writes, what `verify`, `restore` and `info` find.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// A sparse raw copy plus `OUT.manifest`.
+    Raw,
+    /// The native `dsimg` image.
+    Dsimg,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "raw" => Ok(Self::Raw),
+            "dsimg" => Ok(Self::Dsimg),
+            _ => Err(format!("unknown format {s:?} (expected raw or dsimg)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Raw => "raw",
+            Self::Dsimg => "dsimg",
+        })
+    }
+}

@@ -5,10 +5,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::image::{check_outputs, manifest_path};
-use super::report::ReportHead;
 use super::{CreateOptions, Format, Progress, Report};
 use crate::error::Result;
 use crate::format::Header;
+use crate::report::ReportHead;
 use crate::sink::image::ImageSink;
 use crate::sink::manifest::ManifestOut;
 use crate::sink::raw::RawSink;

@@ -7,11 +7,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::image::{check_outputs, detect, image_size, load_manifest, open_plain, size_mismatch};
-use super::report::ReportHead;
 use super::{Format, Progress, Report, RestoreOptions};
 use crate::direct_read::DirectReader;
 use crate::error::{Error, Result};
 use crate::format::reader::read_layout;
+use crate::report::ReportHead;
 use crate::sink::raw::RawSink;
 use crate::sink::target::{same_file, Target};
 use crate::sink::verify::VerifySink;

@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::report::ReportHead;
 use super::{Progress, Report, ScanOptions};
 use crate::error::Result;
+use crate::report::ReportHead;
 use crate::sink::null::NullSink;
 use crate::source::{Disk, DiskSource, Source};
 use crate::transfer::Transfer;

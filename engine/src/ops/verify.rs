@@ -7,11 +7,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::image::{check_dsimg_manifest, detect, image_size, load_manifest, open_plain, size_mismatch};
-use super::report::ReportHead;
 use super::{Format, Progress, Report, VerifyOptions};
 use crate::direct_read::DirectReader;
 use crate::error::Result;
 use crate::format::reader::read_layout;
+use crate::report::ReportHead;
 use crate::sink::verify::VerifySink;
 use crate::source::{Disk, DiskSource, FrameSource, Source};
 use crate::transfer::Transfer;

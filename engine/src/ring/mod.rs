@@ -9,8 +9,9 @@ pub mod pread;
 pub mod uring;
 
 use crate::buf::{BufPool, PoolBuf};
+use crate::disk::Disk;
 use crate::error::Result;
-use crate::source::{ChunkPlan, Disk, ReadPlan, Segment};
+use crate::plan::{ChunkPlan, ReadPlan, Segment};
 
 /// Which read backend ran (serialized as in the CLI's JSON: "io_uring" or "pread").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
@@ -72,6 +73,9 @@ pub struct ReadStats {
 pub trait ReadBackend {
     /// Which backend this is.
     fn kind(&self) -> BackendKind;
+
+    /// Paces the reads to come: none starts before `pacer` allows its bytes (`--bwlimit`).
+    fn set_pacer(&mut self, pacer: Option<std::sync::Arc<crate::pace::Pacer>>);
 
     /// Reads `plans` from `src` into buffers taken from `pool`. Blocks on the pool when all
     /// buffers are out (that is the back-pressure). Stops at the first error, from the device

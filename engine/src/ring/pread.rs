@@ -4,23 +4,30 @@ use std::os::unix::fs::FileExt;
 
 use super::{zero_gaps, BackendKind, ReadBackend, ReadChunk, ReadStats};
 use crate::buf::BufPool;
+use crate::disk::Disk;
 use crate::error::{Error, Result};
-use crate::source::{Disk, ReadPlan};
+use crate::plan::ReadPlan;
 
 /// Blocking positional reads; simple enough to trust, used to check the fast path.
 #[derive(Debug, Default)]
-pub struct PreadReader;
+pub struct PreadReader {
+    pace: Option<std::sync::Arc<crate::pace::Pacer>>,
+}
 
 impl PreadReader {
     /// A new reader.
     pub fn new() -> Self {
-        Self
+        Self { pace: None }
     }
 }
 
 impl ReadBackend for PreadReader {
     fn kind(&self) -> BackendKind {
         BackendKind::Pread
+    }
+
+    fn set_pacer(&mut self, pacer: Option<std::sync::Arc<crate::pace::Pacer>>) {
+        self.pace = pacer;
     }
 
     fn read_all(
@@ -41,6 +48,9 @@ impl ReadBackend for PreadReader {
                     buf: None,
                 })?;
                 continue;
+            }
+            if let Some(p) = &self.pace {
+                p.wait(u64::from(plan.len), None);
             }
             let mut buf = pool.get();
             zero_gaps(plan, plans.segments(plan), &mut buf);

@@ -16,8 +16,9 @@ use io_uring::{opcode, types, IoUring, Probe};
 
 use super::{zero_gaps, BackendKind, ReadBackend, ReadChunk, ReadStats, RingOptions};
 use crate::buf::{BufPool, PoolBuf};
+use crate::disk::Disk;
 use crate::error::{Error, Result};
-use crate::source::{Disk, ReadPlan, MAX_SEGMENTS};
+use crate::plan::{ReadPlan, MAX_SEGMENTS};
 
 /// Segment index bits in `user_data`.
 const SEG_BITS: u64 = 8;
@@ -56,6 +57,7 @@ struct ReadSlot {
 pub struct UringReader {
     ring: IoUring,
     opts: RingOptions,
+    pace: Option<std::sync::Arc<crate::pace::Pacer>>,
 }
 
 impl UringReader {
@@ -66,13 +68,17 @@ impl UringReader {
             ..opts
         };
         let ring = build_ring(opts.queue_depth * MAX_SEGMENTS as u32)?;
-        Ok(Self { ring, opts })
+        Ok(Self { ring, opts, pace: None })
     }
 }
 
 impl ReadBackend for UringReader {
     fn kind(&self) -> BackendKind {
         BackendKind::Uring
+    }
+
+    fn set_pacer(&mut self, pacer: Option<std::sync::Arc<crate::pace::Pacer>>) {
+        self.pace = pacer;
     }
 
     fn read_all(
@@ -92,6 +98,7 @@ impl ReadBackend for UringReader {
             src,
             plans,
             fixed: fixed.as_ref(),
+            pace: self.pace.as_deref(),
             slots: (0..self.opts.queue_depth).map(|_| None).collect(),
             stats: ReadStats::default(),
             in_kernel: 0,
@@ -145,6 +152,8 @@ struct ReadRun<'a> {
     src: &'a Disk,
     plans: &'a ReadPlan,
     fixed: Option<&'a Fixed>,
+    /// `--bwlimit`: reads start no faster than this allows.
+    pace: Option<&'a crate::pace::Pacer>,
     slots: Vec<Option<ReadSlot>>,
     stats: ReadStats,
     /// SQEs pushed whose CQE has not been reaped yet.
@@ -178,6 +187,17 @@ impl ReadRun<'_> {
                 let Some(slot) = self.slots.iter().position(Option::is_none) else {
                     break;
                 };
+                // --bwlimit: a read starts only when the pacer allows it; while others are in
+                // flight, reap them instead of sleeping.
+                if let Some(p) = self.pace {
+                    let wait = p.ready_in();
+                    if !wait.is_zero() {
+                        if inflight > 0 {
+                            break;
+                        }
+                        std::thread::sleep(wait);
+                    }
+                }
                 let buf = if inflight == 0 {
                     pool.get()
                 } else {
@@ -186,6 +206,9 @@ impl ReadRun<'_> {
                         None => break,
                     }
                 };
+                if let Some(p) = self.pace {
+                    p.take(u64::from(self.plans[next].len));
+                }
                 self.start(slot, next, buf)?;
                 inflight += 1;
                 next += 1;

@@ -12,9 +12,9 @@ use super::{Order, Sink, SinkNeeds, SinkStats};
 use crate::error::{Error, Result};
 use crate::format::writer::ImageWriter;
 use crate::format::{FrameKind, Header};
-use crate::ops::options::StopFlag;
 use crate::pipeline::{Payload, Processed};
 use crate::ring::BackendKind;
+use crate::stop::StopFlag;
 
 /// A `dsimg` image being written.
 pub struct ImageSink {

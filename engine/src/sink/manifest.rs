@@ -5,9 +5,9 @@
 use crate::digest::{Checksum, Hash};
 use crate::error::{Error, Result};
 use crate::manifest::{ChunkKind, Manifest};
-use crate::ops::options::{check_stop, StopFlag};
 use crate::pipeline::{Payload, Processed};
 use crate::sink::target::Target;
+use crate::stop::{check_stop, StopFlag};
 
 /// The extended attribute in which a raw image records its whole-image digest (one byte naming
 /// the algorithm, [`Checksum::id`], then the 32 digest bytes), so that a manifest of another image

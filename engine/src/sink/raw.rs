@@ -11,10 +11,10 @@ use super::target::Target;
 use super::{Order, Sink, SinkNeeds, SinkStats, ZeroPolicy};
 use crate::buf::{AlignedBuf, PoolBuf};
 use crate::error::{Error, Result};
-use crate::ops::options::StopFlag;
 use crate::pipeline::{Payload, Processed};
 use crate::ring::uring::{UringWriter, WriteSeg};
 use crate::ring::BackendKind;
+use crate::stop::StopFlag;
 use crate::sys;
 
 /// Counters of a raw sink.

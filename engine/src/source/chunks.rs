@@ -65,6 +65,7 @@ impl Source for DiskSource {
                 fixed_buffers: t.fixed_buffers,
             },
         );
+        backend.set_pacer(t.pacer());
         // A sink that keeps chunks in flight (raw writes) holds read buffers too.
         let pools = Pools::new(
             cs,

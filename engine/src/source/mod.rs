@@ -2,30 +2,29 @@
 //! worked on (zero map, digest, lz4 for a disk; structure, CRC, lz4 and digest checked for a dsimg
 //! frame stream), and hands them to the transfer, which feeds the sink.
 //!
-//! - [`disk`]: a block device or file opened with O_DIRECT, its geometry and data extents;
-//!   [`plan`]: the pure chunk planner (which reads each chunk needs; holes are never read).
+//! - [`crate::disk`]: a block device or file opened with O_DIRECT, its geometry and data extents;
+//!   [`crate::plan`]: the pure chunk planner (which reads each chunk needs; holes are never read).
 //! - [`chunks::DiskSource`]: a disk read through the ring and the worker pipeline.
 //! - [`frames::FrameSource`]: a `dsimg` frame stream (a file read with O_DIRECT, or any byte
 //!   stream: a pipe or socket) checked on the workers.
 
 pub mod chunks;
-pub mod disk;
 pub mod frames;
-pub mod plan;
 
 use std::path::PathBuf;
 
+pub use crate::disk::{Disk, SourceKind};
+pub use crate::plan::{plan_chunks, ChunkPlan, ReadPlan, Segment, MAX_SEGMENTS};
 pub use chunks::DiskSource;
-pub use disk::{Disk, SourceKind};
 pub use frames::{FrameSource, FrameStream};
-pub use plan::{plan_chunks, ChunkPlan, ReadPlan, Segment, MAX_SEGMENTS};
 
 use crate::digest::{Checksum, Hash};
 use crate::error::Result;
-use crate::ops::{Progress, Tuning};
 use crate::pipeline::Processed;
 use crate::ring::BackendKind;
 use crate::sink::SinkNeeds;
+use crate::stop::Progress;
+use crate::tuning::Tuning;
 
 /// What a source holds, known before it is read.
 #[derive(Clone, Debug)]

@@ -89,6 +89,9 @@ pub struct ExportOp {
     pub checksum: Checksum,
     /// How often a transfer reports progress.
     pub progress_interval: Duration,
+    /// `--bwlimit`: bytes of disk data per second for the whole export, shared evenly by the
+    /// disks transferred at the same time.
+    pub bwlimit: Option<u64>,
 }
 
 impl ExportOp {
@@ -112,6 +115,7 @@ impl ExportOp {
             max_parallel_disks: 1,
             pages: Pages::Thp,
             checksum: Checksum::default(),
+            bwlimit: None,
             progress_interval: Duration::from_secs(5),
         }
     }

@@ -278,6 +278,29 @@ fn snapshot_capable_live_export() {
     assert!(f.nodes.is_running(INST));
 }
 
+/// `--bwlimit` is for the whole export: with two disks moving at once each gets half; one at a
+/// time, each gets all of it.
+#[test]
+fn bwlimit_is_shared_by_the_disks_moving_at_once() {
+    for (parallel, each) in [(2, 50_000_000), (1, 100_000_000)] {
+        let f = Fixture::new("up", true);
+        let r = f
+            .export(ExportOp {
+                shutdown: false,
+                bwlimit: Some(100_000_000),
+                max_parallel_disks: parallel,
+                ..op()
+            })
+            .unwrap();
+        assert_ok(&r);
+        let sends: Vec<String> = f.calls().into_iter().filter(|c| c.starts_with("send_disk")).collect();
+        assert_eq!(sends.len(), 2, "{sends:?}");
+        for c in &sends {
+            assert!(c.ends_with(&format!(" bwlimit {each}")), "{parallel} at once: {c}");
+        }
+    }
+}
+
 /// testFileLiveExport: a live export needs snapshots.
 #[test]
 fn non_snapshot_live_export_is_refused() {

@@ -293,6 +293,8 @@ fn send_all(x: &Exec<'_>, jobs: &[DiskJob], snaps: &SnapSet<'_>) {
     let next = AtomicUsize::new(0);
     let all_done = AtomicBool::new(false);
     let workers = x.op.max_parallel_disks.min(jobs.len()).max(1);
+    // --bwlimit is for the whole export: each disk moving at the same time gets its share.
+    let per_disk = x.op.bwlimit.map(|r| (r / workers as u64).max(1));
     thread::scope(|s| {
         let reporter = s.spawn(|| report_progress(x.fb(), jobs, &all_done, x.op.progress_interval));
         let handles: Vec<_> = (0..workers)
@@ -302,7 +304,7 @@ fn send_all(x: &Exec<'_>, jobs: &[DiskJob], snaps: &SnapSet<'_>) {
                     if i >= jobs.len() || x.interrupted() {
                         break;
                     }
-                    send_one(x, &jobs[i]);
+                    send_one(x, &jobs[i], per_disk);
                     snaps.remove(i);
                 })
             })
@@ -317,7 +319,7 @@ fn send_all(x: &Exec<'_>, jobs: &[DiskJob], snaps: &SnapSet<'_>) {
 }
 
 /// Sends one disk with Ganeti's messages around it.
-fn send_one(x: &Exec<'_>, job: &DiskJob) {
+fn send_one(x: &Exec<'_>, job: &DiskJob, bwlimit: Option<u64>) {
     let (fb, src, dst) = (x.fb(), x.src(), x.target.name.as_str());
     fb.info(fbk::exporting(&job.label, src, dst));
     fb.info(fbk::sending_data(&job.label, src));
@@ -333,6 +335,7 @@ fn send_one(x: &Exec<'_>, job: &DiskJob) {
         dump: job.dump.clone(),
         pages: x.op.pages,
         checksum: x.op.checksum,
+        bwlimit,
     };
     let r = x.nodes().send_disk(&req, &job.progress);
     job.finished.store(true, Ordering::Release);

@@ -35,6 +35,13 @@ pub use validate::{
     MAX_HOOKS_SECONDS, MAX_NAME_LEN, MAX_NICS, REQUIRED_BEPARAMS,
 };
 
+/// The default per-script hook timeout: Ganeti's `RPC_TMO_NORMAL` (15 minutes), which in Ganeti
+/// bounds the whole hooks RPC of a node.
+pub const DEFAULT_SCRIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// How often a hook script that is still running is reported by default.
+pub const DEFAULT_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A configuration file that could not be loaded: the file, the key at fault and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -133,16 +140,16 @@ impl Cluster {
         self.config
             .cluster
             .hooks_timeout
-            .map_or(crate::hooks::DEFAULT_SCRIPT_TIMEOUT, std::time::Duration::from_secs_f64)
+            .map_or(DEFAULT_SCRIPT_TIMEOUT, std::time::Duration::from_secs_f64)
     }
 
     /// How often a running hook script is reported (`[cluster] hooks_report_interval`, else
     /// every 60 s).
     pub fn hooks_report_interval(&self) -> std::time::Duration {
-        self.config.cluster.hooks_report_interval.map_or(
-            crate::hooks::DEFAULT_REPORT_INTERVAL,
-            std::time::Duration::from_secs_f64,
-        )
+        self.config
+            .cluster
+            .hooks_report_interval
+            .map_or(DEFAULT_REPORT_INTERVAL, std::time::Duration::from_secs_f64)
     }
 
     /// All nodes, in file order.
@@ -179,18 +186,7 @@ impl Cluster {
         let names: Vec<&str> = self.config.instances.iter().map(|i| i.name.as_str()).collect();
         let full = match_name_component(name, &names).ok_or_else(|| OpError::not_known("Instance", name))?;
         let inst = self.instance(full).expect("matched an existing name");
-        if let Some(uuid) = expected_uuid {
-            if inst.uuid != uuid {
-                return Err(OpError::prereq(
-                    Ecode::NotUnique,
-                    format!(
-                        "The instances UUID '{}' does not match the expected UUID '{uuid}' for \
-                         instance '{}'. Maybe the instance changed since you submitted this job.",
-                        inst.uuid, inst.name
-                    ),
-                ));
-            }
-        }
+        check_expected_uuid("instance", &inst.uuid, &inst.name, expected_uuid)?;
         Ok(inst)
     }
 
@@ -200,19 +196,23 @@ impl Cluster {
         let names: Vec<&str> = self.config.nodes.iter().map(|n| n.name.as_str()).collect();
         let full = match_name_component(name, &names).ok_or_else(|| OpError::not_known("Node", name))?;
         let node = self.node(full).expect("matched an existing name");
-        if let Some(uuid) = expected_uuid {
-            if node.uuid != uuid {
-                return Err(OpError::prereq(
-                    Ecode::NotUnique,
-                    format!(
-                        "The nodes UUID '{}' does not match the expected UUID '{uuid}' for \
-                         node '{}'. Maybe the node changed since you submitted this job.",
-                        node.uuid, node.name
-                    ),
-                ));
-            }
-        }
+        check_expected_uuid("node", &node.uuid, &node.name, expected_uuid)?;
         Ok(node)
+    }
+}
+
+/// The opcode's `instance_uuid` / `node_uuid` check: the expanded entity must have the UUID the
+/// job was submitted for (`ECODE_NOTUNIQUE`, Ganeti's message).
+fn check_expected_uuid(kind: &str, uuid: &str, name: &str, expected: Option<&str>) -> Result<(), OpError> {
+    match expected {
+        Some(want) if want != uuid => Err(OpError::prereq(
+            Ecode::NotUnique,
+            format!(
+                "The {kind}s UUID '{uuid}' does not match the expected UUID '{want}' for {kind} '{name}'. \
+                 Maybe the {kind} changed since you submitted this job."
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -96,8 +96,8 @@ pub fn is_safe_name(s: &str) -> bool {
 /// directories, hidden `.<name>.ds-removing-<pid>` directories, `<disk>.ds-snap-<name>-<pid>`
 /// snapshots), or `None` if it is fine.
 pub fn reserved_instance_name(name: &str) -> Option<String> {
-    use crate::export::store::{REMOVING_MARKER, STAGING_SUFFIX};
-    use crate::snapshot::SNAP_MARKER;
+    use crate::names::SNAP_MARKER;
+    use crate::names::{REMOVING_MARKER, STAGING_SUFFIX};
     if name.ends_with(STAGING_SUFFIX) {
         return Some(format!(
             "ends with '{STAGING_SUFFIX}', the suffix of export staging directories (its export \
@@ -380,14 +380,14 @@ fn check_snapshot_name_len(inst: &Instance, d: &Disk, dk: &str) -> Result<(), In
         DiskTemplate::Blockdev => return Ok(()),
     };
     let base = d.path.file_name().map_or(0, |b| b.len());
-    let snap = crate::snapshot::snapshot_name(&"x".repeat(base), &inst.name, u32::MAX).len();
+    let snap = crate::names::snapshot_name(&"x".repeat(base), &inst.name, u32::MAX).len();
     if snap > limit {
         return Err(invalid(
             format!("{dk}.path"),
             format!(
                 "the disk's snapshot name (<disk>{}<instance>-<pid>) would be {snap} bytes, longer than \
                  {what}: shorten the disk's file name or the instance name",
-                crate::snapshot::SNAP_MARKER
+                crate::names::SNAP_MARKER
             ),
         ));
     }

@@ -23,10 +23,7 @@ use rustix::io::Errno;
 
 use crate::fsutil;
 
-/// The suffix of staging directories.
-pub const STAGING_SUFFIX: &str = ".new";
-/// The marker of directories being removed.
-pub const REMOVING_MARKER: &str = ".ds-removing-";
+pub use crate::names::{REMOVING_MARKER, STAGING_SUFFIX};
 
 /// Why a node's export store could not be read or changed.
 #[derive(Debug, thiserror::Error)]

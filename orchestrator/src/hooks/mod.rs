@@ -42,12 +42,7 @@ use crate::error::{Ecode, ErrorKind, OpError};
 /// Ganeti's `HOOKS_PATH`: the only `PATH` hook scripts get.
 pub const HOOKS_PATH: &str = "/sbin:/bin:/usr/sbin:/usr/bin";
 
-/// The default per-script timeout: Ganeti's `RPC_TMO_NORMAL` (15 minutes), which in Ganeti
-/// bounds the whole hooks RPC of a node.
-pub const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-
-/// How often a script that is still running is reported by default.
-pub const DEFAULT_REPORT_INTERVAL: Duration = Duration::from_secs(60);
+pub use crate::cluster::{DEFAULT_REPORT_INTERVAL, DEFAULT_SCRIPT_TIMEOUT};
 
 /// How much of a script's output is kept: the last 64 KiB.
 pub const OUTPUT_TAIL: usize = 64 * 1024;

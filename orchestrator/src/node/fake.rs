@@ -302,8 +302,9 @@ impl NodeOps for FakeNodes {
             DiskSource::Disk => "disk".to_string(),
             DiskSource::Snapshot(s) => s.name.clone(),
         };
+        let limit = req.bwlimit.map(|r| format!(" bwlimit {r}")).unwrap_or_default();
         self.record(format!(
-            "send_disk {}->{} {} disk/{} from {from}",
+            "send_disk {}->{} {} disk/{} from {from}{limit}",
             req.source_node, req.target_node, req.instance, req.disk
         ));
         if !self

@@ -107,6 +107,7 @@ impl<'a> LocalNodeOps<'a> {
             tuning: Tuning {
                 pages: req.pages,
                 stop: Some(Arc::clone(&self.stop)),
+                bwlimit: req.bwlimit,
                 ..Tuning::default()
             },
             ..CreateOptions::default()

@@ -74,6 +74,8 @@ pub struct SendDisk {
     /// The chunk digest recorded in the dump's manifest.
     #[serde(with = "serde_checksum")]
     pub checksum: Checksum,
+    /// Bytes of disk data per second this disk may move (`None`: unlimited).
+    pub bwlimit: Option<u64>,
 }
 
 /// How far a disk transfer is, updated by the node while it runs.

@@ -1,5 +1,5 @@
 //! A disk: a block device or file opened with O_DIRECT, its size, logical block size and data
-//! extents (`SEEK_DATA`/`SEEK_HOLE`), which [`super::plan`] turns into reads.
+//! extents (`SEEK_DATA`/`SEEK_HOLE`), which [`crate::plan`] turns into reads.
 
 use std::fs::File;
 use std::io;

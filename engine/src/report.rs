@@ -8,8 +8,8 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::{Serialize, Serializer};
 
-use super::Format;
 use crate::digest::{hex, Checksum};
+use crate::format::Format;
 use crate::ring::BackendKind;
 use crate::sink::SinkStats;
 use crate::source::{SourceInfo, SourceStats};

@@ -1,7 +1,8 @@
 //! Stage-by-stage measurements for `diskstream bench`: CPU kernels (BLAKE3, SHA-256, lz4, zero check)
 //! per core and on all cores, O_DIRECT reads through the engine's ring at a sweep of queue depths
 //! and chunk sizes, O_DIRECT writes to a scratch file, and the pipeline end to end. Every rate is
-//! bytes of input per second.
+//! bytes of input per second. [`run::run`] measures a whole [`run::BenchPlan`] and
+//! [`verdict::Verdict`] says what limits an export; a frontend only renders the report.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,14 +10,21 @@ use std::time::{Duration, Instant};
 
 use crate::buf::BufPool;
 use crate::digest::{is_zero, Checksum};
+use crate::disk::Disk;
 use crate::error::{Error, Result};
 use crate::pipeline::{self, zero_block_size};
+use crate::plan::plan_chunks;
 use crate::ring::uring::UringReader;
 use crate::ring::{ReadBackend, RingOptions};
 use crate::sample::{fill_content, Rng};
 use crate::sink::target::Target;
-use crate::source::{plan_chunks, Disk};
 use lz4_flex::block::CompressTable;
+
+pub mod run;
+pub mod verdict;
+
+pub use run::{run, BenchPlan, BenchReport, BenchTarget, Row};
+pub use verdict::{Curve, Verdict};
 
 /// Chunk size the CPU kernels work on (the engine's default).
 pub const KERNEL_CHUNK: usize = crate::ops::DEFAULT_CHUNK as usize;

@@ -1,0 +1,28 @@
+//! The names diskstream gives what it creates beside the user's data (staging and removal
+//! directories, snapshots), kept in one place so the cluster config can refuse instance names
+//! that would collide with them, and the modules that create them use the same spelling.
+
+/// The suffix of staging directories.
+pub const STAGING_SUFFIX: &str = ".new";
+/// The marker of directories being removed.
+pub const REMOVING_MARKER: &str = ".ds-removing-";
+/// The marker in snapshot names.
+pub const SNAP_MARKER: &str = ".ds-snap-";
+
+/// The snapshot name of a disk file or LV `base` for `instance` made by process `pid`.
+pub fn snapshot_name(base: &str, instance: &str, pid: u32) -> String {
+    format!("{base}{SNAP_MARKER}{}-{pid}", sanitize(instance))
+}
+
+/// LVM names allow letters, digits and `+_.-`; anything else becomes `_`.
+pub(crate) fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '+' | '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,242 @@
+//! `--bwlimit`: a throttled copy takes the time the rate says and never bursts above it, read
+//! back from the output file's allocated bytes while it is being written.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+/// Allocated bytes of the output, under its final name or its `.NAME.partial-PID` staging name.
+fn written(dir: &Path, name: &str) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("ls")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n == name || n.starts_with(&format!(".{name}.partial-"))
+        })
+        .map(|e| e.metadata().map(|m| m.blocks() * 512).unwrap_or(0))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Runs `diskstream ARGS`, sampling the output's allocated bytes every 50 ms; returns the wall
+/// time and the samples.
+fn run_sampled(args: &[&str], dir: &Path, out: &str) -> (Duration, Vec<(Duration, u64)>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diskstream"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn diskstream");
+    let t0 = Instant::now();
+    let mut samples = Vec::new();
+    loop {
+        samples.push((t0.elapsed(), written(dir, out)));
+        if let Some(status) = child.try_wait().expect("wait") {
+            let took = t0.elapsed();
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut err).expect("stderr");
+            assert!(status.success(), "diskstream {args:?}: {err}");
+            samples.push((took, written(dir, out)));
+            return (took, samples);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The most bytes written in any one-second window of the samples.
+fn max_per_second(samples: &[(Duration, u64)]) -> u64 {
+    let mut best = 0;
+    for (i, &(t, b)) in samples.iter().enumerate() {
+        let end = samples[i..]
+            .iter()
+            .take_while(|&&(u, _)| u <= t + Duration::from_secs(1))
+            .last()
+            .map_or(b, |&(_, e)| e);
+        best = best.max(end - b);
+    }
+    best
+}
+
+#[test]
+fn bwlimit_50m_copies_a_gib_in_21_5_s_without_bursts() {
+    let dir = common::scratch();
+    let src = dir.path().join("src.img");
+    // Incompressible, no zero chunk: every byte is disk data to move.
+    common::make_disk(&src, 1 << 30, common::Data::Random, 7);
+    let (took, samples) = run_sampled(
+        &[
+            "image",
+            "create",
+            "--format",
+            "raw",
+            "--bwlimit",
+            "50M",
+            src.to_str().expect("utf-8"),
+            dir.path().join("out.img").to_str().expect("utf-8"),
+        ],
+        dir.path(),
+        "out.img",
+    );
+    let want = (1u64 << 30) as f64 / 50e6; // 21.47 s
+    let secs = took.as_secs_f64();
+    assert!(
+        (secs - want).abs() <= want * 0.10,
+        "1 GiB at 50 MB/s took {secs:.2} s, want {want:.2} s ± 10 %"
+    );
+    let peak = max_per_second(&samples);
+    assert!(
+        peak <= 60_000_000,
+        "{peak} bytes in one second (limit 50 MB/s, at most 60 MB in any second)"
+    );
+    assert!(peak >= 40_000_000, "the sampling saw the copy run: peak {peak} bytes/s");
+    common::assert_same_bytes(&src, &dir.path().join("out.img"));
+}
+
+#[test]
+fn bwlimit_paces_restore_and_is_refused_when_not_a_rate() {
+    let dir = common::scratch();
+    let src = dir.path().join("src.img");
+    common::make_disk(&src, 100 << 20, common::Data::Random, 8);
+    let img = dir.path().join("img.dsimg");
+    let out = common::ds(&[
+        "image",
+        "create",
+        "--format",
+        "dsimg",
+        "--compress",
+        "none",
+        src.to_str().unwrap(),
+        img.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (took, samples) = run_sampled(
+        &[
+            "image",
+            "restore",
+            "--bwlimit",
+            "25MB/s",
+            img.to_str().unwrap(),
+            dir.path().join("back.img").to_str().unwrap(),
+        ],
+        dir.path(),
+        "back.img",
+    );
+    let want = (100u64 << 20) as f64 / 25e6; // 4.19 s
+    let secs = took.as_secs_f64();
+    assert!(
+        (secs - want).abs() <= want * 0.15,
+        "100 MiB at 25 MB/s took {secs:.2} s, want {want:.2} s"
+    );
+    let peak = max_per_second(&samples);
+    assert!(peak <= 32_000_000, "{peak} bytes in one second at 25 MB/s");
+    common::assert_same_bytes(&src, &dir.path().join("back.img"));
+
+    for bad in ["fast", "-5M", "1e6", "50Mbit"] {
+        let out = common::ds(&["image", "scan", &format!("--bwlimit={bad}"), src.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "--bwlimit {bad} is a usage error");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("{bad:?} is not a rate")), "{err}");
+    }
+}
+
+/// Runs `diskstream ARGS` with `env`, and while it runs reads its nice value
+/// (/proc/PID/stat) and I/O priority (`ionice -p PID`).
+fn priorities_while_running(args: &[&str], env: &[(&str, &str)]) -> (i64, String, std::process::Output) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_diskstream"));
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("spawn");
+    let pid = child.id();
+    let t0 = Instant::now();
+    let (mut nice, mut ionice) = (i64::MIN, String::new());
+    // Wait until the handlers are up (the priorities are set before the work starts).
+    while t0.elapsed() < Duration::from_secs(5) && !common::handlers_installed(pid) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+        nice = after
+            .split_whitespace()
+            .nth(16)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(i64::MIN);
+    }
+    if let Ok(out) = Command::new("ionice").args(["-p", &pid.to_string()]).output() {
+        ionice = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    }
+    (nice, ionice, child.wait_with_output().expect("wait"))
+}
+
+#[test]
+fn ionice_and_nice_apply_to_the_run_and_defaults_come_from_the_config_file() {
+    let dir = common::scratch();
+    let src = dir.path().join("src.img");
+    common::make_disk(&src, 64 << 20, common::Data::Random, 9);
+    let srcs = src.to_str().unwrap();
+    // 64 MiB at 32 MB/s: about 2 s to look at the process.
+    let (nice, ionice, out) = priorities_while_running(
+        &[
+            "image",
+            "scan",
+            "--bwlimit",
+            "32M",
+            "--ionice",
+            "idle",
+            "--nice",
+            "7",
+            srcs,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(nice, 7, "nice of the running process");
+    assert_eq!(ionice, "idle", "ionice -p of the running process");
+
+    // The same from a defaults file; a flag still wins over it.
+    let conf = dir.path().join("diskstream.toml");
+    std::fs::write(&conf, "bwlimit = \"32M\"\nionice = \"best-effort:6\"\nnice = 3\n").unwrap();
+    let env = [("DISKSTREAM_CONFIG", conf.to_str().unwrap())];
+    let (nice, ionice, out) = priorities_while_running(&["image", "scan", "--nice", "5", srcs], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((nice, ionice.as_str()), (5, "best-effort: prio 6"));
+    let t0 = Instant::now();
+    let out = common::ds_env(&["image", "scan", "--bwlimit", "10G", srcs], &env);
+    assert!(out.status.success());
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "--bwlimit on the command line wins: {:?}",
+        t0.elapsed()
+    );
+
+    // Bad defaults files are refused with the file and the key named.
+    for (text, want) in [
+        ("bwlimit = \"fast\"\n", "bwlimit: \"fast\" is not a rate"),
+        ("ionice = \"realtime\"\n", "ionice: \"realtime\" is not an I/O priority"),
+        ("nice = 40\n", "nice: 40 is not in 0..19"),
+        ("bwlimt = \"5M\"\n", "unknown field `bwlimt`"),
+        ("bwlimit = 5\n", "invalid type"),
+    ] {
+        std::fs::write(&conf, text).unwrap();
+        let out = common::ds_env(&["image", "scan", srcs], &env);
+        assert!(!out.status.success(), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(conf.to_str().unwrap()) && err.contains(want),
+            "{text}: {err}"
+        );
+    }
+    let missing = dir.path().join("nope.toml");
+    let out = common::ds_env(
+        &["image", "scan", srcs],
+        &[("DISKSTREAM_CONFIG", missing.to_str().unwrap())],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file (named by DISKSTREAM_CONFIG)"));
+}
