@@ -14,7 +14,8 @@ use clap::Args;
 use diskstream_engine::bench::{self, BenchPlan, BenchReport, BenchTarget, Row, ScratchFile};
 use diskstream_engine::digest::Checksum;
 use diskstream_engine::ops;
-use serde::Serialize;
+
+use crate::contract::{self, Failed, Kind, Op};
 
 /// Arguments of `diskstream bench`.
 #[derive(Args, Debug)]
@@ -37,34 +38,23 @@ pub struct BenchArgs {
     threads: Option<usize>,
     /// The chunk digest the pipeline stages use and the verdict is for (both are measured as
     /// CPU kernels).
-    #[arg(long, default_value = "blake3")]
+    #[arg(long, default_value = "blake3", value_parser = crate::cli::checksums())]
     checksum: Checksum,
     /// Allow writing to a block device (its first --size bytes are overwritten) or next to an
     /// existing file.
     #[arg(long)]
     force: bool,
-    /// Show every point of the device sweep.
-    #[arg(long)]
-    verbose: bool,
+    /// Show every point of the device sweep (the global `-v`/`--verbose`).
+    #[arg(skip)]
+    pub verbose: bool,
     /// Print one JSON object; every rate is a number under a key ending in `_bytes_per_s`.
     #[arg(long)]
     json: bool,
 }
 
 fn err(msg: String, json_out: bool) -> ExitCode {
-    if json_out {
-        #[derive(Serialize)]
-        struct Failed<'a> {
-            ok: bool,
-            error: &'a str,
-        }
-        match serde_json::to_string(&Failed { ok: false, error: &msg }) {
-            Ok(j) => println!("{j}"),
-            Err(e) => eprintln!("diskstream bench: cannot print the JSON result: {e}"),
-        }
-    }
     eprintln!("diskstream bench: error: {msg}");
-    ExitCode::FAILURE
+    Failed::new(Op::Bench, Kind::Error, msg).emit(json_out)
 }
 
 /// True if and only if `dir` is (inside) an export directory: Ganeti's `.../lib/ganeti/export`
@@ -163,35 +153,28 @@ pub fn run(a: BenchArgs) -> ExitCode {
     let json_out = a.json;
     match bench::run(&plan, &stop, &mut |msg| say(json_out, msg)) {
         Ok(report) => {
-            render(&report, &a);
-            ExitCode::SUCCESS
+            tracing::info!("bench ended: ok");
+            render(&report, &a)
         }
         Err(e) if stop.load(Ordering::Relaxed) => {
             drop(plan);
-            eprintln!(
-                "diskstream bench: interrupted by {}; scratch files removed ({e})",
+            let msg = format!(
+                "interrupted by {}; scratch files removed ({e})",
                 interrupt.signal_name()
             );
-            interrupt.exit_code()
+            eprintln!("diskstream bench: {msg}");
+            Failed::new(Op::Bench, Kind::Interrupted, msg)
+                .signal(interrupt.signal_name(), interrupt.code())
+                .emit(a.json)
         }
         Err(e) => err(e, a.json),
     }
 }
 
 /// Prints the report: one JSON object, or the table and the verdict.
-fn render(r: &BenchReport, a: &BenchArgs) {
+fn render(r: &BenchReport, a: &BenchArgs) -> ExitCode {
     if a.json {
-        #[derive(Serialize)]
-        struct Out<'a> {
-            ok: bool,
-            #[serde(flatten)]
-            report: &'a BenchReport,
-        }
-        match serde_json::to_string(&Out { ok: true, report: r }) {
-            Ok(j) => println!("{j}"),
-            Err(e) => eprintln!("diskstream bench: cannot print the JSON result: {e}"),
-        }
-        return;
+        return contract::done(Op::Bench, r, true);
     }
     print_table(&r.rows);
     println!();
@@ -232,6 +215,7 @@ fn render(r: &BenchReport, a: &BenchArgs) {
              stages (up to 2x on virtio); `image` commands can use reserved pages with --hugetlb"
         );
     }
+    ExitCode::SUCCESS
 }
 
 fn print_table(rows: &[Row]) {

@@ -1,7 +1,7 @@
-//! Argument parsing and dispatch: `diskstream image {create,verify,restore,info}` and `demo`.
-//! Exit codes (documented in the README): 0 success, 1 failure, 2 usage, 3 integrity (the data
-//! is damaged: corrupt or truncated image, checksum mismatch), 130/143 interrupted by
-//! SIGINT/SIGTERM (partial outputs removed).
+//! Argument parsing and dispatch: `diskstream image {create,verify,restore,scan,info}`,
+//! `export`, `list`, `remove`, `demo`, `bench`, `completions`, `man`, and the global `-v`/`-q`.
+//! Exit codes are the one table of [`crate::exit`]; a command line clap refuses exits 2 (with
+//! the JSON failure on stdout when `--json` was given).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,6 +15,7 @@ use diskstream_engine::ops::{
 use diskstream_engine::ring::BackendKind;
 use diskstream_engine::sink::ZeroPolicy;
 
+use crate::contract::{Failed, Kind, Op};
 use crate::output;
 use crate::units::parse_size;
 
@@ -23,6 +24,12 @@ use crate::units::parse_size;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// More log detail on stderr (-v debug, -vv trace); DISKSTREAM_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors in the log, and no progress lines or bars.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -46,6 +53,14 @@ enum Cmd {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Print the JSON Schema of the --json results or the --progress json lines (the files in
+    /// docs/schema/ are this output).
+    #[command(hide = true)]
+    Schema {
+        /// Which schema.
+        #[arg(value_enum)]
+        which: crate::contract::SchemaKind,
+    },
     /// Print the man page (roff) to stdout, or write one page per command into --dir.
     Man {
         /// Write diskstream.1 and diskstream-COMMAND.1 pages into this directory.
@@ -63,18 +78,18 @@ enum ImageCmd {
         /// Output image (a new file, or a block device for --format raw).
         out: PathBuf,
         /// raw: sparse raw copy; dsimg: native image (see docs/image-format.md).
-        #[arg(long, default_value = "raw")]
+        #[arg(long, default_value = "raw", value_parser = choice::<Format>(&["raw", "dsimg"]))]
         format: Format,
         /// Compression of dsimg data chunks.
         #[arg(long, default_value = "lz4", value_parser = ["lz4", "none"])]
         compress: String,
         /// Chunk digest recorded in the image and manifest: blake3 (fast on every CPU) or sha256.
-        #[arg(long, default_value = "blake3")]
+        #[arg(long, default_value = "blake3", value_parser = checksums())]
         checksum: Checksum,
         #[command(flatten)]
         tune: Tune,
         /// Replace OUT if it exists (it is replaced only once the new image is complete).
-        #[arg(long)]
+        #[arg(short, long)]
         force: bool,
     },
     /// Re-read an image with O_DIRECT and check every chunk.
@@ -93,7 +108,7 @@ enum ImageCmd {
         #[command(flatten)]
         tune: Tune,
         /// Replace DEST if it is an existing file.
-        #[arg(long)]
+        #[arg(short, long)]
         force: bool,
     },
     /// Read SRC through the pipeline (zero check, digest, optional lz4) into a null sink.
@@ -104,7 +119,7 @@ enum ImageCmd {
         #[arg(long, default_value = "none", value_parser = ["lz4", "none"])]
         compress: String,
         /// Chunk digest: blake3 or sha256.
-        #[arg(long, default_value = "blake3")]
+        #[arg(long, default_value = "blake3", value_parser = checksums())]
         checksum: Checksum,
         #[command(flatten)]
         tune: Tune,
@@ -138,7 +153,10 @@ struct Tune {
     #[arg(long)]
     threads: Option<usize>,
     /// Read/write backend: uring (falls back to pread if the kernel refuses) or pread.
-    #[arg(long, default_value = "uring")]
+    #[arg(long, default_value = "uring", value_parser = choice::<BackendKind>([
+        clap::builder::PossibleValue::new("uring").alias("io_uring"),
+        clap::builder::PossibleValue::new("pread"),
+    ]))]
     backend: BackendKind,
     /// Register buffers and files with io_uring (measured slower on virtio; see docs/performance.md).
     #[arg(long)]
@@ -153,7 +171,7 @@ struct Tune {
     #[command(flatten)]
     throttle: crate::throttle::Throttle,
     /// Zero chunks on a block device target: write (default), discard, or skip (target known zeroed).
-    #[arg(long, default_value = "write")]
+    #[arg(long, default_value = "write", value_parser = choice::<ZeroPolicy>(&["write", "discard", "skip"]))]
     zero_target: ZeroPolicy,
     /// Manifest path (default OUT.manifest; required for a block device OUT).
     #[arg(long)]
@@ -161,6 +179,9 @@ struct Tune {
     /// Print one JSON object with the result instead of text.
     #[arg(long)]
     json: bool,
+    /// Progress as one JSON object per line on stderr (docs/json.md).
+    #[arg(long, value_enum)]
+    progress: Option<crate::contract::ProgressFormat>,
 }
 
 #[derive(Args, Debug)]
@@ -171,9 +192,47 @@ struct DemoArgs {
     /// Size of the sample disk (K/M/G suffixes).
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     size: u64,
+    /// Print one JSON object with the result on stdout (messages go to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// A flag whose values are an engine type's names: parsed by its `FromStr`, listed in `--help`
+/// and completions like a clap `ValueEnum`'s (the engine does not depend on clap).
+pub fn choice<T>(
+    values: impl IntoIterator<Item = impl Into<clap::builder::PossibleValue>>,
+) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(values).try_map(|s| s.parse::<T>())
+}
+
+/// `--checksum`'s values.
+pub fn checksums() -> impl clap::builder::TypedValueParser<Value = Checksum> {
+    choice::<Checksum>(&["blake3", "sha256"])
 }
 
 impl Tune {
+    /// [`Self::options`], or the usage failure of `op` printed.
+    fn tuning(&self, stop: Option<ops::StopFlag>, op: Op) -> Result<Tuning, ExitCode> {
+        self.options(stop)
+            .map_err(|e| output::fail_msg(op, Kind::Usage, &e, self.json))
+    }
+
+    /// How progress is shown: `--progress json`, else nothing with `-q` or `--json` (unless
+    /// stderr is a terminal), else bars or lines.
+    fn show(&self, quiet: bool) -> output::Show {
+        if self.progress.is_some() {
+            output::Show::Json
+        } else if quiet || (self.json && !std::io::IsTerminal::is_terminal(&std::io::stderr())) {
+            output::Show::Quiet
+        } else {
+            output::Show::Human
+        }
+    }
+
     /// The engine's tuning from these flags, with the SIGINT/SIGTERM flag as its stop flag.
     fn options(&self, stop: Option<ops::StopFlag>) -> Result<Tuning, String> {
         let chunk_size =
@@ -202,29 +261,101 @@ impl Tune {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
+    crate::logging::init(cli.verbose, cli.quiet);
+    tracing::debug!(args = ?std::env::args().collect::<Vec<_>>(), "diskstream {}", env!("CARGO_PKG_VERSION"));
     match cli.cmd {
-        Cmd::Image(cmd) => image(cmd),
-        Cmd::Demo(args) => crate::export_cmd::demo(args.dir, args.size),
-        Cmd::Export(args) => crate::export_cmd::export(args),
+        Cmd::Image(cmd) => image(cmd, cli.quiet),
+        Cmd::Demo(args) => crate::export_cmd::demo(args.dir, args.size, args.json),
+        Cmd::Export(args) => crate::export_cmd::export(args, cli.quiet),
         Cmd::List(args) => crate::export_cmd::list(args),
         Cmd::Remove(args) => crate::export_cmd::remove(args),
-        Cmd::Bench(args) => crate::bench_cmd::run(args),
+        Cmd::Bench(mut args) => {
+            args.verbose = cli.verbose > 0;
+            crate::bench_cmd::run(args)
+        }
         Cmd::Completions { shell } => crate::install_cmd::completions(Cli::command(), shell),
+        Cmd::Schema { which } => {
+            print!("{}", which.schema());
+            ExitCode::SUCCESS
+        }
         Cmd::Man { dir } => crate::install_cmd::man(Cli::command(), dir.as_deref()),
     }
 }
 
-fn image(cmd: ImageCmd) -> ExitCode {
+/// A command line clap refused: clap's message on stderr, the JSON failure on stdout when
+/// `--json` was among the arguments, and exit code 2 (help and version exit 0 as clap's do).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as K;
+    if matches!(
+        e.kind(),
+        K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.kind() == K::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(crate::exit::EXIT_USAGE)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let _ = e.print();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().any(|a| a == "--json");
+    let op = op_of(&args);
+    let msg = e.render().to_string();
+    let lines: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let text = lines.join(" ");
+    Failed::new(op, Kind::Usage, text.trim_start_matches("error: ")).emit(json)
+}
+
+/// The command named on a command line clap refused (for the JSON failure's `op`).
+fn op_of(args: &[String]) -> Op {
+    let words: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    match words.as_slice() {
+        ["image", "create", ..] => Op::ImageCreate,
+        ["image", "verify", ..] => Op::ImageVerify,
+        ["image", "restore", ..] => Op::ImageRestore,
+        ["image", "scan", ..] => Op::ImageScan,
+        ["image", "info", ..] => Op::ImageInfo,
+        ["export", ..] => Op::Export,
+        ["list", ..] => Op::List,
+        ["remove", ..] => Op::Remove,
+        ["demo", ..] => Op::Demo,
+        ["bench", ..] => Op::Bench,
+        _ => Op::Diskstream,
+    }
+}
+
+fn image(cmd: ImageCmd, quiet: bool) -> ExitCode {
+    image_op(cmd, quiet).unwrap_or_else(|code| code)
+}
+
+/// [`image`], with an early exit code as the error.
+fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
     let progress: Progress = Default::default();
     // Installed before anything is opened: a SIGINT/SIGTERM from here on stops the operation at
     // the next chunk, its partial outputs are removed, and the exit code is 130/143.
     let interrupt = match crate::interrupt::Interrupt::install() {
         Ok(i) => i,
-        Err(e) => return output::fail_msg(&format!("cannot install the SIGINT/SIGTERM handlers: {e}")),
+        Err(e) => {
+            let msg = format!("cannot install the SIGINT/SIGTERM handlers: {e}");
+            return Err(output::fail_msg(Op::Diskstream, Kind::Error, &msg, false));
+        }
     };
     let stop = Some(interrupt.flag());
-    match cmd {
+    Ok(match cmd {
         ImageCmd::Create {
             src,
             out,
@@ -234,10 +365,7 @@ fn image(cmd: ImageCmd) -> ExitCode {
             tune,
             force,
         } => {
-            let tuning = match tune.options(stop) {
-                Ok(t) => t,
-                Err(e) => return output::fail_msg(&e),
-            };
+            let tuning = tune.tuning(stop, Op::ImageCreate)?;
             let o = CreateOptions {
                 tuning,
                 format,
@@ -249,25 +377,24 @@ fn image(cmd: ImageCmd) -> ExitCode {
                 limit: None,
             };
             let total = output::disk_size_hint(&src);
-            let res = output::with_progress(&progress, total, "create", tune.json, || {
+            start(Op::ImageCreate, &src, Some(&out));
+            let res = output::with_progress(&progress, total, Op::ImageCreate, tune.show(quiet), || {
                 ops::create(&src, &out, &o, &progress)
             });
-            output::finish_or_interrupted(res, tune.json, &interrupt, true)
+            output::finish_or_interrupted(res, Op::ImageCreate, tune.json, &interrupt, true)
         }
         ImageCmd::Verify { image, tune } => {
-            let tuning = match tune.options(stop) {
-                Ok(t) => t,
-                Err(e) => return output::fail_msg(&e),
-            };
+            let tuning = tune.tuning(stop, Op::ImageVerify)?;
             let o = VerifyOptions {
                 tuning,
                 manifest: tune.manifest.clone(),
             };
             let total = image_size_hint(&image, &o.manifest);
-            let res = output::with_progress(&progress, total, "verify", tune.json, || {
+            start(Op::ImageVerify, &image, None);
+            let res = output::with_progress(&progress, total, Op::ImageVerify, tune.show(quiet), || {
                 ops::verify(&image, &o, &progress)
             });
-            output::finish_or_interrupted(res, tune.json, &interrupt, false)
+            output::finish_or_interrupted(res, Op::ImageVerify, tune.json, &interrupt, false)
         }
         ImageCmd::Restore {
             image,
@@ -275,10 +402,7 @@ fn image(cmd: ImageCmd) -> ExitCode {
             tune,
             force,
         } => {
-            let tuning = match tune.options(stop) {
-                Ok(t) => t,
-                Err(e) => return output::fail_msg(&e),
-            };
+            let tuning = tune.tuning(stop, Op::ImageRestore)?;
             let o = RestoreOptions {
                 tuning,
                 force,
@@ -286,10 +410,11 @@ fn image(cmd: ImageCmd) -> ExitCode {
                 manifest: tune.manifest.clone(),
             };
             let total = image_size_hint(&image, &o.manifest);
-            let res = output::with_progress(&progress, total, "restore", tune.json, || {
+            start(Op::ImageRestore, &image, Some(&dest));
+            let res = output::with_progress(&progress, total, Op::ImageRestore, tune.show(quiet), || {
                 ops::restore(&image, &dest, &o, &progress)
             });
-            output::finish_or_interrupted(res, tune.json, &interrupt, true)
+            output::finish_or_interrupted(res, Op::ImageRestore, tune.json, &interrupt, true)
         }
         ImageCmd::Scan {
             src,
@@ -297,10 +422,7 @@ fn image(cmd: ImageCmd) -> ExitCode {
             checksum,
             tune,
         } => {
-            let tuning = match tune.options(stop) {
-                Ok(t) => t,
-                Err(e) => return output::fail_msg(&e),
-            };
+            let tuning = tune.tuning(stop, Op::ImageScan)?;
             let o = ScanOptions {
                 tuning,
                 compress: compress == "lz4",
@@ -308,11 +430,20 @@ fn image(cmd: ImageCmd) -> ExitCode {
                 limit: None,
             };
             let total = output::disk_size_hint(&src);
-            let res = output::with_progress(&progress, total, "scan", tune.json, || ops::scan(&src, &o, &progress));
-            output::finish_or_interrupted(res, tune.json, &interrupt, false)
+            start(Op::ImageScan, &src, None);
+            let res = output::with_progress(&progress, total, Op::ImageScan, tune.show(quiet), || {
+                ops::scan(&src, &o, &progress)
+            });
+            output::finish_or_interrupted(res, Op::ImageScan, tune.json, &interrupt, false)
         }
         ImageCmd::Info { image, manifest, json } => output::info(ops::info(&image, &InfoOptions { manifest }), json),
-    }
+    })
+}
+
+/// Logs the start of an image operation.
+fn start(op: Op, input: &std::path::Path, output: Option<&std::path::Path>) {
+    let output = output.map_or_else(|| "-".into(), |p| p.display().to_string());
+    tracing::info!(input = %input.display(), %output, "{} started", op.name());
 }
 
 /// The disk size an image holds, for the progress bar (0 if unknown).

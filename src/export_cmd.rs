@@ -1,13 +1,9 @@
 //! The cluster commands: `export`, `list`, `remove` (Ganeti's `gnt-backup`) and the cluster
 //! `demo`, and how their job messages, progress and results are printed.
 //!
-//! Job messages are printed as the Ganeti CLI prints them (`Thu May  5 12:28:52 2011 Shutting
-//! down instance X`, warnings with ` - WARNING: `; times in UTC) on stdout, or on stderr when
-//! `--json` keeps stdout for the result. `--progress json` prints one JSON object per event
-//! instead. When stderr is a terminal (and `--progress json` is not given), disk progress is
-//! shown as one indicatif bar per disk on stderr (bytes, rate, ETA) instead of the periodic
-//! "disk/0 sent ..." lines; the other messages still print as lines, above the bars. Errors
-//! print Ganeti's report (`Failure: prerequisites not met ...`) on stderr.
+//! Job messages and progress are printed by [`crate::jobs`]; results with `--json` are the
+//! envelopes of [`crate::contract`]. Errors print Ganeti's report (`Failure: prerequisites not
+//! met ...`) on stderr.
 //!
 //! `export` and `remove` install the SIGINT/SIGTERM handler ([`crate::interrupt`]): the flag
 //! it sets reaches lock waits, hooks (their process groups are killed), the shutdown wait and
@@ -16,29 +12,26 @@
 //! message saying where it stopped (`"interrupted": true` in the `--json` result). `list` only
 //! reads and keeps the default signal behaviour.
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::Args;
 use diskstream_engine::buf::Pages;
 use diskstream_engine::error::ErrorKind as EngineKind;
 use diskstream_orchestrator::backup::{self, ExportLu, ExportMode, ExportOp, ExportResult, RemoveLu, RunOptions};
 use diskstream_orchestrator::cluster::Cluster;
-use diskstream_orchestrator::feedback::{format_seconds, log_line, DiskProgress, Event, Feedback, Level};
 use diskstream_orchestrator::{Ecode, ErrorKind, OpError};
-use serde::Serialize;
 
-use crate::exit::EXIT_INTEGRITY;
+use crate::contract::{self, DemoResult, DryRun, Failed, Kind, Listing, Op};
 use crate::interrupt::Interrupt;
+use crate::jobs::{Bars, Printer};
 
-/// The default cluster config: `$DISKSTREAM_CLUSTER`, else `./cluster.toml`.
+/// The cluster config: `--cluster` (or `$DISKSTREAM_CLUSTER`, through clap), else
+/// `./cluster.toml`.
 fn cluster_path(arg: Option<PathBuf>) -> PathBuf {
-    arg.or_else(|| std::env::var_os("DISKSTREAM_CLUSTER").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("cluster.toml"))
+    arg.unwrap_or_else(|| PathBuf::from("cluster.toml"))
 }
 
 /// `diskstream export`.
@@ -75,32 +68,32 @@ pub struct ExportArgs {
     #[arg(long)]
     hugetlb: bool,
     /// Chunk digest recorded in each dump's manifest: blake3 (fast on every CPU) or sha256.
-    #[arg(long, default_value = "blake3")]
+    #[arg(long, default_value = "blake3", value_parser = crate::cli::checksums())]
     checksum: diskstream_engine::digest::Checksum,
     /// Check everything and run the pre hooks, but export nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Cluster config (default: $DISKSTREAM_CLUSTER, else ./cluster.toml).
-    #[arg(long)]
+    /// Cluster config (default ./cluster.toml).
+    #[arg(long, env = "DISKSTREAM_CLUSTER")]
     cluster: Option<PathBuf>,
-    /// Print one JSON object per event instead of text lines.
-    #[arg(long, value_parser = ["json"])]
-    progress: Option<String>,
+    /// Print one JSON object per event on stderr instead of text lines (docs/json.md).
+    #[arg(long, value_enum)]
+    progress: Option<contract::ProgressFormat>,
     /// Print the result as one JSON object on stdout (messages go to stderr).
     #[arg(long)]
     json: bool,
-    /// Not supported (refused with an explanation).
-    #[arg(long)]
+    /// Not supported (hidden; refused with Ganeti's explanation).
+    #[arg(long, hide = true)]
     zero_free_space: bool,
-    /// Not supported (only valid with --zero-free-space).
-    #[arg(long)]
+    /// Not supported (hidden; only valid with --zero-free-space).
+    #[arg(long, hide = true)]
     zeroing_timeout_fixed: Option<u64>,
-    /// Not supported (only valid with --zero-free-space).
-    #[arg(long)]
+    /// Not supported (hidden; only valid with --zero-free-space).
+    #[arg(long, hide = true)]
     zeroing_timeout_per_mib: Option<f64>,
-    /// Export mode; only local is supported.
-    #[arg(long, default_value = "local", value_parser = ["local", "remote"])]
-    mode: String,
+    /// Export mode; only local is supported (remote is refused with Ganeti's message).
+    #[arg(long, value_enum, default_value_t = ModeArg::Local)]
+    mode: ModeArg,
     /// Longest wait for a lock, in seconds.
     #[arg(long, default_value_t = 3600.0)]
     lock_timeout: f64,
@@ -114,6 +107,15 @@ pub struct ExportArgs {
     progress_interval: Option<f64>,
     /// The instance.
     instance: String,
+}
+
+/// `--mode`: Ganeti's export modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// To a node of this cluster.
+    Local,
+    /// To another cluster (not supported).
+    Remote,
 }
 
 /// `diskstream list`.
@@ -131,8 +133,8 @@ pub struct ListArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    /// Cluster config (default: $DISKSTREAM_CLUSTER, else ./cluster.toml).
-    #[arg(long)]
+    /// Cluster config (default ./cluster.toml).
+    #[arg(long, env = "DISKSTREAM_CLUSTER")]
     cluster: Option<PathBuf>,
 }
 
@@ -141,237 +143,15 @@ pub struct ListArgs {
 pub struct RemoveArgs {
     /// The instance (or the FQDN of a deleted instance).
     instance: String,
-    /// Cluster config (default: $DISKSTREAM_CLUSTER, else ./cluster.toml).
-    #[arg(long)]
+    /// Cluster config (default ./cluster.toml).
+    #[arg(long, env = "DISKSTREAM_CLUSTER")]
     cluster: Option<PathBuf>,
     /// Longest wait for a lock, in seconds.
     #[arg(long, default_value_t = 3600.0)]
     lock_timeout: f64,
-}
-
-/// One progress bar per disk, on stderr, for a terminal.
-struct Bars {
-    multi: indicatif::MultiProgress,
-    /// The bars by disk index, created when a disk's first progress sample arrives.
-    bars: Mutex<Vec<Option<indicatif::ProgressBar>>>,
-}
-
-impl Bars {
-    /// Bars if stderr is a terminal, else `None` (plain lines).
-    fn for_stderr() -> Option<Self> {
-        std::io::stderr().is_terminal().then(|| Self {
-            multi: indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr()),
-            bars: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn update(&self, p: &DiskProgress) {
-        let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
-        if bars.len() <= p.index {
-            bars.resize(p.index + 1, None);
-        }
-        let bar = bars[p.index].get_or_insert_with(|| {
-            let bar = self.multi.add(indicatif::ProgressBar::new(p.total_bytes.max(1)));
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
-            );
-            bar.set_prefix(p.label.clone());
-            bar
-        });
-        // Rate and ETA of the whole disk so far, as in Ganeti's "disk/0 sent ..." lines
-        // (indicatif's own estimate starts from the first sample and overshoots).
-        let rate = format!("{:.1} MiB/s", p.progress.throughput);
-        bar.set_position(p.done_bytes);
-        if p.total_bytes > 0 && p.done_bytes >= p.total_bytes {
-            bar.set_message(format!("{rate}, done"));
-            bar.finish();
-        } else {
-            let eta = p.progress.eta.map(format_seconds).unwrap_or_else(|| "?".into());
-            bar.set_message(format!("{rate}, ETA {eta}"));
-        }
-    }
-
-    /// Leaves every bar drawn where it stopped (a failed disk's bar stops short).
-    fn finish(&self) {
-        for bar in self.bars.lock().unwrap_or_else(|e| e.into_inner()).iter().flatten() {
-            if !bar.is_finished() {
-                bar.abandon();
-            }
-        }
-    }
-}
-
-/// Prints job messages.
-struct Printer {
-    json_events: bool,
-    to_stderr: bool,
-    lock: Mutex<()>,
-    /// Progress bars (a terminal, without `--progress json`).
-    bars: Option<Bars>,
-}
-
-impl Printer {
-    fn new(json_events: bool, to_stderr: bool, bars: Option<Bars>) -> Self {
-        Self {
-            json_events,
-            to_stderr,
-            lock: Mutex::new(()),
-            bars,
-        }
-    }
-
-    fn line(&self, s: &str) {
-        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let write = || {
-            if self.to_stderr {
-                let _ = writeln!(std::io::stderr(), "{s}");
-            } else {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{s}");
-                let _ = out.flush();
-            }
-        };
-        match &self.bars {
-            // The bars are cleared while the line prints, and drawn again below it.
-            Some(b) => b.multi.suspend(write),
-            None => write(),
-        }
-    }
-
-    fn finish_bars(&self) {
-        if let Some(b) = &self.bars {
-            b.finish();
-        }
-    }
-}
-
-impl Feedback for Printer {
-    fn emit(&self, event: Event) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        if self.json_events {
-            let line = match &event {
-                Event::Message { level, text } => serde_json::to_string(&MessageJson {
-                    event: "message",
-                    time: now,
-                    level: match level {
-                        Level::Info => "info",
-                        Level::Warning => "warning",
-                    },
-                    text,
-                }),
-                Event::Progress(p) => serde_json::to_string(&ProgressJson {
-                    event: "progress",
-                    time: now,
-                    disk: p.index,
-                    label: &p.label,
-                    done_bytes: p.done_bytes,
-                    total_bytes: p.total_bytes,
-                    mbytes: p.progress.mbytes,
-                    throughput_mib_s: p.progress.throughput,
-                    percent: p.progress.percent,
-                    eta_s: p.progress.eta,
-                    line: p.line(),
-                }),
-            };
-            self.line(&line.unwrap_or_else(|e| format!("{{\"event\":\"error\",\"text\":\"{e}\"}}")));
-            return;
-        }
-        if let (Some(bars), Event::Progress(p)) = (&self.bars, &event) {
-            bars.update(p);
-            return;
-        }
-        let text = match &event {
-            Event::Message { level, text } => log_line(*level, text),
-            Event::Progress(p) => p.line(),
-        };
-        self.line(&format!("{} {text}", ctime(now as u64)));
-    }
-}
-
-/// A job message on `--progress json`.
-#[derive(Serialize)]
-struct MessageJson<'a> {
-    event: &'static str,
-    time: f64,
-    level: &'static str,
-    text: &'a str,
-}
-
-/// A disk's progress on `--progress json`.
-#[derive(Serialize)]
-struct ProgressJson<'a> {
-    event: &'static str,
-    time: f64,
-    disk: usize,
-    label: &'a str,
-    done_bytes: u64,
-    total_bytes: u64,
-    mbytes: f64,
-    throughput_mib_s: f64,
-    percent: Option<f64>,
-    eta_s: Option<f64>,
-    line: String,
-}
-
-/// A failed command's `--json` result.
-#[derive(Serialize)]
-struct FailureJson<'a> {
-    ok: bool,
-    error: &'a str,
-    kind: &'static str,
-    ecode: &'static str,
-}
-
-/// The `--json` result of a command stopped by SIGINT/SIGTERM.
-#[derive(Serialize)]
-struct InterruptedJson<'a> {
-    ok: bool,
-    interrupted: bool,
-    signal: &'static str,
-    error: &'a str,
-    kind: &'static str,
-    completed: bool,
-    result: Option<serde_json::Value>,
-}
-
-/// The `--json` result of `export --dry-run`.
-#[derive(Serialize)]
-struct DryRunJson {
-    ok: bool,
-    dry_run: bool,
-    result: Option<()>,
-}
-
-/// Prints one `--json` result line.
-fn print_json(v: &impl Serialize) {
-    match serde_json::to_string(v) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("diskstream: error: cannot print the JSON result: {e}"),
-    }
-}
-
-/// Python's `time.ctime` in UTC: `Thu May  5 12:28:52 2011`.
-pub fn ctime(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = secs / 86400;
-    let rem = secs % 86400;
-    let (y, m, d) = diskstream_orchestrator::locking::civil_from_days(days as i64);
-    format!(
-        "{} {} {d:>2} {:02}:{:02}:{:02} {y}",
-        DAYS[(days % 7) as usize],
-        MONTHS[(m - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    /// Print the result as one JSON object on stdout (messages go to stderr).
+    #[arg(long)]
+    json: bool,
 }
 
 /// `--hooks-timeout`: a positive number of seconds, at most a week.
@@ -384,78 +164,63 @@ fn parse_hooks_timeout(v: &str) -> Result<f64, String> {
     }
 }
 
-fn error_kind(k: ErrorKind) -> &'static str {
-    match k {
-        ErrorKind::Interrupted => "interrupted",
-        ErrorKind::Prereq => "prereq",
-        ErrorKind::Exec => "exec",
-        ErrorKind::HooksAbort => "hooks_abort",
-        ErrorKind::HooksFailure => "hooks_failure",
-        ErrorKind::Lock => "lock",
-        ErrorKind::Config => "config",
-        _ => "error",
-    }
-}
-
-/// The JSON `kind` and the exit code of a failed operation. When the engine's error is the
-/// cause (a disk's transfer met corrupt data, was cancelled, ...), its kind is what the image
-/// commands would report for it, and damaged data exits with the integrity code, as `image`
-/// does; otherwise the kind is the orchestrator's (Ganeti's error class).
-fn kind_and_code(e: &OpError) -> (&'static str, ExitCode) {
+/// The JSON `kind` of a failed operation. When the engine's error is the cause (a disk's
+/// transfer met corrupt data, was cancelled, ...), its kind is what the image commands would
+/// report for it, and damaged data exits with the integrity code, as `image` does; otherwise
+/// the kind is the orchestrator's (Ganeti's error class). The exit code follows the kind
+/// ([`Kind::exit_code`]).
+fn kind_of(e: &OpError) -> Kind {
     if let Some(engine) = e.engine_error() {
-        let kind = engine.kind();
-        if kind == EngineKind::Integrity {
-            return (kind.as_str(), ExitCode::from(EXIT_INTEGRITY));
-        }
-        if kind != EngineKind::Io && kind != EngineKind::Invalid {
-            return (kind.as_str(), ExitCode::FAILURE);
+        match engine.kind() {
+            EngineKind::Integrity => return Kind::Integrity,
+            EngineKind::Mismatch => return Kind::Mismatch,
+            EngineKind::Cancelled => return Kind::Interrupted,
+            _ => {}
         }
     }
-    (error_kind(e.kind), ExitCode::FAILURE)
+    match e.kind {
+        ErrorKind::Interrupted => Kind::Interrupted,
+        ErrorKind::Prereq => Kind::Prereq,
+        ErrorKind::Exec => Kind::Exec,
+        ErrorKind::HooksAbort => Kind::HooksAbort,
+        ErrorKind::HooksFailure => Kind::HooksFailure,
+        ErrorKind::Lock => Kind::Lock,
+        ErrorKind::Config => Kind::Config,
+        _ => Kind::Error,
+    }
 }
 
-fn fail(e: &OpError, json_out: bool) -> ExitCode {
-    let (kind, code) = kind_and_code(e);
-    if json_out {
-        print_json(&FailureJson {
-            ok: false,
-            error: &e.msg,
-            kind,
-            ecode: e.ecode.as_str(),
-        });
-    }
+/// The `--json` failure of `e`.
+fn failure(op: Op, e: &OpError, kind: Kind) -> Failed {
+    let mut f = Failed::new(op, kind, e.msg.clone());
+    f.ecode = Some(e.ecode.as_str());
+    f
+}
+
+fn fail(op: Op, e: &OpError, json_out: bool) -> ExitCode {
     eprintln!("{}", e.ganeti_report());
-    code
+    failure(op, e, kind_of(e)).emit(json_out)
 }
 
 /// The end of a command stopped by SIGINT/SIGTERM: a message naming the signal and where the
-/// operation stopped, the `--json` result, and exit code 130/143. `completed` is the JSON of
-/// an operation that had finished before the signal was noticed.
-fn interrupted(cmd: &str, i: &Interrupt, msg: &str, completed: Option<serde_json::Value>, json_out: bool) -> ExitCode {
+/// operation stopped, the `--json` result, and exit code 130/143. `completed` is an export
+/// that had finished before the signal was noticed.
+fn interrupted(op: Op, i: &Interrupt, msg: &str, completed: Option<ExportResult>, json_out: bool) -> ExitCode {
     let sig = i.signal_name();
-    if json_out {
-        print_json(&InterruptedJson {
-            ok: false,
-            interrupted: true,
-            signal: sig,
-            error: msg,
-            kind: "interrupted",
-            completed: completed.is_some(),
-            result: completed,
-        });
-    }
-    eprintln!("diskstream {cmd}: interrupted by {sig}: {msg}");
-    i.exit_code()
+    eprintln!("diskstream {}: interrupted by {sig}: {msg}", op.name());
+    let mut f = Failed::new(op, Kind::Interrupted, msg).signal(sig, i.code());
+    f.completed = Some(completed.is_some());
+    f.result = completed.map(Box::new);
+    f.emit(json_out)
 }
 
-fn install_interrupt(cmd: &str, json_out: bool) -> Result<Interrupt, ExitCode> {
+fn install_interrupt(op: Op, json_out: bool) -> Result<Interrupt, ExitCode> {
     Interrupt::install().map_err(|e| {
-        fail(
-            &OpError::exec(format!(
-                "diskstream {cmd}: cannot install the SIGINT/SIGTERM handler: {e}"
-            )),
-            json_out,
-        )
+        let msg = format!(
+            "diskstream {}: cannot install the SIGINT/SIGTERM handler: {e}",
+            op.name()
+        );
+        fail(op, &OpError::exec(msg), json_out)
     })
 }
 
@@ -463,22 +228,9 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
-/// The JSON result of an export: Ganeti's `(fin_resu, dresults)` plus sizes and digests (the
-/// orchestrator's `ExportResult` serializes itself in this shape).
-pub fn export_json(r: &ExportResult) -> Option<serde_json::Value> {
-    serde_json::to_value(r).ok()
-}
-
-/// Runs `diskstream export`.
-pub fn export(a: ExportArgs) -> ExitCode {
-    let Some(node) = a.node.clone() else {
-        return fail(&OpError::prereq(Ecode::Inval, "Target node must be specified"), a.json);
-    };
-    let json_events = a.progress.is_some();
-    let bars = if json_events { None } else { Bars::for_stderr() };
-    // Bars move smoothly; plain lines come every 5 s (unless asked otherwise).
-    let interval = a.progress_interval.unwrap_or(if bars.is_some() { 0.2 } else { 5.0 });
-    let printer = Printer::new(json_events, a.json && !json_events, bars);
+/// The orchestrator's operation for `diskstream export -n NODE ...`.
+/// A bad `--ionice`/`--nice` or defaults file is a usage failure, as for the image commands.
+fn export_op(a: &ExportArgs, node: String, interval: f64) -> Result<ExportOp, ExitCode> {
     let mut op = ExportOp::new(a.instance.clone(), node);
     op.shutdown = !a.noshutdown;
     op.shutdown_timeout = a.shutdown_timeout;
@@ -486,10 +238,9 @@ pub fn export(a: ExportArgs) -> ExitCode {
     op.ignore_remove_failures = a.ignore_remove_failures;
     op.long_sleep = a.long_sleep;
     op.compress = a.transport_compression.clone();
-    op.mode = if a.mode == "remote" {
-        ExportMode::Remote
-    } else {
-        ExportMode::Local
+    op.mode = match a.mode {
+        ModeArg::Remote => ExportMode::Remote,
+        ModeArg::Local => ExportMode::Local,
     };
     op.zero_free_space = a.zero_free_space;
     op.zeroing_timeout_fixed = a.zeroing_timeout_fixed;
@@ -501,16 +252,66 @@ pub fn export(a: ExportArgs) -> ExitCode {
         .and_then(|t| t.apply_priorities().map(|()| t))
     {
         Ok(t) => t,
-        Err(e) => return fail(&OpError::prereq(Ecode::Inval, e), a.json),
+        Err(e) => {
+            let e = OpError::prereq(Ecode::Inval, e);
+            eprintln!("{}", e.ganeti_report());
+            return Err(failure(Op::Export, &e, Kind::Usage).emit(a.json));
+        }
     };
     op.bwlimit = throttle.bwlimit;
     op.pages = if a.hugetlb { Pages::Hugetlb } else { Pages::Thp };
     op.checksum = a.checksum;
     op.progress_interval = secs(interval);
-    let interrupt = match install_interrupt("export", a.json) {
+    Ok(op)
+}
+
+/// Logs what an export wrote.
+fn log_export(r: &ExportResult) {
+    for d in &r.disks {
+        match &d.report {
+            Ok(rep) => tracing::info!(
+                disk = d.index,
+                dump = %d.path.display(),
+                disk_bytes = rep.disk_size,
+                stored_bytes = rep.bytes_stored,
+                elapsed_s = rep.elapsed.as_secs_f64(),
+                bytes_per_s = rep.throughput(),
+                "export: {} sent",
+                d.label
+            ),
+            Err(e) => tracing::warn!(disk = d.index, "export: {} failed: {e}", d.label),
+        }
+    }
+    tracing::info!(
+        instance = %r.instance,
+        node = %r.target_node,
+        dir = %r.export_dir.display(),
+        "export ended: {}",
+        if r.fin_resu && r.dresults.iter().all(|&b| b) { "ok" } else { "with failed disks" }
+    );
+}
+
+/// Runs `diskstream export`.
+pub fn export(a: ExportArgs, quiet: bool) -> ExitCode {
+    let Some(node) = a.node.clone() else {
+        let e = OpError::prereq(Ecode::Inval, "Target node must be specified");
+        eprintln!("{}", e.ganeti_report());
+        return failure(Op::Export, &e, Kind::Usage).emit(a.json);
+    };
+    let json_events = a.progress.is_some();
+    let bars = if json_events || quiet { None } else { Bars::for_stderr() };
+    // Bars move smoothly; plain lines come every 5 s (unless asked otherwise).
+    let interval = a.progress_interval.unwrap_or(if bars.is_some() { 0.2 } else { 5.0 });
+    let printer = Printer::new(Op::Export, json_events, a.json, bars);
+    let op = match export_op(&a, node, interval) {
+        Ok(op) => op,
+        Err(code) => return code,
+    };
+    let interrupt = match install_interrupt(Op::Export, a.json) {
         Ok(i) => i,
         Err(code) => return code,
     };
+    tracing::info!(instance = %a.instance, node = %op.target_node, "export started");
     let mut lu = ExportLu::new(op);
     let opts = RunOptions {
         dry_run: a.dry_run,
@@ -527,44 +328,36 @@ pub fn export(a: ExportArgs) -> ExitCode {
     printer.finish_bars();
     // Cancellation is decided by our own flag, whatever error the operation returned.
     if interrupt.flag().load(Ordering::SeqCst) {
-        return match res {
-            Err(e) => interrupted("export", &interrupt, &e.msg, None, a.json),
-            Ok(Some(r)) => interrupted(
-                "export",
-                &interrupt,
-                "stopped after the export completed (remaining post hooks were stopped)",
-                export_json(&r),
-                a.json,
+        let (msg, completed) = match res {
+            Err(e) => (e.msg, None),
+            Ok(Some(r)) => (
+                "stopped after the export completed (remaining post hooks were stopped)".to_string(),
+                Some(r),
             ),
-            Ok(None) => interrupted(
-                "export",
-                &interrupt,
-                "stopped after the dry run's checks; nothing was changed",
+            Ok(None) => (
+                "stopped after the dry run's checks; nothing was changed".to_string(),
                 None,
-                a.json,
             ),
         };
+        return interrupted(Op::Export, &interrupt, &msg, completed, a.json);
     }
     match res {
         Ok(Some(r)) => {
-            if a.json {
-                print_json(&r);
-            }
-            ExitCode::SUCCESS
+            log_export(&r);
+            contract::done(Op::Export, &r, a.json)
         }
         Ok(None) => {
-            if a.json {
-                print_json(&DryRunJson {
-                    ok: true,
-                    dry_run: true,
-                    result: None,
-                });
-            } else {
+            tracing::info!("export ended: dry run, nothing exported");
+            if !a.json {
                 printer.line("Dry run: all checks and pre hooks passed; nothing was exported");
             }
-            ExitCode::SUCCESS
+            let body = DryRun {
+                dry_run: true,
+                result: None,
+            };
+            contract::done(Op::Export, body, a.json)
         }
-        Err(e) => fail(&e, a.json),
+        Err(e) => fail(Op::Export, &e, a.json),
     }
 }
 
@@ -572,27 +365,26 @@ pub fn export(a: ExportArgs) -> ExitCode {
 pub fn list(a: ListArgs) -> ExitCode {
     let cluster = match Cluster::load(cluster_path(a.cluster)) {
         Ok(c) => c,
-        Err(e) => return fail(&e.into(), a.json),
+        Err(e) => return fail(Op::List, &e.into(), a.json),
     };
     let rows = match backup::list(&cluster, &a.nodes) {
         Ok(r) => r,
-        Err(e) => return fail(&e, a.json),
+        Err(e) => return fail(Op::List, &e, a.json),
     };
-    if a.json {
-        print_json(&rows);
-    } else {
+    if !a.json {
         print!("{}", backup::format_table(&rows, !a.no_headers, a.separator.as_deref()));
     }
-    ExitCode::SUCCESS
+    contract::done(Op::List, Listing { nodes: rows }, a.json)
 }
 
 /// Runs `diskstream remove`.
 pub fn remove(a: RemoveArgs) -> ExitCode {
-    let printer = Printer::new(false, false, None);
-    let interrupt = match install_interrupt("remove", false) {
+    let printer = Printer::new(Op::Remove, false, a.json, None);
+    let interrupt = match install_interrupt(Op::Remove, a.json) {
         Ok(i) => i,
         Err(code) => return code,
     };
+    tracing::info!(instance = %a.instance, "remove started");
     let mut lu = RemoveLu::new(a.instance.clone());
     let opts = RunOptions {
         lock_timeout: secs(a.lock_timeout),
@@ -605,24 +397,29 @@ pub fn remove(a: RemoveArgs) -> ExitCode {
             Err(e) => e.msg.clone(),
             Ok(_) => "stopped after the removal completed".to_string(),
         };
-        return interrupted("remove", &interrupt, &msg, None, false);
+        return interrupted(Op::Remove, &interrupt, &msg, None, a.json);
     }
     match res {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => fail(&e, false),
+        Ok(r) => {
+            let r = r.unwrap_or_default();
+            tracing::info!(nodes = ?r.removed, "remove ended: ok");
+            contract::done(Op::Remove, r, a.json)
+        }
+        Err(e) => fail(Op::Remove, &e, a.json),
     }
 }
 
 /// Runs the cluster demo.
-pub fn demo(dir: Option<PathBuf>, size: u64) -> ExitCode {
+pub fn demo(dir: Option<PathBuf>, size: u64, json: bool) -> ExitCode {
     let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("diskstream-demo-{}", std::process::id())));
-    let printer = Printer::new(false, false, None);
+    let printer = Printer::new(Op::Demo, false, json, None);
     let say = |s: &str| printer.line(s);
+    tracing::info!(dir = %dir.display(), size_bytes = size, "demo started");
     match diskstream_orchestrator::demo::run(&dir, size, &printer, &say) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => contract::done(Op::Demo, DemoResult { dir }, json),
         Err(e) => {
             eprintln!("diskstream demo: {e}");
-            ExitCode::FAILURE
+            Failed::new(Op::Demo, Kind::Error, e).emit(json)
         }
     }
 }
@@ -630,6 +427,7 @@ pub fn demo(dir: Option<PathBuf>, size: u64) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::ctime;
 
     #[test]
     fn ctime_matches_python() {
@@ -640,29 +438,30 @@ mod tests {
     }
 
     /// An export that failed because a disk's data was damaged exits 3 with the engine's kind,
-    /// whatever else failed beside it; a cancelled transfer says "interrupted"; an I/O failure
-    /// keeps Ganeti's class; an error without an engine cause keeps its own kind and exits 1.
+    /// whatever else failed beside it; a cancelled transfer says "interrupted" (and exits as
+    /// interrupted: the one exit code table); an I/O failure keeps Ganeti's class; an error
+    /// without an engine cause keeps its own kind (a prerequisite: refused, exit 4).
     #[test]
     fn engine_kinds_reach_the_exit_code_and_json_kind() {
         use diskstream_engine::Error as E;
         use diskstream_orchestrator::backup::DiskFailures;
         use diskstream_orchestrator::node::TransferError as T;
+        let code = |k: Kind| k.exit_code(crate::exit::EXIT_SIGINT);
         let failed = |errs: Vec<(usize, T)>| {
             OpError::exec("Export failed, errors in disk export: disk(s) 0, 1").with_source(DiskFailures(errs))
         };
         let io = || T::Engine(E::io("read", "/dev/loop0", 4096, std::io::Error::from_raw_os_error(5)));
         let corrupt = T::Engine(E::corrupt("/dev/loop1", "frame header", 0, "bad magic"));
-        let e = failed(vec![(0, io()), (1, corrupt)]);
-        let (kind, code) = kind_and_code(&e);
-        assert_eq!((kind, code), ("integrity", ExitCode::from(EXIT_INTEGRITY)));
+        let k = kind_of(&failed(vec![(0, io()), (1, corrupt)]));
+        assert_eq!((k, code(k)), (Kind::Integrity, crate::exit::EXIT_INTEGRITY));
 
-        let (kind, code) = kind_and_code(&failed(vec![(0, T::Engine(E::Cancelled))]));
-        assert_eq!((kind, code), ("interrupted", ExitCode::FAILURE));
+        let k = kind_of(&failed(vec![(0, T::Engine(E::Cancelled))]));
+        assert_eq!((k, code(k)), (Kind::Interrupted, crate::exit::EXIT_SIGINT));
 
-        let (kind, code) = kind_and_code(&failed(vec![(0, io())]));
-        assert_eq!((kind, code), ("exec", ExitCode::FAILURE));
+        let k = kind_of(&failed(vec![(0, io())]));
+        assert_eq!((k, code(k)), (Kind::Exec, crate::exit::EXIT_FAILURE));
 
-        let e = OpError::prereq(Ecode::State, "Instance is running");
-        assert_eq!(kind_and_code(&e), ("prereq", ExitCode::FAILURE));
+        let k = kind_of(&OpError::prereq(Ecode::State, "Instance is running"));
+        assert_eq!((k, code(k)), (Kind::Prereq, crate::exit::EXIT_REFUSED));
     }
 }

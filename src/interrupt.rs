@@ -4,12 +4,11 @@
 //!
 //! The handler only sets the flag: the operation notices it within a chunk or a poll interval,
 //! stops, cleans up what it created (partial files, staging directories, snapshots, a stopped
-//! instance is restarted) and returns an error; the command then exits with [`Interrupt::exit_code`].
+//! instance is restarted) and returns an error; the command then exits with [`Interrupt::code`].
 //! A second signal is not special: the cleanup must finish, or the user sends SIGKILL (and the next
 //! run sweeps what a killed process left).
 
 use std::io;
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -57,7 +56,7 @@ impl Interrupt {
     }
 
     /// The exit code for an interrupted command: 128 + the signal (130 SIGINT, 143 SIGTERM).
-    pub fn exit_code(&self) -> ExitCode {
-        ExitCode::from(128 + self.signal().unwrap_or(SIGINT) as u8)
+    pub fn code(&self) -> u8 {
+        128 + self.signal().unwrap_or(SIGINT) as u8
     }
 }

@@ -4,10 +4,13 @@
 
 mod bench_cmd;
 mod cli;
+mod contract;
 mod exit;
 mod export_cmd;
 mod install_cmd;
 mod interrupt;
+mod jobs;
+mod logging;
 mod output;
 mod throttle;
 mod units;

@@ -11,7 +11,7 @@ use diskstream_engine::ops::{Info, Progress, Report};
 use diskstream_engine::{Error, ErrorKind, Result};
 use serde_json::json;
 
-use crate::exit::EXIT_INTEGRITY;
+use crate::contract::{self, Event, Failed, Kind, Op, ProgressEvent};
 
 /// Size of the disk behind `path`, for the progress bar (0 if unknown).
 pub fn disk_size_hint(path: &Path) -> u64 {
@@ -20,71 +20,119 @@ pub fn disk_size_hint(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// How an image command shows its progress on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Show {
+    /// A bar on a terminal, else a line every 2 s.
+    Human,
+    /// Nothing (`-q`, or `--json` without a terminal).
+    Quiet,
+    /// One JSON object per line (`--progress json`), every second and once at the end.
+    Json,
+}
+
 /// Runs `f` while showing progress on stderr.
-pub fn with_progress<T>(progress: &Progress, total: u64, what: &str, quiet: bool, f: impl FnOnce() -> T) -> T {
+pub fn with_progress<T>(progress: &Progress, total: u64, op: Op, show: Show, f: impl FnOnce() -> T) -> T {
     let done = AtomicBool::new(false);
     let tty = std::io::stderr().is_terminal();
-    std::thread::scope(|s| {
-        let ticker = s.spawn(|| {
-            if quiet && !tty {
-                return;
-            }
-            let start = Instant::now();
-            if tty {
-                let bar = indicatif::ProgressBar::new(total.max(1));
-                bar.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-                    )
-                    .expect("valid template")
-                    .progress_chars("=> "),
-                );
-                bar.set_message(what.to_string());
-                while !done.load(Ordering::Relaxed) {
-                    bar.set_position(progress.load(Ordering::Relaxed));
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                bar.finish_and_clear();
-            } else {
-                let mut last = Instant::now();
-                while !done.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(50));
-                    if last.elapsed() >= Duration::from_secs(2) {
-                        last = Instant::now();
-                        let d = progress.load(Ordering::Relaxed);
-                        let rate = d as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64;
-                        let pct = (d * 100).checked_div(total).unwrap_or(0);
-                        eprintln!("{what}: {} of {} MiB ({pct}%), {rate:.1} MiB/s", d >> 20, total >> 20);
-                    }
-                }
-            }
+    let start = Instant::now();
+    let r = std::thread::scope(|s| {
+        let ticker = s.spawn(|| match show {
+            Show::Quiet => {}
+            Show::Json => tick(&done, Duration::from_secs(1), || {
+                json_progress(op, progress, total, start)
+            }),
+            Show::Human if tty => bar(progress, total, op, &done),
+            Show::Human => tick(&done, Duration::from_secs(2), || {
+                let d = progress.load(Ordering::Relaxed);
+                let rate = d as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64;
+                let pct = (d * 100).checked_div(total).unwrap_or(0);
+                let what = op.name();
+                eprintln!("{what}: {} of {} MiB ({pct}%), {rate:.1} MiB/s", d >> 20, total >> 20);
+            }),
         });
         let r = f();
         done.store(true, Ordering::Relaxed);
         let _ = ticker.join();
         r
-    })
+    });
+    if show == Show::Json {
+        json_progress(op, progress, total, start);
+    }
+    r
 }
 
-/// Exit code for an error.
-pub fn code_for(e: &Error) -> ExitCode {
-    if e.is_integrity() {
-        ExitCode::from(EXIT_INTEGRITY)
-    } else {
-        ExitCode::FAILURE
+/// Calls `every` each `period` until `done`.
+fn tick(done: &AtomicBool, period: Duration, mut every: impl FnMut()) {
+    let mut last = Instant::now();
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if last.elapsed() >= period {
+            last = Instant::now();
+            every();
+        }
     }
 }
 
-/// Prints a plain error and fails.
-pub fn fail_msg(msg: &str) -> ExitCode {
+/// An indicatif bar until `done`.
+fn bar(progress: &Progress, total: u64, op: Op, done: &AtomicBool) {
+    let bar = indicatif::ProgressBar::new(total.max(1));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(op.name());
+    while !done.load(Ordering::Relaxed) {
+        bar.set_position(progress.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+}
+
+/// One `--progress json` line.
+fn json_progress(op: Op, progress: &Progress, total: u64, start: Instant) {
+    let d = progress.load(Ordering::Relaxed);
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    let rate = d as f64 / secs;
+    let known = total > 0;
+    contract::emit_event(&Event::Progress(ProgressEvent {
+        op,
+        time: contract::now(),
+        disk: None,
+        label: None,
+        done_bytes: d,
+        total_bytes: total,
+        bytes_per_s: rate,
+        percent: known.then(|| (d as f64 * 100.0 / total as f64).min(100.0)),
+        eta_s: (known && rate > 0.0).then(|| total.saturating_sub(d) as f64 / rate),
+        line: None,
+    }));
+}
+
+/// The JSON kind of an engine error (a cancellation is named "interrupted" only where a signal
+/// caused it: [`finish_or_interrupted`]).
+pub fn kind_of(e: &Error) -> Kind {
+    match e.kind() {
+        ErrorKind::Integrity => Kind::Integrity,
+        ErrorKind::Mismatch => Kind::Mismatch,
+        _ => Kind::Error,
+    }
+}
+
+/// Prints an error found before the operation started (`kind`: usage for a bad flag value).
+pub fn fail_msg(op: Op, kind: Kind, msg: &str, json: bool) -> ExitCode {
     eprintln!("diskstream: error: {msg}");
-    ExitCode::FAILURE
+    Failed::new(op, kind, msg).emit(json)
 }
 
 /// Like [`finish`], but an operation stopped by SIGINT/SIGTERM says so ("interrupted by SIGINT;
 /// partial output removed" where it writes) and exits 130/143.
 pub fn finish_or_interrupted(
     res: Result<Report>,
+    op: Op,
     json_out: bool,
     interrupt: &crate::interrupt::Interrupt,
     writes: bool,
@@ -96,45 +144,22 @@ pub fn finish_or_interrupted(
                 interrupt.signal_name(),
                 if writes { "; partial output removed" } else { "" }
             );
-            if json_out {
-                println!("{}", json!({ "ok": false, "error": msg, "kind": "interrupted" }));
-            }
             eprintln!("diskstream: {msg}");
-            interrupt.exit_code()
+            Failed::new(op, Kind::Interrupted, msg)
+                .signal(interrupt.signal_name(), interrupt.code())
+                .emit(json_out)
         }
-        res => finish(res, json_out),
+        res => finish(res, op, json_out),
     }
 }
 
-fn fail(e: &Error, json_out: bool) -> ExitCode {
-    if json_out {
-        // An interruption is named as such only when a signal caused it (finish_or_interrupted).
-        let kind = match e.kind() {
-            ErrorKind::Cancelled => "error",
-            k => k.as_str(),
-        };
-        println!("{}", json!({ "ok": false, "error": e.to_string(), "kind": kind }));
-    }
+fn fail(e: &Error, op: Op, json_out: bool) -> ExitCode {
     eprintln!("diskstream: error: {e}");
-    code_for(e)
+    Failed::new(op, kind_of(e), e.to_string()).emit(json_out)
 }
 
 fn opt_str<T: std::fmt::Display>(v: &Option<T>) -> serde_json::Value {
     v.as_ref().map_or(serde_json::Value::Null, |x| json!(x.to_string()))
-}
-
-/// `value` (a serialized [`Report`] or [`Info`]) with `"ok": true` added.
-fn ok_json(value: impl serde::Serialize) -> serde_json::Value {
-    let mut v = serde_json::to_value(value).expect("a report serializes");
-    if let Some(m) = v.as_object_mut() {
-        m.insert("ok".into(), json!(true));
-    }
-    v
-}
-
-/// The JSON form of a report.
-pub fn report_json(r: &Report) -> serde_json::Value {
-    ok_json(r)
 }
 
 fn mib(b: u64) -> String {
@@ -142,17 +167,27 @@ fn mib(b: u64) -> String {
 }
 
 /// Prints the result of an operation and returns the exit code.
-pub fn finish(res: Result<Report>, json_out: bool) -> ExitCode {
+pub fn finish(res: Result<Report>, op: Op, json_out: bool) -> ExitCode {
     let r = match res {
         Ok(r) => r,
-        Err(e) => return fail(&e, json_out),
+        Err(e) => return fail(&e, op, json_out),
     };
     for w in &r.warnings {
-        eprintln!("diskstream: warning: {w}");
+        tracing::warn!("{}: {w}", op.name());
     }
+    tracing::info!(
+        input = %r.input.display(),
+        output = %r.output.as_deref().unwrap_or(Path::new("-")).display(),
+        disk_bytes = r.disk_size,
+        stored_bytes = r.bytes_stored,
+        zero_bytes = r.zero_bytes,
+        elapsed_s = r.elapsed.as_secs_f64(),
+        bytes_per_s = r.throughput_bytes_per_s,
+        "{} ended: ok",
+        op.name()
+    );
     if json_out {
-        println!("{}", report_json(&r));
-        return ExitCode::SUCCESS;
+        return contract::done(op, &r, true);
     }
     let fmt = r.format.map_or("-".into(), |f| f.to_string());
     match r.op {
@@ -197,11 +232,10 @@ pub fn finish(res: Result<Report>, json_out: bool) -> ExitCode {
 pub fn info(res: Result<Info>, json_out: bool) -> ExitCode {
     let i = match res {
         Ok(i) => i,
-        Err(e) => return fail(&e, json_out),
+        Err(e) => return fail(&e, Op::ImageInfo, json_out),
     };
     if json_out {
-        println!("{}", ok_json(&i));
-        return ExitCode::SUCCESS;
+        return contract::done(Op::ImageInfo, &i, true);
     }
     println!("format:      {}", i.format);
     println!("disk size:   {} bytes ({})", i.disk_size, mib(i.disk_size));

@@ -670,7 +670,8 @@ fn sigterm_during_a_long_sleep_transfer_restarts_the_instance_and_keeps_the_prev
     let ed = export_dir(&roots[1]).join(INST);
     let before = fs::read_to_string(ed.join("config.ini")).unwrap();
     let mut child = spawn_export(&args);
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The --progress json events come on stderr (the JSON contract), the result on stdout.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     for l in lines.by_ref() {
         if l.unwrap().contains("Exporting disk/1") {
             break;
@@ -679,12 +680,12 @@ fn sigterm_during_a_long_sleep_transfer_restarts_the_instance_and_keeps_the_prev
     signal(child.id(), "TERM");
     let (st, took) = wait_exit(&mut child, Duration::from_secs(20));
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let (_, err) = output_of(&mut child);
+    let (out, _) = output_of(&mut child);
     eprintln!("SIGTERM during a transfer: exit after {took:?}");
-    assert_eq!(st.code(), Some(143), "{rest:?}\n{err}");
+    assert_eq!(st.code(), Some(143), "{out}\n{rest:?}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
     assert!(guard.pid().is_some(), "the instance runs again");
-    let result = rest.last().expect("the JSON result");
+    let result = out.lines().last().expect("the JSON result");
     let v: serde_json::Value = serde_json::from_str(result).unwrap();
     assert_eq!(v["interrupted"], true, "{result}");
     assert_eq!(v["ok"], false);

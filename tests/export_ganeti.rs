@@ -384,7 +384,11 @@ fn ganeti_lists_our_export_and_only_ours_hides_staging_dirs() {
         "RPCFail: Export info file doesn't have the required fields"
     );
     let ours = ds_json(&["list", "--cluster", s(&f.cfg), "--node", "node2"]);
-    assert_eq!(ours, json!([{ "node": "node2.example.com", "exports": [INST] }]));
+    // `list --json` is an envelope with the rows under "nodes" (docs/json.md).
+    assert_eq!(
+        ours["nodes"],
+        json!([{ "node": "node2.example.com", "exports": [INST] }])
+    );
 }
 
 #[test]

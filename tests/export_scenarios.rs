@@ -484,8 +484,9 @@ fn list_and_remove_like_gnt_backup() {
     let (ok, out, _) = ds_text(&["list", "--cluster", s(&f.cfg), "--node", "node1", "--json"]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v[0]["node"], "node1.example.com");
-    assert_eq!(v[0]["error"], "No exports directory");
+    // `list --json` is an envelope with the rows under "nodes" (docs/json.md).
+    assert_eq!(v["nodes"][0]["node"], "node1.example.com");
+    assert_eq!(v["nodes"][0]["error"], "No exports directory");
     let (ok, out, _) = ds_text(&["remove", "--cluster", s(&f.cfg), "inst1"]);
     assert!(ok, "{out}");
     assert!(!f.export_dir(2).exists());

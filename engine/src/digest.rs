@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 pub type Hash = [u8; 32];
 
 /// The chunk digest algorithm.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Checksum {
     /// BLAKE3 (the `blake3` crate: SIMD on every x86-64 and Arm CPU, ~10x SHA-256 without SHA

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Serialize, Serializer};
 
 use crate::digest::{hex, Checksum};
@@ -13,10 +14,13 @@ use crate::ring::BackendKind;
 use crate::sink::SinkStats;
 use crate::source::{SourceInfo, SourceStats};
 
-/// What an operation did. Serializes to the CLI's JSON result (with `ok` added by the CLI).
-#[derive(Clone, Debug, Default, Serialize)]
+/// What an operation did. Serializes to the body of the CLI's JSON result (the CLI's
+/// envelope adds `schema_version`, `ok` and `op`).
+#[derive(Clone, Debug, Default, Serialize, JsonSchema)]
 pub struct Report {
-    /// The operation ("create", "verify", "restore", "scan").
+    /// The operation ("create", "verify", "restore", "scan"). Not serialized: the CLI's result
+    /// envelope names the command in its own `op` ("image create", ...).
+    #[serde(skip)]
     pub op: &'static str,
     /// Input path.
     pub input: PathBuf,
@@ -64,6 +68,7 @@ pub struct Report {
     pub digest: String,
     /// Wall time.
     #[serde(rename = "elapsed_s", serialize_with = "secs")]
+    #[schemars(with = "f64")]
     pub elapsed: Duration,
     /// Disk bytes per second ([`Self::throughput`], kept as the JSON field).
     pub throughput_bytes_per_s: f64,
@@ -164,8 +169,8 @@ impl Report {
     }
 }
 
-/// What `info` tells about an image. Serializes to the CLI's JSON (with `ok` added by the CLI).
-#[derive(Clone, Debug, Serialize)]
+/// What `info` tells about an image. Serializes to the body of the CLI's JSON result.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct Info {
     /// Format of the image.
     pub format: Format,

@@ -52,7 +52,7 @@ pub struct BenchPlan {
 }
 
 /// One measured stage, for a table.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Row {
     /// What was measured.
     pub name: String,
@@ -61,7 +61,7 @@ pub struct Row {
 }
 
 /// A kernel's rate on one core and on all.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct KernelRates {
     /// One core.
     pub per_core_bytes_per_s: f64,
@@ -70,7 +70,7 @@ pub struct KernelRates {
 }
 
 /// The CPU as the verdict sees it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct CpuJson {
     /// Model name.
     pub model: String,
@@ -83,7 +83,7 @@ pub struct CpuJson {
 }
 
 /// The data the CPU kernels ran on.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Sample {
     /// Its size.
     pub bytes: usize,
@@ -92,7 +92,7 @@ pub struct Sample {
 }
 
 /// One point of the device sweep.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct SweepPoint {
     /// Reads in flight.
     pub queue_depth: u32,
@@ -103,7 +103,7 @@ pub struct SweepPoint {
 }
 
 /// The device stage.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct DeviceJson {
     /// The device or file read.
     pub path: PathBuf,
@@ -118,14 +118,14 @@ pub struct DeviceJson {
 }
 
 /// The target stage.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct TargetJson {
     /// O_DIRECT write rate.
     pub write_bytes_per_s: f64,
 }
 
 /// Everything a bench run measured.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct BenchReport {
     /// Per kernel name.
     pub kernels: BTreeMap<String, KernelRates>,

@@ -27,7 +27,7 @@ pub struct Limits {
 }
 
 /// What limits an export, and how fast it will go.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Verdict {
     /// Predicted raw export rate.
     pub raw_export_bytes_per_s: f64,

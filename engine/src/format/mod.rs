@@ -356,7 +356,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 /// An image format: what `create` writes, what `verify`, `restore` and `info` find.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// A sparse raw copy plus `OUT.manifest`.

@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::plan::{ChunkPlan, ReadPlan, Segment};
 
 /// Which read backend ran (serialized as in the CLI's JSON: "io_uring" or "pread").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub enum BackendKind {
     /// io_uring, the fast path.
     #[serde(rename = "io_uring")]

@@ -9,13 +9,25 @@ use crate::node::local::LocalNodeOps;
 use crate::node::NodeOps;
 
 /// One node's exports for `list`, or why they could not be listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct NodeExports {
     /// Node name.
     pub node: String,
     /// Its exports (sorted), or the error (`"exports": null, "error": ...` in JSON).
     #[serde(flatten, serialize_with = "exports_json")]
+    #[schemars(with = "ExportsJson")]
     pub exports: Result<Vec<String>, String>,
+}
+
+/// The schema of [`exports_json`]'s output.
+#[derive(schemars::JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum ExportsJson {
+    /// The node's exports, sorted.
+    Listed { exports: Vec<String> },
+    /// Why they could not be listed.
+    Failed { exports: Option<()>, error: String },
 }
 
 /// `"exports": [...]`, or `"exports": null, "error": "..."`, as the CLI's JSON shows them.

@@ -17,7 +17,7 @@ pub struct RemoveLu {
 }
 
 /// What `remove` did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct RemoveResult {
     /// Nodes whose export was removed.
     pub removed: Vec<String>,

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use diskstream_engine::ops::Report;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Serialize;
 
 use crate::node::TransferError;
@@ -26,7 +27,7 @@ pub struct DiskResult {
 }
 
 /// A sent disk as the CLI's JSON shows it.
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 struct SentJson<'a> {
     index: usize,
     label: &'a str,
@@ -46,11 +47,33 @@ struct SentJson<'a> {
 }
 
 /// A failed disk as the CLI's JSON shows it.
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 struct FailedJson<'a> {
     index: usize,
     label: &'a str,
+    /// Why the disk was not exported (the error's message).
+    #[schemars(with = "String")]
     error: &'a TransferError,
+}
+
+/// A disk in the CLI's JSON: sent, or failed (the schema of [`DiskResult`]'s `Serialize`).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum DiskJson<'a> {
+    /// The disk was exported.
+    Sent(SentJson<'a>),
+    /// It was not.
+    Failed(FailedJson<'a>),
+}
+
+impl JsonSchema for DiskResult {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DiskResult".into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        DiskJson::json_schema(generator)
+    }
 }
 
 impl Serialize for DiskResult {
@@ -107,10 +130,11 @@ pub struct ExportResult {
     pub shared_nodes: Vec<String>,
 }
 
-/// An export as the CLI's `--json` result shows it.
-#[derive(Serialize)]
+/// An export as the CLI's `--json` result shows it (the body of its envelope, which adds
+/// `schema_version`, `ok` and `op`).
+#[derive(Serialize, JsonSchema)]
 struct ExportJson<'a> {
-    ok: bool,
+    /// Ganeti's `(fin_resu, dresults)`.
     result: (bool, &'a [bool]),
     instance: &'a str,
     target_node: &'a str,
@@ -124,7 +148,6 @@ struct ExportJson<'a> {
 impl Serialize for ExportResult {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         ExportJson {
-            ok: true,
             result: (self.fin_resu, &self.dresults),
             instance: &self.instance,
             target_node: &self.target_node,
@@ -135,5 +158,14 @@ impl Serialize for ExportResult {
             shared_export_dir_nodes: &self.shared_nodes,
         }
         .serialize(s)
+    }
+}
+
+impl JsonSchema for ExportResult {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ExportResult".into()
+    }
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        ExportJson::json_schema(generator)
     }
 }
