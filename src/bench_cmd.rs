@@ -38,7 +38,7 @@ pub struct BenchArgs {
     threads: Option<usize>,
     /// The chunk digest the pipeline stages use and the verdict is for (both are measured as
     /// CPU kernels).
-    #[arg(long, default_value = "blake3", value_parser = crate::cli::checksums())]
+    #[arg(long, default_value = "blake3", value_parser = crate::units::checksums())]
     checksum: Checksum,
     /// Allow writing to a block device (its first --size bytes are overwritten) or next to an
     /// existing file.

@@ -17,7 +17,7 @@ use diskstream_engine::sink::ZeroPolicy;
 
 use crate::contract::{Failed, Kind, Op};
 use crate::output;
-use crate::units::parse_size;
+use crate::units::{checksums, choice, parse_size};
 
 #[derive(Parser, Debug)]
 #[command(name = "diskstream", version, about = "Export VM disks to verified images, fast")]
@@ -195,23 +195,6 @@ struct DemoArgs {
     /// Print one JSON object with the result on stdout (messages go to stderr).
     #[arg(long)]
     json: bool,
-}
-
-/// A flag whose values are an engine type's names: parsed by its `FromStr`, listed in `--help`
-/// and completions like a clap `ValueEnum`'s (the engine does not depend on clap).
-pub fn choice<T>(
-    values: impl IntoIterator<Item = impl Into<clap::builder::PossibleValue>>,
-) -> impl clap::builder::TypedValueParser<Value = T>
-where
-    T: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static,
-{
-    use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(values).try_map(|s| s.parse::<T>())
-}
-
-/// `--checksum`'s values.
-pub fn checksums() -> impl clap::builder::TypedValueParser<Value = Checksum> {
-    choice::<Checksum>(&["blake3", "sha256"])
 }
 
 impl Tune {

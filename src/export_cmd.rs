@@ -68,7 +68,7 @@ pub struct ExportArgs {
     #[arg(long)]
     hugetlb: bool,
     /// Chunk digest recorded in each dump's manifest: blake3 (fast on every CPU) or sha256.
-    #[arg(long, default_value = "blake3", value_parser = crate::cli::checksums())]
+    #[arg(long, default_value = "blake3", value_parser = crate::units::checksums())]
     checksum: diskstream_engine::digest::Checksum,
     /// Check everything and run the pre hooks, but export nothing.
     #[arg(long)]

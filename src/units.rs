@@ -1,4 +1,5 @@
-//! Parsing of the sizes and rates the command line accepts (`--size 1.5G`, `--chunk-size 4MiB`,
+//! Parsing of the values the command line accepts: sizes and rates, and the engine's named
+//! values (`--checksum blake3`) listed in `--help`. Sizes and rates (`--size 1.5G`, `--chunk-size 4MiB`,
 //! `--bwlimit 50M`).
 //!
 //! A value is a decimal number (`1`, `1.5`, `.5`) and an optional unit:
@@ -14,6 +15,23 @@
 //! number of bytes is rounded down (`1.3G` is 1 395 864 371 bytes). Anything else — negative
 //! numbers, exponents, `inf`, spaces, unknown units, values beyond 2^64 − 1 — is refused with a
 //! message that names the value and what is accepted.
+
+/// A flag whose values are an engine type's names: parsed by its `FromStr`, listed in `--help`
+/// and completions like a clap `ValueEnum`'s (the engine does not depend on clap).
+pub fn choice<T>(
+    values: impl IntoIterator<Item = impl Into<clap::builder::PossibleValue>>,
+) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(values).try_map(|s| s.parse::<T>())
+}
+
+/// `--checksum`'s values.
+pub fn checksums() -> impl clap::builder::TypedValueParser<Value = diskstream_engine::digest::Checksum> {
+    choice::<diskstream_engine::digest::Checksum>(&["blake3", "sha256"])
+}
 
 /// Whether a one-letter unit (`K`, `M`, …) means a power of 1024 (sizes) or 1000 (rates).
 #[derive(Clone, Copy)]
