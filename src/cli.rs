@@ -38,6 +38,9 @@ enum Cmd {
     List(crate::export_cmd::ListArgs),
     /// Remove an instance's exports from every node (`gnt-backup remove`).
     Remove(crate::export_cmd::RemoveArgs),
+    /// Manage the cluster PKI (CA and node certificates for the agents' mutual TLS).
+    #[command(subcommand)]
+    Pki(crate::agent_cmd::PkiCmd),
     /// Measure what the disks, the CPUs and the engine can do, stage by stage, and predict the
     /// export throughput and what limits it.
     Bench(crate::bench_cmd::BenchArgs),
@@ -202,6 +205,7 @@ pub fn main() -> ExitCode {
         Cmd::Export(args) => crate::export_cmd::export(args),
         Cmd::List(args) => crate::export_cmd::list(args),
         Cmd::Remove(args) => crate::export_cmd::remove(args),
+        Cmd::Pki(cmd) => crate::agent_cmd::pki(cmd),
         Cmd::Bench(args) => crate::bench_cmd::run(args),
         Cmd::Completions { shell } => crate::install_cmd::completions(Cli::command(), shell),
         Cmd::Man { dir } => crate::install_cmd::man(Cli::command(), dir.as_deref()),

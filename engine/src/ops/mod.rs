@@ -15,6 +15,7 @@ pub mod options;
 pub mod report;
 pub mod restore;
 pub mod scan;
+pub mod stream;
 pub mod verify;
 
 use std::sync::atomic::AtomicU64;
@@ -30,6 +31,7 @@ pub use options::{
 pub use report::{Info, Report};
 pub use restore::restore;
 pub use scan::scan;
+pub use stream::{receive, send};
 pub use verify::verify;
 
 pub use crate::sink::manifest::IMAGE_DIGEST_XATTR;

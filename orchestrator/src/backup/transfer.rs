@@ -333,6 +333,7 @@ fn send_one(x: &Exec<'_>, job: &DiskJob) {
         dump: job.dump.clone(),
         pages: x.op.pages,
         checksum: x.op.checksum,
+        lz4: x.op.compress != "none",
     };
     let r = x.nodes().send_disk(&req, &job.progress);
     job.finished.store(true, Ordering::Release);

@@ -74,6 +74,10 @@ pub struct SendDisk {
     /// The chunk digest recorded in the dump's manifest.
     #[serde(with = "serde_checksum")]
     pub checksum: Checksum,
+    /// Whether data chunks travel lz4-compressed (`--transport-compression` other than `none`);
+    /// what lands on the target is the same raw dump either way.
+    #[serde(default)]
+    pub lz4: bool,
 }
 
 /// How far a disk transfer is, updated by the node while it runs.
