@@ -2,12 +2,25 @@
 //! agent daemon); the choice of node operations for `export`/`list`/`remove` (agents for nodes
 //! with an `address`, in-process for the others).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use diskstream_agent::data::Timeouts;
 use diskstream_agent::pki::PkiDir;
+use diskstream_agent::remote::{AgentNodes, RemoteTimeouts};
+use diskstream_agent::server::AgentOptions;
+use diskstream_orchestrator::backup::{self, RunOptions};
 use diskstream_orchestrator::cluster::Cluster;
+use diskstream_orchestrator::feedback::Feedback;
+use diskstream_orchestrator::hooks::HooksRunner;
+use diskstream_orchestrator::lu::LogicalUnit;
+use diskstream_orchestrator::node::local::LocalNodeOps;
+use diskstream_orchestrator::node::NodeOps;
+use diskstream_orchestrator::{Ecode, ErrorKind, OpError};
 
 use crate::output;
 
@@ -82,4 +95,67 @@ fn pki_run(cmd: PkiCmd) -> Result<String, String> {
             ))
         }
     }
+}
+
+/// `diskstream agent`.
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Cluster config (default: $DISKSTREAM_CLUSTER, else ./cluster.toml).
+    #[arg(long)]
+    pub cluster: Option<PathBuf>,
+    /// The node this agent serves (it listens on the node's `address`).
+    #[arg(long)]
+    pub node: String,
+    /// Listen here instead of the node's `address` (e.g. 0.0.0.0:1811).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Seconds without a byte moving on a disk stream before it fails as stalled.
+    #[arg(long, default_value_t = 30)]
+    pub inactivity_timeout: u64,
+}
+
+/// Runs `diskstream agent` until killed.
+pub fn agent(a: AgentArgs) -> ExitCode {
+    let opts = AgentOptions {
+        listen: a.listen,
+        timeouts: Timeouts {
+            inactivity: Duration::from_secs(a.inactivity_timeout.max(1)),
+            ..Timeouts::default()
+        },
+    };
+    match diskstream_agent::server::run(&cluster_path(a.cluster), &a.node, &opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => output::fail_msg(&format!("agent of node {}: {e}", a.node)),
+    }
+}
+
+/// The nodes an LU runs with: agents for nodes with an `address` ([`AgentNodes`]), this
+/// machine for the others; a config without any address runs everything in-process, as before.
+fn make_nodes<'c>(
+    cluster: &'c Cluster,
+    hooks: HooksRunner,
+    stop: Arc<AtomicBool>,
+) -> Result<Box<dyn NodeOps + 'c>, OpError> {
+    if !cluster.has_agents() {
+        return Ok(Box::new(LocalNodeOps::new(cluster, hooks, stop)));
+    }
+    AgentNodes::new(cluster, hooks, stop, RemoteTimeouts::default())
+        .map(|n| Box::new(n) as Box<dyn NodeOps + 'c>)
+        .map_err(|e| OpError::new(ErrorKind::Exec, Ecode::Environ, format!("cannot reach the agents: {e}")))
+}
+
+/// Runs an LU on the cluster config at `path` with [`make_nodes`].
+pub fn run_on_cluster<L: LogicalUnit>(
+    path: &Path,
+    lu: &mut L,
+    feedback: &dyn Feedback,
+    opts: &RunOptions,
+) -> Result<Option<L::Output>, OpError> {
+    backup::run_on_cluster_with(path, lu, feedback, opts, make_nodes)
+}
+
+/// `gnt-backup list` through the nodes [`make_nodes`] picks.
+pub fn list(cluster: &Cluster, nodes: &[String]) -> Result<Vec<backup::NodeExports>, OpError> {
+    let ops = make_nodes(cluster, HooksRunner::default(), Arc::default())?;
+    backup::list_on(cluster, ops.as_ref(), nodes)
 }

@@ -41,6 +41,8 @@ enum Cmd {
     /// Manage the cluster PKI (CA and node certificates for the agents' mutual TLS).
     #[command(subcommand)]
     Pki(crate::agent_cmd::PkiCmd),
+    /// Run a node's agent: serves the master's node operations and disk streams over mutual TLS.
+    Agent(crate::agent_cmd::AgentArgs),
     /// Measure what the disks, the CPUs and the engine can do, stage by stage, and predict the
     /// export throughput and what limits it.
     Bench(crate::bench_cmd::BenchArgs),
@@ -206,6 +208,7 @@ pub fn main() -> ExitCode {
         Cmd::List(args) => crate::export_cmd::list(args),
         Cmd::Remove(args) => crate::export_cmd::remove(args),
         Cmd::Pki(cmd) => crate::agent_cmd::pki(cmd),
+        Cmd::Agent(args) => crate::agent_cmd::agent(args),
         Cmd::Bench(args) => crate::bench_cmd::run(args),
         Cmd::Completions { shell } => crate::install_cmd::completions(Cli::command(), shell),
         Cmd::Man { dir } => crate::install_cmd::man(Cli::command(), dir.as_deref()),

@@ -512,7 +512,7 @@ pub fn export(a: ExportArgs) -> ExitCode {
         stop: interrupt.flag(),
         hooks_timeout: a.hooks_timeout.map(secs),
     };
-    let res = backup::run_on_cluster(&cluster_path(a.cluster), &mut lu, &printer, &opts);
+    let res = crate::agent_cmd::run_on_cluster(&cluster_path(a.cluster), &mut lu, &printer, &opts);
     printer.finish_bars();
     // Cancellation is decided by our own flag, whatever error the operation returned.
     if interrupt.flag().load(Ordering::SeqCst) {
@@ -563,7 +563,7 @@ pub fn list(a: ListArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e.into(), a.json),
     };
-    let rows = match backup::list(&cluster, &a.nodes) {
+    let rows = match crate::agent_cmd::list(&cluster, &a.nodes) {
         Ok(r) => r,
         Err(e) => return fail(&e, a.json),
     };
@@ -588,7 +588,7 @@ pub fn remove(a: RemoveArgs) -> ExitCode {
         stop: interrupt.flag(),
         ..RunOptions::new(format!("diskstream remove {}", a.instance))
     };
-    let res = backup::run_on_cluster(&cluster_path(a.cluster), &mut lu, &printer, &opts);
+    let res = crate::agent_cmd::run_on_cluster(&cluster_path(a.cluster), &mut lu, &printer, &opts);
     if interrupt.flag().load(Ordering::SeqCst) {
         let msg = match &res {
             Err(e) => e.msg.clone(),
