@@ -270,6 +270,10 @@ pub fn send(
             });
         }
     };
+    // The end of the stream (the reader checks that nothing follows the trailer); TLS 1.3
+    // keeps the other direction open for the acknowledgement.
+    s.conn.send_close_notify();
+    s.flush().map_err(|e| failed(format!("{to}: ending the stream: {e}")))?;
     let reply = read_ack(&mut s).map_err(|e| failed(format!("{to}: {e}")))?;
     match (reply.ok, reply.err) {
         (Some(v), None) => Ok(Sent {
