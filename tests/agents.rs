@@ -292,3 +292,234 @@ fn three_node_export_over_mutual_tls_equals_source_and_local_export() {
         );
     }
 }
+
+/// `cluster.toml` with `[cluster]` lines added (e.g. another PKI, another master).
+fn variant(cfg: &Path, name: &str, from: &str, to: &str) -> PathBuf {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    assert!(text.contains(from));
+    let p = cfg.with_file_name(name);
+    std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    p
+}
+
+#[test]
+fn refusals_other_ca_non_master_bad_token_and_paths() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("r", 42).expect("namespaces");
+    let (cfg, _local, _disks) = cluster(dir.path(), &net);
+    net.start_agent(&cfg, 2, &dir.path().join("agent2.log"));
+    net.start_agent(&cfg, 3, &dir.path().join("agent3.log"));
+
+    // A master whose certificates come from another CA: the handshake fails.
+    let evil = variant(&cfg, "evil.toml", "master = ", "pki = \"evil-pki\"\nmaster = ");
+    let out = Command::new(DS)
+        .args(["pki", "init", "--cluster"])
+        .arg(&evil)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = net.master(&["list", "--cluster", s(&evil), "--json"]);
+    let t = text(&out);
+    assert!(t.contains("node2.example.com") && t.contains("TLS handshake"), "{t}");
+    assert!(!t.contains("inst1"), "{t}");
+
+    // Another node of the cluster (right CA, right name) commanding an agent: 403, nothing runs.
+    let other = variant(
+        &cfg,
+        "other.toml",
+        "master = \"node1.example.com\"",
+        "master = \"node3.example.com\"",
+    );
+    let out = net.master(&["list", "--cluster", s(&other), "--json"]);
+    let t = text(&out);
+    assert!(
+        t.contains("only the master (node1.example.com) may command this agent"),
+        "{t}"
+    );
+
+    // The protocol-level refusals run in the master's namespace (this test binary, re-run).
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &net.m])
+        .arg(exe)
+        .args(["--exact", "probe_in_namespace", "--nocapture", "--test-threads=1"])
+        .env("DS_AGENT_PROBE", format!("{}|{}|{}", net.m, s(&cfg), net.addr(3)))
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("probe: all refusals seen"), "{t}");
+    eprintln!("{t}");
+    let log3 = std::fs::read_to_string(dir.path().join("agent3.log")).unwrap();
+    assert!(log3.contains("does not start with this transfer's token"), "{log3}");
+    assert!(
+        log3.contains("its certificate names none of 'node2.example.com'"),
+        "{log3}"
+    );
+    assert!(
+        find_named(&dir.path().join("node3"), ".new").is_empty(),
+        "staging left behind"
+    );
+    assert!(dumps_in(&dir.path().join("node3")).is_empty(), "a dump was written");
+}
+
+/// Files under a node's export directory that are not directories.
+fn dumps_in(root: &Path) -> Vec<PathBuf> {
+    find_named(&export_dir(root), "")
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect()
+}
+
+/// Run by `refusals_...` inside the master's namespace (a no-op otherwise): speaks the agent
+/// protocol as the master and as other nodes, and checks every refusal.
+#[test]
+fn probe_in_namespace() {
+    use diskstream_agent::pki::PkiDir;
+    use diskstream_agent::proto::{data_hello, Call, Opened};
+    use diskstream_agent::remote::{Remote, RemoteTimeouts};
+    use diskstream_agent::tls;
+    use diskstream_orchestrator::cluster::Cluster;
+    use diskstream_orchestrator::node::{DiskSource, SendDisk};
+    use std::io::{Read, Write};
+
+    let Ok(spec) = std::env::var("DS_AGENT_PROBE") else {
+        return;
+    };
+    let [ns, cfg, addr3]: [&str; 3] = spec.splitn(3, '|').collect::<Vec<_>>().try_into().unwrap();
+    let here = Command::new("ip").args(["netns", "identify"]).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&here.stdout).trim(),
+        ns,
+        "not inside the test namespace"
+    );
+    let cluster = Cluster::load(cfg).unwrap();
+    let remote = Remote::new(&cluster, RemoteTimeouts::default()).unwrap();
+    let (n2, n3, inst) = ("node2.example.com", "node3.example.com", "inst1.example.com");
+    let refused = |node: &str, call: Call, what: &str| {
+        let e = remote.call(node, &call, None).expect_err(what);
+        assert_eq!(e.kind, "refused", "{what}: {e:?}");
+        eprintln!("probe: {what}: {}", e.msg);
+    };
+    refused(
+        n3,
+        Call::RemoveExport {
+            node: n3.into(),
+            instance: "../../../etc".into(),
+            keep: None,
+        },
+        "a path as instance",
+    );
+    refused(
+        n3,
+        Call::BeginExport {
+            node: n3.into(),
+            instance: "inst1.example.com.new".into(),
+        },
+        "a staging name",
+    );
+    refused(
+        n3,
+        Call::BeginExport {
+            node: n2.into(),
+            instance: inst.into(),
+        },
+        "another node",
+    );
+    refused(
+        n3,
+        Call::CreateSnapshot {
+            node: n3.into(),
+            instance: inst.into(),
+            disk: 0,
+        },
+        "another node's instance",
+    );
+    refused(
+        n3,
+        Call::RunHooks {
+            node: n3.into(),
+            hpath: "../x".into(),
+            phase: diskstream_orchestrator::hooks::Phase::Pre,
+            env: Default::default(),
+        },
+        "a path as hooks path",
+    );
+    let req = SendDisk {
+        source_node: n2.into(),
+        instance: inst.into(),
+        disk: 0,
+        source: DiskSource::Disk,
+        target_node: n3.into(),
+        dump: "../../escape".into(),
+        pages: Default::default(),
+        checksum: Default::default(),
+        lz4: false,
+    };
+    refused(n3, Call::OpenReceive { req: req.clone() }, "a path as dump name");
+    refused(
+        n2,
+        Call::Send {
+            req: req.clone(),
+            port: 1,
+            token: "x".into(),
+        },
+        "a path as dump name (sender)",
+    );
+
+    // A stream for an opened receive: wrong token, wrong node, then garbage with the right one.
+    remote
+        .call(
+            n3,
+            &Call::BeginExport {
+                node: n3.into(),
+                instance: inst.into(),
+            },
+            None,
+        )
+        .unwrap();
+    let req = SendDisk {
+        dump: "probe-dump".into(),
+        ..req
+    };
+    let opened: Opened = serde_json::from_value(remote.call(n3, &Call::OpenReceive { req }, None).unwrap()).unwrap();
+    let pki = PkiDir::new(cluster.pki_dir());
+    let ca = pki.load_ca().unwrap();
+    let host = addr3.rsplit_once(':').unwrap().0;
+    let dial = |as_node: &str, token: &str| -> Vec<u8> {
+        let cfg = tls::client_config(&ca, &pki.load_identity(as_node).unwrap()).unwrap();
+        let tcp = std::net::TcpStream::connect((host, opened.port)).unwrap();
+        let mut s = tls::connect(&cfg, tcp, n3, Duration::from_secs(5)).unwrap();
+        let _ = s
+            .write_all(&data_hello(token))
+            .and_then(|()| s.write_all(&[0u8; 4096]))
+            .and_then(|()| s.flush());
+        s.conn.send_close_notify();
+        let _ = s.flush();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    };
+    let wrong = "0".repeat(opened.token.len());
+    assert!(dial(n2, &wrong).is_empty(), "a wrong token got an answer");
+    assert!(
+        dial("node1.example.com", &opened.token).is_empty(),
+        "the master's own certificate was taken as the primary"
+    );
+    let ack = String::from_utf8(dial(n2, &opened.token)).unwrap();
+    assert!(ack.contains("\"err\""), "garbage was acknowledged: {ack}");
+    eprintln!("probe: garbage stream: {ack}");
+    remote
+        .call(
+            n3,
+            &Call::AbandonExport {
+                node: n3.into(),
+                instance: inst.into(),
+            },
+            None,
+        )
+        .unwrap();
+    eprintln!("probe: all refusals seen");
+}

@@ -129,9 +129,23 @@ impl Agent {
             .map_err(|_| "TLS handshake timed out".to_string())?
             .map_err(|e| format!("TLS handshake: {e}"))?;
         let master = self.cluster.master().name.as_str();
-        tls::authorize(s.get_ref().1, &[master], &peer.to_string()).map_err(|e| e.to_string())?;
+        let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        if let Err(e) = tls::authorize(s.get_ref().1, &[master], &peer.to_string()) {
+            // A cluster member that is not the master: every request is answered 403 with why,
+            // and nothing runs.
+            let why = format!("refused: only the master ({master}) may command this agent: {e}");
+            eprintln!("diskstream agent: {why}");
+            let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                let why = why.clone();
+                async move { Ok::<_, hyper::Error>(answer(StatusCode::FORBIDDEN, Err(refused(why)))) }
+            });
+            return builder
+                .serve_connection(TokioIo::new(s), service)
+                .await
+                .map_err(|e| format!("HTTP/2: {e}"));
+        }
         let service = hyper::service::service_fn(move |req| self.request(req));
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        builder
             .serve_connection(TokioIo::new(s), service)
             .await
             .map_err(|e| format!("HTTP/2: {e}"))
