@@ -112,6 +112,9 @@ pub struct AgentArgs {
     /// Seconds without a byte moving on a disk stream before it fails as stalled.
     #[arg(long, default_value_t = 30)]
     pub inactivity_timeout: u64,
+    /// Test hook: flip byte N of every disk stream this agent sends (the target must refuse it).
+    #[arg(long, hide = true)]
+    pub test_flip_wire_byte: Option<u64>,
 }
 
 /// Runs `diskstream agent` until killed.
@@ -120,6 +123,7 @@ pub fn agent(a: AgentArgs) -> ExitCode {
         listen: a.listen,
         timeouts: Timeouts {
             inactivity: Duration::from_secs(a.inactivity_timeout.max(1)),
+            flip_byte: a.test_flip_wire_byte,
             ..Timeouts::default()
         },
     };

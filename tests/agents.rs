@@ -75,6 +75,11 @@ impl Net {
 
     /// Starts node N's agent in its namespace, its output in `log`.
     fn start_agent(&mut self, cfg: &Path, node: u32, log: &Path) {
+        self.start_agent_with(cfg, node, log, &[]);
+    }
+
+    /// Starts node N's agent with extra arguments.
+    fn start_agent_with(&mut self, cfg: &Path, node: u32, log: &Path, extra: &[&str]) {
         let ns = if node == 2 { self.p.clone() } else { self.t.clone() };
         let f = std::fs::File::create(log).expect("agent log");
         let child = Command::new("ip")
@@ -86,6 +91,7 @@ impl Net {
                 "--inactivity-timeout",
                 "5",
             ])
+            .args(extra)
             .stdout(f.try_clone().expect("log"))
             .stderr(f)
             .spawn()
@@ -118,6 +124,21 @@ impl Net {
             .stdin(Stdio::null())
             .output()
             .expect("run diskstream in the master namespace")
+    }
+}
+
+impl Net {
+    /// Kills the agent started `i`-th.
+    fn kill_agent(&mut self, i: usize) {
+        let _ = self.agents[i].kill();
+        let _ = self.agents[i].wait();
+    }
+
+    /// The veth of node N (2 or 3) inside its namespace.
+    fn veth(&self, node: u32) -> (String, String) {
+        let ns = if node == 2 { self.p.clone() } else { self.t.clone() };
+        let tag = &self.m[2..self.m.len() - 1];
+        (ns, format!("v{tag}{node}"))
     }
 }
 
@@ -522,4 +543,106 @@ fn probe_in_namespace() {
         )
         .unwrap();
     eprintln!("probe: all refusals seen");
+}
+
+/// The files of an export directory with their contents (to prove it was left intact).
+fn snapshot_of(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v: Vec<_> = find_named(dir, "")
+        .into_iter()
+        .filter(|p| p.is_file())
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// After a failed export: the previous export on node3 as it was, no staging, no stray dump.
+fn assert_clean_failure(dir: &Path, before: &[(PathBuf, Vec<u8>)], out: &Output, expect: &str) {
+    let t = text(out);
+    assert!(!out.status.success(), "the export succeeded: {t}");
+    assert!(t.contains(expect), "expected {expect:?} in: {t}");
+    let exp = export_dir(&dir.join("node3")).join("inst1.example.com");
+    assert!(snapshot_of(&exp) == before, "the previous export changed");
+    assert!(find_named(&dir.join("node3"), ".new").is_empty(), "staging left behind");
+    assert!(
+        find_named(&dir.join("node3"), ".partial").is_empty(),
+        "a partial dump left behind"
+    );
+}
+
+#[test]
+fn faults_corrupted_frame_and_cut_link_fail_cleanly() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("f", 43).expect("namespaces");
+    let (cfg, _local, _disks) = cluster(dir.path(), &net);
+    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    net.start_agent(&cfg, 2, &dir.path().join("agent2.log"));
+    net.start_agent(&cfg, 3, &dir.path().join("agent3.log"));
+    let c = s(&cfg);
+    let export = [
+        "export",
+        "--cluster",
+        c,
+        "-n",
+        "node3.example.com",
+        "inst1.example.com",
+        "--long-sleep",
+    ];
+    let out = net.master(&export);
+    assert!(out.status.success(), "{}", text(&out));
+    let before = snapshot_of(&export_dir(&dir.path().join("node3")).join("inst1.example.com"));
+    assert!(before.len() >= 5, "{before:?}");
+
+    // A byte flipped on the wire (after the engine wrote it): the target refuses the dump.
+    net.kill_agent(0);
+    net.start_agent_with(
+        &cfg,
+        2,
+        &dir.path().join("agent2-flip.log"),
+        &["--test-flip-wire-byte", "300000"],
+    );
+    let out = net.master(&export);
+    assert_clean_failure(dir.path(), &before, &out, "refused the stream");
+    assert!(text(&out).contains("corrupt"), "{}", text(&out));
+
+    // The primary's link cut mid-transfer (shaped to 40 Mbit/s so it lasts): disk/0 fails as
+    // stalled within the inactivity timeout (5 s) and the master's HTTP/2 ping timeout; disk/1
+    // and the instance restart then fail on connect timeouts (10 s each), as Ganeti goes on.
+    net.kill_agent(2);
+    net.start_agent(&cfg, 2, &dir.path().join("agent2-cut.log"));
+    let (ns, dev) = net.veth(2);
+    let tc = Command::new("ip")
+        .args([
+            "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &dev, "root", "tbf", "rate", "40mbit",
+        ])
+        .args(["burst", "64kb", "latency", "100ms"])
+        .status()
+        .unwrap();
+    assert!(tc.success());
+    let cutter = {
+        let (ns, dev) = (ns.clone(), dev.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2500));
+            ip(&["-n", &ns, "link", "set", &dev, "down"])
+        })
+    };
+    let t0 = Instant::now();
+    let mut args = export.to_vec();
+    args.extend(["--transport-compression", "none"]);
+    let out = net.master(&args);
+    let took = t0.elapsed();
+    cutter.join().unwrap().unwrap();
+    assert_clean_failure(dir.path(), &before, &out, "disk/0");
+    assert!(took < Duration::from_secs(60), "took {took:?}: {}", text(&out));
+    assert!(
+        text(&out).contains("stalled: no progress receiving inst1.example.com/disk0"),
+        "{}",
+        text(&out)
+    );
+    let log3 = std::fs::read_to_string(dir.path().join("agent3.log")).unwrap();
+    assert!(log3.contains("stalled"), "{log3}");
+    eprintln!("cut link: failed after {took:?}:\n{}", text(&out));
 }

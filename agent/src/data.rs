@@ -39,6 +39,9 @@ pub struct Timeouts {
     pub inactivity: Duration,
     /// How long an opened receive waits for its stream.
     pub open: Duration,
+    /// Test hook (`diskstream agent --test-flip-wire-byte N`): the sender flips byte N of
+    /// every stream it sends, after the engine wrote it, so the target must catch it.
+    pub flip_byte: Option<u64>,
 }
 
 impl Default for Timeouts {
@@ -47,6 +50,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(10),
             inactivity: Duration::from_secs(30),
             open: Duration::from_secs(60),
+            flip_byte: None,
         }
     }
 }
@@ -57,6 +61,7 @@ struct Counted<S> {
     what: String,
     bytes: u64,
     idle: Duration,
+    flip: Option<u64>,
 }
 
 impl<S> Counted<S> {
@@ -91,6 +96,18 @@ impl<S: Read> Read for Counted<S> {
 
 impl<S: Write> Write for Counted<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(at) = self
+            .flip
+            .filter(|&at| at >= self.bytes && at < self.bytes + buf.len() as u64)
+        {
+            let i = (at - self.bytes) as usize;
+            let mut b = buf[..=i].to_vec();
+            b[i] ^= 0x01;
+            self.flip = None;
+            self.inner.write_all(&b).map_err(|e| self.stalled(e))?;
+            self.bytes += b.len() as u64;
+            return Ok(b.len());
+        }
         match self.inner.write(buf) {
             Ok(n) => {
                 self.bytes += n as u64;
@@ -200,6 +217,7 @@ fn receive(local: &LocalNodeOps<'_>, mut s: tls::ServerStream, req: &SendDisk, w
             what: format!("receiving {what}"),
             bytes: 0,
             idle: t.inactivity,
+            flip: None,
         };
         match local.receive_disk(req, stream, Path::new(&name), &progress) {
             Ok(r) => Reply {
@@ -253,6 +271,7 @@ pub fn send(
             what: format!("sending {to}"),
             bytes: 0,
             idle: t.inactivity,
+            flip: t.flip_byte,
         };
         local.send_disk_to(req, out, Path::new(&name), &progress)
     };

@@ -60,6 +60,7 @@ pub fn run(agent: &'static Agent, call: Call) -> Result<Value, WireError> {
         BeginExport { node, instance } => node_result(l.begin_export(&node, &instance)),
         OpenReceive { req } => agent.open_receive(req),
         Send { req, port, token } => agent.send(&req, port, token),
+        ReceiveResult { token, .. } => agent.receive_result(&token),
         FinalizeExport {
             node,
             instance,

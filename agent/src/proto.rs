@@ -91,6 +91,13 @@ pub enum Call {
         port: u16,
         token: String,
     },
+    /// On the target: how the receive opened with `token` ended (waits a few seconds for it):
+    /// `null` when it committed, else its error. The master asks when a send failed, so the
+    /// operator hears the target's reason (a corrupt frame) rather than the sender's (a reset).
+    ReceiveResult {
+        node: String,
+        token: String,
+    },
     FinalizeExport {
         node: String,
         instance: String,
@@ -149,7 +156,8 @@ impl Call {
             | SweepExportLeftovers { node, .. }
             | ListExports { node }
             | ExportListing { node, .. }
-            | RemoveExport { node, .. } => node,
+            | RemoveExport { node, .. }
+            | ReceiveResult { node, .. } => node,
             OpenReceive { req } => &req.target_node,
             Send { req, .. } => &req.source_node,
         }

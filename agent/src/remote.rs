@@ -20,7 +20,7 @@ use diskstream_orchestrator::node::{NodeError, NodeOps, SendDisk, SnapshotRef, T
 use diskstream_orchestrator::snapshot::{Capability, Stale};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::net::TcpStream;
@@ -29,6 +29,9 @@ use tokio_rustls::TlsConnector;
 use crate::pki::PkiDir;
 use crate::proto::{Call, Opened, Reply, Sent, WireError};
 use crate::tls;
+
+/// How often the master pings an agent during a call, and how long it waits for the answer.
+const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// How long the master waits for an agent.
 #[derive(Debug, Clone, Copy)]
@@ -122,7 +125,13 @@ impl Remote {
             .await
             .map_err(|_| "TLS handshake timed out".to_string())?
             .map_err(|e| format!("TLS handshake: {e}"))?;
+        // HTTP/2 pings keep a long call (a disk transfer) honest: an agent that stops answering
+        // (its node is down, the link is cut) fails the call instead of hanging the export.
         let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| format!("HTTP/2: {e}"))?;
@@ -188,20 +197,33 @@ impl<'c> AgentNodes<'c> {
         let call = Call::Send {
             req: req.clone(),
             port: opened.port,
-            token: opened.token,
+            token: opened.token.clone(),
         };
-        let sent: Sent = self
-            .remote
-            .call(&req.source_node, &call, None)
-            .map_err(|e| TransferError::Node(Box::new(e.into_node(&req.source_node))))
-            .and_then(|v| {
-                serde_json::from_value(v).map_err(|e| {
-                    TransferError::Node(Box::new(NodeError::Failed(format!(
-                        "node {}: answer: {e}",
-                        req.source_node
-                    ))))
-                })
-            })?;
+        let sent: Sent = match self.remote.call(&req.source_node, &call, None) {
+            Ok(v) => serde_json::from_value(v).map_err(|e| {
+                TransferError::Node(Box::new(NodeError::Failed(format!(
+                    "node {}: answer: {e}",
+                    req.source_node
+                ))))
+            })?,
+            Err(e) => {
+                // The target's reason, if it refused the stream, says more than the sender's.
+                let ask = Call::ReceiveResult {
+                    node: req.target_node.clone(),
+                    token: opened.token,
+                };
+                let why = self.remote.call(&req.target_node, &ask, self.short()).ok();
+                let target: Option<WireError> = why.and_then(|v| serde_json::from_value(v).ok()).flatten();
+                let msg = match target {
+                    Some(t) => format!(
+                        "node {} refused the stream: {} (sender: {})",
+                        req.target_node, t.msg, e.msg
+                    ),
+                    None => return Err(TransferError::Node(Box::new(e.into_node(&req.source_node)))),
+                };
+                return Err(TransferError::Node(Box::new(NodeError::Failed(msg))));
+            }
+        };
         progress.total.store(sent.sent.disk_size, Ordering::Relaxed);
         progress.done.store(sent.sent.disk_size, Ordering::Relaxed);
         Ok(sent.sent.into_report(Some(sent.received)))

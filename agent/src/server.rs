@@ -9,9 +9,10 @@
 //! The agent reads only the disks and writes only the export directory that the cluster config
 //! gives its node: every path is derived by [`LocalNodeOps`] from the config.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -45,6 +46,8 @@ pub struct Agent {
     client_tls: Arc<ClientConfig>,
     data_ip: IpAddr,
     timeouts: Timeouts,
+    /// How each receive ended, by token (`None`: committed).
+    ended: Mutex<HashMap<String, Option<WireError>>>,
 }
 
 /// Where an agent listens and how long it waits.
@@ -95,6 +98,7 @@ impl Agent {
             client_tls,
             data_ip: listen.ip(),
             timeouts: opts.timeouts,
+            ended: Mutex::default(),
         };
         Ok((agent, listen))
     }
@@ -223,7 +227,7 @@ impl Agent {
             | SweepExportLeftovers { instance, .. }
             | ExportListing { instance, .. }
             | RemoveExport { instance, .. } => export_name(instance),
-            ListExports { .. } => Ok(()),
+            ListExports { .. } | ReceiveResult { .. } => Ok(()),
         }
     }
 
@@ -275,15 +279,41 @@ impl Agent {
         let (rx, opened) = Receiver::open(self.data_ip)
             .map_err(|e| WireError::new("failed", format!("opening a data port on {}: {e}", self.data_ip)))?;
         let t = self.timeouts;
-        std::thread::spawn(move || match rx.run(&self.local, &self.server_tls, &req, t) {
-            Ok(Reply { err: Some(e), .. }) => eprintln!(
-                "diskstream agent: receiving {}/disk{}: {}",
-                req.instance, req.disk, e.msg
-            ),
-            Ok(_) => {}
-            Err(e) => eprintln!("diskstream agent: {e}"),
+        let token = opened.token.clone();
+        std::thread::spawn(move || {
+            let ended = match rx.run(&self.local, &self.server_tls, &req, t) {
+                Ok(Reply { err: Some(e), .. }) => Some(e),
+                Ok(_) => None,
+                Err(e) => Some(WireError::new("failed", e)),
+            };
+            if let Some(e) = &ended {
+                eprintln!(
+                    "diskstream agent: receiving {}/disk{}: {}",
+                    req.instance, req.disk, e.msg
+                );
+            }
+            let mut m = self.ended.lock().expect("ended");
+            if m.len() > 1024 {
+                m.clear();
+            }
+            m.insert(token, ended);
         });
         serde_json::to_value(opened).map_err(|e| WireError::new("failed", e.to_string()))
+    }
+
+    /// How the receive of `token` ended, waiting up to 10 s for it.
+    pub fn receive_result(&self, token: &str) -> Result<Value, WireError> {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Some(r) = self.ended.lock().expect("ended").remove(token) {
+                return Ok(serde_json::to_value(r).unwrap_or(Value::Null));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(WireError::new(
+            "unknown",
+            "no receive with this token ended in the last 10 s",
+        ))
     }
 
     /// Sends `req` to the target's data port.
