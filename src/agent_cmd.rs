@@ -112,6 +112,10 @@ pub struct AgentArgs {
     /// Seconds without a byte moving on a disk stream before it fails as stalled.
     #[arg(long, default_value_t = 30)]
     pub inactivity_timeout: u64,
+    /// Seconds a staging export may go without word from the master (and without a disk
+    /// stream in progress) before the agent removes it (a master that died mid-export).
+    #[arg(long, default_value_t = 600)]
+    pub staging_timeout: u64,
     /// Test hook: flip byte N of every disk stream this agent sends (the target must refuse it).
     #[arg(long, hide = true)]
     pub test_flip_wire_byte: Option<u64>,
@@ -126,6 +130,7 @@ pub fn agent(a: AgentArgs) -> ExitCode {
             flip_byte: a.test_flip_wire_byte,
             ..Timeouts::default()
         },
+        staging_timeout: Duration::from_secs(a.staging_timeout.max(1)),
     };
     match diskstream_agent::server::run(&cluster_path(a.cluster), &a.node, &opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -646,3 +646,102 @@ fn faults_corrupted_frame_and_cut_link_fail_cleanly() {
     assert!(log3.contains("stalled"), "{log3}");
     eprintln!("cut link: failed after {took:?}:\n{}", text(&out));
 }
+
+/// Waits up to `secs` for `f`.
+fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn killed_master_and_killed_target_agent_leave_nothing() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("k", 44).expect("namespaces");
+    let (cfg, _local, _disks) = cluster(dir.path(), &net);
+    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    let lease = ["--staging-timeout", "3"];
+    net.start_agent_with(&cfg, 2, &dir.path().join("agent2.log"), &lease);
+    net.start_agent_with(&cfg, 3, &dir.path().join("agent3.log"), &lease);
+    let c = s(&cfg);
+    let export = [
+        "export",
+        "--cluster",
+        c,
+        "-n",
+        "node3.example.com",
+        "inst1.example.com",
+        "--long-sleep",
+    ];
+    let out = net.master(&export);
+    assert!(out.status.success(), "{}", text(&out));
+    let node3 = dir.path().join("node3");
+    let before = snapshot_of(&export_dir(&node3).join("inst1.example.com"));
+    let (ns, dev) = net.veth(2);
+    let tc = Command::new("ip")
+        .args([
+            "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &dev, "root", "tbf", "rate", "20mbit",
+        ])
+        .args(["burst", "64kb", "latency", "100ms"])
+        .status()
+        .unwrap();
+    assert!(tc.success());
+    let staging = export_dir(&node3).join("inst1.example.com.new");
+    let mut args = export.to_vec();
+    args.extend(["--transport-compression", "none"]);
+
+    // The master killed mid-transfer: the target's agent removes the staging export once the
+    // stream ended and the master said nothing for the lease (3 s).
+    let mut master = Command::new("ip")
+        .args(["netns", "exec", &net.m, DS])
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
+    let _ = master.kill();
+    let _ = master.wait();
+    assert!(started, "the transfer never started");
+    assert!(
+        wait_for(40, || !staging.exists()),
+        "the staging export outlived its master"
+    );
+    assert!(snapshot_of(&export_dir(&node3).join("inst1.example.com")) == before);
+    let log3 = std::fs::read_to_string(dir.path().join("agent3.log")).unwrap();
+    assert!(log3.contains("no word from the master"), "{log3}");
+
+    // The target's agent killed mid-transfer: the export fails; the agent, restarted, removes
+    // the staging export its predecessor left.
+    let master = Command::new("ip")
+        .args(["netns", "exec", &net.m, DS])
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
+    net.kill_agent(1);
+    assert!(started, "the transfer never started");
+    let out = master.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the export succeeded without its target: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("disk/0"), "{}", text(&out));
+    net.start_agent(&cfg, 3, &dir.path().join("agent3-restarted.log"));
+    assert!(
+        !staging.exists(),
+        "the restarted agent kept the dead one's staging export"
+    );
+    assert!(snapshot_of(&export_dir(&node3).join("inst1.example.com")) == before);
+}

@@ -1,6 +1,6 @@
 //! diskstream's node agent layer: the cluster PKI ([`pki`]: a CA per cluster, a certificate per
 //! node), mutual-TLS connections that trust that CA alone and check the peer's node name
-//! ([`tls`]), the agent daemon ([`server`], [`handle`]) and its protocol ([`proto`]), the data
+//! ([`tls`]), the agent daemon ([`server`], [`handle`], [`lease`]) and its protocol ([`proto`]), the data
 //! plane ([`data`]: one TLS connection per disk carrying the dsimg frame stream) and the
 //! master's side ([`remote`]: [`remote::AgentNodes`], a `NodeOps` that sends each node's
 //! operations to its agent, or runs them in-process for nodes without an address).
@@ -9,6 +9,7 @@
 
 pub mod data;
 pub mod handle;
+pub mod lease;
 pub mod pki;
 pub mod proto;
 pub mod rate;

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use diskstream_orchestrator::cluster::{is_safe_name, reserved_instance_name, Cluster};
 use diskstream_orchestrator::hooks::HooksRunner;
 use diskstream_orchestrator::node::local::LocalNodeOps;
-use diskstream_orchestrator::node::SendDisk;
+use diskstream_orchestrator::node::{NodeOps, SendDisk};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::data::{self, Receiver, Timeouts};
+use crate::lease::Leases;
 use crate::pki::PkiDir;
 use crate::proto::{Call, Reply, Sent, WireError};
 use crate::tls;
@@ -48,6 +49,7 @@ pub struct Agent {
     timeouts: Timeouts,
     /// How each receive ended, by token (`None`: committed).
     ended: Mutex<HashMap<String, Option<WireError>>>,
+    leases: Leases,
 }
 
 /// Where an agent listens and how long it waits.
@@ -57,6 +59,9 @@ pub struct AgentOptions {
     pub listen: Option<SocketAddr>,
     /// Data-plane timeouts.
     pub timeouts: Timeouts,
+    /// A staging export with no word from the master (and no receive in progress) for this long
+    /// is abandoned (see [`crate::lease`]).
+    pub staging_timeout: Duration,
 }
 
 fn refused(msg: impl Into<String>) -> WireError {
@@ -99,7 +104,12 @@ impl Agent {
             data_ip: listen.ip(),
             timeouts: opts.timeouts,
             ended: Mutex::default(),
+            leases: Leases::new(opts.staging_timeout),
         };
+        // Staging exports left by an agent that was killed: no master can finish them now.
+        for i in cluster.instances() {
+            agent.local.sweep_export_leftovers(node, &i.name);
+        }
         Ok((agent, listen))
     }
 
@@ -187,7 +197,27 @@ impl Agent {
     /// Checks and runs one call on this node.
     pub fn dispatch(&'static self, call: Call) -> Result<Value, WireError> {
         self.check(&call)?;
+        match &call {
+            Call::BeginExport { instance, .. } => self.leases.touch(instance),
+            Call::OpenReceive { req } => self.leases.touch(&req.instance),
+            Call::FinalizeExport { instance, .. } | Call::AbandonExport { instance, .. } => self.leases.end(instance),
+            _ => {}
+        }
         crate::handle::run(self, call)
+    }
+
+    /// Abandons the staging exports whose master went silent (every second, for ever).
+    fn reap(&'static self) {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            for inst in self.leases.expired() {
+                eprintln!(
+                    "diskstream agent: no word from the master about the staging export of {inst} for {} s: removing it",
+                    self.leases.timeout().as_secs()
+                );
+                self.local.abandon_export(&self.node, &inst);
+            }
+        }
     }
 
     /// The refusals: another node, an instance not on this node, a name that could be a path.
@@ -280,12 +310,14 @@ impl Agent {
             .map_err(|e| WireError::new("failed", format!("opening a data port on {}: {e}", self.data_ip)))?;
         let t = self.timeouts;
         let token = opened.token.clone();
+        self.leases.begin_receive(&req.instance);
         std::thread::spawn(move || {
             let ended = match rx.run(&self.local, &self.server_tls, &req, t) {
                 Ok(Reply { err: Some(e), .. }) => Some(e),
                 Ok(_) => None,
                 Err(e) => Some(WireError::new("failed", e)),
             };
+            self.leases.end_receive(&req.instance);
             if let Some(e) = &ended {
                 eprintln!(
                     "diskstream agent: receiving {}/disk{}: {}",
@@ -368,6 +400,7 @@ pub fn run(path: &std::path::Path, node: &str, opts: &AgentOptions) -> Result<()
     let (agent, listen) = Agent::new(cluster, node, opts)?;
     // The daemon's state lives as long as the process.
     let agent: &'static Agent = Box::leak(Box::new(agent));
+    std::thread::spawn(move || agent.reap());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
