@@ -114,14 +114,20 @@ impl Net {
         );
     }
 
-    /// Runs `diskstream ARGS` in namespace `m`, after checking that it is there.
-    fn master(&self, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.m, "sh", "-c"])
+    /// `diskstream ARGS` in namespace `m`, which first checks that it is there.
+    fn master_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.m, "sh", "-c"])
             .arg(r#"ns="$1"; shift; [ "$(ip netns identify)" = "$ns" ] || { echo "not in netns $ns" >&2; exit 99; }; exec "$@""#)
             .args(["sh", &self.m, DS])
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `diskstream ARGS` in namespace `m`, after checking that it is there.
+    fn master(&self, args: &[&str]) -> Output {
+        self.master_cmd(args)
             .output()
             .expect("run diskstream in the master namespace")
     }
@@ -490,6 +496,21 @@ fn probe_in_namespace() {
         "a path as dump name (sender)",
     );
 
+    // Plaintext HTTP to an agent: no answer but a TLS alert, nothing served.
+    let mut plain = std::net::TcpStream::connect(addr3).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    plain
+        .write_all(b"POST /v1/list_exports HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = plain.read_to_end(&mut got);
+    assert!(
+        !got.starts_with(b"HTTP"),
+        "plaintext was answered: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    eprintln!("probe: plaintext: {} bytes back (a TLS alert at most)", got.len());
+
     // A stream for an opened receive: wrong token, wrong node, then garbage with the right one.
     remote
         .call(
@@ -700,9 +721,8 @@ fn killed_master_and_killed_target_agent_leave_nothing() {
 
     // The master killed mid-transfer: the target's agent removes the staging export once the
     // stream ended and the master said nothing for the lease (3 s).
-    let mut master = Command::new("ip")
-        .args(["netns", "exec", &net.m, DS])
-        .args(&args)
+    let mut master = net
+        .master_cmd(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -721,9 +741,8 @@ fn killed_master_and_killed_target_agent_leave_nothing() {
 
     // The target's agent killed mid-transfer: the export fails; the agent, restarted, removes
     // the staging export its predecessor left.
-    let master = Command::new("ip")
-        .args(["netns", "exec", &net.m, DS])
-        .args(&args)
+    let master = net
+        .master_cmd(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -238,7 +238,8 @@ fn receive(local: &LocalNodeOps<'_>, mut s: tls::ServerStream, req: &SendDisk, w
     reply
 }
 
-/// The primary's side: streams `req` to the target at `host`:`port` with `token`, and returns
+/// The primary's side: streams `req` to the target at `host`:`port` with `token` (counting in
+/// `progress`), and returns
 /// both ends' reports once the target acknowledged the committed dump.
 pub fn send(
     local: &LocalNodeOps<'_>,
@@ -246,6 +247,7 @@ pub fn send(
     host: &str,
     opened: &Opened,
     req: &SendDisk,
+    progress: &TransferProgress,
     t: Timeouts,
 ) -> Result<Sent, TransferError> {
     let failed = |msg: String| TransferError::Node(Box::new(diskstream_orchestrator::node::NodeError::Failed(msg)));
@@ -263,7 +265,6 @@ pub fn send(
     set_timeouts(&s.sock, t.inactivity).map_err(|e| failed(format!("{to}: {e}")))?;
     s.write_all(&data_hello(&opened.token))
         .map_err(|e| failed(format!("{to}: sending the token: {e}")))?;
-    let progress = TransferProgress::default();
     let name = format!("{}:{to}", req.source_node);
     let sent = {
         let out = Counted {
@@ -273,7 +274,7 @@ pub fn send(
             idle: t.inactivity,
             flip: t.flip_byte,
         };
-        local.send_disk_to(req, out, Path::new(&name), &progress)
+        local.send_disk_to(req, out, Path::new(&name), progress)
     };
     let sent = match sent {
         Ok(r) => r,

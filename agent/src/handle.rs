@@ -61,6 +61,7 @@ pub fn run(agent: &'static Agent, call: Call) -> Result<Value, WireError> {
         OpenReceive { req } => agent.open_receive(req),
         Send { req, port, token } => agent.send(&req, port, token),
         ReceiveResult { token, .. } => agent.receive_result(&token),
+        Progress { token, .. } => Ok(agent.progress(&token)),
         FinalizeExport {
             node,
             instance,

@@ -98,6 +98,12 @@ pub enum Call {
         node: String,
         token: String,
     },
+    /// On the primary: how far the send with `token` is, `[done, total]` disk bytes (`null`
+    /// when no such send runs).
+    Progress {
+        node: String,
+        token: String,
+    },
     FinalizeExport {
         node: String,
         instance: String,
@@ -157,7 +163,8 @@ impl Call {
             | ListExports { node }
             | ExportListing { node, .. }
             | RemoveExport { node, .. }
-            | ReceiveResult { node, .. } => node,
+            | ReceiveResult { node, .. }
+            | Progress { node, .. } => node,
             OpenReceive { req } => &req.target_node,
             Send { req, .. } => &req.source_node,
         }

@@ -191,6 +191,32 @@ impl<'c> AgentNodes<'c> {
         Some(self.remote.timeouts.request)
     }
 
+    /// Asks the primary every second how far the send of `token` is, into `progress` (the job
+    /// lines and JSON events of the local path), until `done`.
+    fn poll_progress(&self, req: &SendDisk, token: &str, progress: &TransferProgress, done: &AtomicBool) {
+        let call = Call::Progress {
+            node: req.source_node.clone(),
+            token: token.to_string(),
+        };
+        while !done.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(200));
+            if let Ok(Ok((d, t))) = self
+                .remote
+                .call(&req.source_node, &call, self.short())
+                .map(serde_json::from_value::<(u64, u64)>)
+            {
+                progress.total.store(t, Ordering::Relaxed);
+                progress.done.store(d, Ordering::Relaxed);
+            }
+            for _ in 0..4 {
+                if done.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+
     /// A disk between two agents: open the receive on the target, then send from the primary.
     fn send_remote(&self, req: &SendDisk, progress: &TransferProgress) -> Result<Report, TransferError> {
         let opened: Opened = self.ask(&req.target_node, Call::OpenReceive { req: req.clone() }, self.short())?;
@@ -199,7 +225,14 @@ impl<'c> AgentNodes<'c> {
             port: opened.port,
             token: opened.token.clone(),
         };
-        let sent: Sent = match self.remote.call(&req.source_node, &call, None) {
+        let done = AtomicBool::new(false);
+        let answer = std::thread::scope(|sc| {
+            sc.spawn(|| self.poll_progress(req, &opened.token, progress, &done));
+            let r = self.remote.call(&req.source_node, &call, None);
+            done.store(true, Ordering::Release);
+            r
+        });
+        let sent: Sent = match answer {
             Ok(v) => serde_json::from_value(v).map_err(|e| {
                 TransferError::Node(Box::new(NodeError::Failed(format!(
                     "node {}: answer: {e}",

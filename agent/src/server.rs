@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use bytes::Bytes;
 use diskstream_orchestrator::cluster::{is_safe_name, reserved_instance_name, Cluster};
 use diskstream_orchestrator::hooks::HooksRunner;
 use diskstream_orchestrator::node::local::LocalNodeOps;
-use diskstream_orchestrator::node::{NodeOps, SendDisk};
+use diskstream_orchestrator::node::{NodeOps, SendDisk, TransferProgress};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -50,6 +50,8 @@ pub struct Agent {
     /// How each receive ended, by token (`None`: committed).
     ended: Mutex<HashMap<String, Option<WireError>>>,
     leases: Leases,
+    /// The sends in progress, by token.
+    sending: Mutex<HashMap<String, Arc<TransferProgress>>>,
 }
 
 /// Where an agent listens and how long it waits.
@@ -105,6 +107,7 @@ impl Agent {
             timeouts: opts.timeouts,
             ended: Mutex::default(),
             leases: Leases::new(opts.staging_timeout),
+            sending: Mutex::default(),
         };
         // Staging exports left by an agent that was killed: no master can finish them now.
         for i in cluster.instances() {
@@ -257,7 +260,7 @@ impl Agent {
             | SweepExportLeftovers { instance, .. }
             | ExportListing { instance, .. }
             | RemoveExport { instance, .. } => export_name(instance),
-            ListExports { .. } | ReceiveResult { .. } => Ok(()),
+            ListExports { .. } | ReceiveResult { .. } | Progress { .. } => Ok(()),
         }
     }
 
@@ -348,6 +351,14 @@ impl Agent {
         ))
     }
 
+    /// How far the send of `token` is: `[done, total]`, or `null`.
+    pub fn progress(&self, token: &str) -> Value {
+        match self.sending.lock().expect("sending").get(token) {
+            Some(p) => serde_json::json!([p.done.load(Ordering::Relaxed), p.total.load(Ordering::Relaxed)]),
+            None => Value::Null,
+        }
+    }
+
     /// Sends `req` to the target's data port.
     pub fn send(&self, req: &SendDisk, port: u16, token: String) -> Result<Value, WireError> {
         let target = self.cluster.node(&req.target_node).and_then(|n| n.address.clone());
@@ -356,9 +367,23 @@ impl Agent {
         };
         let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
         let host = host.trim_start_matches('[').trim_end_matches(']');
+        let progress = Arc::new(TransferProgress::default());
+        self.sending
+            .lock()
+            .expect("sending")
+            .insert(token.clone(), Arc::clone(&progress));
         let opened = crate::proto::Opened { port, token };
-        let sent: Sent = data::send(&self.local, &self.client_tls, host, &opened, req, self.timeouts)
-            .map_err(|e| WireError::transfer(&e))?;
+        let sent = data::send(
+            &self.local,
+            &self.client_tls,
+            host,
+            &opened,
+            req,
+            &progress,
+            self.timeouts,
+        );
+        self.sending.lock().expect("sending").remove(&opened.token);
+        let sent: Sent = sent.map_err(|e| WireError::transfer(&e))?;
         serde_json::to_value(sent).map_err(|e| WireError::new("failed", e.to_string()))
     }
 }
