@@ -681,7 +681,7 @@ fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 }
 
 #[test]
-fn killed_master_and_killed_target_agent_leave_nothing() {
+fn killed_master_and_killed_agents_leave_nothing() {
     if !usable() {
         return;
     }
@@ -762,5 +762,23 @@ fn killed_master_and_killed_target_agent_leave_nothing() {
         !staging.exists(),
         "the restarted agent kept the dead one's staging export"
     );
+    assert!(snapshot_of(&export_dir(&node3).join("inst1.example.com")) == before);
+
+    // The sending agent killed mid-transfer: the export fails with the target's reason (the
+    // stream stalled), and the master removes the staging export.
+    let master = net
+        .master_cmd(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
+    net.kill_agent(0);
+    assert!(started, "the transfer never started");
+    let out = master.wait_with_output().unwrap();
+    let t = text(&out);
+    assert!(!out.status.success(), "the export succeeded without its primary: {t}");
+    assert!(t.contains("disk/0") && t.contains("stalled"), "{t}");
+    assert!(!staging.exists(), "staging left behind");
     assert!(snapshot_of(&export_dir(&node3).join("inst1.example.com")) == before);
 }
