@@ -276,6 +276,29 @@ fn three_node_export_over_mutual_tls_equals_source_and_local_export() {
             "staging left behind"
         );
     }
+    // A primary without an agent (its disks on the master's machine) to the target's agent: the
+    // master streams the disk itself, as the primary (its certificate from the cluster PKI).
+    let mixed = variant(&cfg, "mixed.toml", &format!("address = \"{}\"\n", net.addr(2)), "");
+    let out = net.master(&[
+        "export",
+        "--cluster",
+        s(&mixed),
+        "-n",
+        "node3.example.com",
+        "inst1.example.com",
+        "--long-sleep",
+    ]);
+    assert!(
+        out.status.success(),
+        "export from an in-process primary failed: {}",
+        text(&out)
+    );
+    let got = dumps(&export_dir(&dir.path().join("node3")).join("inst1.example.com"));
+    assert_eq!(got.len(), 2);
+    for ((dump, _), disk) in got.iter().zip(&disks) {
+        assert_same_bytes(dump, disk);
+    }
+
     // The export is listed through the agents.
     let list = net.master(&["list", "--cluster", c]);
     assert!(
@@ -764,8 +787,8 @@ fn killed_master_and_killed_agents_leave_nothing() {
     );
     assert!(snapshot_of(&export_dir(&node3).join("inst1.example.com")) == before);
 
-    // The sending agent killed mid-transfer: the export fails with the target's reason (the
-    // stream stalled), and the master removes the staging export.
+    // The sending agent killed mid-transfer: the export fails with the target's reason (its
+    // kernel reset the stream), and the master removes the staging export.
     let master = net
         .master_cmd(&args)
         .stdout(Stdio::piped())
@@ -778,7 +801,10 @@ fn killed_master_and_killed_agents_leave_nothing() {
     let out = master.wait_with_output().unwrap();
     let t = text(&out);
     assert!(!out.status.success(), "the export succeeded without its primary: {t}");
-    assert!(t.contains("disk/0") && t.contains("stalled"), "{t}");
+    assert!(
+        t.contains("disk/0") && t.contains("node node3.example.com refused the stream"),
+        "{t}"
+    );
     assert!(!staging.exists(), "staging left behind");
     assert!(snapshot_of(&export_dir(&node3).join("inst1.example.com")) == before);
 }

@@ -26,6 +26,7 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::data::Timeouts;
 use crate::pki::PkiDir;
 use crate::proto::{Call, Opened, Reply, Sent, WireError};
 use crate::tls;
@@ -164,6 +165,7 @@ impl Remote {
 /// The nodes of a cluster with agents: remote where a node has an `address`, in-process
 /// elsewhere.
 pub struct AgentNodes<'c> {
+    cluster: &'c Cluster,
     local: LocalNodeOps<'c>,
     remote: Remote,
 }
@@ -177,6 +179,7 @@ impl<'c> AgentNodes<'c> {
         t: RemoteTimeouts,
     ) -> Result<Self, String> {
         Ok(Self {
+            cluster,
             local: LocalNodeOps::new(cluster, hooks, stop),
             remote: Remote::new(cluster, t)?,
         })
@@ -189,6 +192,23 @@ impl<'c> AgentNodes<'c> {
 
     fn short(&self) -> Option<Duration> {
         Some(self.remote.timeouts.request)
+    }
+
+    /// A disk from an in-process primary (its disks are on this machine) to a target's agent:
+    /// this process streams it, with the primary's certificate from the cluster PKI (the target
+    /// checks that the stream comes from the primary).
+    fn send_from_here(&self, req: &SendDisk, progress: &TransferProgress) -> Result<Report, TransferError> {
+        let failed = |m: String| TransferError::Node(Box::new(NodeError::Failed(m)));
+        let pki = PkiDir::new(self.cluster.pki_dir());
+        let ca = pki.load_ca().map_err(|e| failed(e.to_string()))?;
+        let id = pki.load_identity(&req.source_node).map_err(|e| failed(e.to_string()))?;
+        let cfg = tls::client_config(&ca, &id).map_err(|e| failed(e.to_string()))?;
+        let addr = self.remote.addrs.get(&req.target_node).cloned().unwrap_or_default();
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let opened: Opened = self.ask(&req.target_node, Call::OpenReceive { req: req.clone() }, self.short())?;
+        let sent = crate::data::send(&self.local, &cfg, host, &opened, req, progress, Timeouts::default())?;
+        Ok(sent.sent.into_report(Some(sent.received)))
     }
 
     /// Asks the primary every second how far the send of `token` is, into `progress` (the job
@@ -427,10 +447,11 @@ impl NodeOps for AgentNodes<'_> {
         match (self.remote.has(&req.source_node), self.remote.has(&req.target_node)) {
             (false, false) => self.local.send_disk(req, progress),
             (true, true) => self.send_remote(req, progress),
+            (false, true) => self.send_from_here(req, progress),
             _ => Err(TransferError::Node(Box::new(NodeError::Failed(format!(
-                "disk/{} from node {} to node {}: a disk goes between two agents or stays on this \
-                 machine; give both nodes an address (or neither)",
-                req.disk, req.source_node, req.target_node
+                "disk/{} from node {} (agent) to node {} (in-process): a disk from an agent goes to \
+                 an agent; give node {} an address",
+                req.disk, req.source_node, req.target_node, req.target_node
             ))))),
         }
     }
