@@ -15,118 +15,191 @@ use diskstream_engine::ops::{Format, Report};
 use diskstream_engine::ring::BackendKind;
 use diskstream_orchestrator::hooks::env::Env;
 use diskstream_orchestrator::hooks::Phase;
+#[cfg(doc)]
+use diskstream_orchestrator::node::NodeOps;
 use diskstream_orchestrator::node::{NodeError, SendDisk, SnapshotRef, TransferError};
 use serde::{Deserialize, Serialize};
 
 /// A node operation, as the master asks it of a node's agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
-#[allow(missing_docs)]
 pub enum Call {
+    /// [`NodeOps::run_hooks`] on the node.
     RunHooks {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The hooks path (`<hpath>-<phase>.d`), a plain name.
         hpath: String,
+        /// The hooks phase.
         phase: Phase,
+        /// The hooks environment.
         env: Env,
     },
+    /// [`NodeOps::instance_running`] on the node.
     InstanceRunning {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The instance, by its name in the cluster config.
         instance: String,
     },
+    /// [`NodeOps::stop_instance`] on the node.
     StopInstance {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The instance, by its name in the cluster config.
         instance: String,
+        /// How long to wait for the instance to stop, in milliseconds.
         timeout_ms: u64,
     },
+    /// [`NodeOps::start_instance`] on the node.
     StartInstance {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The instance, by its name in the cluster config.
         instance: String,
     },
+    /// [`NodeOps::forget_instance`] on the node.
     ForgetInstance {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The instance, by its name in the cluster config.
         instance: String,
     },
+    /// [`NodeOps::backing_size`] on the node.
     BackingSize {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The instance, by its name in the cluster config.
         instance: String,
+        /// The disk index.
         disk: usize,
     },
+    /// [`NodeOps::activate_disks`] on the node.
     ActivateDisks {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The instance, by its name in the cluster config.
         instance: String,
     },
+    /// [`NodeOps::remove_disks`] on the node.
     RemoveDisks {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The instance, by its name in the cluster config.
         instance: String,
     },
+    /// [`NodeOps::sweep_stale_snapshots`] on the node.
     SweepStaleSnapshots {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The instance, by its name in the cluster config.
         instance: String,
     },
+    /// [`NodeOps::snapshot_capability`] on the node.
     SnapshotCapability {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The instance, by its name in the cluster config.
         instance: String,
+        /// The disk index.
         disk: usize,
     },
+    /// [`NodeOps::create_snapshot`] on the node.
     CreateSnapshot {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The instance, by its name in the cluster config.
         instance: String,
+        /// The disk index.
         disk: usize,
     },
+    /// [`NodeOps::remove_snapshot`] on the node.
     RemoveSnapshot {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The snapshot, as `create_snapshot` returned it.
         snapshot: SnapshotRef,
     },
+    /// [`NodeOps::begin_export`] on the node.
     BeginExport {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The instance, by its name in the cluster config.
         instance: String,
     },
     /// On the target: accept one disk stream for `req` from `req.source_node`.
     OpenReceive {
+        /// The transfer, as the LU asked it of the nodes.
         req: SendDisk,
     },
     /// On the primary: send `req` to the target's data port `port` with `token`.
     Send {
+        /// The transfer, as the LU asked it of the nodes.
         req: SendDisk,
+        /// The target's data port.
         port: u16,
+        /// The one-time token of the receive.
         token: String,
     },
     /// On the target: how the receive opened with `token` ended (waits a few seconds for it):
     /// `null` when it committed, else its error. The master asks when a send failed, so the
     /// operator hears the target's reason (a corrupt frame) rather than the sender's (a reset).
     ReceiveResult {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The one-time token of the receive.
         token: String,
     },
     /// On the primary: how far the send with `token` is, `[done, total]` disk bytes (`null`
     /// when no such send runs).
     Progress {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The one-time token of the receive.
         token: String,
     },
+    /// [`NodeOps::finalize_export`] on the node.
     FinalizeExport {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The instance, by its name in the cluster config.
         instance: String,
+        /// The export's `config.ini`.
         config_ini: String,
     },
+    /// [`NodeOps::abandon_export`] on the node.
     AbandonExport {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The instance, by its name in the cluster config.
         instance: String,
     },
+    /// [`NodeOps::sweep_export_leftovers`] on the node.
     SweepExportLeftovers {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The instance, by its name in the cluster config.
         instance: String,
     },
+    /// [`NodeOps::list_exports`] on the node.
     ListExports {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
     },
+    /// [`NodeOps::export_listing`] on the node.
     ExportListing {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The instance, by its name in the cluster config.
         instance: String,
     },
+    /// [`NodeOps::remove_export`] on the node.
     RemoveExport {
+        /// The node the call acts on (the agent refuses any other).
         node: String,
+        /// The instance, by its name in the cluster config.
         instance: String,
+        /// The identity of the export to keep (the one just written).
         keep: Option<(u64, u64)>,
     },
 }
@@ -244,31 +317,54 @@ pub struct Opened {
 
 /// An engine [`Report`] as the wire carries it (owned strings), and back.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[allow(missing_docs)]
 pub struct WireReport {
+    /// As [`Report`]'s `op`.
     pub op: String,
+    /// As [`Report`]'s `input`.
     pub input: PathBuf,
+    /// As [`Report`]'s `output`.
     pub output: Option<PathBuf>,
+    /// As [`Report`]'s `manifest`.
     pub manifest: Option<PathBuf>,
+    /// As [`Report`]'s `backend`.
     pub backend: Option<String>,
+    /// As [`Report`]'s `write_backend`.
     pub write_backend: Option<String>,
+    /// As [`Report`]'s `buffer_pages`.
     pub buffer_pages: Option<String>,
+    /// As [`Report`]'s `input_direct`.
     pub input_direct: bool,
+    /// As [`Report`]'s `output_direct`.
     pub output_direct: bool,
+    /// As [`Report`]'s `disk_size`.
     pub disk_size: u64,
+    /// As [`Report`]'s `chunk_size`.
     pub chunk_size: u32,
+    /// As [`Report`]'s `chunks`.
     pub chunks: u64,
+    /// As [`Report`]'s `zero_chunks`.
     pub zero_chunks: u64,
+    /// As [`Report`]'s `bytes_read`.
     pub bytes_read: u64,
+    /// As [`Report`]'s `bytes_written`.
     pub bytes_written: u64,
+    /// As [`Report`]'s `bytes_stored`.
     pub bytes_stored: u64,
+    /// As [`Report`]'s `zero_bytes`.
     pub zero_bytes: u64,
+    /// As [`Report`]'s `read_requests`.
     pub read_requests: u64,
+    /// As [`Report`]'s `write_requests`.
     pub write_requests: u64,
+    /// As [`Report`]'s `checksum`.
     pub checksum: String,
+    /// As [`Report`]'s `digest`.
     pub digest: String,
+    /// As [`Report`]'s `elapsed_s`.
     pub elapsed_s: f64,
+    /// As [`Report`]'s `throughput_bytes_per_s`.
     pub throughput_bytes_per_s: f64,
+    /// As [`Report`]'s `warnings`.
     pub warnings: Vec<String>,
 }
 
