@@ -13,7 +13,7 @@
 //!
 //! Both ends time out when no byte moves for the inactivity timeout ("stalled").
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +26,9 @@ use rustls::{ClientConfig, ServerConfig};
 
 use crate::proto::{data_hello, new_token, Opened, Reply, Sent, WireError, WireReport, HELLO_LEN};
 use crate::tls;
+
+/// The buffer between a frame stream and its TLS connection, on both ends.
+const IO_BUF: usize = 1 << 20;
 
 /// The longest acknowledgement line read.
 const MAX_ACK: u64 = 1 << 20;
@@ -212,8 +215,9 @@ fn receive(local: &LocalNodeOps<'_>, mut s: tls::ServerStream, req: &SendDisk, w
     let progress = TransferProgress::default();
     let name = format!("{}:{what}", req.target_node);
     let reply = {
+        // Frame headers are small reads: served from one buffer, not one TLS read each.
         let stream = Counted {
-            inner: &mut s,
+            inner: BufReader::with_capacity(IO_BUF, &mut s),
             what: format!("receiving {what}"),
             bytes: 0,
             idle: t.inactivity,
@@ -267,6 +271,7 @@ pub fn send(
         .map_err(|e| failed(format!("{to}: sending the token: {e}")))?;
     let name = format!("{}:{to}", req.source_node);
     let sent = {
+        // Frame headers and payloads go out in large TLS writes, not one record per piece.
         let out = Counted {
             inner: &mut s,
             what: format!("sending {to}"),
@@ -274,7 +279,7 @@ pub fn send(
             idle: t.inactivity,
             flip: t.flip_byte,
         };
-        local.send_disk_to(req, out, Path::new(&name), progress)
+        local.send_disk_to(req, BufWriter::with_capacity(IO_BUF, out), Path::new(&name), progress)
     };
     let sent = match sent {
         Ok(r) => r,
