@@ -45,6 +45,11 @@ enum Cmd {
     List(crate::export_cmd::ListArgs),
     /// Remove an instance's exports from every node (`gnt-backup remove`).
     Remove(crate::export_cmd::RemoveArgs),
+    /// Manage the cluster PKI (CA and node certificates for the agents' mutual TLS).
+    #[command(subcommand)]
+    Pki(crate::agent_cmd::PkiCmd),
+    /// Run a node's agent: serves the master's node operations and disk streams over mutual TLS.
+    Agent(crate::agent_cmd::AgentArgs),
     /// Measure what the disks, the CPUs and the engine can do, stage by stage, and predict the
     /// export throughput and what limits it.
     Bench(crate::bench_cmd::BenchArgs),
@@ -256,6 +261,8 @@ pub fn main() -> ExitCode {
         Cmd::Export(args) => crate::export_cmd::export(args, cli.quiet),
         Cmd::List(args) => crate::export_cmd::list(args),
         Cmd::Remove(args) => crate::export_cmd::remove(args),
+        Cmd::Pki(cmd) => crate::agent_cmd::pki(cmd),
+        Cmd::Agent(args) => crate::agent_cmd::agent(args),
         Cmd::Bench(mut args) => {
             args.verbose = cli.verbose > 0;
             crate::bench_cmd::run(args)

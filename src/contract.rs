@@ -41,6 +41,10 @@ pub enum Op {
     Demo,
     #[serde(rename = "bench")]
     Bench,
+    #[serde(rename = "pki")]
+    Pki,
+    #[serde(rename = "agent")]
+    Agent,
     /// A usage error before the command was known.
     #[serde(rename = "diskstream")]
     Diskstream,
@@ -60,6 +64,8 @@ impl Op {
             Self::Remove => "remove",
             Self::Demo => "demo",
             Self::Bench => "bench",
+            Self::Pki => "pki",
+            Self::Agent => "agent",
             Self::Diskstream => "diskstream",
         }
     }

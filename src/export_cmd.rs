@@ -324,7 +324,7 @@ pub fn export(a: ExportArgs, quiet: bool) -> ExitCode {
         stop: interrupt.flag(),
         hooks_timeout: a.hooks_timeout.map(secs),
     };
-    let res = backup::run_on_cluster(&cluster_path(a.cluster), &mut lu, &printer, &opts);
+    let res = crate::agent_cmd::run_on_cluster(&cluster_path(a.cluster), &mut lu, &printer, &opts);
     printer.finish_bars();
     // Cancellation is decided by our own flag, whatever error the operation returned.
     if interrupt.flag().load(Ordering::SeqCst) {
@@ -367,7 +367,7 @@ pub fn list(a: ListArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(Op::List, &e.into(), a.json),
     };
-    let rows = match backup::list(&cluster, &a.nodes) {
+    let rows = match crate::agent_cmd::list(&cluster, &a.nodes) {
         Ok(r) => r,
         Err(e) => return fail(Op::List, &e, a.json),
     };
@@ -391,7 +391,7 @@ pub fn remove(a: RemoveArgs) -> ExitCode {
         stop: interrupt.flag(),
         ..RunOptions::new(format!("diskstream remove {}", a.instance))
     };
-    let res = backup::run_on_cluster(&cluster_path(a.cluster), &mut lu, &printer, &opts);
+    let res = crate::agent_cmd::run_on_cluster(&cluster_path(a.cluster), &mut lu, &printer, &opts);
     if interrupt.flag().load(Ordering::SeqCst) {
         let msg = match &res {
             Err(e) => e.msg.clone(),

@@ -2,6 +2,7 @@
 //! prints results for people (progress bars on a TTY, plain lines otherwise) or programs (`--json`).
 #![forbid(unsafe_code)]
 
+mod agent_cmd;
 mod bench_cmd;
 mod cli;
 mod contract;

@@ -275,16 +275,34 @@ pub fn run_on_cluster<L: LogicalUnit>(
     feedback: &dyn Feedback,
     opts: &RunOptions,
 ) -> Result<Option<L::Output>, OpError> {
+    run_on_cluster_with(cluster_path, lu, feedback, opts, |cluster, hooks, stop| {
+        Ok(Box::new(LocalNodeOps::new(cluster, hooks, stop)))
+    })
+}
+
+/// [`run_on_cluster`] with the nodes made by `make_nodes` from the loaded cluster config, the
+/// hooks runner and the stop flag (the CLI picks agents for nodes with an `address`).
+pub fn run_on_cluster_with<L, F>(
+    cluster_path: &std::path::Path,
+    lu: &mut L,
+    feedback: &dyn Feedback,
+    opts: &RunOptions,
+    make_nodes: F,
+) -> Result<Option<L::Output>, OpError>
+where
+    L: LogicalUnit,
+    F: for<'c> FnOnce(&'c Cluster, HooksRunner, Arc<AtomicBool>) -> Result<Box<dyn NodeOps + 'c>, OpError>,
+{
     let cluster = Cluster::load(cluster_path)?;
     let locks = LockManager::new(cluster.lock_dir())?.with_stop(Arc::clone(&opts.stop));
     let hooks = HooksRunner::new(opts.hooks_timeout.unwrap_or_else(|| cluster.hooks_timeout()))
         .with_report_interval(cluster.hooks_report_interval())
         .with_stop(Arc::clone(&opts.stop));
-    let nodes = LocalNodeOps::new(&cluster, hooks, Arc::clone(&opts.stop));
+    let nodes = make_nodes(&cluster, hooks, Arc::clone(&opts.stop))?;
     let ctx = Context {
         cluster: &cluster,
         locks: &locks,
-        nodes: &nodes,
+        nodes: nodes.as_ref(),
         feedback,
         lock_timeout: opts.lock_timeout,
         dry_run: opts.dry_run,

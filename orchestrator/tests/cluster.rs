@@ -281,3 +281,48 @@ fn load_errors_name_the_file() {
     assert!(matches!(e, ConfigError::Parse { .. }));
     assert!(e.to_string().starts_with("/etc/ds/cluster.toml: "), "{e}");
 }
+
+#[test]
+fn agent_addresses_and_the_pki_dir() {
+    let c = parse(BASE).unwrap();
+    assert!(!c.has_agents());
+    assert_eq!(c.pki_dir(), PathBuf::from("/etc/ds/pki"));
+    let with = BASE
+        .replace(
+            "root = \"/abs/node2\"",
+            "root = \"/abs/node2\"\naddress = \"10.0.0.2:1811\"",
+        )
+        .replace(
+            "master = \"node1.example.com\"",
+            "master = \"node1.example.com\"\npki = \"/srv/pki\"",
+        );
+    let c = parse(&with).unwrap();
+    assert!(c.has_agents());
+    assert_eq!(c.pki_dir(), PathBuf::from("/srv/pki"));
+    assert_eq!(
+        c.node("node2.example.com").unwrap().address.as_deref(),
+        Some("10.0.0.2:1811")
+    );
+    assert!(parse(&BASE.replace("root = \"/abs/node2\"", "root = \"/abs/node2\"\naddress = \"[::1]:7\"")).is_ok());
+    for (addr, why) in [
+        ("10.0.0.2", "no port"),
+        ("10.0.0.2:0", "bad port"),
+        ("10.0.0.2:99999", "bad port"),
+        (":1811", "bad host"),
+        ("::1:1811", "bad host"),
+    ] {
+        let e = invalid(&BASE.replace(
+            "root = \"/abs/node2\"",
+            &format!("root = \"/abs/node2\"\naddress = \"{addr}\""),
+        ));
+        assert!(
+            e.contains(&format!("nodes[1].address: invalid address '{addr}': {why}")),
+            "{addr}: {e}"
+        );
+    }
+    let e = invalid(&BASE.replace(
+        "master = \"node1.example.com\"",
+        "master = \"node1.example.com\"\npki = \"\"",
+    ));
+    assert!(e.contains("cluster.pki: must not be empty"), "{e}");
+}

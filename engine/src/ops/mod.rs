@@ -14,6 +14,7 @@ pub mod info;
 pub mod options;
 pub mod restore;
 pub mod scan;
+pub mod stream;
 pub mod verify;
 
 pub use crate::format::Format;
@@ -28,6 +29,7 @@ pub use options::{
 };
 pub use restore::restore;
 pub use scan::scan;
+pub use stream::{receive, send};
 pub use verify::verify;
 
 pub use crate::sink::manifest::IMAGE_DIGEST_XATTR;

@@ -10,6 +10,7 @@
 //! - [`manifest`]: the manifest written beside an image and the commit of the pair.
 //! - [`verify`]: checks every chunk against a manifest and that none is missing, then hands it on
 //!   (to [`null::NullSink`] for `verify`, to a raw sink for `restore`).
+//! - [`stream`]: the `dsimg` frame stream onto any `Write` (a socket to another node).
 //! - [`null`]: keeps nothing; counts what would be stored and the whole-image digest (`scan`).
 
 pub mod direct_write;
@@ -17,6 +18,7 @@ pub mod image;
 pub mod manifest;
 pub mod null;
 pub mod raw;
+pub mod stream;
 pub mod target;
 pub mod verify;
 

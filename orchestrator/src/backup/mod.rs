@@ -36,7 +36,7 @@ pub use remove_lu::{RemoveLu, RemovePrereq, RemoveResult};
 pub use result::{DiskResult, ExportResult};
 pub use transfer::DiskFailures;
 
-pub use crate::lu::{run_on_cluster, RunOptions};
+pub use crate::lu::{run_on_cluster, run_on_cluster_with, RunOptions};
 
 /// Ganeti's `defaultShutdownTimeout` (seconds).
 pub const DEFAULT_SHUTDOWN_TIMEOUT: u64 = 120;

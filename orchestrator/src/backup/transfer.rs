@@ -336,6 +336,7 @@ fn send_one(x: &Exec<'_>, job: &DiskJob, bwlimit: Option<u64>) {
         pages: x.op.pages,
         checksum: x.op.checksum,
         bwlimit,
+        lz4: x.op.compress != "none",
     };
     let r = x.nodes().send_disk(&req, &job.progress);
     job.finished.store(true, Ordering::Release);

@@ -68,6 +68,19 @@ impl Cluster {
         }
     }
 
+    /// The cluster PKI directory: `[cluster] pki`, or `<config dir>/pki`.
+    pub fn pki_dir(&self) -> PathBuf {
+        match &self.config.cluster.pki {
+            Some(d) => self.resolve(d),
+            None => self.resolve(Path::new("pki")),
+        }
+    }
+
+    /// Whether any node has an agent `address` (the export then goes through agents).
+    pub fn has_agents(&self) -> bool {
+        self.config.nodes.iter().any(|n| n.address.is_some())
+    }
+
     /// The path of a disk's backing file or device.
     pub fn disk_path(&self, disk: &Disk) -> PathBuf {
         self.resolve(&disk.path)

@@ -42,6 +42,11 @@ pub struct ClusterInfo {
     /// Seconds between "still running" messages about a hook script (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks_report_interval: Option<f64>,
+    /// Directory of the cluster PKI (CA and node certificates, `diskstream pki init`); relative
+    /// to the config's directory. Default: `<config dir>/pki`. Used only when a node has an
+    /// `address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pki: Option<PathBuf>,
 }
 
 fn default_compression_tools() -> Vec<String> {
@@ -68,6 +73,10 @@ pub struct Node {
     /// Drained nodes cannot be used as target.
     #[serde(default)]
     pub drained: bool,
+    /// `host:port` of the node's agent (`diskstream agent`). A node without one is run
+    /// in-process by the command that uses it (its directories are on this machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// Administrative state of an instance (Ganeti's `admin_state`).

@@ -159,6 +159,9 @@ pub fn validate(c: &ClusterConfig) -> Result<(), Invalid> {
     }
     check_seconds("cluster.hooks_timeout", c.cluster.hooks_timeout)?;
     check_seconds("cluster.hooks_report_interval", c.cluster.hooks_report_interval)?;
+    if c.cluster.pki.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+        return Err(invalid("cluster.pki", "must not be empty"));
+    }
     for (i, tool) in c.cluster.compression_tools.iter().enumerate() {
         if !is_tool_name(tool) {
             return Err(invalid(
@@ -189,6 +192,9 @@ pub fn validate(c: &ClusterConfig) -> Result<(), Invalid> {
         if n.root.as_os_str().is_empty() {
             return Err(invalid(format!("{key}.root"), "must not be empty"));
         }
+        if let Some(a) = &n.address {
+            check_address(&format!("{key}.address"), a)?;
+        }
     }
     if !node_names.contains(c.cluster.master.as_str()) {
         return Err(invalid(
@@ -204,6 +210,25 @@ pub fn validate(c: &ClusterConfig) -> Result<(), Invalid> {
             .map_err(|e| invalid(e.key, format!("{} (instance '{}')", e.msg, inst.name)))?;
     }
     Ok(())
+}
+
+/// An agent address: `host:port` with a port in 1..=65535 (`[v6]:port` for IPv6 literals).
+fn check_address(key: &str, a: &str) -> Result<(), Invalid> {
+    let bad = |why: &str| {
+        invalid(
+            key,
+            format!("invalid address '{a}': {why} (expected host:port, e.g. node2.example.com:1811)"),
+        )
+    };
+    let (host, port) = a.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() || host.contains(char::is_whitespace) || (host.contains(':') && !a.starts_with('[')) {
+        return Err(bad("bad host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(bad("bad port")),
+    }
 }
 
 fn check_uuid<'a>(seen: &mut HashSet<&'a str>, uuid: &'a str, key: &str) -> Result<(), Invalid> {

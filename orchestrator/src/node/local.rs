@@ -115,6 +115,61 @@ impl<'a> LocalNodeOps<'a> {
     }
 }
 
+impl LocalNodeOps<'_> {
+    /// The primary's half of a disk crossing the network: reads `req`'s disk or snapshot on
+    /// this node and writes it to `out` as a `dsimg` frame stream (lz4 frames if `req.lz4`),
+    /// named `name` in errors. The report is the sender's.
+    pub fn send_disk_to<W: std::io::Write + Send>(
+        &self,
+        req: &SendDisk,
+        out: W,
+        name: &std::path::Path,
+        progress: &TransferProgress,
+    ) -> Result<Report, TransferError> {
+        let source = self.source_path(req)?;
+        let declared = self.disk(&req.instance, req.disk)?.size << 20;
+        let total = diskstream_engine::source::Disk::open(&source).map_or(declared, |s| s.size());
+        progress.total.store(total, Ordering::Relaxed);
+        let o = CreateOptions {
+            format: Format::Dsimg,
+            compress: req.lz4,
+            ..self.dump_options(req)
+        };
+        ops::send(&source, out, name, &o, &progress.done).map_err(TransferError::Engine)
+    }
+
+    /// The target's half: reads a `dsimg` frame stream (named `name` in errors) into the dump
+    /// `req.dump` of the staging export of `req.instance` on `req.target_node`, with its
+    /// manifest; every frame, the index and the trailer are checked, and the dump is committed
+    /// (fsynced, renamed) only if all of it checked out.
+    pub fn receive_disk<R: diskstream_engine::source::FrameStream>(
+        &self,
+        req: &SendDisk,
+        stream: R,
+        name: &std::path::Path,
+        progress: &TransferProgress,
+    ) -> Result<Report, TransferError> {
+        if !crate::cluster::is_safe_name(&req.dump) {
+            return Err(NodeError::Unknown(format!("invalid dump name '{}'", req.dump)).into());
+        }
+        let out = self.staging_dir(&req.target_node, &req.instance)?.join(&req.dump);
+        ops::receive(
+            stream,
+            name,
+            &out,
+            req.checksum,
+            &self.dump_options(req),
+            &progress.done,
+        )
+        .map_err(TransferError::Engine)
+    }
+
+    /// Whether a staging export of `instance` is open on `node` (by [`NodeOps::begin_export`]).
+    pub fn is_staging(&self, node: &str, instance: &str) -> bool {
+        self.staging_dir(node, instance).is_ok()
+    }
+}
+
 impl NodeOps for LocalNodeOps<'_> {
     fn run_hooks(&self, node: &str, hpath: &str, phase: Phase, env: &Env, report: &dyn Fn(String)) -> Vec<HookResult> {
         let Ok(n) = self.node(node) else {

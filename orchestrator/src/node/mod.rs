@@ -76,6 +76,10 @@ pub struct SendDisk {
     pub checksum: Checksum,
     /// Bytes of disk data per second this disk may move (`None`: unlimited).
     pub bwlimit: Option<u64>,
+    /// Whether data chunks travel lz4-compressed (`--transport-compression` other than `none`);
+    /// what lands on the target is the same raw dump either way.
+    #[serde(default)]
+    pub lz4: bool,
 }
 
 /// How far a disk transfer is, updated by the node while it runs.

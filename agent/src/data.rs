@@ -1,0 +1,323 @@
+//! The data plane: one dedicated mutual-TLS connection per disk carrying the engine's `dsimg`
+//! frame stream (blocking rustls on plain threads, like the engine's own I/O).
+//!
+//! - The target ([`Receiver`]): [`Receiver::open`] binds a port for one stream the master
+//!   opened, with a one-time token. The first connection whose certificate names the primary the
+//!   master named and that starts with the token is taken (anything else is refused before a
+//!   byte of disk data is read, and the port keeps waiting until its deadline); its frames are
+//!   read through [`diskstream_orchestrator::node::local::LocalNodeOps::receive_disk`] (every
+//!   frame and the trailer checked, the dump fsynced and renamed) and only then acknowledged
+//!   with one JSON line.
+//! - The primary ([`send`]): connects, sends the token, streams the disk, reads the
+//!   acknowledgement.
+//!
+//! Both ends time out when no byte moves for the inactivity timeout ("stalled").
+
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diskstream_engine::source::FrameStream;
+use diskstream_orchestrator::node::local::LocalNodeOps;
+use diskstream_orchestrator::node::{SendDisk, TransferError, TransferProgress};
+use rustls::{ClientConfig, ServerConfig};
+
+use crate::proto::{data_hello, new_token, Opened, Reply, Sent, WireError, WireReport, HELLO_LEN};
+use crate::tls;
+
+/// The buffer between a frame stream and its TLS connection, on both ends.
+const IO_BUF: usize = 1 << 20;
+
+/// The longest acknowledgement line read.
+const MAX_ACK: u64 = 1 << 20;
+
+/// How long the ends of a data connection wait.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// TCP connect and TLS handshake.
+    pub connect: Duration,
+    /// No byte moving for this long fails the transfer ("stalled").
+    pub inactivity: Duration,
+    /// How long an opened receive waits for its stream.
+    pub open: Duration,
+    /// Test hook (`diskstream agent --test-flip-wire-byte N`): the sender flips byte N of
+    /// every stream it sends, after the engine wrote it, so the target must catch it.
+    pub flip_byte: Option<u64>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            inactivity: Duration::from_secs(30),
+            open: Duration::from_secs(60),
+            flip_byte: None,
+        }
+    }
+}
+
+/// A socket end that counts bytes and names a stall: a timeout becomes "stalled: no data ...".
+struct Counted<S> {
+    inner: S,
+    what: String,
+    bytes: u64,
+    idle: Duration,
+    flip: Option<u64>,
+}
+
+impl<S> Counted<S> {
+    fn stalled(&self, e: io::Error) -> io::Error {
+        if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "stalled: no progress {} for {} s after {} bytes",
+                    self.what,
+                    self.idle.as_secs(),
+                    self.bytes
+                ),
+            )
+        } else {
+            e
+        }
+    }
+}
+
+impl<S: Read> Read for Counted<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                self.bytes += n as u64;
+                Ok(n)
+            }
+            Err(e) => Err(self.stalled(e)),
+        }
+    }
+}
+
+impl<S: Write> Write for Counted<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(at) = self
+            .flip
+            .filter(|&at| at >= self.bytes && at < self.bytes + buf.len() as u64)
+        {
+            let i = (at - self.bytes) as usize;
+            let mut b = buf[..=i].to_vec();
+            b[i] ^= 0x01;
+            self.flip = None;
+            self.inner.write_all(&b).map_err(|e| self.stalled(e))?;
+            self.bytes += b.len() as u64;
+            return Ok(b.len());
+        }
+        match self.inner.write(buf) {
+            Ok(n) => {
+                self.bytes += n as u64;
+                Ok(n)
+            }
+            Err(e) => Err(self.stalled(e)),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush().map_err(|e| self.stalled(e))
+    }
+}
+
+impl<S: Read + Send> FrameStream for Counted<S> {}
+
+fn set_timeouts(tcp: &TcpStream, t: Duration) -> io::Result<()> {
+    tcp.set_read_timeout(Some(t))?;
+    tcp.set_write_timeout(Some(t))?;
+    tcp.set_nodelay(true)
+}
+
+/// The target's side of one disk stream.
+pub struct Receiver {
+    listener: TcpListener,
+    token: String,
+}
+
+impl Receiver {
+    /// Binds a data port on `ip` for one stream, with a fresh token.
+    pub fn open(ip: IpAddr) -> io::Result<(Self, Opened)> {
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0))?;
+        let port = listener.local_addr()?.port();
+        let token = new_token()?;
+        let opened = Opened {
+            port,
+            token: token.clone(),
+        };
+        Ok((Self { listener, token }, opened))
+    }
+
+    /// Waits (until `t.open`) for the stream of `req` from `req.source_node`, receives it into
+    /// the staging export through `local`, and acknowledges it. Returns what it acknowledged
+    /// (for the agent's log); an error when no valid stream came.
+    pub fn run(
+        self,
+        local: &LocalNodeOps<'_>,
+        cfg: &Arc<ServerConfig>,
+        req: &SendDisk,
+        t: Timeouts,
+    ) -> Result<Reply, String> {
+        let deadline = Instant::now() + t.open;
+        self.listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let what = format!("{}/disk{} from {}", req.instance, req.disk, req.source_node);
+        loop {
+            if Instant::now() > deadline {
+                return Err(format!("no valid stream for {what} within {} s", t.open.as_secs()));
+            }
+            let (tcp, peer) = match self.listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                Err(e) => return Err(format!("accept on the data port for {what}: {e}")),
+            };
+            match self.admit(cfg, tcp, peer, req, t) {
+                Ok(stream) => return Ok(receive(local, stream, req, &what, t)),
+                Err(e) => eprintln!("diskstream agent: data port for {what}: refused {peer}: {e}"),
+            }
+        }
+    }
+
+    /// The handshake, the client's certificate and the token; nothing of the disk is read.
+    fn admit(
+        &self,
+        cfg: &Arc<ServerConfig>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        req: &SendDisk,
+        t: Timeouts,
+    ) -> Result<tls::ServerStream, String> {
+        tcp.set_nonblocking(false).map_err(|e| e.to_string())?;
+        let mut s = tls::accept(cfg, tcp, t.connect).map_err(|e| e.to_string())?;
+        tls::authorize(&s.conn, &[req.source_node.as_str()], &peer.to_string()).map_err(|e| e.to_string())?;
+        let mut hello = [0u8; HELLO_LEN];
+        s.read_exact(&mut hello)
+            .map_err(|e| format!("reading the token: {e}"))?;
+        if !constant_eq(&hello, &data_hello(&self.token)) {
+            return Err("the stream does not start with this transfer's token".into());
+        }
+        set_timeouts(&s.sock, t.inactivity).map_err(|e| e.to_string())?;
+        Ok(s)
+    }
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Receives and acknowledges one admitted stream.
+fn receive(local: &LocalNodeOps<'_>, mut s: tls::ServerStream, req: &SendDisk, what: &str, t: Timeouts) -> Reply {
+    let progress = TransferProgress::default();
+    let name = format!("{}:{what}", req.target_node);
+    let reply = {
+        // Frame headers are small reads: served from one buffer, not one TLS read each.
+        let stream = Counted {
+            inner: BufReader::with_capacity(IO_BUF, &mut s),
+            what: format!("receiving {what}"),
+            bytes: 0,
+            idle: t.inactivity,
+            flip: None,
+        };
+        match local.receive_disk(req, stream, Path::new(&name), &progress) {
+            Ok(r) => Reply {
+                ok: serde_json::to_value(WireReport::from(&r)).ok(),
+                err: None,
+            },
+            Err(e) => Reply {
+                ok: None,
+                err: Some(WireError::transfer(&e)),
+            },
+        }
+    };
+    let mut line = serde_json::to_vec(&reply).unwrap_or_default();
+    line.push(b'\n');
+    let _ = s.write_all(&line).and_then(|()| s.flush());
+    s.conn.send_close_notify();
+    let _ = s.flush();
+    reply
+}
+
+/// The primary's side: streams `req` to the target at `host`:`port` with `token` (counting in
+/// `progress`), and returns
+/// both ends' reports once the target acknowledged the committed dump.
+pub fn send(
+    local: &LocalNodeOps<'_>,
+    cfg: &Arc<ClientConfig>,
+    host: &str,
+    opened: &Opened,
+    req: &SendDisk,
+    progress: &TransferProgress,
+    t: Timeouts,
+) -> Result<Sent, TransferError> {
+    let failed = |msg: String| TransferError::Node(Box::new(diskstream_orchestrator::node::NodeError::Failed(msg)));
+    let to = format!(
+        "{}/disk{} to {} ({host}:{})",
+        req.instance, req.disk, req.target_node, opened.port
+    );
+    let addr = (host, opened.port)
+        .to_socket_addrs()
+        .map_err(|e| failed(format!("resolving {host}: {e}")))?
+        .next()
+        .ok_or_else(|| failed(format!("{host} has no address")))?;
+    let tcp = TcpStream::connect_timeout(&addr, t.connect).map_err(|e| failed(format!("connect for {to}: {e}")))?;
+    let mut s = tls::connect(cfg, tcp, &req.target_node, t.connect).map_err(|e| failed(format!("{to}: {e}")))?;
+    set_timeouts(&s.sock, t.inactivity).map_err(|e| failed(format!("{to}: {e}")))?;
+    s.write_all(&data_hello(&opened.token))
+        .map_err(|e| failed(format!("{to}: sending the token: {e}")))?;
+    let name = format!("{}:{to}", req.source_node);
+    let sent = {
+        // Frame headers and payloads go out in large TLS writes, not one record per piece.
+        let out = Counted {
+            inner: &mut s,
+            what: format!("sending {to}"),
+            bytes: 0,
+            idle: t.inactivity,
+            flip: t.flip_byte,
+        };
+        local.send_disk_to(req, BufWriter::with_capacity(IO_BUF, out), Path::new(&name), progress)
+    };
+    let sent = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            // The target may have stopped reading because it refused the stream: its reason
+            // is the better message.
+            let _ = s.sock.set_read_timeout(Some(Duration::from_secs(2)));
+            return Err(match read_ack(&mut s) {
+                Ok(Reply { err: Some(w), .. }) => {
+                    failed(format!("node {} refused the stream: {}", req.target_node, w.msg))
+                }
+                _ => e,
+            });
+        }
+    };
+    // The end of the stream (the reader checks that nothing follows the trailer); TLS 1.3
+    // keeps the other direction open for the acknowledgement.
+    s.conn.send_close_notify();
+    s.flush().map_err(|e| failed(format!("{to}: ending the stream: {e}")))?;
+    let reply = read_ack(&mut s).map_err(|e| failed(format!("{to}: {e}")))?;
+    match (reply.ok, reply.err) {
+        (Some(v), None) => Ok(Sent {
+            sent: WireReport::from(&sent),
+            received: serde_json::from_value(v).map_err(|e| failed(format!("{to}: acknowledgement: {e}")))?,
+        }),
+        (_, Some(e)) => Err(failed(format!(
+            "node {} refused the stream: {}",
+            req.target_node, e.msg
+        ))),
+        _ => Err(failed(format!("{to}: empty acknowledgement"))),
+    }
+}
+
+/// Reads the target's acknowledgement line.
+fn read_ack(s: &mut tls::ClientStream) -> Result<Reply, String> {
+    let mut line = String::new();
+    BufReader::new(Read::take(s, MAX_ACK))
+        .read_line(&mut line)
+        .map_err(|e| format!("no acknowledgement: {e}"))?;
+    serde_json::from_str(&line).map_err(|e| format!("the target's acknowledgement is not valid ({e}): {line:?}"))
+}

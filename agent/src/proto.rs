@@ -1,0 +1,484 @@
+//! The agent's control protocol: one [`Call`] per [`NodeOps`] method, sent as the JSON body of
+//! `POST /v1/<method>` over HTTP/2 on mutual TLS, answered by a [`Reply`]; and the first line
+//! of a data connection ([`data_hello`]).
+//!
+//! Every call names the node it acts on (and the agent refuses any other), takes the cluster
+//! config's own identifiers (instance names, disk indices, dump names), never a path.
+//!
+//! [`NodeOps`]: diskstream_orchestrator::node::NodeOps
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use diskstream_engine::digest::Checksum;
+use diskstream_engine::ops::{Format, Report};
+use diskstream_engine::ring::BackendKind;
+use diskstream_orchestrator::hooks::env::Env;
+use diskstream_orchestrator::hooks::Phase;
+#[cfg(doc)]
+use diskstream_orchestrator::node::NodeOps;
+use diskstream_orchestrator::node::{NodeError, SendDisk, SnapshotRef, TransferError};
+use serde::{Deserialize, Serialize};
+
+/// A node operation, as the master asks it of a node's agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum Call {
+    /// [`NodeOps::run_hooks`] on the node.
+    RunHooks {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The hooks path (`<hpath>-<phase>.d`), a plain name.
+        hpath: String,
+        /// The hooks phase.
+        phase: Phase,
+        /// The hooks environment.
+        env: Env,
+    },
+    /// [`NodeOps::instance_running`] on the node.
+    InstanceRunning {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The instance, by its name in the cluster config.
+        instance: String,
+    },
+    /// [`NodeOps::stop_instance`] on the node.
+    StopInstance {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The instance, by its name in the cluster config.
+        instance: String,
+        /// How long to wait for the instance to stop, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// [`NodeOps::start_instance`] on the node.
+    StartInstance {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The instance, by its name in the cluster config.
+        instance: String,
+    },
+    /// [`NodeOps::forget_instance`] on the node.
+    ForgetInstance {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The instance, by its name in the cluster config.
+        instance: String,
+    },
+    /// [`NodeOps::backing_size`] on the node.
+    BackingSize {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The instance, by its name in the cluster config.
+        instance: String,
+        /// The disk index.
+        disk: usize,
+    },
+    /// [`NodeOps::activate_disks`] on the node.
+    ActivateDisks {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The instance, by its name in the cluster config.
+        instance: String,
+    },
+    /// [`NodeOps::remove_disks`] on the node.
+    RemoveDisks {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The instance, by its name in the cluster config.
+        instance: String,
+    },
+    /// [`NodeOps::sweep_stale_snapshots`] on the node.
+    SweepStaleSnapshots {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The instance, by its name in the cluster config.
+        instance: String,
+    },
+    /// [`NodeOps::snapshot_capability`] on the node.
+    SnapshotCapability {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The instance, by its name in the cluster config.
+        instance: String,
+        /// The disk index.
+        disk: usize,
+    },
+    /// [`NodeOps::create_snapshot`] on the node.
+    CreateSnapshot {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The instance, by its name in the cluster config.
+        instance: String,
+        /// The disk index.
+        disk: usize,
+    },
+    /// [`NodeOps::remove_snapshot`] on the node.
+    RemoveSnapshot {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The snapshot, as `create_snapshot` returned it.
+        snapshot: SnapshotRef,
+    },
+    /// [`NodeOps::begin_export`] on the node.
+    BeginExport {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The instance, by its name in the cluster config.
+        instance: String,
+    },
+    /// On the target: accept one disk stream for `req` from `req.source_node`.
+    OpenReceive {
+        /// The transfer, as the LU asked it of the nodes.
+        req: SendDisk,
+    },
+    /// On the primary: send `req` to the target's data port `port` with `token`.
+    Send {
+        /// The transfer, as the LU asked it of the nodes.
+        req: SendDisk,
+        /// The target's data port.
+        port: u16,
+        /// The one-time token of the receive.
+        token: String,
+    },
+    /// On the target: how the receive opened with `token` ended (waits a few seconds for it):
+    /// `null` when it committed, else its error. The master asks when a send failed, so the
+    /// operator hears the target's reason (a corrupt frame) rather than the sender's (a reset).
+    ReceiveResult {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The one-time token of the receive.
+        token: String,
+    },
+    /// On the primary: how far the send with `token` is, `[done, total]` disk bytes (`null`
+    /// when no such send runs).
+    Progress {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The one-time token of the receive.
+        token: String,
+    },
+    /// [`NodeOps::finalize_export`] on the node.
+    FinalizeExport {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The instance, by its name in the cluster config.
+        instance: String,
+        /// The export's `config.ini`.
+        config_ini: String,
+    },
+    /// [`NodeOps::abandon_export`] on the node.
+    AbandonExport {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The instance, by its name in the cluster config.
+        instance: String,
+    },
+    /// [`NodeOps::sweep_export_leftovers`] on the node.
+    SweepExportLeftovers {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The instance, by its name in the cluster config.
+        instance: String,
+    },
+    /// [`NodeOps::list_exports`] on the node.
+    ListExports {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+    },
+    /// [`NodeOps::export_listing`] on the node.
+    ExportListing {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The instance, by its name in the cluster config.
+        instance: String,
+    },
+    /// [`NodeOps::remove_export`] on the node.
+    RemoveExport {
+        /// The node the call acts on (the agent refuses any other).
+        node: String,
+        /// The instance, by its name in the cluster config.
+        instance: String,
+        /// The identity of the export to keep (the one just written).
+        keep: Option<(u64, u64)>,
+    },
+}
+
+impl Call {
+    /// The method name (the URL's last component and the JSON `method`).
+    pub fn method(&self) -> String {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(m)) => m.get("method").and_then(|v| v.as_str()).unwrap_or("").to_string(),
+            _ => String::new(),
+        }
+    }
+
+    /// The node the call acts on.
+    pub fn node(&self) -> &str {
+        use Call::*;
+        match self {
+            RunHooks { node, .. }
+            | InstanceRunning { node, .. }
+            | StopInstance { node, .. }
+            | StartInstance { node, .. }
+            | ForgetInstance { node, .. }
+            | BackingSize { node, .. }
+            | ActivateDisks { node, .. }
+            | RemoveDisks { node, .. }
+            | SweepStaleSnapshots { node, .. }
+            | SnapshotCapability { node, .. }
+            | CreateSnapshot { node, .. }
+            | RemoveSnapshot { node, .. }
+            | BeginExport { node, .. }
+            | FinalizeExport { node, .. }
+            | AbandonExport { node, .. }
+            | SweepExportLeftovers { node, .. }
+            | ListExports { node }
+            | ExportListing { node, .. }
+            | RemoveExport { node, .. }
+            | ReceiveResult { node, .. }
+            | Progress { node, .. } => node,
+            OpenReceive { req } => &req.target_node,
+            Send { req, .. } => &req.source_node,
+        }
+    }
+
+    /// A stop timeout as the wire carries it.
+    pub fn millis(d: Duration) -> u64 {
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// What went wrong on the agent, as the wire carries it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WireError {
+    /// `unknown` (a name the node does not know), `refused` (not allowed), `integrity` (damaged
+    /// data), `stalled`, `engine` (another engine error), `failed` (anything else).
+    pub kind: String,
+    /// The message, naming what and where.
+    pub msg: String,
+}
+
+impl WireError {
+    /// An error of `kind` saying `msg`.
+    pub fn new(kind: &str, msg: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// A node error as the wire carries it.
+    pub fn node(e: &NodeError) -> Self {
+        let kind = if matches!(e, NodeError::Unknown(_)) {
+            "unknown"
+        } else {
+            "failed"
+        };
+        Self::new(kind, e.to_string())
+    }
+
+    /// A transfer error as the wire carries it (the engine's kind kept).
+    pub fn transfer(e: &TransferError) -> Self {
+        match e.engine_error() {
+            Some(engine) => Self::new(engine.kind().as_str(), e.to_string()),
+            None => Self::new("failed", e.to_string()),
+        }
+    }
+
+    /// Back into a node error on the master, naming the node that answered.
+    pub fn into_node(self, node: &str) -> NodeError {
+        match self.kind.as_str() {
+            "unknown" => NodeError::Unknown(self.msg),
+            _ => NodeError::Failed(format!("node {node}: {}", self.msg)),
+        }
+    }
+}
+
+/// An agent's answer: `ok` with the method's result, or `err`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    /// The result (JSON of the method's return type).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<serde_json::Value>,
+    /// The failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub err: Option<WireError>,
+}
+
+/// The answer to [`Call::OpenReceive`]: where and with what to connect.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Opened {
+    /// The data port on the target's address.
+    pub port: u16,
+    /// The one-time token the stream must start with.
+    pub token: String,
+}
+
+/// An engine [`Report`] as the wire carries it (owned strings), and back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireReport {
+    /// As [`Report`]'s `op`.
+    pub op: String,
+    /// As [`Report`]'s `input`.
+    pub input: PathBuf,
+    /// As [`Report`]'s `output`.
+    pub output: Option<PathBuf>,
+    /// As [`Report`]'s `manifest`.
+    pub manifest: Option<PathBuf>,
+    /// As [`Report`]'s `backend`.
+    pub backend: Option<String>,
+    /// As [`Report`]'s `write_backend`.
+    pub write_backend: Option<String>,
+    /// As [`Report`]'s `buffer_pages`.
+    pub buffer_pages: Option<String>,
+    /// As [`Report`]'s `input_direct`.
+    pub input_direct: bool,
+    /// As [`Report`]'s `output_direct`.
+    pub output_direct: bool,
+    /// As [`Report`]'s `disk_size`.
+    pub disk_size: u64,
+    /// As [`Report`]'s `chunk_size`.
+    pub chunk_size: u32,
+    /// As [`Report`]'s `chunks`.
+    pub chunks: u64,
+    /// As [`Report`]'s `zero_chunks`.
+    pub zero_chunks: u64,
+    /// As [`Report`]'s `bytes_read`.
+    pub bytes_read: u64,
+    /// As [`Report`]'s `bytes_written`.
+    pub bytes_written: u64,
+    /// As [`Report`]'s `bytes_stored`.
+    pub bytes_stored: u64,
+    /// As [`Report`]'s `zero_bytes`.
+    pub zero_bytes: u64,
+    /// As [`Report`]'s `read_requests`.
+    pub read_requests: u64,
+    /// As [`Report`]'s `write_requests`.
+    pub write_requests: u64,
+    /// As [`Report`]'s `checksum`.
+    pub checksum: String,
+    /// As [`Report`]'s `digest`.
+    pub digest: String,
+    /// As [`Report`]'s `elapsed_s`.
+    pub elapsed_s: f64,
+    /// As [`Report`]'s `throughput_bytes_per_s`.
+    pub throughput_bytes_per_s: f64,
+    /// As [`Report`]'s `warnings`.
+    pub warnings: Vec<String>,
+}
+
+fn backend_name(b: Option<BackendKind>) -> Option<String> {
+    b.map(|b| b.to_string())
+}
+
+fn backend(s: Option<&str>) -> Option<BackendKind> {
+    match s {
+        Some("io_uring") => Some(BackendKind::Uring),
+        Some("pread") => Some(BackendKind::Pread),
+        _ => None,
+    }
+}
+
+impl From<&Report> for WireReport {
+    fn from(r: &Report) -> Self {
+        Self {
+            op: r.op.to_string(),
+            input: r.input.clone(),
+            output: r.output.clone(),
+            manifest: r.manifest.clone(),
+            backend: backend_name(r.backend),
+            write_backend: backend_name(r.write_backend),
+            buffer_pages: r.buffer_pages.map(str::to_string),
+            input_direct: r.input_direct,
+            output_direct: r.output_direct,
+            disk_size: r.disk_size,
+            chunk_size: r.chunk_size,
+            chunks: r.chunks,
+            zero_chunks: r.zero_chunks,
+            bytes_read: r.bytes_read,
+            bytes_written: r.bytes_written,
+            bytes_stored: r.bytes_stored,
+            zero_bytes: r.zero_bytes,
+            read_requests: r.read_requests,
+            write_requests: r.write_requests,
+            checksum: r.checksum.name().to_string(),
+            digest: r.digest.clone(),
+            elapsed_s: r.elapsed.as_secs_f64(),
+            throughput_bytes_per_s: r.throughput_bytes_per_s,
+            warnings: r.warnings.clone(),
+        }
+    }
+}
+
+impl WireReport {
+    /// The engine report of a disk sent through agents: the sender's reading side, the
+    /// receiver's writing side (`recv`): what was read on the primary, written on the target.
+    pub fn into_report(self, recv: Option<WireReport>) -> Report {
+        let pages = match self.buffer_pages.as_deref() {
+            Some("hugetlb") => Some("hugetlb"),
+            Some("thp") => Some("thp"),
+            Some("4k") => Some("4k"),
+            _ => None,
+        };
+        let w = recv.as_ref();
+        Report {
+            op: "create",
+            input: self.input,
+            output: w.and_then(|w| w.output.clone()).or(self.output),
+            manifest: w.and_then(|w| w.manifest.clone()),
+            format: Some(Format::Raw),
+            backend: backend(self.backend.as_deref()),
+            write_backend: backend(w.and_then(|w| w.write_backend.as_deref())),
+            buffer_pages: pages,
+            input_direct: self.input_direct,
+            output_direct: w.is_some_and(|w| w.output_direct),
+            disk_size: self.disk_size,
+            chunk_size: self.chunk_size,
+            chunks: self.chunks,
+            zero_chunks: self.zero_chunks,
+            bytes_read: self.bytes_read,
+            bytes_written: w.map_or(self.bytes_written, |w| w.bytes_written),
+            bytes_stored: w.map_or(self.bytes_stored, |w| w.bytes_stored),
+            zero_bytes: self.zero_bytes,
+            read_requests: self.read_requests,
+            write_requests: w.map_or(0, |w| w.write_requests),
+            checksum: Checksum::from_name(&self.checksum).unwrap_or_default(),
+            digest: w.map_or(self.digest, |w| w.digest.clone()),
+            elapsed: Duration::from_secs_f64(self.elapsed_s.max(0.0)),
+            throughput_bytes_per_s: self.throughput_bytes_per_s,
+            warnings: self
+                .warnings
+                .into_iter()
+                .chain(w.map(|w| w.warnings.clone()).unwrap_or_default())
+                .collect(),
+        }
+    }
+}
+
+/// What the primary answers to [`Call::Send`]: its own report and the target's acknowledgement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sent {
+    /// The sender's report (read side, bytes on the wire).
+    pub sent: WireReport,
+    /// The receiver's report (write side), from its acknowledgement.
+    pub received: WireReport,
+}
+
+/// The first line of a data connection: `DSDATA1 <token>\n` (fixed length).
+pub fn data_hello(token: &str) -> Vec<u8> {
+    format!("DSDATA1 {token}\n").into_bytes()
+}
+
+/// Length of a token in hex digits.
+pub const TOKEN_HEX: usize = 64;
+/// Length of [`data_hello`]'s line.
+pub const HELLO_LEN: usize = 8 + TOKEN_HEX + 1;
+
+/// A fresh one-time token: 32 random bytes from the kernel, in hex.
+pub fn new_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; TOKEN_HEX / 2];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}

@@ -1,0 +1,529 @@
+//! The master's side: [`Remote`] calls agents (HTTP/2 on mutual TLS, with a connect timeout and
+//! a request timeout), and [`AgentNodes`] is the [`NodeOps`] an LU runs with when nodes have an
+//! `address`: each node's operation goes to its agent, or runs in-process ([`LocalNodeOps`]) for
+//! a node without one. A disk between two agents goes straight from the primary to the target
+//! (the master opens the receive on the target, then tells the primary to send).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use diskstream_engine::ops::Report;
+use diskstream_orchestrator::cluster::Cluster;
+use diskstream_orchestrator::export::cleanup::NodeListing;
+use diskstream_orchestrator::hooks::env::Env;
+use diskstream_orchestrator::hooks::{HookResult, HookStatus, HooksRunner, Phase};
+use diskstream_orchestrator::node::local::LocalNodeOps;
+use diskstream_orchestrator::node::{NodeError, NodeOps, SendDisk, SnapshotRef, TransferError, TransferProgress};
+use diskstream_orchestrator::snapshot::{Capability, Stale};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::data::Timeouts;
+use crate::pki::PkiDir;
+use crate::proto::{Call, Opened, Reply, Sent, WireError};
+use crate::tls;
+
+/// How often the master pings an agent during a call, and how long it waits for the answer.
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// How long the master waits for an agent.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteTimeouts {
+    /// TCP connect and TLS handshake.
+    pub connect: Duration,
+    /// A call's answer (calls that run hooks, stop an instance or send a disk wait longer).
+    pub request: Duration,
+}
+
+impl Default for RemoteTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            request: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A client of the cluster's agents, as the master.
+pub struct Remote {
+    rt: tokio::runtime::Runtime,
+    connector: TlsConnector,
+    addrs: HashMap<String, String>,
+    timeouts: RemoteTimeouts,
+}
+
+impl Remote {
+    /// The master's client for `cluster`: its identity from the cluster PKI.
+    pub fn new(cluster: &Cluster, timeouts: RemoteTimeouts) -> Result<Self, String> {
+        let pki = PkiDir::new(cluster.pki_dir());
+        let master = &cluster.master().name;
+        let ca = pki.load_ca().map_err(|e| e.to_string())?;
+        let id = pki.load_identity(master).map_err(|e| e.to_string())?;
+        let cfg = tls::client_config(&ca, &id).map_err(|e| e.to_string())?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("tokio runtime: {e}"))?;
+        let addrs = cluster
+            .nodes()
+            .iter()
+            .filter_map(|n| n.address.clone().map(|a| (n.name.clone(), a)))
+            .collect();
+        Ok(Self {
+            rt,
+            connector: TlsConnector::from(cfg),
+            addrs,
+            timeouts,
+        })
+    }
+
+    /// Whether `node` has an agent.
+    pub fn has(&self, node: &str) -> bool {
+        self.addrs.contains_key(node)
+    }
+
+    /// Sends `call` to `node`'s agent and waits for its answer (at most `timeout`; `None`:
+    /// as long as it takes, for a disk transfer that has its own inactivity timeout).
+    pub fn call(&self, node: &str, call: &Call, timeout: Option<Duration>) -> Result<Value, WireError> {
+        let addr = self
+            .addrs
+            .get(node)
+            .ok_or_else(|| WireError::new("failed", format!("node {node} has no agent address")))?;
+        let fut = self.call_async(node, addr, call);
+        let reply = self.rt.block_on(async {
+            match timeout {
+                Some(t) => tokio::time::timeout(t, fut)
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer to {} within {} s", call.method(), t.as_secs()))),
+                None => fut.await,
+            }
+        });
+        let reply = reply.map_err(|e| WireError::new("failed", format!("agent of node {node} ({addr}): {e}")))?;
+        match (reply.ok, reply.err) {
+            (_, Some(e)) => Err(e),
+            (Some(v), None) => Ok(v),
+            (None, None) => Ok(Value::Null),
+        }
+    }
+
+    async fn call_async(&self, node: &str, addr: &str, call: &Call) -> Result<Reply, String> {
+        let tcp = tokio::time::timeout(self.timeouts.connect, TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connect timed out after {} s", self.timeouts.connect.as_secs()))?
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls::pki_types::ServerName::try_from(node.to_string()).map_err(|e| e.to_string())?;
+        let tls = tokio::time::timeout(self.timeouts.connect, self.connector.connect(name, tcp))
+            .await
+            .map_err(|_| "TLS handshake timed out".to_string())?
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        // HTTP/2 pings keep a long call (a disk transfer) honest: an agent that stops answering
+        // (its node is down, the link is cut) fails the call instead of hanging the export.
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("HTTP/2: {e}"))?;
+        tokio::spawn(conn);
+        let body = serde_json::to_vec(call).map_err(|e| e.to_string())?;
+        let req = Request::post(format!("https://{node}/v1/{}", call.method()))
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("HTTP/2 request: {e}"))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading the answer: {e}"))?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| {
+            format!(
+                "answered {status} with an invalid body ({e}): {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            )
+        })
+    }
+}
+
+/// The nodes of a cluster with agents: remote where a node has an `address`, in-process
+/// elsewhere.
+pub struct AgentNodes<'c> {
+    cluster: &'c Cluster,
+    local: LocalNodeOps<'c>,
+    remote: Remote,
+}
+
+impl<'c> AgentNodes<'c> {
+    /// The nodes of `cluster`: in-process ones run with `hooks` and `stop`.
+    pub fn new(
+        cluster: &'c Cluster,
+        hooks: HooksRunner,
+        stop: Arc<AtomicBool>,
+        t: RemoteTimeouts,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            cluster,
+            local: LocalNodeOps::new(cluster, hooks, stop),
+            remote: Remote::new(cluster, t)?,
+        })
+    }
+
+    fn ask<T: DeserializeOwned>(&self, node: &str, call: Call, timeout: Option<Duration>) -> Result<T, NodeError> {
+        let v = self.remote.call(node, &call, timeout).map_err(|e| e.into_node(node))?;
+        serde_json::from_value(v).map_err(|e| NodeError::Failed(format!("node {node}: unexpected answer: {e}")))
+    }
+
+    fn short(&self) -> Option<Duration> {
+        Some(self.remote.timeouts.request)
+    }
+
+    /// A disk from an in-process primary (its disks are on this machine) to a target's agent:
+    /// this process streams it, with the primary's certificate from the cluster PKI (the target
+    /// checks that the stream comes from the primary).
+    fn send_from_here(&self, req: &SendDisk, progress: &TransferProgress) -> Result<Report, TransferError> {
+        let failed = |m: String| TransferError::Node(Box::new(NodeError::Failed(m)));
+        let pki = PkiDir::new(self.cluster.pki_dir());
+        let ca = pki.load_ca().map_err(|e| failed(e.to_string()))?;
+        let id = pki.load_identity(&req.source_node).map_err(|e| failed(e.to_string()))?;
+        let cfg = tls::client_config(&ca, &id).map_err(|e| failed(e.to_string()))?;
+        let addr = self.remote.addrs.get(&req.target_node).cloned().unwrap_or_default();
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let opened: Opened = self.ask(&req.target_node, Call::OpenReceive { req: req.clone() }, self.short())?;
+        let sent = crate::data::send(&self.local, &cfg, host, &opened, req, progress, Timeouts::default())?;
+        Ok(sent.sent.into_report(Some(sent.received)))
+    }
+
+    /// Asks the primary every second how far the send of `token` is, into `progress` (the job
+    /// lines and JSON events of the local path), until `done`.
+    fn poll_progress(&self, req: &SendDisk, token: &str, progress: &TransferProgress, done: &AtomicBool) {
+        let call = Call::Progress {
+            node: req.source_node.clone(),
+            token: token.to_string(),
+        };
+        while !done.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(200));
+            if let Ok(Ok((d, t))) = self
+                .remote
+                .call(&req.source_node, &call, self.short())
+                .map(serde_json::from_value::<(u64, u64)>)
+            {
+                progress.total.store(t, Ordering::Relaxed);
+                progress.done.store(d, Ordering::Relaxed);
+            }
+            for _ in 0..4 {
+                if done.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+
+    /// A disk between two agents: open the receive on the target, then send from the primary.
+    fn send_remote(&self, req: &SendDisk, progress: &TransferProgress) -> Result<Report, TransferError> {
+        let opened: Opened = self.ask(&req.target_node, Call::OpenReceive { req: req.clone() }, self.short())?;
+        let call = Call::Send {
+            req: req.clone(),
+            port: opened.port,
+            token: opened.token.clone(),
+        };
+        let done = AtomicBool::new(false);
+        let answer = std::thread::scope(|sc| {
+            sc.spawn(|| self.poll_progress(req, &opened.token, progress, &done));
+            let r = self.remote.call(&req.source_node, &call, None);
+            done.store(true, Ordering::Release);
+            r
+        });
+        let sent: Sent = match answer {
+            Ok(v) => serde_json::from_value(v).map_err(|e| {
+                TransferError::Node(Box::new(NodeError::Failed(format!(
+                    "node {}: answer: {e}",
+                    req.source_node
+                ))))
+            })?,
+            Err(e) => {
+                // The target's reason, if it refused the stream, says more than the sender's.
+                let ask = Call::ReceiveResult {
+                    node: req.target_node.clone(),
+                    token: opened.token,
+                };
+                let why = self.remote.call(&req.target_node, &ask, self.short()).ok();
+                let target: Option<WireError> = why.and_then(|v| serde_json::from_value(v).ok()).flatten();
+                let msg = match target {
+                    Some(t) => format!(
+                        "node {} refused the stream: {} (sender: {})",
+                        req.target_node, t.msg, e.msg
+                    ),
+                    None => return Err(TransferError::Node(Box::new(e.into_node(&req.source_node)))),
+                };
+                return Err(TransferError::Node(Box::new(NodeError::Failed(msg))));
+            }
+        };
+        progress.total.store(sent.sent.disk_size, Ordering::Relaxed);
+        progress.done.store(sent.sent.disk_size, Ordering::Relaxed);
+        Ok(sent.sent.into_report(Some(sent.received)))
+    }
+}
+
+impl NodeOps for AgentNodes<'_> {
+    fn run_hooks(&self, node: &str, hpath: &str, phase: Phase, env: &Env, report: &dyn Fn(String)) -> Vec<HookResult> {
+        if !self.remote.has(node) {
+            return self.local.run_hooks(node, hpath, phase, env, report);
+        }
+        let call = Call::RunHooks {
+            node: node.into(),
+            hpath: hpath.into(),
+            phase,
+            env: env.clone(),
+        };
+        self.ask(node, call, None).unwrap_or_else(|e| {
+            vec![HookResult {
+                script: format!("{hpath}-{phase:?}.d").to_lowercase(),
+                status: HookStatus::Fail,
+                output: e.to_string(),
+            }]
+        })
+    }
+
+    fn instance_running(&self, node: &str, instance: &str) -> Result<bool, NodeError> {
+        if !self.remote.has(node) {
+            return self.local.instance_running(node, instance);
+        }
+        let call = Call::InstanceRunning {
+            node: node.into(),
+            instance: instance.into(),
+        };
+        self.ask(node, call, self.short())
+    }
+
+    fn stop_instance(&self, node: &str, instance: &str, timeout: Duration) -> Result<(), NodeError> {
+        if !self.remote.has(node) {
+            return self.local.stop_instance(node, instance, timeout);
+        }
+        let call = Call::StopInstance {
+            node: node.into(),
+            instance: instance.into(),
+            timeout_ms: Call::millis(timeout),
+        };
+        self.ask(node, call, Some(timeout + self.remote.timeouts.request))
+    }
+
+    fn start_instance(&self, node: &str, instance: &str) -> Result<(), NodeError> {
+        if !self.remote.has(node) {
+            return self.local.start_instance(node, instance);
+        }
+        let call = Call::StartInstance {
+            node: node.into(),
+            instance: instance.into(),
+        };
+        self.ask(node, call, self.short())
+    }
+
+    fn forget_instance(&self, node: &str, instance: &str) {
+        if !self.remote.has(node) {
+            return self.local.forget_instance(node, instance);
+        }
+        let call = Call::ForgetInstance {
+            node: node.into(),
+            instance: instance.into(),
+        };
+        let _: Result<(), _> = self.ask(node, call, self.short());
+    }
+
+    fn backing_size(&self, node: &str, instance: &str, disk: usize) -> Result<Option<u64>, NodeError> {
+        if !self.remote.has(node) {
+            return self.local.backing_size(node, instance, disk);
+        }
+        let call = Call::BackingSize {
+            node: node.into(),
+            instance: instance.into(),
+            disk,
+        };
+        self.ask(node, call, self.short())
+    }
+
+    fn activate_disks(&self, node: &str, instance: &str) -> Result<(), NodeError> {
+        if !self.remote.has(node) {
+            return self.local.activate_disks(node, instance);
+        }
+        let call = Call::ActivateDisks {
+            node: node.into(),
+            instance: instance.into(),
+        };
+        self.ask(node, call, self.short())
+    }
+
+    fn remove_disks(&self, node: &str, instance: &str) -> Vec<(usize, NodeError)> {
+        if !self.remote.has(node) {
+            return self.local.remove_disks(node, instance);
+        }
+        let call = Call::RemoveDisks {
+            node: node.into(),
+            instance: instance.into(),
+        };
+        match self.ask::<Vec<(usize, String)>>(node, call, self.short()) {
+            Ok(v) => v.into_iter().map(|(i, m)| (i, NodeError::Failed(m))).collect(),
+            Err(e) => vec![(0, e)],
+        }
+    }
+
+    fn sweep_stale_snapshots(&self, node: &str, instance: &str) -> Vec<Stale> {
+        if !self.remote.has(node) {
+            return self.local.sweep_stale_snapshots(node, instance);
+        }
+        let call = Call::SweepStaleSnapshots {
+            node: node.into(),
+            instance: instance.into(),
+        };
+        self.ask(node, call, self.short()).unwrap_or_default()
+    }
+
+    fn snapshot_capability(&self, node: &str, instance: &str, disk: usize) -> Capability {
+        if !self.remote.has(node) {
+            return self.local.snapshot_capability(node, instance, disk);
+        }
+        let call = Call::SnapshotCapability {
+            node: node.into(),
+            instance: instance.into(),
+            disk,
+        };
+        self.ask(node, call, self.short())
+            .unwrap_or_else(|e| Capability::NotCapable(e.to_string()))
+    }
+
+    fn create_snapshot(&self, node: &str, instance: &str, disk: usize) -> Result<SnapshotRef, NodeError> {
+        if !self.remote.has(node) {
+            return self.local.create_snapshot(node, instance, disk);
+        }
+        let call = Call::CreateSnapshot {
+            node: node.into(),
+            instance: instance.into(),
+            disk,
+        };
+        self.ask(node, call, self.short())
+    }
+
+    fn remove_snapshot(&self, node: &str, snapshot: &SnapshotRef) -> Result<(), NodeError> {
+        if !self.remote.has(node) {
+            return self.local.remove_snapshot(node, snapshot);
+        }
+        let call = Call::RemoveSnapshot {
+            node: node.into(),
+            snapshot: snapshot.clone(),
+        };
+        self.ask(node, call, self.short())
+    }
+
+    fn begin_export(&self, node: &str, instance: &str) -> Result<(), NodeError> {
+        if !self.remote.has(node) {
+            return self.local.begin_export(node, instance);
+        }
+        let call = Call::BeginExport {
+            node: node.into(),
+            instance: instance.into(),
+        };
+        self.ask(node, call, self.short())
+    }
+
+    fn send_disk(&self, req: &SendDisk, progress: &TransferProgress) -> Result<Report, TransferError> {
+        match (self.remote.has(&req.source_node), self.remote.has(&req.target_node)) {
+            (false, false) => self.local.send_disk(req, progress),
+            (true, true) => self.send_remote(req, progress),
+            (false, true) => self.send_from_here(req, progress),
+            _ => Err(TransferError::Node(Box::new(NodeError::Failed(format!(
+                "disk/{} from node {} (agent) to node {} (in-process): a disk from an agent goes to \
+                 an agent; give node {} an address",
+                req.disk, req.source_node, req.target_node, req.target_node
+            ))))),
+        }
+    }
+
+    fn finalize_export(&self, node: &str, instance: &str, config_ini: &str) -> Result<std::path::PathBuf, NodeError> {
+        if !self.remote.has(node) {
+            return self.local.finalize_export(node, instance, config_ini);
+        }
+        let call = Call::FinalizeExport {
+            node: node.into(),
+            instance: instance.into(),
+            config_ini: config_ini.into(),
+        };
+        self.ask(node, call, self.short())
+    }
+
+    fn abandon_export(&self, node: &str, instance: &str) {
+        if !self.remote.has(node) {
+            return self.local.abandon_export(node, instance);
+        }
+        let call = Call::AbandonExport {
+            node: node.into(),
+            instance: instance.into(),
+        };
+        let _: Result<(), _> = self.ask(node, call, self.short());
+    }
+
+    fn sweep_export_leftovers(&self, node: &str, instance: &str) {
+        if !self.remote.has(node) {
+            return self.local.sweep_export_leftovers(node, instance);
+        }
+        let call = Call::SweepExportLeftovers {
+            node: node.into(),
+            instance: instance.into(),
+        };
+        let _: Result<(), _> = self.ask(node, call, self.short());
+    }
+
+    fn list_exports(&self, node: &str) -> Result<Vec<String>, NodeError> {
+        if !self.remote.has(node) {
+            return self.local.list_exports(node);
+        }
+        self.ask(node, Call::ListExports { node: node.into() }, self.short())
+    }
+
+    fn export_listing(&self, node: &str, instance: &str) -> NodeListing {
+        if !self.remote.has(node) {
+            return self.local.export_listing(node, instance);
+        }
+        let call = Call::ExportListing {
+            node: node.into(),
+            instance: instance.into(),
+        };
+        self.ask(node, call, self.short()).unwrap_or_else(|e| NodeListing {
+            node: node.to_string(),
+            export_dir: std::path::PathBuf::new(),
+            dir_id: None,
+            export_id: None,
+            exports: Err(e.to_string()),
+            leftovers: false,
+        })
+    }
+
+    fn remove_export(&self, node: &str, instance: &str, keep: Option<(u64, u64)>) -> Result<bool, NodeError> {
+        if !self.remote.has(node) {
+            return self.local.remove_export(node, instance, keep);
+        }
+        let call = Call::RemoveExport {
+            node: node.into(),
+            instance: instance.into(),
+            keep,
+        };
+        self.ask(node, call, self.short())
+    }
+}

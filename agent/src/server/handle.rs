@@ -1,0 +1,82 @@
+//! One [`Call`] run on the agent's own node through [`LocalNodeOps`](diskstream_orchestrator::node::local::LocalNodeOps),
+//! after [`crate::server::Agent`] checked it: the method's result as JSON.
+
+use std::time::Duration;
+
+use diskstream_orchestrator::node::NodeOps;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::proto::{Call, WireError};
+use crate::server::Agent;
+
+fn json<T: Serialize>(v: T) -> Result<Value, WireError> {
+    serde_json::to_value(v).map_err(|e| WireError::new("failed", e.to_string()))
+}
+
+fn node_result<T: Serialize>(r: Result<T, diskstream_orchestrator::node::NodeError>) -> Result<Value, WireError> {
+    match r {
+        Ok(v) => json(v),
+        Err(e) => Err(WireError::node(&e)),
+    }
+}
+
+/// Runs `call` (already checked) on `agent`'s node.
+pub fn run(agent: &'static Agent, call: Call) -> Result<Value, WireError> {
+    let l = agent.local();
+    use Call::*;
+    match call {
+        RunHooks {
+            node,
+            hpath,
+            phase,
+            env,
+        } => json(l.run_hooks(&node, &hpath, phase, &env, &|m| eprintln!("diskstream agent: {m}"))),
+        InstanceRunning { node, instance } => node_result(l.instance_running(&node, &instance)),
+        StopInstance {
+            node,
+            instance,
+            timeout_ms,
+        } => node_result(l.stop_instance(&node, &instance, Duration::from_millis(timeout_ms))),
+        StartInstance { node, instance } => node_result(l.start_instance(&node, &instance)),
+        ForgetInstance { node, instance } => {
+            l.forget_instance(&node, &instance);
+            json(())
+        }
+        BackingSize { node, instance, disk } => node_result(l.backing_size(&node, &instance, disk)),
+        ActivateDisks { node, instance } => node_result(l.activate_disks(&node, &instance)),
+        RemoveDisks { node, instance } => {
+            let failed: Vec<(usize, String)> = l
+                .remove_disks(&node, &instance)
+                .into_iter()
+                .map(|(i, e)| (i, e.to_string()))
+                .collect();
+            json(failed)
+        }
+        SweepStaleSnapshots { node, instance } => json(l.sweep_stale_snapshots(&node, &instance)),
+        SnapshotCapability { node, instance, disk } => json(l.snapshot_capability(&node, &instance, disk)),
+        CreateSnapshot { node, instance, disk } => node_result(l.create_snapshot(&node, &instance, disk)),
+        RemoveSnapshot { node, snapshot } => node_result(l.remove_snapshot(&node, &snapshot)),
+        BeginExport { node, instance } => node_result(l.begin_export(&node, &instance)),
+        OpenReceive { req } => agent.open_receive(req),
+        Send { req, port, token } => agent.send(&req, port, token),
+        ReceiveResult { token, .. } => agent.receive_result(&token),
+        Progress { token, .. } => Ok(agent.progress(&token)),
+        FinalizeExport {
+            node,
+            instance,
+            config_ini,
+        } => node_result(l.finalize_export(&node, &instance, &config_ini)),
+        AbandonExport { node, instance } => {
+            l.abandon_export(&node, &instance);
+            json(())
+        }
+        SweepExportLeftovers { node, instance } => {
+            l.sweep_export_leftovers(&node, &instance);
+            json(())
+        }
+        ListExports { node } => node_result(l.list_exports(&node)),
+        ExportListing { node, instance } => json(l.export_listing(&node, &instance)),
+        RemoveExport { node, instance, keep } => node_result(l.remove_export(&node, &instance, keep)),
+    }
+}

@@ -1,0 +1,440 @@
+//! The agent daemon (`diskstream agent --cluster FILE --node NAME`): serves one node's side of
+//! every [`NodeOps`] method to the cluster's master over HTTP/2 on mutual TLS, running
+//! [`LocalNodeOps`] for its own node, so each call has exactly the local path's semantics.
+//!
+//! Refusals, all before anything is touched: a client whose certificate does not name the
+//! master (the handshake already refused any other CA); a call naming another node; an
+//! instance that is not this node's (for instance and disk operations) or a name that could be
+//! a path (for export-directory operations: instances, dumps, hook paths must be safe names).
+//! The agent reads only the disks and writes only the export directory that the cluster config
+//! gives its node: every path is derived by [`LocalNodeOps`] from the config.
+
+mod handle;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use diskstream_orchestrator::cluster::{is_safe_name, reserved_instance_name, Cluster};
+use diskstream_orchestrator::hooks::HooksRunner;
+use diskstream_orchestrator::node::local::LocalNodeOps;
+use diskstream_orchestrator::node::{NodeOps, SendDisk, TransferProgress};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::{ClientConfig, ServerConfig};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::data::{self, Receiver, Timeouts};
+use crate::lease::Leases;
+use crate::pki::PkiDir;
+use crate::proto::{Call, Reply, Sent, WireError};
+use crate::tls;
+
+/// The largest request body accepted (a `config.ini` and a hook environment fit easily).
+const MAX_BODY: usize = 4 << 20;
+
+/// A running agent's state: its node, the cluster config, the node's operations, TLS.
+pub struct Agent {
+    cluster: &'static Cluster,
+    node: String,
+    local: LocalNodeOps<'static>,
+    server_tls: Arc<ServerConfig>,
+    client_tls: Arc<ClientConfig>,
+    data_ip: IpAddr,
+    timeouts: Timeouts,
+    /// How each receive ended, by token (`None`: committed).
+    ended: Mutex<HashMap<String, Option<WireError>>>,
+    leases: Leases,
+    /// The sends in progress, by token.
+    sending: Mutex<HashMap<String, Arc<TransferProgress>>>,
+}
+
+/// Where an agent listens and how long it waits.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// Listen here instead of the node's `address`.
+    pub listen: Option<SocketAddr>,
+    /// Data-plane timeouts.
+    pub timeouts: Timeouts,
+    /// A staging export with no word from the master (and no receive in progress) for this long
+    /// is abandoned (see [`crate::lease`]).
+    pub staging_timeout: Duration,
+}
+
+fn refused(msg: impl Into<String>) -> WireError {
+    WireError::new("refused", msg)
+}
+
+impl Agent {
+    /// The agent of `node` in `cluster` (loaded once; the daemon keeps it for its lifetime).
+    pub fn new(cluster: Cluster, node: &str, opts: &AgentOptions) -> Result<(Self, SocketAddr), String> {
+        let cluster: &'static Cluster = Box::leak(Box::new(cluster));
+        let n = cluster
+            .node(node)
+            .ok_or_else(|| format!("node {node} is not in the cluster config {}", cluster.path().display()))?;
+        let listen = match (opts.listen, &n.address) {
+            (Some(l), _) => l,
+            (None, Some(a)) => a
+                .to_socket_addrs()
+                .map_err(|e| format!("node {node}: address {a}: {e}"))?
+                .next()
+                .ok_or_else(|| format!("node {node}: address {a} resolves to nothing"))?,
+            (None, None) => {
+                return Err(format!(
+                    "node {node} has no address in the cluster config (or pass --listen)"
+                ))
+            }
+        };
+        let pki = PkiDir::new(cluster.pki_dir());
+        let ca = pki.load_ca().map_err(|e| e.to_string())?;
+        let id = pki.load_identity(node).map_err(|e| e.to_string())?;
+        let server_tls = tls::server_config(&ca, &id).map_err(|e| e.to_string())?;
+        let client_tls = tls::client_config(&ca, &id).map_err(|e| e.to_string())?;
+        let hooks = HooksRunner::new(cluster.hooks_timeout()).with_report_interval(cluster.hooks_report_interval());
+        let local = LocalNodeOps::new(cluster, hooks, Arc::new(AtomicBool::new(false)));
+        let agent = Self {
+            cluster,
+            node: node.to_string(),
+            local,
+            server_tls,
+            client_tls,
+            data_ip: listen.ip(),
+            timeouts: opts.timeouts,
+            ended: Mutex::default(),
+            leases: Leases::new(opts.staging_timeout),
+            sending: Mutex::default(),
+        };
+        // Staging exports left by an agent that was killed: no master can finish them now.
+        for i in cluster.instances() {
+            agent.local.sweep_export_leftovers(node, &i.name);
+        }
+        Ok((agent, listen))
+    }
+
+    /// Serves until the process is killed.
+    pub async fn serve(&'static self, listen: SocketAddr) -> Result<(), String> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("listen on {listen}: {e}"))?;
+        eprintln!("diskstream agent: node {} listening on {listen}", self.node);
+        let acceptor = TlsAcceptor::from(Arc::clone(&self.server_tls));
+        loop {
+            let (tcp, peer) = listener.accept().await.map_err(|e| format!("accept: {e}"))?;
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Err(e) = self.connection(acceptor, tcp, peer).await {
+                    eprintln!("diskstream agent: {peer}: {e}");
+                }
+            });
+        }
+    }
+
+    async fn connection(
+        &'static self,
+        acceptor: TlsAcceptor,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(), String> {
+        let _ = tcp.set_nodelay(true);
+        let s = tokio::time::timeout(self.timeouts.connect, acceptor.accept(tcp))
+            .await
+            .map_err(|_| "TLS handshake timed out".to_string())?
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        let master = self.cluster.master().name.as_str();
+        let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        if let Err(e) = tls::authorize(s.get_ref().1, &[master], &peer.to_string()) {
+            // A cluster member that is not the master: every request is answered 403 with why,
+            // and nothing runs.
+            let why = format!("refused: only the master ({master}) may command this agent: {e}");
+            eprintln!("diskstream agent: {why}");
+            let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                let why = why.clone();
+                async move { Ok::<_, hyper::Error>(answer(StatusCode::FORBIDDEN, Err(refused(why)))) }
+            });
+            return builder
+                .serve_connection(TokioIo::new(s), service)
+                .await
+                .map_err(|e| format!("HTTP/2: {e}"));
+        }
+        let service = hyper::service::service_fn(move |req| self.request(req));
+        builder
+            .serve_connection(TokioIo::new(s), service)
+            .await
+            .map_err(|e| format!("HTTP/2: {e}"))
+    }
+
+    async fn request(&'static self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+        let method = req.uri().path().strip_prefix("/v1/").unwrap_or("").to_string();
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return Ok(answer(StatusCode::BAD_REQUEST, Err(refused(format!("body: {e}"))))),
+        };
+        let call: Call = match serde_json::from_slice(&body) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(answer(
+                    StatusCode::BAD_REQUEST,
+                    Err(refused(format!("not a call: {e}"))),
+                ))
+            }
+        };
+        if call.method() != method {
+            let msg = format!("POST /v1/{method} carries a {} call", call.method());
+            return Ok(answer(StatusCode::BAD_REQUEST, Err(refused(msg))));
+        }
+        let out = tokio::task::spawn_blocking(move || self.dispatch(call))
+            .await
+            .unwrap_or_else(|e| Err(WireError::new("failed", format!("the operation panicked: {e}"))));
+        let status = match &out {
+            Err(e) if e.kind == "refused" => StatusCode::FORBIDDEN,
+            _ => StatusCode::OK,
+        };
+        Ok(answer(status, out))
+    }
+
+    /// Checks and runs one call on this node.
+    pub fn dispatch(&'static self, call: Call) -> Result<Value, WireError> {
+        self.check(&call)?;
+        match &call {
+            Call::BeginExport { instance, .. } => self.leases.touch(instance),
+            Call::OpenReceive { req } => self.leases.touch(&req.instance),
+            Call::FinalizeExport { instance, .. } | Call::AbandonExport { instance, .. } => self.leases.end(instance),
+            _ => {}
+        }
+        handle::run(self, call)
+    }
+
+    /// Abandons the staging exports whose master went silent (every second, for ever).
+    fn reap(&'static self) {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            for inst in self.leases.expired() {
+                eprintln!(
+                    "diskstream agent: no word from the master about the staging export of {inst} for {} s: removing it",
+                    self.leases.timeout().as_secs()
+                );
+                self.local.abandon_export(&self.node, &inst);
+            }
+        }
+    }
+
+    /// The refusals: another node, an instance not on this node, a name that could be a path.
+    fn check(&self, call: &Call) -> Result<(), WireError> {
+        if call.node() != self.node {
+            return Err(refused(format!(
+                "this agent serves node {}, not {}",
+                self.node,
+                call.node()
+            )));
+        }
+        use Call::*;
+        match call {
+            RunHooks { hpath, .. } => safe("hook path", hpath),
+            InstanceRunning { instance, .. }
+            | StopInstance { instance, .. }
+            | StartInstance { instance, .. }
+            | ForgetInstance { instance, .. }
+            | BackingSize { instance, .. }
+            | ActivateDisks { instance, .. }
+            | RemoveDisks { instance, .. }
+            | SweepStaleSnapshots { instance, .. }
+            | SnapshotCapability { instance, .. }
+            | CreateSnapshot { instance, .. } => self.own_instance(instance),
+            RemoveSnapshot { snapshot, .. } => self.own_instance(&snapshot.instance),
+            Send { req, .. } => {
+                self.own_instance(&req.instance)?;
+                self.transfer_names(req)
+            }
+            OpenReceive { req } => {
+                export_name(&req.instance)?;
+                self.transfer_names(req)
+            }
+            BeginExport { instance, .. }
+            | FinalizeExport { instance, .. }
+            | AbandonExport { instance, .. }
+            | SweepExportLeftovers { instance, .. }
+            | ExportListing { instance, .. }
+            | RemoveExport { instance, .. } => export_name(instance),
+            ListExports { .. } | ReceiveResult { .. } | Progress { .. } => Ok(()),
+        }
+    }
+
+    fn own_instance(&self, name: &str) -> Result<(), WireError> {
+        match self.cluster.instance(name) {
+            Some(i) if i.primary_node == self.node => Ok(()),
+            Some(i) => Err(refused(format!(
+                "instance {name} runs on node {}, not on {}",
+                i.primary_node, self.node
+            ))),
+            None => Err(WireError::new(
+                "unknown",
+                format!("instance {name} is not in the cluster config"),
+            )),
+        }
+    }
+
+    fn transfer_names(&self, req: &SendDisk) -> Result<(), WireError> {
+        safe("dump name", &req.dump)?;
+        for n in [&req.source_node, &req.target_node] {
+            if self.cluster.node(n).is_none() {
+                return Err(WireError::new(
+                    "unknown",
+                    format!("node {n} is not in the cluster config"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// This node's operations.
+    pub fn local(&self) -> &LocalNodeOps<'static> {
+        &self.local
+    }
+
+    /// The cluster config.
+    pub fn cluster(&self) -> &'static Cluster {
+        self.cluster
+    }
+
+    /// Opens a receive for `req` and runs it on a thread of its own.
+    pub fn open_receive(&'static self, req: SendDisk) -> Result<Value, WireError> {
+        if !self.local.is_staging(&req.target_node, &req.instance) {
+            return Err(WireError::new(
+                "unknown",
+                format!("no staging export of {} on node {}", req.instance, self.node),
+            ));
+        }
+        let (rx, opened) = Receiver::open(self.data_ip)
+            .map_err(|e| WireError::new("failed", format!("opening a data port on {}: {e}", self.data_ip)))?;
+        let t = self.timeouts;
+        let token = opened.token.clone();
+        self.leases.begin_receive(&req.instance);
+        std::thread::spawn(move || {
+            let ended = match rx.run(&self.local, &self.server_tls, &req, t) {
+                Ok(Reply { err: Some(e), .. }) => Some(e),
+                Ok(_) => None,
+                Err(e) => Some(WireError::new("failed", e)),
+            };
+            self.leases.end_receive(&req.instance);
+            if let Some(e) = &ended {
+                eprintln!(
+                    "diskstream agent: receiving {}/disk{}: {}",
+                    req.instance, req.disk, e.msg
+                );
+            }
+            let mut m = self.ended.lock().expect("ended");
+            if m.len() > 1024 {
+                m.clear();
+            }
+            m.insert(token, ended);
+        });
+        serde_json::to_value(opened).map_err(|e| WireError::new("failed", e.to_string()))
+    }
+
+    /// How the receive of `token` ended, waiting up to 10 s for it.
+    pub fn receive_result(&self, token: &str) -> Result<Value, WireError> {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < Duration::from_secs(10) {
+            if let Some(r) = self.ended.lock().expect("ended").remove(token) {
+                return Ok(serde_json::to_value(r).unwrap_or(Value::Null));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(WireError::new(
+            "unknown",
+            "no receive with this token ended in the last 10 s",
+        ))
+    }
+
+    /// How far the send of `token` is: `[done, total]`, or `null`.
+    pub fn progress(&self, token: &str) -> Value {
+        match self.sending.lock().expect("sending").get(token) {
+            Some(p) => serde_json::json!([p.done.load(Ordering::Relaxed), p.total.load(Ordering::Relaxed)]),
+            None => Value::Null,
+        }
+    }
+
+    /// Sends `req` to the target's data port.
+    pub fn send(&self, req: &SendDisk, port: u16, token: String) -> Result<Value, WireError> {
+        let target = self.cluster.node(&req.target_node).and_then(|n| n.address.clone());
+        let Some(addr) = target else {
+            return Err(refused(format!("node {} has no agent address", req.target_node)));
+        };
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let progress = Arc::new(TransferProgress::default());
+        self.sending
+            .lock()
+            .expect("sending")
+            .insert(token.clone(), Arc::clone(&progress));
+        let opened = crate::proto::Opened { port, token };
+        let sent = data::send(
+            &self.local,
+            &self.client_tls,
+            host,
+            &opened,
+            req,
+            &progress,
+            self.timeouts,
+        );
+        self.sending.lock().expect("sending").remove(&opened.token);
+        let sent: Sent = sent.map_err(|e| WireError::transfer(&e))?;
+        serde_json::to_value(sent).map_err(|e| WireError::new("failed", e.to_string()))
+    }
+}
+
+fn safe(what: &str, name: &str) -> Result<(), WireError> {
+    if is_safe_name(name) {
+        Ok(())
+    } else {
+        Err(refused(format!("invalid {what} '{name}': not a plain name")))
+    }
+}
+
+fn export_name(instance: &str) -> Result<(), WireError> {
+    safe("instance name", instance)?;
+    match reserved_instance_name(instance) {
+        Some(why) => Err(refused(format!("invalid instance name '{instance}': {why}"))),
+        None => Ok(()),
+    }
+}
+
+fn answer(status: StatusCode, out: Result<Value, WireError>) -> Response<Full<Bytes>> {
+    let reply = match out {
+        Ok(v) => Reply { ok: Some(v), err: None },
+        Err(e) => Reply { ok: None, err: Some(e) },
+    };
+    let body = serde_json::to_vec(&reply).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Runs the agent of `node` from the cluster config at `path` until killed.
+pub fn run(path: &std::path::Path, node: &str, opts: &AgentOptions) -> Result<(), String> {
+    let cluster = Cluster::load(path).map_err(|e| e.to_string())?;
+    let (agent, listen) = Agent::new(cluster, node, opts)?;
+    // The daemon's state lives as long as the process.
+    let agent: &'static Agent = Box::leak(Box::new(agent));
+    std::thread::spawn(move || agent.reap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    rt.block_on(agent.serve(listen))
+}
+
+/// The default inactivity timeout, for the CLI's help.
+pub const DEFAULT_INACTIVITY: Duration = Duration::from_secs(30);

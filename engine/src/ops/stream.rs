@@ -1,0 +1,104 @@
+//! `send` and `receive`: a disk crossing a byte stream between two nodes as a `dsimg` frame
+//! stream. `send` reads a disk ([`DiskSource`]) into a [`StreamSink`] on any `Write`;
+//! `receive` reads the stream ([`FrameSource`]: every frame's CRC and digest, the index and the
+//! trailer checked) into a sparse raw file ([`RawSink`]) with its manifest, committed as a pair
+//! (fsynced, renamed) only when the whole stream checked out.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use super::image::manifest_path;
+use super::{CreateOptions, Format, Progress, Report};
+use crate::error::{Error, Result};
+use crate::format::Header;
+use crate::report::ReportHead;
+use crate::sink::manifest::ManifestOut;
+use crate::sink::raw::RawSink;
+use crate::sink::stream::StreamSink;
+use crate::sink::target::Target;
+use crate::source::{Disk, DiskSource, FrameSource, FrameStream, Source};
+use crate::transfer::Transfer;
+
+/// Reads `src` (a block device or file) and writes it to `out` as a `dsimg` stream named `name`
+/// (in errors); `o.compress` makes data chunks lz4 frames, `o.checksum` is the chunk digest.
+pub fn send<W: Write + Send>(
+    src: &Path,
+    out: W,
+    name: &Path,
+    o: &CreateOptions,
+    progress: &Progress,
+) -> Result<Report> {
+    let t0 = Instant::now();
+    let t = &o.tuning;
+    t.check()?;
+    let disk = Disk::open(src)?;
+    let mut source = DiskSource::new(disk, t.chunk_size, o.checksum).limit(o.limit);
+    let info = source.info();
+    let header = Header {
+        disk_size: info.disk_size,
+        chunk_size: info.chunk_size,
+        checksum: o.checksum,
+    };
+    let head = ReportHead {
+        output: Some(name.to_owned()),
+        format: Some(Format::Dsimg),
+        ..ReportHead::new("send")
+    };
+    let sink = StreamSink::new(out, header, name.to_owned(), o.compress)?;
+    Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
+}
+
+/// Reads the `dsimg` stream `stream` (named `name` in errors) into the sparse raw file `out`
+/// with its manifest `OUT.manifest`, both replaced if they exist (`out` is in a staging
+/// directory its caller owns). `expect` is the chunk digest the stream must use. Nothing
+/// appears under `out` unless every frame and the trailer checked out.
+pub fn receive<R: FrameStream>(
+    stream: R,
+    name: &Path,
+    out: &Path,
+    expect: crate::digest::Checksum,
+    o: &CreateOptions,
+    progress: &Progress,
+) -> Result<Report> {
+    let t0 = Instant::now();
+    let t = &o.tuning;
+    t.check()?;
+    let mut source = FrameSource::new(stream, name)?;
+    let info = source.info();
+    if info.checksum != expect {
+        return Err(Error::Invalid(format!(
+            "{}: the stream's chunk digest is {}, {} was asked for",
+            name.display(),
+            info.checksum.name(),
+            expect.name()
+        )));
+    }
+    let manifest_path = manifest_path(out, None)?;
+    let manifest_target = Target::create_file(&manifest_path, true)?;
+    let target = Target::create(out, true, true)?;
+    let mut head = ReportHead {
+        output: Some(out.to_owned()),
+        manifest: Some(manifest_path),
+        format: Some(Format::Raw),
+        ..ReportHead::new("receive")
+    };
+    if !target.is_direct() {
+        head.warnings.push(format!(
+            "{}: the file system refuses O_DIRECT; writing through the page cache",
+            out.display()
+        ));
+    }
+    let manifest = ManifestOut::new(manifest_target, info.checksum, info.disk_size, info.chunk_size);
+    let sink = RawSink::new(
+        target,
+        info.disk_size,
+        info.chunk_size,
+        t.write_backend(),
+        t.write_depth,
+        o.zero_policy,
+    )?
+    .with_manifest(manifest)
+    .with_stop(t.stop.clone());
+    Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
+}

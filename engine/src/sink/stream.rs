@@ -1,0 +1,77 @@
+//! [`StreamSink`]: the `dsimg` frame stream written to any [`Write`] (a socket to another node):
+//! chunks in disk order through the streaming encoder ([`ImageWriter`]), lz4 payloads as the
+//! workers made them; [`Sink::finish`] writes the index and trailer and flushes. Nothing is
+//! committed here: the reader at the other end checks the stream and commits what it writes.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::{Order, Sink, SinkNeeds, SinkStats};
+use crate::error::{Error, Result};
+use crate::format::writer::ImageWriter;
+use crate::format::{FrameKind, Header};
+use crate::pipeline::{Payload, Processed};
+
+/// A `dsimg` stream being written to `W`.
+pub struct StreamSink<W: Write + Send> {
+    writer: ImageWriter<W>,
+    name: PathBuf,
+    lz4: bool,
+    stored: u64,
+}
+
+impl<W: Write + Send> StreamSink<W> {
+    /// Starts the stream described by `header` on `out` (writes the header); `name` names the
+    /// stream in errors (e.g. `node3:inst1/disk0`); `lz4` whether data chunks are compressed.
+    pub fn new(out: W, header: Header, name: PathBuf, lz4: bool) -> Result<Self> {
+        let writer = ImageWriter::new(out, header).map_err(|e| Error::io("send", &name, 0, e))?;
+        Ok(Self {
+            writer,
+            name,
+            lz4,
+            stored: 0,
+        })
+    }
+}
+
+impl<W: Write + Send> Sink for StreamSink<W> {
+    fn needs(&self) -> SinkNeeds {
+        SinkNeeds {
+            order: Order::Disk,
+            in_flight: 0,
+            zero_maps: false,
+            lz4: self.lz4,
+        }
+    }
+
+    fn put(&mut self, p: Processed) -> Result<()> {
+        let kind = match p.payload {
+            Payload::Zero => FrameKind::Zero,
+            Payload::Raw(_) => FrameKind::Raw,
+            Payload::Lz4 { .. } => FrameKind::Lz4,
+        };
+        let bytes = p.stored_bytes();
+        self.stored += bytes.len() as u64;
+        let at = self.writer.position();
+        self.writer
+            .push(p.index, kind, &p.digest, bytes)
+            .map_err(|e| Error::io("send", &self.name, at, e))
+    }
+
+    fn finish(self: Box<Self>) -> Result<SinkStats> {
+        let Self {
+            writer, name, stored, ..
+        } = *self;
+        let at = writer.position();
+        let (mut w, trailer) = writer.finish().map_err(|e| Error::io("send", &name, at, e))?;
+        w.flush().map_err(|e| Error::io("send", &name, at, e))?;
+        Ok(SinkStats {
+            write_backend: None,
+            output_direct: false,
+            bytes_written: trailer.total_len,
+            write_requests: 0,
+            bytes_stored: stored,
+            digest: Some(trailer.image_digest),
+        })
+    }
+}

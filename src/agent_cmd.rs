@@ -1,0 +1,171 @@
+//! `diskstream pki` (the cluster CA and node certificates) and `diskstream agent` (a node's
+//! agent daemon); the choice of node operations for `export`/`list`/`remove` (agents for nodes
+//! with an `address`, in-process for the others).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use diskstream_agent::data::Timeouts;
+use diskstream_agent::pki::PkiDir;
+use diskstream_agent::remote::{AgentNodes, RemoteTimeouts};
+use diskstream_agent::server::AgentOptions;
+use diskstream_orchestrator::backup::{self, RunOptions};
+use diskstream_orchestrator::cluster::Cluster;
+use diskstream_orchestrator::feedback::Feedback;
+use diskstream_orchestrator::hooks::HooksRunner;
+use diskstream_orchestrator::lu::LogicalUnit;
+use diskstream_orchestrator::node::local::LocalNodeOps;
+use diskstream_orchestrator::node::NodeOps;
+use diskstream_orchestrator::{Ecode, ErrorKind, OpError};
+
+use crate::contract::{Kind, Op};
+use crate::output;
+
+/// `diskstream pki`.
+#[derive(Subcommand, Debug)]
+pub enum PkiCmd {
+    /// Create the cluster CA and a certificate for every node of the cluster config, in the
+    /// config's PKI directory (`[cluster] pki`, default `<config dir>/pki`).
+    Init {
+        /// Cluster config (default: $DISKSTREAM_CLUSTER, else ./cluster.toml).
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+        /// Replace an existing CA (every node certificate must then be reissued).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue (or renew) one node's certificate with the cluster CA.
+    Issue {
+        /// Cluster config (default: $DISKSTREAM_CLUSTER, else ./cluster.toml).
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+        /// The node (as named in the cluster config).
+        node: String,
+    },
+}
+
+/// The cluster config path from `--cluster`, `$DISKSTREAM_CLUSTER` or `./cluster.toml`.
+pub fn cluster_path(arg: Option<PathBuf>) -> PathBuf {
+    arg.or_else(|| std::env::var_os("DISKSTREAM_CLUSTER").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("cluster.toml"))
+}
+
+/// Runs `diskstream pki ...`.
+pub fn pki(cmd: PkiCmd) -> ExitCode {
+    match pki_run(cmd) {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => output::fail_msg(Op::Pki, Kind::Error, &e, false),
+    }
+}
+
+fn pki_run(cmd: PkiCmd) -> Result<String, String> {
+    match cmd {
+        PkiCmd::Init { cluster, force } => {
+            let c = Cluster::load(cluster_path(cluster)).map_err(|e| e.to_string())?;
+            let dir = PkiDir::new(c.pki_dir());
+            let nodes: Vec<&str> = c.nodes().iter().map(|n| n.name.as_str()).collect();
+            dir.init(&c.info().name, &nodes, force).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "created the CA of cluster {} and certificates for {} in {}",
+                c.info().name,
+                nodes.join(", "),
+                dir.root().display()
+            ))
+        }
+        PkiCmd::Issue { cluster, node } => {
+            let c = Cluster::load(cluster_path(cluster)).map_err(|e| e.to_string())?;
+            if c.node(&node).is_none() {
+                return Err(format!(
+                    "node {node} is not in the cluster config {}",
+                    c.path().display()
+                ));
+            }
+            let dir = PkiDir::new(c.pki_dir());
+            dir.issue(&node).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "issued {} and {}",
+                dir.node_cert(&node).display(),
+                dir.node_key(&node).display()
+            ))
+        }
+    }
+}
+
+/// `diskstream agent`.
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Cluster config (default: $DISKSTREAM_CLUSTER, else ./cluster.toml).
+    #[arg(long)]
+    pub cluster: Option<PathBuf>,
+    /// The node this agent serves (it listens on the node's `address`).
+    #[arg(long)]
+    pub node: String,
+    /// Listen here instead of the node's `address` (e.g. 0.0.0.0:1811).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Seconds without a byte moving on a disk stream before it fails as stalled.
+    #[arg(long, default_value_t = 30)]
+    pub inactivity_timeout: u64,
+    /// Seconds a staging export may go without word from the master (and without a disk
+    /// stream in progress) before the agent removes it (a master that died mid-export).
+    #[arg(long, default_value_t = 600)]
+    pub staging_timeout: u64,
+    /// Test hook: flip byte N of every disk stream this agent sends (the target must refuse it).
+    #[arg(long, hide = true)]
+    pub test_flip_wire_byte: Option<u64>,
+}
+
+/// Runs `diskstream agent` until killed.
+pub fn agent(a: AgentArgs) -> ExitCode {
+    let opts = AgentOptions {
+        listen: a.listen,
+        timeouts: Timeouts {
+            inactivity: Duration::from_secs(a.inactivity_timeout.max(1)),
+            flip_byte: a.test_flip_wire_byte,
+            ..Timeouts::default()
+        },
+        staging_timeout: Duration::from_secs(a.staging_timeout.max(1)),
+    };
+    match diskstream_agent::server::run(&cluster_path(a.cluster), &a.node, &opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => output::fail_msg(Op::Agent, Kind::Error, &format!("agent of node {}: {e}", a.node), false),
+    }
+}
+
+/// The nodes an LU runs with: agents for nodes with an `address` ([`AgentNodes`]), this
+/// machine for the others; a config without any address runs everything in-process, as before.
+fn make_nodes<'c>(
+    cluster: &'c Cluster,
+    hooks: HooksRunner,
+    stop: Arc<AtomicBool>,
+) -> Result<Box<dyn NodeOps + 'c>, OpError> {
+    if !cluster.has_agents() {
+        return Ok(Box::new(LocalNodeOps::new(cluster, hooks, stop)));
+    }
+    AgentNodes::new(cluster, hooks, stop, RemoteTimeouts::default())
+        .map(|n| Box::new(n) as Box<dyn NodeOps + 'c>)
+        .map_err(|e| OpError::new(ErrorKind::Exec, Ecode::Environ, format!("cannot reach the agents: {e}")))
+}
+
+/// Runs an LU on the cluster config at `path` with [`make_nodes`].
+pub fn run_on_cluster<L: LogicalUnit>(
+    path: &Path,
+    lu: &mut L,
+    feedback: &dyn Feedback,
+    opts: &RunOptions,
+) -> Result<Option<L::Output>, OpError> {
+    backup::run_on_cluster_with(path, lu, feedback, opts, make_nodes)
+}
+
+/// `gnt-backup list` through the nodes [`make_nodes`] picks.
+pub fn list(cluster: &Cluster, nodes: &[String]) -> Result<Vec<backup::NodeExports>, OpError> {
+    let ops = make_nodes(cluster, HooksRunner::default(), Arc::default())?;
+    backup::list_on(cluster, ops.as_ref(), nodes)
+}

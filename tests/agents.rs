@@ -1,0 +1,811 @@
+//! Node agents in their own network namespaces: the master (node1, in-process) in namespace `m`
+//! with a bridge, the primary's agent (node2) and the target's agent (node3) in `p` and `t`,
+//! joined by veth pairs; all made by the test and removed (namespaces, agents, instance
+//! processes) when its guard drops, also when it fails. Every client command first checks that
+//! it runs in its namespace (`ip netns identify`), so no test traffic leaves the namespaces.
+//! Needs root and iproute2; skipped with a message otherwise.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const DS: &str = env!("CARGO_BIN_EXE_diskstream");
+const PORT: u16 = 1811;
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Three namespaces: `m` (10.79.S.1 on a bridge), `p` (.2) and `t` (.3) on veths into it.
+struct Net {
+    m: String,
+    p: String,
+    t: String,
+    subnet: u32,
+    agents: Vec<Child>,
+}
+
+impl Net {
+    fn new(tag: &str, subnet: u32) -> Result<Self, String> {
+        let pid = std::process::id();
+        let n = Net {
+            m: format!("ds{tag}{pid}m"),
+            p: format!("ds{tag}{pid}p"),
+            t: format!("ds{tag}{pid}t"),
+            subnet,
+            agents: Vec::new(),
+        };
+        // From here on, Drop removes whatever was made.
+        for ns in [&n.m, &n.p, &n.t] {
+            ip(&["netns", "add", ns])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        ip(&["-n", &n.m, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &n.m, "link", "set", "br0", "up"])?;
+        ip(&["-n", &n.m, "addr", "add", &format!("10.79.{subnet}.1/24"), "dev", "br0"])?;
+        for (ns, host) in [(&n.p, 2), (&n.t, 3)] {
+            let (v, b) = (format!("v{tag}{pid}{host}"), format!("b{tag}{pid}{host}"));
+            ip(&[
+                "link", "add", &v, "netns", ns, "type", "veth", "peer", "name", &b, "netns", &n.m,
+            ])?;
+            ip(&["-n", &n.m, "link", "set", &b, "master", "br0"])?;
+            ip(&["-n", &n.m, "link", "set", &b, "up"])?;
+            ip(&["-n", ns, "addr", "add", &format!("10.79.{subnet}.{host}/24"), "dev", &v])?;
+            ip(&["-n", ns, "link", "set", &v, "up"])?;
+        }
+        Ok(n)
+    }
+
+    fn addr(&self, host: u32) -> String {
+        format!("10.79.{}.{host}:{PORT}", self.subnet)
+    }
+
+    /// Starts node N's agent in its namespace, its output in `log`.
+    fn start_agent(&mut self, cfg: &Path, node: u32, log: &Path) {
+        self.start_agent_with(cfg, node, log, &[]);
+    }
+
+    /// Starts node N's agent with extra arguments.
+    fn start_agent_with(&mut self, cfg: &Path, node: u32, log: &Path, extra: &[&str]) {
+        let ns = if node == 2 { self.p.clone() } else { self.t.clone() };
+        let f = std::fs::File::create(log).expect("agent log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns, DS, "agent", "--cluster"])
+            .arg(cfg)
+            .args([
+                "--node",
+                &format!("node{node}.example.com"),
+                "--inactivity-timeout",
+                "5",
+            ])
+            .args(extra)
+            .stdout(f.try_clone().expect("log"))
+            .stderr(f)
+            .spawn()
+            .expect("spawn agent");
+        self.agents.push(child);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &ns, "ss", "-Htln", &format!("sport = :{PORT}")])
+                .output()
+                .expect("ss");
+            if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "agent of node{node} did not listen: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+
+    /// `diskstream ARGS` in namespace `m`, which first checks that it is there.
+    fn master_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.m, "sh", "-c"])
+            .arg(r#"ns="$1"; shift; [ "$(ip netns identify)" = "$ns" ] || { echo "not in netns $ns" >&2; exit 99; }; exec "$@""#)
+            .args(["sh", &self.m, DS])
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `diskstream ARGS` in namespace `m`, after checking that it is there.
+    fn master(&self, args: &[&str]) -> Output {
+        self.master_cmd(args)
+            .output()
+            .expect("run diskstream in the master namespace")
+    }
+}
+
+impl Net {
+    /// Kills the agent started `i`-th.
+    fn kill_agent(&mut self, i: usize) {
+        let _ = self.agents[i].kill();
+        let _ = self.agents[i].wait();
+    }
+
+    /// The veth of node N (2 or 3) inside its namespace.
+    fn veth(&self, node: u32) -> (String, String) {
+        let ns = if node == 2 { self.p.clone() } else { self.t.clone() };
+        let tag = &self.m[2..self.m.len() - 1];
+        (ns, format!("v{tag}{node}"))
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for c in &mut self.agents {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.m, &self.p, &self.t] {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+fn usable() -> bool {
+    let ok = is_root() && Command::new("ip").arg("-V").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipped: needs root and iproute2 (scripts/test runs it as root)");
+    }
+    ok
+}
+
+/// A three-node cluster in `dir`: instance `inst1.example.com` on node2 with a mixed and a
+/// sparse disk; node2 and node3 have agent addresses; the PKI made by `diskstream pki init`.
+/// Returns (config with agents, the same cluster without addresses, the disks).
+fn cluster(dir: &Path, net: &Net) -> (PathBuf, PathBuf, Vec<PathBuf>) {
+    let roots = node_roots(dir, 3);
+    for r in &roots {
+        std::fs::create_dir_all(export_dir(r)).unwrap();
+    }
+    let disks = vec![roots[1].join("d0.img"), roots[1].join("d1.img")];
+    make_disk(&disks[0], 24 << 20, Data::Mixed, 7);
+    make_disk(&disks[1], 16 << 20, Data::Sparse, 8);
+    let inst = InstSpec {
+        name: "inst1.example.com".into(),
+        primary: "node2.example.com".into(),
+        admin_state: "up",
+        disks: vec![
+            DiskSpec {
+                template: "file",
+                path: disks[0].clone(),
+                mib: 24,
+            },
+            DiskSpec {
+                template: "file",
+                path: disks[1].clone(),
+                mib: 16,
+            },
+        ],
+        process: Some(sleeper()),
+    };
+    let plain = write_cluster(dir, &roots, &[inst], &["lz4"]);
+    let local = dir.join("local.toml");
+    std::fs::rename(&plain, &local).unwrap();
+    let mut text = std::fs::read_to_string(&local).unwrap();
+    for n in [2, 3] {
+        let name = format!("\nname = \"node{n}.example.com\"\n");
+        text = text.replacen(&name, &format!("{name}address = \"{}\"\n", net.addr(n)), 1);
+    }
+    let cfg = dir.join("cluster.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(DS)
+        .args(["pki", "init", "--cluster"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (cfg, local, disks)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The dumps of an export in disk order (from its config.ini) with their manifests.
+fn dumps(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let ini = std::fs::read_to_string(dir.join("config.ini")).expect("config.ini");
+    let mut out = Vec::new();
+    for i in 0.. {
+        let key = format!("disk{i}_dump = ");
+        let Some(l) = ini.lines().find(|l| l.starts_with(&key)) else {
+            break;
+        };
+        let d = dir.join(l.trim_start_matches(&key));
+        out.push((d.clone(), PathBuf::from(format!("{}.manifest", d.display()))));
+    }
+    out
+}
+
+#[test]
+fn three_node_export_over_mutual_tls_equals_source_and_local_export() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("e", 41).expect("namespaces");
+    let (cfg, local, disks) = cluster(dir.path(), &net);
+    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    net.start_agent(&cfg, 2, &dir.path().join("agent2.log"));
+    net.start_agent(&cfg, 3, &dir.path().join("agent3.log"));
+    let c = s(&cfg);
+    for lz4 in ["lz4", "none"] {
+        let out = net.master(&[
+            "export",
+            "--cluster",
+            c,
+            "-n",
+            "node3.example.com",
+            "inst1.example.com",
+            "--transport-compression",
+            lz4,
+            "--long-sleep",
+            "--json",
+        ]);
+        assert!(out.status.success(), "export ({lz4}) failed: {}", text(&out));
+        let exp = export_dir(&dir.path().join("node3")).join("inst1.example.com");
+        let got = dumps(&exp);
+        assert_eq!(got.len(), 2, "{}", text(&out));
+        for ((dump, _), disk) in got.iter().zip(&disks) {
+            assert_same_bytes(dump, disk);
+        }
+        assert!(
+            find_named(&dir.path().join("node3"), ".new").is_empty(),
+            "staging left behind"
+        );
+    }
+    // A primary without an agent (its disks on the master's machine) to the target's agent: the
+    // master streams the disk itself, as the primary (its certificate from the cluster PKI).
+    let mixed = variant(&cfg, "mixed.toml", &format!("address = \"{}\"\n", net.addr(2)), "");
+    let out = net.master(&[
+        "export",
+        "--cluster",
+        s(&mixed),
+        "-n",
+        "node3.example.com",
+        "inst1.example.com",
+        "--long-sleep",
+    ]);
+    assert!(
+        out.status.success(),
+        "export from an in-process primary failed: {}",
+        text(&out)
+    );
+    let got = dumps(&export_dir(&dir.path().join("node3")).join("inst1.example.com"));
+    assert_eq!(got.len(), 2);
+    for ((dump, _), disk) in got.iter().zip(&disks) {
+        assert_same_bytes(dump, disk);
+    }
+
+    // The export is listed through the agents.
+    let list = net.master(&["list", "--cluster", c]);
+    assert!(
+        list.status.success() && text(&list).contains("inst1.example.com"),
+        "{}",
+        text(&list)
+    );
+    // The same export made on this machine has byte-identical dumps and manifests (it removes
+    // the older export on node3, as Ganeti does: keep a copy).
+    let kept = dir.path().join("remote-export");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(export_dir(&dir.path().join("node3")).join("inst1.example.com"))
+        .arg(&kept)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let out = Command::new(DS)
+        .args([
+            "export",
+            "--cluster",
+            s(&local),
+            "-n",
+            "node1.example.com",
+            "inst1.example.com",
+            "--long-sleep",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let remote = dumps(&kept);
+    let here = dumps(&export_dir(&dir.path().join("node1")).join("inst1.example.com"));
+    assert_eq!(remote.len(), 2);
+    assert_eq!(here.len(), 2);
+    for ((rd, rm), (ld, lm)) in remote.iter().zip(&here) {
+        assert_same_bytes(rd, ld);
+        assert_eq!(
+            std::fs::read(rm).unwrap(),
+            std::fs::read(lm).unwrap(),
+            "manifests differ"
+        );
+    }
+}
+
+/// `cluster.toml` with `[cluster]` lines added (e.g. another PKI, another master).
+fn variant(cfg: &Path, name: &str, from: &str, to: &str) -> PathBuf {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    assert!(text.contains(from));
+    let p = cfg.with_file_name(name);
+    std::fs::write(&p, text.replacen(from, to, 1)).unwrap();
+    p
+}
+
+#[test]
+fn refusals_other_ca_non_master_bad_token_and_paths() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("r", 42).expect("namespaces");
+    let (cfg, _local, _disks) = cluster(dir.path(), &net);
+    net.start_agent(&cfg, 2, &dir.path().join("agent2.log"));
+    net.start_agent(&cfg, 3, &dir.path().join("agent3.log"));
+
+    // A master whose certificates come from another CA: the handshake fails.
+    let evil = variant(&cfg, "evil.toml", "master = ", "pki = \"evil-pki\"\nmaster = ");
+    let out = Command::new(DS)
+        .args(["pki", "init", "--cluster"])
+        .arg(&evil)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = net.master(&["list", "--cluster", s(&evil), "--json"]);
+    let t = text(&out);
+    assert!(t.contains("node2.example.com") && t.contains("TLS handshake"), "{t}");
+    assert!(!t.contains("inst1"), "{t}");
+
+    // Another node of the cluster (right CA, right name) commanding an agent: 403, nothing runs.
+    let other = variant(
+        &cfg,
+        "other.toml",
+        "master = \"node1.example.com\"",
+        "master = \"node3.example.com\"",
+    );
+    let out = net.master(&["list", "--cluster", s(&other), "--json"]);
+    let t = text(&out);
+    assert!(
+        t.contains("only the master (node1.example.com) may command this agent"),
+        "{t}"
+    );
+
+    // The protocol-level refusals run in the master's namespace (this test binary, re-run).
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &net.m])
+        .arg(exe)
+        .args(["--exact", "probe_in_namespace", "--nocapture", "--test-threads=1"])
+        .env("DS_AGENT_PROBE", format!("{}|{}|{}", net.m, s(&cfg), net.addr(3)))
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("probe: all refusals seen"), "{t}");
+    eprintln!("{t}");
+    let log3 = std::fs::read_to_string(dir.path().join("agent3.log")).unwrap();
+    assert!(log3.contains("does not start with this transfer's token"), "{log3}");
+    assert!(
+        log3.contains("its certificate names none of 'node2.example.com'"),
+        "{log3}"
+    );
+    assert!(
+        find_named(&dir.path().join("node3"), ".new").is_empty(),
+        "staging left behind"
+    );
+    assert!(dumps_in(&dir.path().join("node3")).is_empty(), "a dump was written");
+}
+
+/// Files under a node's export directory that are not directories.
+fn dumps_in(root: &Path) -> Vec<PathBuf> {
+    find_named(&export_dir(root), "")
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect()
+}
+
+/// Run by `refusals_...` inside the master's namespace (a no-op otherwise): speaks the agent
+/// protocol as the master and as other nodes, and checks every refusal.
+#[test]
+fn probe_in_namespace() {
+    use diskstream_agent::pki::PkiDir;
+    use diskstream_agent::proto::{data_hello, Call, Opened};
+    use diskstream_agent::remote::{Remote, RemoteTimeouts};
+    use diskstream_agent::tls;
+    use diskstream_orchestrator::cluster::Cluster;
+    use diskstream_orchestrator::node::{DiskSource, SendDisk};
+    use std::io::{Read, Write};
+
+    let Ok(spec) = std::env::var("DS_AGENT_PROBE") else {
+        return;
+    };
+    let [ns, cfg, addr3]: [&str; 3] = spec.splitn(3, '|').collect::<Vec<_>>().try_into().unwrap();
+    let here = Command::new("ip").args(["netns", "identify"]).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&here.stdout).trim(),
+        ns,
+        "not inside the test namespace"
+    );
+    let cluster = Cluster::load(cfg).unwrap();
+    let remote = Remote::new(&cluster, RemoteTimeouts::default()).unwrap();
+    let (n2, n3, inst) = ("node2.example.com", "node3.example.com", "inst1.example.com");
+    let refused = |node: &str, call: Call, what: &str| {
+        let e = remote.call(node, &call, None).expect_err(what);
+        assert_eq!(e.kind, "refused", "{what}: {e:?}");
+        eprintln!("probe: {what}: {}", e.msg);
+    };
+    refused(
+        n3,
+        Call::RemoveExport {
+            node: n3.into(),
+            instance: "../../../etc".into(),
+            keep: None,
+        },
+        "a path as instance",
+    );
+    refused(
+        n3,
+        Call::BeginExport {
+            node: n3.into(),
+            instance: "inst1.example.com.new".into(),
+        },
+        "a staging name",
+    );
+    refused(
+        n3,
+        Call::BeginExport {
+            node: n2.into(),
+            instance: inst.into(),
+        },
+        "another node",
+    );
+    refused(
+        n3,
+        Call::CreateSnapshot {
+            node: n3.into(),
+            instance: inst.into(),
+            disk: 0,
+        },
+        "another node's instance",
+    );
+    refused(
+        n3,
+        Call::RunHooks {
+            node: n3.into(),
+            hpath: "../x".into(),
+            phase: diskstream_orchestrator::hooks::Phase::Pre,
+            env: Default::default(),
+        },
+        "a path as hooks path",
+    );
+    let req = SendDisk {
+        source_node: n2.into(),
+        instance: inst.into(),
+        disk: 0,
+        source: DiskSource::Disk,
+        target_node: n3.into(),
+        dump: "../../escape".into(),
+        pages: Default::default(),
+        checksum: Default::default(),
+        lz4: false,
+        bwlimit: None,
+    };
+    refused(n3, Call::OpenReceive { req: req.clone() }, "a path as dump name");
+    refused(
+        n2,
+        Call::Send {
+            req: req.clone(),
+            port: 1,
+            token: "x".into(),
+        },
+        "a path as dump name (sender)",
+    );
+
+    // Plaintext HTTP to an agent: no answer but a TLS alert, nothing served.
+    let mut plain = std::net::TcpStream::connect(addr3).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    plain
+        .write_all(b"POST /v1/list_exports HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = plain.read_to_end(&mut got);
+    assert!(
+        !got.starts_with(b"HTTP"),
+        "plaintext was answered: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    eprintln!("probe: plaintext: {} bytes back (a TLS alert at most)", got.len());
+
+    // A stream for an opened receive: wrong token, wrong node, then garbage with the right one.
+    remote
+        .call(
+            n3,
+            &Call::BeginExport {
+                node: n3.into(),
+                instance: inst.into(),
+            },
+            None,
+        )
+        .unwrap();
+    let req = SendDisk {
+        dump: "probe-dump".into(),
+        ..req
+    };
+    let opened: Opened = serde_json::from_value(remote.call(n3, &Call::OpenReceive { req }, None).unwrap()).unwrap();
+    let pki = PkiDir::new(cluster.pki_dir());
+    let ca = pki.load_ca().unwrap();
+    let host = addr3.rsplit_once(':').unwrap().0;
+    let dial = |as_node: &str, token: &str| -> Vec<u8> {
+        let cfg = tls::client_config(&ca, &pki.load_identity(as_node).unwrap()).unwrap();
+        let tcp = std::net::TcpStream::connect((host, opened.port)).unwrap();
+        let mut s = tls::connect(&cfg, tcp, n3, Duration::from_secs(5)).unwrap();
+        let _ = s
+            .write_all(&data_hello(token))
+            .and_then(|()| s.write_all(&[0u8; 4096]))
+            .and_then(|()| s.flush());
+        s.conn.send_close_notify();
+        let _ = s.flush();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    };
+    let wrong = "0".repeat(opened.token.len());
+    assert!(dial(n2, &wrong).is_empty(), "a wrong token got an answer");
+    assert!(
+        dial("node1.example.com", &opened.token).is_empty(),
+        "the master's own certificate was taken as the primary"
+    );
+    let ack = String::from_utf8(dial(n2, &opened.token)).unwrap();
+    assert!(ack.contains("\"err\""), "garbage was acknowledged: {ack}");
+    eprintln!("probe: garbage stream: {ack}");
+    remote
+        .call(
+            n3,
+            &Call::AbandonExport {
+                node: n3.into(),
+                instance: inst.into(),
+            },
+            None,
+        )
+        .unwrap();
+    eprintln!("probe: all refusals seen");
+}
+
+/// The files of an export directory with their contents (to prove it was left intact).
+fn snapshot_of(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut v: Vec<_> = find_named(dir, "")
+        .into_iter()
+        .filter(|p| p.is_file())
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// After a failed export: the previous export on node3 as it was, no staging, no stray dump.
+fn assert_clean_failure(dir: &Path, before: &[(PathBuf, Vec<u8>)], out: &Output, expect: &str) {
+    let t = text(out);
+    assert!(!out.status.success(), "the export succeeded: {t}");
+    assert!(t.contains(expect), "expected {expect:?} in: {t}");
+    let exp = export_dir(&dir.join("node3")).join("inst1.example.com");
+    assert!(snapshot_of(&exp) == before, "the previous export changed");
+    assert!(find_named(&dir.join("node3"), ".new").is_empty(), "staging left behind");
+    assert!(
+        find_named(&dir.join("node3"), ".partial").is_empty(),
+        "a partial dump left behind"
+    );
+}
+
+#[test]
+fn faults_corrupted_frame_and_cut_link_fail_cleanly() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("f", 43).expect("namespaces");
+    let (cfg, _local, _disks) = cluster(dir.path(), &net);
+    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    net.start_agent(&cfg, 2, &dir.path().join("agent2.log"));
+    net.start_agent(&cfg, 3, &dir.path().join("agent3.log"));
+    let c = s(&cfg);
+    let export = [
+        "export",
+        "--cluster",
+        c,
+        "-n",
+        "node3.example.com",
+        "inst1.example.com",
+        "--long-sleep",
+    ];
+    let out = net.master(&export);
+    assert!(out.status.success(), "{}", text(&out));
+    let before = snapshot_of(&export_dir(&dir.path().join("node3")).join("inst1.example.com"));
+    assert!(before.len() >= 5, "{before:?}");
+
+    // A byte flipped on the wire (after the engine wrote it): the target refuses the dump.
+    net.kill_agent(0);
+    net.start_agent_with(
+        &cfg,
+        2,
+        &dir.path().join("agent2-flip.log"),
+        &["--test-flip-wire-byte", "300000"],
+    );
+    let out = net.master(&export);
+    assert_clean_failure(dir.path(), &before, &out, "refused the stream");
+    assert!(text(&out).contains("corrupt"), "{}", text(&out));
+
+    // The primary's link cut mid-transfer (shaped to 40 Mbit/s so it lasts): disk/0 fails as
+    // stalled within the inactivity timeout (5 s) and the master's HTTP/2 ping timeout; disk/1
+    // and the instance restart then fail on connect timeouts (10 s each), as Ganeti goes on.
+    net.kill_agent(2);
+    net.start_agent(&cfg, 2, &dir.path().join("agent2-cut.log"));
+    let (ns, dev) = net.veth(2);
+    let tc = Command::new("ip")
+        .args([
+            "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &dev, "root", "tbf", "rate", "40mbit",
+        ])
+        .args(["burst", "64kb", "latency", "100ms"])
+        .status()
+        .unwrap();
+    assert!(tc.success());
+    let cutter = {
+        let (ns, dev) = (ns.clone(), dev.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(2500));
+            ip(&["-n", &ns, "link", "set", &dev, "down"])
+        })
+    };
+    let t0 = Instant::now();
+    let mut args = export.to_vec();
+    args.extend(["--transport-compression", "none"]);
+    let out = net.master(&args);
+    let took = t0.elapsed();
+    cutter.join().unwrap().unwrap();
+    assert_clean_failure(dir.path(), &before, &out, "disk/0");
+    assert!(took < Duration::from_secs(60), "took {took:?}: {}", text(&out));
+    assert!(
+        text(&out).contains("stalled: no progress receiving inst1.example.com/disk0"),
+        "{}",
+        text(&out)
+    );
+    let log3 = std::fs::read_to_string(dir.path().join("agent3.log")).unwrap();
+    assert!(log3.contains("stalled"), "{log3}");
+    eprintln!("cut link: failed after {took:?}:\n{}", text(&out));
+}
+
+/// Waits up to `secs` for `f`.
+fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn killed_master_and_killed_agents_leave_nothing() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("k", 44).expect("namespaces");
+    let (cfg, _local, _disks) = cluster(dir.path(), &net);
+    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    let lease = ["--staging-timeout", "3"];
+    net.start_agent_with(&cfg, 2, &dir.path().join("agent2.log"), &lease);
+    net.start_agent_with(&cfg, 3, &dir.path().join("agent3.log"), &lease);
+    let c = s(&cfg);
+    let export = [
+        "export",
+        "--cluster",
+        c,
+        "-n",
+        "node3.example.com",
+        "inst1.example.com",
+        "--long-sleep",
+    ];
+    let out = net.master(&export);
+    assert!(out.status.success(), "{}", text(&out));
+    let node3 = dir.path().join("node3");
+    let before = snapshot_of(&export_dir(&node3).join("inst1.example.com"));
+    let (ns, dev) = net.veth(2);
+    let tc = Command::new("ip")
+        .args([
+            "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &dev, "root", "tbf", "rate", "20mbit",
+        ])
+        .args(["burst", "64kb", "latency", "100ms"])
+        .status()
+        .unwrap();
+    assert!(tc.success());
+    let staging = export_dir(&node3).join("inst1.example.com.new");
+    let mut args = export.to_vec();
+    args.extend(["--transport-compression", "none"]);
+
+    // The master killed mid-transfer: the target's agent removes the staging export once the
+    // stream ended and the master said nothing for the lease (3 s).
+    let mut master = net
+        .master_cmd(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
+    let _ = master.kill();
+    let _ = master.wait();
+    assert!(started, "the transfer never started");
+    assert!(
+        wait_for(40, || !staging.exists()),
+        "the staging export outlived its master"
+    );
+    assert!(snapshot_of(&export_dir(&node3).join("inst1.example.com")) == before);
+    let log3 = std::fs::read_to_string(dir.path().join("agent3.log")).unwrap();
+    assert!(log3.contains("no word from the master"), "{log3}");
+
+    // The target's agent killed mid-transfer: the export fails; the agent, restarted, removes
+    // the staging export its predecessor left.
+    let master = net
+        .master_cmd(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
+    net.kill_agent(1);
+    assert!(started, "the transfer never started");
+    let out = master.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the export succeeded without its target: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("disk/0"), "{}", text(&out));
+    net.start_agent(&cfg, 3, &dir.path().join("agent3-restarted.log"));
+    assert!(
+        !staging.exists(),
+        "the restarted agent kept the dead one's staging export"
+    );
+    assert!(snapshot_of(&export_dir(&node3).join("inst1.example.com")) == before);
+
+    // The sending agent killed mid-transfer: the export fails with the target's reason (its
+    // kernel reset the stream), and the master removes the staging export.
+    let master = net
+        .master_cmd(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
+    net.kill_agent(0);
+    assert!(started, "the transfer never started");
+    let out = master.wait_with_output().unwrap();
+    let t = text(&out);
+    assert!(!out.status.success(), "the export succeeded without its primary: {t}");
+    assert!(
+        t.contains("disk/0") && t.contains("node node3.example.com refused the stream"),
+        "{t}"
+    );
+    assert!(!staging.exists(), "staging left behind");
+    assert!(snapshot_of(&export_dir(&node3).join("inst1.example.com")) == before);
+}
