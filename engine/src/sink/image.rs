@@ -11,8 +11,8 @@ use super::target::Target;
 use super::{Order, Sink, SinkNeeds, SinkStats};
 use crate::error::{Error, Result};
 use crate::format::writer::ImageWriter;
-use crate::format::{FrameKind, Header};
-use crate::pipeline::{Payload, Processed};
+use crate::format::Header;
+use crate::pipeline::Processed;
 use crate::ring::BackendKind;
 use crate::stop::StopFlag;
 
@@ -75,11 +75,7 @@ impl Sink for ImageSink {
         if let Some(m) = &mut self.manifest {
             m.record(&p);
         }
-        let kind = match p.payload {
-            Payload::Zero => FrameKind::Zero,
-            Payload::Raw(_) => FrameKind::Raw,
-            Payload::Lz4 { .. } => FrameKind::Lz4,
-        };
+        let kind = super::frame_kind(&p.payload);
         let bytes = p.stored_bytes();
         self.stored += bytes.len() as u64;
         let at = self.writer.position();

@@ -130,3 +130,14 @@ impl std::str::FromStr for ZeroPolicy {
         }
     }
 }
+
+/// The `dsimg` frame kind that stores a chunk's payload (the image and stream sinks).
+pub(crate) fn frame_kind(p: &crate::pipeline::Payload) -> crate::format::FrameKind {
+    use crate::format::FrameKind;
+    use crate::pipeline::Payload;
+    match p {
+        Payload::Zero => FrameKind::Zero,
+        Payload::Raw(_) => FrameKind::Raw,
+        Payload::Lz4 { .. } => FrameKind::Lz4,
+    }
+}

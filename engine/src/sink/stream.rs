@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use super::{Order, Sink, SinkNeeds, SinkStats};
 use crate::error::{Error, Result};
 use crate::format::writer::ImageWriter;
-use crate::format::{FrameKind, Header};
-use crate::pipeline::{Payload, Processed};
+use crate::format::Header;
+use crate::pipeline::Processed;
 
 /// A `dsimg` stream being written to `W`.
 pub struct StreamSink<W: Write + Send> {
@@ -45,11 +45,7 @@ impl<W: Write + Send> Sink for StreamSink<W> {
     }
 
     fn put(&mut self, p: Processed) -> Result<()> {
-        let kind = match p.payload {
-            Payload::Zero => FrameKind::Zero,
-            Payload::Raw(_) => FrameKind::Raw,
-            Payload::Lz4 { .. } => FrameKind::Lz4,
-        };
+        let kind = super::frame_kind(&p.payload);
         let bytes = p.stored_bytes();
         self.stored += bytes.len() as u64;
         let at = self.writer.position();
