@@ -4,11 +4,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::image::{check_outputs, manifest_path};
+use super::image::{check_outputs, manifest_path, output_head};
 use super::{CreateOptions, Format, Progress, Report};
 use crate::error::Result;
 use crate::format::Header;
-use crate::report::ReportHead;
 use crate::sink::image::ImageSink;
 use crate::sink::manifest::ManifestOut;
 use crate::sink::raw::RawSink;
@@ -33,18 +32,7 @@ pub fn create(src: &Path, out: &Path, o: &CreateOptions, progress: &Progress) ->
     if target.is_device() {
         remove_stale_manifest(&manifest_path)?;
     }
-    let mut head = ReportHead {
-        output: Some(out.to_owned()),
-        manifest: Some(manifest_path),
-        format: Some(o.format),
-        ..ReportHead::new("create")
-    };
-    if !target.is_direct() {
-        head.warnings.push(format!(
-            "{}: the file system refuses O_DIRECT; writing through the page cache",
-            out.display()
-        ));
-    }
+    let head = output_head("create", out, manifest_path, o.format, &target);
     let manifest = ManifestOut::new(manifest_target, o.checksum, info.disk_size, info.chunk_size);
     let sink: Box<dyn Sink> = match o.format {
         Format::Raw => Box::new(

@@ -12,8 +12,9 @@ use crate::error::{Error, Result};
 use crate::format::reader::Layout;
 use crate::format::MAGIC;
 use crate::manifest::Manifest;
+use crate::report::ReportHead;
 use crate::sink::manifest::{digest_xattr, IMAGE_DIGEST_XATTR};
-use crate::sink::target::{check_output, same_file};
+use crate::sink::target::{check_output, same_file, Target};
 
 fn is_block_device(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
@@ -81,6 +82,30 @@ pub(super) fn check_outputs(
 /// A buffered descriptor for small structural reads (O_DIRECT would need aligned buffers).
 pub(super) fn open_plain(path: &Path) -> Result<File> {
     crate::input::open_input(path, "the image", true)
+}
+
+/// The report head of an operation `op` writing image `out` (with its manifest) in `format`,
+/// warning when the file system refused O_DIRECT for it.
+pub(super) fn output_head(
+    op: &'static str,
+    out: &Path,
+    manifest: PathBuf,
+    format: Format,
+    target: &Target,
+) -> ReportHead {
+    let mut head = ReportHead {
+        output: Some(out.to_owned()),
+        manifest: Some(manifest),
+        format: Some(format),
+        ..ReportHead::new(op)
+    };
+    if !target.is_direct() {
+        head.warnings.push(format!(
+            "{}: the file system refuses O_DIRECT; writing through the page cache",
+            out.display()
+        ));
+    }
+    head
 }
 
 /// What kind of image a path holds. Anything but a regular file or block device (a FIFO,

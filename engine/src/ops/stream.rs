@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use super::image::manifest_path;
+use super::image::{manifest_path, output_head};
 use super::{CreateOptions, Format, Progress, Report};
 use crate::error::{Error, Result};
 use crate::format::Header;
@@ -77,18 +77,7 @@ pub fn receive<R: FrameStream>(
     let manifest_path = manifest_path(out, None)?;
     let manifest_target = Target::create_file(&manifest_path, true)?;
     let target = Target::create(out, true, true)?;
-    let mut head = ReportHead {
-        output: Some(out.to_owned()),
-        manifest: Some(manifest_path),
-        format: Some(Format::Raw),
-        ..ReportHead::new("receive")
-    };
-    if !target.is_direct() {
-        head.warnings.push(format!(
-            "{}: the file system refuses O_DIRECT; writing through the page cache",
-            out.display()
-        ));
-    }
+    let head = output_head("receive", out, manifest_path, Format::Raw, &target);
     let manifest = ManifestOut::new(manifest_target, info.checksum, info.disk_size, info.chunk_size);
     let sink = RawSink::new(
         target,

@@ -75,13 +75,9 @@ impl Sink for ImageSink {
         if let Some(m) = &mut self.manifest {
             m.record(&p);
         }
-        let kind = super::frame_kind(&p.payload);
-        let bytes = p.stored_bytes();
-        self.stored += bytes.len() as u64;
-        let at = self.writer.position();
-        self.writer
-            .push(p.index, kind, &p.digest, bytes)
-            .map_err(|e| Error::io("write", &self.path, at, e))
+        self.stored +=
+            super::push_frame(&mut self.writer, &p).map_err(|(at, e)| Error::io("write", &self.path, at, e))?;
+        Ok(())
     }
 
     fn finish(self: Box<Self>) -> Result<SinkStats> {

@@ -131,13 +131,21 @@ impl std::str::FromStr for ZeroPolicy {
     }
 }
 
-/// The `dsimg` frame kind that stores a chunk's payload (the image and stream sinks).
-pub(crate) fn frame_kind(p: &crate::pipeline::Payload) -> crate::format::FrameKind {
+/// Writes chunk `p` as one `dsimg` frame (the image and stream sinks); returns the payload bytes
+/// stored, or the stream position and the error.
+pub(crate) fn push_frame<W: std::io::Write>(
+    w: &mut crate::format::writer::ImageWriter<W>,
+    p: &Processed,
+) -> std::result::Result<u64, (u64, std::io::Error)> {
     use crate::format::FrameKind;
     use crate::pipeline::Payload;
-    match p {
+    let kind = match p.payload {
         Payload::Zero => FrameKind::Zero,
         Payload::Raw(_) => FrameKind::Raw,
         Payload::Lz4 { .. } => FrameKind::Lz4,
-    }
+    };
+    let bytes = p.stored_bytes();
+    let at = w.position();
+    w.push(p.index, kind, &p.digest, bytes).map_err(|e| (at, e))?;
+    Ok(bytes.len() as u64)
 }

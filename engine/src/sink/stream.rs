@@ -45,13 +45,9 @@ impl<W: Write + Send> Sink for StreamSink<W> {
     }
 
     fn put(&mut self, p: Processed) -> Result<()> {
-        let kind = super::frame_kind(&p.payload);
-        let bytes = p.stored_bytes();
-        self.stored += bytes.len() as u64;
-        let at = self.writer.position();
-        self.writer
-            .push(p.index, kind, &p.digest, bytes)
-            .map_err(|e| Error::io("send", &self.name, at, e))
+        self.stored +=
+            super::push_frame(&mut self.writer, &p).map_err(|(at, e)| Error::io("send", &self.name, at, e))?;
+        Ok(())
     }
 
     fn finish(self: Box<Self>) -> Result<SinkStats> {
