@@ -98,6 +98,7 @@ impl Remote {
             .addrs
             .get(node)
             .ok_or_else(|| WireError::new("failed", format!("node {node} has no agent address")))?;
+        let t0 = std::time::Instant::now();
         let fut = self.call_async(node, addr, call);
         let reply = self.rt.block_on(async {
             match timeout {
@@ -107,6 +108,13 @@ impl Remote {
                 None => fut.await,
             }
         });
+        tracing::debug!(
+            node,
+            method = call.method(),
+            elapsed_ms = t0.elapsed().as_secs_f64() * 1e3,
+            ok = reply.as_ref().is_ok_and(|r| r.err.is_none()),
+            "agent call"
+        );
         let reply = reply.map_err(|e| WireError::new("failed", format!("agent of node {node} ({addr}): {e}")))?;
         match (reply.ok, reply.err) {
             (_, Some(e)) => Err(e),

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use diskstream_orchestrator::cluster::{is_safe_name, reserved_instance_name, Cluster};
+use diskstream_orchestrator::export::store::Removal;
 use diskstream_orchestrator::hooks::HooksRunner;
 use diskstream_orchestrator::node::local::LocalNodeOps;
 use diskstream_orchestrator::node::{NodeOps, SendDisk, TransferProgress};
@@ -98,7 +99,8 @@ impl Agent {
         let server_tls = tls::server_config(&ca, &id).map_err(|e| e.to_string())?;
         let client_tls = tls::client_config(&ca, &id).map_err(|e| e.to_string())?;
         let hooks = HooksRunner::new(cluster.hooks_timeout()).with_report_interval(cluster.hooks_report_interval());
-        let local = LocalNodeOps::new(cluster, hooks, Arc::new(AtomicBool::new(false)));
+        let local =
+            LocalNodeOps::new(cluster, hooks, Arc::new(AtomicBool::new(false))).with_removal(Removal::Background);
         let agent = Self {
             cluster,
             node: node.to_string(),

@@ -126,8 +126,14 @@ impl Staging {
     }
 
     /// Writes `config.ini`, makes every file private and durable, and atomically replaces the
-    /// previous export with this one. Returns the final directory.
-    pub fn finalize(mut self, config_ini: &str) -> io::Result<PathBuf> {
+    /// previous export with this one, which is deleted before this returns. Returns the final
+    /// directory.
+    pub fn finalize(self, config_ini: &str) -> io::Result<PathBuf> {
+        self.finalize_with(config_ini, Removal::Now)
+    }
+
+    /// [`Staging::finalize`], with the replaced export deleted as `removal` says.
+    pub fn finalize_with(mut self, config_ini: &str, removal: Removal) -> io::Result<PathBuf> {
         for e in fs::read_dir(&self.dir)? {
             let e = e?;
             if e.file_type()?.is_file() {
@@ -143,11 +149,40 @@ impl Staging {
         fsutil::sync_dir(&self.export_dir)?;
         if replaced {
             // The previous export is now at the staging name, which is never listed.
-            let _ = fsutil::remove_tree(&self.dir);
+            match removal {
+                Removal::Now => {
+                    let _ = fsutil::remove_tree(&self.dir);
+                }
+                Removal::Background => {
+                    // Under a hidden removal name first, so that the staging name is free for
+                    // the next export at once and an interrupted deletion is swept as a
+                    // half-removed export (`sweep_leftovers`).
+                    let aside = unique_removal_path(&target)?;
+                    fs::rename(&self.dir, &aside)?;
+                    let mine = aside.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("ds-remove-old".into())
+                        .spawn(move || fsutil::remove_tree(&mine));
+                    if spawned.is_err() {
+                        let _ = fsutil::remove_tree(&aside);
+                    }
+                }
+            }
             fsutil::sync_dir(&self.export_dir)?;
         }
         Ok(target)
     }
+}
+
+/// When [`Staging::finalize_with`] deletes the export it replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Removal {
+    /// Before finalize returns (a command that exits when it is done).
+    #[default]
+    Now,
+    /// On a thread of its own after the swap (a long-running agent: deleting a large old dump
+    /// takes as long as a good part of the transfer, and the new export is complete without it).
+    Background,
 }
 
 impl Drop for Staging {
@@ -191,6 +226,18 @@ fn hidden_removal_path(path: &Path) -> io::Result<PathBuf> {
         .to_string_lossy()
         .into_owned();
     Ok(fsutil::parent_dir(path).join(format!(".{name}{REMOVING_MARKER}{}", std::process::id())))
+}
+
+/// A hidden removal name for `path` that no other removal of this process uses (several
+/// background deletions of the same instance's old exports may overlap): the pid followed by a
+/// counter, digits only, as [`sweep_leftovers`] expects.
+fn unique_removal_path(path: &Path) -> io::Result<PathBuf> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = hidden_removal_path(path)?;
+    let mut name = base.into_os_string();
+    name.push(format!("{n:06}"));
+    Ok(PathBuf::from(name))
 }
 
 /// Removes export `name` from an export directory: renamed to a hidden name first (atomic),
@@ -306,6 +353,45 @@ mod tests {
             list_exports(&d.path().join("missing")).unwrap_err().to_string(),
             "No exports directory"
         );
+    }
+
+    #[test]
+    fn background_removal_frees_the_staging_name_at_once_and_deletes_the_old_export() {
+        let d = tempfile::tempdir().unwrap();
+        let ed = d.path().join("export");
+        let s = Staging::begin(&ed, "i1").unwrap();
+        fs::write(s.dir().join("dump1"), vec![7u8; 1 << 20]).unwrap();
+        s.finalize_with("[export]\n", Removal::Background).unwrap();
+        // Three replacements in a row, each while the previous deletion may still run.
+        for round in 2..5 {
+            let s = Staging::begin(&ed, "i1").unwrap();
+            fs::write(s.dir().join(format!("dump{round}")), b"new").unwrap();
+            let fin = s.finalize_with("[export]\n", Removal::Background).unwrap();
+            assert!(fin.join(format!("dump{round}")).exists());
+            assert!(!ed.join("i1.new").exists(), "the staging name is free after finalize");
+            assert_eq!(list_exports(&ed).unwrap(), ["i1"], "only the new export is listed");
+        }
+        // The old exports go away on their own; only the last export is left.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let names: Vec<String> = fs::read_dir(&ed)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            if names == ["i1"] {
+                break;
+            }
+            assert!(names
+                .iter()
+                .all(|n| n == "i1" || is_leftover(n, "i1.new", ".i1.ds-removing-")));
+            assert!(
+                std::time::Instant::now() < deadline,
+                "old exports still there: {names:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(ed.join("i1/dump4").exists());
+        assert!(!ed.join("i1/dump3").exists());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::{DiskSource, NodeError, NodeOps, SendDisk, SnapshotRef, TransferError
 use crate::cluster::{Cluster, Disk, DiskTemplate, Instance, Node};
 use crate::driver::{self, InstanceDriver};
 use crate::export::cleanup::{self, NodeListing};
-use crate::export::store::{self, Staging};
+use crate::export::store::{self, Removal, Staging};
 use crate::hooks::env::Env;
 use crate::hooks::{HookResult, HooksRunner, Phase};
 use crate::snapshot::{self, Capability, Snapshot, Stale};
@@ -30,6 +30,7 @@ pub struct LocalNodeOps<'a> {
     stop: Arc<AtomicBool>,
     staging: Mutex<HashMap<(String, String), Staging>>,
     snapshots: Mutex<HashMap<SnapshotRef, Snapshot>>,
+    removal: Removal,
 }
 
 impl<'a> LocalNodeOps<'a> {
@@ -42,7 +43,14 @@ impl<'a> LocalNodeOps<'a> {
             stop,
             staging: Mutex::default(),
             snapshots: Mutex::default(),
+            removal: Removal::Now,
         }
+    }
+
+    /// How a finalize deletes the export it replaced (an agent: [`Removal::Background`]).
+    pub fn with_removal(mut self, removal: Removal) -> Self {
+        self.removal = removal;
+        self
     }
 
     fn node(&self, name: &str) -> Result<&'a Node, NodeError> {
@@ -316,7 +324,7 @@ impl NodeOps for LocalNodeOps<'_> {
         let staging =
             taken.ok_or_else(|| NodeError::Unknown(format!("no staging export of {instance} on node {node}")))?;
         Ok(staging
-            .finalize(config_ini)
+            .finalize_with(config_ini, self.removal)
             .map_err(crate::export::store::StoreError::from)?)
     }
 
