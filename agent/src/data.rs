@@ -129,6 +129,7 @@ impl<S: Read + Send> FrameStream for Counted<S> {}
 fn set_timeouts(tcp: &TcpStream, t: Duration) -> io::Result<()> {
     tcp.set_read_timeout(Some(t))?;
     tcp.set_write_timeout(Some(t))?;
+    crate::sock::keepalive(tcp)?;
     tcp.set_nodelay(true)
 }
 
