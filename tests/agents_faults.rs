@@ -195,6 +195,85 @@ fn an_aborted_end_tells_its_peer_before_any_timeout() {
     assert!(t.contains("disk/0"), "{t}");
 }
 
+#[test]
+fn a_source_read_error_ends_the_stream_at_once() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("i", 47).expect("namespaces");
+    let (small, _local, disks) = cluster(dir.path(), &net);
+    // disk/0 made larger (160 MiB) than what the primary's engine reads ahead of the wire.
+    let big = dir.path().join("node2/big.img");
+    make_disk(&big, 160 << 20, Data::Mixed, 9);
+    let cfg = variant(
+        &small,
+        "big.toml",
+        &format!("size = 24\ntemplate = \"file\"\npath = {:?}", s(&disks[0])),
+        &format!("size = 160\ntemplate = \"file\"\npath = {:?}", s(&big)),
+    );
+    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    net.start_agent_with(&cfg, 2, &dir.path().join("agent2.log"), &LONG);
+    net.start_agent_with(&cfg, 3, &dir.path().join("agent3.log"), &LONG);
+    let args = export_args(s(&cfg));
+    let out = net.master(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let node3 = dir.path().join("node3");
+    let before = snapshot_of(&export_dir(&node3).join("inst1.example.com"));
+
+    // disk/0, sent at 8 Mbit/s, is truncated to nothing as soon as its stream starts: the
+    // primary's engine reads past the end and fails.
+    let (ns, dev) = net.veth(2);
+    let tc = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &dev, "root", "tbf", "rate", "8mbit",
+        ])
+        .args(["burst", "64kb", "latency", "100ms"])
+        .status()
+        .unwrap();
+    assert!(tc.success());
+    let staging = export_dir(&node3).join("inst1.example.com.new");
+    let master = net
+        .master_cmd(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
+    let t0 = Instant::now();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .and_then(|f| f.set_len(0))
+        .unwrap();
+    assert!(started, "the transfer never started");
+    let log3 = dir.path().join("agent3.log");
+    let aborted = wait_for(PROMPT.as_secs(), || {
+        std::fs::read_to_string(&log3)
+            .unwrap_or_default()
+            .contains("receiving inst1.example.com/disk0:")
+            && find_named(&node3, ".partial").is_empty()
+    });
+    let took = t0.elapsed();
+    let out = master.wait_with_output().unwrap();
+    let t = text(&out);
+    let log = std::fs::read_to_string(&log3).unwrap();
+    eprintln!("source read error: the target aborted {took:?} after the truncation:\n{t}\nagent3:\n{log}");
+    assert!(
+        aborted,
+        "the target had not aborted {PROMPT:?} after its sender failed: {log}"
+    );
+    assert!(
+        !log.contains("stalled"),
+        "the target timed out instead of hearing the abort: {log}"
+    );
+    assert_clean_failure(dir.path(), &before, &out, "disk/0");
+    assert!(
+        t.contains("source ended early"),
+        "the sender's reason did not reach the master: {t}"
+    );
+}
+
 /// `ss -tno` of the established TCP connections in namespace `ns` (those whose line contains
 /// `only`), one a line.
 fn established(ns: &str, only: &str) -> String {

@@ -2,12 +2,14 @@
 //! node), mutual-TLS connections that trust that CA alone and check the peer's node name
 //! ([`tls`]), the agent daemon ([`server`], [`handle`], [`lease`]) and its protocol ([`proto`]), the data
 //! plane ([`data`]: one TLS connection per disk carrying the dsimg frame stream), TCP keepalive
-//! on all of their sockets ([`sock`]) and the
+//! on all of their sockets ([`sock`]), how a stream that failed on the primary ends ([`abort`]) and
+//! the
 //! master's side ([`remote`]: [`remote::AgentNodes`], a `NodeOps` that sends each node's
 //! operations to its agent, or runs them in-process for nodes without an address).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod abort;
 pub mod data;
 pub mod lease;
 pub mod pki;
