@@ -129,6 +129,7 @@ impl<S: Read + Send> FrameStream for Counted<S> {}
 fn set_timeouts(tcp: &TcpStream, t: Duration) -> io::Result<()> {
     tcp.set_read_timeout(Some(t))?;
     tcp.set_write_timeout(Some(t))?;
+    crate::sock::keepalive(tcp)?;
     tcp.set_nodelay(true)
 }
 
@@ -283,6 +284,11 @@ pub fn send(
     };
     let sent = match sent {
         Ok(r) => r,
+        Err(e) if !crate::abort::on_the_wire(&e, Path::new(&name)) => {
+            // It failed here: the reset tells the target now (see abort).
+            crate::abort::reset(&s.sock);
+            return Err(e);
+        }
         Err(e) => {
             // The target may have stopped reading because it refused the stream: its reason
             // is the better message.

@@ -1,12 +1,15 @@
 //! diskstream's node agent layer: the cluster PKI ([`pki`]: a CA per cluster, a certificate per
 //! node), mutual-TLS connections that trust that CA alone and check the peer's node name
 //! ([`tls`]), the agent daemon ([`server`], [`handle`], [`lease`]) and its protocol ([`proto`]), the data
-//! plane ([`data`]: one TLS connection per disk carrying the dsimg frame stream) and the
+//! plane ([`data`]: one TLS connection per disk carrying the dsimg frame stream), TCP keepalive
+//! on all of their sockets ([`sock`]), how a stream that failed on the primary ends ([`abort`]) and
+//! the
 //! master's side ([`remote`]: [`remote::AgentNodes`], a `NodeOps` that sends each node's
 //! operations to its agent, or runs them in-process for nodes without an address).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod abort;
 pub mod data;
 pub mod lease;
 pub mod pki;
@@ -14,4 +17,5 @@ pub mod proto;
 pub mod rate;
 pub mod remote;
 pub mod server;
+pub mod sock;
 pub mod tls;

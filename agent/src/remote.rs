@@ -129,6 +129,7 @@ impl Remote {
             .map_err(|_| format!("connect timed out after {} s", self.timeouts.connect.as_secs()))?
             .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
+        let _ = crate::sock::keepalive(&tcp);
         let name = rustls::pki_types::ServerName::try_from(node.to_string()).map_err(|e| e.to_string())?;
         let tls = tokio::time::timeout(self.timeouts.connect, self.connector.connect(name, tcp))
             .await

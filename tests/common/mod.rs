@@ -9,6 +9,8 @@ use std::process::{Command, Output};
 
 use diskstream_engine::sample::{fill_content, Rng};
 
+pub mod netns;
+
 /// A scratch directory on the build's file system (which supports O_DIRECT, unlike tmpfs),
 /// removed when dropped.
 pub fn scratch() -> tempfile::TempDir {
@@ -278,6 +280,75 @@ impl Drop for FsMount {
         // Lazy unmount: an instance process killed a moment ago may still hold a file open.
         let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
         let _ = &self.image_dir;
+    }
+}
+
+/// A small ext4 file system (an image file on a loop device) mounted on a given directory, to
+/// fill up: unmounted and its loop device detached on drop, also when the test fails.
+pub struct LoopFs {
+    /// The mount point.
+    pub at: PathBuf,
+    dev: Loop,
+    image_dir: tempfile::TempDir,
+}
+
+impl LoopFs {
+    /// `mkfs.ext4` on a `mib` MiB image, attached with `losetup` and mounted on `at` (made if
+    /// missing).
+    pub fn ext4_at(at: &Path, mib: u64) -> Self {
+        let image_dir = scratch();
+        let image = image_dir.path().join("small-fs.img");
+        File::create(&image)
+            .expect("image")
+            .set_len(mib << 20)
+            .expect("size image");
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image)
+            .output()
+            .expect("mkfs.ext4 (install e2fsprogs)");
+        assert!(
+            out.status.success(),
+            "mkfs.ext4: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dev = Loop::attach(&image, false);
+        std::fs::create_dir_all(at).expect("mount point");
+        // From here on, Drop unmounts (if mounted) and detaches.
+        let fs = Self {
+            at: at.to_path_buf(),
+            dev,
+            image_dir,
+        };
+        let out = Command::new("mount").arg(&fs.dev.dev).arg(at).output().expect("mount");
+        assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+        fs
+    }
+
+    /// Bytes free for an unprivileged writer (`df --output=avail`).
+    pub fn avail(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(&self.at)
+            .output()
+            .expect("df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df avail")
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount").arg(&self.at).status().is_ok_and(|s| s.success());
+        if !ok {
+            // Still busy (a process killed a moment ago): detach lazily.
+            let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        }
+        let _ = &self.image_dir;
+        // `dev` (declared before image_dir) detaches next.
     }
 }
 

@@ -145,6 +145,7 @@ impl Agent {
         peer: SocketAddr,
     ) -> Result<(), String> {
         let _ = tcp.set_nodelay(true);
+        let _ = crate::sock::keepalive(&tcp);
         let s = tokio::time::timeout(self.timeouts.connect, acceptor.accept(tcp))
             .await
             .map_err(|_| "TLS handshake timed out".to_string())?

@@ -1,0 +1,289 @@
+//! Faults between node agents (namespaces and agents from `common::netns`, all removed when the
+//! guards drop): the target's file system fills up mid-stream (a small loop-mounted ext4), and
+//! either end of a disk stream dies; with the agents' inactivity timeout set high (60 s), each
+//! export must fail within a few seconds because the aborted side tells its peer, with a clear
+//! error, no finalized partial export, the previous export intact and no staging left.
+//! Needs root, iproute2 and e2fsprogs; skipped with a message otherwise.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::netns::*;
+use common::*;
+
+/// Well above every bound asserted here: a failure seen in time was told, not timed out.
+const LONG: [&str; 2] = ["--inactivity-timeout", "60"];
+/// How soon an aborted stream must fail the export.
+const PROMPT: Duration = Duration::from_secs(10);
+
+fn export_args(cfg: &str) -> Vec<&str> {
+    vec![
+        "export",
+        "--cluster",
+        cfg,
+        "-n",
+        "node3.example.com",
+        "inst1.example.com",
+        "--long-sleep",
+        "--transport-compression",
+        "none",
+    ]
+}
+
+#[test]
+fn target_file_system_full_fails_fast_and_cleanly() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    // node3's /var/lib/ganeti is a 96 MiB ext4 of its own (mounted before the agents start, so
+    // their mount namespaces see it); declared before the namespaces, so it goes after them.
+    let fs = LoopFs::ext4_at(&dir.path().join("node3/var/lib/ganeti"), 96);
+    let mut net = Net::new("s", 45).expect("namespaces");
+    let (cfg, _local, disks) = cluster(dir.path(), &net);
+    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    net.start_agent_with(&cfg, 2, &dir.path().join("agent2.log"), &LONG);
+    net.start_agent_with(&cfg, 3, &dir.path().join("agent3.log"), &LONG);
+    let args = export_args(s(&cfg));
+    let out = net.master(&args);
+    assert!(out.status.success(), "the first export failed: {}", text(&out));
+    let node3 = dir.path().join("node3");
+    let before = snapshot_of(&export_dir(&node3).join("inst1.example.com"));
+    assert!(before.len() >= 5, "{before:?}");
+
+    // Fill the file system but 3 MiB: the next disk stream (24 MiB) runs out of space early,
+    // with most of the disk still to send.
+    let ballast = fs.at.join("ballast");
+    let room = fs.avail();
+    let fill = std::process::Command::new("fallocate")
+        .args(["-l", &(room - (3 << 20)).to_string()])
+        .arg(&ballast)
+        .status()
+        .unwrap();
+    assert!(fill.success());
+    assert!(fs.avail() < 4 << 20, "{} bytes still free", fs.avail());
+
+    let t0 = Instant::now();
+    let out = net.master(&args);
+    let took = t0.elapsed();
+    let t = text(&out);
+    eprintln!(
+        "file system full: failed after {took:?} (exit {:?}):\n{t}",
+        out.status.code()
+    );
+    assert_clean_failure(dir.path(), &before, &out, "No space left on device");
+    assert!(
+        t.contains("disk/0") && t.contains("node node3.example.com refused the stream"),
+        "the target's reason did not reach the master: {t}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        took < PROMPT,
+        "the full file system took {took:?} to fail the export: {t}"
+    );
+    assert!(dumps_in(&node3).iter().all(|p| !p.ends_with("ballast")));
+
+    // Both agents still serve: with room again, the same export succeeds.
+    std::fs::remove_file(&ballast).unwrap();
+    let out = net.master(&args);
+    assert!(
+        out.status.success(),
+        "the export after the fault failed: {}",
+        text(&out)
+    );
+    let got = dumps(&export_dir(&node3).join("inst1.example.com"));
+    assert_eq!(got.len(), 2);
+    for ((dump, _), disk) in got.iter().zip(&disks) {
+        assert_same_bytes(dump, disk);
+    }
+    assert!(find_named(&node3, ".new").is_empty(), "staging left behind");
+}
+
+#[test]
+fn an_aborted_end_tells_its_peer_before_any_timeout() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("a", 46).expect("namespaces");
+    let (cfg, _local, _disks) = cluster(dir.path(), &net);
+    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    net.start_agent_with(&cfg, 2, &dir.path().join("agent2.log"), &LONG);
+    net.start_agent_with(&cfg, 3, &dir.path().join("agent3.log"), &LONG);
+    let args = export_args(s(&cfg));
+    let out = net.master(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let node3 = dir.path().join("node3");
+    let before = snapshot_of(&export_dir(&node3).join("inst1.example.com"));
+
+    // The target refuses a corrupted frame: the sender hears it at once.
+    net.kill_agent(0);
+    let flip = [&LONG[..], &["--test-flip-wire-byte", "300000"]].concat();
+    net.start_agent_with(&cfg, 2, &dir.path().join("agent2-flip.log"), &flip);
+    let t0 = Instant::now();
+    let out = net.master(&args);
+    let took = t0.elapsed();
+    eprintln!("corrupted frame: failed after {took:?}:\n{}", text(&out));
+    assert_clean_failure(dir.path(), &before, &out, "refused the stream");
+    assert!(text(&out).contains("corrupt"), "{}", text(&out));
+    assert!(took < PROMPT, "a corrupted frame took {took:?} to fail the export");
+
+    // The sending agent dies mid-stream (the link shaped to 20 Mbit/s so the stream lasts):
+    // the target aborts at once, and the export fails with its reason, staging removed.
+    net.kill_agent(2);
+    net.start_agent_with(&cfg, 2, &dir.path().join("agent2-killed.log"), &LONG);
+    let (ns, dev) = net.veth(2);
+    let tc = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &dev, "root", "tbf", "rate", "20mbit",
+        ])
+        .args(["burst", "64kb", "latency", "100ms"])
+        .status()
+        .unwrap();
+    assert!(tc.success());
+    let staging = export_dir(&node3).join("inst1.example.com.new");
+    let master = net
+        .master_cmd(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
+    // Meanwhile: TCP keepalive is on for the target's end of the disk stream and for both ends
+    // of the control connections (the kernel's keepalive timer runs on every idle socket; the
+    // sender's data socket always has data in flight, so its retransmit timer shows instead).
+    let ka = |ns: &str, min: usize, only: &str| {
+        let mut last = String::new();
+        let ok = wait_for(5, || {
+            last = established(ns, only);
+            last.lines().count() >= min && last.lines().all(|l| l.contains("timer:(keepalive"))
+        });
+        assert!(ok, "namespace {ns}: not every connection has TCP keepalive:\n{last}");
+    };
+    let (ns3, _) = net.veth(3);
+    ka(&ns3, 1, "");
+    ka(&net.m, 1, "");
+    ka(&ns, 1, ":1811 ");
+    let receives = |log: &str| log.matches("receiving inst1.example.com/disk0:").count();
+    let log3 = dir.path().join("agent3.log");
+    let seen = receives(&std::fs::read_to_string(&log3).unwrap());
+    let t0 = Instant::now();
+    net.kill_agent(3);
+    assert!(started, "the transfer never started");
+    // The target's receive ends at once (not after 60 s), its partial dump removed; the export
+    // goes on (disk/1, the instance restart) and fails on the dead agent's connect timeouts.
+    let aborted = wait_for(PROMPT.as_secs(), || {
+        receives(&std::fs::read_to_string(&log3).unwrap_or_default()) > seen
+            && find_named(&node3, ".partial").is_empty()
+    });
+    let took = t0.elapsed();
+    let out = master.wait_with_output().unwrap();
+    let t = text(&out);
+    let log = std::fs::read_to_string(&log3).unwrap();
+    eprintln!("sender killed: the target aborted {took:?} after the kill:\n{log}\n{t}");
+    assert!(
+        aborted,
+        "the target had not aborted {PROMPT:?} after its sender died: {log}"
+    );
+    assert!(
+        !log.contains("stalled"),
+        "the target timed out instead of hearing the abort: {log}"
+    );
+    assert_clean_failure(dir.path(), &before, &out, "node node3.example.com refused the stream");
+    assert!(t.contains("disk/0"), "{t}");
+}
+
+#[test]
+fn a_source_read_error_ends_the_stream_at_once() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("i", 47).expect("namespaces");
+    let (small, _local, disks) = cluster(dir.path(), &net);
+    // disk/0 made larger (160 MiB) than what the primary's engine reads ahead of the wire.
+    let big = dir.path().join("node2/big.img");
+    make_disk(&big, 160 << 20, Data::Mixed, 9);
+    let cfg = variant(
+        &small,
+        "big.toml",
+        &format!("size = 24\ntemplate = \"file\"\npath = {:?}", s(&disks[0])),
+        &format!("size = 160\ntemplate = \"file\"\npath = {:?}", s(&big)),
+    );
+    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    net.start_agent_with(&cfg, 2, &dir.path().join("agent2.log"), &LONG);
+    net.start_agent_with(&cfg, 3, &dir.path().join("agent3.log"), &LONG);
+    let args = export_args(s(&cfg));
+    let out = net.master(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let node3 = dir.path().join("node3");
+    let before = snapshot_of(&export_dir(&node3).join("inst1.example.com"));
+
+    // disk/0, sent at 8 Mbit/s, is truncated to nothing as soon as its stream starts: the
+    // primary's engine reads past the end and fails.
+    let (ns, dev) = net.veth(2);
+    let tc = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &dev, "root", "tbf", "rate", "8mbit",
+        ])
+        .args(["burst", "64kb", "latency", "100ms"])
+        .status()
+        .unwrap();
+    assert!(tc.success());
+    let staging = export_dir(&node3).join("inst1.example.com.new");
+    let master = net
+        .master_cmd(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
+    let t0 = Instant::now();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&big)
+        .and_then(|f| f.set_len(0))
+        .unwrap();
+    assert!(started, "the transfer never started");
+    let log3 = dir.path().join("agent3.log");
+    let aborted = wait_for(PROMPT.as_secs(), || {
+        std::fs::read_to_string(&log3)
+            .unwrap_or_default()
+            .contains("receiving inst1.example.com/disk0:")
+            && find_named(&node3, ".partial").is_empty()
+    });
+    let took = t0.elapsed();
+    let out = master.wait_with_output().unwrap();
+    let t = text(&out);
+    let log = std::fs::read_to_string(&log3).unwrap();
+    eprintln!("source read error: the target aborted {took:?} after the truncation:\n{t}\nagent3:\n{log}");
+    assert!(
+        aborted,
+        "the target had not aborted {PROMPT:?} after its sender failed: {log}"
+    );
+    assert!(
+        !log.contains("stalled"),
+        "the target timed out instead of hearing the abort: {log}"
+    );
+    assert_clean_failure(dir.path(), &before, &out, "disk/0");
+    assert!(
+        t.contains("source ended early"),
+        "the sender's reason did not reach the master: {t}"
+    );
+}
+
+/// `ss -tno` of the established TCP connections in namespace `ns` (those whose line contains
+/// `only`), one a line.
+fn established(ns: &str, only: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ss", "-tnoH", "state", "established"])
+        .output()
+        .expect("ss");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(only))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
