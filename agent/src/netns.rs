@@ -1,0 +1,170 @@
+//! Network namespaces for node agents on one machine (`diskstream demo --agents` as root): a hub
+//! namespace with a Linux bridge, one namespace per node on a veth into the bridge, and a veth
+//! from the caller's namespace into the bridge so that the caller (the master) reaches every
+//! agent by its address. [`Hub`] deletes everything it made when dropped, also after a failure
+//! half-way through building it. Built with `ip` (iproute2); needs root.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+/// Runs `ip ARGS`; the error names the command and `ip`'s message.
+pub fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Whether this process can build namespaces: its effective uid is 0 and `ip netns` works.
+pub fn available() -> bool {
+    euid_is_root()
+        && Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+/// Whether the effective uid (second field of `Uid:` in `/proc/self/status`) is 0.
+pub fn euid_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The hub and its node namespaces; everything is deleted on drop.
+#[derive(Debug)]
+pub struct Hub {
+    /// The hub namespace (holds the bridge `br0`).
+    pub hub: String,
+    /// One namespace per node, in order.
+    pub nodes: Vec<String>,
+    /// The veth end left in the caller's namespace (addressed `.254`).
+    pub outer: String,
+    /// The /24 every address is in.
+    pub subnet: Ipv4Addr,
+    made: Vec<String>,
+    outer_made: bool,
+}
+
+impl Hub {
+    /// Builds a hub for `count` nodes (at most 250) named after `tag` (short: interface names
+    /// hold 15 bytes) on the first free 10.80.X.0/24: node N (from 1) gets 10.80.X.N in its
+    /// namespace `{tag}n{N}`, the caller 10.80.X.254 on veth `{tag}o`.
+    pub fn new(tag: &str, count: usize) -> Result<Self, String> {
+        if count == 0 || count > 250 {
+            return Err(format!("cannot build {count} node namespaces (1 to 250)"));
+        }
+        let subnet = free_subnet()?;
+        let mut h = Hub {
+            hub: format!("{tag}h"),
+            nodes: (1..=count).map(|n| format!("{tag}n{n}")).collect(),
+            outer: format!("{tag}o"),
+            subnet,
+            made: Vec::new(),
+            outer_made: false,
+        };
+        // From here on, Drop removes whatever was made.
+        h.build(tag)?;
+        Ok(h)
+    }
+
+    /// The address of node N (from 1).
+    pub fn addr(&self, node: usize) -> Ipv4Addr {
+        let o = self.subnet.octets();
+        Ipv4Addr::new(o[0], o[1], o[2], node as u8)
+    }
+
+    fn cidr(&self, host: u8) -> String {
+        let o = self.subnet.octets();
+        format!("{}.{}.{}.{host}/24", o[0], o[1], o[2])
+    }
+
+    fn add_ns(&mut self, ns: &str) -> Result<(), String> {
+        ip(&["netns", "add", ns])?;
+        self.made.push(ns.to_string());
+        ip(&["-n", ns, "link", "set", "lo", "up"])
+    }
+
+    fn build(&mut self, tag: &str) -> Result<(), String> {
+        let hub = self.hub.clone();
+        self.add_ns(&hub)?;
+        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &hub, "link", "set", "br0", "up"])?;
+        for (i, ns) in self.nodes.clone().iter().enumerate() {
+            self.add_ns(ns)?;
+            let (inner, port) = (format!("{tag}v{}", i + 1), format!("{tag}b{}", i + 1));
+            ip(&[
+                "link", "add", &inner, "netns", ns, "type", "veth", "peer", "name", &port, "netns", &hub,
+            ])?;
+            ip(&["-n", &hub, "link", "set", &port, "master", "br0"])?;
+            ip(&["-n", &hub, "link", "set", &port, "up"])?;
+            ip(&["-n", ns, "addr", "add", &self.cidr(i as u8 + 1), "dev", &inner])?;
+            ip(&["-n", ns, "link", "set", &inner, "up"])?;
+        }
+        let port = format!("{tag}b0");
+        ip(&[
+            "link",
+            "add",
+            &self.outer,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &hub,
+        ])?;
+        self.outer_made = true;
+        ip(&["-n", &hub, "link", "set", &port, "master", "br0"])?;
+        ip(&["-n", &hub, "link", "set", &port, "up"])?;
+        ip(&["addr", "add", &self.cidr(254), "dev", &self.outer])?;
+        ip(&["link", "set", &self.outer, "up"])
+    }
+
+    /// `ip netns exec NS` for node N (from 1), to put before a command.
+    pub fn exec_prefix(&self, node: usize) -> [String; 4] {
+        ["ip".into(), "netns".into(), "exec".into(), self.nodes[node - 1].clone()]
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the veth ends in it, and with them their peers; the
+        // outer veth is deleted by name too, in case its peer never reached the hub.
+        if self.outer_made {
+            let _ = ip(&["link", "del", &self.outer]);
+        }
+        for ns in self.made.iter().rev() {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+/// The first 10.80.X.0/24 (X from 1 to 250) that no route of this namespace mentions.
+fn free_subnet() -> Result<Ipv4Addr, String> {
+    let out = Command::new("ip")
+        .args(["-4", "route", "show", "table", "all"])
+        .output()
+        .map_err(|e| format!("cannot run ip route: {e}"))?;
+    let routes = String::from_utf8_lossy(&out.stdout);
+    let start = std::process::id() % 250;
+    (0..250)
+        .map(|i| (start + i) % 250 + 1)
+        .find(|x| !routes.contains(&format!("10.80.{x}.")))
+        .map(|x| Ipv4Addr::new(10, 80, x as u8, 0))
+        .ok_or_else(|| "no free subnet in 10.80.0.0/16 for the agents' namespaces".to_string())
+}
