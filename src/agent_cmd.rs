@@ -191,10 +191,18 @@ pub struct AgentArgs {
     /// Test hook: flip byte N of every disk stream this agent sends (the target must refuse it).
     #[arg(long, hide = true)]
     pub test_flip_wire_byte: Option<u64>,
+    /// Exit when the process PID (this agent's parent, e.g. `diskstream demo --agents`) exits.
+    #[arg(long, hide = true, value_name = "PID")]
+    pub exit_with_parent: Option<u32>,
 }
 
 /// Runs `diskstream agent` until killed.
 pub fn agent(a: AgentArgs) -> ExitCode {
+    if let Some(parent) = a.exit_with_parent {
+        if let Err(e) = diskstream_agent::netns::exit_with_parent(parent) {
+            return output::fail_msg(Op::Agent, Kind::Error, &format!("agent of node {}: {e}", a.node), false);
+        }
+    }
     let opts = AgentOptions {
         listen: a.listen,
         timeouts: Timeouts {

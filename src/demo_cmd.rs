@@ -11,7 +11,9 @@
 //! start. The master runs the steps through [`AgentNodes`](diskstream_agent::remote::AgentNodes)
 //! (as `export` does for a cluster with addresses), so disk data goes agent to agent. The agents
 //! are killed and waited for, and the namespaces deleted, when the guards drop: at the end, on
-//! an error, and after SIGINT/SIGTERM (the handler only sets the flag the steps poll).
+//! an error, and after SIGINT/SIGTERM (the handler only sets the flag the steps poll). After a
+//! SIGKILL no guard runs: the agents still die with this process (`--exit-with-parent`), and the
+//! next `demo --agents` deletes the namespaces of demos that are no longer running.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -93,6 +95,13 @@ fn run_agents(
     stop: Arc<AtomicBool>,
 ) -> Result<DemoAgents, String> {
     let hub = if netns::available() {
+        let swept = netns::sweep_dead();
+        if !swept.is_empty() {
+            say(&format!(
+                "demo: deleted the network namespaces of demos that were killed: {}",
+                swept.join(", ")
+            ));
+        }
         let tag = format!("ds{}", std::process::id());
         let h = Hub::new(&tag, 3).map_err(|e| format!("cannot build the agents' network namespaces: {e}"))?;
         say(&format!(
@@ -214,6 +223,8 @@ impl Agents {
             None => Command::new(&exe),
         };
         cmd.arg("agent").arg("--cluster").arg(cfg).args(["--node", node]);
+        // Even a SIGKILL of this process (no guard runs) then takes the agent down.
+        cmd.args(["--exit-with-parent", &std::process::id().to_string()]);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(f)

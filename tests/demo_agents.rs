@@ -2,7 +2,8 @@
 //! its own network namespace, as an ordinary user (uid 65534 through `setpriv`) on 127.0.0.1;
 //! in both the dumps on node3 equal the source disks byte for byte, and afterwards no agent
 //! process, namespace or link of the demo is left. A SIGTERM in the middle of the demo leaves
-//! nothing behind either. Every test's guard kills and deletes whatever the demo might have
+//! nothing behind either; after a SIGKILL the agents still die with the demo, and the next demo
+//! deletes the killed one's namespaces. Every test's guard kills and deletes whatever the demo might have
 //! left, also when the test fails.
 
 mod common;
@@ -250,20 +251,18 @@ fn demo_with_agents_on_loopback_as_an_ordinary_user() {
     }
 }
 
-#[test]
-fn sigterm_mid_demo_leaves_no_agent_and_no_namespace() {
-    let scratch = scratch();
-    let dir = scratch.path().join("demo");
-    let mut guard = DemoGuard::new(&dir);
+/// Starts `demo --agents` in `dir` under `guard` and returns once its first export started
+/// (three agents up), with the receiver of its remaining stdout lines and what it printed.
+fn start_and_wait_for_export(guard: &mut DemoGuard, size: &str) -> (mpsc::Receiver<String>, String) {
+    let dir = guard.dir.clone();
     let mut child = Command::new(DS)
-        .args(["demo", "--agents", "--dir", s(&dir), "--size", "64M"])
+        .args(["demo", "--agents", "--dir", s(&dir), "--size", size])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn the demo");
-    let pid = child.id();
-    guard.pid = Some(pid);
+    guard.pid = Some(child.id());
     let stdout = child.stdout.take().expect("stdout");
     guard.child = Some(child);
     let (tx, rx) = mpsc::channel();
@@ -274,7 +273,6 @@ fn sigterm_mid_demo_leaves_no_agent_and_no_namespace() {
             }
         }
     });
-    // Wait until the agents are up and the first export has started, then SIGTERM.
     let t0 = Instant::now();
     let mut seen = String::new();
     while !seen.contains("$ diskstream export -n node2") {
@@ -286,34 +284,89 @@ fn sigterm_mid_demo_leaves_no_agent_and_no_namespace() {
     }
     let agents = procs_mentioning(&dir.join("cluster.toml").display().to_string());
     assert!(agents.len() >= 3, "expected 3 agents running: {agents:?}\n{seen}");
-    assert!(handlers_installed(pid), "the demo has no SIGTERM handler");
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
+    (rx, seen)
+}
+
+/// Waits (at most `secs`) for the demo under `guard` to exit.
+fn wait_exit(guard: &mut DemoGuard, secs: u64) -> std::process::ExitStatus {
     let child = guard.child.as_mut().expect("child");
     let t0 = Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "the demo did not end after SIGTERM"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(secs), "the demo did not end");
         std::thread::sleep(Duration::from_millis(50));
     };
     guard.child = None;
+    status
+}
+
+#[test]
+fn sigterm_mid_demo_leaves_no_agent_and_no_namespace() {
+    let scratch = scratch();
+    let dir = scratch.path().join("demo");
+    let mut guard = DemoGuard::new(&dir);
+    // The agents are up and the first export has started: SIGTERM.
+    let (rx, mut seen) = start_and_wait_for_export(&mut guard, "64M");
+    let pid = guard.pid.expect("pid");
+    assert!(handlers_installed(pid), "the demo has no SIGTERM handler");
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = wait_exit(&mut guard, 120);
     while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
         seen.push_str(&line);
         seen.push('\n');
     }
-    // Either it stopped (143) or it had just finished; in both cases nothing is left.
-    assert!(
-        status.code() == Some(143) || status.success(),
-        "unexpected exit {status}:\n{seen}"
-    );
+    assert_eq!(status.code(), Some(143), "not stopped by SIGTERM: {status}\n{seen}");
     let left = guard.leftovers();
     assert!(left.is_empty(), "left behind after SIGTERM: {left:?}\n{seen}");
+}
+
+#[test]
+fn sigkill_mid_demo_takes_the_agents_down_and_the_next_demo_sweeps_the_namespaces() {
+    let scratch = scratch();
+    let dir = scratch.path().join("demo");
+    let mut guard = DemoGuard::new(&dir);
+    let (_rx, seen) = start_and_wait_for_export(&mut guard, "64M");
+    let pid = guard.pid.expect("pid");
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    wait_exit(&mut guard, 10);
+    let cfg = dir.join("cluster.toml").display().to_string();
+    let t0 = Instant::now();
+    while !procs_mentioning(&cfg).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "agents outlived the SIGKILLed demo: {:?}\n{seen}",
+            procs_mentioning(&cfg)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if !netns_usable() {
+        return;
+    }
+    // Its namespaces are still there (no guard ran): the next demo deletes them (or a demo of
+    // a test running beside this one did it first).
+    let next = scratch.path().join("next");
+    let _next_guard = DemoGuard::new(&next);
+    let out = Command::new(DS)
+        .args(["demo", "--agents", "--dir", s(&next), "--size", "4M"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the next demo");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The instance may still run (a VM outlives a killed master; the guard stops it).
+    let left: Vec<String> = guard
+        .leftovers()
+        .into_iter()
+        .filter(|l| !l.starts_with("instance"))
+        .collect();
+    assert!(left.is_empty(), "left behind after the next demo: {left:?}");
 }

@@ -2,9 +2,12 @@
 //! namespace with a Linux bridge, one namespace per node on a veth into the bridge, and a veth
 //! from the caller's namespace into the bridge so that the caller (the master) reaches every
 //! agent by its address. [`Hub`] deletes everything it made when dropped, also after a failure
-//! half-way through building it. Built with `ip` (iproute2); needs root.
+//! half-way through building it. Built with `ip` (iproute2); needs root. [`exit_with_parent`]
+//! ties an agent's life to the process that started it (also through `ip netns exec`, which
+//! execs), so that even a SIGKILL of that process leaves no agent behind.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::process::Command;
 
 /// Runs `ip ARGS`; the error names the command and `ip`'s message.
@@ -22,6 +25,20 @@ pub fn ip(args: &[&str]) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// Asks the kernel to SIGKILL this process when its parent, which must be `parent`, exits
+/// (`PR_SET_PDEATHSIG`); an error if the parent is already another process (it died first).
+pub fn exit_with_parent(parent: u32) -> Result<(), String> {
+    use rustix::process::{getppid, set_parent_process_death_signal, Signal};
+    set_parent_process_death_signal(Some(Signal::KILL))
+        .map_err(|e| format!("cannot ask to exit with the parent process {parent}: {e}"))?;
+    // Checked after the request: a parent that dies from here on kills us.
+    let now = getppid().map_or(0, |p| p.as_raw_pid() as u32);
+    if now != parent {
+        return Err(format!("the parent process {parent} is gone (the parent is now {now})"));
+    }
+    Ok(())
 }
 
 /// Whether this process can build namespaces: its effective uid is 0 and `ip netns` works.
@@ -152,6 +169,34 @@ impl Drop for Hub {
             let _ = ip(&["netns", "del", ns]);
         }
     }
+}
+
+/// Deletes the namespaces `ds<PID>h` and `ds<PID>n<N>` ([`Hub`]s named by `demo --agents` after
+/// its pid) whose process no longer exists (killed with SIGKILL); returns their names.
+pub fn sweep_dead() -> Vec<String> {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut gone = Vec::new();
+    for name in text.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(rest) = name.strip_prefix("ds") else {
+            continue;
+        };
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        let (pid, kind) = rest.split_at(digits);
+        let ours = kind == "h"
+            || kind
+                .strip_prefix('n')
+                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+        if digits == 0 || !ours || Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        if ip(&["netns", "del", name]).is_ok() {
+            gone.push(name.to_string());
+        }
+    }
+    gone
 }
 
 /// The first 10.80.X.0/24 (X from 1 to 250) that no route of this namespace mentions.
