@@ -16,7 +16,7 @@
 //! next `demo --agents` deletes the namespaces of demos that are no longer running.
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -235,24 +235,25 @@ impl Agents {
         Ok(())
     }
 
-    /// Waits until every agent accepts connections at its address (in order).
+    /// Waits until every agent says in its log that it listens at its address (in order).
     fn wait_listening(&mut self, addrs: &[SocketAddr], stop: &AtomicBool) -> Result<(), String> {
         let t0 = Instant::now();
         for ((node, child, log), addr) in self.children.iter_mut().zip(addrs) {
+            let said = format!("node {node} listening on {addr}");
             loop {
                 if stop.load(Ordering::SeqCst) {
                     return Err("interrupted while waiting for the agents to listen".into());
                 }
+                let text = std::fs::read_to_string(&*log).unwrap_or_default();
+                if text.contains(&said) {
+                    break;
+                }
                 if let Ok(Some(st)) = child.try_wait() {
-                    let text = std::fs::read_to_string(&*log).unwrap_or_default();
                     return Err(format!(
                         "the agent of {node} exited ({st}) before listening on {addr}; its log {}: {}",
                         log.display(),
                         text.trim()
                     ));
-                }
-                if TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok() {
-                    break;
                 }
                 if t0.elapsed() > LISTEN_WAIT {
                     return Err(format!(
