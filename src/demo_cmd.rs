@@ -94,29 +94,7 @@ fn run_agents(
     say: &dyn Fn(&str),
     stop: Arc<AtomicBool>,
 ) -> Result<DemoAgents, String> {
-    let hub = if netns::available() {
-        let swept = netns::sweep_dead();
-        if !swept.is_empty() {
-            say(&format!(
-                "demo: deleted the network namespaces of demos that were killed: {}",
-                swept.join(", ")
-            ));
-        }
-        let tag = format!("ds{}", std::process::id());
-        let h = Hub::new(&tag, 3).map_err(|e| format!("cannot build the agents' network namespaces: {e}"))?;
-        say(&format!(
-            "demo: running as root: one network namespace per node ({}), on a bridge in namespace {}; \
-             this process (the master) reaches them on {}/24 through veth {}",
-            h.nodes.join(", "),
-            h.hub,
-            h.subnet,
-            h.outer
-        ));
-        Some(h)
-    } else {
-        say("demo: not root (or no `ip netns`): every agent listens on 127.0.0.1, on a port free at the start");
-        None
-    };
+    let hub = make_hub(say);
     let addresses = match &hub {
         Some(h) => (1..=3).map(|n| SocketAddr::from((h.addr(n), NETNS_PORT))).collect(),
         None => free_loopback_ports(3)?,
@@ -186,6 +164,42 @@ fn run_agents(
         dir.display()
     ));
     Ok(info)
+}
+
+/// The agents' namespaces as root with `ip netns` (after deleting those of killed demos), else
+/// none: loopback. A failure to build them (no CAP_SYS_ADMIN in a container, say) is said and
+/// falls back to loopback; what was half built is deleted.
+fn make_hub(say: &dyn Fn(&str)) -> Option<Hub> {
+    if !netns::available() {
+        say("demo: not root (or no `ip netns`): every agent listens on 127.0.0.1, on a port free at the start");
+        return None;
+    }
+    let swept = netns::sweep_dead();
+    if !swept.is_empty() {
+        say(&format!(
+            "demo: deleted the network namespaces of demos that were killed: {}",
+            swept.join(", ")
+        ));
+    }
+    match Hub::new(&format!("ds{}", std::process::id()), 3) {
+        Ok(h) => {
+            say(&format!(
+                "demo: running as root: one network namespace per node ({}), on a bridge in namespace {}; \
+                 this process (the master) reaches them on {}/24 through veth {}",
+                h.nodes.join(", "),
+                h.hub,
+                h.subnet,
+                h.outer
+            ));
+            Some(h)
+        }
+        Err(e) => {
+            say(&format!(
+                "demo: cannot build the agents' network namespaces ({e}): every agent listens on 127.0.0.1 instead"
+            ));
+            None
+        }
+    }
 }
 
 /// `n` 127.0.0.1 ports free now (held together while chosen, so they differ).

@@ -370,3 +370,48 @@ fn sigkill_mid_demo_takes_the_agents_down_and_the_next_demo_sweeps_the_namespace
         .collect();
     assert!(left.is_empty(), "left behind after the next demo: {left:?}");
 }
+
+#[test]
+fn namespaces_that_cannot_be_built_fall_back_to_loopback() {
+    if !netns_usable() {
+        return;
+    }
+    // An `ip` that lists namespaces but may not add one (a container without CAP_SYS_ADMIN).
+    let scratch = scratch();
+    let bin = scratch.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let real = cmd_out("sh", &["-c", "command -v ip"]);
+    let fake = bin.join("ip");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *'netns add'*) echo 'mount --make-shared /run/netns failed: Operation not permitted' >&2; exit 1;; esac\nexec {} \"$@\"\n",
+            real.trim()
+        ),
+    )
+    .unwrap();
+    assert!(Command::new("chmod").arg("0755").arg(&fake).status().unwrap().success());
+    let dir = scratch.path().join("demo");
+    let mut guard = DemoGuard::new(&dir);
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let child = Command::new(DS)
+        .args(["demo", "--agents", "--dir", s(&dir), "--size", "4M", "--json"])
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the demo");
+    guard.pid = Some(child.id());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["agents"]["mode"], "loopback", "{v}");
+    assert!(
+        err.contains("cannot build the agents' network namespaces") && err.contains("Operation not permitted"),
+        "{err}"
+    );
+    let left = guard.leftovers();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

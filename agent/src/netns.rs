@@ -180,23 +180,29 @@ pub fn sweep_dead() -> Vec<String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let mut gone = Vec::new();
     for name in text.lines().filter_map(|l| l.split_whitespace().next()) {
-        let Some(rest) = name.strip_prefix("ds") else {
+        let Some(pid) = hub_pid(name) else {
             continue;
         };
-        let digits = rest.chars().take_while(char::is_ascii_digit).count();
-        let (pid, kind) = rest.split_at(digits);
-        let ours = kind == "h"
-            || kind
-                .strip_prefix('n')
-                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
-        if digits == 0 || !ours || Path::new("/proc").join(pid).exists() {
-            continue;
-        }
-        if ip(&["netns", "del", name]).is_ok() {
+        if !Path::new("/proc").join(pid.to_string()).exists() && ip(&["netns", "del", name]).is_ok() {
             gone.push(name.to_string());
         }
     }
     gone
+}
+
+/// The pid in a namespace name of a demo's [`Hub`]: `ds<PID>h` or `ds<PID>n<N>`.
+fn hub_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("ds")?;
+    let digits = rest.chars().take_while(char::is_ascii_digit).count();
+    let (pid, kind) = rest.split_at(digits);
+    let node = kind
+        .strip_prefix('n')
+        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+    if kind == "h" || node {
+        pid.parse().ok()
+    } else {
+        None
+    }
 }
 
 /// The first 10.80.X.0/24 (X from 1 to 250) that no route of this namespace mentions.
@@ -212,4 +218,29 @@ fn free_subnet() -> Result<Ipv4Addr, String> {
         .find(|x| !routes.contains(&format!("10.80.{x}.")))
         .map(|x| Ipv4Addr::new(10, 80, x as u8, 0))
         .ok_or_else(|| "no free subnet in 10.80.0.0/16 for the agents' namespaces".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a demo's own names are swept: not the tests' (`dsr123a`, `dsi123m`) nor others'.
+    #[test]
+    fn hub_names_carry_the_pid() {
+        assert_eq!(hub_pid("ds4242h"), Some(4242));
+        assert_eq!(hub_pid("ds4242n3"), Some(4242));
+        for other in [
+            "dsr4242a",
+            "dsi4242m",
+            "dspa",
+            "ds4242",
+            "ds4242n",
+            "ds4242o",
+            "dsh",
+            "x4242h",
+            "ds4242n1x",
+        ] {
+            assert_eq!(hub_pid(other), None, "{other}");
+        }
+    }
 }
