@@ -210,7 +210,12 @@ fn cluster_commands_results_and_progress_lines_validate() {
     let r = run(&["demo", "--agents", "--dir", s(&demo), "--size", "8M", "--json"], &[]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     let v = checked(&r, "demo", true);
-    let mode = if is_root() { "netns" } else { "loopback" };
+    let netns = is_root()
+        && Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    let mode = if netns { "netns" } else { "loopback" };
     assert_eq!(v["agents"]["mode"], mode, "{v}");
     assert_eq!(v["agents"]["nodes"].as_array().map(Vec::len), Some(3), "{v}");
 }
