@@ -17,6 +17,7 @@
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -239,6 +240,9 @@ impl Agents {
         cmd.arg("agent").arg("--cluster").arg(cfg).args(["--node", node]);
         // Even a SIGKILL of this process (no guard runs) then takes the agent down.
         cmd.args(["--exit-with-parent", &std::process::id().to_string()]);
+        // Its own process group: a Ctrl-C on the terminal reaches this process alone, which
+        // stops the export cleanly through the agents (they undo their part) before killing them.
+        cmd.process_group(0);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(f)

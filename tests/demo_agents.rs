@@ -253,9 +253,15 @@ fn demo_with_agents_on_loopback_as_an_ordinary_user() {
 
 /// Starts `demo --agents` in `dir` under `guard` and returns once its first export started
 /// (three agents up), with the receiver of its remaining stdout lines and what it printed.
-fn start_and_wait_for_export(guard: &mut DemoGuard, size: &str) -> (mpsc::Receiver<String>, String) {
+/// With `group`, the demo leads a process group of its own (as a shell's foreground job).
+fn start_and_wait_for_export(guard: &mut DemoGuard, size: &str, group: bool) -> (mpsc::Receiver<String>, String) {
+    use std::os::unix::process::CommandExt;
     let dir = guard.dir.clone();
-    let mut child = Command::new(DS)
+    let mut cmd = Command::new(DS);
+    if group {
+        cmd.process_group(0);
+    }
+    let mut child = cmd
         .args(["demo", "--agents", "--dir", s(&dir), "--size", size])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -308,7 +314,7 @@ fn sigterm_mid_demo_leaves_no_agent_and_no_namespace() {
     let dir = scratch.path().join("demo");
     let mut guard = DemoGuard::new(&dir);
     // The agents are up and the first export has started: SIGTERM.
-    let (rx, mut seen) = start_and_wait_for_export(&mut guard, "64M");
+    let (rx, mut seen) = start_and_wait_for_export(&mut guard, "64M", false);
     let pid = guard.pid.expect("pid");
     assert!(handlers_installed(pid), "the demo has no SIGTERM handler");
     assert!(Command::new("kill")
@@ -327,11 +333,36 @@ fn sigterm_mid_demo_leaves_no_agent_and_no_namespace() {
 }
 
 #[test]
+fn ctrl_c_to_the_demos_process_group_leaves_nothing() {
+    let scratch = scratch();
+    let dir = scratch.path().join("demo");
+    let mut guard = DemoGuard::new(&dir);
+    // SIGINT to the demo's whole process group, as a terminal's Ctrl-C: the agents are in groups
+    // of their own, so the demo stops its export through them, then kills them.
+    let (rx, mut seen) = start_and_wait_for_export(&mut guard, "64M", true);
+    let pid = guard.pid.expect("pid");
+    assert!(handlers_installed(pid), "the demo has no SIGINT handler");
+    assert!(Command::new("kill")
+        .args(["-INT", "--", &format!("-{pid}")])
+        .status()
+        .unwrap()
+        .success());
+    let status = wait_exit(&mut guard, 120);
+    while let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    assert_eq!(status.code(), Some(130), "not stopped by SIGINT: {status}\n{seen}");
+    let left = guard.leftovers();
+    assert!(left.is_empty(), "left behind after Ctrl-C: {left:?}\n{seen}");
+}
+
+#[test]
 fn sigkill_mid_demo_takes_the_agents_down_and_the_next_demo_sweeps_the_namespaces() {
     let scratch = scratch();
     let dir = scratch.path().join("demo");
     let mut guard = DemoGuard::new(&dir);
-    let (_rx, seen) = start_and_wait_for_export(&mut guard, "64M");
+    let (_rx, seen) = start_and_wait_for_export(&mut guard, "64M", false);
     let pid = guard.pid.expect("pid");
     assert!(Command::new("kill")
         .args(["-KILL", &pid.to_string()])
