@@ -22,7 +22,7 @@ use diskstream_orchestrator::node::local::LocalNodeOps;
 use diskstream_orchestrator::node::NodeOps;
 use diskstream_orchestrator::{Ecode, ErrorKind, OpError};
 
-use crate::contract::{Kind, Op};
+use crate::contract::{self, Kind, Op, PkiNode, PkiResult, PkiStatus};
 use crate::output;
 
 /// `diskstream pki`.
@@ -37,6 +37,9 @@ pub enum PkiCmd {
         /// Replace an existing CA (every node certificate must then be reissued).
         #[arg(long)]
         force: bool,
+        /// Print the result as one JSON object on stdout (docs/json.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Issue (or renew) one node's certificate with the cluster CA.
     Issue {
@@ -45,6 +48,9 @@ pub enum PkiCmd {
         cluster: Option<PathBuf>,
         /// The node (as named in the cluster config).
         node: String,
+        /// Print the result as one JSON object on stdout (docs/json.md).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -54,32 +60,59 @@ pub fn cluster_path(arg: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("cluster.toml"))
 }
 
-/// Runs `diskstream pki ...`.
+/// Runs `diskstream pki ...`: a sentence, or with `--json` the [`PkiResult`] envelope.
 pub fn pki(cmd: PkiCmd) -> ExitCode {
+    let json = match &cmd {
+        PkiCmd::Init { json, .. } | PkiCmd::Issue { json, .. } => *json,
+    };
     match pki_run(cmd) {
-        Ok(msg) => {
-            println!("{msg}");
-            ExitCode::SUCCESS
+        Ok(r) => {
+            if !json {
+                println!("{}", pki_sentence(&r));
+            }
+            contract::done(Op::Pki, r, json)
         }
-        Err(e) => output::fail_msg(Op::Pki, Kind::Error, &e, false),
+        Err(e) => output::fail_msg(Op::Pki, Kind::Error, &e, json),
     }
 }
 
-fn pki_run(cmd: PkiCmd) -> Result<String, String> {
+/// What `pki` did, in one sentence.
+fn pki_sentence(r: &PkiResult) -> String {
+    match r.ca {
+        PkiStatus::Kept => r
+            .nodes
+            .iter()
+            .map(|n| {
+                let verb = if n.status == PkiStatus::Replaced {
+                    "renewed"
+                } else {
+                    "issued"
+                };
+                format!("{verb} {} and {}", n.cert.display(), n.key.display())
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        ca => format!(
+            "{} the CA of cluster {} and certificates for {} in {}",
+            if ca == PkiStatus::Replaced {
+                "replaced"
+            } else {
+                "created"
+            },
+            r.cluster,
+            r.nodes.iter().map(|n| n.node.as_str()).collect::<Vec<_>>().join(", "),
+            r.pki_dir.display()
+        ),
+    }
+}
+
+fn pki_run(cmd: PkiCmd) -> Result<PkiResult, String> {
     match cmd {
-        PkiCmd::Init { cluster, force } => {
+        PkiCmd::Init { cluster, force, .. } => {
             let c = Cluster::load(cluster_path(cluster)).map_err(|e| e.to_string())?;
-            let dir = PkiDir::new(c.pki_dir());
-            let nodes: Vec<&str> = c.nodes().iter().map(|n| n.name.as_str()).collect();
-            dir.init(&c.info().name, &nodes, force).map_err(|e| e.to_string())?;
-            Ok(format!(
-                "created the CA of cluster {} and certificates for {} in {}",
-                c.info().name,
-                nodes.join(", "),
-                dir.root().display()
-            ))
+            pki_init(&c, force)
         }
-        PkiCmd::Issue { cluster, node } => {
+        PkiCmd::Issue { cluster, node, .. } => {
             let c = Cluster::load(cluster_path(cluster)).map_err(|e| e.to_string())?;
             if c.node(&node).is_none() {
                 return Err(format!(
@@ -88,13 +121,51 @@ fn pki_run(cmd: PkiCmd) -> Result<String, String> {
                 ));
             }
             let dir = PkiDir::new(c.pki_dir());
+            let existed = dir.node_cert(&node).exists();
             dir.issue(&node).map_err(|e| e.to_string())?;
-            Ok(format!(
-                "issued {} and {}",
-                dir.node_cert(&node).display(),
-                dir.node_key(&node).display()
-            ))
+            Ok(pki_result(&c, &dir, PkiStatus::Kept, &[(node.as_str(), existed)]))
         }
+    }
+}
+
+/// `pki init` on `c`: the CA and a certificate for every node of its config.
+pub fn pki_init(c: &Cluster, force: bool) -> Result<PkiResult, String> {
+    let dir = PkiDir::new(c.pki_dir());
+    let ca = if dir.ca_key().exists() {
+        PkiStatus::Replaced
+    } else {
+        PkiStatus::Created
+    };
+    let nodes: Vec<(&str, bool)> = c
+        .nodes()
+        .iter()
+        .map(|n| (n.name.as_str(), dir.node_cert(&n.name).exists()))
+        .collect();
+    let names: Vec<&str> = nodes.iter().map(|n| n.0).collect();
+    dir.init(&c.info().name, &names, force).map_err(|e| e.to_string())?;
+    Ok(pki_result(c, &dir, ca, &nodes))
+}
+
+/// The result for `nodes` (name, whether a certificate existed before).
+fn pki_result(c: &Cluster, dir: &PkiDir, ca: PkiStatus, nodes: &[(&str, bool)]) -> PkiResult {
+    PkiResult {
+        cluster: c.info().name.clone(),
+        pki_dir: dir.root().to_path_buf(),
+        ca_cert: dir.ca_cert(),
+        ca,
+        nodes: nodes
+            .iter()
+            .map(|&(n, existed)| PkiNode {
+                node: n.to_string(),
+                cert: dir.node_cert(n),
+                key: dir.node_key(n),
+                status: if existed {
+                    PkiStatus::Replaced
+                } else {
+                    PkiStatus::Created
+                },
+            })
+            .collect(),
     }
 }
 
@@ -120,10 +191,18 @@ pub struct AgentArgs {
     /// Test hook: flip byte N of every disk stream this agent sends (the target must refuse it).
     #[arg(long, hide = true)]
     pub test_flip_wire_byte: Option<u64>,
+    /// Exit when the process PID (this agent's parent, e.g. `diskstream demo --agents`) exits.
+    #[arg(long, hide = true, value_name = "PID")]
+    pub exit_with_parent: Option<u32>,
 }
 
 /// Runs `diskstream agent` until killed.
 pub fn agent(a: AgentArgs) -> ExitCode {
+    if let Some(parent) = a.exit_with_parent {
+        if let Err(e) = diskstream_agent::netns::exit_with_parent(parent) {
+            return output::fail_msg(Op::Agent, Kind::Error, &format!("agent of node {}: {e}", a.node), false);
+        }
+    }
     let opts = AgentOptions {
         listen: a.listen,
         timeouts: Timeouts {

@@ -200,6 +200,10 @@ struct DemoArgs {
     /// Print one JSON object with the result on stdout (messages go to stderr).
     #[arg(long)]
     json: bool,
+    /// Run one node agent per node (`diskstream agent`): each in its own network namespace as
+    /// root, on 127.0.0.1 ports otherwise; the exports go through them, agent to agent.
+    #[arg(long)]
+    agents: bool,
 }
 
 impl Tune {
@@ -257,7 +261,7 @@ pub fn main() -> ExitCode {
     tracing::debug!(args = ?std::env::args().collect::<Vec<_>>(), "diskstream {}", env!("CARGO_PKG_VERSION"));
     match cli.cmd {
         Cmd::Image(cmd) => image(cmd, cli.quiet),
-        Cmd::Demo(args) => crate::export_cmd::demo(args.dir, args.size, args.json),
+        Cmd::Demo(args) => crate::demo_cmd::demo(args.dir, args.size, args.agents, args.json),
         Cmd::Export(args) => crate::export_cmd::export(args, cli.quiet),
         Cmd::List(args) => crate::export_cmd::list(args),
         Cmd::Remove(args) => crate::export_cmd::remove(args),

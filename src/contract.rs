@@ -225,6 +225,80 @@ pub struct Listing {
 pub struct DemoResult {
     /// The directory the demo cluster was built in (kept for a look).
     pub dir: std::path::PathBuf,
+    /// With `--agents`: where the node agents ran (absent without `--agents`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agents: Option<DemoAgents>,
+}
+
+/// The node agents of `demo --agents` (all stopped when the demo ends).
+#[derive(Serialize, JsonSchema)]
+pub struct DemoAgents {
+    /// `netns`: one network namespace per node (as root); `loopback`: 127.0.0.1 ports.
+    pub mode: AgentsMode,
+    /// One entry per node, node1 first.
+    pub nodes: Vec<DemoAgent>,
+}
+
+/// Where `demo --agents` ran its agents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentsMode {
+    /// Each agent in its own network namespace, on a bridge (as root with iproute2).
+    Netns,
+    /// Every agent on 127.0.0.1, each on a port that was free at the start.
+    Loopback,
+}
+
+/// One node's agent in `demo --agents`.
+#[derive(Serialize, JsonSchema)]
+pub struct DemoAgent {
+    /// The node.
+    pub node: String,
+    /// Where its agent listened (`host:port`).
+    pub address: String,
+    /// Its network namespace (netns mode), removed when the demo ended.
+    pub namespace: Option<String>,
+}
+
+/// The result of `pki init` and `pki issue`.
+#[derive(Serialize, JsonSchema)]
+pub struct PkiResult {
+    /// The cluster's name (the CA's subject).
+    pub cluster: String,
+    /// The PKI directory.
+    pub pki_dir: std::path::PathBuf,
+    /// The CA certificate.
+    pub ca_cert: std::path::PathBuf,
+    /// What happened to the CA: `created` (init), `replaced` (init --force over an existing
+    /// CA) or `kept` (issue).
+    pub ca: PkiStatus,
+    /// The node certificates written, in the config's order (issue: the one node).
+    pub nodes: Vec<PkiNode>,
+}
+
+/// What a `pki` command did to a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PkiStatus {
+    /// It did not exist and was written.
+    Created,
+    /// It existed and was replaced by a new one (new key).
+    Replaced,
+    /// It existed and was left as it was.
+    Kept,
+}
+
+/// One node certificate written by `pki`.
+#[derive(Serialize, JsonSchema)]
+pub struct PkiNode {
+    /// The node.
+    pub node: String,
+    /// Its certificate (PEM).
+    pub cert: std::path::PathBuf,
+    /// Its private key (PEM, mode 0600).
+    pub key: std::path::PathBuf,
+    /// `created`, or `replaced` when a certificate of that node existed (renewed).
+    pub status: PkiStatus,
 }
 
 /// Every `--json` result: the schema's top level (one of these).
@@ -253,6 +327,9 @@ pub enum AnyResult {
     /// `demo`.
     #[schemars(extend("properties" = { "op": { "const": "demo" } }))]
     Demo(Done<DemoResult>),
+    /// `pki init`, `pki issue`.
+    #[schemars(extend("properties" = { "op": { "const": "pki" } }))]
+    Pki(Done<PkiResult>),
     /// `bench`.
     #[schemars(extend("properties" = { "op": { "const": "bench" } }))]
     Bench(Done<BenchReport>),

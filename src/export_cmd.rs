@@ -1,5 +1,5 @@
-//! The cluster commands: `export`, `list`, `remove` (Ganeti's `gnt-backup`) and the cluster
-//! `demo`, and how their job messages, progress and results are printed.
+//! The cluster commands: `export`, `list`, `remove` (Ganeti's `gnt-backup`), and how their job
+//! messages, progress and results are printed (`demo` is [`crate::demo_cmd`]).
 //!
 //! Job messages and progress are printed by [`crate::jobs`]; results with `--json` are the
 //! envelopes of [`crate::contract`]. Errors print Ganeti's report (`Failure: prerequisites not
@@ -24,7 +24,7 @@ use diskstream_orchestrator::backup::{self, ExportLu, ExportMode, ExportOp, Expo
 use diskstream_orchestrator::cluster::Cluster;
 use diskstream_orchestrator::{Ecode, ErrorKind, OpError};
 
-use crate::contract::{self, DemoResult, DryRun, Failed, Kind, Listing, Op};
+use crate::contract::{self, DryRun, Failed, Kind, Listing, Op};
 use crate::interrupt::Interrupt;
 use crate::jobs::{Bars, Printer};
 
@@ -406,21 +406,6 @@ pub fn remove(a: RemoveArgs) -> ExitCode {
             contract::done(Op::Remove, r, a.json)
         }
         Err(e) => fail(Op::Remove, &e, a.json),
-    }
-}
-
-/// Runs the cluster demo.
-pub fn demo(dir: Option<PathBuf>, size: u64, json: bool) -> ExitCode {
-    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("diskstream-demo-{}", std::process::id())));
-    let printer = Printer::new(Op::Demo, false, json, None);
-    let say = |s: &str| printer.line(s);
-    tracing::info!(dir = %dir.display(), size_bytes = size, "demo started");
-    match diskstream_orchestrator::demo::run(&dir, size, &printer, &say) {
-        Ok(()) => contract::done(Op::Demo, DemoResult { dir }, json),
-        Err(e) => {
-            eprintln!("diskstream demo: {e}");
-            Failed::new(Op::Demo, Kind::Error, e).emit(json)
-        }
     }
 }
 

@@ -6,6 +6,7 @@ mod agent_cmd;
 mod bench_cmd;
 mod cli;
 mod contract;
+mod demo_cmd;
 mod exit;
 mod export_cmd;
 mod install_cmd;

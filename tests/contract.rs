@@ -203,7 +203,59 @@ fn cluster_commands_results_and_progress_lines_validate() {
     let demo = dir.path().join("demo");
     let r = run(&["demo", "--dir", s(&demo), "--size", "8M", "--json"], &[]);
     assert_eq!(r.code, Some(0), "{}", r.stderr);
-    assert_eq!(checked(&r, "demo", true)["dir"], s(&demo));
+    let v = checked(&r, "demo", true);
+    assert_eq!(v["dir"], s(&demo));
+    assert!(v.get("agents").is_none(), "no agents without --agents: {v}");
+    let demo = dir.path().join("demo-agents");
+    let r = run(&["demo", "--agents", "--dir", s(&demo), "--size", "8M", "--json"], &[]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let v = checked(&r, "demo", true);
+    let netns = is_root()
+        && Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    let mode = if netns { "netns" } else { "loopback" };
+    assert_eq!(v["agents"]["mode"], mode, "{v}");
+    assert_eq!(v["agents"]["nodes"].as_array().map(Vec::len), Some(3), "{v}");
+}
+
+#[test]
+fn pki_results_validate() {
+    let dir = scratch();
+    let (cfg, _roots) = cluster(dir.path());
+    let c = s(&cfg);
+    let pki = dir.path().join("pki");
+    let r = run(&["pki", "init", "--cluster", c, "--json"], &[]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let v = checked(&r, "pki", true);
+    assert_eq!(v["cluster"], "test.example.com", "{v}");
+    assert_eq!(v["pki_dir"], s(&pki), "{v}");
+    assert_eq!(v["ca_cert"], s(&pki.join("ca.crt")), "{v}");
+    assert_eq!(v["ca"], "created", "{v}");
+    let nodes = v["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2, "{v}");
+    for (i, n) in nodes.iter().enumerate() {
+        let name = format!("node{}.example.com", i + 1);
+        assert_eq!(n["node"], name.as_str(), "{v}");
+        assert_eq!(n["cert"], s(&pki.join(format!("nodes/{name}.crt"))), "{v}");
+        assert_eq!(n["key"], s(&pki.join(format!("nodes/{name}.key"))), "{v}");
+        assert_eq!(n["status"], "created", "{v}");
+        assert!(pki.join(format!("nodes/{name}.key")).is_file());
+    }
+    let r = run(&["pki", "issue", "--cluster", c, "--json", "node2.example.com"], &[]);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let v = checked(&r, "pki", true);
+    assert_eq!(v["ca"], "kept", "{v}");
+    assert_eq!(v["nodes"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["nodes"][0]["node"], "node2.example.com", "{v}");
+    assert_eq!(v["nodes"][0]["status"], "replaced", "{v}");
+    let r = run(&["pki", "init", "--cluster", c, "--force", "--json"], &[]);
+    assert_eq!(checked(&r, "pki", true)["ca"], "replaced");
+    let r = run(&["pki", "init", "--cluster", c, "--json"], &[]);
+    let v = checked(&r, "pki", false);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    assert!(v["error"].as_str().unwrap_or("").contains("already exists"), "{v}");
 }
 
 /// Runs `args` and checks exit code, JSON kind and exit_code of the failure.

@@ -1,5 +1,6 @@
 //! `diskstream pki init` and `pki issue` against a cluster config: files and modes, the refusal
-//! to replace a CA without `--force`, and an unknown node named in the error.
+//! to replace a CA without `--force`, an unknown node named in the error, and the `--json`
+//! results naming the files written.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -54,11 +55,55 @@ fn init_issue_and_refusals() {
     let key_before = std::fs::read(pki.join("nodes/node2.test.key")).unwrap();
     let issued = ds(&["pki", "issue", "node2.test"], &cfg);
     assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+    let text = String::from_utf8_lossy(&issued.stdout);
+    assert!(
+        text.starts_with("renewed ") && text.contains("node2.test.key"),
+        "{text}"
+    );
     assert_ne!(std::fs::read(pki.join("nodes/node2.test.key")).unwrap(), key_before);
+    // --json: one object naming the files, the key really renewed again.
+    let key_before = std::fs::read(pki.join("nodes/node2.test.key")).unwrap();
+    let issued = ds(&["pki", "issue", "node2.test", "--json"], &cfg);
+    assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&issued.stdout).expect("one JSON object");
+    assert_eq!((v["ok"].clone(), v["op"].clone()), (true.into(), "pki".into()), "{v}");
+    assert_eq!(v["cluster"], "c.test", "{v}");
+    assert_eq!(v["ca_cert"], pki.join("ca.crt").to_str().unwrap(), "{v}");
+    assert_eq!(v["ca"], "kept", "{v}");
+    assert_eq!(v["nodes"][0]["node"], "node2.test", "{v}");
+    assert_eq!(v["nodes"][0]["status"], "replaced", "{v}");
+    let key = v["nodes"][0]["key"].as_str().expect("key path");
+    assert_eq!(key, pki.join("nodes/node2.test.key").to_str().unwrap());
+    assert_ne!(std::fs::read(key).unwrap(), key_before);
+    assert_eq!(mode(Path::new(key)), 0o600);
     let unknown = ds(&["pki", "issue", "node9.test"], &cfg);
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("node node9.test is not in the cluster config"));
-    let forced = ds(&["pki", "init", "--force"], &cfg);
+    let unknown = ds(&["pki", "issue", "node9.test", "--json"], &cfg);
+    assert!(!unknown.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&unknown.stdout).expect("the JSON failure");
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("node node9.test is not in the cluster config"),
+        "{v}"
+    );
+    let forced = ds(&["pki", "init", "--force", "--json"], &cfg);
     assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
     assert_ne!(std::fs::read(pki.join("ca.crt")).unwrap(), ca);
+    let v: serde_json::Value = serde_json::from_slice(&forced.stdout).expect("one JSON object");
+    assert_eq!(v["ca"], "replaced", "{v}");
+    let names: Vec<&str> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["node1.test", "node2.test"], "{v}");
+    assert!(
+        v["nodes"].as_array().unwrap().iter().all(|n| n["status"] == "replaced"),
+        "{v}"
+    );
 }

@@ -5,13 +5,15 @@
 //! on all of their sockets ([`sock`]), how a stream that failed on the primary ends ([`abort`]) and
 //! the
 //! master's side ([`remote`]: [`remote::AgentNodes`], a `NodeOps` that sends each node's
-//! operations to its agent, or runs them in-process for nodes without an address).
+//! operations to its agent, or runs them in-process for nodes without an address), and [`netns`]
+//! (network namespaces for agents on one machine: `diskstream demo --agents` as root).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod abort;
 pub mod data;
 pub mod lease;
+pub mod netns;
 pub mod pki;
 pub mod proto;
 pub mod rate;

@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use diskstream_agent::netns::ip;
+
 const NET_RATE: &str = env!("CARGO_BIN_EXE_net-rate");
 
 /// Two namespaces joined by a veth pair (10.77.N.1 in `a`, 10.77.N.2 in `b`), removed on drop
@@ -16,19 +18,6 @@ struct Link {
     b: String,
     subnet: u32,
     children: Vec<Child>,
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
 }
 
 impl Link {

@@ -8,26 +8,80 @@
 //! demo directory. If that file system can clone files (XFS, btrfs) the export snapshots the
 //! running instance; otherwise the instance stays down during the transfer (`--long-sleep`),
 //! which the demo says.
+//!
+//! [`run`] runs every node in-process. [`build_cluster`] with addresses and [`run_built`] with
+//! other [`DemoOps`] are the same demo through node agents (`diskstream demo --agents`, which
+//! starts the agents in between).
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use diskstream_engine::ops::{self, VerifyOptions};
 
-use crate::backup::{self, ExportLu, ExportOp, ExportResult};
+use crate::backup::{self, ExportLu, ExportOp, ExportResult, NodeExports};
 use crate::cluster::Cluster;
 use crate::driver;
 use crate::error::OpError;
 use crate::feedback::Feedback;
 use crate::hooks::env::py_bool;
+use crate::lu::RunOptions;
 use crate::snapshot;
+
+/// Runs an export LU on the cluster config at a path (how the demo's master reaches the nodes).
+pub type ExportFn<'a> =
+    &'a dyn Fn(&Path, &mut ExportLu, &dyn Feedback, &RunOptions) -> Result<Option<ExportResult>, OpError>;
+/// Lists the exports of every node of a cluster.
+pub type ListFn<'a> = &'a dyn Fn(&Cluster) -> Result<Vec<NodeExports>, OpError>;
+
+/// How the demo's steps reach the nodes, and what stops them.
+pub struct DemoOps<'a> {
+    /// Runs an export.
+    pub export: ExportFn<'a>,
+    /// Lists the exports.
+    pub list: ListFn<'a>,
+    /// Set by SIGINT/SIGTERM: the running export stops and no further step starts.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl DemoOps<'static> {
+    /// Every node in-process (the plain demo).
+    pub fn local() -> Self {
+        Self {
+            export: &local_export,
+            list: &local_list,
+            stop: Arc::default(),
+        }
+    }
+}
+
+fn local_export(
+    cfg: &Path,
+    lu: &mut ExportLu,
+    fb: &dyn Feedback,
+    opts: &RunOptions,
+) -> Result<Option<ExportResult>, OpError> {
+    backup::run_on_cluster(cfg, lu, fb, opts)
+}
+
+fn local_list(c: &Cluster) -> Result<Vec<NodeExports>, OpError> {
+    backup::list(c, &[])
+}
 
 /// The instance of the demo cluster.
 pub const DEMO_INSTANCE: &str = "inst1.example.com";
 
 /// Writes the demo cluster into `dir` (disks of `size` bytes each) and returns the config path.
-pub fn build_cluster(dir: &Path, size: u64) -> Result<PathBuf, String> {
+/// `addresses` is empty, or one agent address (`host:port`) per node: node1, node2, node3.
+pub fn build_cluster(dir: &Path, size: u64, addresses: &[String]) -> Result<PathBuf, String> {
+    if !addresses.is_empty() && addresses.len() != 3 {
+        return Err(format!(
+            "the demo cluster has 3 nodes, got {} addresses",
+            addresses.len()
+        ));
+    }
     let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
     let disks = dir.join("vc/node1/disks");
@@ -50,6 +104,9 @@ pub fn build_cluster(dir: &Path, size: u64) -> Result<PathBuf, String> {
         text.push_str(&format!(
             "\n[[nodes]]\nname = \"node{i}.example.com\"\nuuid = \"d3e0a000-0000-4000-8000-00000000000{i}\"\nroot = \"vc/node{i}\"\n"
         ));
+        if let Some(a) = addresses.get(i - 1) {
+            text.push_str(&format!("address = \"{a}\"\n"));
+        }
     }
     text.push_str(&format!(
         r#"
@@ -109,28 +166,52 @@ pub fn run(dir: &Path, size: u64, fb: &dyn Feedback, say: &dyn Fn(&str)) -> Resu
         dir.display(),
         size >> 20
     ));
-    let cfg = build_cluster(dir, size)?;
-    let cluster = Cluster::load(&cfg).map_err(|e| e.to_string())?;
+    let cfg = build_cluster(dir, size, &[])?;
+    run_built(&cfg, &DemoOps::local(), fb, say)?;
+    say(&done_line(&cfg));
+    Ok(())
+}
+
+/// The demo's last line: where the cluster is and what to try.
+pub fn done_line(cfg: &Path) -> String {
+    format!(
+        "demo: done; the cluster is in {} (try: diskstream list --cluster {})",
+        crate::fsutil::parent_dir(cfg).display(),
+        cfg.display()
+    )
+}
+
+/// Runs the demo on the cluster [`build_cluster`] wrote at `cfg`, reaching the nodes with `ops`.
+pub fn run_built(cfg: &Path, ops: &DemoOps<'_>, fb: &dyn Feedback, say: &dyn Fn(&str)) -> Result<(), String> {
+    let cluster = Cluster::load(cfg).map_err(|e| e.to_string())?;
     let inst = cluster.instance(DEMO_INSTANCE).expect("demo instance").clone();
     let drv = driver::driver_for(&cluster, &inst);
     drv.start().map_err(|e| e.to_string())?;
     say(&format!(
         "demo: instance {DEMO_INSTANCE} is running (a process on node1)"
     ));
-    let result = run_steps(&cfg, &cluster, fb, say);
+    let result = run_steps(cfg, &cluster, ops, fb, say);
     say(&format!("demo: stopping instance {DEMO_INSTANCE}"));
     let stopped = drv.stop(Duration::from_secs(10));
     result?;
     stopped.map_err(|e| e.to_string())?;
-    say(&format!(
-        "demo: done; the cluster is in {} (try: diskstream list --cluster {})",
-        dir.display(),
-        cfg.display()
-    ));
     Ok(())
 }
 
-fn run_steps(cfg: &Path, cluster: &Cluster, fb: &dyn Feedback, say: &dyn Fn(&str)) -> Result<(), String> {
+fn run_steps(
+    cfg: &Path,
+    cluster: &Cluster,
+    ops: &DemoOps<'_>,
+    fb: &dyn Feedback,
+    say: &dyn Fn(&str),
+) -> Result<(), String> {
+    let stopped = || -> Result<(), String> {
+        if ops.stop.load(Ordering::SeqCst) {
+            Err("interrupted: stopped between the demo's steps".into())
+        } else {
+            Ok(())
+        }
+    };
     let inst = cluster.instance(DEMO_INSTANCE).expect("demo instance");
     let disk_dir = cluster.disk_path(&inst.disks[0]);
     let reflink = snapshot::reflink_probe(crate::fsutil::parent_dir(&disk_dir)).unwrap_or(false);
@@ -145,6 +226,7 @@ fn run_steps(cfg: &Path, cluster: &Cluster, fb: &dyn Feedback, say: &dyn Fn(&str
     }
     let flag = if long_sleep { " --long-sleep" } else { "" };
     let export = |target: &str| -> Result<ExportResult, String> {
+        stopped()?;
         say(&format!(
             "\n$ diskstream export -n {target}{flag} --cluster {} {DEMO_INSTANCE}",
             cfg.display()
@@ -155,9 +237,10 @@ fn run_steps(cfg: &Path, cluster: &Cluster, fb: &dyn Feedback, say: &dyn Fn(&str
         let mut lu = ExportLu::new(op);
         let opts = backup::RunOptions {
             lock_timeout: Duration::from_secs(60),
-            ..backup::RunOptions::new("diskstream demo")
+            stop: Arc::clone(&ops.stop),
+            ..RunOptions::new("diskstream demo")
         };
-        let r = backup::run_on_cluster(cfg, &mut lu, fb, &opts)
+        let r = (ops.export)(cfg, &mut lu, fb, &opts)
             .map_err(|e: OpError| e.ganeti_report())?
             .expect("not a dry run");
         say(&format!(
@@ -169,9 +252,10 @@ fn run_steps(cfg: &Path, cluster: &Cluster, fb: &dyn Feedback, say: &dyn Fn(&str
         Ok(r)
     };
     let list = |say: &dyn Fn(&str)| -> Result<(), String> {
+        stopped()?;
         say(&format!("\n$ diskstream list --cluster {}", cfg.display()));
         let c = Cluster::load(cfg).map_err(|e| e.to_string())?;
-        let rows = backup::list(&c, &[]).map_err(|e| e.ganeti_report())?;
+        let rows = (ops.list)(&c).map_err(|e| e.ganeti_report())?;
         say(backup::format_table(&rows, true, None).trim_end());
         Ok(())
     };
@@ -179,6 +263,7 @@ fn run_steps(cfg: &Path, cluster: &Cluster, fb: &dyn Feedback, say: &dyn Fn(&str
     list(say)?;
     say("\ndemo: verifying every dump against its manifest (SHA-256 of every chunk)");
     for d in &r.disks {
+        stopped()?;
         let dump = r.export_dir.join(&d.dump);
         let progress = Default::default();
         let rep = ops::verify(&dump, &VerifyOptions::default(), &progress).map_err(|e| e.to_string())?;

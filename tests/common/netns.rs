@@ -13,18 +13,7 @@ use super::*;
 pub const DS: &str = env!("CARGO_BIN_EXE_diskstream");
 pub const PORT: u16 = 1811;
 
-pub fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
+pub use diskstream_agent::netns::ip;
 
 /// Three namespaces: `m` (10.79.S.1 on a bridge), `p` (.2) and `t` (.3) on veths into it.
 pub struct Net {
