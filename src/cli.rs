@@ -364,6 +364,7 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
                 tuning,
                 format,
                 compress: compress == "lz4",
+                adaptive: false,
                 checksum,
                 force,
                 zero_policy: tune.zero_target,

@@ -55,7 +55,9 @@ pub struct ExportArgs {
     /// Allow the instance to stay down for the whole transfer if its disks cannot be snapshotted.
     #[arg(long)]
     long_sleep: bool,
-    /// Transport compression tool: none, or one of the cluster's compression_tools.
+    /// Transport compression: none; auto (lz4 on the wire only while it makes the transfer
+    /// faster, measured as it goes); or one of the cluster's compression_tools (lz4 on the wire
+    /// for every chunk lz4 makes smaller).
     #[arg(long, default_value = "none")]
     transport_compression: String,
     /// Disks transferred at the same time.

@@ -264,6 +264,7 @@ fn probe_in_namespace() {
         pages: Default::default(),
         checksum: Default::default(),
         lz4: false,
+        lz4_auto: false,
         bwlimit: None,
     };
     refused(n3, Call::OpenReceive { req: req.clone() }, "a path as dump name");

@@ -75,6 +75,9 @@ pub struct Pools {
     pub input: BufPool,
     /// lz4 output buffers (sized for the worst case), if compressing.
     pub output: Option<BufPool>,
+    /// With `output`: whether the workers compress the next chunk (`None`: always). A sink that
+    /// adapts (`--transport-compression auto`) switches it as the transfer goes.
+    pub gate: Option<Arc<AtomicBool>>,
 }
 
 impl Pools {
@@ -86,12 +89,26 @@ impl Pools {
         let pools = Self {
             input: BufPool::with_pages(chunk_size as usize, count, pages),
             output: compress.then(|| BufPool::with_pages(out_size, count, pages)),
+            gate: None,
         };
         pools.input.fill();
         if let Some(out) = &pools.output {
             out.fill();
         }
         pools
+    }
+
+    /// Compresses only while `gate` is set (see [`crate::sink::adapt`]).
+    pub fn with_gate(mut self, gate: Option<Arc<AtomicBool>>) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// The lz4 output buffers to compress the next chunk into, if it is to be compressed.
+    fn lz4_output(&self) -> Option<&BufPool> {
+        self.output
+            .as_ref()
+            .filter(|_| self.gate.as_ref().is_none_or(|g| g.load(Ordering::Relaxed)))
     }
 }
 
@@ -187,7 +204,7 @@ fn process(chunk: ReadChunk, zeros: &ZeroDigests, pools: &Pools, table: &mut Com
     let Some(buf) = buf else {
         return zero(all_zero_map(len, block));
     };
-    let mut out = pools.output.as_ref().map(BufPool::get);
+    let mut out = pools.lz4_output().map(BufPool::get);
     let data = &buf.as_slice()[..len as usize];
     let w = kernel(
         data,

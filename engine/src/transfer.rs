@@ -39,11 +39,13 @@ impl<'a> Transfer<'a> {
         let info = source.info();
         let needs = sink.needs();
         let pacer = self.tuning.pacer();
+        let gate = sink.lz4_gate();
         let spec = RunSpec {
             tuning: self.tuning,
             needs,
             progress: self.progress,
             pace: pacer.as_ref(),
+            lz4_gate: gate.as_ref(),
         };
         let mut zeros = ZeroCount::default();
         let mut reorder = Reorder::new(0);

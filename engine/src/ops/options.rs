@@ -19,6 +19,9 @@ pub struct CreateOptions {
     pub format: Format,
     /// lz4-compress data chunks (dsimg only; a raw copy is never compressed).
     pub compress: bool,
+    /// With `compress`, on a stream ([`super::send`]): compress only while it makes the stream
+    /// faster (`--transport-compression auto`, [`crate::sink::adapt`]).
+    pub adaptive: bool,
     /// Chunk digest algorithm recorded in the image and manifest.
     pub checksum: Checksum,
     /// Replace an existing output file (and manifest).
@@ -37,6 +40,7 @@ impl Default for CreateOptions {
             tuning: Tuning::default(),
             format: Format::Raw,
             compress: true,
+            adaptive: false,
             checksum: Checksum::default(),
             force: false,
             zero_policy: ZeroPolicy::Write,

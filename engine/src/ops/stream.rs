@@ -45,7 +45,12 @@ pub fn send<W: Write + Send>(
         format: Some(Format::Dsimg),
         ..ReportHead::new("send")
     };
-    let sink = StreamSink::new(out, header, name.to_owned(), o.compress)?;
+    let mut sink = StreamSink::new(out, header, name.to_owned(), o.compress)?;
+    if o.adaptive {
+        // Chunks worked on ahead of the sink: the read ring's depth, the workers and the pools'
+        // spare buffers (`Pools::new`).
+        sink = sink.adaptive(info.chunk_size, t.queue_depth + t.threads as u32 + 2);
+    }
     Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
 }
 

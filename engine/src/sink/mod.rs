@@ -10,9 +10,11 @@
 //! - [`manifest`]: the manifest written beside an image and the commit of the pair.
 //! - [`verify`]: checks every chunk against a manifest and that none is missing, then hands it on
 //!   (to [`null::NullSink`] for `verify`, to a raw sink for `restore`).
-//! - [`stream`]: the `dsimg` frame stream onto any `Write` (a socket to another node).
+//! - [`stream`]: the `dsimg` frame stream onto any `Write` (a socket to another node);
+//!   [`adapt`] turns its lz4 on and off by the rate it measures (`auto`).
 //! - [`null`]: keeps nothing; counts what would be stored and the whole-image digest (`scan`).
 
+pub mod adapt;
 pub mod direct_write;
 pub mod image;
 pub mod manifest;
@@ -102,6 +104,12 @@ pub trait Sink {
 
     /// Completes and commits the output.
     fn finish(self: Box<Self>) -> Result<SinkStats>;
+
+    /// With [`SinkNeeds::lz4`]: a flag the sink switches to say whether the next chunks are to
+    /// be compressed ([`adapt`]); `None` (the default): every chunk is.
+    fn lz4_gate(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+        None
+    }
 }
 
 /// What to do with zero chunks on a block device target (a file target always gets holes).

@@ -2,10 +2,15 @@
 //! chunks in disk order through the streaming encoder ([`ImageWriter`]), lz4 payloads as the
 //! workers made them; [`Sink::finish`] writes the index and trailer and flushes. Nothing is
 //! committed here: the reader at the other end checks the stream and commits what it writes.
+//! With [`StreamSink::adaptive`] lz4 is used only while it makes the stream faster ([`Adapt`]).
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
 
+use super::adapt::Adapt;
 use super::{Order, Sink, SinkNeeds, SinkStats};
 use crate::error::{Error, Result};
 use crate::format::writer::ImageWriter;
@@ -18,6 +23,9 @@ pub struct StreamSink<W: Write + Send> {
     name: PathBuf,
     lz4: bool,
     stored: u64,
+    adapt: Option<Adapt>,
+    /// Disk bytes delivered so far.
+    done: u64,
 }
 
 impl<W: Write + Send> StreamSink<W> {
@@ -30,7 +38,17 @@ impl<W: Write + Send> StreamSink<W> {
             name,
             lz4,
             stored: 0,
+            adapt: None,
+            done: 0,
         })
+    }
+
+    /// Compresses only while that makes the stream faster (`--transport-compression auto`):
+    /// chunks of `chunk_size`, up to `in_flight` of them worked on ahead of this sink. No effect
+    /// without lz4.
+    pub fn adaptive(mut self, chunk_size: u32, in_flight: u32) -> Self {
+        self.adapt = self.lz4.then(|| Adapt::for_chunks(chunk_size, in_flight));
+        self
     }
 }
 
@@ -47,7 +65,15 @@ impl<W: Write + Send> Sink for StreamSink<W> {
     fn put(&mut self, p: Processed) -> Result<()> {
         self.stored +=
             super::push_frame(&mut self.writer, &p).map_err(|(at, e)| Error::io("send", &self.name, at, e))?;
+        self.done += u64::from(p.len);
+        if let Some(a) = &mut self.adapt {
+            a.delivered(self.done, Instant::now());
+        }
         Ok(())
+    }
+
+    fn lz4_gate(&self) -> Option<Arc<AtomicBool>> {
+        self.adapt.as_ref().map(Adapt::gate)
     }
 
     fn finish(self: Box<Self>) -> Result<SinkStats> {

@@ -73,7 +73,8 @@ impl Source for DiskSource {
             t.threads,
             spec.needs.lz4,
             t.pages,
-        );
+        )
+        .with_gate(spec.lz4_gate.cloned());
         let mut warnings: Vec<String> = self.disk.warning().map(str::to_owned).into_iter().chain(note).collect();
         let pages = pools.input.pages_name();
         if t.pages == Pages::Hugetlb && !pools.input.hugetlb() {

@@ -80,6 +80,8 @@ pub struct RunSpec<'a> {
     /// (a disk: before each read starts; a frame stream: before each data chunk is handed on), so
     /// the rate holds however deep the pools are.
     pub pace: Option<&'a std::sync::Arc<crate::pace::Pacer>>,
+    /// The sink's [`crate::sink::Sink::lz4_gate`]: compress a chunk only while it is set.
+    pub lz4_gate: Option<&'a std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// A source of chunks: a disk read through the ring, a dsimg frame stream, and (later) a byte

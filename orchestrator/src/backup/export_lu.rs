@@ -132,7 +132,8 @@ impl LogicalUnit for ExportLu {
             ));
         }
         let tools = &c.info().compression_tools;
-        if self.op.compress != "none" && !tools.contains(&self.op.compress) {
+        let ours = ["none", super::AUTO_COMPRESSION];
+        if !ours.contains(&self.op.compress.as_str()) && !tools.contains(&self.op.compress) {
             return Err(inval(format!(
                 "Compression tool not allowed, tools allowed are [{}]",
                 tools.join(", ")

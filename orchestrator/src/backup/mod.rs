@@ -50,6 +50,11 @@ pub enum ExportMode {
     Remote,
 }
 
+/// `--transport-compression auto`: lz4 on the wire only while it makes the transfer faster (the
+/// sender measures the rate with and without and keeps the faster; ours, not a Ganeti tool name,
+/// so always allowed).
+pub const AUTO_COMPRESSION: &str = "auto";
+
 /// The fields of `OpBackupExport` (with Ganeti's defaults) plus diskstream's own knobs.
 #[derive(Debug, Clone)]
 pub struct ExportOp {
@@ -71,7 +76,8 @@ pub struct ExportOp {
     pub ignore_remove_failures: bool,
     /// Allow the instance to stay down for the whole transfer when snapshots are impossible.
     pub long_sleep: bool,
-    /// Transport compression tool (`none` or one of the cluster's `compression_tools`).
+    /// Transport compression: `none`, [`AUTO_COMPRESSION`], or one of the cluster's
+    /// `compression_tools` (then lz4 on the wire; the dumps are raw whatever travels).
     pub compress: String,
     /// Local or remote.
     pub mode: ExportMode,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use diskstream_engine::ops::Report;
 
+use super::AUTO_COMPRESSION;
 use crate::cluster::{Instance, Node};
 use crate::error::OpError;
 use crate::export::config_ini::{export_config, ExportedDisk};
@@ -337,6 +338,7 @@ fn send_one(x: &Exec<'_>, job: &DiskJob, bwlimit: Option<u64>) {
         checksum: x.op.checksum,
         bwlimit,
         lz4: x.op.compress != "none",
+        lz4_auto: x.op.compress == AUTO_COMPRESSION,
     };
     let r = x.nodes().send_disk(&req, &job.progress);
     job.finished.store(true, Ordering::Release);

@@ -141,6 +141,7 @@ impl LocalNodeOps<'_> {
         let o = CreateOptions {
             format: Format::Dsimg,
             compress: req.lz4,
+            adaptive: req.lz4_auto,
             ..self.dump_options(req)
         };
         ops::send(&source, out, name, &o, &progress.done).map_err(TransferError::Engine)

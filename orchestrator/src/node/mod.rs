@@ -80,6 +80,10 @@ pub struct SendDisk {
     /// what lands on the target is the same raw dump either way.
     #[serde(default)]
     pub lz4: bool,
+    /// With `lz4`: only while compressing makes the stream faster (`--transport-compression
+    /// auto`; the sender measures both and keeps the faster).
+    #[serde(default)]
+    pub lz4_auto: bool,
 }
 
 /// How far a disk transfer is, updated by the node while it runs.

@@ -1,0 +1,201 @@
+//! [`Adapt`]: lz4 on a stream only where it makes the transfer faster (`--transport-compression
+//! auto`). The sink that writes the stream measures the disk bytes per second it delivers with
+//! compression on and off, keeps the faster, and probes the other again now and then.
+//!
+//! Whether lz4 pays depends on what limits the transfer, which no setting knows in advance: on a
+//! slow link (1 Gbit/s) every byte lz4 saves is time saved; on a fast link, or where the CPUs are
+//! shared with the other end, compressing costs more time than the bytes it saves. The switch is
+//! one flag the workers read per chunk ([`crate::pipeline::Pools::with_gate`]); a chunk in flight
+//! when it changes still goes as it was worked on (every frame says what it carries), so the
+//! stream is valid whatever the flag did.
+//!
+//! Schedule, in disk bytes delivered: each probe first lets the chunks already worked on under
+//! the previous setting drain (`settle`), then measures `window` bytes. Both settings are probed
+//! at the start (lz4 first); the faster then runs for `keep` bytes before both are probed again.
+//! lz4 must beat no compression by `MARGIN` to be chosen: on a tie the cheaper setting wins.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// lz4 is kept only when at least this much faster than no compression.
+const MARGIN: f64 = 1.05;
+
+/// Where the schedule is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Phase {
+    /// Draining chunks worked on before the switch to `lz4`, until `until` bytes.
+    Settle { lz4: bool, until: u64 },
+    /// Measuring `lz4` from `from` bytes at `t0` until `from + window`.
+    Measure { lz4: bool, from: u64, t0: Instant },
+    /// Running the chosen setting until `until` bytes.
+    Keep { until: u64 },
+}
+
+/// The controller of one stream.
+#[derive(Debug)]
+pub struct Adapt {
+    gate: Arc<AtomicBool>,
+    settle: u64,
+    window: u64,
+    keep: u64,
+    phase: Phase,
+    /// Rates measured in the current round (disk bytes per second): lz4, none.
+    rates: [Option<f64>; 2],
+    /// Times the choice was made, and how often lz4 won.
+    pub rounds: u32,
+    /// Rounds lz4 won.
+    pub lz4_won: u32,
+}
+
+impl Adapt {
+    /// A controller with its schedule in bytes: `settle` (at least the bytes the pipeline holds
+    /// in flight), `window`, `keep`. Starts with lz4 on.
+    pub fn new(settle: u64, window: u64, keep: u64) -> Self {
+        Self {
+            gate: Arc::new(AtomicBool::new(true)),
+            settle,
+            window,
+            keep,
+            phase: Phase::Settle { lz4: true, until: settle },
+            rates: [None, None],
+            rounds: 0,
+            lz4_won: 0,
+        }
+    }
+
+    /// The schedule for chunks of `chunk_size` bytes with up to `in_flight` chunks worked on
+    /// ahead of the sink: settle past them, measure 64 chunks, keep the choice for 512.
+    pub fn for_chunks(chunk_size: u32, in_flight: u32) -> Self {
+        let c = u64::from(chunk_size);
+        Self::new(c * u64::from(in_flight + 4), c * 64, c * 512)
+    }
+
+    /// The flag the workers read.
+    pub fn gate(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.gate)
+    }
+
+    /// Whether lz4 is on now.
+    pub fn lz4(&self) -> bool {
+        self.gate.load(Ordering::Relaxed)
+    }
+
+    /// Called after each chunk is delivered, with the disk bytes delivered so far.
+    pub fn delivered(&mut self, done: u64, now: Instant) {
+        match self.phase {
+            Phase::Settle { lz4, until } if done >= until => {
+                self.phase = Phase::Measure { lz4, from: done, t0: now };
+            }
+            Phase::Measure { lz4, from, t0 } if done >= from + self.window => {
+                let secs = now.duration_since(t0).as_secs_f64().max(1e-9);
+                self.rates[usize::from(!lz4)] = Some((done - from) as f64 / secs);
+                match self.rates {
+                    [Some(with), Some(without)] => {
+                        let pick = with > without * MARGIN;
+                        self.rounds += 1;
+                        self.lz4_won += u32::from(pick);
+                        self.rates = [None, None];
+                        self.set(pick);
+                        self.phase = Phase::Keep { until: done + self.keep };
+                    }
+                    _ => self.switch_to(!lz4, done),
+                }
+            }
+            Phase::Keep { until } if done >= until => {
+                // A new round: probe the other setting first, then the current one.
+                self.switch_to(!self.lz4(), done);
+            }
+            _ => {}
+        }
+    }
+
+    fn set(&self, lz4: bool) {
+        self.gate.store(lz4, Ordering::Relaxed);
+    }
+
+    fn switch_to(&mut self, lz4: bool, done: u64) {
+        self.set(lz4);
+        self.phase = Phase::Settle {
+            lz4,
+            until: done + self.settle,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A simulated transfer: time and bytes go on across calls of [`Sim::drive`].
+    struct Sim {
+        now: Instant,
+        done: u64,
+    }
+
+    impl Sim {
+        fn new() -> Self {
+            Self {
+                now: Instant::now(),
+                done: 0,
+            }
+        }
+
+        /// Drives `a` over `bytes` more bytes where a byte takes `cost(lz4)` nanoseconds;
+        /// returns the bytes delivered with lz4 on.
+        fn drive(&mut self, a: &mut Adapt, bytes: u64, cost: impl Fn(bool) -> u64) -> u64 {
+            let mut with_lz4 = 0;
+            for _ in 0..bytes {
+                let on = a.lz4();
+                self.now += Duration::from_nanos(cost(on));
+                self.done += 1;
+                with_lz4 += u64::from(on);
+                a.delivered(self.done, self.now);
+            }
+            with_lz4
+        }
+    }
+
+    #[test]
+    fn a_slow_link_keeps_lz4() {
+        let mut a = Adapt::new(10, 50, 500);
+        // lz4 halves the time per disk byte (a link-bound transfer).
+        let on = Sim::new().drive(&mut a, 10_000, |lz4| if lz4 { 5 } else { 10 });
+        assert!(a.rounds >= 10, "rounds {}", a.rounds);
+        assert_eq!(a.lz4_won, a.rounds);
+        assert!(on > 8_000, "lz4 on for {on} of 10000");
+        assert!(a.lz4());
+    }
+
+    #[test]
+    fn a_cpu_bound_transfer_turns_lz4_off() {
+        let mut a = Adapt::new(10, 50, 500);
+        // lz4 costs 60 % more time per byte (CPU-bound).
+        let on = Sim::new().drive(&mut a, 10_000, |lz4| if lz4 { 16 } else { 10 });
+        assert!(a.rounds >= 10);
+        assert_eq!(a.lz4_won, 0);
+        assert!(on < 1_500, "lz4 on for {on} of 10000");
+        assert!(!a.lz4());
+    }
+
+    #[test]
+    fn a_tie_prefers_no_compression_and_a_change_is_followed() {
+        let mut a = Adapt::new(10, 50, 500);
+        let mut sim = Sim::new();
+        sim.drive(&mut a, 2_000, |_| 10);
+        assert_eq!(a.lz4_won, 0, "a tie goes to the cheaper setting");
+        // The link slows down (another transfer started): lz4 now pays and is found.
+        let won = a.lz4_won;
+        sim.drive(&mut a, 3_000, |lz4| if lz4 { 4 } else { 10 });
+        assert!(a.lz4_won > won);
+    }
+
+    #[test]
+    fn the_schedule_for_chunks_settles_past_the_chunks_in_flight() {
+        let a = Adapt::for_chunks(1 << 20, 36);
+        assert_eq!(a.settle, 40 << 20);
+        assert_eq!(a.window, 64 << 20);
+        assert!(a.lz4(), "starts with lz4");
+    }
+}
