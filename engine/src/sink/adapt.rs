@@ -57,7 +57,10 @@ impl Adapt {
             settle,
             window,
             keep,
-            phase: Phase::Settle { lz4: true, until: settle },
+            phase: Phase::Settle {
+                lz4: true,
+                until: settle,
+            },
             rates: [None, None],
             rounds: 0,
             lz4_won: 0,
@@ -85,7 +88,11 @@ impl Adapt {
     pub fn delivered(&mut self, done: u64, now: Instant) {
         match self.phase {
             Phase::Settle { lz4, until } if done >= until => {
-                self.phase = Phase::Measure { lz4, from: done, t0: now };
+                self.phase = Phase::Measure {
+                    lz4,
+                    from: done,
+                    t0: now,
+                };
             }
             Phase::Measure { lz4, from, t0 } if done >= from + self.window => {
                 let secs = now.duration_since(t0).as_secs_f64().max(1e-9);
@@ -97,7 +104,9 @@ impl Adapt {
                         self.lz4_won += u32::from(pick);
                         self.rates = [None, None];
                         self.set(pick);
-                        self.phase = Phase::Keep { until: done + self.keep };
+                        self.phase = Phase::Keep {
+                            until: done + self.keep,
+                        };
                     }
                     _ => self.switch_to(!lz4, done),
                 }
