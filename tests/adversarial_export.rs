@@ -45,22 +45,6 @@ fn inst(name: &str, state: &'static str, disks: Vec<DiskSpec>, process: Option<V
     }
 }
 
-/// Writes an executable hook script `<root>/etc/ganeti/hooks/<phase dir>/<name>`.
-fn hook(root: &Path, phase_dir: &str, name: &str, body: &str) {
-    let d = root.join("etc/ganeti/hooks").join(phase_dir);
-    fs::create_dir_all(&d).unwrap();
-    let p = d.join(name);
-    fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// Adds `lines` to the `[cluster]` table of a config written by `write_cluster`.
-fn add_cluster_keys(cfg: &Path, lines: &str) {
-    let t = fs::read_to_string(cfg).unwrap();
-    let t = t.replacen("\n\n[[nodes]]", &format!("\n{lines}\n\n[[nodes]]"), 1);
-    fs::write(cfg, t).unwrap();
-}
-
 /// Replaces `from` by `to` in a config file (asserting it was there).
 fn edit(cfg: &Path, from: &str, to: &str) {
     let t = fs::read_to_string(cfg).unwrap();

@@ -530,3 +530,36 @@ fn killed_master_and_killed_agents_leave_nothing() {
     assert!(!staging.exists(), "staging left behind");
     assert!(snapshot_of(&export_dir(&node3).join("inst1.example.com")) == before);
 }
+
+/// A hook that runs long on an agent's node is reported while the master waits for it (the
+/// master says so every `hooks_report_interval`, as the local path does per script).
+#[test]
+fn a_long_hook_on_an_agent_is_reported_while_the_master_waits() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("h", 48).expect("namespaces");
+    let (cfg, _local, _disks) = cluster(dir.path(), &net);
+    add_cluster_keys(&cfg, "hooks_report_interval = 0.5");
+    let roots = node_roots(dir.path(), 3);
+    hook(&roots[1], "instance-export-pre.d", "20-slow", "sleep 2");
+    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    net.start_agent(&cfg, 2, &dir.path().join("agent2.log"));
+    net.start_agent(&cfg, 3, &dir.path().join("agent3.log"));
+    let out = net.master(&[
+        "export",
+        "--cluster",
+        s(&cfg),
+        "-n",
+        "node3.example.com",
+        "inst1.example.com",
+        "--long-sleep",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("Hooks instance-export-pre.d on node2.example.com still running after"),
+        "the wait for node2's hooks is not reported: {t}"
+    );
+}

@@ -303,9 +303,37 @@ impl NodeOps for AgentNodes<'_> {
             phase,
             env: env.clone(),
         };
-        self.ask(node, call, None).unwrap_or_else(|e| {
+        let dir = format!("{hpath}-{phase:?}.d").to_lowercase();
+        // The agent runs the scripts; while it does, the master says every report interval that
+        // they still run, as the local path does per script.
+        let every = self.cluster.hooks_report_interval();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let asked = std::thread::scope(|sc| {
+            sc.spawn(move || {
+                let _ = tx.send(self.ask::<Vec<HookResult>>(node, call, None));
+            });
+            let mut waited = Duration::ZERO;
+            loop {
+                match rx.recv_timeout(every) {
+                    Ok(r) => break r,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        waited += every;
+                        report(format!(
+                            "Hooks {dir} on {node} still running after {} s",
+                            waited.as_secs()
+                        ));
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                        break Err(NodeError::Failed(format!(
+                            "the call running {dir} on {node} ended without an answer"
+                        )))
+                    }
+                }
+            }
+        });
+        asked.unwrap_or_else(|e| {
             vec![HookResult {
-                script: format!("{hpath}-{phase:?}.d").to_lowercase(),
+                script: dir,
                 status: HookStatus::Fail,
                 output: e.to_string(),
             }]

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -566,4 +566,20 @@ pub fn handlers_installed(pid: u32) -> bool {
         .find_map(|l| l.strip_prefix("SigCgt:"))
         .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
         .is_some_and(|m| m & (1 << 1) != 0 && m & (1 << 14) != 0)
+}
+
+/// Writes an executable hook script `<root>/etc/ganeti/hooks/<phase dir>/<name>`.
+pub fn hook(root: &Path, phase_dir: &str, name: &str, body: &str) {
+    let d = root.join("etc/ganeti/hooks").join(phase_dir);
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Adds `lines` to the `[cluster]` table of a config written by `write_cluster`.
+pub fn add_cluster_keys(cfg: &Path, lines: &str) {
+    let t = std::fs::read_to_string(cfg).unwrap();
+    let t = t.replacen("\n\n[[nodes]]", &format!("\n{lines}\n\n[[nodes]]"), 1);
+    std::fs::write(cfg, t).unwrap();
 }

@@ -418,6 +418,25 @@ fn compression_tools() {
     assert!(f.calls().is_empty());
 }
 
+/// Ours: a tool of the cluster's list puts lz4 on the wire, `auto` (never in Ganeti's list, always
+/// allowed) lz4 only while it is faster, `none` nothing.
+#[test]
+fn transport_compression_reaches_the_send() {
+    for (compress, wire) in [("lzop", " lz4"), ("auto", " lz4 auto"), ("none", "")] {
+        let f = Fixture::with_tools("down", false, "\"gzip\", \"lzop\"");
+        f.export(ExportOp {
+            compress: compress.into(),
+            ..op()
+        })
+        .unwrap();
+        let sends: Vec<String> = f.calls().into_iter().filter(|c| c.starts_with("send_disk")).collect();
+        assert!(!sends.is_empty(), "{compress}: no send");
+        for s in &sends {
+            assert!(s.ends_with(&format!("from disk{wire}")), "{compress}: {s}");
+        }
+    }
+}
+
 /// testLiveLongSleep.
 #[test]
 fn live_export_with_long_sleep_is_refused() {

@@ -303,8 +303,13 @@ impl NodeOps for FakeNodes {
             DiskSource::Snapshot(s) => s.name.clone(),
         };
         let limit = req.bwlimit.map(|r| format!(" bwlimit {r}")).unwrap_or_default();
+        let wire = match (req.lz4, req.lz4_auto) {
+            (false, _) => "",
+            (true, false) => " lz4",
+            (true, true) => " lz4 auto",
+        };
         self.record(format!(
-            "send_disk {}->{} {} disk/{} from {from}{limit}",
+            "send_disk {}->{} {} disk/{} from {from}{limit}{wire}",
             req.source_node, req.target_node, req.instance, req.disk
         ));
         if !self
