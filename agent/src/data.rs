@@ -202,7 +202,7 @@ impl Receiver {
         if !constant_eq(&hello, &data_hello(&self.token)) {
             return Err("the stream does not start with this transfer's token".into());
         }
-        set_timeouts(&s.sock, t.inactivity).map_err(|e| e.to_string())?;
+        set_timeouts(s.sock.tcp(), t.inactivity).map_err(|e| e.to_string())?;
         Ok(s)
     }
 }
@@ -224,7 +224,10 @@ fn receive(local: &LocalNodeOps<'_>, mut s: tls::ServerStream, req: &SendDisk, w
             idle: t.inactivity,
             flip: None,
         };
-        match local.receive_disk(req, stream, Path::new(&name), &progress) {
+        let t0 = Instant::now();
+        let received = local.receive_disk(req, stream, Path::new(&name), &progress);
+        tracing::debug!(stream = %what, ok = received.is_ok(), elapsed_s = t0.elapsed().as_secs_f64(), "stream received and committed");
+        match received {
             Ok(r) => Reply {
                 ok: serde_json::to_value(WireReport::from(&r)).ok(),
                 err: None,
@@ -267,7 +270,7 @@ pub fn send(
         .ok_or_else(|| failed(format!("{host} has no address")))?;
     let tcp = TcpStream::connect_timeout(&addr, t.connect).map_err(|e| failed(format!("connect for {to}: {e}")))?;
     let mut s = tls::connect(cfg, tcp, &req.target_node, t.connect).map_err(|e| failed(format!("{to}: {e}")))?;
-    set_timeouts(&s.sock, t.inactivity).map_err(|e| failed(format!("{to}: {e}")))?;
+    set_timeouts(s.sock.tcp(), t.inactivity).map_err(|e| failed(format!("{to}: {e}")))?;
     s.write_all(&data_hello(&opened.token))
         .map_err(|e| failed(format!("{to}: sending the token: {e}")))?;
     let name = format!("{}:{to}", req.source_node);
@@ -282,17 +285,18 @@ pub fn send(
         };
         local.send_disk_to(req, BufWriter::with_capacity(IO_BUF, out), Path::new(&name), progress)
     };
+    let sent_at = Instant::now();
     let sent = match sent {
         Ok(r) => r,
         Err(e) if !crate::abort::on_the_wire(&e, Path::new(&name)) => {
             // It failed here: the reset tells the target now (see abort).
-            crate::abort::reset(&s.sock);
+            crate::abort::reset(s.sock.tcp());
             return Err(e);
         }
         Err(e) => {
             // The target may have stopped reading because it refused the stream: its reason
             // is the better message.
-            let _ = s.sock.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.sock.tcp().set_read_timeout(Some(Duration::from_secs(2)));
             return Err(match read_ack(&mut s) {
                 Ok(Reply { err: Some(w), .. }) => {
                     failed(format!("node {} refused the stream: {}", req.target_node, w.msg))
@@ -306,6 +310,7 @@ pub fn send(
     s.conn.send_close_notify();
     s.flush().map_err(|e| failed(format!("{to}: ending the stream: {e}")))?;
     let reply = read_ack(&mut s).map_err(|e| failed(format!("{to}: {e}")))?;
+    tracing::debug!(stream = %to, waited_s = sent_at.elapsed().as_secs_f64(), "acknowledged by the target");
     match (reply.ok, reply.err) {
         (Some(v), None) => Ok(Sent {
             sent: WireReport::from(&sent),
