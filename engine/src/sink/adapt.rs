@@ -10,7 +10,8 @@
 //! stream is valid whatever the flag did.
 //!
 //! Schedule, in disk bytes delivered: each probe first lets the chunks already worked on under
-//! the previous setting drain (`settle`), then measures `window` bytes. Both settings are probed
+//! the previous setting drain, and the queues between the two ends refill (`settle`), then
+//! measures `window` bytes. Both settings are probed
 //! at the start (lz4 first); the faster then runs for `keep` bytes before both are probed again.
 //! lz4 must beat no compression by `MARGIN` to be chosen: on a tie the cheaper setting wins.
 
@@ -19,7 +20,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// lz4 is kept only when at least this much faster than no compression.
-const MARGIN: f64 = 1.05;
+const MARGIN: f64 = 1.10;
+
+/// Chunks to let pass after a switch besides the sender's own chunks in flight: what the
+/// connection and the receiving end hold (socket buffers, the receiver's pools and writes in
+/// flight), during which the rate the sink sees is the queues filling or draining, not the
+/// setting's.
+const DOWNSTREAM: u32 = 64;
 
 /// Where the schedule is.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -68,10 +75,11 @@ impl Adapt {
     }
 
     /// The schedule for chunks of `chunk_size` bytes with up to `in_flight` chunks worked on
-    /// ahead of the sink: settle past them, measure 64 chunks, keep the choice for 512.
+    /// ahead of the sink: settle past them and what is queued downstream, measure 128 chunks,
+    /// keep the choice for 1024.
     pub fn for_chunks(chunk_size: u32, in_flight: u32) -> Self {
         let c = u64::from(chunk_size);
-        Self::new(c * u64::from(in_flight + 4), c * 64, c * 512)
+        Self::new(c * u64::from(in_flight + DOWNSTREAM), c * 128, c * 1024)
     }
 
     /// The flag the workers read.
@@ -203,8 +211,8 @@ mod tests {
     #[test]
     fn the_schedule_for_chunks_settles_past_the_chunks_in_flight() {
         let a = Adapt::for_chunks(1 << 20, 36);
-        assert_eq!(a.settle, 40 << 20);
-        assert_eq!(a.window, 64 << 20);
+        assert_eq!(a.settle, 100 << 20);
+        assert_eq!(a.window, 128 << 20);
         assert!(a.lz4(), "starts with lz4");
     }
 }
