@@ -112,6 +112,22 @@ impl DemoGuard {
     }
 }
 
+/// The pid in an instance's pid file (`PID START`) if that process still runs and leads its
+/// own process group: the file may outlive the process, and with pids wrapping under a test
+/// suite's churn its pid may by now be another process's, a session leader's (a shell's), whose
+/// group a `kill -9 -PID` would take down. The start time (field 22 of `/proc/PID/stat`) tells.
+fn instance_still_running(pid_file: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(pid_file).ok()?;
+    let mut it = text.split_whitespace();
+    let pid: u32 = it.next()?.parse().ok()?;
+    let start: u64 = it.next()?.parse().ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    // After the command: state (3), ppid, pgrp (5), ..., starttime (22).
+    let (pgrp, st): (u32, u64) = (fields.get(2)?.parse().ok()?, fields.get(19)?.parse().ok()?);
+    (pid > 1 && st == start && pgrp == pid).then_some(pid)
+}
+
 impl Drop for DemoGuard {
     fn drop(&mut self) {
         if let Some(c) = &mut self.child {
@@ -122,10 +138,7 @@ impl Drop for DemoGuard {
             let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
         }
         let pid_file = self.dir.join("vc/node1/var/run/ganeti/instances/inst1.example.com.pid");
-        if let Some(p) = std::fs::read_to_string(pid_file)
-            .ok()
-            .and_then(|t| t.split_whitespace().next().map(str::to_string))
-        {
+        if let Some(p) = instance_still_running(&pid_file) {
             let _ = Command::new("kill").args(["-9", &format!("-{p}")]).status();
         }
         if let Some(pid) = self.pid {

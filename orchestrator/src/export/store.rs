@@ -157,8 +157,16 @@ impl Staging {
                     // Under a hidden removal name first, so that the staging name is free for
                     // the next export at once and an interrupted deletion is swept as a
                     // half-removed export (`sweep_leftovers`).
-                    let aside = unique_removal_path(&target)?;
-                    fs::rename(&self.dir, &aside)?;
+                    // The new export is in place: nothing here may fail the finalize; whatever
+                    // cannot go to the thread is deleted now, as with `Removal::Now`.
+                    let aside = unique_removal_path(&target)
+                        .ok()
+                        .filter(|aside| fs::rename(&self.dir, aside).is_ok());
+                    let Some(aside) = aside else {
+                        let _ = fsutil::remove_tree(&self.dir);
+                        fsutil::sync_dir(&self.export_dir)?;
+                        return Ok(target);
+                    };
                     let mine = aside.clone();
                     let spawned = std::thread::Builder::new()
                         .name("ds-remove-old".into())
