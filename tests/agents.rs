@@ -22,8 +22,7 @@ fn three_node_export_over_mutual_tls_equals_source_and_local_export() {
     let mut net = Net::new("e", 41).expect("namespaces");
     let (cfg, local, disks) = cluster(dir.path(), &net);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
-    net.start_agent(&cfg, 2, &dir.path().join("agent2.log"));
-    net.start_agent(&cfg, 3, &dir.path().join("agent3.log"));
+    net.start_agents(&cfg, dir.path(), &[]);
     let c = s(&cfg);
     for lz4 in ["lz4", "none"] {
         let out = net.master(&[
@@ -125,8 +124,7 @@ fn refusals_other_ca_non_master_bad_token_and_paths() {
     let dir = scratch();
     let mut net = Net::new("r", 42).expect("namespaces");
     let (cfg, _local, _disks) = cluster(dir.path(), &net);
-    net.start_agent(&cfg, 2, &dir.path().join("agent2.log"));
-    net.start_agent(&cfg, 3, &dir.path().join("agent3.log"));
+    net.start_agents(&cfg, dir.path(), &[]);
 
     // A master whose certificates come from another CA: the handshake fails.
     let evil = variant(&cfg, "evil.toml", "master = ", "pki = \"evil-pki\"\nmaster = ");
@@ -357,8 +355,7 @@ fn faults_corrupted_frame_and_cut_link_fail_cleanly() {
     let mut net = Net::new("f", 43).expect("namespaces");
     let (cfg, _local, _disks) = cluster(dir.path(), &net);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
-    net.start_agent(&cfg, 2, &dir.path().join("agent2.log"));
-    net.start_agent(&cfg, 3, &dir.path().join("agent3.log"));
+    net.start_agents(&cfg, dir.path(), &[]);
     let c = s(&cfg);
     let export = [
         "export",
@@ -435,8 +432,7 @@ fn killed_master_and_killed_agents_leave_nothing() {
     let (cfg, _local, _disks) = cluster(dir.path(), &net);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
     let lease = ["--staging-timeout", "3"];
-    net.start_agent_with(&cfg, 2, &dir.path().join("agent2.log"), &lease);
-    net.start_agent_with(&cfg, 3, &dir.path().join("agent3.log"), &lease);
+    net.start_agents(&cfg, dir.path(), &lease);
     let c = s(&cfg);
     let export = [
         "export",
@@ -545,8 +541,7 @@ fn a_long_hook_on_an_agent_is_reported_while_the_master_waits() {
     let roots = node_roots(dir.path(), 3);
     hook(&roots[1], "instance-export-pre.d", "20-slow", "sleep 2");
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
-    net.start_agent(&cfg, 2, &dir.path().join("agent2.log"));
-    net.start_agent(&cfg, 3, &dir.path().join("agent3.log"));
+    net.start_agents(&cfg, dir.path(), &[]);
     let out = net.master(&[
         "export",
         "--cluster",

@@ -44,8 +44,7 @@ fn target_file_system_full_fails_fast_and_cleanly() {
     let mut net = Net::new("s", 45).expect("namespaces");
     let (cfg, _local, disks) = cluster(dir.path(), &net);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
-    net.start_agent_with(&cfg, 2, &dir.path().join("agent2.log"), &LONG);
-    net.start_agent_with(&cfg, 3, &dir.path().join("agent3.log"), &LONG);
+    net.start_agents(&cfg, dir.path(), &LONG);
     let args = export_args(s(&cfg));
     let out = net.master(&args);
     assert!(out.status.success(), "the first export failed: {}", text(&out));
@@ -110,8 +109,7 @@ fn an_aborted_end_tells_its_peer_before_any_timeout() {
     let mut net = Net::new("a", 46).expect("namespaces");
     let (cfg, _local, _disks) = cluster(dir.path(), &net);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
-    net.start_agent_with(&cfg, 2, &dir.path().join("agent2.log"), &LONG);
-    net.start_agent_with(&cfg, 3, &dir.path().join("agent3.log"), &LONG);
+    net.start_agents(&cfg, dir.path(), &LONG);
     let args = export_args(s(&cfg));
     let out = net.master(&args);
     assert!(out.status.success(), "{}", text(&out));
@@ -213,8 +211,7 @@ fn a_source_read_error_ends_the_stream_at_once() {
         &format!("size = 160\ntemplate = \"file\"\npath = {:?}", s(&big)),
     );
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
-    net.start_agent_with(&cfg, 2, &dir.path().join("agent2.log"), &LONG);
-    net.start_agent_with(&cfg, 3, &dir.path().join("agent3.log"), &LONG);
+    net.start_agents(&cfg, dir.path(), &LONG);
     let args = export_args(s(&cfg));
     let out = net.master(&args);
     assert!(out.status.success(), "{}", text(&out));

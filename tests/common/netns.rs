@@ -64,6 +64,14 @@ impl Net {
         self.start_agent_with(cfg, node, log, &[]);
     }
 
+    /// Starts the agents of node2 and node3 with extra arguments, their output in
+    /// `dir/agent2.log` and `dir/agent3.log`.
+    pub fn start_agents(&mut self, cfg: &Path, dir: &Path, extra: &[&str]) {
+        for n in [2, 3] {
+            self.start_agent_with(cfg, n, &dir.join(format!("agent{n}.log")), extra);
+        }
+    }
+
     /// Starts node N's agent with extra arguments.
     pub fn start_agent_with(&mut self, cfg: &Path, node: u32, log: &Path, extra: &[&str]) {
         let ns = if node == 2 { self.p.clone() } else { self.t.clone() };

@@ -35,19 +35,9 @@ pub fn create(src: &Path, out: &Path, o: &CreateOptions, progress: &Progress) ->
     let head = output_head("create", out, manifest_path, o.format, &target);
     let manifest = ManifestOut::new(manifest_target, o.checksum, info.disk_size, info.chunk_size);
     let sink: Box<dyn Sink> = match o.format {
-        Format::Raw => Box::new(
-            RawSink::new(
-                target,
-                info.disk_size,
-                info.chunk_size,
-                t.write_backend(),
-                t.write_depth,
-                o.zero_policy,
-            )?
-            .with_manifest(manifest)
-            .with_stop(t.stop.clone())
-            .with_flush_every(t.flush_every()),
-        ),
+        Format::Raw => {
+            Box::new(RawSink::tuned(target, info.disk_size, info.chunk_size, t, o.zero_policy)?.with_manifest(manifest))
+        }
         Format::Dsimg => {
             let header = Header {
                 disk_size: info.disk_size,

@@ -22,16 +22,7 @@ use crate::transfer::Transfer;
 fn raw_sink(dest: &Path, size: u64, chunk_size: u32, o: &RestoreOptions) -> Result<RawSink> {
     let t = &o.tuning;
     let target = Target::create(dest, o.force, true)?;
-    Ok(RawSink::new(
-        target,
-        size,
-        chunk_size,
-        t.write_backend(),
-        t.write_depth,
-        o.zero_policy,
-    )?
-    .with_stop(t.stop.clone())
-    .with_flush_every(t.flush_every()))
+    RawSink::tuned(target, size, chunk_size, t, o.zero_policy)
 }
 
 /// Writes the disk held by `image` to `dest` (a file, created, or a block device), checking

@@ -84,15 +84,6 @@ pub fn receive<R: FrameStream>(
     let target = Target::create(out, true, true)?;
     let head = output_head("receive", out, manifest_path, Format::Raw, &target);
     let manifest = ManifestOut::new(manifest_target, info.checksum, info.disk_size, info.chunk_size);
-    let sink = RawSink::new(
-        target,
-        info.disk_size,
-        info.chunk_size,
-        t.write_backend(),
-        t.write_depth,
-        o.zero_policy,
-    )?
-    .with_manifest(manifest)
-    .with_stop(t.stop.clone());
+    let sink = RawSink::tuned(target, info.disk_size, info.chunk_size, t, o.zero_policy)?.with_manifest(manifest);
     Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
 }

@@ -164,6 +164,22 @@ impl RawSink {
         })
     }
 
+    /// [`RawSink::new`] with what an operation's [`crate::ops::Tuning`] says: the write backend
+    /// and depth, the stop flag, and (with `--bwlimit`) syncing as the output grows.
+    pub fn tuned(
+        target: Target,
+        size: u64,
+        chunk_size: u32,
+        t: &crate::tuning::Tuning,
+        zero_policy: ZeroPolicy,
+    ) -> Result<Self> {
+        Ok(
+            Self::new(target, size, chunk_size, t.write_backend(), t.write_depth, zero_policy)?
+                .with_stop(t.stop.clone())
+                .with_flush_every(t.flush_every()),
+        )
+    }
+
     /// Syncs the output on a thread of its own every `every` bytes written (used with
     /// `--bwlimit`: the run then ends when the rate says, not after a long final fsync).
     pub fn with_flush_every(mut self, every: Option<u64>) -> Self {
