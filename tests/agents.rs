@@ -357,15 +357,7 @@ fn faults_corrupted_frame_and_cut_link_fail_cleanly() {
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
     net.start_agents(&cfg, dir.path(), &[]);
     let c = s(&cfg);
-    let export = [
-        "export",
-        "--cluster",
-        c,
-        "-n",
-        "node3.example.com",
-        "inst1.example.com",
-        "--long-sleep",
-    ];
+    let export = export_args(c);
     let out = net.master(&export);
     assert!(out.status.success(), "{}", text(&out));
     let before = snapshot_of(&export_dir(&dir.path().join("node3")).join("inst1.example.com"));
@@ -388,15 +380,7 @@ fn faults_corrupted_frame_and_cut_link_fail_cleanly() {
     // and the instance restart then fail on connect timeouts (10 s each), as Ganeti goes on.
     net.kill_agent(2);
     net.start_agent(&cfg, 2, &dir.path().join("agent2-cut.log"));
-    let (ns, dev) = net.veth(2);
-    let tc = Command::new("ip")
-        .args([
-            "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &dev, "root", "tbf", "rate", "40mbit",
-        ])
-        .args(["burst", "64kb", "latency", "100ms"])
-        .status()
-        .unwrap();
-    assert!(tc.success());
+    let (ns, dev) = net.shape(2, "40mbit");
     let cutter = {
         let (ns, dev) = (ns.clone(), dev.clone());
         std::thread::spawn(move || {
@@ -434,28 +418,12 @@ fn killed_master_and_killed_agents_leave_nothing() {
     let lease = ["--staging-timeout", "3"];
     net.start_agents(&cfg, dir.path(), &lease);
     let c = s(&cfg);
-    let export = [
-        "export",
-        "--cluster",
-        c,
-        "-n",
-        "node3.example.com",
-        "inst1.example.com",
-        "--long-sleep",
-    ];
+    let export = export_args(c);
     let out = net.master(&export);
     assert!(out.status.success(), "{}", text(&out));
     let node3 = dir.path().join("node3");
     let before = snapshot_of(&export_dir(&node3).join("inst1.example.com"));
-    let (ns, dev) = net.veth(2);
-    let tc = Command::new("ip")
-        .args([
-            "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &dev, "root", "tbf", "rate", "20mbit",
-        ])
-        .args(["burst", "64kb", "latency", "100ms"])
-        .status()
-        .unwrap();
-    assert!(tc.success());
+    net.shape(2, "20mbit");
     let staging = export_dir(&node3).join("inst1.example.com.new");
     let mut args = export.to_vec();
     args.extend(["--transport-compression", "none"]);
@@ -482,12 +450,7 @@ fn killed_master_and_killed_agents_leave_nothing() {
 
     // The target's agent killed mid-transfer: the export fails; the agent, restarted, removes
     // the staging export its predecessor left.
-    let master = net
-        .master_cmd(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let master = net.spawn_master(&args);
     let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
     net.kill_agent(1);
     assert!(started, "the transfer never started");
@@ -507,12 +470,7 @@ fn killed_master_and_killed_agents_leave_nothing() {
 
     // The sending agent killed mid-transfer: the export fails with the target's reason (its
     // kernel reset the stream), and the master removes the staging export.
-    let master = net
-        .master_cmd(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let master = net.spawn_master(&args);
     let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
     net.kill_agent(0);
     assert!(started, "the transfer never started");
@@ -542,15 +500,7 @@ fn a_long_hook_on_an_agent_is_reported_while_the_master_waits() {
     hook(&roots[1], "instance-export-pre.d", "20-slow", "sleep 2");
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
     net.start_agents(&cfg, dir.path(), &[]);
-    let out = net.master(&[
-        "export",
-        "--cluster",
-        s(&cfg),
-        "-n",
-        "node3.example.com",
-        "inst1.example.com",
-        "--long-sleep",
-    ]);
+    let out = net.master(&export_args(s(&cfg)));
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(

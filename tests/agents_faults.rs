@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::netns::*;
@@ -18,18 +17,11 @@ const LONG: [&str; 2] = ["--inactivity-timeout", "60"];
 /// How soon an aborted stream must fail the export.
 const PROMPT: Duration = Duration::from_secs(10);
 
-fn export_args(cfg: &str) -> Vec<&str> {
-    vec![
-        "export",
-        "--cluster",
-        cfg,
-        "-n",
-        "node3.example.com",
-        "inst1.example.com",
-        "--long-sleep",
-        "--transport-compression",
-        "none",
-    ]
+/// The export of the test instance, no compression on the wire.
+fn export_none(cfg: &str) -> Vec<&str> {
+    let mut a = export_args(cfg);
+    a.extend(["--transport-compression", "none"]);
+    a
 }
 
 #[test]
@@ -45,7 +37,7 @@ fn target_file_system_full_fails_fast_and_cleanly() {
     let (cfg, _local, disks) = cluster(dir.path(), &net);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
     net.start_agents(&cfg, dir.path(), &LONG);
-    let args = export_args(s(&cfg));
+    let args = export_none(s(&cfg));
     let out = net.master(&args);
     assert!(out.status.success(), "the first export failed: {}", text(&out));
     let node3 = dir.path().join("node3");
@@ -110,7 +102,7 @@ fn an_aborted_end_tells_its_peer_before_any_timeout() {
     let (cfg, _local, _disks) = cluster(dir.path(), &net);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
     net.start_agents(&cfg, dir.path(), &LONG);
-    let args = export_args(s(&cfg));
+    let args = export_none(s(&cfg));
     let out = net.master(&args);
     assert!(out.status.success(), "{}", text(&out));
     let node3 = dir.path().join("node3");
@@ -132,22 +124,9 @@ fn an_aborted_end_tells_its_peer_before_any_timeout() {
     // the target aborts at once, and the export fails with its reason, staging removed.
     net.kill_agent(2);
     net.start_agent_with(&cfg, 2, &dir.path().join("agent2-killed.log"), &LONG);
-    let (ns, dev) = net.veth(2);
-    let tc = std::process::Command::new("ip")
-        .args([
-            "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &dev, "root", "tbf", "rate", "20mbit",
-        ])
-        .args(["burst", "64kb", "latency", "100ms"])
-        .status()
-        .unwrap();
-    assert!(tc.success());
+    let (ns, _) = net.shape(2, "20mbit");
     let staging = export_dir(&node3).join("inst1.example.com.new");
-    let master = net
-        .master_cmd(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let master = net.spawn_master(&args);
     let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
     // Meanwhile: TCP keepalive is on for the target's end of the disk stream and for both ends
     // of the control connections (the kernel's keepalive timer runs on every idle socket; the
@@ -212,7 +191,7 @@ fn a_source_read_error_ends_the_stream_at_once() {
     );
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
     net.start_agents(&cfg, dir.path(), &LONG);
-    let args = export_args(s(&cfg));
+    let args = export_none(s(&cfg));
     let out = net.master(&args);
     assert!(out.status.success(), "{}", text(&out));
     let node3 = dir.path().join("node3");
@@ -220,22 +199,9 @@ fn a_source_read_error_ends_the_stream_at_once() {
 
     // disk/0, sent at 8 Mbit/s, is truncated to nothing as soon as its stream starts: the
     // primary's engine reads past the end and fails.
-    let (ns, dev) = net.veth(2);
-    let tc = std::process::Command::new("ip")
-        .args([
-            "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &dev, "root", "tbf", "rate", "8mbit",
-        ])
-        .args(["burst", "64kb", "latency", "100ms"])
-        .status()
-        .unwrap();
-    assert!(tc.success());
+    net.shape(2, "8mbit");
     let staging = export_dir(&node3).join("inst1.example.com.new");
-    let master = net
-        .master_cmd(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let master = net.spawn_master(&args);
     let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
     let t0 = Instant::now();
     std::fs::OpenOptions::new()

@@ -15,6 +15,20 @@ pub const PORT: u16 = 1811;
 
 pub use diskstream_agent::netns::ip;
 
+/// `diskstream export` of the test instance to node3 with config `cfg` (`--long-sleep`: the
+/// disks are files, no snapshots).
+pub fn export_args(cfg: &str) -> Vec<&str> {
+    vec![
+        "export",
+        "--cluster",
+        cfg,
+        "-n",
+        "node3.example.com",
+        "inst1.example.com",
+        "--long-sleep",
+    ]
+}
+
 /// Three namespaces: `m` (10.79.S.1 on a bridge), `p` (.2) and `t` (.3) on veths into it.
 pub struct Net {
     pub m: String,
@@ -133,6 +147,31 @@ impl Net {
     pub fn kill_agent(&mut self, i: usize) {
         let _ = self.agents[i].kill();
         let _ = self.agents[i].wait();
+    }
+
+    /// Shapes node N's veth to `rate` (tc tbf, e.g. "20mbit"), so a stream lasts long enough
+    /// for a fault to hit it mid-way; returns its (namespace, device).
+    pub fn shape(&self, node: u32, rate: &str) -> (String, String) {
+        let (ns, dev) = self.veth(node);
+        let tc = Command::new("ip")
+            .args([
+                "netns", "exec", &ns, "tc", "qdisc", "add", "dev", &dev, "root", "tbf", "rate", rate,
+            ])
+            .args(["burst", "64kb", "latency", "100ms"])
+            .status()
+            .unwrap();
+        assert!(tc.success(), "tc on {dev} in {ns}");
+        (ns, dev)
+    }
+
+    /// Starts `diskstream ARGS` in namespace `m` (checked as by [`Net::master_cmd`]) with its
+    /// output captured.
+    pub fn spawn_master(&self, args: &[&str]) -> Child {
+        self.master_cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     /// The veth of node N (2 or 3) inside its namespace.
