@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -220,15 +221,16 @@ impl<'c> AgentNodes<'c> {
         Ok(sent.sent.into_report(Some(sent.received)))
     }
 
-    /// Asks the primary every second how far the send of `token` is, into `progress` (the job
-    /// lines and JSON events of the local path), until `done`.
-    fn poll_progress(&self, req: &SendDisk, token: &str, progress: &TransferProgress, done: &AtomicBool) {
+    /// Asks the primary how far the send of `token` is (after 200 ms, then every second), into
+    /// `progress` (the job lines and JSON events of the local path), until `done` says the send
+    /// ended: it wakes at once then, so the export goes on without waiting out an interval.
+    fn poll_progress(&self, req: &SendDisk, token: &str, progress: &TransferProgress, done: &Receiver<()>) {
         let call = Call::Progress {
             node: req.source_node.clone(),
             token: token.to_string(),
         };
-        while !done.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(200));
+        let mut wait = Duration::from_millis(200);
+        while let Err(RecvTimeoutError::Timeout) = done.recv_timeout(wait) {
             if let Ok(Ok((d, t))) = self
                 .remote
                 .call(&req.source_node, &call, self.short())
@@ -237,12 +239,7 @@ impl<'c> AgentNodes<'c> {
                 progress.total.store(t, Ordering::Relaxed);
                 progress.done.store(d, Ordering::Relaxed);
             }
-            for _ in 0..4 {
-                if done.load(Ordering::Acquire) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            wait = Duration::from_secs(1);
         }
     }
 
@@ -254,11 +251,12 @@ impl<'c> AgentNodes<'c> {
             port: opened.port,
             token: opened.token.clone(),
         };
-        let done = AtomicBool::new(false);
+        let (ended, done) = std::sync::mpsc::channel::<()>();
         let answer = std::thread::scope(|sc| {
-            sc.spawn(|| self.poll_progress(req, &opened.token, progress, &done));
+            let token = &opened.token;
+            sc.spawn(move || self.poll_progress(req, token, progress, &done));
             let r = self.remote.call(&req.source_node, &call, None);
-            done.store(true, Ordering::Release);
+            drop(ended); // wakes the poller
             r
         });
         let sent: Sent = match answer {
