@@ -63,7 +63,7 @@ pub struct RawSink {
 /// at the end (the file system's allocation metadata of O_DIRECT writes, the device's write
 /// cache) are thus spread over the run. Measured: a throttled 1 GiB copy used to spend 2.4 s in
 /// its final fsync; a 1 GiB export received over agents went from 175–181 to 213–224 MB/s with a
-/// sync every 16 MiB (`docs/performance.md`, "Syncing as the dump grows").
+/// sync every 16 MiB (`docs/performance.md`, "Node-to-node exports at 4 GiB, again").
 struct Flusher {
     every: u64,
     next: u64,
