@@ -468,8 +468,9 @@ fn killed_master_and_killed_agents_leave_nothing() {
     );
     assert!(snapshot_of(&export_dir(&node3).join("inst1.example.com")) == before);
 
-    // The sending agent killed mid-transfer: the export fails with the target's reason (its
-    // kernel reset the stream), and the master removes the staging export.
+    // The sending agent killed mid-transfer: neither end failed on its own side, so the export
+    // fails naming the broken stream and what each end saw (the target: its kernel reset the
+    // stream), not as a refusal; the master removes the staging export.
     let master = net.spawn_master(&args);
     let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
     net.kill_agent(0);
@@ -478,8 +479,12 @@ fn killed_master_and_killed_agents_leave_nothing() {
     let t = text(&out);
     assert!(!out.status.success(), "the export succeeded without its primary: {t}");
     assert!(
-        t.contains("disk/0") && t.contains("node node3.example.com refused the stream"),
+        t.contains("disk/0") && t.contains("to node node3.example.com broke") && t.contains("node node3.example.com: "),
         "{t}"
+    );
+    assert!(
+        !t.contains("refused the stream"),
+        "a broken stream reported as a refusal: {t}"
     );
     assert!(!staging.exists(), "staging left behind");
     assert!(snapshot_of(&export_dir(&node3).join("inst1.example.com")) == before);

@@ -168,8 +168,12 @@ fn an_aborted_end_tells_its_peer_before_any_timeout() {
         !log.contains("stalled"),
         "the target timed out instead of hearing the abort: {log}"
     );
-    assert_clean_failure(dir.path(), &before, &out, "node node3.example.com refused the stream");
+    assert_clean_failure(dir.path(), &before, &out, "to node node3.example.com broke");
     assert!(t.contains("disk/0"), "{t}");
+    assert!(
+        !t.contains("refused the stream"),
+        "a broken stream reported as a refusal: {t}"
+    );
 }
 
 #[test]
@@ -234,6 +238,12 @@ fn a_source_read_error_ends_the_stream_at_once() {
     assert!(
         t.contains("source ended early"),
         "the sender's reason did not reach the master: {t}"
+    );
+    // The primary failed on its own side: its reason is the message, not the target's
+    // "connection reset" (which only followed from it).
+    assert!(
+        !t.contains("refused the stream") && !t.contains("broke") && !t.to_lowercase().contains("connection reset"),
+        "the master led with the target's view of the sender's failure: {t}"
     );
 }
 

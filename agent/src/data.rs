@@ -234,7 +234,7 @@ fn receive(local: &LocalNodeOps<'_>, mut s: tls::ServerStream, req: &SendDisk, w
             },
             Err(e) => Reply {
                 ok: None,
-                err: Some(WireError::transfer(&e)),
+                err: Some(WireError::stream_end(&e, Path::new(&name))),
             },
         }
     };
@@ -244,6 +244,22 @@ fn receive(local: &LocalNodeOps<'_>, mut s: tls::ServerStream, req: &SendDisk, w
     s.conn.send_close_notify();
     let _ = s.flush();
     reply
+}
+
+/// Why a send failed, and whether the failure is the primary's own ([`WireError::own`]: its
+/// disk, its engine, a stop) or the connection's or the target's.
+#[derive(Debug)]
+pub struct SendFailed {
+    /// The error.
+    pub error: TransferError,
+    /// The primary failed on its own side (it reset the connection).
+    pub own: bool,
+}
+
+impl From<SendFailed> for TransferError {
+    fn from(f: SendFailed) -> Self {
+        f.error
+    }
 }
 
 /// The primary's side: streams `req` to the target at `host`:`port` with `token` (counting in
@@ -257,8 +273,11 @@ pub fn send(
     req: &SendDisk,
     progress: &TransferProgress,
     t: Timeouts,
-) -> Result<Sent, TransferError> {
-    let failed = |msg: String| TransferError::Node(Box::new(diskstream_orchestrator::node::NodeError::Failed(msg)));
+) -> Result<Sent, SendFailed> {
+    let failed = |msg: String| SendFailed {
+        error: TransferError::Node(Box::new(diskstream_orchestrator::node::NodeError::Failed(msg))),
+        own: false,
+    };
     let to = format!(
         "{}/disk{} to {} ({host}:{})",
         req.instance, req.disk, req.target_node, opened.port
@@ -291,7 +310,7 @@ pub fn send(
         Err(e) if !crate::abort::on_the_wire(&e, Path::new(&name)) => {
             // It failed here: the reset tells the target now (see abort).
             crate::abort::reset(s.sock.tcp());
-            return Err(e);
+            return Err(SendFailed { error: e, own: true });
         }
         Err(e) => {
             // The target may have stopped reading because it refused the stream: its reason
@@ -301,7 +320,7 @@ pub fn send(
                 Ok(Reply { err: Some(w), .. }) => {
                     failed(format!("node {} refused the stream: {}", req.target_node, w.msg))
                 }
-                _ => e,
+                _ => SendFailed { error: e, own: false },
             });
         }
     };

@@ -257,6 +257,11 @@ pub struct WireError {
     pub kind: String,
     /// The message, naming what and where.
     pub msg: String,
+    /// Set by an end of a disk stream whose failure is its own (its disk, its file system, a
+    /// check of the data, a stop) rather than the connection to its peer breaking: of the two
+    /// ends' errors, this one says why the transfer failed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub own: bool,
 }
 
 impl WireError {
@@ -265,6 +270,16 @@ impl WireError {
         Self {
             kind: kind.into(),
             msg: msg.into(),
+            own: false,
+        }
+    }
+
+    /// The error of one end of a disk stream, whose connection the engine names `wire`: its
+    /// own unless that connection failed ([`crate::abort::on_the_wire`]).
+    pub fn stream_end(e: &TransferError, wire: &std::path::Path) -> Self {
+        Self {
+            own: !crate::abort::on_the_wire(e, wire),
+            ..Self::transfer(e)
         }
     }
 

@@ -388,7 +388,10 @@ impl Agent {
             self.timeouts,
         );
         self.sending.lock().expect("sending").remove(&opened.token);
-        let sent: Sent = sent.map_err(|e| WireError::transfer(&e))?;
+        let sent: Sent = sent.map_err(|f| WireError {
+            own: f.own,
+            ..WireError::transfer(&f.error)
+        })?;
         serde_json::to_value(sent).map_err(|e| WireError::new("failed", e.to_string()))
     }
 }
