@@ -108,7 +108,9 @@ fn an_aborted_end_tells_its_peer_before_any_timeout() {
     let node3 = dir.path().join("node3");
     let before = snapshot_of(&export_dir(&node3).join("inst1.example.com"));
 
-    // The target refuses a corrupted frame: the sender hears it at once.
+    // The target refuses a corrupted frame: the sender hears it at once. The byte is flipped
+    // before TLS, in chunk 0's raw payload: the TLS link carries it intact, and the chunk's
+    // digest (not the payload CRC, which the target skips on an authenticated stream) fails.
     net.kill_agent(0);
     let flip = [&LONG[..], &["--test-flip-wire-byte", "300000"]].concat();
     net.start_agent_with(&cfg, 2, &dir.path().join("agent2-flip.log"), &flip);
@@ -117,7 +119,7 @@ fn an_aborted_end_tells_its_peer_before_any_timeout() {
     let took = t0.elapsed();
     eprintln!("corrupted frame: failed after {took:?}:\n{}", text(&out));
     assert_clean_failure(dir.path(), &before, &out, "refused the stream");
-    assert!(text(&out).contains("corrupt"), "{}", text(&out));
+    assert!(text(&out).contains("checksum mismatch in chunk 0"), "{}", text(&out));
     assert!(took < PROMPT, "a corrupted frame took {took:?} to fail the export");
 
     // The sending agent dies mid-stream (the link shaped to 20 Mbit/s so the stream lasts):

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::buf::{BufPool, Pages, PoolBuf};
 use crate::error::{Error, Result};
-use crate::format::reader::{check_frame, ImageReader, StoredFrame};
+use crate::format::reader::{check_frame, FrameCheck, ImageReader, StoredFrame};
 use crate::format::FrameKind;
 use crate::pipeline::{all_zero_map, zero_block_size, zero_map, Payload, Processed};
 
@@ -51,19 +51,19 @@ pub enum ZeroMaps {
 fn check_one(
     at: StoredFrame,
     stored: PoolBuf,
-    reader: &Ctx<'_>,
+    check: &FrameCheck<'_>,
     chunks: &BufPool,
     maps: ZeroMaps,
 ) -> Result<Processed> {
     let f = at.frame;
-    let cs = reader.chunk_size;
+    let cs = check.chunk_size;
     let block = zero_block_size(cs);
     let len = f.raw_len;
     let payload = &stored.as_slice()[..f.stored_len as usize];
     let mut dst = (f.kind == FrameKind::Lz4).then(|| chunks.get());
     let mut none: [u8; 0] = [];
     let out = dst.as_mut().map_or(&mut none[..], |d| d.as_mut_slice());
-    check_frame(&f, payload, at.payload_at, out, reader.zeros, cs, reader.path)?;
+    check_frame(check, &f, payload, at.payload_at, out)?;
     let (payload, map) = match (f.kind, dst) {
         (FrameKind::Zero, _) => (Payload::Zero, all_zero_map(len, block)),
         (FrameKind::Lz4, Some(d)) => (Payload::Raw(d), 0),
@@ -81,13 +81,6 @@ fn check_one(
         zero_map: map,
         payload,
     })
-}
-
-/// What the workers need of the reader.
-struct Ctx<'a> {
-    chunk_size: u32,
-    zeros: &'a crate::digest::ZeroDigests,
-    path: &'a std::path::Path,
 }
 
 /// Reads every frame of `reader` and checks it on `threads` workers; `sink` gets each checked
@@ -108,10 +101,12 @@ pub fn run_frames<R: Read + Send>(
     let (done_tx, done_rx) = crossbeam_channel::bounded::<Result<Processed>>(depth);
     let zeros = reader.zeros().clone();
     let path = reader.path().to_owned();
-    let ctx = Ctx {
-        chunk_size: reader.header().chunk_size,
+    let (chunk_size, payload_crc) = (reader.check().chunk_size, reader.check().payload_crc);
+    let ctx = FrameCheck {
         zeros: &zeros,
+        chunk_size,
         path: &path,
+        payload_crc,
     };
     std::thread::scope(|scope| {
         let read = {

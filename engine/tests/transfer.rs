@@ -264,6 +264,84 @@ fn a_dsimg_byte_stream_gives_the_same_chunks_as_the_file_on_both_paths() {
     assert!(e.is_integrity(), "{e}");
 }
 
+/// A stream whose transport authenticates every byte (as the agents' mutual TLS does).
+struct Authenticated(std::io::Cursor<Vec<u8>>);
+
+impl std::io::Read for Authenticated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl diskstream_engine::source::FrameStream for Authenticated {
+    fn authenticated(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn an_authenticated_stream_skips_payload_crcs_and_still_checks_every_payload_byte() {
+    use diskstream_engine::format::reader::ImageReader;
+    use diskstream_engine::format::{FrameKind, FRAME_HEADER_LEN};
+    let dir = scratch();
+    let src = dir.path().join("disk");
+    write_sample_disk(&src, 400 * u64::from(CS) + 4096, 80, 5).unwrap();
+    let img = dir.path().join("disk.dsimg");
+    let o = CreateOptions {
+        tuning: tuning(false),
+        format: Format::Dsimg,
+        compress: true,
+        ..CreateOptions::default()
+    };
+    let created = ops::create(&src, &img, &o, &Progress::default()).unwrap();
+    let bytes = std::fs::read(&img).unwrap();
+    // Where each frame with a payload is.
+    let mut frames = Vec::new();
+    let mut r = ImageReader::new(bytes.as_slice(), &img).unwrap();
+    let mut buf = vec![0u8; CS as usize];
+    while let Some(at) = r.next_stored(&mut buf).unwrap() {
+        if at.frame.kind != FrameKind::Zero {
+            frames.push((at.payload_at as usize, at.frame.stored_len as usize, at.frame.kind));
+        }
+    }
+    // The first three of each kind.
+    let pick = |k: FrameKind| frames.iter().filter(move |f| f.2 == k).take(3);
+    let frames: Vec<_> = pick(FrameKind::Raw).chain(pick(FrameKind::Lz4)).copied().collect();
+    assert_eq!(frames.len(), 6, "the sample disk has three raw and three lz4 frames");
+    let check = |b: Vec<u8>, authenticated: bool, sequential: bool| {
+        let mut source: Box<dyn Source> = if authenticated {
+            Box::new(FrameSource::new(Authenticated(std::io::Cursor::new(b)), &img).unwrap())
+        } else {
+            Box::new(FrameSource::new(std::io::Cursor::new(b), &img).unwrap())
+        };
+        run(source.as_mut(), Box::new(NullSink::new(false)), &tuning(sequential))
+    };
+    for sequential in [false, true] {
+        for &(payload_at, len, kind) in &frames {
+            // A wrong payload CRC (the header resealed): only the CRC can tell, and an
+            // authenticated stream does not ask it; the chunk's bytes and digest are right.
+            let mut wrong_crc = bytes.clone();
+            let h = payload_at - FRAME_HEADER_LEN;
+            wrong_crc[h + 56] ^= 0x10;
+            let seal = crc32c::crc32c(&wrong_crc[h..h + 60]);
+            wrong_crc[h + 60..h + 64].copy_from_slice(&seal.to_le_bytes());
+            let e = check(wrong_crc.clone(), false, sequential).unwrap_err();
+            assert!(e.to_string().contains("CRC-32C mismatch"), "{kind:?}: {e}");
+            let rep = check(wrong_crc, true, sequential).unwrap();
+            assert_eq!(rep.digest, created.digest);
+            // A flipped payload byte is refused either way (the digest, or lz4 itself).
+            for at in [payload_at, payload_at + len / 2, payload_at + len - 1] {
+                let mut bad = bytes.clone();
+                bad[at] ^= 0x01;
+                for authenticated in [false, true] {
+                    let e = check(bad.clone(), authenticated, sequential).unwrap_err();
+                    assert!(e.is_integrity(), "{kind:?} at {at}, authenticated {authenticated}: {e}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn reports_serialize_with_the_cli_keys() {
     let rep = ops::Report {

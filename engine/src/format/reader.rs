@@ -26,6 +26,7 @@ pub struct ImageReader<R: Read> {
     zeros: ZeroDigests,
     scratch: Vec<u8>,
     trailer: Option<Trailer>,
+    payload_crc: bool,
 }
 
 impl<R: Read> ImageReader<R> {
@@ -44,7 +45,28 @@ impl<R: Read> ImageReader<R> {
             zeros: ZeroDigests::new(header.checksum, header.disk_size, header.chunk_size),
             scratch: Vec::new(),
             trailer: None,
+            payload_crc: true,
         })
+    }
+
+    /// Skips the payload CRC-32C of every frame, for a stream whose transport authenticates
+    /// every byte (mutual TLS between agents: the AEAD rejects any changed byte on the link). The
+    /// chunk digest, checked on the decoded bytes, still catches what the CRC would (a frame
+    /// damaged before it was encrypted: `docs/image-format.md`, "Reading rules"); frame
+    /// headers, index and trailer keep their CRCs.
+    pub fn without_payload_crc(mut self) -> Self {
+        self.payload_crc = false;
+        self
+    }
+
+    /// How the frames of this image are checked (for [`check_frame`] on any thread).
+    pub fn check(&self) -> FrameCheck<'_> {
+        FrameCheck {
+            zeros: &self.zeros,
+            chunk_size: self.header.chunk_size,
+            path: &self.path,
+            payload_crc: self.payload_crc,
+        }
     }
 
     /// The image header.
@@ -73,16 +95,7 @@ impl<R: Read> ImageReader<R> {
         let res = match next {
             Ok(Some(at)) => {
                 let (f, payload) = (at.frame, &stored[..at.frame.stored_len as usize]);
-                check_frame(
-                    &f,
-                    payload,
-                    at.payload_at,
-                    dst,
-                    &self.zeros,
-                    self.header.chunk_size,
-                    &self.path,
-                )
-                .map(|()| {
+                check_frame(&self.check(), &f, payload, at.payload_at, dst).map(|()| {
                     if f.kind == FrameKind::Raw {
                         dst[..payload.len()].copy_from_slice(payload);
                     }
@@ -254,30 +267,40 @@ pub struct StoredFrame {
     pub payload_at: u64,
 }
 
-/// Checks a frame's stored payload and recovers the chunk: the payload's CRC-32C, lz4 decoding to
-/// exactly `raw_len` bytes into `dst` (lz4 frames only: a raw frame's bytes are `stored` itself,
-/// a zero frame's are zeroes), and the chunk's digest against the frame's. Only then may the bytes
-/// be used. Pure: runs on any thread.
-pub fn check_frame(
-    f: &FrameHeader,
-    stored: &[u8],
-    payload_at: u64,
-    dst: &mut [u8],
-    zeros: &ZeroDigests,
-    chunk_size: u32,
-    path: &Path,
-) -> Result<()> {
-    let have = super::payload_crc(stored);
-    if have != f.payload_crc {
-        return Err(Error::corrupt(
-            path,
-            "frame payload",
-            payload_at,
-            format!(
-                "CRC-32C mismatch in chunk {} (stored {:08x}, computed {have:08x})",
-                f.index, f.payload_crc
-            ),
-        ));
+/// What [`check_frame`] checks a frame against: the image's zero-chunk digests, chunk size and
+/// name, and whether payload CRCs are checked ([`ImageReader::without_payload_crc`]).
+#[derive(Clone, Copy, Debug)]
+pub struct FrameCheck<'a> {
+    /// The image's zero-chunk digests.
+    pub zeros: &'a ZeroDigests,
+    /// The image's chunk size.
+    pub chunk_size: u32,
+    /// The image's name in errors.
+    pub path: &'a Path,
+    /// Check each payload's CRC-32C (false only for an authenticated stream).
+    pub payload_crc: bool,
+}
+
+/// Checks a frame's stored payload and recovers the chunk: the payload's CRC-32C (unless `c`
+/// says the transport authenticated it), lz4 decoding to exactly `raw_len` bytes into `dst` (lz4
+/// frames only: a raw frame's bytes are `stored` itself, a zero frame's are zeroes), and the
+/// chunk's digest against the frame's. Only then may the bytes be used. Pure: runs on any
+/// thread.
+pub fn check_frame(c: &FrameCheck<'_>, f: &FrameHeader, stored: &[u8], payload_at: u64, dst: &mut [u8]) -> Result<()> {
+    let (zeros, chunk_size, path) = (c.zeros, c.chunk_size, c.path);
+    if c.payload_crc {
+        let have = super::payload_crc(stored);
+        if have != f.payload_crc {
+            return Err(Error::corrupt(
+                path,
+                "frame payload",
+                payload_at,
+                format!(
+                    "CRC-32C mismatch in chunk {} (stored {:08x}, computed {have:08x})",
+                    f.index, f.payload_crc
+                ),
+            ));
+        }
     }
     let found: Hash = match f.kind {
         FrameKind::Zero => zeros.of(f.raw_len),

@@ -22,6 +22,13 @@ pub trait FrameStream: Read + Send {
     fn requests(&self) -> u64 {
         0
     }
+
+    /// Whether the transport authenticates every byte of the stream (mutual TLS between
+    /// agents): then frame payloads skip their CRC-32C check, the chunk digest still checked
+    /// ([`ImageReader::without_payload_crc`]). No by default.
+    fn authenticated(&self) -> bool {
+        false
+    }
 }
 
 impl FrameStream for DirectReader {
@@ -47,8 +54,14 @@ pub struct FrameSource<R: FrameStream> {
 impl<R: FrameStream> FrameSource<R> {
     /// Reads and checks the header of the stream; `path` names it in errors and the report.
     pub fn new(stream: R, path: &Path) -> Result<Self> {
+        let authenticated = stream.authenticated();
+        let reader = ImageReader::new(stream, path)?;
         Ok(Self {
-            reader: ImageReader::new(stream, path)?,
+            reader: if authenticated {
+                reader.without_payload_crc()
+            } else {
+                reader
+            },
             direct: false,
             warnings: Vec::new(),
         })
