@@ -3,13 +3,17 @@
 //! joined by veth pairs; all made by the test and removed (namespaces, agents, instance
 //! processes) when its guard drops, also when it fails. Every client command first checks that
 //! it runs in its namespace (`ip netns identify`), so no test traffic leaves the namespaces.
-//! Needs root and iproute2; skipped with a message otherwise.
+//! Needs root and iproute2; skipped with a message otherwise. An export made over agents is
+//! also read by Ganeti 3.0's own code (`common::ganeti`), as the local export is in
+//! `tests/export_ganeti.rs`.
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::ganeti::{ganeti, normalized};
 use common::netns::*;
 use common::*;
 
@@ -49,6 +53,29 @@ fn three_node_export_over_mutual_tls_equals_source_and_local_export() {
             "staging left behind"
         );
     }
+    // Ganeti 3.0's own code lists the export made over agents, reads its config.ini and would
+    // import it, with the dumps it names holding the disks' bytes.
+    let node3 = dir.path().join("node3");
+    let exp = export_dir(&node3).join("inst1.example.com");
+    let listed = ganeti(&node3, &["list"]);
+    assert_eq!(listed["ok"], serde_json::json!(["inst1.example.com"]), "{listed}");
+    let info = ganeti(&node3, &["info", s(&exp)]);
+    assert!(
+        info.get("error").is_none(),
+        "ExportInfo refused the export over agents: {info}"
+    );
+    assert_eq!(info["version"], info["export_version"]);
+    let images: Vec<PathBuf> = info["import"]["disk_images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| exp.join(i.as_str().expect("a dump for every disk")))
+        .collect();
+    assert_eq!(images, dumps(&exp).into_iter().map(|(d, _)| d).collect::<Vec<_>>());
+    for (dump, disk) in images.iter().zip(&disks) {
+        assert_same_bytes(dump, disk);
+    }
+
     // A primary without an agent (its disks on the master's machine) to the target's agent: the
     // master streams the disk itself, as the primary (its certificate from the cluster PKI).
     let mixed = variant(&cfg, "mixed.toml", &format!("address = \"{}\"\n", net.addr(2)), "");
@@ -114,6 +141,15 @@ fn three_node_export_over_mutual_tls_equals_source_and_local_export() {
             "manifests differ"
         );
     }
+    // ... and the same config.ini, but for the second it was written in and the dumps' names
+    // (fresh UUIDs per export).
+    let ini = |d: &Path| std::fs::read_to_string(d.join("config.ini")).unwrap();
+    let here_dir = export_dir(&dir.path().join("node1")).join("inst1.example.com");
+    assert_eq!(
+        normalized(&ini(&kept)),
+        normalized(&ini(&here_dir)),
+        "config.ini differs"
+    );
 }
 
 #[test]

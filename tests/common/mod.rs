@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 
 use diskstream_engine::sample::{fill_content, Rng};
 
+pub mod ganeti;
 pub mod netns;
 
 /// A scratch directory on the build's file system (which supports O_DIRECT, unlike tmpfs),
