@@ -429,7 +429,7 @@ impl From<&Report> for WireReport {
 impl WireReport {
     /// The engine report of a disk sent through agents: the sender's reading side, the
     /// receiver's writing side (`recv`): what was read on the primary, written on the target.
-    pub fn into_report(self, recv: Option<WireReport>) -> Report {
+    fn into_report(self, checksum: Checksum, recv: Option<WireReport>) -> Report {
         let pages = match self.buffer_pages.as_deref() {
             Some("hugetlb") => Some("hugetlb"),
             Some("thp") => Some("thp"),
@@ -458,7 +458,7 @@ impl WireReport {
             zero_bytes: self.zero_bytes,
             read_requests: self.read_requests,
             write_requests: w.map_or(0, |w| w.write_requests),
-            checksum: Checksum::from_name(&self.checksum).unwrap_or_default(),
+            checksum,
             digest: w.map_or(self.digest, |w| w.digest.clone()),
             elapsed: Duration::from_secs_f64(self.elapsed_s.max(0.0)),
             throughput_bytes_per_s: self.throughput_bytes_per_s,
@@ -480,6 +480,27 @@ pub struct Sent {
     pub received: WireReport,
 }
 
+impl Sent {
+    /// The engine report of the disk, once both ends agree on what moved: the same chunk digest
+    /// algorithm (one this build knows), disk size and whole-image digest. The target checked
+    /// the stream's trailer against the frames it received; this checks that what it committed
+    /// is what the primary says it read, so that a disagreement (a bug, mismatched versions)
+    /// fails the disk before the export is finalized.
+    pub fn into_report(self) -> Result<Report, String> {
+        let (s, r) = (&self.sent, &self.received);
+        let checksum = Checksum::from_name(&s.checksum)
+            .ok_or_else(|| format!("the primary reports an unknown chunk digest {:?}", s.checksum))?;
+        if (&r.checksum, r.disk_size, &r.digest) != (&s.checksum, s.disk_size, &s.digest) {
+            return Err(format!(
+                "the two ends disagree on the disk: the primary read {} bytes, {} image digest {}; \
+                 the target committed {} bytes, {} image digest {}",
+                s.disk_size, s.checksum, s.digest, r.disk_size, r.checksum, r.digest
+            ));
+        }
+        Ok(self.sent.into_report(checksum, Some(self.received)))
+    }
+}
+
 /// The first line of a data connection: `DSDATA1 <token>\n` (fixed length).
 pub fn data_hello(token: &str) -> Vec<u8> {
     format!("DSDATA1 {token}\n").into_bytes()
@@ -496,4 +517,46 @@ pub fn new_token() -> std::io::Result<String> {
     let mut b = [0u8; TOKEN_HEX / 2];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end(checksum: Checksum, disk_size: u64, digest: &str) -> WireReport {
+        WireReport::from(&Report {
+            checksum,
+            disk_size,
+            digest: digest.into(),
+            ..Report::default()
+        })
+    }
+
+    #[test]
+    fn a_send_is_reported_only_when_both_ends_agree() {
+        let sent = |s: WireReport, r: WireReport| Sent { sent: s, received: r }.into_report();
+        let ok = sent(end(Checksum::Sha256, 4096, "ab"), end(Checksum::Sha256, 4096, "ab")).unwrap();
+        assert_eq!(
+            (ok.checksum, ok.disk_size, ok.digest.as_str()),
+            (Checksum::Sha256, 4096, "ab")
+        );
+        for (what, r) in [
+            ("digest", end(Checksum::Sha256, 4096, "cd")),
+            ("size", end(Checksum::Sha256, 8192, "ab")),
+            ("algorithm", end(Checksum::Blake3, 4096, "ab")),
+        ] {
+            let e = sent(end(Checksum::Sha256, 4096, "ab"), r).unwrap_err();
+            assert!(
+                e.contains("the two ends disagree") && e.contains("primary read 4096 bytes, sha256 image digest ab"),
+                "{what}: {e}"
+            );
+        }
+        // A chunk digest this build does not know is named, not taken for the default.
+        let mut s = end(Checksum::Blake3, 4096, "ab");
+        s.checksum = "sha3".into();
+        let mut r = end(Checksum::Blake3, 4096, "ab");
+        r.checksum = "sha3".into();
+        let e = sent(s, r).unwrap_err();
+        assert!(e.contains("unknown chunk digest \"sha3\""), "{e}");
+    }
 }

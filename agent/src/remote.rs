@@ -218,7 +218,8 @@ impl<'c> AgentNodes<'c> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let opened: Opened = self.ask(&req.target_node, Call::OpenReceive { req: req.clone() }, self.short())?;
         let sent = crate::data::send(&self.local, &cfg, host, &opened, req, progress, Timeouts::default())?;
-        Ok(sent.sent.into_report(Some(sent.received)))
+        sent.into_report()
+            .map_err(|e| failed(format!("{}/disk{}: {e}", req.instance, req.disk)))
     }
 
     /// Asks the primary how far the send of `token` is (after 200 ms, then every second), into
@@ -270,7 +271,12 @@ impl<'c> AgentNodes<'c> {
         };
         progress.total.store(sent.sent.disk_size, Ordering::Relaxed);
         progress.done.store(sent.sent.disk_size, Ordering::Relaxed);
-        Ok(sent.sent.into_report(Some(sent.received)))
+        sent.into_report().map_err(|e| {
+            TransferError::Node(Box::new(NodeError::Failed(format!(
+                "{}/disk{} from node {} to node {}: {e}",
+                req.instance, req.disk, req.source_node, req.target_node
+            ))))
+        })
     }
 
     /// The error of a send that failed on the primary with `e`: unless the primary failed on
