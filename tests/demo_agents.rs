@@ -128,6 +128,19 @@ fn instance_still_running(pid_file: &Path) -> Option<u32> {
     (pid > 1 && st == start && pgrp == pid).then_some(pid)
 }
 
+/// SIGKILL to process group `pgid` (> 1). Never `kill -9 -PGID`: procps-ng 4.0.2's `kill` reads
+/// that as `kill(-1, SIGKILL)`, every process the caller may signal (strace: `kill -9 -12472`
+/// made `kill(-1, SIGKILL)`, which took down every shell on the machine); after `--` it reads the
+/// group as meant.
+fn kill_group(pgid: u32) {
+    if pgid <= 1 {
+        return; // kill(-1) signals every process; kill(0) this test's own group.
+    }
+    let _ = Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{pgid}")])
+        .status();
+}
+
 impl Drop for DemoGuard {
     fn drop(&mut self) {
         if let Some(c) = &mut self.child {
@@ -139,7 +152,7 @@ impl Drop for DemoGuard {
         }
         let pid_file = self.dir.join("vc/node1/var/run/ganeti/instances/inst1.example.com.pid");
         if let Some(p) = instance_still_running(&pid_file) {
-            let _ = Command::new("kill").args(["-9", &format!("-{p}")]).status();
+            kill_group(p);
         }
         if let Some(pid) = self.pid {
             let (nss, outer) = demo_net_names(pid);

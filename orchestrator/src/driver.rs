@@ -186,6 +186,9 @@ impl ProcessDriver {
         let text = fs::read_to_string(&self.pid_file).ok()?;
         let mut it = text.split_whitespace();
         let pid: u32 = it.next()?.parse().ok()?;
+        if pid <= 1 {
+            return None; // init (or nothing) is never an instance: never signal it, nor group -1.
+        }
         let start: Option<u64> = it.next().and_then(|s| s.parse().ok());
         let (state, st) = proc_state(pid)?;
         if matches!(state, 'Z' | 'X' | 'x') {
@@ -304,12 +307,15 @@ impl ProcessDriver {
     }
 }
 
-/// Signals the instance's process group (it leads one), or the process alone if it left it.
+/// Signals the instance's process group if the process still leads it, else the process alone
+/// (a group of that number would be someone else's). Never pid 0 or 1: `kill(-1)` signals every
+/// process there is.
 fn signal_group(pid: u32, sig: Signal) {
-    let Some(p) = Pid::from_raw(pid as i32) else {
+    let Some(p) = i32::try_from(pid).ok().filter(|&p| p > 1).and_then(Pid::from_raw) else {
         return;
     };
-    if rustix::process::kill_process_group(p, sig).is_err() {
+    let leads = rustix::process::getpgid(Some(p)).is_ok_and(|g| g == p);
+    if !leads || rustix::process::kill_process_group(p, sig).is_err() {
         let _ = rustix::process::kill_process(p, sig);
     }
 }
@@ -450,6 +456,40 @@ mod tests {
         assert!(!d.is_running().unwrap());
         assert!(proc_state(pid).is_none_or(|(s, _)| s == 'Z'));
         d.stop(Duration::from_secs(1)).unwrap(); // idempotent
+    }
+
+    #[test]
+    fn a_pid_file_naming_init_or_no_process_is_never_signalled() {
+        // `kill(-1)` would signal every process on the machine: a pid file saying 1 (hand
+        // edited, damaged) must not make a stop do that.
+        let dir = tempfile::tempdir().unwrap();
+        let d = driver(dir.path(), &["/bin/sleep", "1000"]);
+        fs::create_dir_all(dir.path().join("run")).unwrap();
+        for text in ["1\n", "1 1\n", "0\n", "-1\n", "-4242 7\n", "4294967295 7\n", "x\n", ""] {
+            fs::write(&d.pid_file, text).unwrap();
+            assert_eq!(d.running_pid(), None, "{text:?}");
+            assert!(!d.is_running().unwrap(), "{text:?}");
+            d.stop(Duration::ZERO).unwrap();
+            assert!(!d.pid_file.exists(), "{text:?}: the stale pid file is removed");
+        }
+    }
+
+    #[test]
+    fn a_process_that_does_not_lead_its_group_is_signalled_alone() {
+        // A child of this test, in the test's own process group: stopping it must not signal
+        // that group (this test would die with it).
+        let dir = tempfile::tempdir().unwrap();
+        let d = driver(dir.path(), &["/bin/sleep", "1000"]);
+        let mut child = std::process::Command::new("/bin/sleep").arg("1000").spawn().unwrap();
+        let (_, start) = proc_state(child.id()).unwrap();
+        fs::create_dir_all(dir.path().join("run")).unwrap();
+        fs::write(&d.pid_file, format!("{} {start}\n", child.id())).unwrap();
+        assert_eq!(d.running_pid(), Some(child.id()));
+        let stopper = thread::spawn(move || d.stop(Duration::from_secs(5)));
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "{status}");
+        // Reaped here, so the driver sees it gone.
+        stopper.join().unwrap().unwrap();
     }
 
     #[test]
