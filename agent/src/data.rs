@@ -246,7 +246,11 @@ fn receive(local: &LocalNodeOps<'_>, mut s: tls::ServerStream, req: &SendDisk, w
             },
             Err(e) => Reply {
                 ok: None,
-                err: Some(WireError::stream_end(&e, Path::new(&name))),
+                // Its own failure unless the stream broke under it.
+                err: Some(WireError {
+                    own: !crate::abort::on_the_wire(&e, Path::new(&name)),
+                    ..WireError::transfer(&e)
+                }),
             },
         }
     };

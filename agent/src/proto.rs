@@ -274,15 +274,6 @@ impl WireError {
         }
     }
 
-    /// The error of one end of a disk stream, whose connection the engine names `wire`: its
-    /// own unless that connection failed ([`crate::abort::on_the_wire`]).
-    pub fn stream_end(e: &TransferError, wire: &std::path::Path) -> Self {
-        Self {
-            own: !crate::abort::on_the_wire(e, wire),
-            ..Self::transfer(e)
-        }
-    }
-
     /// A node error as the wire carries it.
     pub fn node(e: &NodeError) -> Self {
         let kind = if matches!(e, NodeError::Unknown(_)) {

@@ -280,7 +280,7 @@ impl<'c> AgentNodes<'c> {
     }
 
     /// The error of a send that failed on the primary with `e`: unless the primary failed on
-    /// its own side, the target is asked why it ended the stream (see [`explain_send_failure`]).
+    /// its own side, the target is asked why it ended the stream (see [`crate::abort::explain_send_failure`]).
     fn send_failed(&self, req: &SendDisk, token: &str, e: WireError) -> TransferError {
         let target = if e.own {
             None
@@ -294,38 +294,13 @@ impl<'c> AgentNodes<'c> {
                 .flatten()
         };
         let what = format!("{}/disk{}", req.instance, req.disk);
-        TransferError::Node(Box::new(explain_send_failure(
+        TransferError::Node(Box::new(crate::abort::explain_send_failure(
             &req.source_node,
             &req.target_node,
             &what,
             e,
             target,
         )))
-    }
-}
-
-/// The error of the send of `what` from `source` to `target` that failed on the primary with
-/// `sender`, with the target's own result if it has one. Of the two ends, the one that failed on
-/// its own side ([`WireError::own`]) says why; the other only saw the connection end:
-/// - the primary's own failure (its disk, its engine, a stop) is reported as it is;
-/// - the target's own failure (a corrupt frame, its file system full) is its refusal;
-/// - neither (an agent killed, the link cut): the stream broke, and both ends' views are given.
-fn explain_send_failure(source: &str, target: &str, what: &str, sender: WireError, t: Option<WireError>) -> NodeError {
-    if sender.own {
-        return sender.into_node(source);
-    }
-    match t {
-        // The primary read the target's refusal from the connection: said once.
-        Some(t) if t.own && sender.msg.contains(&t.msg) => NodeError::Failed(sender.msg),
-        Some(t) if t.own => NodeError::Failed(format!(
-            "node {target} refused the stream: {} (sender: {})",
-            t.msg, sender.msg
-        )),
-        Some(t) => NodeError::Failed(format!(
-            "the stream of {what} from node {source} to node {target} broke: node {source}: {}; node {target}: {}",
-            sender.msg, t.msg
-        )),
-        None => sender.into_node(source),
     }
 }
 
@@ -599,88 +574,5 @@ impl NodeOps for AgentNodes<'_> {
             keep,
         };
         self.ask(node, call, self.short())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn err(msg: &str, own: bool) -> WireError {
-        WireError {
-            own,
-            ..WireError::new("io", msg)
-        }
-    }
-
-    fn explain(sender: WireError, target: Option<WireError>) -> String {
-        explain_send_failure("node2", "node3", "inst1/disk0", sender, target).to_string()
-    }
-
-    #[test]
-    fn the_primarys_own_failure_is_the_message() {
-        // The target only saw the reset that followed: not asked, not mentioned.
-        let m = explain(
-            err("reading /dev/vg/disk0: source ended early", true),
-            Some(err("connection reset", false)),
-        );
-        assert!(
-            m.contains("node node2: reading /dev/vg/disk0: source ended early"),
-            "{m}"
-        );
-        assert!(
-            !m.contains("refused") && !m.contains("reset") && !m.contains("node3"),
-            "{m}"
-        );
-    }
-
-    #[test]
-    fn the_targets_own_failure_is_its_refusal() {
-        let m = explain(
-            err("broken pipe", false),
-            Some(err("disk0: No space left on device", true)),
-        );
-        assert!(
-            m.starts_with("node node3 refused the stream: disk0: No space left on device"),
-            "{m}"
-        );
-        assert!(m.contains("(sender: broken pipe)"), "{m}");
-        // Read back from the connection by the primary already: said once.
-        let m = explain(
-            err("node node3 refused the stream: frame 4: corrupt", false),
-            Some(err("frame 4: corrupt", true)),
-        );
-        assert_eq!(m.matches("frame 4: corrupt").count(), 1, "{m}");
-    }
-
-    #[test]
-    fn neither_ends_own_failure_is_a_broken_stream() {
-        let m = explain(
-            err("agent of node node2: connection closed", false),
-            Some(err("connection reset", false)),
-        );
-        assert!(
-            m.contains("the stream of inst1/disk0 from node node2 to node node3 broke"),
-            "{m}"
-        );
-        assert!(
-            m.contains("node node2: agent of node node2: connection closed; node node3: connection reset"),
-            "{m}"
-        );
-        assert!(!m.contains("refused"), "{m}");
-        // The target has nothing to say (it never saw the stream): the primary's error.
-        let m = explain(err("connect for inst1/disk0: timed out", false), None);
-        assert!(m.contains("node node2: connect for inst1/disk0: timed out"), "{m}");
-    }
-
-    #[test]
-    fn own_travels_on_the_wire_and_defaults_to_false() {
-        let e = err("x", true);
-        let v = serde_json::to_value(&e).unwrap();
-        assert_eq!(serde_json::from_value::<WireError>(v).unwrap(), e);
-        let plain = serde_json::to_string(&err("x", false)).unwrap();
-        assert!(!plain.contains("own"), "{plain}");
-        let old: WireError = serde_json::from_str(r#"{"kind":"io","msg":"x"}"#).unwrap();
-        assert!(!old.own);
     }
 }
