@@ -14,6 +14,11 @@
 //! measures `window` bytes. Both settings are probed
 //! at the start (lz4 first); the faster then runs for `keep` bytes before both are probed again.
 //! lz4 must beat no compression by `MARGIN` to be chosen: on a tie the cheaper setting wins.
+//! Each round that picks what the last one picked doubles the time it is kept, up to
+//! `MAX_BACKOFF` × `keep`; a round that picks the other setting starts over at `keep`. A probe of
+//! the losing setting moves data at the losing rate: on a steady link the probes' share shrinks
+//! from ~15 % of the data to a few %, and a change is still followed within `MAX_BACKOFF` ×
+//! `keep` plus a round.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,6 +26,9 @@ use std::time::Instant;
 
 /// lz4 is kept only when at least this much faster than no compression.
 const MARGIN: f64 = 1.10;
+
+/// The longest a choice is kept, in rounds' `keep`s (doubling from one while it keeps winning).
+const MAX_BACKOFF: u64 = 8;
 
 /// Chunks to let pass after a switch besides the sender's own chunks in flight: what the
 /// connection and the receiving end hold (socket buffers, the receiver's pools and writes in
@@ -46,6 +54,10 @@ pub struct Adapt {
     settle: u64,
     window: u64,
     keep: u64,
+    /// How long the current choice is kept (`keep`, doubled per round it wins again).
+    keep_now: u64,
+    /// What the last round picked.
+    last_pick: Option<bool>,
     phase: Phase,
     /// Rates measured in the current round (disk bytes per second): lz4, none.
     rates: [Option<f64>; 2],
@@ -64,6 +76,8 @@ impl Adapt {
             settle,
             window,
             keep,
+            keep_now: keep,
+            last_pick: None,
             phase: Phase::Settle {
                 lz4: true,
                 until: settle,
@@ -76,7 +90,7 @@ impl Adapt {
 
     /// The schedule for chunks of `chunk_size` bytes with up to `in_flight` chunks worked on
     /// ahead of the sink: settle past them and what is queued downstream, measure 128 chunks,
-    /// keep the choice for 1024.
+    /// keep the choice for 1024 (up to 8192 while it keeps winning).
     pub fn for_chunks(chunk_size: u32, in_flight: u32) -> Self {
         let c = u64::from(chunk_size);
         Self::new(c * u64::from(in_flight + DOWNSTREAM), c * 128, c * 1024)
@@ -112,8 +126,14 @@ impl Adapt {
                         self.lz4_won += u32::from(pick);
                         self.rates = [None, None];
                         self.set(pick);
+                        self.keep_now = if self.last_pick == Some(pick) {
+                            (self.keep_now * 2).min(self.keep * MAX_BACKOFF)
+                        } else {
+                            self.keep
+                        };
+                        self.last_pick = Some(pick);
                         self.phase = Phase::Keep {
-                            until: done + self.keep,
+                            until: done + self.keep_now,
                         };
                     }
                     _ => self.switch_to(!lz4, done),
@@ -179,9 +199,11 @@ mod tests {
         let mut a = Adapt::new(10, 50, 500);
         // lz4 halves the time per disk byte (a link-bound transfer).
         let on = Sim::new().drive(&mut a, 10_000, |lz4| if lz4 { 5 } else { 10 });
-        assert!(a.rounds >= 10, "rounds {}", a.rounds);
+        // Rounds of 2 × (10 + 50) probe bytes, then keeps of 500, 1000, 2000, 4000 (the cap)...
+        assert_eq!(a.rounds, 5, "rounds {}", a.rounds);
         assert_eq!(a.lz4_won, a.rounds);
-        assert!(on > 8_000, "lz4 on for {on} of 10000");
+        // ... so no compression ran only in the five probes of it: 60 bytes each.
+        assert!(on >= 10_000 - 5 * 60, "lz4 on for {on} of 10000");
         assert!(a.lz4());
     }
 
@@ -190,9 +212,10 @@ mod tests {
         let mut a = Adapt::new(10, 50, 500);
         // lz4 costs 60 % more time per byte (CPU-bound).
         let on = Sim::new().drive(&mut a, 10_000, |lz4| if lz4 { 16 } else { 10 });
-        assert!(a.rounds >= 10);
+        assert_eq!(a.rounds, 5);
         assert_eq!(a.lz4_won, 0);
-        assert!(on < 1_500, "lz4 on for {on} of 10000");
+        // lz4 ran only in the five probes of it (the first one included).
+        assert!(on <= 5 * 60, "lz4 on for {on} of 10000");
         assert!(!a.lz4());
     }
 
@@ -206,6 +229,34 @@ mod tests {
         let won = a.lz4_won;
         sim.drive(&mut a, 3_000, |lz4| if lz4 { 4 } else { 10 });
         assert!(a.lz4_won > won);
+    }
+
+    #[test]
+    fn a_choice_kept_longer_while_it_wins_starts_over_when_it_loses() {
+        let mut a = Adapt::new(10, 50, 500);
+        let mut sim = Sim::new();
+        // A slow link: lz4 wins round after round, each keep twice the last, up to the cap.
+        sim.drive(&mut a, 20_000, |lz4| if lz4 { 5 } else { 10 });
+        assert_eq!(a.keep_now, 500 * MAX_BACKOFF);
+        assert_eq!(a.lz4_won, a.rounds);
+        // The CPUs get busy (lz4 now costs more than it saves): found within the longest keep
+        // and one round, and the keep starts over.
+        let (won, rounds) = (a.lz4_won, a.rounds);
+        let mut bytes = 0;
+        while a.rounds == rounds {
+            bytes += 1;
+            assert!(
+                bytes <= 500 * MAX_BACKOFF + 2 * 60,
+                "no new round within the longest keep and a round"
+            );
+            sim.drive(&mut a, 1, |lz4| if lz4 { 16 } else { 10 });
+        }
+        assert!(!a.lz4(), "the round after the change kept lz4");
+        assert_eq!(a.lz4_won, won);
+        assert_eq!(
+            a.keep_now, 500,
+            "a changed choice is kept for one keep, not the longest"
+        );
     }
 
     #[test]
