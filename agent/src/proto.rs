@@ -420,44 +420,39 @@ impl From<&Report> for WireReport {
 impl WireReport {
     /// The engine report of a disk sent through agents: the sender's reading side, the
     /// receiver's writing side (`recv`): what was read on the primary, written on the target.
-    fn into_report(self, checksum: Checksum, recv: Option<WireReport>) -> Report {
+    fn into_report(self, checksum: Checksum, recv: WireReport) -> Report {
         let pages = match self.buffer_pages.as_deref() {
             Some("hugetlb") => Some("hugetlb"),
             Some("thp") => Some("thp"),
             Some("4k") => Some("4k"),
             _ => None,
         };
-        let w = recv.as_ref();
         Report {
             op: "create",
             input: self.input,
-            output: w.and_then(|w| w.output.clone()).or(self.output),
-            manifest: w.and_then(|w| w.manifest.clone()),
+            output: recv.output.or(self.output),
+            manifest: recv.manifest,
             format: Some(Format::Raw),
             backend: backend(self.backend.as_deref()),
-            write_backend: backend(w.and_then(|w| w.write_backend.as_deref())),
+            write_backend: backend(recv.write_backend.as_deref()),
             buffer_pages: pages,
             input_direct: self.input_direct,
-            output_direct: w.is_some_and(|w| w.output_direct),
+            output_direct: recv.output_direct,
             disk_size: self.disk_size,
             chunk_size: self.chunk_size,
             chunks: self.chunks,
             zero_chunks: self.zero_chunks,
             bytes_read: self.bytes_read,
-            bytes_written: w.map_or(self.bytes_written, |w| w.bytes_written),
-            bytes_stored: w.map_or(self.bytes_stored, |w| w.bytes_stored),
+            bytes_written: recv.bytes_written,
+            bytes_stored: recv.bytes_stored,
             zero_bytes: self.zero_bytes,
             read_requests: self.read_requests,
-            write_requests: w.map_or(0, |w| w.write_requests),
+            write_requests: recv.write_requests,
             checksum,
-            digest: w.map_or(self.digest, |w| w.digest.clone()),
+            digest: recv.digest,
             elapsed: Duration::from_secs_f64(self.elapsed_s.max(0.0)),
             throughput_bytes_per_s: self.throughput_bytes_per_s,
-            warnings: self
-                .warnings
-                .into_iter()
-                .chain(w.map(|w| w.warnings.clone()).unwrap_or_default())
-                .collect(),
+            warnings: self.warnings.into_iter().chain(recv.warnings).collect(),
         }
     }
 }
@@ -488,7 +483,7 @@ impl Sent {
                 s.disk_size, s.checksum, s.digest, r.disk_size, r.checksum, r.digest
             ));
         }
-        Ok(self.sent.into_report(checksum, Some(self.received)))
+        Ok(self.sent.into_report(checksum, self.received))
     }
 }
 
