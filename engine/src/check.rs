@@ -99,9 +99,12 @@ pub fn run_frames<R: Read + Send>(
     let depth = pools.stored.capacity();
     let (work_tx, work_rx) = crossbeam_channel::bounded::<(StoredFrame, PoolBuf)>(depth);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<Result<Processed>>(depth);
-    let zeros = reader.zeros().clone();
-    let path = reader.path().to_owned();
-    let (chunk_size, payload_crc) = (reader.check().chunk_size, reader.check().payload_crc);
+    // The workers' copy of how frames are checked: owned here, since the reader thread borrows
+    // `reader` mutably.
+    let (zeros, path, chunk_size, payload_crc) = {
+        let c = reader.check();
+        (c.zeros.clone(), c.path.to_owned(), c.chunk_size, c.payload_crc)
+    };
     let ctx = FrameCheck {
         zeros: &zeros,
         chunk_size,

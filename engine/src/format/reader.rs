@@ -156,11 +156,6 @@ impl<R: Read> ImageReader<R> {
         Ok(Some(StoredFrame { frame: f, payload_at }))
     }
 
-    /// The zero-chunk digests of this image (for [`check_frame`]).
-    pub fn zeros(&self) -> &ZeroDigests {
-        &self.zeros
-    }
-
     /// The stream it reads.
     pub fn get_ref(&self) -> &R {
         &self.r
