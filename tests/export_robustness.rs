@@ -1,7 +1,8 @@
 //! End-to-end robustness of `diskstream export`: a shared export directory keeps the new
 //! export (Ganeti #1186), `kill -9` at random moments never leaves a partial or no export,
 //! exports of different instances overlap while exports of one instance serialize, and a
-//! snapshot of an instance that keeps writing is a consistent image.
+//! snapshot of an instance that keeps writing is a consistent image, and an instance whose pid
+//! file is damaged is neither exported nor signalled.
 
 mod common;
 
@@ -406,4 +407,52 @@ fn snapshot_of_a_writing_instance_is_consistent() {
         torn[(k - 1) * RS + 100] ^= 0xff;
         assert!(consistent_prefix(&torn).is_err());
     }
+}
+
+#[test]
+fn a_damaged_pid_file_stops_the_export_before_anything_is_touched() {
+    // Whether the instance runs cannot be told from a pid file that lost its start time (or
+    // was hand edited): reading it as "not running" would copy a disk in use and never start
+    // the instance again; trusting its pid could signal a process that reused it.
+    let dir = scratch();
+    let roots = node_roots(dir.path(), 2);
+    let inst = InstSpec {
+        name: INST.into(),
+        primary: "node1.example.com".into(),
+        admin_state: "up",
+        disks: file_disks(dir.path(), 1, 2, 11),
+        process: Some(vec!["/bin/sleep".into(), "1000".into()]),
+    };
+    let cfg = write_cluster(dir.path(), &roots, &[inst], &[]);
+    let guard = InstanceGuard::new(&cfg, INST, true);
+    let pid = guard.pid().expect("the instance runs");
+    let pid_file = guard.driver.pid_file.clone();
+    let good = fs::read_to_string(&pid_file).unwrap();
+    for damaged in [format!("{pid}\n"), "1 1\n".into(), String::new()] {
+        fs::write(&pid_file, &damaged).unwrap();
+        let (ok, out, err) = ds_text(&["export", "--cluster", s(&cfg), "-n", "node2", INST]);
+        assert!(!ok, "{damaged:?}: {out}");
+        assert!(
+            err.contains(&pid_file.display().to_string()) && err.contains("damaged"),
+            "{damaged:?}: the error names the pid file: {err}"
+        );
+        assert_eq!(
+            diskstream_orchestrator::driver::proc_state(pid).map(|(s, _)| s != 'Z'),
+            Some(true),
+            "{damaged:?}: the instance was not signalled"
+        );
+        assert_eq!(fs::read_to_string(&pid_file).unwrap(), damaged, "the pid file is kept");
+        assert!(
+            !export_dir(&roots[1]).join(INST).exists(),
+            "{damaged:?}: nothing exported"
+        );
+        assert!(find_named(dir.path(), ".new").is_empty());
+        assert!(find_named(dir.path(), ".ds-snap-").is_empty());
+    }
+    // Mended, the instance is found running, and the export stops and restarts it.
+    fs::write(&pid_file, good).unwrap();
+    let args = ["export", "--cluster", s(&cfg), "-n", "node2", "--long-sleep", INST];
+    let (ok, out, err) = ds_text(&args);
+    assert!(ok, "{out}\n{err}");
+    assert!(guard.pid().is_some_and(|p| p != pid), "restarted after the export");
 }

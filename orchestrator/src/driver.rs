@@ -7,8 +7,9 @@
 //!   command in its own process group (so it outlives the `diskstream` that started it and a
 //!   `kill -9` of that `diskstream` does not take it down). Its pid and start time go to
 //!   `<primary root>/var/run/ganeti/instances/<name>.pid`; it runs while that pid is alive, not
-//!   a zombie and has that start time (pid reuse is not mistaken for the instance). Stopping
-//!   sends SIGTERM to the group, then SIGKILL after the shutdown timeout.
+//!   a zombie and has that start time (pid reuse is not mistaken for the instance). A pid file
+//!   of any other form is an error naming it, never read as "not running". Stopping sends
+//!   SIGTERM to the group, then SIGKILL after the shutdown timeout.
 //! * `command` ([`CommandDriver`]): start, stop and status shell commands (e.g. wrapping
 //!   `virsh`); `status` exits 0 while the instance runs. Stopping runs `stop` and waits up to the
 //!   shutdown timeout for `status` to say it stopped.
@@ -100,6 +101,18 @@ pub enum DriverError {
         /// The timeout in seconds.
         secs: u64,
     },
+    /// The instance's pid file is not one this driver wrote: whether it runs cannot be told.
+    #[error(
+        "pid file {} is damaged ({why}): check whether the instance still runs, stop it if \
+         it does, and remove the file",
+        path.display()
+    )]
+    DamagedPidFile {
+        /// The pid file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The instance has no driver, so it cannot be started.
     #[error("instance {0} has no [instances.driver] in the cluster config")]
     NoDriver(String),
@@ -180,30 +193,84 @@ pub struct ProcessDriver {
     pub env: Vec<(String, String)>,
 }
 
+/// The longest pid file this driver writes, with room to spare: `<pid> <start time>\n`.
+const PID_FILE_MAX: u64 = 64;
+
 impl ProcessDriver {
-    /// The pid of the running instance, if it runs.
-    pub fn running_pid(&self) -> Option<u32> {
-        let text = fs::read_to_string(&self.pid_file).ok()?;
-        let mut it = text.split_whitespace();
-        let pid: u32 = it.next()?.parse().ok()?;
-        if pid <= 1 {
-            return None; // init (or nothing) is never an instance: never signal it, nor group -1.
+    /// The pid of the running instance, if it runs. A pid file naming no process, a zombie or a
+    /// process started at another time (the pid reused) is stale: `None`. A pid file this
+    /// driver cannot have written (not a regular file, not `<pid> <start time>`, a pid below
+    /// 2) is an error naming it: whether the instance runs cannot be told, and guessing "not
+    /// running" would let an export copy a disk that is in use.
+    pub fn running_pid(&self) -> Result<Option<u32>, DriverError> {
+        let damaged = |why: String| DriverError::DamagedPidFile {
+            path: self.pid_file.clone(),
+            why,
+        };
+        // Opened without following a link or waiting on a FIFO, then checked by its handle: what
+        // is read is what was checked.
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let file = match rustix::fs::open(&self.pid_file, flags, Mode::empty()) {
+            Ok(fd) => fs::File::from(fd),
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(rustix::io::Errno::LOOP) => return Err(damaged("a symbolic link".into())),
+            Err(e) => {
+                return Err(DriverError::File {
+                    path: self.pid_file.clone(),
+                    source: e.into(),
+                })
+            }
+        };
+        let meta = file.metadata().map_err(|e| damaged(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(damaged(format!(
+                "{}, not a regular file",
+                diskstream_engine::input::kind_name(&meta.file_type())
+            )));
         }
-        let start: Option<u64> = it.next().and_then(|s| s.parse().ok());
-        let (state, st) = proc_state(pid)?;
-        if matches!(state, 'Z' | 'X' | 'x') {
-            return None;
+        if meta.len() > PID_FILE_MAX {
+            return Err(damaged(format!("{} bytes long", meta.len())));
         }
-        if start.is_some() && start != Some(st) {
-            return None; // The pid was reused by another process.
+        let mut text = String::new();
+        io::Read::read_to_string(&mut io::Read::take(&file, PID_FILE_MAX), &mut text)
+            .map_err(|e| damaged(e.to_string()))?;
+        let (pid, start) = parse_pid_file(&text).map_err(|why| damaged(format!("{why} in {text:?}")))?;
+        let Some((state, st)) = proc_state(pid) else {
+            return Ok(None);
+        };
+        if matches!(state, 'Z' | 'X' | 'x') || st != start {
+            return Ok(None); // Gone, or the pid was reused by another process.
         }
-        Some(pid)
+        Ok(Some(pid))
     }
+}
+
+/// `<pid> <start time>\n` as [`InstanceDriver::start`] writes it; the pid is never 0 or 1 (an
+/// instance is never init, and `kill(-1)` would signal every process on the machine).
+fn parse_pid_file(text: &str) -> Result<(u32, u64), &'static str> {
+    let mut it = text.split_whitespace();
+    let pid: u32 = it.next().ok_or("no pid")?.parse().map_err(|_| "no valid pid")?;
+    if pid <= 1 {
+        return Err("pid 0 or 1");
+    }
+    if i32::try_from(pid).is_err() {
+        return Err("a pid out of range");
+    }
+    let start = it
+        .next()
+        .ok_or("no start time")?
+        .parse()
+        .map_err(|_| "no valid start time")?;
+    if it.next().is_some() {
+        return Err("more than a pid and a start time");
+    }
+    Ok((pid, start))
 }
 
 impl InstanceDriver for ProcessDriver {
     fn start(&self) -> Result<(), DriverError> {
-        if self.running_pid().is_some() {
+        if self.running_pid()?.is_some() {
             return Ok(());
         }
         let (program, args) = self.argv.split_first().ok_or(DriverError::EmptyCommand)?;
@@ -271,14 +338,14 @@ impl InstanceDriver for ProcessDriver {
 
     /// SIGTERM, then SIGKILL after `timeout`, or as soon as `cancel` is set.
     fn stop_cancellable(&self, timeout: Duration, cancel: &AtomicBool) -> Result<(), DriverError> {
-        let Some(pid) = self.running_pid() else {
+        let Some(pid) = self.running_pid()? else {
             let _ = fs::remove_file(&self.pid_file);
             return Ok(());
         };
         signal_group(pid, Signal::TERM);
-        if !self.wait_gone(timeout, cancel) {
+        if !self.wait_gone(timeout, cancel)? {
             signal_group(pid, Signal::KILL);
-            if !self.wait_gone(KILL_GRACE, &AtomicBool::new(false)) {
+            if !self.wait_gone(KILL_GRACE, &AtomicBool::new(false))? {
                 return Err(DriverError::SurvivedKill { pid });
             }
         }
@@ -287,20 +354,20 @@ impl InstanceDriver for ProcessDriver {
     }
 
     fn is_running(&self) -> Result<bool, DriverError> {
-        Ok(self.running_pid().is_some())
+        Ok(self.running_pid()?.is_some())
     }
 }
 
 impl ProcessDriver {
     /// Waits until the process is gone (`true`), `timeout` passed or `cancel` is set (`false`).
-    fn wait_gone(&self, timeout: Duration, cancel: &AtomicBool) -> bool {
+    fn wait_gone(&self, timeout: Duration, cancel: &AtomicBool) -> Result<bool, DriverError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.running_pid().is_none() {
-                return true;
+            if self.running_pid()?.is_none() {
+                return Ok(true);
             }
             if Instant::now() >= deadline || cancel.load(Ordering::SeqCst) {
-                return false;
+                return Ok(false);
             }
             thread::sleep(Duration::from_millis(10));
         }
@@ -451,7 +518,7 @@ mod tests {
         d.start().unwrap();
         assert!(d.is_running().unwrap());
         d.start().unwrap(); // idempotent
-        let pid = d.running_pid().unwrap();
+        let pid = d.running_pid().unwrap().unwrap();
         d.stop(Duration::from_secs(5)).unwrap();
         assert!(!d.is_running().unwrap());
         assert!(proc_state(pid).is_none_or(|(s, _)| s == 'Z'));
@@ -459,19 +526,84 @@ mod tests {
     }
 
     #[test]
-    fn a_pid_file_naming_init_or_no_process_is_never_signalled() {
+    fn a_damaged_pid_file_is_an_error_naming_it_and_nothing_is_signalled() {
         // `kill(-1)` would signal every process on the machine: a pid file saying 1 (hand
-        // edited, damaged) must not make a stop do that.
+        // edited, damaged) must not make a stop do that. Nor may a pid without its start time
+        // (this test's own pid: signalling it would end the test) be trusted, nor a file that
+        // is not one this driver writes be read as "not running".
         let dir = tempfile::tempdir().unwrap();
         let d = driver(dir.path(), &["/bin/sleep", "1000"]);
         fs::create_dir_all(dir.path().join("run")).unwrap();
-        for text in ["1\n", "1 1\n", "0\n", "-1\n", "-4242 7\n", "4294967295 7\n", "x\n", ""] {
+        let me = std::process::id();
+        let (_, my_start) = proc_state(me).unwrap();
+        let texts = [
+            "1\n".to_string(),
+            "1 1\n".into(),
+            "0 5\n".into(),
+            "-1\n".into(),
+            "-4242 7\n".into(),
+            "4294967295 7\n".into(),
+            "x\n".into(),
+            String::new(),
+            format!("{me}\n"),
+            format!("{me} x\n"),
+            format!("{me} {my_start} {me}\n"),
+            format!("{me} {my_start}{}\n", " ".repeat(80)),
+        ];
+        let check = |what: &str| {
+            let e = d.running_pid().unwrap_err().to_string();
+            assert!(e.contains("run/i.pid") && e.contains("damaged"), "{what}: {e}");
+            assert!(d.is_running().is_err(), "{what}");
+            assert!(d.start().is_err(), "{what}: no second instance beside one that may run");
+            let e = d.stop(Duration::ZERO).unwrap_err().to_string();
+            assert!(e.contains("damaged"), "{what}: {e}");
+            assert!(fs::symlink_metadata(&d.pid_file).is_ok(), "{what}: the file is kept");
+        };
+        for text in &texts {
             fs::write(&d.pid_file, text).unwrap();
-            assert_eq!(d.running_pid(), None, "{text:?}");
+            check(&format!("{text:?}"));
+        }
+        // Not a regular file: a FIFO (a read would wait forever), a directory, a symbolic link
+        // (even to a valid pid file of a live process).
+        fs::remove_file(&d.pid_file).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &d.pid_file,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        check("a FIFO");
+        fs::remove_file(&d.pid_file).unwrap();
+        fs::create_dir(&d.pid_file).unwrap();
+        check("a directory");
+        fs::remove_dir(&d.pid_file).unwrap();
+        let real = dir.path().join("real.pid");
+        fs::write(&real, format!("{me} {my_start}\n")).unwrap();
+        std::os::unix::fs::symlink(&real, &d.pid_file).unwrap();
+        check("a symbolic link");
+    }
+
+    #[test]
+    fn a_stale_pid_file_is_not_running_and_a_stop_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = driver(dir.path(), &["/bin/sleep", "1000"]);
+        fs::create_dir_all(dir.path().join("run")).unwrap();
+        let me = std::process::id();
+        let (_, my_start) = proc_state(me).unwrap();
+        // A pid no process has (past pid_max), and this test's own pid with another start
+        // time (the pid reused by a process that is not the instance).
+        for text in [format!("{} 7\n", u32::MAX / 2), format!("{me} {}\n", my_start + 1)] {
+            fs::write(&d.pid_file, &text).unwrap();
+            assert_eq!(d.running_pid().unwrap(), None, "{text:?}");
             assert!(!d.is_running().unwrap(), "{text:?}");
             d.stop(Duration::ZERO).unwrap();
             assert!(!d.pid_file.exists(), "{text:?}: the stale pid file is removed");
         }
+        // And a live one of ours is this process.
+        fs::write(&d.pid_file, format!("{me} {my_start}\n")).unwrap();
+        assert_eq!(d.running_pid().unwrap(), Some(me));
     }
 
     #[test]
@@ -484,7 +616,7 @@ mod tests {
         let (_, start) = proc_state(child.id()).unwrap();
         fs::create_dir_all(dir.path().join("run")).unwrap();
         fs::write(&d.pid_file, format!("{} {start}\n", child.id())).unwrap();
-        assert_eq!(d.running_pid(), Some(child.id()));
+        assert_eq!(d.running_pid().unwrap(), Some(child.id()));
         // Its zombie counts as gone, so the stop returns before this test reaps it.
         let stopped = d.stop(Duration::from_secs(5));
         let status = child.try_wait().unwrap();

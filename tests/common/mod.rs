@@ -471,7 +471,7 @@ impl InstanceGuard {
 
     /// The running pid, if any.
     pub fn pid(&self) -> Option<u32> {
-        self.driver.running_pid()
+        self.driver.running_pid().expect("the instance's pid file")
     }
 }
 
