@@ -22,13 +22,18 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// lz4 is kept only when at least this much faster than no compression.
 const MARGIN: f64 = 1.10;
 
 /// The longest a choice is kept, in rounds' `keep`s (doubling from one while it keeps winning).
 const MAX_BACKOFF: u64 = 8;
+
+/// The share of a keep's time the sink spends writing above which the stream is bound by the
+/// link (or the receiver): measured over 256 chunks on a 1 Gbit/s link with lz4, 0.98 or more;
+/// on an open link with the CPUs the limit, 0.2–0.65 (`docs/performance.md`).
+const LINK_BOUND: f64 = 0.85;
 
 /// Chunks to let pass after a switch besides the sender's own chunks in flight: what the
 /// connection and the receiving end hold (socket buffers, the receiver's pools and writes in
@@ -43,8 +48,8 @@ enum Phase {
     Settle { lz4: bool, until: u64 },
     /// Measuring `lz4` from `from` bytes at `t0` until `from + window`.
     Measure { lz4: bool, from: u64, t0: Instant },
-    /// Running the chosen setting until `until` bytes.
-    Keep { until: u64 },
+    /// Running the chosen setting from `t0` until `until` bytes.
+    Keep { until: u64, t0: Instant },
 }
 
 /// The controller of one stream.
@@ -65,6 +70,10 @@ pub struct Adapt {
     pub rounds: u32,
     /// Rounds lz4 won.
     pub lz4_won: u32,
+    /// Keeps of lz4 that went on without a probe because the stream was bound by the link.
+    pub link_bound: u32,
+    /// Time the sink spent writing since the current keep began.
+    writing: Duration,
 }
 
 impl Adapt {
@@ -85,6 +94,8 @@ impl Adapt {
             rates: [None, None],
             rounds: 0,
             lz4_won: 0,
+            link_bound: 0,
+            writing: Duration::ZERO,
         }
     }
 
@@ -106,8 +117,10 @@ impl Adapt {
         self.gate.load(Ordering::Relaxed)
     }
 
-    /// Called after each chunk is delivered, with the disk bytes delivered so far.
-    pub fn delivered(&mut self, done: u64, now: Instant) {
+    /// Called after each chunk is delivered, with the disk bytes delivered so far and the time
+    /// the sink spent writing that chunk.
+    pub fn delivered(&mut self, done: u64, now: Instant, writing: Duration) {
+        self.writing += writing;
         match self.phase {
             Phase::Settle { lz4, until } if done >= until => {
                 self.phase = Phase::Measure {
@@ -132,19 +145,32 @@ impl Adapt {
                             self.keep
                         };
                         self.last_pick = Some(pick);
-                        self.phase = Phase::Keep {
-                            until: done + self.keep_now,
-                        };
+                        self.keep_for(self.keep_now, done, now);
                     }
                     _ => self.switch_to(!lz4, done),
                 }
             }
-            Phase::Keep { until } if done >= until => {
-                // A new round: probe the other setting first, then the current one.
-                self.switch_to(!self.lz4(), done);
+            Phase::Keep { until, t0 } if done >= until => {
+                let spent = now.duration_since(t0).as_secs_f64();
+                if self.lz4() && self.writing.as_secs_f64() >= LINK_BOUND * spent {
+                    // No compression cannot be faster on a link that lz4 already fills.
+                    self.link_bound += 1;
+                    self.keep_for(self.keep, done, now);
+                } else {
+                    // A new round: probe the other setting first, then the current one.
+                    self.switch_to(!self.lz4(), done);
+                }
             }
             _ => {}
         }
+    }
+
+    fn keep_for(&mut self, bytes: u64, done: u64, now: Instant) {
+        self.writing = Duration::ZERO;
+        self.phase = Phase::Keep {
+            until: done + bytes,
+            t0: now,
+        };
     }
 
     fn set(&self, lz4: bool) {
@@ -163,7 +189,6 @@ impl Adapt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     /// A simulated transfer: time and bytes go on across calls of [`Sim::drive`].
     struct Sim {
@@ -179,16 +204,24 @@ mod tests {
             }
         }
 
-        /// Drives `a` over `bytes` more bytes where a byte takes `cost(lz4)` nanoseconds;
-        /// returns the bytes delivered with lz4 on.
+        /// Drives `a` over `bytes` more bytes where a byte takes `cost(lz4)` nanoseconds, none
+        /// of them spent writing (the sink waits for the workers); returns the bytes delivered
+        /// with lz4 on.
         fn drive(&mut self, a: &mut Adapt, bytes: u64, cost: impl Fn(bool) -> u64) -> u64 {
+            self.drive_writing(a, bytes, |lz4| (cost(lz4), 0))
+        }
+
+        /// [`Sim::drive`] where `cost(lz4)` gives a byte's nanoseconds and how many of them the
+        /// sink spent writing.
+        fn drive_writing(&mut self, a: &mut Adapt, bytes: u64, cost: impl Fn(bool) -> (u64, u64)) -> u64 {
             let mut with_lz4 = 0;
             for _ in 0..bytes {
                 let on = a.lz4();
-                self.now += Duration::from_nanos(cost(on));
+                let (ns, writing) = cost(on);
+                self.now += Duration::from_nanos(ns);
                 self.done += 1;
                 with_lz4 += u64::from(on);
-                a.delivered(self.done, self.now);
+                a.delivered(self.done, self.now, Duration::from_nanos(writing));
             }
             with_lz4
         }
@@ -257,6 +290,58 @@ mod tests {
             a.keep_now, 500,
             "a changed choice is kept for one keep, not the longest"
         );
+    }
+
+    /// A link that lz4 fills: every byte's time is spent writing with lz4 (half the wire
+    /// bytes), and with none too (the link is the limit either way).
+    fn link_bound(lz4: bool) -> (u64, u64) {
+        if lz4 {
+            (5, 5)
+        } else {
+            (10, 10)
+        }
+    }
+
+    #[test]
+    fn lz4_filling_the_link_is_kept_without_probes() {
+        let mut a = Adapt::new(10, 50, 500);
+        let on = Sim::new().drive_writing(&mut a, 10_000, link_bound);
+        // One round at the start (both probed), then every keep goes on without a probe.
+        assert_eq!((a.rounds, a.lz4_won), (1, 1));
+        assert_eq!(a.link_bound, (10_000 - 120) / 500, "every keep of 500 went on");
+        // No compression ran only in the first probe of it.
+        assert_eq!(on, 10_000 - 60, "lz4 on for {on} of 10000");
+    }
+
+    #[test]
+    fn a_faster_link_ends_the_link_bound_keep_in_a_probe() {
+        let mut a = Adapt::new(10, 50, 500);
+        let mut sim = Sim::new();
+        sim.drive_writing(&mut a, 3_000, link_bound);
+        let (rounds, skipped) = (a.rounds, a.link_bound);
+        assert!(skipped >= 3);
+        // The link gets fast: the sink waits for the workers, lz4 now costs more than it
+        // saves. Found within one keep and a round, and lz4 goes off.
+        let mut bytes = 0;
+        while a.rounds == rounds {
+            bytes += 1;
+            assert!(bytes <= 500 + 2 * 60, "no probe within a keep and a round");
+            sim.drive_writing(&mut a, 1, |lz4| if lz4 { (16, 1) } else { (10, 1) });
+        }
+        assert!(!a.lz4());
+        assert_eq!(a.link_bound, skipped);
+    }
+
+    #[test]
+    fn writing_without_lz4_still_probes_lz4() {
+        // The sink waits for the link with no compression: only a probe tells whether lz4
+        // would help (it may cost more CPU than the link saves), so the rounds go on.
+        let mut a = Adapt::new(10, 50, 500);
+        let on = Sim::new().drive_writing(&mut a, 10_000, |lz4| if lz4 { (16, 2) } else { (10, 10) });
+        assert_eq!(a.lz4_won, 0);
+        assert_eq!(a.rounds, 5);
+        assert_eq!(a.link_bound, 0);
+        assert!(on <= 5 * 60, "lz4 on for {on} of 10000");
     }
 
     #[test]
