@@ -342,17 +342,18 @@ fn probe_in_namespace() {
         dump: "probe-dump".into(),
         ..req
     };
-    let opened: Opened = serde_json::from_value(remote.call(n3, &Call::OpenReceive { req }, None).unwrap()).unwrap();
+    let opened: Opened =
+        serde_json::from_value(remote.call(n3, &Call::OpenReceive { req: req.clone() }, None).unwrap()).unwrap();
     let pki = PkiDir::new(cluster.pki_dir());
     let ca = pki.load_ca().unwrap();
     let host = addr3.rsplit_once(':').unwrap().0;
-    let dial = |as_node: &str, token: &str| -> Vec<u8> {
+    let dial_with = |port: u16, as_node: &str, token: &str, body: &[u8]| -> Vec<u8> {
         let cfg = tls::client_config(&ca, &pki.load_identity(as_node).unwrap()).unwrap();
-        let tcp = std::net::TcpStream::connect((host, opened.port)).unwrap();
+        let tcp = std::net::TcpStream::connect((host, port)).unwrap();
         let mut s = tls::connect(&cfg, tcp, n3, Duration::from_secs(5)).unwrap();
         let _ = s
             .write_all(&data_hello(token))
-            .and_then(|()| s.write_all(&[0u8; 4096]))
+            .and_then(|()| s.write_all(body))
             .and_then(|()| s.flush());
         s.conn.send_close_notify();
         let _ = s.flush();
@@ -360,6 +361,7 @@ fn probe_in_namespace() {
         let _ = s.read_to_end(&mut got);
         got
     };
+    let dial = |as_node: &str, token: &str| dial_with(opened.port, as_node, token, &[0u8; 4096]);
     let wrong = "0".repeat(opened.token.len());
     assert!(dial(n2, &wrong).is_empty(), "a wrong token got an answer");
     assert!(
@@ -369,6 +371,34 @@ fn probe_in_namespace() {
     let ack = String::from_utf8(dial(n2, &opened.token)).unwrap();
     assert!(ack.contains("\"err\""), "garbage was acknowledged: {ack}");
     eprintln!("probe: garbage stream: {ack}");
+    // A valid header that claims a disk of 2^60 bytes in 4 KiB chunks (a manifest of 2^48
+    // entries, which aborted the agent): refused against the size in node3's own config.
+    let opened: Opened = serde_json::from_value(
+        remote
+            .call(
+                n3,
+                &Call::OpenReceive {
+                    req: SendDisk {
+                        dump: "probe-dump2".into(),
+                        ..req.clone()
+                    },
+                },
+                None,
+            )
+            .unwrap(),
+    )
+    .unwrap();
+    let lie = diskstream_engine::format::Header {
+        disk_size: 1 << 60,
+        chunk_size: diskstream_engine::format::MIN_CHUNK,
+        checksum: Default::default(),
+    };
+    let ack = String::from_utf8(dial_with(opened.port, n2, &opened.token, &lie.encode())).unwrap();
+    assert!(
+        ack.contains("\"err\"") && ack.contains(&(1u64 << 60).to_string()) && ack.contains("this disk has"),
+        "a lying header was not refused: {ack}"
+    );
+    eprintln!("probe: lying header: {ack}");
     remote
         .call(
             n3,

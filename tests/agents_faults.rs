@@ -262,3 +262,94 @@ fn established(ns: &str, only: &str) -> String {
         .map(|l| format!("{l}\n"))
         .collect()
 }
+
+#[test]
+fn a_connection_flood_neither_ends_nor_fills_the_agent() {
+    // 300 connections that never finish a handshake, from node2's address, against node3's
+    // agent run with 32 file descriptors: before, its accept loop ended at the first EMFILE and
+    // the agent exited. It must refuse what it cannot take, stay up, and serve the master once
+    // the flood is over.
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("fl", 47).expect("namespaces");
+    let (cfg, _local, _disks) = cluster(dir.path(), &net);
+    let log3 = dir.path().join("agent3.log");
+    net.start_agent_with(&cfg, 2, &dir.path().join("agent2.log"), &[]);
+    net.start_agent_under(&["prlimit", "--nofile=32:32"], &cfg, 3, &log3, &[]);
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &net.p])
+        .arg(exe)
+        .args(["--exact", "flood_in_namespace", "--nocapture", "--test-threads=1"])
+        .env("DS_AGENT_FLOOD", format!("{}|{}", net.p, net.addr(3)))
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success() && t.contains("flood: held"), "{t}");
+    eprintln!(
+        "{}",
+        t.lines()
+            .filter(|l| l.starts_with("flood:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        net.agents[1].try_wait().unwrap().is_none(),
+        "the agent exited: {}",
+        std::fs::read_to_string(&log3).unwrap_or_default()
+    );
+    let log = std::fs::read_to_string(&log3).unwrap();
+    assert!(
+        log.contains("handshakes from this address in progress") || log.contains("connections refused"),
+        "no refusal logged: {log}"
+    );
+    // The master is served again: node3 answers its listing (not `?`).
+    let list = ["list", "--cluster", s(&cfg), "--separator", ":", "--no-headers"];
+    let listed = wait_for(15, || {
+        let out = net.master(&list);
+        out.status.success() && !text(&out).contains("node3.example.com:?")
+    });
+    let out = net.master(&list);
+    assert!(listed, "node3 not served after the flood: {}\n{log}", text(&out));
+    // What the check above would have seen of an agent that does not answer.
+    net.kill_agent(1);
+    let out = net.master(&list);
+    assert!(text(&out).contains("node3.example.com:?"), "{}", text(&out));
+}
+
+/// Run by `a_connection_flood_...` inside node2's namespace (a no-op otherwise): opens 300
+/// connections to the agent at the given address, sends each a byte of a ClientHello, holds
+/// them 3 s, then closes them all.
+#[test]
+fn flood_in_namespace() {
+    use std::io::Write;
+    let Ok(spec) = std::env::var("DS_AGENT_FLOOD") else {
+        return;
+    };
+    let (ns, addr) = spec.split_once('|').unwrap();
+    let here = std::process::Command::new("ip")
+        .args(["netns", "identify"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&here.stdout).trim(),
+        ns,
+        "not inside the test namespace"
+    );
+    let mut held = Vec::new();
+    let mut failed = 0;
+    for _ in 0..300 {
+        match std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)) {
+            Ok(mut c) => {
+                let _ = c.write_all(&[0x16]);
+                held.push(c);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    println!("flood: held {} connections ({failed} not made)", held.len());
+    std::thread::sleep(Duration::from_secs(3));
+    drop(held);
+}

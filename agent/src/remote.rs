@@ -19,12 +19,16 @@ use diskstream_orchestrator::hooks::{HookResult, HookStatus, HooksRunner, Phase}
 use diskstream_orchestrator::node::local::LocalNodeOps;
 use diskstream_orchestrator::node::{NodeError, NodeOps, SendDisk, SnapshotRef, TransferError, TransferProgress};
 use diskstream_orchestrator::snapshot::{Capability, Stale};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::net::TcpStream;
+
+/// The largest answer read from an agent: the biggest real one is a hooks run (the last 64 KiB
+/// of each script's output); an agent that sends more is not read into memory.
+const MAX_ANSWER: usize = 64 << 20;
 use tokio_rustls::TlsConnector;
 
 use crate::data::Timeouts;
@@ -157,8 +161,7 @@ impl Remote {
             .await
             .map_err(|e| format!("HTTP/2 request: {e}"))?;
         let status = resp.status();
-        let body = resp
-            .into_body()
+        let body = Limited::new(resp.into_body(), MAX_ANSWER)
             .collect()
             .await
             .map_err(|e| format!("reading the answer: {e}"))?

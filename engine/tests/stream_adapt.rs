@@ -57,7 +57,10 @@ fn an_adaptive_stream_probes_lz4_off_and_is_received_byte_identical() {
         Cursor::new(wire),
         Path::new("test:disk0"),
         &out,
-        o.checksum,
+        ops::Expected {
+            checksum: o.checksum,
+            disk_size: 512 << 20,
+        },
         &o,
         &Progress::default(),
     )

@@ -88,10 +88,17 @@ impl Net {
 
     /// Starts node N's agent with extra arguments.
     pub fn start_agent_with(&mut self, cfg: &Path, node: u32, log: &Path, extra: &[&str]) {
+        self.start_agent_under(&[], cfg, node, log, extra);
+    }
+
+    /// Starts node N's agent run by `wrapper` (a command that execs the rest, e.g. `prlimit`).
+    pub fn start_agent_under(&mut self, wrapper: &[&str], cfg: &Path, node: u32, log: &Path, extra: &[&str]) {
         let ns = if node == 2 { self.p.clone() } else { self.t.clone() };
         let f = std::fs::File::create(log).expect("agent log");
         let child = Command::new("ip")
-            .args(["netns", "exec", &ns, DS, "agent", "--cluster"])
+            .args(["netns", "exec", &ns])
+            .args(wrapper)
+            .args([DS, "agent", "--cluster"])
             .arg(cfg)
             .args(["--node", &format!("node{node}.example.com")])
             // 5 s unless the caller sets its own.

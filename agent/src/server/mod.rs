@@ -9,6 +9,7 @@
 //! The agent reads only the disks and writes only the export directory that the cluster config
 //! gives its node: every path is derived by [`LocalNodeOps`] from the config.
 
+mod admit;
 mod handle;
 
 use std::collections::HashMap;
@@ -26,7 +27,7 @@ use diskstream_orchestrator::node::{NodeOps, SendDisk, TransferProgress};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::{ClientConfig, ServerConfig};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -37,6 +38,24 @@ use crate::lease::Leases;
 use crate::pki::PkiDir;
 use crate::proto::{Call, Reply, Sent, WireError};
 use crate::tls;
+
+/// How often an idle master connection is pinged (HTTP/2 PING); twice this without an answer
+/// closes it.
+const KEEPALIVE_PING: Duration = Duration::from_secs(10);
+
+/// Raises the soft limit on open files to the hard one (systemd's default soft limit is 1024,
+/// its hard limit far higher): connections, data ports and disks all take descriptors. The
+/// limits of [`admit::Admission`] hold either way.
+fn raise_open_files_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, l) {
+            eprintln!("diskstream agent: raising the open files limit: {e}");
+        }
+    }
+}
 
 /// The largest request body accepted (a `config.ini` and a hook environment fit easily).
 const MAX_BODY: usize = 4 << 20;
@@ -55,6 +74,8 @@ pub struct Agent {
     leases: Leases,
     /// The sends in progress, by token.
     sending: Mutex<HashMap<String, Arc<TransferProgress>>>,
+    /// The control port's limits.
+    admission: admit::Admission,
 }
 
 /// Where an agent listens and how long it waits.
@@ -112,6 +133,7 @@ impl Agent {
             ended: Mutex::default(),
             leases: Leases::new(opts.staging_timeout),
             sending: Mutex::default(),
+            admission: admit::Admission::default(),
         };
         // Staging exports left by an agent that was killed: no master can finish them now.
         for i in cluster.instances() {
@@ -126,11 +148,32 @@ impl Agent {
             .await
             .map_err(|e| format!("listen on {listen}: {e}"))?;
         eprintln!("diskstream agent: node {} listening on {listen}", self.node);
+        raise_open_files_limit();
         let acceptor = TlsAcceptor::from(Arc::clone(&self.server_tls));
         loop {
-            let (tcp, peer) = listener.accept().await.map_err(|e| format!("accept: {e}"))?;
+            // Never ends on an error: out of file descriptors now is not out of them for good.
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    if let Some(n) = self.admission.refusal() {
+                        eprintln!("diskstream agent: accept: {e} ({n} connections refused since the last report)");
+                    }
+                    tokio::time::sleep(admit::ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            let Some(place) = self.admission.connection() else {
+                if let Some(n) = self.admission.refusal() {
+                    eprintln!(
+                        "diskstream agent: {n} connections refused: {} open, the most at once",
+                        admit::MAX_CONNECTIONS
+                    );
+                }
+                continue; // Dropping `tcp` closes it.
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
+                let _place = place;
                 if let Err(e) = self.connection(acceptor, tcp, peer).await {
                     eprintln!("diskstream agent: {peer}: {e}");
                 }
@@ -146,12 +189,25 @@ impl Agent {
     ) -> Result<(), String> {
         let _ = tcp.set_nodelay(true);
         let _ = crate::sock::keepalive(&tcp);
+        let slot = self.admission.handshake(peer.ip()).ok_or_else(|| {
+            format!(
+                "refused: {} handshakes from this address in progress",
+                admit::MAX_HANDSHAKES_PER_PEER
+            )
+        })?;
         let s = tokio::time::timeout(self.timeouts.connect, acceptor.accept(tcp))
             .await
             .map_err(|_| "TLS handshake timed out".to_string())?
             .map_err(|e| format!("TLS handshake: {e}"))?;
+        drop(slot);
         let master = self.cluster.master().name.as_str();
-        let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        // A master that vanished without closing (power cut, link down) is noticed by
+        // HTTP/2 pings as well as by TCP keepalive.
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(KEEPALIVE_PING))
+            .keep_alive_timeout(KEEPALIVE_PING * 2);
         if let Err(e) = tls::authorize(s.get_ref().1, &[master], &peer.to_string()) {
             // A cluster member that is not the master: every request is answered 403 with why,
             // and nothing runs.
@@ -161,10 +217,16 @@ impl Agent {
                 let why = why.clone();
                 async move { Ok::<_, hyper::Error>(answer(StatusCode::FORBIDDEN, Err(refused(why)))) }
             });
-            return builder
-                .serve_connection(TokioIo::new(s), service)
-                .await
-                .map_err(|e| format!("HTTP/2: {e}"));
+            // It is answered for as long as a handshake may take, then closed.
+            return match tokio::time::timeout(
+                self.timeouts.connect,
+                builder.serve_connection(TokioIo::new(s), service),
+            )
+            .await
+            {
+                Ok(r) => r.map_err(|e| format!("HTTP/2: {e}")),
+                Err(_) => Ok(()),
+            };
         }
         let service = hyper::service::service_fn(move |req| self.request(req));
         builder

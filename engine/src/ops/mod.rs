@@ -29,7 +29,7 @@ pub use options::{
 };
 pub use restore::restore;
 pub use scan::scan;
-pub use stream::{receive, send};
+pub use stream::{receive, send, Expected};
 pub use verify::verify;
 
 pub use crate::sink::manifest::IMAGE_DIGEST_XATTR;

@@ -62,15 +62,27 @@ pub fn send<W: Write + Send>(
 /// link 287–344 → 378–382 (no compression), random data 247–307 → 325–348.
 pub const RECEIVE_FLUSH_EVERY: u64 = 16 << 20;
 
+/// What the receiving end knows of a stream from its own configuration, before reading it: a
+/// header that says otherwise is refused before any file is created or any memory sized by it
+/// is taken (a header may claim any disk size or the smallest chunks).
+#[derive(Clone, Copy, Debug)]
+pub struct Expected {
+    /// The chunk digest the stream must use.
+    pub checksum: crate::digest::Checksum,
+    /// The disk's size in bytes.
+    pub disk_size: u64,
+}
+
 /// Reads the `dsimg` stream `stream` (named `name` in errors) into the sparse raw file `out`
 /// with its manifest `OUT.manifest`, both replaced if they exist (`out` is in a staging
-/// directory its caller owns). `expect` is the chunk digest the stream must use. Nothing
-/// appears under `out` unless every frame and the trailer checked out.
+/// directory its caller owns). The stream's header must match `expect` and have chunks of
+/// `o.tuning.chunk_size`. Nothing appears under `out` unless every frame and the trailer
+/// checked out.
 pub fn receive<R: FrameStream>(
     stream: R,
     name: &Path,
     out: &Path,
-    expect: crate::digest::Checksum,
+    expect: Expected,
     o: &CreateOptions,
     progress: &Progress,
 ) -> Result<Report> {
@@ -79,13 +91,25 @@ pub fn receive<R: FrameStream>(
     t.check()?;
     let mut source = FrameSource::new(stream, name)?;
     let info = source.info();
-    if info.checksum != expect {
-        return Err(Error::Invalid(format!(
-            "{}: the stream's chunk digest is {}, {} was asked for",
-            name.display(),
+    let refuse = |what: String| Err(Error::Invalid(format!("{}: {what}", name.display())));
+    if info.checksum != expect.checksum {
+        return refuse(format!(
+            "the stream's chunk digest is {}, {} was asked for",
             info.checksum.name(),
-            expect.name()
-        )));
+            expect.checksum.name()
+        ));
+    }
+    if info.disk_size != expect.disk_size {
+        return refuse(format!(
+            "the stream is of a disk of {} bytes, this disk has {} bytes",
+            info.disk_size, expect.disk_size
+        ));
+    }
+    if info.chunk_size != t.chunk_size {
+        return refuse(format!(
+            "the stream's chunks are of {} bytes, {} were asked for",
+            info.chunk_size, t.chunk_size
+        ));
     }
     let manifest_path = manifest_path(out, None)?;
     let manifest_target = Target::create_file(&manifest_path, true)?;

@@ -161,12 +161,17 @@ impl LocalNodeOps<'_> {
         if !crate::cluster::is_safe_name(&req.dump) {
             return Err(NodeError::Unknown(format!("invalid dump name '{}'", req.dump)).into());
         }
+        // The disk's size from this node's own config, not from the stream's header.
+        let disk_size = self.disk(&req.instance, req.disk)?.size << 20;
         let out = self.staging_dir(&req.target_node, &req.instance)?.join(&req.dump);
         ops::receive(
             stream,
             name,
             &out,
-            req.checksum,
+            ops::Expected {
+                checksum: req.checksum,
+                disk_size,
+            },
             &self.dump_options(req),
             &progress.done,
         )
