@@ -258,3 +258,34 @@ mod tests {
         assert_eq!(disk_template_of([Blockdev]), "blockdev");
     }
 }
+
+#[cfg(test)]
+mod validate_tests {
+    use super::*;
+
+    fn nodes(a: &str, b: &str) -> String {
+        format!(
+            "[cluster]\nname = \"c.test\"\nmaster = \"{a}\"\n\
+             [[nodes]]\nname = \"{a}\"\nuuid = \"u1\"\nroot = \"n1\"\n\
+             [[nodes]]\nname = \"{b}\"\nuuid = \"u2\"\nroot = \"n2\"\n"
+        )
+    }
+
+    #[test]
+    fn node_names_that_differ_only_in_case_or_a_final_dot_are_one_name() {
+        // Certificates name nodes as DNS does, without case: `Node1` would pass a handshake as
+        // `node1`, so a config holding both is refused where it is loaded.
+        Cluster::from_str_at(&nodes("node1.test", "node2.test"), "/c.toml").expect("distinct names");
+        for (a, b) in [
+            ("node1.test", "NODE1.test"),
+            ("node1.test", "node1.test."),
+            ("n.test", "n.test"),
+        ] {
+            let e = Cluster::from_str_at(&nodes(a, b), "/c.toml").expect_err(b).to_string();
+            assert!(
+                e.contains("nodes[1].name") && e.contains("duplicate node name"),
+                "{a} {b}: {e}"
+            );
+        }
+    }
+}

@@ -172,6 +172,7 @@ pub fn validate(c: &ClusterConfig) -> Result<(), Invalid> {
     }
 
     let mut node_names = HashSet::new();
+    let mut folded_names = HashSet::new();
     let mut uuids = HashSet::new();
     for (i, n) in c.nodes.iter().enumerate() {
         let key = format!("nodes[{i}]");
@@ -182,10 +183,16 @@ pub fn validate(c: &ClusterConfig) -> Result<(), Invalid> {
                 format!("invalid node name '{}'", n.name),
             ));
         }
-        if !node_names.insert(n.name.as_str()) {
+        // As DNS names (and certificates) compare them: without case, a final dot ignored.
+        // Two nodes that differ only so would each pass for the other in a TLS handshake.
+        node_names.insert(n.name.as_str());
+        if !folded_names.insert(n.name.trim_end_matches('.').to_ascii_lowercase()) {
             return Err(invalid(
                 format!("{key}.name"),
-                format!("duplicate node name '{}'", n.name),
+                format!(
+                    "duplicate node name '{}' (node names are compared without case and a final '.')",
+                    n.name
+                ),
             ));
         }
         check_uuid(&mut uuids, &n.uuid, &format!("{key}.uuid"))?;
