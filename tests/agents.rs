@@ -399,6 +399,92 @@ fn probe_in_namespace() {
         "a lying header was not refused: {ack}"
     );
     eprintln!("probe: lying header: {ack}");
+    // A receive holds its staging export: the same dump cannot be opened twice, the export
+    // cannot be finalized around it, and once the export is abandoned and begun again the old
+    // receive takes no stream into the new one.
+    let open3 = || {
+        remote.call(
+            n3,
+            &Call::OpenReceive {
+                req: SendDisk {
+                    dump: "probe-dump3".into(),
+                    ..req.clone()
+                },
+            },
+            None,
+        )
+    };
+    let opened: Opened = serde_json::from_value(open3().unwrap()).unwrap();
+    let e = open3().expect_err("a second receive of the same dump");
+    assert!(e.msg.contains("already being received"), "{e:?}");
+    let finalize = Call::FinalizeExport {
+        node: n3.into(),
+        instance: inst.into(),
+        config_ini: "[export]\n".into(),
+    };
+    let e = remote
+        .call(n3, &finalize, None)
+        .expect_err("a finalize around an open receive");
+    assert!(
+        e.kind == "refused" && e.msg.contains("cannot be finalized") && e.msg.contains("probe-dump3"),
+        "{e:?}"
+    );
+    for call in [
+        Call::AbandonExport {
+            node: n3.into(),
+            instance: inst.into(),
+        },
+        Call::BeginExport {
+            node: n3.into(),
+            instance: inst.into(),
+        },
+    ] {
+        remote.call(n3, &call, None).unwrap();
+    }
+    let header = diskstream_engine::format::Header {
+        disk_size: 24 << 20,
+        chunk_size: 1 << 20,
+        checksum: Default::default(),
+    };
+    let ack = String::from_utf8(dial_with(opened.port, n2, &opened.token, &header.encode())).unwrap();
+    assert!(
+        ack.contains("\"err\"") && ack.contains("finalized or abandoned"),
+        "a receive of an abandoned export took a stream: {ack}"
+    );
+    eprintln!("probe: receive of an abandoned export: {ack}");
+    // A connection to the data port that stalls in its handshake does not hold the port
+    // against the primary: admissions run side by side.
+    let opened: Opened = serde_json::from_value(
+        remote
+            .call(
+                n3,
+                &Call::OpenReceive {
+                    req: SendDisk {
+                        dump: "probe-dump4".into(),
+                        ..req.clone()
+                    },
+                },
+                None,
+            )
+            .unwrap(),
+    )
+    .unwrap();
+    let mut stall = std::net::TcpStream::connect((host, opened.port)).unwrap();
+    stall.write_all(&[0x16]).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let t0 = std::time::Instant::now();
+    let ack = String::from_utf8(dial_with(opened.port, n2, &opened.token, &lie.encode())).unwrap();
+    assert!(ack.contains("this disk has"), "{ack}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "the primary waited {:?} behind a stalled connection",
+        t0.elapsed()
+    );
+    drop(stall);
+    eprintln!(
+        "probe: stalled connection beside the primary: answered in {:?}",
+        t0.elapsed()
+    );
     remote
         .call(
             n3,

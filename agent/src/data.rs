@@ -16,12 +16,13 @@
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use diskstream_engine::source::FrameStream;
 use diskstream_orchestrator::node::local::LocalNodeOps;
-use diskstream_orchestrator::node::{SendDisk, TransferError, TransferProgress};
+use diskstream_orchestrator::node::{NodeError, SendDisk, TransferError, TransferProgress};
 use rustls::{ClientConfig, ServerConfig};
 
 use crate::proto::{data_hello, new_token, Opened, Reply, Sent, WireError, WireReport, HELLO_LEN};
@@ -146,6 +147,10 @@ fn set_timeouts(tcp: &TcpStream, t: Duration) -> io::Result<()> {
     tcp.set_nodelay(true)
 }
 
+/// Connections a data port admits at once (handshake and token, each within the connect
+/// timeout); more are closed at once.
+const MAX_ADMITTING: usize = 8;
+
 /// The target's side of one disk stream.
 pub struct Receiver {
     listener: TcpListener,
@@ -166,19 +171,33 @@ impl Receiver {
     }
 
     /// Waits (until `t.open`) for the stream of `req` from `req.source_node`, receives it into
-    /// the staging export through `local`, and acknowledges it. Returns what it acknowledged
-    /// (for the agent's log); an error when no valid stream came.
+    /// the staging export through `local` if `current()` says that export is still the one the
+    /// receive was opened for, and acknowledges it. Returns what it acknowledged (for the
+    /// agent's log); an error when no valid stream came.
     pub fn run(
         self,
         local: &LocalNodeOps<'_>,
         cfg: &Arc<ServerConfig>,
         req: &SendDisk,
         t: Timeouts,
+        current: &dyn Fn() -> bool,
     ) -> Result<Reply, String> {
         let deadline = Instant::now() + t.open;
         self.listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         let what = format!("{}/disk{} from {}", req.instance, req.disk, req.source_node);
-        loop {
+        // Connections are admitted side by side (each within `t.connect`), so one that stalls
+        // its handshake or its token cannot hold the port against the primary.
+        let (tx, admitted) = mpsc::channel();
+        let pending = AtomicUsize::new(0);
+        std::thread::scope(|sc| loop {
+            match admitted.try_recv() {
+                Ok(Ok(stream)) => return Ok(receive(local, stream, req, &what, t, current)),
+                Ok(Err((peer, e))) => {
+                    eprintln!("diskstream agent: data port for {what}: refused {peer}: {e}");
+                    continue;
+                }
+                Err(_) => {}
+            }
             if Instant::now() > deadline {
                 return Err(format!("no valid stream for {what} within {} s", t.open.as_secs()));
             }
@@ -190,11 +209,20 @@ impl Receiver {
                 }
                 Err(e) => return Err(format!("accept on the data port for {what}: {e}")),
             };
-            match self.admit(cfg, tcp, peer, req, t) {
-                Ok(stream) => return Ok(receive(local, stream, req, &what, t)),
-                Err(e) => eprintln!("diskstream agent: data port for {what}: refused {peer}: {e}"),
+            if pending.load(Ordering::SeqCst) >= MAX_ADMITTING {
+                eprintln!(
+                    "diskstream agent: data port for {what}: refused {peer}: {MAX_ADMITTING} connections being admitted"
+                );
+                continue; // Dropping `tcp` closes it.
             }
-        }
+            pending.fetch_add(1, Ordering::SeqCst);
+            let (tx, pending, this) = (tx.clone(), &pending, &self);
+            sc.spawn(move || {
+                let r = this.admit(cfg, tcp, peer, req, t).map_err(|e| (peer, e));
+                pending.fetch_sub(1, Ordering::SeqCst);
+                let _ = tx.send(r);
+            });
+        })
     }
 
     /// The handshake, the client's certificate and the token; nothing of the disk is read.
@@ -215,6 +243,7 @@ impl Receiver {
         if !constant_eq(&hello, &data_hello(&self.token)) {
             return Err("the stream does not start with this transfer's token".into());
         }
+        s.sock.set_deadline(None);
         set_timeouts(s.sock.tcp(), t.inactivity).map_err(|e| e.to_string())?;
         Ok(s)
     }
@@ -224,8 +253,16 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Receives and acknowledges one admitted stream.
-fn receive(local: &LocalNodeOps<'_>, mut s: tls::ServerStream, req: &SendDisk, what: &str, t: Timeouts) -> Reply {
+/// Receives and acknowledges one admitted stream (refuses it, before reading a frame, if its
+/// staging export is no longer `current`).
+fn receive(
+    local: &LocalNodeOps<'_>,
+    mut s: tls::ServerStream,
+    req: &SendDisk,
+    what: &str,
+    t: Timeouts,
+    current: &dyn Fn() -> bool,
+) -> Reply {
     let progress = TransferProgress::default();
     let name = format!("{}:{what}", req.target_node);
     let reply = {
@@ -237,7 +274,14 @@ fn receive(local: &LocalNodeOps<'_>, mut s: tls::ServerStream, req: &SendDisk, w
             flip: None,
         };
         let t0 = Instant::now();
-        let received = local.receive_disk(req, stream, Path::new(&name), &progress);
+        let received = if current() {
+            local.receive_disk(req, stream, Path::new(&name), &progress)
+        } else {
+            Err(NodeError::Unknown(format!(
+                "{name}: the staging export this stream was opened for was finalized or abandoned"
+            ))
+            .into())
+        };
         tracing::debug!(stream = %what, ok = received.is_ok(), elapsed_s = t0.elapsed().as_secs_f64(), "stream received and committed");
         match received {
             Ok(r) => Reply {
@@ -259,7 +303,35 @@ fn receive(local: &LocalNodeOps<'_>, mut s: tls::ServerStream, req: &SendDisk, w
     let _ = s.write_all(&line).and_then(|()| s.flush());
     s.conn.send_close_notify();
     let _ = s.flush();
+    linger(s.sock.tcp());
     reply
+}
+
+/// How long, and how many bytes, a receive that ended reads and discards what its peer still
+/// sends before it closes the socket.
+const LINGER: (Duration, u64) = (Duration::from_millis(200), 1 << 20);
+
+/// A lingering close: the write side is shut, and what the peer sent that was not read (a
+/// stream refused before its frames, or cut short) is read and discarded until its end, for at
+/// most [`LINGER`]. Closing with unread bytes would make the kernel reset the connection, and a
+/// peer that has sent all it had would lose the acknowledgement it is about to read.
+fn linger(tcp: &TcpStream) {
+    let _ = tcp.shutdown(std::net::Shutdown::Write);
+    let until = Instant::now() + LINGER.0;
+    let mut sink = [0u8; 16 << 10];
+    let mut left = LINGER.1;
+    while left > 0 {
+        let Some(wait) = until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+            return;
+        };
+        if tcp.set_read_timeout(Some(wait)).is_err() {
+            return;
+        }
+        match (&mut &*tcp).read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n as u64),
+        }
+    }
 }
 
 /// Why a send failed, and whether the failure is the primary's own ([`WireError::own`]: its

@@ -4,19 +4,25 @@
 //! progress and no word from the master for the timeout has lost its master (killed, cut off):
 //! the agent abandons the staging export (removes it), so nothing is left behind.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 struct Lease {
     last: Instant,
-    receiving: usize,
+    /// Which staging export this is: a new one for every `BeginExport`, so that a receive
+    /// opened for an export that was since abandoned (and begun again) is told apart.
+    generation: u64,
+    /// The dumps being received into it.
+    receiving: BTreeSet<String>,
 }
 
 /// The leases of one agent's staging exports, by instance.
 pub struct Leases {
     timeout: Duration,
     m: Mutex<HashMap<String, Lease>>,
+    next: AtomicU64,
 }
 
 impl Leases {
@@ -25,6 +31,7 @@ impl Leases {
         Self {
             timeout,
             m: Mutex::default(),
+            next: AtomicU64::new(1),
         }
     }
 
@@ -33,29 +40,55 @@ impl Leases {
         self.timeout
     }
 
-    fn with(&self, instance: &str, f: impl FnOnce(&mut Lease)) {
-        let mut m = self.m.lock().expect("leases");
-        let l = m.entry(instance.to_string()).or_insert(Lease {
+    fn lease(&self) -> Lease {
+        Lease {
             last: Instant::now(),
-            receiving: 0,
-        });
-        l.last = Instant::now();
-        f(l);
+            generation: self.next.fetch_add(1, Ordering::Relaxed),
+            receiving: BTreeSet::new(),
+        }
+    }
+
+    /// A staging export of `instance` begins: a lease of its own, whatever came before it.
+    pub fn begin(&self, instance: &str) {
+        let l = self.lease();
+        self.m.lock().expect("leases").insert(instance.to_string(), l);
     }
 
     /// The master spoke about `instance`'s staging export.
     pub fn touch(&self, instance: &str) {
-        self.with(instance, |_| {});
+        let mut m = self.m.lock().expect("leases");
+        if let Some(l) = m.get_mut(instance) {
+            l.last = Instant::now();
+        } else {
+            m.insert(instance.to_string(), self.lease());
+        }
     }
 
-    /// A receive into `instance`'s staging export starts (it holds the lease until it ends).
-    pub fn begin_receive(&self, instance: &str) {
-        self.with(instance, |l| l.receiving += 1);
+    /// A receive of `dump` into `instance`'s staging export starts; it holds the lease until
+    /// the returned guard drops. Refused while `dump` is already being received there.
+    pub fn begin_receive(&self, instance: &str, dump: &str) -> Result<ReceiveLease<'_>, String> {
+        let mut m = self.m.lock().expect("leases");
+        let l = m.entry(instance.to_string()).or_insert_with(|| self.lease());
+        l.last = Instant::now();
+        if !l.receiving.insert(dump.to_string()) {
+            return Err(format!(
+                "dump {dump} of {instance} is already being received into its staging export"
+            ));
+        }
+        Ok(ReceiveLease {
+            leases: self,
+            instance: instance.to_string(),
+            dump: dump.to_string(),
+            generation: l.generation,
+        })
     }
 
-    /// A receive into `instance`'s staging export ended.
-    pub fn end_receive(&self, instance: &str) {
-        self.with(instance, |l| l.receiving = l.receiving.saturating_sub(1));
+    /// The dumps being received into `instance`'s staging export.
+    pub fn receiving(&self, instance: &str) -> Vec<String> {
+        let m = self.m.lock().expect("leases");
+        m.get(instance)
+            .map(|l| l.receiving.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// `instance`'s staging export was finalized or abandoned.
@@ -68,13 +101,40 @@ impl Leases {
         let mut m = self.m.lock().expect("leases");
         let gone: Vec<String> = m
             .iter()
-            .filter(|(_, l)| l.receiving == 0 && l.last.elapsed() > self.timeout)
+            .filter(|(_, l)| l.receiving.is_empty() && l.last.elapsed() > self.timeout)
             .map(|(k, _)| k.clone())
             .collect();
         for k in &gone {
             m.remove(k);
         }
         gone
+    }
+}
+
+/// A receive in progress: holds its staging export's lease until dropped (a panic included).
+pub struct ReceiveLease<'a> {
+    leases: &'a Leases,
+    instance: String,
+    dump: String,
+    generation: u64,
+}
+
+impl ReceiveLease<'_> {
+    /// Whether the staging export it was opened for is still the open one (not finalized,
+    /// abandoned or begun again since).
+    pub fn current(&self) -> bool {
+        let m = self.leases.m.lock().expect("leases");
+        m.get(&self.instance).is_some_and(|l| l.generation == self.generation)
+    }
+}
+
+impl Drop for ReceiveLease<'_> {
+    fn drop(&mut self) {
+        let mut m = self.leases.m.lock().expect("leases");
+        if let Some(l) = m.get_mut(&self.instance).filter(|l| l.generation == self.generation) {
+            l.receiving.remove(&self.dump);
+            l.last = Instant::now();
+        }
     }
 }
 
@@ -86,16 +146,39 @@ mod tests {
     fn a_lease_expires_only_without_receives_and_word_from_the_master() {
         let l = Leases::new(Duration::from_millis(30));
         l.touch("a");
-        l.begin_receive("b");
+        let r = l.begin_receive("b", "d0").unwrap();
         l.touch("c");
         l.end("c");
         assert!(l.expired().is_empty());
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(l.expired(), ["a"]);
-        l.end_receive("b");
+        drop(r);
         assert!(l.expired().is_empty(), "the end of a receive renews the lease");
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(l.expired(), ["b"]);
         assert!(l.expired().is_empty());
+    }
+
+    #[test]
+    fn a_receive_belongs_to_the_staging_export_it_was_opened_for() {
+        let l = Leases::new(Duration::from_secs(60));
+        l.begin("i");
+        let r = l.begin_receive("i", "d0").unwrap();
+        assert!(r.current());
+        assert_eq!(l.receiving("i"), ["d0"]);
+        assert!(l.begin_receive("i", "d0").is_err(), "one receive per dump at a time");
+        let r1 = l.begin_receive("i", "d1").unwrap();
+        // Abandoned and begun again: the old receives are no longer current, and their end
+        // does not touch the new export's receives.
+        l.end("i");
+        l.begin("i");
+        assert!(!r.current() && !r1.current());
+        let n = l.begin_receive("i", "d0").expect("the new export's own receive of d0");
+        drop(r);
+        drop(r1);
+        assert_eq!(l.receiving("i"), ["d0"], "the old receives' end left the new one alone");
+        assert!(n.current());
+        drop(n);
+        assert!(l.receiving("i").is_empty());
     }
 }

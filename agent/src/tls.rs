@@ -14,7 +14,7 @@
 use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -153,8 +153,12 @@ pub type ClientStream = StreamOwned<ClientConnection, Sock>;
 /// the receiving end of a disk stream; through this buffer it is one per [`SOCK_READ_BUF`].
 /// Writes go straight to the socket (rustls already writes its queued records in one
 /// vectored write).
+///
+/// Until [`Sock::set_deadline`] clears it, every read must end by a deadline (each read's
+/// timeout is the time left), so a peer that trickles a byte now and then cannot stretch a
+/// handshake past it.
 #[derive(Debug)]
-pub struct Sock(BufReader<TcpStream>);
+pub struct Sock(BufReader<TcpStream>, Option<Instant>);
 
 /// Bytes read from the socket at a time.
 pub const SOCK_READ_BUF: usize = 256 << 10;
@@ -162,7 +166,13 @@ pub const SOCK_READ_BUF: usize = 256 << 10;
 impl Sock {
     /// Buffers the reads of `tcp`.
     pub fn new(tcp: TcpStream) -> Self {
-        Self(BufReader::with_capacity(SOCK_READ_BUF, tcp))
+        Self(BufReader::with_capacity(SOCK_READ_BUF, tcp), None)
+    }
+
+    /// Reads from now on must end by `deadline` (`None`: each within the socket's own read
+    /// timeout, as set on it).
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.1 = deadline;
     }
 
     /// The TCP socket (timeouts, keepalive, linger).
@@ -173,6 +183,13 @@ impl Sock {
 
 impl Read for Sock {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(d) = self.1 {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+            }
+            self.0.get_ref().set_read_timeout(Some(left))?;
+        }
         self.0.read(buf)
     }
 }
@@ -189,7 +206,8 @@ impl Write for Sock {
     }
 }
 
-/// Completes the server side of a handshake on `tcp` within `timeout`.
+/// Completes the server side of a handshake on `tcp` within `timeout` in all. The returned
+/// stream keeps that deadline for its reads until [`Sock::set_deadline`] clears it.
 pub fn accept(cfg: &Arc<ServerConfig>, tcp: TcpStream, timeout: Duration) -> Result<ServerStream, TlsError> {
     let addr = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     let hs = |source| TlsError::Handshake {
@@ -199,7 +217,9 @@ pub fn accept(cfg: &Arc<ServerConfig>, tcp: TcpStream, timeout: Duration) -> Res
     tcp.set_read_timeout(Some(timeout)).map_err(hs)?;
     tcp.set_write_timeout(Some(timeout)).map_err(hs)?;
     let conn = ServerConnection::new(Arc::clone(cfg)).map_err(|e| hs(io::Error::other(e)))?;
-    let mut s = StreamOwned::new(conn, Sock::new(tcp));
+    let mut sock = Sock::new(tcp);
+    sock.set_deadline(Some(Instant::now() + timeout));
+    let mut s = StreamOwned::new(conn, sock);
     while s.conn.is_handshaking() {
         s.conn.complete_io(&mut s.sock).map_err(hs)?;
     }
@@ -227,4 +247,53 @@ pub fn connect(
         s.conn.complete_io(&mut s.sock).map_err(hs)?;
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn a_deadline_ends_reads_of_a_peer_that_trickles() {
+        // A byte every 50 ms never trips a per-read timeout of 50 ms or more; the deadline
+        // ends the reads all the same.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let trickle = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            for _ in 0..40 {
+                if c.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (tcp, _) = l.accept().unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut s = Sock::new(tcp);
+        let t0 = Instant::now();
+        s.set_deadline(Some(t0 + Duration::from_millis(300)));
+        let mut got = 0;
+        let e = loop {
+            let mut b = [0u8; 16];
+            match s.read(&mut b) {
+                Ok(n) => got += n,
+                Err(e) => break e,
+            }
+        };
+        let took = t0.elapsed();
+        assert!(
+            matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock),
+            "{e:?}"
+        );
+        assert!(got >= 2, "the trickle was read until the deadline: {got}");
+        assert!(took < Duration::from_millis(700), "took {took:?}");
+        // Cleared, reads wait for data again.
+        s.set_deadline(None);
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).unwrap(), 1);
+        drop(s);
+        trickle.join().unwrap();
+    }
 }

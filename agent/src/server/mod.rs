@@ -268,9 +268,21 @@ impl Agent {
     pub fn dispatch(&'static self, call: Call) -> Result<Value, WireError> {
         self.check(&call)?;
         match &call {
-            Call::BeginExport { instance, .. } => self.leases.touch(instance),
+            Call::BeginExport { instance, .. } => self.leases.begin(instance),
             Call::OpenReceive { req } => self.leases.touch(&req.instance),
-            Call::FinalizeExport { instance, .. } | Call::AbandonExport { instance, .. } => self.leases.end(instance),
+            Call::FinalizeExport { instance, .. } => {
+                // A dump still being written would be swapped into the export half done.
+                let open = self.leases.receiving(instance);
+                if !open.is_empty() {
+                    return Err(refused(format!(
+                        "the staging export of {instance} cannot be finalized while dumps are \
+                         being received into it: {}",
+                        open.join(", ")
+                    )));
+                }
+                self.leases.end(instance)
+            }
+            Call::AbandonExport { instance, .. } => self.leases.end(instance),
             _ => {}
         }
         handle::run(self, call)
@@ -376,18 +388,19 @@ impl Agent {
                 format!("no staging export of {} on node {}", req.instance, self.node),
             ));
         }
+        // Held by the receive until it ends, however it ends.
+        let lease = self.leases.begin_receive(&req.instance, &req.dump).map_err(refused)?;
         let (rx, opened) = Receiver::open(self.data_ip)
             .map_err(|e| WireError::new("failed", format!("opening a data port on {}: {e}", self.data_ip)))?;
         let t = self.timeouts;
         let token = opened.token.clone();
-        self.leases.begin_receive(&req.instance);
         std::thread::spawn(move || {
-            let ended = match rx.run(&self.local, &self.server_tls, &req, t) {
+            let ended = match rx.run(&self.local, &self.server_tls, &req, t, &|| lease.current()) {
                 Ok(Reply { err: Some(e), .. }) => Some(e),
                 Ok(_) => None,
                 Err(e) => Some(WireError::new("failed", e)),
             };
-            self.leases.end_receive(&req.instance);
+            drop(lease);
             if let Some(e) = &ended {
                 eprintln!(
                     "diskstream agent: receiving {}/disk{}: {}",
