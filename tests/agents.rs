@@ -312,6 +312,32 @@ fn probe_in_namespace() {
         "a path as dump name (sender)",
     );
 
+    // A staging export or a receive for an instance or a disk that the config does not have.
+    let unknown = |call: Call, what: &str, says: &str| {
+        let e = remote.call(n3, &call, None).expect_err(what);
+        assert!(e.kind == "unknown" && e.msg.contains(says), "{what}: {e:?}");
+        eprintln!("probe: {what}: {}", e.msg);
+    };
+    unknown(
+        Call::BeginExport {
+            node: n3.into(),
+            instance: "ghost.example.com".into(),
+        },
+        "an export of an instance not in the config",
+        "not in the cluster config",
+    );
+    unknown(
+        Call::OpenReceive {
+            req: SendDisk {
+                disk: 7,
+                dump: "probe-dump7".into(),
+                ..req.clone()
+            },
+        },
+        "a receive of a disk the instance does not have",
+        "has no disk 7",
+    );
+
     // Plaintext HTTP to an agent: no answer but a TLS alert, nothing served.
     let mut plain = std::net::TcpStream::connect(addr3).unwrap();
     plain.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -331,15 +331,38 @@ impl Agent {
             }
             OpenReceive { req } => {
                 export_name(&req.instance)?;
+                self.known_disk(&req.instance, Some(req.disk))?;
                 self.transfer_names(req)
             }
-            BeginExport { instance, .. }
-            | FinalizeExport { instance, .. }
+            // A new export is only ever of an instance in the config (whose disks size what
+            // it receives); the others below also act on exports of instances since removed.
+            BeginExport { instance, .. } => {
+                export_name(instance)?;
+                self.known_disk(instance, None)
+            }
+            FinalizeExport { instance, .. }
             | AbandonExport { instance, .. }
             | SweepExportLeftovers { instance, .. }
             | ExportListing { instance, .. }
             | RemoveExport { instance, .. } => export_name(instance),
             ListExports { .. } | ReceiveResult { .. } | Progress { .. } => Ok(()),
+        }
+    }
+
+    /// `name` is an instance of the cluster config (any node's), with a disk `disk`.
+    fn known_disk(&self, name: &str, disk: Option<usize>) -> Result<(), WireError> {
+        let Some(i) = self.cluster.instance(name) else {
+            return Err(WireError::new(
+                "unknown",
+                format!("instance {name} is not in the cluster config"),
+            ));
+        };
+        match disk {
+            Some(d) if d >= i.disks.len() => Err(WireError::new(
+                "unknown",
+                format!("instance {name} has no disk {d} ({} disks)", i.disks.len()),
+            )),
+            _ => Ok(()),
         }
     }
 
