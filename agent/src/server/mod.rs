@@ -57,6 +57,9 @@ fn raise_open_files_limit() {
     }
 }
 
+/// How long the result of a receive is kept for the master to ask for.
+const ENDED_KEPT: Duration = Duration::from_secs(600);
+
 /// The largest request body accepted (a `config.ini` and a hook environment fit easily).
 const MAX_BODY: usize = 4 << 20;
 
@@ -69,8 +72,8 @@ pub struct Agent {
     client_tls: Arc<ClientConfig>,
     data_ip: IpAddr,
     timeouts: Timeouts,
-    /// How each receive ended, by token (`None`: committed).
-    ended: Mutex<HashMap<String, Option<WireError>>>,
+    /// How each receive ended, by token (`None`: committed), and when.
+    ended: Mutex<HashMap<String, (std::time::Instant, Option<WireError>)>>,
     leases: Leases,
     /// The sends in progress, by token.
     sending: Mutex<HashMap<String, Arc<TransferProgress>>>,
@@ -431,10 +434,10 @@ impl Agent {
                 );
             }
             let mut m = self.ended.lock().expect("ended");
-            if m.len() > 1024 {
-                m.clear();
-            }
-            m.insert(token, ended);
+            // The master asks right after the send ends; results it never asked for (it died)
+            // are dropped after a while, not all at once with those it is about to ask for.
+            m.retain(|_, (at, _)| at.elapsed() < ENDED_KEPT);
+            m.insert(token, (std::time::Instant::now(), ended));
         });
         serde_json::to_value(opened).map_err(|e| WireError::new("failed", e.to_string()))
     }
@@ -443,7 +446,7 @@ impl Agent {
     pub fn receive_result(&self, token: &str) -> Result<Value, WireError> {
         let t0 = std::time::Instant::now();
         while t0.elapsed() < Duration::from_secs(10) {
-            if let Some(r) = self.ended.lock().expect("ended").remove(token) {
+            if let Some((_, r)) = self.ended.lock().expect("ended").remove(token) {
                 return Ok(serde_json::to_value(r).unwrap_or(Value::Null));
             }
             std::thread::sleep(Duration::from_millis(50));

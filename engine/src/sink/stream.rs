@@ -64,12 +64,12 @@ impl<W: Write + Send> Sink for StreamSink<W> {
 
     fn put(&mut self, p: Processed) -> Result<()> {
         let t0 = Instant::now();
-        self.stored +=
-            super::push_frame(&mut self.writer, &p).map_err(|(at, e)| Error::io("send", &self.name, at, e))?;
+        let wire = super::push_frame(&mut self.writer, &p).map_err(|(at, e)| Error::io("send", &self.name, at, e))?;
+        self.stored += wire;
         self.done += u64::from(p.len);
         if let Some(a) = &mut self.adapt {
             let now = Instant::now();
-            a.delivered(self.done, now, now - t0);
+            a.delivered(self.done, now, now - t0, wire);
         }
         Ok(())
     }
