@@ -397,23 +397,17 @@ fn probe_in_namespace() {
     let ack = String::from_utf8(dial(n2, &opened.token)).unwrap();
     assert!(ack.contains("\"err\""), "garbage was acknowledged: {ack}");
     eprintln!("probe: garbage stream: {ack}");
+    let open_receive = |dump: &str| {
+        let req = SendDisk {
+            dump: dump.into(),
+            ..req.clone()
+        };
+        remote.call(n3, &Call::OpenReceive { req }, None)
+    };
+    let opened_for = |dump: &str| -> Opened { serde_json::from_value(open_receive(dump).unwrap()).unwrap() };
     // A valid header that claims a disk of 2^60 bytes in 4 KiB chunks (a manifest of 2^48
     // entries, which aborted the agent): refused against the size in node3's own config.
-    let opened: Opened = serde_json::from_value(
-        remote
-            .call(
-                n3,
-                &Call::OpenReceive {
-                    req: SendDisk {
-                        dump: "probe-dump2".into(),
-                        ..req.clone()
-                    },
-                },
-                None,
-            )
-            .unwrap(),
-    )
-    .unwrap();
+    let opened = opened_for("probe-dump2");
     let lie = diskstream_engine::format::Header {
         disk_size: 1 << 60,
         chunk_size: diskstream_engine::format::MIN_CHUNK,
@@ -428,20 +422,8 @@ fn probe_in_namespace() {
     // A receive holds its staging export: the same dump cannot be opened twice, the export
     // cannot be finalized around it, and once the export is abandoned and begun again the old
     // receive takes no stream into the new one.
-    let open3 = || {
-        remote.call(
-            n3,
-            &Call::OpenReceive {
-                req: SendDisk {
-                    dump: "probe-dump3".into(),
-                    ..req.clone()
-                },
-            },
-            None,
-        )
-    };
-    let opened: Opened = serde_json::from_value(open3().unwrap()).unwrap();
-    let e = open3().expect_err("a second receive of the same dump");
+    let opened = opened_for("probe-dump3");
+    let e = open_receive("probe-dump3").expect_err("a second receive of the same dump");
     assert!(e.msg.contains("already being received"), "{e:?}");
     let finalize = Call::FinalizeExport {
         node: n3.into(),
@@ -480,21 +462,7 @@ fn probe_in_namespace() {
     eprintln!("probe: receive of an abandoned export: {ack}");
     // A connection to the data port that stalls in its handshake does not hold the port
     // against the primary: admissions run side by side.
-    let opened: Opened = serde_json::from_value(
-        remote
-            .call(
-                n3,
-                &Call::OpenReceive {
-                    req: SendDisk {
-                        dump: "probe-dump4".into(),
-                        ..req.clone()
-                    },
-                },
-                None,
-            )
-            .unwrap(),
-    )
-    .unwrap();
+    let opened = opened_for("probe-dump4");
     let mut stall = std::net::TcpStream::connect((host, opened.port)).unwrap();
     stall.write_all(&[0x16]).unwrap();
     std::thread::sleep(Duration::from_millis(100));
