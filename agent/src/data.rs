@@ -25,6 +25,7 @@ use diskstream_orchestrator::node::local::LocalNodeOps;
 use diskstream_orchestrator::node::{NodeError, SendDisk, TransferError, TransferProgress};
 use rustls::{ClientConfig, ServerConfig};
 
+use crate::lease::ReceiveLease;
 use crate::proto::{data_hello, new_token, Opened, Reply, Sent, WireError, WireReport, HELLO_LEN};
 use crate::tls;
 
@@ -171,16 +172,16 @@ impl Receiver {
     }
 
     /// Waits (until `t.open`) for the stream of `req` from `req.source_node`, receives it into
-    /// the staging export through `local` if `current()` says that export is still the one the
-    /// receive was opened for, and acknowledges it. Returns what it acknowledged (for the
-    /// agent's log); an error when no valid stream came.
+    /// the staging export through `local` if `lease` says that export is still the one the
+    /// receive was opened for, finishes the lease and acknowledges it. Returns what it
+    /// acknowledged (for the agent's log); an error when no valid stream came.
     pub fn run(
         self,
         local: &LocalNodeOps<'_>,
         cfg: &Arc<ServerConfig>,
         req: &SendDisk,
         t: Timeouts,
-        current: &dyn Fn() -> bool,
+        lease: &ReceiveLease<'_>,
     ) -> Result<Reply, String> {
         let deadline = Instant::now() + t.open;
         self.listener.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -191,7 +192,7 @@ impl Receiver {
         let pending = AtomicUsize::new(0);
         std::thread::scope(|sc| loop {
             match admitted.try_recv() {
-                Ok(Ok(stream)) => return Ok(receive(local, stream, req, &what, t, current)),
+                Ok(Ok(stream)) => return Ok(receive(local, stream, req, &what, t, lease)),
                 Ok(Err((peer, e))) => {
                     eprintln!("diskstream agent: data port for {what}: refused {peer}: {e}");
                     continue;
@@ -254,14 +255,14 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Receives and acknowledges one admitted stream (refuses it, before reading a frame, if its
-/// staging export is no longer `current`).
+/// staging export is no longer the `lease`'s); the lease is finished before the acknowledgement.
 fn receive(
     local: &LocalNodeOps<'_>,
     mut s: tls::ServerStream,
     req: &SendDisk,
     what: &str,
     t: Timeouts,
-    current: &dyn Fn() -> bool,
+    lease: &ReceiveLease<'_>,
 ) -> Reply {
     let progress = TransferProgress::default();
     let name = format!("{}:{what}", req.target_node);
@@ -274,7 +275,7 @@ fn receive(
             flip: None,
         };
         let t0 = Instant::now();
-        let received = if current() {
+        let received = if lease.current() {
             local.receive_disk(req, stream, Path::new(&name), &progress)
         } else {
             Err(NodeError::Unknown(format!(
@@ -282,6 +283,7 @@ fn receive(
             ))
             .into())
         };
+        lease.finish();
         tracing::debug!(stream = %what, ok = received.is_ok(), elapsed_s = t0.elapsed().as_secs_f64(), "stream received and committed");
         match received {
             Ok(r) => Reply {

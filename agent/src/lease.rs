@@ -5,7 +5,7 @@
 //! the agent abandons the staging export (removes it), so nothing is left behind.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,7 @@ impl Leases {
             instance: instance.to_string(),
             dump: dump.to_string(),
             generation: l.generation,
+            done: AtomicBool::new(false),
         })
     }
 
@@ -111,12 +112,14 @@ impl Leases {
     }
 }
 
-/// A receive in progress: holds its staging export's lease until dropped (a panic included).
+/// A receive in progress: holds its staging export's lease until [`ReceiveLease::finish`] or
+/// until dropped (a panic included).
 pub struct ReceiveLease<'a> {
     leases: &'a Leases,
     instance: String,
     dump: String,
     generation: u64,
+    done: AtomicBool,
 }
 
 impl ReceiveLease<'_> {
@@ -126,15 +129,25 @@ impl ReceiveLease<'_> {
         let m = self.leases.m.lock().expect("leases");
         m.get(&self.instance).is_some_and(|l| l.generation == self.generation)
     }
-}
 
-impl Drop for ReceiveLease<'_> {
-    fn drop(&mut self) {
+    /// The dump is committed (or failed and removed): the staging export no longer waits for
+    /// it. Called before the primary is acknowledged, so that the master's finalize, which
+    /// follows the acknowledgement, never finds it still receiving.
+    pub fn finish(&self) {
+        if self.done.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let mut m = self.leases.m.lock().expect("leases");
         if let Some(l) = m.get_mut(&self.instance).filter(|l| l.generation == self.generation) {
             l.receiving.remove(&self.dump);
             l.last = Instant::now();
         }
+    }
+}
+
+impl Drop for ReceiveLease<'_> {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 
@@ -180,5 +193,14 @@ mod tests {
         assert!(n.current());
         drop(n);
         assert!(l.receiving("i").is_empty());
+        // Finished before it is dropped (the dump committed, the acknowledgement not yet
+        // sent): the dump may be received again, and the old guard's drop leaves that alone.
+        let a = l.begin_receive("i", "d2").unwrap();
+        a.finish();
+        assert!(l.receiving("i").is_empty());
+        let b = l.begin_receive("i", "d2").expect("received again");
+        drop(a);
+        assert_eq!(l.receiving("i"), ["d2"]);
+        drop(b);
     }
 }

@@ -421,7 +421,7 @@ impl Agent {
         let t = self.timeouts;
         let token = opened.token.clone();
         std::thread::spawn(move || {
-            let ended = match rx.run(&self.local, &self.server_tls, &req, t, &|| lease.current()) {
+            let ended = match rx.run(&self.local, &self.server_tls, &req, t, &lease) {
                 Ok(Reply { err: Some(e), .. }) => Some(e),
                 Ok(_) => None,
                 Err(e) => Some(WireError::new("failed", e)),
