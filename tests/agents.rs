@@ -42,6 +42,22 @@ fn three_node_export_over_mutual_tls_equals_source_and_local_export() {
             "--json",
         ]);
         assert!(out.status.success(), "export ({lz4}) failed: {}", text(&out));
+        // The result says what each stream carried, as the primary counted it.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        let (mut data, mut packed) = (0, 0);
+        for d in v["disks"].as_array().unwrap() {
+            let w = &d["wire"];
+            data += w["data_chunks"].as_u64().expect("wire.data_chunks");
+            packed += w["lz4_chunks"].as_u64().expect("wire.lz4_chunks");
+            assert_eq!(w["auto_rounds"], 0, "{w}");
+        }
+        assert!(data > 0, "{v}");
+        if lz4 == "none" {
+            assert_eq!(packed, 0, "no compression, yet lz4 frames: {v}");
+        } else {
+            assert!(packed > 0 && packed <= data, "lz4 on mixed data: {packed} of {data}");
+        }
         let exp = export_dir(&dir.path().join("node3")).join("inst1.example.com");
         let got = dumps(&exp);
         assert_eq!(got.len(), 2, "{}", text(&out));

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use diskstream_engine::digest::Checksum;
 use diskstream_engine::ops::{Format, Report};
+use diskstream_engine::report::WireStats;
 use diskstream_engine::ring::BackendKind;
 use diskstream_orchestrator::hooks::env::Env;
 use diskstream_orchestrator::hooks::Phase;
@@ -372,6 +373,9 @@ pub struct WireReport {
     pub throughput_bytes_per_s: f64,
     /// As [`Report`]'s `warnings`.
     pub warnings: Vec<String>,
+    /// As [`Report`]'s `wire` (absent from agents before it).
+    #[serde(default)]
+    pub wire: Option<WireStats>,
 }
 
 fn backend_name(b: Option<BackendKind>) -> Option<String> {
@@ -413,6 +417,7 @@ impl From<&Report> for WireReport {
             elapsed_s: r.elapsed.as_secs_f64(),
             throughput_bytes_per_s: r.throughput_bytes_per_s,
             warnings: r.warnings.clone(),
+            wire: r.wire,
         }
     }
 }
@@ -453,6 +458,7 @@ impl WireReport {
             elapsed: Duration::from_secs_f64(self.elapsed_s.max(0.0)),
             throughput_bytes_per_s: self.throughput_bytes_per_s,
             warnings: self.warnings.into_iter().chain(recv.warnings).collect(),
+            wire: self.wire,
         }
     }
 }

@@ -19,7 +19,7 @@ fn send(src: &Path, adaptive: bool) -> (Vec<u8>, u64, u64) {
         ..Default::default()
     };
     let mut wire = Vec::new();
-    ops::send(src, &mut wire, Path::new("test:disk0"), &o, &Progress::default()).expect("send");
+    let rep = ops::send(src, &mut wire, Path::new("test:disk0"), &o, &Progress::default()).expect("send");
     let mut r = ImageReader::new(Cursor::new(wire.clone()), Path::new("wire")).expect("header");
     let mut stored = vec![0u8; 2 << 20];
     let (mut lz4, mut raw) = (0, 0);
@@ -29,6 +29,14 @@ fn send(src: &Path, adaptive: bool) -> (Vec<u8>, u64, u64) {
             FrameKind::Raw => raw += 1,
             FrameKind::Zero => {}
         }
+    }
+    // The sender's own count of what it put on the wire is what the stream holds.
+    let w = rep.wire.expect("a stream's report says what it carried");
+    assert_eq!((w.lz4_chunks, w.data_chunks), (lz4, lz4 + raw), "{w:?}");
+    if adaptive {
+        assert!(w.auto_rounds >= 1, "{w:?}");
+    } else {
+        assert_eq!((w.auto_rounds, w.auto_link_bound_keeps), (0, 0), "{w:?}");
     }
     (wire, lz4, raw)
 }

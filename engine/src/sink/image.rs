@@ -102,6 +102,7 @@ impl Sink for ImageSink {
             write_requests,
             bytes_stored: stored,
             digest,
+            wire: None,
         })
     }
 }

@@ -78,6 +78,8 @@ pub struct SinkStats {
     pub bytes_stored: u64,
     /// The whole-image digest of what the sink wrote or checked, if it computed or knows one.
     pub digest: Option<Hash>,
+    /// What a stream to another node carried (the stream sink only).
+    pub wire: Option<crate::report::WireStats>,
 }
 
 /// Where the chunks of one disk go.

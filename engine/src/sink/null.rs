@@ -54,6 +54,7 @@ impl Sink for NullSink {
         Ok(SinkStats {
             bytes_stored: self.stored,
             digest: self.digests.map(|m| m.image_digest()),
+            wire: None,
             ..SinkStats::default()
         })
     }

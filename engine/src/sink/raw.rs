@@ -405,6 +405,7 @@ impl Sink for RawSink {
             write_requests: raw.requests,
             bytes_stored: stored,
             digest,
+            wire: None,
         })
     }
 }

@@ -15,7 +15,8 @@ use super::{Order, Sink, SinkNeeds, SinkStats};
 use crate::error::{Error, Result};
 use crate::format::writer::ImageWriter;
 use crate::format::Header;
-use crate::pipeline::Processed;
+use crate::pipeline::{Payload, Processed};
+use crate::report::WireStats;
 
 /// A `dsimg` stream being written to `W`.
 pub struct StreamSink<W: Write + Send> {
@@ -26,6 +27,8 @@ pub struct StreamSink<W: Write + Send> {
     adapt: Option<Adapt>,
     /// Disk bytes delivered so far.
     done: u64,
+    /// What went on the wire, counted as it went.
+    wire: WireStats,
 }
 
 impl<W: Write + Send> StreamSink<W> {
@@ -40,6 +43,7 @@ impl<W: Write + Send> StreamSink<W> {
             stored: 0,
             adapt: None,
             done: 0,
+            wire: WireStats::default(),
         })
     }
 
@@ -67,6 +71,14 @@ impl<W: Write + Send> Sink for StreamSink<W> {
         let wire = super::push_frame(&mut self.writer, &p).map_err(|(at, e)| Error::io("send", &self.name, at, e))?;
         self.stored += wire;
         self.done += u64::from(p.len);
+        match p.payload {
+            Payload::Zero => {}
+            Payload::Raw(_) => self.wire.data_chunks += 1,
+            Payload::Lz4 { .. } => {
+                self.wire.data_chunks += 1;
+                self.wire.lz4_chunks += 1;
+            }
+        }
         if let Some(a) = &mut self.adapt {
             let now = Instant::now();
             a.delivered(self.done, now, now - t0, wire);
@@ -80,8 +92,17 @@ impl<W: Write + Send> Sink for StreamSink<W> {
 
     fn finish(self: Box<Self>) -> Result<SinkStats> {
         let Self {
-            writer, name, stored, ..
+            writer,
+            name,
+            stored,
+            adapt,
+            mut wire,
+            ..
         } = *self;
+        if let Some(a) = adapt {
+            wire.auto_rounds = a.rounds;
+            wire.auto_link_bound_keeps = a.link_bound;
+        }
         let at = writer.position();
         let (mut w, trailer) = writer.finish().map_err(|e| Error::io("send", &name, at, e))?;
         w.flush().map_err(|e| Error::io("send", &name, at, e))?;
@@ -92,6 +113,7 @@ impl<W: Write + Send> Sink for StreamSink<W> {
             write_requests: 0,
             bytes_stored: stored,
             digest: Some(trailer.image_digest),
+            wire: Some(wire),
         })
     }
 }

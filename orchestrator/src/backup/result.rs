@@ -44,6 +44,9 @@ struct SentJson<'a> {
     throughput_bytes_per_s: f64,
     buffer_pages: Option<&'static str>,
     warnings: &'a [String],
+    /// What the stream carried, for a disk sent between two nodes' agents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wire: Option<diskstream_engine::report::WireStats>,
 }
 
 /// A failed disk as the CLI's JSON shows it.
@@ -95,6 +98,7 @@ impl Serialize for DiskResult {
                 throughput_bytes_per_s: rep.throughput(),
                 buffer_pages: rep.buffer_pages,
                 warnings: &rep.warnings,
+                wire: rep.wire,
             }
             .serialize(s),
             Err(error) => FailedJson {
