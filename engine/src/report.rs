@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Serialize, Serializer};
 
 use crate::digest::{hex, Checksum};
 use crate::format::Format;
 use crate::ring::BackendKind;
 use crate::sink::SinkStats;
+pub use crate::sink::WireStats;
 use crate::source::{SourceInfo, SourceStats};
 
 /// What an operation did. Serializes to the body of the CLI's JSON result (the CLI's
@@ -77,22 +78,6 @@ pub struct Report {
     /// What a stream to another node put on the wire; only for a disk sent over the network.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wire: Option<WireStats>,
-}
-
-/// What the stream of a disk to another node carried (`--transport-compression`), as the
-/// sending end counted it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct WireStats {
-    /// Chunks sent with data (zero chunks travel as a header alone).
-    pub data_chunks: u64,
-    /// Of those, sent lz4-compressed (with `lz4` nearly all, less where lz4 did not make a
-    /// chunk smaller; with `auto` those sent while lz4 was the faster).
-    pub lz4_chunks: u64,
-    /// `auto`: rounds in which the rates with and without lz4 were measured.
-    pub auto_rounds: u32,
-    /// `auto`: keeps of lz4 that went on without a probe, lz4 moving disk bytes faster than
-    /// the link took wire bytes.
-    pub auto_link_bound_keeps: u32,
 }
 
 fn secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -79,7 +79,23 @@ pub struct SinkStats {
     /// The whole-image digest of what the sink wrote or checked, if it computed or knows one.
     pub digest: Option<Hash>,
     /// What a stream to another node carried (the stream sink only).
-    pub wire: Option<crate::report::WireStats>,
+    pub wire: Option<WireStats>,
+}
+
+/// What the stream of a disk to another node carried (`--transport-compression`), as the
+/// sending end counted it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct WireStats {
+    /// Chunks sent with data (zero chunks travel as a header alone).
+    pub data_chunks: u64,
+    /// Of those, sent lz4-compressed (with `lz4` nearly all, less where lz4 did not make a
+    /// chunk smaller; with `auto` those sent while lz4 was the faster).
+    pub lz4_chunks: u64,
+    /// `auto`: rounds in which the rates with and without lz4 were measured.
+    pub auto_rounds: u32,
+    /// `auto`: keeps of lz4 that went on without a probe, lz4 moving disk bytes faster than
+    /// the link took wire bytes.
+    pub auto_link_bound_keeps: u32,
 }
 
 /// Where the chunks of one disk go.

@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::adapt::Adapt;
-use super::{Order, Sink, SinkNeeds, SinkStats};
+use super::{Order, Sink, SinkNeeds, SinkStats, WireStats};
 use crate::error::{Error, Result};
 use crate::format::writer::ImageWriter;
 use crate::format::Header;
 use crate::pipeline::{Payload, Processed};
-use crate::report::WireStats;
 
 /// A `dsimg` stream being written to `W`.
 pub struct StreamSink<W: Write + Send> {
