@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use diskstream_orchestrator::cluster::{is_safe_name, reserved_instance_name, Cluster};
+use diskstream_orchestrator::cluster::{is_safe_name, reserved_instance_name, Cluster, Instance};
 use diskstream_orchestrator::export::store::Removal;
 use diskstream_orchestrator::hooks::HooksRunner;
 use diskstream_orchestrator::node::local::LocalNodeOps;
@@ -352,14 +352,16 @@ impl Agent {
         }
     }
 
+    /// The instance `name` of the cluster config (any node's).
+    fn instance(&self, name: &str) -> Result<&Instance, WireError> {
+        self.cluster
+            .instance(name)
+            .ok_or_else(|| WireError::new("unknown", format!("instance {name} is not in the cluster config")))
+    }
+
     /// `name` is an instance of the cluster config (any node's), with a disk `disk`.
     fn known_disk(&self, name: &str, disk: Option<usize>) -> Result<(), WireError> {
-        let Some(i) = self.cluster.instance(name) else {
-            return Err(WireError::new(
-                "unknown",
-                format!("instance {name} is not in the cluster config"),
-            ));
-        };
+        let i = self.instance(name)?;
         match disk {
             Some(d) if d >= i.disks.len() => Err(WireError::new(
                 "unknown",
@@ -370,17 +372,14 @@ impl Agent {
     }
 
     fn own_instance(&self, name: &str) -> Result<(), WireError> {
-        match self.cluster.instance(name) {
-            Some(i) if i.primary_node == self.node => Ok(()),
-            Some(i) => Err(refused(format!(
+        let i = self.instance(name)?;
+        if i.primary_node != self.node {
+            return Err(refused(format!(
                 "instance {name} runs on node {}, not on {}",
                 i.primary_node, self.node
-            ))),
-            None => Err(WireError::new(
-                "unknown",
-                format!("instance {name} is not in the cluster config"),
-            )),
+            )));
         }
+        Ok(())
     }
 
     fn transfer_names(&self, req: &SendDisk) -> Result<(), WireError> {

@@ -66,7 +66,8 @@ impl<W: Write + Send> Sink for StreamSink<W> {
     }
 
     fn put(&mut self, p: Processed) -> Result<()> {
-        let t0 = Instant::now();
+        // Timed only for `auto`, which weighs the time spent writing against the link.
+        let t0 = self.adapt.is_some().then(Instant::now);
         let wire = super::push_frame(&mut self.writer, &p).map_err(|(at, e)| Error::io("send", &self.name, at, e))?;
         self.stored += wire;
         self.done += u64::from(p.len);
@@ -78,7 +79,7 @@ impl<W: Write + Send> Sink for StreamSink<W> {
                 self.wire.lz4_chunks += 1;
             }
         }
-        if let Some(a) = &mut self.adapt {
+        if let (Some(a), Some(t0)) = (&mut self.adapt, t0) {
             let now = Instant::now();
             a.delivered(self.done, now, now - t0, wire);
         }
