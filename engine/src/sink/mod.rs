@@ -93,8 +93,8 @@ pub struct WireStats {
     pub lz4_chunks: u64,
     /// `auto`: rounds in which the rates with and without lz4 were measured.
     pub auto_rounds: u32,
-    /// `auto`: keeps of lz4 that went on without a probe, lz4 moving disk bytes faster than
-    /// the link took wire bytes.
+    /// `auto`: windows and keeps of lz4 that went on without a probe of no compression, lz4
+    /// moving disk bytes faster than the link took wire bytes.
     pub auto_link_bound_keeps: u32,
 }
 
