@@ -568,12 +568,17 @@ fn stale_partials_of_dead_pids_are_swept_and_a_live_diskstreams_are_kept() {
         write(format!(".o.raw.partial-{dead}")),
         write(format!(".o.raw.manifest.partial-{dead}")),
         write(format!(".o.raw.partial-{}", other.0.id())),
+        write(format!(".o.raw.partial-{dead}-0")),
+        write(format!(".o.raw.partial-{}-17", other.0.id())),
     ];
     let kept = [
         write(format!(".o.raw.partial-{}", live.0.id())),
         write(format!(".elsewhere.raw.partial-{dead}")),
         write(".o.raw.partial-12x".to_string()),
         write(format!(".o.raw.partial-{dead}.keep")),
+        write(format!(".o.raw.partial-{}-3", live.0.id())),
+        write(format!(".o.raw.partial-{dead}-")),
+        write(format!(".o.raw.partial-{dead}-1-2")),
     ];
     ds_json(&["image", "create", s(&src), s(&d.join("o.raw"))]);
     for p in &swept {

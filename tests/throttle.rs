@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-/// Allocated bytes of the output, under its final name or its `.NAME.partial-PID` staging name.
+/// Allocated bytes of the output, under its final name or its `.NAME.partial-PID-N` staging name.
 fn written(dir: &Path, name: &str) -> u64 {
     std::fs::read_dir(dir)
         .expect("ls")

@@ -10,13 +10,18 @@
 //! reader can tell a manifest that belongs to another image (a commit cut between the renames)
 //! from damage (docs/image-format.md, "Committing an image and its manifest").
 //!
-//! Leftovers of killed runs (`.NAME.partial-<pid>` whose process is gone) are swept by the next
-//! run that writes the same NAME ([`sweep_partials`]).
+//! Each output's temporary name is its own (`.NAME.partial-<pid>-<n>`, `n` counted per
+//! process, created `O_EXCL`): two outputs of one name written side by side in one process (an
+//! agent receiving, a frontend embedding the engine) never share or remove each other's file,
+//! and a commit renames only the bytes its own writer wrote. Leftovers of killed runs (whose
+//! process is gone) are swept by the next run that writes the same NAME ([`sweep_partials`]).
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::sys;
@@ -35,7 +40,7 @@ pub struct Target {
 
 impl Target {
     /// Opens `path` for writing. A block device is opened in place (O_DIRECT, O_EXCL) and only
-    /// with `force`; anything else becomes a new file `.<name>.partial-<pid>` next to it, created
+    /// with `force`; anything else becomes a new file `.<name>.partial-<pid>-<n>` next to it, created
     /// with mode 0600. An existing regular file is refused unless `force` (and even then replaced
     /// only on [`Self::commit`]).
     pub fn create(path: &Path, force: bool, want_direct: bool) -> Result<Self> {
@@ -91,22 +96,8 @@ impl Target {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let temp = dir.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
-        let _ = std::fs::remove_file(&temp); // A leftover of an earlier run of this same pid.
-        let (file, direct) = match open(&temp, true, want_direct) {
-            Ok(f) => {
-                let direct = want_direct && sys::is_direct(&f).unwrap_or(false);
-                (f, direct)
-            }
-            Err(e) if want_direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                let _ = std::fs::remove_file(&temp);
-                (
-                    open(&temp, true, false).map_err(|e| Error::io("create", &temp, 0, e))?,
-                    false,
-                )
-            }
-            Err(e) => return Err(Error::io("create", &temp, 0, e)),
-        };
+        let (temp, file) = create_partial(dir, &name.to_string_lossy(), want_direct)?;
+        let direct = want_direct && sys::is_direct(&file).unwrap_or(false);
         Ok(Self {
             file,
             final_path: path.to_owned(),
@@ -296,10 +287,74 @@ pub fn remove_stale_manifest(manifest: &Path) -> Result<()> {
     }
 }
 
-/// Removes the leftovers `.NAME.partial-<pid>` beside `path` (this naming pattern only, regular
-/// files only) whose process is gone, or is no longer a diskstream (the pid was reused by another
-/// program, which cannot be writing our partial), or is this process. A partial of a live
-/// diskstream is left alone: it may be writing it now. Returns the paths removed.
+/// The temporary files this process has open for writing (created and not yet committed or
+/// dropped): [`sweep_partials`] never removes these, whatever their pid says.
+static OPEN_PARTIALS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// The `n` of the next temporary name this process makes.
+static NEXT_PARTIAL: AtomicU64 = AtomicU64::new(0);
+
+fn open_partials() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    // A panic while the list was held leaves it consistent (pushes and removes are single steps).
+    OPEN_PARTIALS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Creates the temporary file `.NAME.partial-<pid>-<n>` in `dir` (mode 0600, `O_EXCL`; with
+/// `O_DIRECT` where asked and the file system takes it), registered as open. A name that exists
+/// already (a leftover the sweep did not remove) is passed over for the next `n`.
+fn create_partial(dir: &Path, name: &str, want_direct: bool) -> Result<(PathBuf, File)> {
+    let mut tries = 0;
+    loop {
+        let n = NEXT_PARTIAL.fetch_add(1, Ordering::Relaxed);
+        let temp = dir.join(format!(".{name}.partial-{}-{n}", std::process::id()));
+        // Listed before it exists: a sweep on another thread never sees it unlisted.
+        open_partials().push(temp.clone());
+        let opened = match open(&temp, true, want_direct) {
+            Err(e) if want_direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                let _ = std::fs::remove_file(&temp);
+                open(&temp, true, false)
+            }
+            r => r,
+        };
+        match opened {
+            Ok(f) => return Ok((temp, f)),
+            Err(e) => {
+                closed_partial(&temp);
+                if e.kind() != io::ErrorKind::AlreadyExists || tries == 16 {
+                    return Err(Error::io("create", &temp, 0, e));
+                }
+                tries += 1;
+            }
+        }
+    }
+}
+
+/// Takes `temp` off the list of this process's open temporary files.
+fn closed_partial(temp: &Path) {
+    let mut open = open_partials();
+    if let Some(i) = open.iter().position(|p| p == temp) {
+        open.swap_remove(i);
+    }
+}
+
+/// The pid in a temporary name's tail after `.NAME.partial-`: `<pid>-<n>`, or `<pid>` alone
+/// (the names of diskstream 0.1.0); `None` for anything else.
+fn partial_pid(tail: &str) -> Option<u32> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let pid = match tail.split_once('-') {
+        Some((pid, n)) if digits(n) => pid,
+        Some(_) => return None,
+        None => tail,
+    };
+    digits(pid).then(|| pid.parse().ok()).flatten()
+}
+
+/// Removes the leftovers `.NAME.partial-<pid>-<n>` (and 0.1.0's `.NAME.partial-<pid>`) beside
+/// `path` (these naming patterns only, regular files only) whose process is gone, or is no
+/// longer a diskstream (the pid was reused by another program, which cannot be writing our
+/// partial), or is this process and not open in it (a leftover of an earlier process with the
+/// same pid). A partial of another live diskstream, or one this process is writing, is left
+/// alone. Returns the paths removed.
 pub fn sweep_partials(path: &Path) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let (Some(name), dir) = (
@@ -319,15 +374,15 @@ pub fn sweep_partials(path: &Path) -> Vec<PathBuf> {
         let Some(pid) = fname
             .to_str()
             .and_then(|f| f.strip_prefix(&prefix))
-            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|p| p.parse::<u32>().ok())
+            .and_then(partial_pid)
         else {
             continue;
         };
-        if pid != std::process::id() && live_diskstream(pid) {
+        let p = e.path();
+        let ours = pid == std::process::id();
+        if (!ours && live_diskstream(pid)) || (ours && open_partials().contains(&p)) {
             continue;
         }
-        let p = e.path();
         if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) && std::fs::remove_file(&p).is_ok() {
             removed.push(p);
         }
@@ -366,10 +421,11 @@ fn test_only_fault(step: &str) -> io::Result<()> {
 
 impl Drop for Target {
     fn drop(&mut self) {
-        if !self.committed {
-            if let Some(temp) = &self.temp_path {
+        if let Some(temp) = &self.temp_path {
+            if !self.committed {
                 let _ = std::fs::remove_file(temp);
             }
+            closed_partial(temp);
         }
     }
 }
