@@ -570,17 +570,24 @@ fn stale_partials_of_dead_pids_are_swept_and_a_live_diskstreams_are_kept() {
         write(format!(".o.raw.partial-{}", other.0.id())),
         write(format!(".o.raw.partial-{dead}-0")),
         write(format!(".o.raw.partial-{}-17", other.0.id())),
+        // Today's names are judged by their writer's lock alone: none is held on this one,
+        // whatever its pid.
+        write(format!(".o.raw.partial-{}-3", live.0.id())),
     ];
     let kept = [
         write(format!(".o.raw.partial-{}", live.0.id())),
         write(format!(".elsewhere.raw.partial-{dead}")),
         write(".o.raw.partial-12x".to_string()),
         write(format!(".o.raw.partial-{dead}.keep")),
-        write(format!(".o.raw.partial-{}-3", live.0.id())),
         write(format!(".o.raw.partial-{dead}-")),
         write(format!(".o.raw.partial-{dead}-1-2")),
     ];
+    // A writer (any process; here this test) holds the lock on its file: kept, pid or not.
+    let held = write(format!(".o.raw.partial-{dead}-9"));
+    let writer = FlockHolder::lock(&held);
     ds_json(&["image", "create", s(&src), s(&d.join("o.raw"))]);
+    assert!(held.exists(), "a locked temporary file was swept");
+    drop(writer);
     for p in &swept {
         assert!(!p.exists(), "{} was not swept", p.display());
     }

@@ -1,5 +1,5 @@
 //! The syscalls std does not wrap: block-device ioctls, fd flags, SEEK_DATA/SEEK_HOLE, fallocate,
-//! extended attributes, I/O priority.
+//! extended attributes, I/O priority, `renameat2(RENAME_NOREPLACE)`.
 //!
 //! Everything goes through rustix's safe wrappers except `BLKGETSIZE64`, for which rustix has
 //! none (one `unsafe` ioctl on a descriptor the caller keeps open), and `ioprio_set`/`ioprio_get`
@@ -90,6 +90,13 @@ pub fn zero_range(file: &File, offset: u64, len: u64, mode: ZeroMode) -> io::Res
 pub fn clear_nonblock(file: &File) -> io::Result<()> {
     let flags = status_flags(file)?;
     Ok(fcntl_setfl(file, flags - OFlags::NONBLOCK)?)
+}
+
+/// `renameat2(RENAME_NOREPLACE)`: renames `from` to `to` only where nothing is at `to`
+/// (`AlreadyExists` otherwise); `EINVAL` where the file system does not support it.
+pub fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    Ok(renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE)?)
 }
 
 /// `fsetxattr`: sets the extended attribute `name` to `value`.

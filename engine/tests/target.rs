@@ -8,11 +8,47 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use diskstream_engine::sink::target::{sweep_partials, Target};
+use diskstream_engine::sink::partial::sweep;
+use diskstream_engine::sink::target::Target;
 
 fn write(t: &Target, bytes: &[u8]) {
     let mut f = t.file();
     f.write_all(bytes).unwrap();
+}
+
+/// Another process (util-linux's `flock`) holding the lock on a file, killed on drop.
+struct Holder(std::process::Child);
+
+impl Holder {
+    fn lock(path: &Path) -> Self {
+        use std::io::BufRead;
+        // The shell opens the file on fd 9, flock(1) locks that open file, and the shell
+        // becomes `sleep` keeping fd 9: one process holds the lock, and killing it frees it.
+        let mut c = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "exec 9<\"$1\" && flock -n -x 9 && echo held && exec sleep 600",
+                "sh",
+            ])
+            .arg(path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sh and flock (util-linux)");
+        let mut line = String::new();
+        std::io::BufReader::new(c.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "held");
+        Self(c)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn partials(dir: &Path) -> Vec<String> {
@@ -29,22 +65,28 @@ fn partials(dir: &Path) -> Vec<String> {
 fn two_outputs_of_one_name_in_one_process_keep_their_own_bytes() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("dump.raw");
-    let a = Target::create(&out, false, false).unwrap();
-    let b = Target::create(&out, false, false).unwrap();
+    let a = Target::create(&out, false, false, &[]).unwrap();
+    let b = Target::create(&out, false, false, &[]).unwrap();
     assert_ne!(a.write_path(), b.write_path(), "one temporary file for two outputs");
     assert!(a.write_path().exists(), "the second create removed the first's file");
     write(&a, b"first writer's bytes");
     write(&b, b"second");
 
     // A third create of the name sweeps: neither file being written here is a leftover.
-    let c = Target::create(&out, false, false).unwrap();
+    let c = Target::create(&out, false, false, &[]).unwrap();
     assert!(a.write_path().exists() && b.write_path().exists());
 
     assert_eq!(a.commit().unwrap(), out);
     assert_eq!(fs::read(&out).unwrap(), b"first writer's bytes");
     let (b_path, c_path) = (b.write_path().to_owned(), c.write_path().to_owned());
     assert!(b_path.exists(), "the commit took the other writer's file");
-    drop(b);
+    // The second writer of the new name (no force) finishes: it must not replace the first's
+    // output, and says why.
+    let e = b
+        .commit()
+        .expect_err("a second new output replaced the first")
+        .to_string();
+    assert!(e.contains("dump.raw") && e.contains("--force"), "{e}");
     drop(c);
     assert!(
         !b_path.exists() && !c_path.exists(),
@@ -58,7 +100,7 @@ fn two_outputs_of_one_name_in_one_process_keep_their_own_bytes() {
 fn the_sweep_removes_this_pids_leftovers_but_not_its_open_files() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("o.raw");
-    let open = Target::create(&out, false, false).unwrap();
+    let open = Target::create(&out, false, false, &[]).unwrap();
     let pid = std::process::id();
     // Leftovers of an earlier process that had this pid: today's name and 0.1.0's.
     let leftovers = [format!(".o.raw.partial-{pid}-999999"), format!(".o.raw.partial-{pid}")];
@@ -72,7 +114,7 @@ fn the_sweep_removes_this_pids_leftovers_but_not_its_open_files() {
     for n in leftovers.iter().chain(&foreign) {
         fs::write(d.path().join(n), b"old").unwrap();
     }
-    let removed = sweep_partials(&out);
+    let removed = sweep(&out, &[]);
     let mut names: Vec<String> = removed
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -91,4 +133,91 @@ fn the_sweep_removes_this_pids_leftovers_but_not_its_open_files() {
     write(&open, b"new");
     open.commit().unwrap();
     assert_eq!(fs::read(&out).unwrap(), b"new");
+}
+
+#[test]
+fn a_temporary_file_is_a_leftover_only_when_no_writer_holds_its_lock() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("o.raw");
+    // A pid that is gone: the name alone would say "leftover".
+    let mut t = std::process::Command::new("true").spawn().unwrap();
+    let dead = t.id();
+    t.wait().unwrap();
+    let held = d.path().join(format!(".o.raw.partial-{dead}-5"));
+    fs::write(&held, b"being written").unwrap();
+    // A writer (any process, whatever its name) holds the lock on its own handle.
+    let writer = Holder::lock(&held);
+    assert!(sweep(&out, &[]).is_empty());
+    assert!(held.exists(), "the sweep removed a file whose writer holds its lock");
+    drop(writer);
+    assert_eq!(sweep(&out, &[]), vec![held.clone()]);
+    assert!(!held.exists());
+}
+
+#[test]
+fn the_sweep_never_removes_an_input_named_like_a_leftover() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("o.raw");
+    let input = d.path().join(".o.raw.partial-1-0");
+    let legacy = d.path().join(".o.raw.partial-1");
+    fs::write(&input, b"the user's disk").unwrap();
+    fs::write(&legacy, b"the user's manifest").unwrap();
+    // Named by another path (a hard link): compared by device and inode.
+    let link = d.path().join("disk-link");
+    fs::hard_link(&input, &link).unwrap();
+    let t = Target::create(&out, false, false, &[&link, &legacy]).unwrap();
+    assert!(input.exists() && legacy.exists(), "an input was swept");
+    drop(t);
+    let mut gone = sweep(&out, &[]);
+    gone.sort();
+    assert_eq!(gone, vec![legacy, input], "without spares both are leftovers");
+}
+
+#[test]
+fn a_name_too_long_for_the_suffix_still_gets_a_temporary_file() {
+    let d = tempfile::tempdir().unwrap();
+    // 246 bytes: `OUT.manifest` is 255, the longest name Linux takes.
+    let out = d.path().join("x".repeat(243) + ".ds");
+    let manifest = d.path().join("x".repeat(243) + ".ds.manifest");
+    let m = Target::create_file(&manifest, false, &[]).unwrap();
+    let t = Target::create(&out, false, false, &[]).unwrap();
+    for w in [m.write_path(), t.write_path()] {
+        assert!(w.file_name().unwrap().len() <= 255);
+        assert!(w.exists());
+    }
+    write(&t, b"image");
+    write(&m, b"manifest");
+    t.commit_with_manifest(m).unwrap();
+    assert_eq!(fs::read(&out).unwrap(), b"image");
+    assert_eq!(fs::read(&manifest).unwrap(), b"manifest");
+    assert!(partials(d.path()).is_empty(), "{:?}", partials(d.path()));
+}
+
+#[test]
+fn an_image_that_appeared_meanwhile_is_kept_with_no_manifest_of_ours_beside_it() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("o.ds");
+    let manifest = d.path().join("o.ds.manifest");
+    let m = Target::create_file(&manifest, false, &[]).unwrap();
+    let t = Target::create(&out, false, false, &[]).unwrap();
+    write(&t, b"ours");
+    write(&m, b"our manifest");
+    // Another run (no manifest yet) made the image while this one wrote.
+    fs::write(&out, b"theirs").unwrap();
+    let e = t
+        .commit_with_manifest(m)
+        .expect_err("replaced an image made meanwhile")
+        .to_string();
+    assert!(e.contains("o.ds") && e.contains("--force"), "{e}");
+    assert_eq!(fs::read(&out).unwrap(), b"theirs");
+    assert!(!manifest.exists(), "our manifest was left beside their image");
+    assert!(partials(d.path()).is_empty(), "{:?}", partials(d.path()));
+
+    // With force the same commit replaces it.
+    let m = Target::create_file(&manifest, true, &[]).unwrap();
+    let t = Target::create(&out, true, false, &[]).unwrap();
+    write(&t, b"ours");
+    write(&m, b"our manifest");
+    t.commit_with_manifest(m).unwrap();
+    assert_eq!(fs::read(&out).unwrap(), b"ours");
 }

@@ -146,7 +146,7 @@ fn a_sink_gets_the_order_it_asks_for_and_every_chunk_once() {
 fn a_failed_transfer_drops_the_sink_and_removes_the_partial_output() {
     let dir = scratch();
     let out = dir.path().join("out.raw");
-    let target = Target::create(&out, false, true).unwrap();
+    let target = Target::create(&out, false, true, &[]).unwrap();
     let sink = RawSink::new(
         target,
         8 * u64::from(CS),

@@ -131,16 +131,22 @@ pub struct Loop {
 impl Loop {
     /// `losetup --direct-io=on|off --show -f FILE`.
     pub fn attach(file: &Path, direct_io: bool) -> Self {
+        Self::attach_with(file, &[if direct_io { "--direct-io=on" } else { "--direct-io=off" }])
+    }
+
+    /// `losetup -r --show -f FILE`: a read-only loop device.
+    pub fn attach_read_only(file: &Path) -> Self {
+        Self::attach_with(file, &["-r"])
+    }
+
+    fn attach_with(file: &Path, flags: &[&str]) -> Self {
         assert!(
             is_root(),
             "loop device tests need root: run the README test command as root"
         );
         let out = Command::new("losetup")
-            .args([
-                "--show",
-                "-f",
-                if direct_io { "--direct-io=on" } else { "--direct-io=off" },
-            ])
+            .args(["--show", "-f"])
+            .args(flags)
             .arg(file)
             .output()
             .expect("run losetup");
@@ -583,4 +589,41 @@ pub fn add_cluster_keys(cfg: &Path, lines: &str) {
     let t = std::fs::read_to_string(cfg).unwrap();
     let t = t.replacen("\n\n[[nodes]]", &format!("\n{lines}\n\n[[nodes]]"), 1);
     std::fs::write(cfg, t).unwrap();
+}
+
+/// Another process (util-linux's `flock`) holding an exclusive `flock` on a file, as a writer of
+/// that file would: taken before `lock` returns, released when the guard drops (the process is
+/// killed), also when the test fails.
+pub struct FlockHolder(std::process::Child);
+
+impl FlockHolder {
+    pub fn lock(path: &Path) -> Self {
+        use std::io::BufRead;
+        // The shell opens the file on fd 9, flock(1) locks that open file, and the shell
+        // becomes `sleep` keeping fd 9: one process holds the lock, and killing it frees it.
+        let mut c = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "exec 9<\"$1\" && flock -n -x 9 && echo held && exec sleep 600",
+                "sh",
+            ])
+            .arg(path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sh and flock (util-linux)");
+        let mut line = String::new();
+        std::io::BufReader::new(c.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "held", "flock did not take the lock on {}", path.display());
+        Self(c)
+    }
+}
+
+impl Drop for FlockHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

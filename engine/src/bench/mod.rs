@@ -293,7 +293,7 @@ impl Drop for ScratchFile {
 /// removed afterwards (never committed, so an existing file is left untouched); a block device is
 /// written in place (the caller asked for that with `--force`).
 pub fn target_write(path: &Path, size: u64, qd: u32, chunk: u32, cancel: &AtomicBool) -> Result<Rate> {
-    let target = Target::create(path, true, true)?;
+    let target = Target::create(path, true, true, &[])?;
     let size = target.device_size().map_or(size, |d| d.min(size));
     let mut sink = crate::sink::raw::RawSink::new(
         target,

@@ -27,8 +27,8 @@ pub fn create(src: &Path, out: &Path, o: &CreateOptions, progress: &Progress) ->
     let manifest_path = manifest_path(out, o.manifest.as_deref())?;
     check_outputs(src, out, Some(&manifest_path), o.force, o.format)?;
     // The manifest's temporary file first: every refusal comes before the first byte is written.
-    let manifest_target = Target::create_file(&manifest_path, o.force)?;
-    let target = Target::create(out, o.force, true)?;
+    let manifest_target = Target::create_file(&manifest_path, o.force, &[src])?;
+    let target = Target::create(out, o.force, true, &[src])?;
     if target.is_device() {
         remove_stale_manifest(&manifest_path)?;
     }

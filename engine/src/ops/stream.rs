@@ -112,8 +112,8 @@ pub fn receive<R: FrameStream>(
         ));
     }
     let manifest_path = manifest_path(out, None)?;
-    let manifest_target = Target::create_file(&manifest_path, true)?;
-    let target = Target::create(out, true, true)?;
+    let manifest_target = Target::create_file(&manifest_path, true, &[])?;
+    let target = Target::create(out, true, true, &[])?;
     let head = output_head("receive", out, manifest_path, Format::Raw, &target);
     let manifest = ManifestOut::new(manifest_target, info.checksum, info.disk_size, info.chunk_size);
     let flush_every = t

@@ -7,6 +7,7 @@
 //!   they were read (no copy in user space), out of order, zero chunks left as holes.
 //! - [`image`]: the `dsimg` sink: frames in disk order through the streaming encoder onto
 //!   [`direct_write::DirectWriter`] (O_DIRECT staging writes).
+//! - [`partial`]: the temporary files outputs are written under, and the sweep of leftovers.
 //! - [`manifest`]: the manifest written beside an image and the commit of the pair.
 //! - [`verify`]: checks every chunk against a manifest and that none is missing, then hands it on
 //!   (to [`null::NullSink`] for `verify`, to a raw sink for `restore`).
@@ -19,6 +20,7 @@ pub mod direct_write;
 pub mod image;
 pub mod manifest;
 pub mod null;
+pub mod partial;
 pub mod raw;
 pub mod stream;
 pub mod target;

@@ -420,7 +420,7 @@ mod tests {
     fn write_chunks(chunks: u64, every: Option<u64>) -> (RawStats, Vec<u8>) {
         const MIB: u32 = 1 << 20;
         let dir = tempfile::tempdir().unwrap();
-        let target = Target::create(&dir.path().join("dump"), false, false).unwrap();
+        let target = Target::create(&dir.path().join("dump"), false, false, &[]).unwrap();
         let mut sink = RawSink::new(
             target,
             chunks * u64::from(MIB),

@@ -10,18 +10,16 @@
 //! reader can tell a manifest that belongs to another image (a commit cut between the renames)
 //! from damage (docs/image-format.md, "Committing an image and its manifest").
 //!
-//! Each output's temporary name is its own (`.NAME.partial-<pid>-<n>`, `n` counted per
-//! process, created `O_EXCL`): two outputs of one name written side by side in one process (an
-//! agent receiving, a frontend embedding the engine) never share or remove each other's file,
-//! and a commit renames only the bytes its own writer wrote. Leftovers of killed runs (whose
-//! process is gone) are swept by the next run that writes the same NAME ([`sweep_partials`]).
+//! Each output's temporary file is its own, locked while it is written, and the leftovers of
+//! killed runs are swept by the next run that writes the same NAME ([`super::partial`]). A new
+//! output (no `force`) is renamed into place only where nothing has appeared under its name
+//! since the checks (`RENAME_NOREPLACE`): of two runs writing one new name, the second to
+//! finish fails instead of replacing the first's output.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::sys;
@@ -36,23 +34,26 @@ pub struct Target {
     device_size: Option<u64>,
     logical_block: u32,
     committed: bool,
+    /// Whether the commit may replace a file that is there by then (`force`).
+    replace: bool,
 }
 
 impl Target {
     /// Opens `path` for writing. A block device is opened in place (O_DIRECT, O_EXCL) and only
     /// with `force`; anything else becomes a new file `.<name>.partial-<pid>-<n>` next to it, created
     /// with mode 0600. An existing regular file is refused unless `force` (and even then replaced
-    /// only on [`Self::commit`]).
-    pub fn create(path: &Path, force: bool, want_direct: bool) -> Result<Self> {
-        Self::open(path, force, want_direct, true)
+    /// only on [`Self::commit`]). Leftover temporary files of `path` are swept first, never one
+    /// of `spare` (the run's inputs).
+    pub fn create(path: &Path, force: bool, want_direct: bool, spare: &[&Path]) -> Result<Self> {
+        Self::open(path, force, want_direct, true, spare)
     }
 
     /// Like [`Self::create`], but never a device: a manifest or other side file.
-    pub fn create_file(path: &Path, force: bool) -> Result<Self> {
-        Self::open(path, force, false, false)
+    pub fn create_file(path: &Path, force: bool, spare: &[&Path]) -> Result<Self> {
+        Self::open(path, force, false, false, spare)
     }
 
-    fn open(path: &Path, force: bool, want_direct: bool, allow_device: bool) -> Result<Self> {
+    fn open(path: &Path, force: bool, want_direct: bool, allow_device: bool, spare: &[&Path]) -> Result<Self> {
         match check_output(path, force, allow_device)? {
             OutputKind::Device => {
                 let file = open_device(path, want_direct).or_else(|e| {
@@ -84,11 +85,12 @@ impl Target {
                     device_size: Some(size),
                     logical_block: lbs.max(512),
                     committed: false,
+                    replace: true,
                 });
             }
             OutputKind::New | OutputKind::Replace => {}
         }
-        sweep_partials(path);
+        super::partial::sweep(path, spare);
         let name = path
             .file_name()
             .ok_or_else(|| Error::Invalid(format!("{}: not a file name", path.display())))?;
@@ -96,7 +98,7 @@ impl Target {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        let (temp, file) = create_partial(dir, &name.to_string_lossy(), want_direct)?;
+        let (temp, file) = super::partial::create(dir, name, want_direct)?;
         let direct = want_direct && sys::is_direct(&file).unwrap_or(false);
         Ok(Self {
             file,
@@ -106,6 +108,7 @@ impl Target {
             device_size: None,
             logical_block: 4096,
             committed: false,
+            replace: force,
         })
     }
 
@@ -153,8 +156,8 @@ impl Target {
             .map_err(|e| Error::io("fsync", self.write_path(), 0, e))?;
         if let Some(temp) = &self.temp_path {
             test_only_fault("rename")
-                .and_then(|()| std::fs::rename(temp, &self.final_path))
-                .map_err(|e| Error::io("rename", temp, 0, e))?;
+                .and_then(|()| place(temp, &self.final_path, self.replace))
+                .map_err(|e| rename_error(temp, &self.final_path, e))?;
             sync_dir(&self.final_path)?;
         }
         self.committed = true;
@@ -178,14 +181,20 @@ impl Target {
             .map_err(|e| Error::io("fsync", self.write_path(), 0, e))?;
         if let Some(temp) = &manifest.temp_path {
             test_only_fault("rename-manifest")
-                .and_then(|()| std::fs::rename(temp, &manifest.final_path))
-                .map_err(|e| Error::io("rename", temp, 0, e))?;
+                .and_then(|()| place(temp, &manifest.final_path, manifest.replace))
+                .map_err(|e| rename_error(temp, &manifest.final_path, e))?;
         }
         manifest.committed = true;
         if let Some(temp) = &self.temp_path {
             test_only_fault("rename-image")
-                .and_then(|()| std::fs::rename(temp, &self.final_path))
+                .and_then(|()| place(temp, &self.final_path, self.replace))
                 .map_err(|e| {
+                    if e.kind() == io::ErrorKind::AlreadyExists && !manifest.replace {
+                        // Another run made the image since the checks: the manifest just placed
+                        // (new, nothing was under its name) describes our image, not theirs.
+                        let _ = std::fs::remove_file(&manifest.final_path);
+                        return rename_error(temp, &self.final_path, e);
+                    }
                     Error::io(
                         "rename (the new manifest is in place, the image is not: verify will report the pair as a mismatch until the next run)",
                         temp,
@@ -218,7 +227,12 @@ pub enum OutputKind {
 pub fn check_output(path: &Path, force: bool, allow_device: bool) -> Result<OutputKind> {
     match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_block_device() && allow_device => {
-            if force {
+            if force && read_only_device(&m) {
+                Err(Error::Invalid(format!(
+                    "{}: is a read-only block device; it cannot be written",
+                    path.display()
+                )))
+            } else if force {
                 Ok(OutputKind::Device)
             } else {
                 Err(Error::Invalid(format!(
@@ -238,14 +252,92 @@ pub fn check_output(path: &Path, force: bool, allow_device: bool) -> Result<Outp
             path.display()
         ))),
         Ok(_) => Ok(OutputKind::Replace),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(OutputKind::New),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => new_output(path),
         Err(e) => Err(Error::io("stat", path, 0, e)),
     }
 }
 
+/// A path where nothing is yet: a new file, if it names a file in a directory that exists.
+fn new_output(path: &Path) -> Result<OutputKind> {
+    if path.as_os_str().as_encoded_bytes().ends_with(b"/") || path.file_name().is_none() {
+        return Err(Error::Invalid(format!(
+            "{}: names a directory, not a file; give the output's file name",
+            path.display()
+        )));
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(OutputKind::New),
+        Ok(m) => Err(Error::Invalid(format!(
+            "{}: its directory {} is {}",
+            path.display(),
+            dir.display(),
+            crate::input::kind_name(&m.file_type())
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::Invalid(format!(
+            "{}: its directory {} does not exist",
+            path.display(),
+            dir.display()
+        ))),
+        Err(e) => Err(Error::io("stat", dir, 0, e)),
+    }
+}
+
+/// The sysfs directory of the block device `m` (a partition's own).
+fn sysfs_block(m: &std::fs::Metadata) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    if !m.file_type().is_block_device() {
+        return None;
+    }
+    let (major, minor) = (rustix::fs::major(m.rdev()), rustix::fs::minor(m.rdev()));
+    std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()
+}
+
+/// Whether the block device `m` is read-only (a `losetup -r` loop device, a write-protected
+/// disk): its sysfs `ro`.
+fn read_only_device(m: &std::fs::Metadata) -> bool {
+    sysfs_block(m)
+        .and_then(|d| std::fs::read_to_string(d.join("ro")).ok())
+        .is_some_and(|ro| ro.trim() == "1")
+}
+
+/// The file behind the loop device (or partition of one) `m`, as the loop driver names it.
+fn loop_backing(m: &std::fs::Metadata) -> Option<PathBuf> {
+    let dir = sysfs_block(m)?;
+    let text = [dir.join("loop/backing_file"), dir.parent()?.join("loop/backing_file")]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())?;
+    let path = text.trim_end_matches('\n');
+    Some(PathBuf::from(path.strip_suffix(" (deleted)").unwrap_or(path)))
+}
+
+/// `p` and, where it is a loop device, the file behind it (and behind that, for a loop device
+/// on a loop device; at most 8 deep).
+fn layers(p: &Path) -> Vec<PathBuf> {
+    let mut v = vec![p.to_owned()];
+    while v.len() < 8 {
+        let Some(next) = std::fs::metadata(&v[v.len() - 1]).ok().and_then(|m| loop_backing(&m)) else {
+            break;
+        };
+        v.push(next);
+    }
+    v
+}
+
+/// True if and only if `a` and `b` name the same data: the same file (see [`one_file`]), or one
+/// of them is a loop device (or a partition of one) whose backing file is the other, or both
+/// are backed by the same file.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    let (la, lb) = (layers(a), layers(b));
+    la.iter().any(|x| lb.iter().any(|y| one_file(x, y)))
+}
+
 /// True if and only if `a` and `b` name the same file: the same canonical path, or the same
 /// device and inode (hard links, symbolic links), or block devices with the same device number.
-pub fn same_file(a: &Path, b: &Path) -> bool {
+fn one_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
         if x.dev() == y.dev() && x.ino() == y.ino() {
@@ -287,123 +379,6 @@ pub fn remove_stale_manifest(manifest: &Path) -> Result<()> {
     }
 }
 
-/// The temporary files this process has open for writing (created and not yet committed or
-/// dropped): [`sweep_partials`] never removes these, whatever their pid says.
-static OPEN_PARTIALS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
-
-/// The `n` of the next temporary name this process makes.
-static NEXT_PARTIAL: AtomicU64 = AtomicU64::new(0);
-
-fn open_partials() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
-    // A panic while the list was held leaves it consistent (pushes and removes are single steps).
-    OPEN_PARTIALS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Creates the temporary file `.NAME.partial-<pid>-<n>` in `dir` (mode 0600, `O_EXCL`; with
-/// `O_DIRECT` where asked and the file system takes it), registered as open. A name that exists
-/// already (a leftover the sweep did not remove) is passed over for the next `n`.
-fn create_partial(dir: &Path, name: &str, want_direct: bool) -> Result<(PathBuf, File)> {
-    let mut tries = 0;
-    loop {
-        let n = NEXT_PARTIAL.fetch_add(1, Ordering::Relaxed);
-        let temp = dir.join(format!(".{name}.partial-{}-{n}", std::process::id()));
-        // Listed before it exists: a sweep on another thread never sees it unlisted.
-        open_partials().push(temp.clone());
-        let opened = match open(&temp, true, want_direct) {
-            Err(e) if want_direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                let _ = std::fs::remove_file(&temp);
-                open(&temp, true, false)
-            }
-            r => r,
-        };
-        match opened {
-            Ok(f) => return Ok((temp, f)),
-            Err(e) => {
-                closed_partial(&temp);
-                if e.kind() != io::ErrorKind::AlreadyExists || tries == 16 {
-                    return Err(Error::io("create", &temp, 0, e));
-                }
-                tries += 1;
-            }
-        }
-    }
-}
-
-/// Takes `temp` off the list of this process's open temporary files.
-fn closed_partial(temp: &Path) {
-    let mut open = open_partials();
-    if let Some(i) = open.iter().position(|p| p == temp) {
-        open.swap_remove(i);
-    }
-}
-
-/// The pid in a temporary name's tail after `.NAME.partial-`: `<pid>-<n>`, or `<pid>` alone
-/// (the names of diskstream 0.1.0); `None` for anything else.
-fn partial_pid(tail: &str) -> Option<u32> {
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let pid = match tail.split_once('-') {
-        Some((pid, n)) if digits(n) => pid,
-        Some(_) => return None,
-        None => tail,
-    };
-    digits(pid).then(|| pid.parse().ok()).flatten()
-}
-
-/// Removes the leftovers `.NAME.partial-<pid>-<n>` (and 0.1.0's `.NAME.partial-<pid>`) beside
-/// `path` (these naming patterns only, regular files only) whose process is gone, or is no
-/// longer a diskstream (the pid was reused by another program, which cannot be writing our
-/// partial), or is this process and not open in it (a leftover of an earlier process with the
-/// same pid). A partial of another live diskstream, or one this process is writing, is left
-/// alone. Returns the paths removed.
-pub fn sweep_partials(path: &Path) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    let (Some(name), dir) = (
-        path.file_name(),
-        path.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new(".")),
-    ) else {
-        return removed;
-    };
-    let prefix = format!(".{}.partial-", name.to_string_lossy());
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return removed;
-    };
-    for e in entries.flatten() {
-        let fname = e.file_name();
-        let Some(pid) = fname
-            .to_str()
-            .and_then(|f| f.strip_prefix(&prefix))
-            .and_then(partial_pid)
-        else {
-            continue;
-        };
-        let p = e.path();
-        let ours = pid == std::process::id();
-        if (!ours && live_diskstream(pid)) || (ours && open_partials().contains(&p)) {
-            continue;
-        }
-        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) && std::fs::remove_file(&p).is_ok() {
-            removed.push(p);
-        }
-    }
-    removed
-}
-
-/// True if and only if `pid` is a running (not zombie) process whose command name starts with
-/// `diskstream` (the binary, or the engine's own test programs).
-fn live_diskstream(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // `pid (comm) S ...`: the state follows the last ')'.
-    let state = stat.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next());
-    if matches!(state, Some('Z' | 'X' | 'x') | None) {
-        return false;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end().starts_with("diskstream"))
-}
-
 /// Test-only fault injection at a named commit step, for the tests of the commit protocol: with
 /// `DISKSTREAM_TEST_ONLY_FAIL_AT=<step>` the step fails with EIO; with
 /// `DISKSTREAM_TEST_ONLY_CRASH_AT=<step>` the process exits at once without any cleanup, as a
@@ -421,13 +396,38 @@ fn test_only_fault(step: &str) -> io::Result<()> {
 
 impl Drop for Target {
     fn drop(&mut self) {
-        if let Some(temp) = &self.temp_path {
-            if !self.committed {
+        if !self.committed {
+            if let Some(temp) = &self.temp_path {
                 let _ = std::fs::remove_file(temp);
             }
-            closed_partial(temp);
         }
     }
+}
+
+/// Renames `temp` to `dest`: over whatever is there with `replace`, else only where nothing is
+/// (`RENAME_NOREPLACE`; on a file system without it, a hard link then the unlink of `temp`).
+fn place(temp: &Path, dest: &Path, replace: bool) -> io::Result<()> {
+    if replace {
+        return std::fs::rename(temp, dest);
+    }
+    match sys::rename_noreplace(temp, dest) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            std::fs::hard_link(temp, dest)?;
+            std::fs::remove_file(temp)
+        }
+        r => r,
+    }
+}
+
+fn rename_error(temp: &Path, dest: &Path, e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::AlreadyExists {
+        return Error::Invalid(format!(
+            "{}: was created by someone else while this run wrote it; not replaced without --force \
+             (this run's output is discarded)",
+            dest.display()
+        ));
+    }
+    Error::io("rename", temp, 0, e)
 }
 
 /// Fsyncs the directory holding `path`, making a rename in it durable.
@@ -447,15 +447,5 @@ fn open_device(path: &Path, direct: bool) -> io::Result<File> {
     // O_EXCL without O_CREAT on a block device: an exclusive claim that fails with EBUSY while the
     // device is mounted, in use by device-mapper, md or another exclusive opener.
     o.custom_flags(libc::O_CLOEXEC | libc::O_EXCL | if direct { libc::O_DIRECT } else { 0 });
-    o.open(path)
-}
-
-fn open(path: &Path, create: bool, direct: bool) -> io::Result<File> {
-    let mut o = OpenOptions::new();
-    o.write(true).read(true);
-    if create {
-        o.create_new(true).mode(0o600);
-    }
-    o.custom_flags(libc::O_CLOEXEC | if direct { libc::O_DIRECT } else { 0 });
     o.open(path)
 }
