@@ -122,6 +122,15 @@ impl Error {
         }
     }
 
+    /// [`Self::io`], unless `source` carries an engine error already (a write that failed
+    /// deeper down, under its own path and offset): that one, not both with two offsets.
+    pub fn io_or_inner(op: &'static str, path: impl Into<PathBuf>, offset: u64, source: io::Error) -> Self {
+        match source.downcast::<Self>() {
+            Ok(inner) => inner,
+            Err(source) => Self::io(op, path, offset, source),
+        }
+    }
+
     /// Corrupt data with its context.
     pub fn corrupt(path: impl Into<PathBuf>, what: &'static str, offset: u64, detail: impl Into<String>) -> Self {
         Self::Corrupt {

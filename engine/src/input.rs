@@ -2,7 +2,10 @@
 //! (or, where the mode allows, a block device), decided from `stat` before any open that could
 //! block (a FIFO's open waits for a writer), opened with `O_NONBLOCK` and checked again on the
 //! descriptor; and every read is bounded by what the input describes (a manifest by the chunk
-//! count its header declares, which the caller first checks against the image).
+//! count its header declares, which the caller first checks against the image). A regular file
+//! of one of the kernel's pseudo file systems (procfs, sysfs, tracefs, debugfs, ...) is refused:
+//! its size says nothing of its contents, and its reads may block for ever (`trace_pipe`) or
+//! consume what they read (`/proc/kmsg`).
 
 use std::fs::{File, FileType, Metadata, OpenOptions};
 use std::io::Read;
@@ -52,12 +55,51 @@ fn refusal(path: &Path, what: &str, ft: &FileType, allow_device: bool) -> Error 
     ))
 }
 
-/// Refuses `path` unless it is a regular file (or, with `allow_device`, a block device),
-/// following symbolic links; opens nothing. `what` names the role in the message ("the image").
+/// The kernel's pseudo file systems, by `statfs` magic: their files are not data at rest.
+const PSEUDO_FS: [(i64, &str); 16] = [
+    (0x9fa0, "proc"),
+    (0x6265_6572, "sysfs"),
+    (0x7472_6163, "tracefs"),
+    (0x6462_6720, "debugfs"),
+    (0x7363_6673, "securityfs"),
+    (0x0027_e0eb, "cgroup"),
+    (0x6367_7270, "cgroup2"),
+    (0xcafe_4a11, "bpf"),
+    (0x6165_676c, "pstore"),
+    (0x6265_6570, "configfs"),
+    (0xde5e_81e4, "efivarfs"),
+    (0xf97c_ff8c, "selinuxfs"),
+    (0x6573_5543, "fusectl"),
+    (0x4249_4e4d, "binfmt_misc"),
+    (0x6e73_6673, "nsfs"),
+    (0x1cd1, "devpts"),
+];
+
+fn pseudo_fs_name(f_type: i64) -> Option<&'static str> {
+    PSEUDO_FS.iter().find(|(m, _)| *m == f_type).map(|(_, n)| *n)
+}
+
+fn pseudo_refusal(path: &Path, what: &str, fs: &str) -> String {
+    format!(
+        "{}: {what} is a file of the kernel's {fs} file system, not a disk or an image (its size \
+         says nothing of its contents and reading it may block or consume it); refusing it",
+        path.display()
+    )
+}
+
+/// Refuses `path` unless it is a regular file (or, with `allow_device`, a block device) outside
+/// the kernel's pseudo file systems, following symbolic links; opens nothing. `what` names the
+/// role in the message ("the image").
 pub fn check_kind(path: &Path, what: &str, allow_device: bool) -> Result<Metadata> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, 0, e))?;
     if !acceptable(&meta.file_type(), allow_device) {
         return Err(refusal(path, what, &meta.file_type(), allow_device));
+    }
+    if meta.is_file() {
+        let st = rustix::fs::statfs(path).map_err(|e| Error::io("statfs", path, 0, e.into()))?;
+        if let Some(fs) = pseudo_fs_name(st.f_type as i64) {
+            return Err(Error::Invalid(pseudo_refusal(path, what, fs)));
+        }
     }
     Ok(meta)
 }
@@ -86,6 +128,11 @@ pub fn open_checked(path: &Path, what: &str, allow_device: bool, extra_flags: i3
             path.display(),
             kind_name(&after.file_type())
         )));
+    }
+    if after.is_file() {
+        if let Some(fs) = pseudo_fs_name(rustix::fs::fstatfs(&file)?.f_type as i64) {
+            return Err(std::io::Error::other(pseudo_refusal(path, what, fs)));
+        }
     }
     sys::clear_nonblock(&file)?;
     Ok(file)

@@ -142,22 +142,27 @@ pub(super) fn load_manifest(image: &Path, explicit: Option<&Path>, image_size: u
         )),
         e => e,
     })?;
-    if mf.header().disk_size != image_size {
-        return Err(size_mismatch(image, image_size, mf.header().disk_size));
-    }
+    size_fits(image, image_size, mf.header().disk_size)?;
     let manifest = mf.read()?;
     check_recorded_digest(image, &mpath, manifest.checksum, &manifest.image_digest())?;
     Ok((mpath, manifest))
 }
 
-/// The error for a raw image whose length is not its manifest's disk size.
-pub(super) fn size_mismatch(image: &Path, image_size: u64, manifest_size: u64) -> Error {
-    Error::corrupt(
-        image,
-        "raw image",
-        image_size,
-        format!("the image is {image_size} bytes but its manifest says {manifest_size} (truncated or extended)"),
-    )
+/// Checks a raw image of `image_size` bytes against the disk size its manifest gives: a file
+/// must be exactly that long; a block device at least that large (a device is as large as it
+/// was made, often larger than the disk written to it: its first `manifest_size` bytes are the
+/// image).
+pub(super) fn size_fits(image: &Path, image_size: u64, manifest_size: u64) -> Result<()> {
+    let device = is_block_device(image);
+    if image_size == manifest_size || (device && image_size > manifest_size) {
+        return Ok(());
+    }
+    let detail = if device {
+        format!("the device holds {image_size} bytes, less than the disk of {manifest_size} its manifest describes")
+    } else {
+        format!("the image is {image_size} bytes but its manifest says {manifest_size} (truncated or extended)")
+    };
+    Err(Error::corrupt(image, "raw image", image_size, detail))
 }
 
 /// Compares the digest a raw image recorded when it was committed (its xattr; absent on file
@@ -225,7 +230,7 @@ pub(super) fn check_dsimg_manifest(image: &Path, explicit: Option<&Path>, layout
     let m = mf.read()?;
     if m.image_digest() != layout.trailer.image_digest {
         return Err(mismatch(format!(
-            "the image's whole-image sha256 is {}, the manifest describes {}",
+            "the image's whole-image digest is {}, the manifest describes {}",
             hex(&layout.trailer.image_digest),
             hex(&m.image_digest())
         )));

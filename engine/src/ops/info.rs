@@ -6,7 +6,7 @@ use std::path::Path;
 use super::image::{detect, image_size, load_manifest, open_plain};
 use super::{Format, Info, InfoOptions};
 use crate::digest::hex;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::reader::read_layout;
 use crate::format::FrameKind;
 use crate::manifest::ChunkKind;
@@ -34,15 +34,8 @@ pub fn info(image: &Path, o: &InfoOptions) -> Result<Info> {
             })
         }
         Format::Raw => {
-            let (mpath, m) = load_manifest(image, o.manifest.as_deref(), image_size(image)?)?;
-            if file_len != m.disk_size {
-                return Err(Error::corrupt(
-                    image,
-                    "raw image",
-                    file_len,
-                    format!("the image is {file_len} bytes but its manifest says {}", m.disk_size),
-                ));
-            }
+            let file_len = image_size(image)?;
+            let (mpath, m) = load_manifest(image, o.manifest.as_deref(), file_len)?;
             let zero = m.chunks.iter().filter(|c| c.0 == ChunkKind::Zero).count() as u64;
             let zero_bytes: u64 = (0..m.chunks.len() as u64)
                 .filter(|&i| m.chunks[i as usize].0 == ChunkKind::Zero)

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::image::{check_outputs, detect, image_size, load_manifest, open_plain, size_mismatch};
+use super::image::{check_outputs, detect, image_size, load_manifest, open_plain, size_fits};
 use super::{Format, Progress, Report, RestoreOptions};
 use crate::direct_read::DirectReader;
 use crate::error::{Error, Result};
@@ -18,10 +18,11 @@ use crate::sink::verify::VerifySink;
 use crate::source::{Disk, DiskSource, FrameSource, Source};
 use crate::transfer::Transfer;
 
-/// The raw sink writing a disk of `size` bytes in `chunk_size` chunks to `dest`.
-fn raw_sink(dest: &Path, size: u64, chunk_size: u32, o: &RestoreOptions) -> Result<RawSink> {
+/// The raw sink writing a disk of `size` bytes in `chunk_size` chunks to `dest`; the sweep of
+/// `dest`'s leftovers spares the run's `inputs`.
+fn raw_sink(dest: &Path, size: u64, chunk_size: u32, o: &RestoreOptions, inputs: &[&Path]) -> Result<RawSink> {
     let t = &o.tuning;
-    let target = Target::create(dest, o.force, true)?;
+    let target = Target::create(dest, o.force, true, inputs)?;
     RawSink::tuned(target, size, chunk_size, t, o.zero_policy)
 }
 
@@ -42,7 +43,7 @@ pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progres
             let disk = Disk::open(image)?;
             let layout = read_layout(&open_plain(image)?, image)?;
             check_outputs(image, dest, None, o.force, Format::Raw)?;
-            let sink = raw_sink(dest, layout.header.disk_size, layout.header.chunk_size, o)?;
+            let sink = raw_sink(dest, layout.header.disk_size, layout.header.chunk_size, o, &[image])?;
             let direct = disk.is_direct();
             let stream = DirectReader::new(disk.into_file());
             let mut source = FrameSource::new(stream, image)?.opened(direct, None);
@@ -57,13 +58,12 @@ pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progres
                     dest.display()
                 )));
             }
+            let sink = raw_sink(dest, manifest.disk_size, manifest.chunk_size, o, &[image, &mpath])?;
             head.manifest = Some(mpath);
-            let sink = raw_sink(dest, manifest.disk_size, manifest.chunk_size, o)?;
             let disk = Disk::open(image)?;
-            if disk.size() != manifest.disk_size {
-                return Err(size_mismatch(image, disk.size(), manifest.disk_size));
-            }
-            let mut source = DiskSource::new(disk, manifest.chunk_size, manifest.checksum);
+            size_fits(image, disk.size(), manifest.disk_size)?;
+            let mut source =
+                DiskSource::new(disk, manifest.chunk_size, manifest.checksum).limit(Some(manifest.disk_size));
             let chunks = source.info().chunks();
             let sink = VerifySink::new(Box::new(sink), image, chunks).against(&manifest);
             Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))

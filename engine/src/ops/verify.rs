@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::image::{check_dsimg_manifest, detect, image_size, load_manifest, open_plain, size_mismatch};
+use super::image::{check_dsimg_manifest, detect, image_size, load_manifest, open_plain, size_fits};
 use super::{Format, Progress, Report, VerifyOptions};
 use crate::direct_read::DirectReader;
 use crate::error::Result;
@@ -41,10 +41,9 @@ pub fn verify(image: &Path, o: &VerifyOptions, progress: &Progress) -> Result<Re
             let (mpath, manifest) = load_manifest(image, o.manifest.as_deref(), image_size(image)?)?;
             head.manifest = Some(mpath);
             let disk = Disk::open(image)?;
-            if disk.size() != manifest.disk_size {
-                return Err(size_mismatch(image, disk.size(), manifest.disk_size));
-            }
-            let mut source = DiskSource::new(disk, manifest.chunk_size, manifest.checksum);
+            size_fits(image, disk.size(), manifest.disk_size)?;
+            let mut source =
+                DiskSource::new(disk, manifest.chunk_size, manifest.checksum).limit(Some(manifest.disk_size));
             let sink = VerifySink::check_only(image, source.info().chunks()).against(&manifest);
             Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
         }

@@ -32,7 +32,7 @@ impl ImageSink {
     pub fn new(target: Target, header: Header, backend: BackendKind, lz4: bool) -> Result<Self> {
         let path = target.final_path().to_owned();
         let w = DirectWriter::new(target, backend);
-        let writer = ImageWriter::new(w, header).map_err(|e| Error::io("write", &path, 0, e))?;
+        let writer = ImageWriter::new(w, header).map_err(|e| Error::io_or_inner("write", &path, 0, e))?;
         Ok(Self {
             writer,
             path,
@@ -75,8 +75,8 @@ impl Sink for ImageSink {
         if let Some(m) = &mut self.manifest {
             m.record(&p);
         }
-        self.stored +=
-            super::push_frame(&mut self.writer, &p).map_err(|(at, e)| Error::io("write", &self.path, at, e))?;
+        self.stored += super::push_frame(&mut self.writer, &p)
+            .map_err(|(at, e)| Error::io_or_inner("write", &self.path, at, e))?;
         Ok(())
     }
 
@@ -90,7 +90,7 @@ impl Sink for ImageSink {
             ..
         } = *self;
         let backend = writer.get_ref().backend();
-        let (w, _trailer) = writer.finish().map_err(|e| Error::io("write", &path, 0, e))?;
+        let (w, _trailer) = writer.finish().map_err(|e| Error::io_or_inner("write", &path, 0, e))?;
         let write_requests = w.requests();
         let (target, written) = w.finish()?;
         let output_direct = target.is_direct();
