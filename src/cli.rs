@@ -91,6 +91,15 @@ enum ImageCmd {
         /// Chunk digest recorded in the image and manifest: blake3 (fast on every CPU) or sha256.
         #[arg(long, default_value = "blake3", value_parser = checksums())]
         checksum: Checksum,
+        /// Chunk size in bytes (power of two, 4096..=64 MiB; K/M suffixes accepted).
+        #[arg(long, default_value = "1M", value_parser = parse_size)]
+        chunk_size: u64,
+        /// Zero chunks on a block device target: write (default), discard, or skip (target known zeroed).
+        #[arg(long, default_value = "write", value_parser = choice::<ZeroPolicy>(&["write", "discard", "skip"]))]
+        zero_target: ZeroPolicy,
+        /// Manifest path (default OUT.manifest; required for a block device OUT).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
         #[command(flatten)]
         tune: Tune,
         /// Replace OUT if it exists (it is replaced only once the new image is complete).
@@ -101,6 +110,9 @@ enum ImageCmd {
     Verify {
         /// The image (dsimg, or raw with IMAGE.manifest beside it).
         image: PathBuf,
+        /// Manifest of the image (default IMAGE.manifest; required for a raw image on a block device).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
         #[command(flatten)]
         tune: Tune,
     },
@@ -110,6 +122,12 @@ enum ImageCmd {
         image: PathBuf,
         /// Destination file (created) or block device.
         dest: PathBuf,
+        /// Zero chunks on a block device target: write (default), discard, or skip (target known zeroed).
+        #[arg(long, default_value = "write", value_parser = choice::<ZeroPolicy>(&["write", "discard", "skip"]))]
+        zero_target: ZeroPolicy,
+        /// Manifest of the image (default IMAGE.manifest; required for a raw image on a block device).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
         #[command(flatten)]
         tune: Tune,
         /// Replace DEST if it is an existing file.
@@ -126,6 +144,9 @@ enum ImageCmd {
         /// Chunk digest: blake3 or sha256.
         #[arg(long, default_value = "blake3", value_parser = checksums())]
         checksum: Checksum,
+        /// Chunk size in bytes (power of two, 4096..=64 MiB; K/M suffixes accepted).
+        #[arg(long, default_value = "1M", value_parser = parse_size)]
+        chunk_size: u64,
         #[command(flatten)]
         tune: Tune,
     },
@@ -142,12 +163,10 @@ enum ImageCmd {
     },
 }
 
-/// Performance and target knobs shared by the image commands.
+/// Performance knobs and output flags shared by the image commands (those that apply to some
+/// only, `--chunk-size`, `--zero-target`, `--manifest`, are the commands' own).
 #[derive(Args, Debug, Clone)]
 struct Tune {
-    /// Chunk size in bytes (power of two, 4096..=64 MiB; K/M suffixes accepted).
-    #[arg(long, default_value = "1M", value_parser = parse_size)]
-    chunk_size: u64,
     /// Reads in flight.
     #[arg(long, default_value_t = ops::DEFAULT_QUEUE_DEPTH)]
     queue_depth: u32,
@@ -175,12 +194,6 @@ struct Tune {
     sequential: bool,
     #[command(flatten)]
     throttle: crate::throttle::Throttle,
-    /// Zero chunks on a block device target: write (default), discard, or skip (target known zeroed).
-    #[arg(long, default_value = "write", value_parser = choice::<ZeroPolicy>(&["write", "discard", "skip"]))]
-    zero_target: ZeroPolicy,
-    /// Manifest path (default OUT.manifest; required for a block device OUT).
-    #[arg(long)]
-    manifest: Option<PathBuf>,
     /// Print one JSON object with the result instead of text.
     #[arg(long)]
     json: bool,
@@ -208,8 +221,8 @@ struct DemoArgs {
 
 impl Tune {
     /// [`Self::options`], or the usage failure of `op` printed.
-    fn tuning(&self, stop: Option<ops::StopFlag>, op: Op) -> Result<Tuning, ExitCode> {
-        self.options(stop)
+    fn tuning(&self, stop: Option<ops::StopFlag>, op: Op, chunk_size: Option<u64>) -> Result<Tuning, ExitCode> {
+        self.options(stop, chunk_size)
             .map_err(|e| output::fail_msg(op, Kind::Usage, &e, self.json))
     }
 
@@ -225,10 +238,14 @@ impl Tune {
         }
     }
 
-    /// The engine's tuning from these flags, with the SIGINT/SIGTERM flag as its stop flag.
-    fn options(&self, stop: Option<ops::StopFlag>) -> Result<Tuning, String> {
-        let chunk_size =
-            u32::try_from(self.chunk_size).map_err(|_| format!("--chunk-size {} is too large", self.chunk_size))?;
+    /// The engine's tuning from these flags and the command's `--chunk-size` (a command that
+    /// reads an image takes the image's own: the default stands in), with the SIGINT/SIGTERM
+    /// flag as its stop flag.
+    fn options(&self, stop: Option<ops::StopFlag>, chunk_size: Option<u64>) -> Result<Tuning, String> {
+        let chunk_size = match chunk_size {
+            Some(c) => u32::try_from(c).map_err(|_| format!("--chunk-size {c} is too large"))?,
+            None => Tuning::default().chunk_size,
+        };
         // --bwlimit/--ionice/--nice, with the defaults file's values for those not given; the
         // priorities are set here, before the operation starts its threads.
         let throttle = self.throttle.with_defaults()?;
@@ -356,10 +373,13 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
             format,
             compress,
             checksum,
+            chunk_size,
+            zero_target,
+            manifest,
             tune,
             force,
         } => {
-            let tuning = tune.tuning(stop, Op::ImageCreate)?;
+            let tuning = tune.tuning(stop, Op::ImageCreate, Some(chunk_size))?;
             let o = CreateOptions {
                 tuning,
                 format,
@@ -367,8 +387,8 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
                 adaptive: false,
                 checksum,
                 force,
-                zero_policy: tune.zero_target,
-                manifest: tune.manifest.clone(),
+                zero_policy: zero_target,
+                manifest,
                 limit: None,
             };
             let total = output::disk_size_hint(&src);
@@ -378,12 +398,9 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
             });
             output::finish_or_interrupted(res, Op::ImageCreate, tune.json, &interrupt, true)
         }
-        ImageCmd::Verify { image, tune } => {
-            let tuning = tune.tuning(stop, Op::ImageVerify)?;
-            let o = VerifyOptions {
-                tuning,
-                manifest: tune.manifest.clone(),
-            };
+        ImageCmd::Verify { image, manifest, tune } => {
+            let tuning = tune.tuning(stop, Op::ImageVerify, None)?;
+            let o = VerifyOptions { tuning, manifest };
             let total = image_size_hint(&image, &o.manifest);
             start(Op::ImageVerify, &image, None);
             let res = output::with_progress(&progress, total, Op::ImageVerify, tune.show(quiet), || {
@@ -394,15 +411,17 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
         ImageCmd::Restore {
             image,
             dest,
+            zero_target,
+            manifest,
             tune,
             force,
         } => {
-            let tuning = tune.tuning(stop, Op::ImageRestore)?;
+            let tuning = tune.tuning(stop, Op::ImageRestore, None)?;
             let o = RestoreOptions {
                 tuning,
                 force,
-                zero_policy: tune.zero_target,
-                manifest: tune.manifest.clone(),
+                zero_policy: zero_target,
+                manifest,
             };
             let total = image_size_hint(&image, &o.manifest);
             start(Op::ImageRestore, &image, Some(&dest));
@@ -415,9 +434,10 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
             src,
             compress,
             checksum,
+            chunk_size,
             tune,
         } => {
-            let tuning = tune.tuning(stop, Op::ImageScan)?;
+            let tuning = tune.tuning(stop, Op::ImageScan, Some(chunk_size))?;
             let o = ScanOptions {
                 tuning,
                 compress: compress == "lz4",
