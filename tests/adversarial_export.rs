@@ -216,6 +216,28 @@ fn exporting_an_instance_never_removes_another_instances_export() {
     assert_eq!(out, "node2.example.com|x\nnode2.example.com|x-1\n");
 }
 
+#[test]
+fn an_export_directory_that_is_a_file_is_named_in_the_error() {
+    // Found by the review of 2026-11-27: the warning said `File exists (os error 17)` and named
+    // neither the path nor the step.
+    let dir = scratch();
+    let roots = node_roots(dir.path(), 2);
+    let a = inst("x", "down", file_disks(dir.path(), 1, 1, 3), None);
+    let cfg = write_cluster(dir.path(), &roots, &[a], &[]);
+    let ed = export_dir(&roots[1]);
+    fs::create_dir_all(ed.parent().unwrap()).unwrap();
+    let _ = fs::remove_dir_all(&ed);
+    fs::write(&ed, b"not a directory").unwrap();
+    let (ok, out, err) = ds_text(&["export", "--cluster", s(&cfg), "-n", "node2", "x"]);
+    assert!(!ok, "{out}\n{err}");
+    let all = format!("{out}\n{err}");
+    assert!(
+        all.contains(&format!("create the export directory {}", ed.display())),
+        "{all}"
+    );
+    assert_eq!(fs::read(&ed).unwrap(), b"not a directory", "the file was touched");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 7. Hooks with a relative cluster path.
 

@@ -106,12 +106,20 @@ impl Staging {
     /// Creates `<export_dir>/<instance>.new/` (mode 0700), removing any stale one first.
     /// Creates the export directory itself if it is missing.
     pub fn begin(export_dir: &Path, instance: &str) -> io::Result<Self> {
-        fs::create_dir_all(export_dir)?;
+        // Each step's error names the path and the step (`File exists` alone names neither).
+        let at = |what: &str, p: &Path| {
+            let (what, p) = (what.to_string(), p.to_path_buf());
+            move |e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", p.display()))
+        };
+        fs::create_dir_all(export_dir).map_err(at("create the export directory", export_dir))?;
         let dir = export_dir.join(staging_name(instance));
-        fsutil::remove_tree(&dir)?;
-        fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
-        fsutil::sync_dir(export_dir)?;
+        fsutil::remove_tree(&dir).map_err(at("remove the leftover staging directory", &dir))?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(at("create the staging directory", &dir))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(at("chmod 0700", &dir))?;
+        fsutil::sync_dir(export_dir).map_err(at("fsync", export_dir))?;
         Ok(Self {
             export_dir: export_dir.to_path_buf(),
             instance: instance.to_string(),
