@@ -7,12 +7,21 @@
 //! instance is restarted) and returns an error; the command then exits with [`Interrupt::code`].
 //! A second signal is not special: the cleanup must finish, or the user sends SIGKILL (and the next
 //! run sweeps what a killed process left).
+//!
+//! Stopping waits for the reads and writes already handed to the device (a buffer cannot be
+//! released while the kernel may still fill it, and a read the device has cannot be called
+//! back): on a device that crawls, that can take a while. A run still going [`NOTICE_AFTER`]
+//! after the signal says so on stderr, once, so the wait is never silent.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
+
+/// How long after a signal a run that is still stopping says so.
+pub const NOTICE_AFTER: Duration = Duration::from_secs(2);
 
 /// The installed SIGINT/SIGTERM handlers and what they saw.
 #[derive(Debug, Clone)]
@@ -31,6 +40,21 @@ impl Interrupt {
             signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
             signal_hook::flag::register(sig, Arc::clone(&flag))?;
         }
+        // A thread that sleeps in a read of signal-hook's pipe until the first signal.
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        std::thread::Builder::new()
+            .name("interrupt-notice".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    std::thread::sleep(NOTICE_AFTER);
+                    let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
+                    eprintln!(
+                        "diskstream: {name}: still stopping: waiting for the reads and writes already handed to \
+                         the device, then cleaning up (a slow device can take a while; SIGKILL stops at once, and \
+                         the next run sweeps what it leaves)"
+                    );
+                }
+            })?;
         Ok(Self { flag, signal })
     }
 
