@@ -100,6 +100,9 @@ enum ImageCmd {
         /// Manifest path (default OUT.manifest; required for a block device OUT).
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// Writes in flight.
+        #[arg(long, default_value_t = ops::DEFAULT_WRITE_DEPTH)]
+        write_depth: u32,
         #[command(flatten)]
         tune: Tune,
         /// Replace OUT if it exists (it is replaced only once the new image is complete).
@@ -122,6 +125,10 @@ enum ImageCmd {
         image: PathBuf,
         /// Destination file (created) or block device.
         dest: PathBuf,
+        /// Writes in flight.
+        #[arg(long, default_value_t = ops::DEFAULT_WRITE_DEPTH)]
+        write_depth: u32,
+
         /// Zero chunks on a block device target: write (default), discard, or skip (target known zeroed).
         #[arg(long, default_value = "write", value_parser = choice::<ZeroPolicy>(&["write", "discard", "skip"]))]
         zero_target: ZeroPolicy,
@@ -164,15 +171,12 @@ enum ImageCmd {
 }
 
 /// Performance knobs and output flags shared by the image commands (those that apply to some
-/// only, `--chunk-size`, `--zero-target`, `--manifest`, are the commands' own).
+/// only, `--chunk-size`, `--write-depth`, `--zero-target`, `--manifest`, are the commands' own).
 #[derive(Args, Debug, Clone)]
 struct Tune {
     /// Reads in flight.
     #[arg(long, default_value_t = ops::DEFAULT_QUEUE_DEPTH)]
     queue_depth: u32,
-    /// Writes in flight (raw output and restore).
-    #[arg(long, default_value_t = ops::DEFAULT_WRITE_DEPTH)]
-    write_depth: u32,
     /// Worker threads (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -219,10 +223,17 @@ struct DemoArgs {
     agents: bool,
 }
 
+/// The tuning flags that only some commands have: `None` where the command has not.
+#[derive(Clone, Copy, Debug, Default)]
+struct Own {
+    chunk_size: Option<u64>,
+    write_depth: Option<u32>,
+}
+
 impl Tune {
     /// [`Self::options`], or the usage failure of `op` printed.
-    fn tuning(&self, stop: Option<ops::StopFlag>, op: Op, chunk_size: Option<u64>) -> Result<Tuning, ExitCode> {
-        self.options(stop, chunk_size)
+    fn tuning(&self, stop: Option<ops::StopFlag>, op: Op, own: Own) -> Result<Tuning, ExitCode> {
+        self.options(stop, own)
             .map_err(|e| output::fail_msg(op, Kind::Usage, &e, self.json))
     }
 
@@ -238,10 +249,14 @@ impl Tune {
         }
     }
 
-    /// The engine's tuning from these flags and the command's `--chunk-size` (a command that
-    /// reads an image takes the image's own: the default stands in), with the SIGINT/SIGTERM
-    /// flag as its stop flag.
-    fn options(&self, stop: Option<ops::StopFlag>, chunk_size: Option<u64>) -> Result<Tuning, String> {
+    /// The engine's tuning from these flags and the command's own (`own`; a command that
+    /// reads an image takes the image's chunk size, one that writes nothing has no write
+    /// depth: the defaults stand in), with the SIGINT/SIGTERM flag as its stop flag.
+    fn options(&self, stop: Option<ops::StopFlag>, own: Own) -> Result<Tuning, String> {
+        let Own {
+            chunk_size,
+            write_depth,
+        } = own;
         let chunk_size = match chunk_size {
             Some(c) => u32::try_from(c).map_err(|_| format!("--chunk-size {c} is too large"))?,
             None => Tuning::default().chunk_size,
@@ -253,7 +268,7 @@ impl Tune {
         Ok(Tuning {
             chunk_size,
             queue_depth: self.queue_depth,
-            write_depth: self.write_depth,
+            write_depth: write_depth.unwrap_or(ops::DEFAULT_WRITE_DEPTH),
             threads: self.threads.unwrap_or_else(ops::default_threads),
             backend: if self.sequential {
                 BackendKind::Pread
@@ -376,10 +391,15 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
             chunk_size,
             zero_target,
             manifest,
+            write_depth,
             tune,
             force,
         } => {
-            let tuning = tune.tuning(stop, Op::ImageCreate, Some(chunk_size))?;
+            let own = Own {
+                chunk_size: Some(chunk_size),
+                write_depth: Some(write_depth),
+            };
+            let tuning = tune.tuning(stop, Op::ImageCreate, own)?;
             let o = CreateOptions {
                 tuning,
                 format,
@@ -399,7 +419,7 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
             output::finish_or_interrupted(res, Op::ImageCreate, tune.json, &interrupt, true)
         }
         ImageCmd::Verify { image, manifest, tune } => {
-            let tuning = tune.tuning(stop, Op::ImageVerify, None)?;
+            let tuning = tune.tuning(stop, Op::ImageVerify, Own::default())?;
             let o = VerifyOptions { tuning, manifest };
             let total = image_size_hint(&image, &o.manifest);
             start(Op::ImageVerify, &image, None);
@@ -411,12 +431,17 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
         ImageCmd::Restore {
             image,
             dest,
+            write_depth,
             zero_target,
             manifest,
             tune,
             force,
         } => {
-            let tuning = tune.tuning(stop, Op::ImageRestore, None)?;
+            let own = Own {
+                write_depth: Some(write_depth),
+                ..Own::default()
+            };
+            let tuning = tune.tuning(stop, Op::ImageRestore, own)?;
             let o = RestoreOptions {
                 tuning,
                 force,
@@ -437,7 +462,11 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
             chunk_size,
             tune,
         } => {
-            let tuning = tune.tuning(stop, Op::ImageScan, Some(chunk_size))?;
+            let own = Own {
+                chunk_size: Some(chunk_size),
+                ..Own::default()
+            };
+            let tuning = tune.tuning(stop, Op::ImageScan, own)?;
             let o = ScanOptions {
                 tuning,
                 compress: compress == "lz4",

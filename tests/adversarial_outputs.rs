@@ -365,6 +365,8 @@ fn flags_a_command_does_not_use_are_refused() {
         vec!["image", "verify", s(&img), "--zero-target", "skip"],
         vec!["image", "verify", s(&img), "--chunk-size", "4K"],
         vec!["image", "restore", s(&img), s(&d.join("r")), "--chunk-size", "4K"],
+        vec!["image", "verify", s(&img), "--write-depth", "4"],
+        vec!["image", "scan", s(&src), "--write-depth", "4"],
     ] {
         let r = ds(&args);
         assert_eq!(r.status.code(), Some(2), "{args:?}: {}", stderr_of(&r));
@@ -377,6 +379,7 @@ fn flags_a_command_does_not_use_are_refused() {
     assert!(!m.exists() && !d.join("r").exists());
     // Where they apply, they still work.
     ds_json(&["image", "scan", s(&src), "--chunk-size", "64K"]);
+    ds_json(&["image", "restore", s(&img), s(&d.join("r2")), "--write-depth", "4"]);
     ds_json(&["image", "verify", s(&img), "--manifest", s(&d.join("img.raw.manifest"))]);
 }
 

@@ -113,7 +113,7 @@ fn parallel_verify_and_restore_match_the_reference_path() {
                     &["--sequential"],
                     &["--threads", "1"],
                     &["--threads", "2"],
-                    &["--threads", "5", "--write-depth", "3"],
+                    &["--threads", "5", "--queue-depth", "3"],
                 ];
                 for v in variants {
                     let mut a = vec!["image", "verify", s(&img)];
