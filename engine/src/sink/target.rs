@@ -405,16 +405,29 @@ impl Drop for Target {
 }
 
 /// Renames `temp` to `dest`: over whatever is there with `replace`, else only where nothing is
-/// (`RENAME_NOREPLACE`; on a file system without it, a hard link then the unlink of `temp`).
+/// (`RENAME_NOREPLACE`; on a file system without it, a hard link then the unlink of `temp`; on
+/// one without hard links either, a check then a plain rename, which only narrows the race).
 fn place(temp: &Path, dest: &Path, replace: bool) -> io::Result<()> {
     if replace {
         return std::fs::rename(temp, dest);
     }
+    let unsupported = |e: &io::Error| {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::EPERM)
+        )
+    };
     match sys::rename_noreplace(temp, dest) {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            std::fs::hard_link(temp, dest)?;
-            std::fs::remove_file(temp)
-        }
+        Err(e) if unsupported(&e) => match std::fs::hard_link(temp, dest) {
+            Ok(()) => std::fs::remove_file(temp),
+            Err(e) if unsupported(&e) => {
+                if std::fs::symlink_metadata(dest).is_ok() {
+                    return Err(io::ErrorKind::AlreadyExists.into());
+                }
+                std::fs::rename(temp, dest)
+            }
+            Err(e) => Err(e),
+        },
         r => r,
     }
 }
