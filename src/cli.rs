@@ -230,6 +230,13 @@ struct Own {
     write_depth: Option<u32>,
 }
 
+fn own(chunk_size: Option<u64>, write_depth: Option<u32>) -> Own {
+    Own {
+        chunk_size,
+        write_depth,
+    }
+}
+
 impl Tune {
     /// [`Self::options`], or the usage failure of `op` printed.
     fn tuning(&self, stop: Option<ops::StopFlag>, op: Op, own: Own) -> Result<Tuning, ExitCode> {
@@ -373,13 +380,10 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
     let progress: Progress = Default::default();
     // Installed before anything is opened: a SIGINT/SIGTERM from here on stops the operation at
     // the next chunk, its partial outputs are removed, and the exit code is 130/143.
-    let interrupt = match crate::interrupt::Interrupt::install() {
-        Ok(i) => i,
-        Err(e) => {
-            let msg = format!("cannot install the SIGINT/SIGTERM handlers: {e}");
-            return Err(output::fail_msg(Op::Diskstream, Kind::Error, &msg, false));
-        }
-    };
+    let interrupt = crate::interrupt::Interrupt::install().map_err(|e| {
+        let msg = format!("cannot install the SIGINT/SIGTERM handlers: {e}");
+        output::fail_msg(Op::Diskstream, Kind::Error, &msg, false)
+    })?;
     let stop = Some(interrupt.flag());
     Ok(match cmd {
         ImageCmd::Create {
@@ -395,11 +399,7 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
             tune,
             force,
         } => {
-            let own = Own {
-                chunk_size: Some(chunk_size),
-                write_depth: Some(write_depth),
-            };
-            let tuning = tune.tuning(stop, Op::ImageCreate, own)?;
+            let tuning = tune.tuning(stop, Op::ImageCreate, own(Some(chunk_size), Some(write_depth)))?;
             let o = CreateOptions {
                 tuning,
                 format,
@@ -419,7 +419,7 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
             output::finish_or_interrupted(res, Op::ImageCreate, tune.json, &interrupt, true)
         }
         ImageCmd::Verify { image, manifest, tune } => {
-            let tuning = tune.tuning(stop, Op::ImageVerify, Own::default())?;
+            let tuning = tune.tuning(stop, Op::ImageVerify, own(None, None))?;
             let o = VerifyOptions { tuning, manifest };
             let total = image_size_hint(&image, &o.manifest);
             start(Op::ImageVerify, &image, None);
@@ -437,11 +437,7 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
             tune,
             force,
         } => {
-            let own = Own {
-                write_depth: Some(write_depth),
-                ..Own::default()
-            };
-            let tuning = tune.tuning(stop, Op::ImageRestore, own)?;
+            let tuning = tune.tuning(stop, Op::ImageRestore, own(None, Some(write_depth)))?;
             let o = RestoreOptions {
                 tuning,
                 force,
@@ -462,11 +458,7 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
             chunk_size,
             tune,
         } => {
-            let own = Own {
-                chunk_size: Some(chunk_size),
-                ..Own::default()
-            };
-            let tuning = tune.tuning(stop, Op::ImageScan, own)?;
+            let tuning = tune.tuning(stop, Op::ImageScan, own(Some(chunk_size), None))?;
             let o = ScanOptions {
                 tuning,
                 compress: compress == "lz4",
