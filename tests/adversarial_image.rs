@@ -27,29 +27,6 @@ fn stderr_of(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Runs `diskstream ARGS` with a deadline: a command that hangs is killed and the test fails.
-fn ds_within(args: &[&str], limit: Duration) -> std::process::Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn diskstream");
-    let t0 = Instant::now();
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if t0.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("diskstream {args:?} still running after {limit:?}: it hangs");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Runs `diskstream ARGS` under `/usr/bin/time` and returns its output and peak RSS in bytes.
 fn ds_rss(args: &[&str]) -> (std::process::Output, u64) {
     let dir = scratch();

@@ -325,23 +325,7 @@ fn files_of_the_kernels_pseudo_file_systems_are_refused_at_once() {
     }
     for (args, fs) in cases {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut child = Command::new(BIN)
-            .args(&a)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let t0 = Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if t0.elapsed() > Duration::from_secs(10) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{a:?} still running after 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let r = child.wait_with_output().unwrap();
+        let r = ds_within(&a, Duration::from_secs(10));
         assert!(!r.status.success(), "{a:?} succeeded");
         let e = stderr_of(&r);
         assert!(e.contains(&format!("kernel's {fs} file system")), "{a:?}: {e}");

@@ -37,8 +37,8 @@
 //!
 //! `unsafe` lives only in [`buf`], [`ring::uring`] and the private `sys` module (where rustix has
 //! no safe wrapper); every block says why it is sound. The `testing` feature adds `sample`
-//! (deterministic sample disks and data) and `fuzzing` (the fuzz targets' entry points): test
-//! support, not API.
+//! (deterministic sample disks and data), `fuzzing` (the fuzz targets' entry points) and
+//! `flock_holder` (a process holding a file's lock): test support, not API.
 
 #![deny(missing_docs)]
 
@@ -49,6 +49,8 @@ pub mod digest;
 pub mod direct_read;
 pub mod disk;
 pub mod error;
+#[cfg(feature = "testing")]
+pub mod flock_holder;
 pub mod format;
 #[cfg(feature = "testing")]
 pub mod fuzzing;

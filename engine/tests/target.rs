@@ -8,47 +8,13 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
+use diskstream_engine::flock_holder::FlockHolder;
 use diskstream_engine::sink::partial::sweep;
 use diskstream_engine::sink::target::Target;
 
 fn write(t: &Target, bytes: &[u8]) {
     let mut f = t.file();
     f.write_all(bytes).unwrap();
-}
-
-/// Another process (util-linux's `flock`) holding the lock on a file, killed on drop.
-struct Holder(std::process::Child);
-
-impl Holder {
-    fn lock(path: &Path) -> Self {
-        use std::io::BufRead;
-        // The shell opens the file on fd 9, flock(1) locks that open file, and the shell
-        // becomes `sleep` keeping fd 9: one process holds the lock, and killing it frees it.
-        let mut c = std::process::Command::new("sh")
-            .args([
-                "-c",
-                "exec 9<\"$1\" && flock -n -x 9 && echo held && exec sleep 600",
-                "sh",
-            ])
-            .arg(path)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("sh and flock (util-linux)");
-        let mut line = String::new();
-        std::io::BufReader::new(c.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "held");
-        Self(c)
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn partials(dir: &Path) -> Vec<String> {
@@ -146,7 +112,7 @@ fn a_temporary_file_is_a_leftover_only_when_no_writer_holds_its_lock() {
     let held = d.path().join(format!(".o.raw.partial-{dead}-5"));
     fs::write(&held, b"being written").unwrap();
     // A writer (any process, whatever its name) holds the lock on its own handle.
-    let writer = Holder::lock(&held);
+    let writer = FlockHolder::lock(&held);
     assert!(sweep(&out, &[]).is_empty());
     assert!(held.exists(), "the sweep removed a file whose writer holds its lock");
     drop(writer);

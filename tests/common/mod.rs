@@ -591,39 +591,29 @@ pub fn add_cluster_keys(cfg: &Path, lines: &str) {
     std::fs::write(cfg, t).unwrap();
 }
 
-/// Another process (util-linux's `flock`) holding an exclusive `flock` on a file, as a writer of
-/// that file would: taken before `lock` returns, released when the guard drops (the process is
-/// killed), also when the test fails.
-pub struct FlockHolder(std::process::Child);
+/// A process holding a file's lock, for the tests of the sweep (used by some test crates only).
+#[allow(unused_imports)]
+pub use diskstream_engine::flock_holder::FlockHolder;
 
-impl FlockHolder {
-    pub fn lock(path: &Path) -> Self {
-        use std::io::BufRead;
-        // The shell opens the file on fd 9, flock(1) locks that open file, and the shell
-        // becomes `sleep` keeping fd 9: one process holds the lock, and killing it frees it.
-        let mut c = std::process::Command::new("sh")
-            .args([
-                "-c",
-                "exec 9<\"$1\" && flock -n -x 9 && echo held && exec sleep 600",
-                "sh",
-            ])
-            .arg(path)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("sh and flock (util-linux)");
-        let mut line = String::new();
-        std::io::BufReader::new(c.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "held", "flock did not take the lock on {}", path.display());
-        Self(c)
-    }
-}
-
-impl Drop for FlockHolder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Runs `diskstream ARGS` with a deadline: a command that hangs is killed and the test fails.
+pub fn ds_within(args: &[&str], limit: std::time::Duration) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diskstream"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn diskstream");
+    let t0 = std::time::Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("diskstream {args:?} still running after {limit:?}: it hangs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
