@@ -15,6 +15,7 @@ use crate::manifest::Manifest;
 use crate::report::ReportHead;
 use crate::sink::manifest::{digest_xattr, IMAGE_DIGEST_XATTR};
 use crate::sink::target::{check_output, same_file, Target};
+use crate::source::{Disk, DiskSource};
 
 fn is_block_device(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
@@ -148,11 +149,20 @@ pub(super) fn load_manifest(image: &Path, explicit: Option<&Path>, image_size: u
     Ok((mpath, manifest))
 }
 
+/// The chunks of the raw image `image` that `manifest` describes, opened for reading: its
+/// first `disk_size` bytes, once [`size_fits`] has checked the image's size (again, on the
+/// descriptor that will be read).
+pub(super) fn raw_image_source(image: &Path, manifest: &Manifest) -> Result<DiskSource> {
+    let disk = Disk::open(image)?;
+    size_fits(image, disk.size(), manifest.disk_size)?;
+    Ok(DiskSource::new(disk, manifest.chunk_size, manifest.checksum).limit(Some(manifest.disk_size)))
+}
+
 /// Checks a raw image of `image_size` bytes against the disk size its manifest gives: a file
 /// must be exactly that long; a block device at least that large (a device is as large as it
 /// was made, often larger than the disk written to it: its first `manifest_size` bytes are the
 /// image).
-pub(super) fn size_fits(image: &Path, image_size: u64, manifest_size: u64) -> Result<()> {
+fn size_fits(image: &Path, image_size: u64, manifest_size: u64) -> Result<()> {
     let device = is_block_device(image);
     if image_size == manifest_size || (device && image_size > manifest_size) {
         return Ok(());

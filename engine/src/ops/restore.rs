@@ -2,11 +2,13 @@
 //! chunk checked before it is written: a `dsimg` as a [`FrameSource`] (its structure checked
 //! before the first byte lands), a raw image as a [`DiskSource`] through a [`VerifySink`] holding
 //! its manifest.
+//!
+//! [`DiskSource`]: crate::source::DiskSource
 
 use std::path::Path;
 use std::time::Instant;
 
-use super::image::{check_outputs, detect, image_size, load_manifest, open_plain, size_fits};
+use super::image::{check_outputs, detect, image_size, load_manifest, open_plain, raw_image_source};
 use super::{Format, Progress, Report, RestoreOptions};
 use crate::direct_read::DirectReader;
 use crate::error::{Error, Result};
@@ -15,7 +17,7 @@ use crate::report::ReportHead;
 use crate::sink::raw::RawSink;
 use crate::sink::target::{same_file, Target};
 use crate::sink::verify::VerifySink;
-use crate::source::{Disk, DiskSource, FrameSource, Source};
+use crate::source::{Disk, FrameSource, Source};
 use crate::transfer::Transfer;
 
 /// The raw sink writing a disk of `size` bytes in `chunk_size` chunks to `dest`; the sweep of
@@ -60,10 +62,7 @@ pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progres
             }
             let sink = raw_sink(dest, manifest.disk_size, manifest.chunk_size, o, &[image, &mpath])?;
             head.manifest = Some(mpath);
-            let disk = Disk::open(image)?;
-            size_fits(image, disk.size(), manifest.disk_size)?;
-            let mut source =
-                DiskSource::new(disk, manifest.chunk_size, manifest.checksum).limit(Some(manifest.disk_size));
+            let mut source = raw_image_source(image, &manifest)?;
             let chunks = source.info().chunks();
             let sink = VerifySink::new(Box::new(sink), image, chunks).against(&manifest);
             Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))

@@ -2,18 +2,20 @@
 //! [`FrameSource`] (each frame against its own digest; the structure first, and against its
 //! manifest if one is beside it), a raw image as a [`DiskSource`] into a [`VerifySink`] holding
 //! its manifest. The sink keeps nothing.
+//!
+//! [`DiskSource`]: crate::source::DiskSource
 
 use std::path::Path;
 use std::time::Instant;
 
-use super::image::{check_dsimg_manifest, detect, image_size, load_manifest, open_plain, size_fits};
+use super::image::{check_dsimg_manifest, detect, image_size, load_manifest, open_plain, raw_image_source};
 use super::{Format, Progress, Report, VerifyOptions};
 use crate::direct_read::DirectReader;
 use crate::error::Result;
 use crate::format::reader::read_layout;
 use crate::report::ReportHead;
 use crate::sink::verify::VerifySink;
-use crate::source::{Disk, DiskSource, FrameSource, Source};
+use crate::source::{Disk, FrameSource, Source};
 use crate::transfer::Transfer;
 
 /// Re-reads an image with O_DIRECT and checks every chunk: a `dsimg` against its own digests,
@@ -40,10 +42,7 @@ pub fn verify(image: &Path, o: &VerifyOptions, progress: &Progress) -> Result<Re
         _ => {
             let (mpath, manifest) = load_manifest(image, o.manifest.as_deref(), image_size(image)?)?;
             head.manifest = Some(mpath);
-            let disk = Disk::open(image)?;
-            size_fits(image, disk.size(), manifest.disk_size)?;
-            let mut source =
-                DiskSource::new(disk, manifest.chunk_size, manifest.checksum).limit(Some(manifest.disk_size));
+            let mut source = raw_image_source(image, &manifest)?;
             let sink = VerifySink::check_only(image, source.info().chunks()).against(&manifest);
             Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
         }

@@ -327,7 +327,7 @@ fn layers(p: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// True if and only if `a` and `b` name the same data: the same file (see [`one_file`]), or one
+/// True if and only if `a` and `b` name the same data: the same file (`one_file`), or one
 /// of them is a loop device (or a partition of one) whose backing file is the other, or both
 /// are backed by the same file.
 pub fn same_file(a: &Path, b: &Path) -> bool {
