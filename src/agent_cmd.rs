@@ -72,7 +72,7 @@ pub fn pki(cmd: PkiCmd) -> ExitCode {
             }
             contract::done(Op::Pki, r, json)
         }
-        Err(e) => output::fail_msg(Op::Pki, Kind::Error, &e, json),
+        Err((kind, e)) => output::fail_msg(Op::Pki, kind, &e, json),
     }
 }
 
@@ -106,23 +106,21 @@ fn pki_sentence(r: &PkiResult) -> String {
     }
 }
 
-fn pki_run(cmd: PkiCmd) -> Result<PkiResult, String> {
+/// [`pki`]'s work; the error with its JSON kind (`config` for a cluster config that cannot be
+/// loaded or does not name the node, as `export`, `list` and `remove` report it).
+fn pki_run(cmd: PkiCmd) -> Result<PkiResult, (Kind, String)> {
+    let load = |cluster| Cluster::load(cluster_path(cluster)).map_err(|e| (Kind::Config, e.to_string()));
     match cmd {
-        PkiCmd::Init { cluster, force, .. } => {
-            let c = Cluster::load(cluster_path(cluster)).map_err(|e| e.to_string())?;
-            pki_init(&c, force)
-        }
+        PkiCmd::Init { cluster, force, .. } => pki_init(&load(cluster)?, force).map_err(|e| (Kind::Error, e)),
         PkiCmd::Issue { cluster, node, .. } => {
-            let c = Cluster::load(cluster_path(cluster)).map_err(|e| e.to_string())?;
+            let c = load(cluster)?;
             if c.node(&node).is_none() {
-                return Err(format!(
-                    "node {node} is not in the cluster config {}",
-                    c.path().display()
-                ));
+                let msg = format!("node {node} is not in the cluster config {}", c.path().display());
+                return Err((Kind::Config, msg));
             }
             let dir = PkiDir::new(c.pki_dir());
             let existed = dir.node_cert(&node).exists();
-            dir.issue(&node).map_err(|e| e.to_string())?;
+            dir.issue(&node).map_err(|e| (Kind::Error, e.to_string()))?;
             Ok(pki_result(&c, &dir, PkiStatus::Kept, &[(node.as_str(), existed)]))
         }
     }

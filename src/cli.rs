@@ -297,7 +297,7 @@ pub fn main() -> ExitCode {
         Err(e) => return usage_error(e),
     };
     crate::logging::init(cli.verbose, cli.quiet);
-    tracing::debug!(args = ?std::env::args().collect::<Vec<_>>(), "diskstream {}", env!("CARGO_PKG_VERSION"));
+    tracing::debug!(args = ?std::env::args_os().collect::<Vec<_>>(), "diskstream {}", env!("CARGO_PKG_VERSION"));
     match cli.cmd {
         Cmd::Image(cmd) => image(cmd, cli.quiet),
         Cmd::Demo(args) => crate::demo_cmd::demo(args.dir, args.size, args.agents, args.json),
@@ -335,7 +335,12 @@ fn usage_error(e: clap::Error) -> ExitCode {
         };
     }
     let _ = e.print();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `args_os`: `args` panics on an argument that is not UTF-8 (lossy is enough to find
+    // `--json` and the command's words).
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let json = args.iter().any(|a| a == "--json");
     let op = op_of(&args);
     let msg = e.render().to_string();
@@ -367,6 +372,8 @@ fn op_of(args: &[String]) -> Op {
         ["remove", ..] => Op::Remove,
         ["demo", ..] => Op::Demo,
         ["bench", ..] => Op::Bench,
+        ["pki", ..] => Op::Pki,
+        ["agent", ..] => Op::Agent,
         _ => Op::Diskstream,
     }
 }

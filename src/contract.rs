@@ -198,7 +198,8 @@ impl Failed {
             self.error
         );
         if json {
-            print_json(self);
+            // A failure exits non-zero whether or not its object could be printed.
+            let _ = print_json(self);
         }
         exit::code(self.exit_code)
     }
@@ -224,6 +225,7 @@ pub struct Listing {
 #[derive(Serialize, JsonSchema)]
 pub struct DemoResult {
     /// The directory the demo cluster was built in (kept for a look).
+    #[serde(serialize_with = "diskstream_engine::report::lossy_path")]
     pub dir: std::path::PathBuf,
     /// With `--agents`: where the node agents ran (absent without `--agents`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -266,8 +268,10 @@ pub struct PkiResult {
     /// The cluster's name (the CA's subject).
     pub cluster: String,
     /// The PKI directory.
+    #[serde(serialize_with = "diskstream_engine::report::lossy_path")]
     pub pki_dir: std::path::PathBuf,
     /// The CA certificate.
+    #[serde(serialize_with = "diskstream_engine::report::lossy_path")]
     pub ca_cert: std::path::PathBuf,
     /// What happened to the CA: `created` (init), `replaced` (init --force over an existing
     /// CA) or `kept` (issue).
@@ -294,8 +298,10 @@ pub struct PkiNode {
     /// The node.
     pub node: String,
     /// Its certificate (PEM).
+    #[serde(serialize_with = "diskstream_engine::report::lossy_path")]
     pub cert: std::path::PathBuf,
     /// Its private key (PEM, mode 0600).
+    #[serde(serialize_with = "diskstream_engine::report::lossy_path")]
     pub key: std::path::PathBuf,
     /// `created`, or `replaced` when a certificate of that node existed (renewed).
     pub status: PkiStatus,
@@ -391,23 +397,32 @@ pub struct ProgressEvent<'a> {
     pub line: Option<String>,
 }
 
-/// Prints one JSON line on stdout.
-pub fn print_json(v: &impl Serialize) {
-    match serde_json::to_string(v) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("diskstream: error: cannot print the JSON result: {e}"),
+/// Prints one JSON line on stdout; false (and a message on stderr) if it could not: the caller
+/// must not then exit 0, since a frontend reading stdout got no result.
+pub fn print_json(v: &impl Serialize) -> bool {
+    use std::io::Write;
+    let printed = serde_json::to_string(v)
+        .map_err(|e| e.to_string())
+        .and_then(|s| writeln!(std::io::stdout().lock(), "{s}").map_err(|e| e.to_string()));
+    match printed {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("diskstream: error: cannot print the JSON result: {e}");
+            false
+        }
     }
 }
 
 /// Prints a successful result if `json`; returns exit code 0.
 pub fn done(op: Op, body: impl Serialize, json: bool) -> ExitCode {
-    if json {
-        print_json(&Done {
-            schema_version: SCHEMA_VERSION,
-            ok: true,
-            op,
-            body,
-        });
+    let done = Done {
+        schema_version: SCHEMA_VERSION,
+        ok: true,
+        op,
+        body,
+    };
+    if json && !print_json(&done) {
+        return exit::code(exit::EXIT_FAILURE);
     }
     ExitCode::SUCCESS
 }

@@ -200,7 +200,7 @@ fn failure(op: Op, e: &OpError, kind: Kind) -> Failed {
 }
 
 fn fail(op: Op, e: &OpError, json_out: bool) -> ExitCode {
-    eprintln!("{}", e.ganeti_report());
+    eprintln!("{}", crate::logging::escape_keeping_lines(&e.ganeti_report()));
     failure(op, e, kind_of(e)).emit(json_out)
 }
 
@@ -256,7 +256,7 @@ fn export_op(a: &ExportArgs, node: String, interval: f64) -> Result<ExportOp, Ex
         Ok(t) => t,
         Err(e) => {
             let e = OpError::prereq(Ecode::Inval, e);
-            eprintln!("{}", e.ganeti_report());
+            eprintln!("{}", crate::logging::escape_keeping_lines(&e.ganeti_report()));
             return Err(failure(Op::Export, &e, Kind::Usage).emit(a.json));
         }
     };
@@ -300,7 +300,7 @@ fn log_export(r: &ExportResult) {
 pub fn export(a: ExportArgs, quiet: bool) -> ExitCode {
     let Some(node) = a.node.clone() else {
         let e = OpError::prereq(Ecode::Inval, "Target node must be specified");
-        eprintln!("{}", e.ganeti_report());
+        eprintln!("{}", crate::logging::escape_keeping_lines(&e.ganeti_report()));
         return failure(Op::Export, &e, Kind::Usage).emit(a.json);
     };
     let json_events = a.progress.is_some();

@@ -1,6 +1,7 @@
 //! What the CLI prints: progress (an indicatif bar on a TTY, plain lines otherwise), results as
 //! text or one JSON object, and errors with their exit code.
 
+use std::borrow::Cow;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use diskstream_engine::{Error, ErrorKind, Result};
 use serde_json::json;
 
 use crate::contract::{self, Event, Failed, Kind, Op, ProgressEvent};
+use crate::logging::escape_controls;
 
 /// Size of the disk behind `path`, for the progress bar (0 if unknown).
 pub fn disk_size_hint(path: &Path) -> u64 {
@@ -124,7 +126,7 @@ pub fn kind_of(e: &Error) -> Kind {
 
 /// Prints an error found before the operation started (`kind`: usage for a bad flag value).
 pub fn fail_msg(op: Op, kind: Kind, msg: &str, json: bool) -> ExitCode {
-    eprintln!("diskstream: error: {msg}");
+    eprintln!("diskstream: error: {}", escape_controls(msg));
     Failed::new(op, kind, msg).emit(json)
 }
 
@@ -144,7 +146,7 @@ pub fn finish_or_interrupted(
                 interrupt.signal_name(),
                 if writes { "; partial output removed" } else { "" }
             );
-            eprintln!("diskstream: {msg}");
+            eprintln!("diskstream: {}", escape_controls(&msg));
             Failed::new(op, Kind::Interrupted, msg)
                 .signal(interrupt.signal_name(), interrupt.code())
                 .emit(json_out)
@@ -154,7 +156,7 @@ pub fn finish_or_interrupted(
 }
 
 fn fail(e: &Error, op: Op, json_out: bool) -> ExitCode {
-    eprintln!("diskstream: error: {e}");
+    eprintln!("diskstream: error: {}", escape_controls(&e.to_string()));
     Failed::new(op, kind_of(e), e.to_string()).emit(json_out)
 }
 
@@ -193,24 +195,24 @@ pub fn finish(res: Result<Report>, op: Op, json_out: bool) -> ExitCode {
     match r.op {
         "create" => println!(
             "created {} ({fmt}) from {}: {} disk, {} stored, {} zero skipped",
-            r.output.as_deref().unwrap_or(Path::new("-")).display(),
-            r.input.display(),
+            shown(r.output.as_deref().unwrap_or(Path::new("-"))),
+            shown(&r.input),
             mib(r.disk_size),
             mib(r.bytes_stored),
             mib(r.zero_bytes)
         ),
         "scan" => println!(
             "scanned {}: {} disk, {} would be stored, {} zero",
-            r.input.display(),
+            shown(&r.input),
             mib(r.disk_size),
             mib(r.bytes_stored),
             mib(r.zero_bytes)
         ),
-        "verify" => println!("verified {} ({fmt}): all {} chunks match", r.input.display(), r.chunks),
+        "verify" => println!("verified {} ({fmt}): all {} chunks match", shown(&r.input), r.chunks),
         _ => println!(
             "restored {} to {}: {} disk, every chunk checked",
-            r.input.display(),
-            r.output.as_deref().unwrap_or(Path::new("-")).display(),
+            shown(&r.input),
+            shown(r.output.as_deref().unwrap_or(Path::new("-"))),
             mib(r.disk_size)
         ),
     }
@@ -251,7 +253,15 @@ pub fn info(res: Result<Info>, json_out: bool) -> ExitCode {
     println!("checksum:    {}", i.checksum);
     println!("digest:      {}", i.digest);
     if let Some(m) = i.manifest {
-        println!("manifest:    {}", m.display());
+        println!("manifest:    {}", shown(&m));
     }
     ExitCode::SUCCESS
+}
+
+/// A path for a human line: control characters escaped, bytes that are not UTF-8 as U+FFFD.
+fn shown(p: &Path) -> Cow<'_, str> {
+    match p.to_string_lossy() {
+        Cow::Borrowed(s) => escape_controls(s),
+        Cow::Owned(s) => Cow::Owned(escape_controls(&s).into_owned()),
+    }
 }

@@ -1,6 +1,7 @@
 //! `diskstream pki init` and `pki issue` against a cluster config: files and modes, the refusal
 //! to replace a CA without `--force`, an unknown node named in the error, and the `--json`
-//! results naming the files written.
+//! results naming the files written; a PKI directory others could write to (or that another
+//! user owns) refused; the JSON `op` and `kind` of a refused command line and of a bad config.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -15,14 +16,8 @@ fn ds(args: &[&str], cluster: &Path) -> Output {
         .expect("run diskstream")
 }
 
-fn mode(p: &Path) -> u32 {
-    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
-}
-
-#[test]
-fn init_issue_and_refusals() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("cluster.toml");
+fn two_node_cluster(dir: &Path) -> std::path::PathBuf {
+    let cfg = dir.join("cluster.toml");
     std::fs::write(
         &cfg,
         "[cluster]\nname = \"c.test\"\nmaster = \"node1.test\"\n\
@@ -30,6 +25,17 @@ fn init_issue_and_refusals() {
          [[nodes]]\nname = \"node2.test\"\nuuid = \"u2\"\nroot = \"n2\"\naddress = \"127.0.0.1:1811\"\n",
     )
     .unwrap();
+    cfg
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn init_issue_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = two_node_cluster(dir.path());
     let out = ds(&["pki", "init"], &cfg);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let pki = dir.path().join("pki");
@@ -83,6 +89,11 @@ fn init_issue_and_refusals() {
     assert!(!unknown.status.success());
     let v: serde_json::Value = serde_json::from_slice(&unknown.stdout).expect("the JSON failure");
     assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(
+        (v["op"].clone(), v["kind"].clone()),
+        ("pki".into(), "config".into()),
+        "{v}"
+    );
     assert!(
         v["error"]
             .as_str()
@@ -104,6 +115,72 @@ fn init_issue_and_refusals() {
     assert_eq!(names, ["node1.test", "node2.test"], "{v}");
     assert!(
         v["nodes"].as_array().unwrap().iter().all(|n| n["status"] == "replaced"),
+        "{v}"
+    );
+}
+
+/// A PKI directory (or its `nodes/`) that a group or other users could write to, or that another
+/// user owns, is refused before anything is written in it: whoever can write there can replace
+/// the CA certificate or a node's key.
+#[test]
+fn pki_dir_others_could_write_is_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = two_node_cluster(dir.path());
+    let pki = dir.path().join("pki");
+    let chmod = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    std::fs::create_dir_all(pki.join("nodes")).unwrap();
+    for (root, nodes) in [(0o777, 0o700), (0o700, 0o777), (0o720, 0o700)] {
+        chmod(&pki, root);
+        chmod(&pki.join("nodes"), nodes);
+        let out = ds(&["pki", "init", "--json"], &cfg);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "modes {root:o}/{nodes:o}: {err}");
+        assert!(err.contains("others could replace its certificates"), "{err}");
+        assert!(
+            !pki.join("ca.key").exists(),
+            "modes {root:o}/{nodes:o}: a CA was written"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the JSON failure");
+        assert_eq!((v["ok"].clone(), v["op"].clone()), (false.into(), "pki".into()), "{v}");
+    }
+    // Owned by another user, however private its mode.
+    chmod(&pki, 0o700);
+    chmod(&pki.join("nodes"), 0o700);
+    std::os::unix::fs::chown(&pki, Some(65534), Some(65534)).unwrap();
+    let out = ds(&["pki", "init"], &cfg);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("owned by uid 65534"), "{err}");
+    assert!(!pki.join("ca.key").exists());
+    // Made private and ours again, it is used.
+    std::os::unix::fs::chown(&pki, Some(0), Some(0)).unwrap();
+    let out = ds(&["pki", "init"], &cfg);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::metadata(&pki).unwrap().uid(), 0);
+    assert_eq!(mode(&pki.join("ca.key")), 0o600);
+}
+
+/// The JSON failure of a refused `pki` command line names `pki` as its op (not `diskstream`),
+/// and a cluster config that cannot be loaded is a `config` failure as for `export`.
+#[test]
+fn pki_usage_and_config_failures_name_pki() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ds(&["pki", "init", "--json", "--bogus"], &dir.path().join("none.toml"));
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the JSON failure");
+    assert_eq!(
+        (v["op"].clone(), v["kind"].clone()),
+        ("pki".into(), "usage".into()),
+        "{v}"
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[cluster\n").unwrap();
+    let out = ds(&["pki", "init", "--json"], &bad);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the JSON failure");
+    assert_eq!(
+        (v["op"].clone(), v["kind"].clone()),
+        ("pki".into(), "config".into()),
         "{v}"
     );
 }

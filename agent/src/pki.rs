@@ -251,16 +251,46 @@ fn set_validity(params: &mut CertificateParams, days: i64) {
     params.not_after = now + time::Duration::days(days);
 }
 
+/// Creates `dir` with mode 0700, or accepts an existing one only if no one else could have
+/// changed what is in it: owned by this user and writable by no group or other user. (Anyone
+/// who can write there can swap the CA certificate or a node's key and so defeat the mutual
+/// TLS.)
 fn make_private_dir(dir: &Path) -> Result<()> {
     match fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => check_private_dir(dir),
         Err(source) => Err(PkiError::Io {
             op: "create",
             path: dir.to_path_buf(),
             source,
         }),
     }
+}
+
+fn check_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(dir).map_err(io("stat", dir))?;
+    let me = rustix::process::geteuid().as_raw();
+    let bad = |detail: String| {
+        Err(PkiError::Bad {
+            path: dir.to_path_buf(),
+            detail,
+        })
+    };
+    if m.uid() != me {
+        return bad(format!(
+            "the PKI directory is owned by uid {}, not by this user (uid {me}); refusing to use it",
+            m.uid()
+        ));
+    }
+    if m.mode() & 0o022 != 0 {
+        return bad(format!(
+            "the PKI directory is mode {:o}: others could replace its certificates and keys; \
+             refusing to use it (chmod 700 it, or remove it and run pki init again)",
+            m.mode() & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PkiError + 'a {

@@ -2,7 +2,7 @@
 //! transfer and the sink, assembled in one place, [`Report::assemble`]) and [`Info`] (an image
 //! described from its structure). Both serialize to the JSON objects the CLI prints.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -24,10 +24,13 @@ pub struct Report {
     #[serde(skip)]
     pub op: &'static str,
     /// Input path.
+    #[serde(serialize_with = "lossy_path")]
     pub input: PathBuf,
     /// Output path, if any.
+    #[serde(serialize_with = "lossy_path_opt")]
     pub output: Option<PathBuf>,
     /// Manifest written or read, if any.
+    #[serde(serialize_with = "lossy_path_opt")]
     pub manifest: Option<PathBuf>,
     /// Image format involved.
     pub format: Option<Format>,
@@ -200,5 +203,21 @@ pub struct Info {
     /// Whole-image digest.
     pub digest: String,
     /// The manifest consulted, for raw images.
+    #[serde(serialize_with = "lossy_path_opt")]
     pub manifest: Option<PathBuf>,
+}
+
+/// Serializes a path as a JSON string. JSON strings are Unicode, and a Linux path is bytes: each
+/// sequence that is not UTF-8 becomes U+FFFD, so a result is printed whatever its paths hold
+/// (serde's own impl fails, and the result would be lost).
+pub fn lossy_path<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.to_string_lossy())
+}
+
+/// [`lossy_path`] for an optional path.
+pub fn lossy_path_opt<S: Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => s.serialize_some(&*p.to_string_lossy()),
+        None => s.serialize_none(),
+    }
 }

@@ -106,6 +106,7 @@ pub struct SweepPoint {
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct DeviceJson {
     /// The device or file read.
+    #[serde(serialize_with = "crate::report::lossy_path")]
     pub path: PathBuf,
     /// The best rate of the sweep.
     pub read_bytes_per_s: f64,
