@@ -211,8 +211,8 @@ struct DemoArgs {
     /// Directory to build the demo in (default: a new directory under the system temp dir).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Size of the sample disk (K/M/G suffixes).
-    #[arg(long, default_value = "256M", value_parser = parse_size)]
+    /// Size of the sample disk (K/M/G suffixes): a whole number of MiB.
+    #[arg(long, default_value = "256M", value_parser = parse_demo_size)]
     size: u64,
     /// Print one JSON object with the result on stdout (messages go to stderr).
     #[arg(long)]
@@ -221,6 +221,17 @@ struct DemoArgs {
     /// root, on 127.0.0.1 ports otherwise; the exports go through them, agent to agent.
     #[arg(long)]
     agents: bool,
+}
+
+/// A demo disk size: a whole number of MiB, at least 1 MiB (the cluster config gives disk sizes
+/// in MiB, and a disk of another size would fail the export's size check).
+fn parse_demo_size(s: &str) -> Result<u64, String> {
+    match parse_size(s)? {
+        b if b > 0 && b % (1 << 20) == 0 => Ok(b),
+        _ => Err(format!(
+            "{s:?}: the demo's disks are a whole number of MiB, at least 1M"
+        )),
+    }
 }
 
 /// The tuning flags that only some commands have: `None` where the command has not.

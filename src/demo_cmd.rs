@@ -39,7 +39,16 @@ const LISTEN_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs `diskstream demo [--agents]`.
 pub fn demo(dir: Option<PathBuf>, size: u64, agents: bool, json: bool) -> ExitCode {
-    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join(format!("diskstream-demo-{}", std::process::id())));
+    // The default is a new directory with a name no one can take first; `build_cluster` creates
+    // it (0700) and refuses one that exists and is not an empty one of this user's.
+    let dir = dir.unwrap_or_else(|| {
+        let tag = diskstream_orchestrator::fsutil::new_uuid().unwrap_or_default();
+        std::env::temp_dir().join(format!(
+            "diskstream-demo-{}-{}",
+            std::process::id(),
+            &tag[..tag.len().min(8)]
+        ))
+    });
     let interrupt = match Interrupt::install() {
         Ok(i) => i,
         Err(e) => {

@@ -23,6 +23,8 @@ pub fn man(cmd: Command, dir: Option<&Path>) -> ExitCode {
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
+        // `diskstream man | head`: the reader has what it wanted.
+        Err(e) if dir.is_none() && e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(
                 std::io::stderr(),
@@ -35,19 +37,21 @@ pub fn man(cmd: Command, dir: Option<&Path>) -> ExitCode {
 }
 
 /// Writes the page of `cmd` and, recursively, of each of its subcommands (named
-/// `parent-child`, as git and cargo name theirs); `help` is skipped.
+/// `parent-child`, as git and cargo name theirs); `help` and hidden commands are skipped. Each
+/// page replaces its file atomically (a new file renamed over the name): a symlink planted
+/// under a page's name is replaced, never followed.
 fn write_pages(cmd: Command, dir: &Path) -> std::io::Result<()> {
     let cmd = cmd.disable_help_subcommand(true);
     cmd.clone().build();
     let mut stack = vec![(cmd.get_name().to_string(), cmd)];
     while let Some((name, cmd)) = stack.pop() {
-        for sub in cmd.get_subcommands() {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
             let sub_name = format!("{name}-{}", sub.get_name());
             stack.push((sub_name.clone(), sub.clone().name(sub_name)));
         }
         let mut buf = Vec::new();
         clap_mangen::Man::new(cmd).render(&mut buf)?;
-        std::fs::write(dir.join(format!("{name}.1")), buf)?;
+        diskstream_orchestrator::fsutil::atomic_write(&dir.join(format!("{name}.1")), &buf, 0o644)?;
     }
     Ok(())
 }

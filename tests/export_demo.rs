@@ -1,5 +1,6 @@
 //! `diskstream demo` end to end: the self-contained cluster demo succeeds, leaves no instance
-//! process behind, and also works for an ordinary (non-root) user.
+//! process behind, and also works for an ordinary (non-root) user; it refuses a directory that
+//! is in use, that others can write to or that another user owns, and sizes it cannot use.
 
 mod common;
 
@@ -58,4 +59,66 @@ fn demo_works_for_an_ordinary_user() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("demo: done"));
+}
+
+/// `demo` builds only in a new directory or an empty one of this user's that no one else can
+/// write to: a directory with a cluster in it keeps its `cluster.toml`, and one that others
+/// can write to or that another user owns (as root, a directory in /tmp that someone made
+/// first) is refused before anything in it runs or is written. Sizes that are not a whole
+/// number of MiB are usage errors, and a size the file system has no room for is refused
+/// before a byte is written.
+#[test]
+fn demo_refuses_directories_and_sizes_it_cannot_use() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch();
+    let used = dir.path().join("used");
+    std::fs::create_dir(&used).unwrap();
+    std::fs::write(used.join("cluster.toml"), "# my real cluster\n").unwrap();
+    let (ok, _, err) = ds_text(&["demo", "--dir", s(&used), "--size", "4M"]);
+    assert!(!ok && err.contains("not empty"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(used.join("cluster.toml")).unwrap(),
+        "# my real cluster\n"
+    );
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (ok, _, err) = ds_text(&["demo", "--dir", s(&open), "--size", "4M"]);
+    assert!(!ok && err.contains("others can write to it"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&open).unwrap().count(),
+        0,
+        "nothing written in a refused directory"
+    );
+    if is_root() {
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let (ok, _, err) = ds_text(&["demo", "--dir", s(&theirs), "--size", "4M"]);
+        assert!(!ok && err.contains("owned by uid 65534"), "{err}");
+        assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0);
+    }
+    for size in ["0", "1000", "1536K"] {
+        let out = ds(&["demo", "--dir", s(&dir.path().join("new")), "--size", size, "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "--size {size}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the JSON failure");
+        assert_eq!(
+            (v["op"].clone(), v["kind"].clone()),
+            ("demo".into(), "usage".into()),
+            "{v}"
+        );
+    }
+    assert!(
+        !dir.path().join("new").exists(),
+        "a refused command line created nothing"
+    );
+    let huge = dir.path().join("huge");
+    let (ok, _, err) = ds_text(&["demo", "--dir", s(&huge), "--size", "1P"]);
+    assert!(!ok && err.contains("the demo needs about"), "{err}");
+    assert!(!huge.exists(), "the directory it made for a refused size is removed");
 }

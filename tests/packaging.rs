@@ -76,8 +76,24 @@ fn rust_version_is_at_least_every_locked_packages() {
 #[test]
 fn man_pages_and_completions_come_from_the_binary() {
     let dir = common::scratch();
+    // A symlink planted under a page's name is replaced, not written through.
+    let victim = common::scratch();
+    let victim = victim.path().join("victim");
+    std::fs::write(&victim, "keep\n").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.path().join("diskstream-export.1")).unwrap();
     let out = common::ds(&["man", "--dir", dir.path().to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "keep\n",
+        "the symlink's target is untouched"
+    );
+    let page = std::fs::symlink_metadata(dir.path().join("diskstream-export.1")).unwrap();
+    assert!(page.file_type().is_file(), "the page replaced the symlink");
+    assert!(
+        !dir.path().join("diskstream-schema.1").exists(),
+        "no page for the hidden schema command"
+    );
     for page in [
         "diskstream.1",
         "diskstream-export.1",

@@ -82,8 +82,75 @@ pub fn build_cluster(dir: &Path, size: u64, addresses: &[String]) -> Result<Path
             addresses.len()
         ));
     }
+    let created = prepare_dir(dir, size)?;
+    write_cluster(dir, size, addresses).inspect_err(|_| {
+        // What this run wrote is removed (a full file system is left as it was found).
+        let _ = crate::fsutil::remove_tree(&dir.join("vc"));
+        let _ = fs::remove_file(dir.join("cluster.toml"));
+        if created {
+            let _ = fs::remove_dir(dir);
+        }
+    })
+}
+
+/// The demo builds only in a directory it creates, or in an empty one that belongs to this
+/// user and that no one else can write to: it runs the hook scripts and writes the disks it
+/// finds there (and a directory in /tmp that another user made first could hold anything), and
+/// a directory in use would have its `cluster.toml` replaced. Refuses a disk size the file
+/// system has no room for. Returns whether it created the directory.
+fn prepare_dir(dir: &Path, size: u64) -> Result<bool, String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
-    fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(|e| err(parent, e))?;
+    }
+    let created = match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(err(dir, e)),
+    };
+    let refuse = |why: String| {
+        Err(format!(
+            "{}: {why}; the demo builds its cluster only in a new directory or in an empty one of yours",
+            dir.display()
+        ))
+    };
+    if !created {
+        let m = fs::metadata(dir).map_err(|e| err(dir, e))?;
+        let me = rustix::process::geteuid().as_raw();
+        if !m.is_dir() {
+            return refuse("not a directory".into());
+        } else if m.uid() != me {
+            return refuse(format!("owned by uid {}, not by this user (uid {me})", m.uid()));
+        } else if m.mode() & 0o022 != 0 {
+            return refuse(format!("others can write to it (mode {:o})", m.mode() & 0o7777));
+        } else if fs::read_dir(dir).map_err(|e| err(dir, e))?.next().is_some() {
+            return refuse("not empty".into());
+        }
+    }
+    // The sample disks hold data in ~43 % of their size (the rest is holes), and the demo keeps
+    // them and, for a moment, two exports of them: about 1.3 × size, 1.5 × with some margin.
+    let st = rustix::fs::statvfs(dir).map_err(|e| err(dir, e.into()))?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    let need = size.saturating_mul(3) / 2;
+    if need > free {
+        if created {
+            let _ = fs::remove_dir(dir);
+        }
+        return Err(format!(
+            "{}: the demo needs about {} MiB there for two {} MiB disks and their exports; the file system has {} MiB free",
+            dir.display(),
+            need >> 20,
+            size >> 20,
+            free >> 20
+        ));
+    }
+    Ok(created)
+}
+
+/// [`build_cluster`]'s writing, in a directory [`prepare_dir`] accepted.
+fn write_cluster(dir: &Path, size: u64, addresses: &[String]) -> Result<PathBuf, String> {
+    let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     let disks = dir.join("vc/node1/disks");
     fs::create_dir_all(&disks).map_err(|e| err(&disks, e))?;
     let d0 = disks.join("inst1-root.img");
