@@ -283,7 +283,7 @@ impl Tune {
         // priorities are set here, before the operation starts its threads.
         let throttle = self.throttle.with_defaults()?;
         throttle.apply_priorities()?;
-        Ok(Tuning {
+        let tuning = Tuning {
             chunk_size,
             queue_depth: self.queue_depth,
             write_depth: write_depth.unwrap_or(ops::DEFAULT_WRITE_DEPTH),
@@ -298,7 +298,10 @@ impl Tune {
             sequential: self.sequential,
             stop,
             bwlimit: throttle.bwlimit,
-        })
+        };
+        // Out-of-range values are usage errors here, as clap's own are (exit 2).
+        tuning.check().map_err(|e| e.to_string())?;
+        Ok(tuning)
     }
 }
 

@@ -43,8 +43,8 @@ pub struct ExportArgs {
     /// Do not shut the instance down (snapshot it live; needs snapshot-capable disks).
     #[arg(long)]
     noshutdown: bool,
-    /// Seconds to wait for the instance to stop before it is killed.
-    #[arg(long, default_value_t = backup::DEFAULT_SHUTDOWN_TIMEOUT)]
+    /// Seconds to wait for the instance to stop before it is killed (at most a week).
+    #[arg(long, default_value_t = backup::DEFAULT_SHUTDOWN_TIMEOUT, value_parser = clap::value_parser!(u64).range(..=WEEK as u64))]
     shutdown_timeout: u64,
     /// Remove the instance (disks and config entry) after a successful export.
     #[arg(long)]
@@ -96,8 +96,8 @@ pub struct ExportArgs {
     /// Export mode; only local is supported (remote is refused with Ganeti's message).
     #[arg(long, value_enum, default_value_t = ModeArg::Local)]
     mode: ModeArg,
-    /// Longest wait for a lock, in seconds.
-    #[arg(long, default_value_t = 3600.0)]
+    /// Longest wait for a lock, in seconds (at most a week).
+    #[arg(long, default_value_t = 3600.0, value_parser = parse_wait)]
     lock_timeout: f64,
     /// Per-script hook timeout in seconds: a script running longer is killed (its process
     /// group) and counts as failed (default: the cluster's hooks_timeout, else 900).
@@ -105,7 +105,7 @@ pub struct ExportArgs {
     hooks_timeout: Option<f64>,
     /// Seconds between progress lines of a disk transfer (default 5; 0.2 for the progress bars
     /// shown when stderr is a terminal).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_wait)]
     progress_interval: Option<f64>,
     /// The instance.
     instance: String,
@@ -148,21 +148,33 @@ pub struct RemoveArgs {
     /// Cluster config (default ./cluster.toml).
     #[arg(long, env = "DISKSTREAM_CLUSTER")]
     cluster: Option<PathBuf>,
-    /// Longest wait for a lock, in seconds.
-    #[arg(long, default_value_t = 3600.0)]
+    /// Longest wait for a lock, in seconds (at most a week).
+    #[arg(long, default_value_t = 3600.0, value_parser = parse_wait)]
     lock_timeout: f64,
     /// Print the result as one JSON object on stdout (messages go to stderr).
     #[arg(long)]
     json: bool,
 }
 
+/// The longest wait any flag may ask for: a week, in seconds.
+const WEEK: f64 = 7.0 * 24.0 * 3600.0;
+
 /// `--hooks-timeout`: a positive number of seconds, at most a week.
 fn parse_hooks_timeout(v: &str) -> Result<f64, String> {
+    match parse_wait(v)? {
+        0.0 => Err(format!("{v}: must be above 0 and at most 604800 (one week)")),
+        s => Ok(s),
+    }
+}
+
+/// `--lock-timeout`, `--progress-interval`: a number of seconds from 0 to a week (`inf`,
+/// `NaN` and the like are refused: a deadline that far cannot be computed).
+fn parse_wait(v: &str) -> Result<f64, String> {
     let s: f64 = v.parse().map_err(|_| format!("'{v}' is not a number of seconds"))?;
-    if s > 0.0 && s <= 7.0 * 24.0 * 3600.0 {
+    if (0.0..=WEEK).contains(&s) {
         Ok(s)
     } else {
-        Err(format!("{v}: must be above 0 and at most 604800 (one week)"))
+        Err(format!("{v}: must be from 0 to 604800 (one week)"))
     }
 }
 

@@ -285,6 +285,35 @@ fn one_failure_of_each_kind_exits_with_the_code_of_the_table() {
         "usage",
     );
     expect_failure(&["export", "--cluster", c, "--json", INST], 2, "usage");
+    // Values out of range are usage errors too: the engine's tuning limits, and waits too long
+    // to compute a deadline for (these panicked, one of them after the instance was stopped).
+    for bad in [
+        &["--chunk-size", "3000"][..],
+        &["--chunk-size", "128M"],
+        &["--threads", "0"],
+        &["--queue-depth", "100000"],
+    ] {
+        let mut args = vec!["image", "scan", "/nonexistent", "--json"];
+        args.extend_from_slice(bad);
+        expect_failure(&args, 2, "usage");
+    }
+    for bad in [
+        &["--shutdown-timeout", "18446744073709551615"][..],
+        &["--lock-timeout", "inf"],
+        &["--lock-timeout", "NaN"],
+        &["--lock-timeout", "1e300"],
+        &["--lock-timeout", "-1"],
+        &["--progress-interval", "inf"],
+    ] {
+        let mut args = vec!["export", "--cluster", c, "-n", "node2", "--json", INST];
+        args.extend_from_slice(bad);
+        expect_failure(&args, 2, "usage");
+    }
+    expect_failure(
+        &["remove", "--cluster", c, "--lock-timeout", "NaN", "--json", INST],
+        2,
+        "usage",
+    );
     // 3: integrity.
     let src = dir.path().join("src.img");
     make_disk(&src, 8 << 20, Data::Random, 3);

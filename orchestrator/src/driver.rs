@@ -361,7 +361,7 @@ impl InstanceDriver for ProcessDriver {
 impl ProcessDriver {
     /// Waits until the process is gone (`true`), `timeout` passed or `cancel` is set (`false`).
     fn wait_gone(&self, timeout: Duration, cancel: &AtomicBool) -> Result<bool, DriverError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         loop {
             if self.running_pid()?.is_none() {
                 return Ok(true);
@@ -438,7 +438,7 @@ impl InstanceDriver for CommandDriver {
             return Ok(());
         }
         self.checked(&self.stop, "stop")?;
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         while self.is_running()? {
             if Instant::now() >= deadline {
                 return Err(DriverError::StillRunning {
@@ -706,4 +706,11 @@ mod tests {
             .to_string()
             .contains("still running"));
     }
+}
+
+/// `timeout` from now, or as far as the clock goes (a timeout too long to add is no limit).
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
