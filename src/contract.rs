@@ -111,7 +111,7 @@ pub enum Kind {
     HooksFailure,
     /// Exit 1: the cluster configuration is unreadable or inconsistent.
     Config,
-    /// Exit 130/143: stopped by SIGINT/SIGTERM.
+    /// Exit 130/143/129: stopped by SIGINT/SIGTERM/SIGHUP.
     Interrupted,
 }
 
@@ -151,7 +151,7 @@ pub struct Failed {
     /// True when a signal stopped the command.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub interrupted: bool,
-    /// The signal ("SIGINT", "SIGTERM") that stopped it.
+    /// The signal ("SIGINT", "SIGTERM", "SIGHUP") that stopped it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signal: Option<&'static str>,
     /// Whether an interrupted export had completed before the signal was noticed.

@@ -11,6 +11,7 @@
 //! | 5 | busy: a lock could not be taken in time (`--lock-timeout`) |
 //! | 130 | interrupted by SIGINT (partial outputs removed, started work undone) |
 //! | 143 | interrupted by SIGTERM |
+//! | 129 | interrupted by SIGHUP (the terminal went away; not when started with SIGHUP ignored, as by `nohup`) |
 
 use std::process::ExitCode;
 

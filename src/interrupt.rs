@@ -1,6 +1,11 @@
-//! Ctrl-C and SIGTERM for every long-running command: one flag the operation polls (the engine's
-//! `Options::stop`, the export's cancel flag), the signal that set it, and the exit code that
-//! reports it (128 + signal: 130 for SIGINT, 143 for SIGTERM).
+//! Ctrl-C, SIGTERM and SIGHUP for every long-running command: one flag the operation polls (the
+//! engine's `Options::stop`, the export's cancel flag), the signal that set it, and the exit code
+//! that reports it (128 + signal: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP).
+//!
+//! SIGHUP is what a command gets when its terminal goes away (an ssh session that drops): it
+//! stops the run as SIGTERM does, with the same cleanup (the default action would kill the
+//! process with an instance stopped and a staging directory left). A run started with SIGHUP
+//! ignored (`nohup`, a service manager) keeps ignoring it.
 //!
 //! The handler only sets the flag: the operation notices it within a chunk or a poll interval,
 //! stops, cleans up what it created (partial files, staging directories, snapshots, a stopped
@@ -18,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 /// How long after a signal a run that is still stopping says so.
 pub const NOTICE_AFTER: Duration = Duration::from_secs(2);
@@ -31,23 +36,27 @@ pub struct Interrupt {
 }
 
 impl Interrupt {
-    /// Installs the handlers for SIGINT and SIGTERM.
+    /// Installs the handlers for SIGINT and SIGTERM, and for SIGHUP unless it is ignored.
     pub fn install() -> io::Result<Self> {
         let flag = Arc::new(AtomicBool::new(false));
         let signal = Arc::new(AtomicUsize::new(0));
-        for sig in [SIGINT, SIGTERM] {
+        let mut sigs = vec![SIGINT, SIGTERM];
+        if !ignored(SIGHUP) {
+            sigs.push(SIGHUP);
+        }
+        for &sig in &sigs {
             // The number first, then the flag: whoever sees the flag finds the signal set.
             signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
             signal_hook::flag::register(sig, Arc::clone(&flag))?;
         }
         // A thread that sleeps in a read of signal-hook's pipe until the first signal.
-        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        let mut signals = signal_hook::iterator::Signals::new(&sigs)?;
         std::thread::Builder::new()
             .name("interrupt-notice".into())
             .spawn(move || {
                 if let Some(sig) = signals.forever().next() {
                     std::thread::sleep(NOTICE_AFTER);
-                    let name = if sig == SIGTERM { "SIGTERM" } else { "SIGINT" };
+                    let name = name_of(sig);
                     eprintln!(
                         "diskstream: {name}: still stopping: waiting for the reads and writes already handed to \
                          the device, then cleaning up (a slow device can take a while; SIGKILL stops at once, and \
@@ -71,16 +80,33 @@ impl Interrupt {
         }
     }
 
-    /// The signal's name for messages ("SIGINT", "SIGTERM").
+    /// The signal's name for messages ("SIGINT", "SIGTERM", "SIGHUP").
     pub fn signal_name(&self) -> &'static str {
-        match self.signal() {
-            Some(SIGTERM) => "SIGTERM",
-            _ => "SIGINT",
-        }
+        name_of(self.signal().unwrap_or(SIGINT))
     }
 
-    /// The exit code for an interrupted command: 128 + the signal (130 SIGINT, 143 SIGTERM).
+    /// The exit code for an interrupted command: 128 + the signal (130 SIGINT, 143 SIGTERM,
+    /// 129 SIGHUP).
     pub fn code(&self) -> u8 {
         128 + self.signal().unwrap_or(SIGINT) as u8
     }
+}
+
+fn name_of(sig: i32) -> &'static str {
+    match sig {
+        SIGTERM => "SIGTERM",
+        SIGHUP => "SIGHUP",
+        _ => "SIGINT",
+    }
+}
+
+/// Whether this process started with `sig` ignored (the `SigIgn` mask of `/proc/self/status`,
+/// which `nohup` sets for SIGHUP).
+fn ignored(sig: i32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (sig - 1)) != 0)
 }

@@ -2,7 +2,7 @@
 //! adversarial run is encoded here as a test that failed before its fix — names colliding with
 //! staging, hooks with a relative cluster path, a hook printing 50 MB, hooks that hang (timeout
 //! flag and key, "still running" reports, killed with diskstream, not orphaned by SIGKILL),
-//! declared disk sizes, absurd sizes and over-long names, unknown beparams, SIGINT/SIGTERM in
+//! declared disk sizes, absurd sizes and over-long names, unknown beparams, SIGINT/SIGTERM/SIGHUP in
 //! every phase — plus a loop that kills exports at pseudo-random moments with SIGINT, SIGTERM
 //! and SIGKILL and checks that nothing is lost, left behind or left locked, and that the
 //! instance is left as the user had it.
@@ -645,7 +645,7 @@ fn sigint_during_the_shutdown_wait_restarts_the_instance_at_once() {
 }
 
 #[test]
-fn sigterm_during_a_long_sleep_transfer_restarts_the_instance_and_keeps_the_previous_export() {
+fn sigterm_or_sighup_during_a_long_sleep_transfer_restarts_the_instance_and_keeps_the_previous_export() {
     let mount = FsMount::ext4(); // no reflinks: the instance is down for the whole transfer
     let dir = scratch();
     let roots = node_roots(dir.path(), 2);
@@ -674,27 +674,54 @@ fn sigterm_during_a_long_sleep_transfer_restarts_the_instance_and_keeps_the_prev
     assert!(ok, "{out}\n{err}");
     let ed = export_dir(&roots[1]).join(INST);
     let before = fs::read_to_string(ed.join("config.ini")).unwrap();
-    let mut child = spawn_export(&args);
-    // The --progress json events come on stderr (the JSON contract), the result on stdout.
+    // SIGHUP (an ssh session that drops) is handled as SIGTERM is: it used to kill the export
+    // with the instance down and the staging directory left.
+    for (sig, code, name) in [("TERM", 143, "SIGTERM"), ("HUP", 129, "SIGHUP")] {
+        let mut child = spawn_export(&args);
+        // The --progress json events come on stderr (the JSON contract), the result on stdout.
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        for l in lines.by_ref() {
+            if l.unwrap().contains("Exporting disk/1") {
+                break;
+            }
+        }
+        signal(child.id(), sig);
+        let (st, took) = wait_exit(&mut child, Duration::from_secs(20));
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let (out, _) = output_of(&mut child);
+        eprintln!("{name} during a transfer: exit after {took:?}");
+        assert_eq!(st.code(), Some(code), "{name}: {out}\n{rest:?}");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        assert!(guard.pid().is_some(), "the instance runs again");
+        let result = out.lines().last().expect("the JSON result");
+        let v: serde_json::Value = serde_json::from_str(result).unwrap();
+        assert_eq!(v["interrupted"], true, "{result}");
+        assert_eq!(v["signal"], name, "{result}");
+        assert_eq!(v["ok"], false);
+        assert_eq!(fs::read_to_string(ed.join("config.ini")).unwrap(), before);
+        assert!(leftovers(&[dir.path(), mount.path()]).is_empty());
+    }
+    // Started with SIGHUP ignored (nohup), the export ignores it and completes.
+    let mut child = Command::new("nohup")
+        .arg(env!("CARGO_BIN_EXE_diskstream"))
+        .arg("export")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nohup diskstream export");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     for l in lines.by_ref() {
         if l.unwrap().contains("Exporting disk/1") {
             break;
         }
     }
-    signal(child.id(), "TERM");
-    let (st, took) = wait_exit(&mut child, Duration::from_secs(20));
+    signal(child.id(), "HUP");
+    let (st, _) = wait_exit(&mut child, Duration::from_secs(60));
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let (out, _) = output_of(&mut child);
-    eprintln!("SIGTERM during a transfer: exit after {took:?}");
-    assert_eq!(st.code(), Some(143), "{out}\n{rest:?}");
-    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(st.code(), Some(0), "under nohup SIGHUP is ignored: {rest:?}");
     assert!(guard.pid().is_some(), "the instance runs again");
-    let result = out.lines().last().expect("the JSON result");
-    let v: serde_json::Value = serde_json::from_str(result).unwrap();
-    assert_eq!(v["interrupted"], true, "{result}");
-    assert_eq!(v["ok"], false);
-    assert_eq!(fs::read_to_string(ed.join("config.ini")).unwrap(), before);
     assert!(leftovers(&[dir.path(), mount.path()]).is_empty());
     // Locks were released: the next export runs.
     let (ok, out, err) = ds_text(&[&["export"][..], &args[..]].concat());
