@@ -68,7 +68,7 @@ pub fn pki(cmd: PkiCmd) -> ExitCode {
     match pki_run(cmd) {
         Ok(r) => {
             if !json {
-                println!("{}", pki_sentence(&r));
+                outln!("{}", pki_sentence(&r));
             }
             contract::done(Op::Pki, r, json)
         }

@@ -326,7 +326,8 @@ pub fn main() -> ExitCode {
         }
         Cmd::Completions { shell } => crate::install_cmd::completions(Cli::command(), shell),
         Cmd::Schema { which } => {
-            print!("{}", which.schema());
+            use std::io::Write as _;
+            let _ = write!(std::io::stdout().lock(), "{}", which.schema());
             ExitCode::SUCCESS
         }
         Cmd::Man { dir } => crate::install_cmd::man(Cli::command(), dir.as_deref()),

@@ -407,7 +407,7 @@ pub fn print_json(v: &impl Serialize) -> bool {
     match printed {
         Ok(()) => true,
         Err(e) => {
-            eprintln!("diskstream: error: cannot print the JSON result: {e}");
+            errln!("diskstream: error: cannot print the JSON result: {e}");
             false
         }
     }

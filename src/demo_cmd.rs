@@ -83,13 +83,13 @@ pub fn demo(dir: Option<PathBuf>, size: u64, agents: bool, json: bool) -> ExitCo
         Ok(agents) => contract::done(Op::Demo, DemoResult { dir, agents }, json),
         Err(e) if interrupt.signal().is_some() => {
             let sig = interrupt.signal_name();
-            eprintln!("diskstream demo: interrupted by {sig}: {e}");
+            errln!("diskstream demo: interrupted by {sig}: {e}");
             Failed::new(Op::Demo, Kind::Interrupted, e)
                 .signal(sig, interrupt.code())
                 .emit(json)
         }
         Err(e) => {
-            eprintln!("diskstream demo: {e}");
+            errln!("diskstream demo: {e}");
             Failed::new(Op::Demo, Kind::Error, e).emit(json)
         }
     }

@@ -212,7 +212,7 @@ fn failure(op: Op, e: &OpError, kind: Kind) -> Failed {
 }
 
 fn fail(op: Op, e: &OpError, json_out: bool) -> ExitCode {
-    eprintln!("{}", crate::logging::escape_keeping_lines(&e.ganeti_report()));
+    errln!("{}", crate::logging::escape_keeping_lines(&e.ganeti_report()));
     failure(op, e, kind_of(e)).emit(json_out)
 }
 
@@ -221,7 +221,7 @@ fn fail(op: Op, e: &OpError, json_out: bool) -> ExitCode {
 /// that had finished before the signal was noticed.
 fn interrupted(op: Op, i: &Interrupt, msg: &str, completed: Option<ExportResult>, json_out: bool) -> ExitCode {
     let sig = i.signal_name();
-    eprintln!("diskstream {}: interrupted by {sig}: {msg}", op.name());
+    errln!("diskstream {}: interrupted by {sig}: {msg}", op.name());
     let mut f = Failed::new(op, Kind::Interrupted, msg).signal(sig, i.code());
     f.completed = Some(completed.is_some());
     f.result = completed.map(Box::new);
@@ -268,7 +268,7 @@ fn export_op(a: &ExportArgs, node: String, interval: f64) -> Result<ExportOp, Ex
         Ok(t) => t,
         Err(e) => {
             let e = OpError::prereq(Ecode::Inval, e);
-            eprintln!("{}", crate::logging::escape_keeping_lines(&e.ganeti_report()));
+            errln!("{}", crate::logging::escape_keeping_lines(&e.ganeti_report()));
             return Err(failure(Op::Export, &e, Kind::Usage).emit(a.json));
         }
     };
@@ -312,7 +312,7 @@ fn log_export(r: &ExportResult) {
 pub fn export(a: ExportArgs, quiet: bool) -> ExitCode {
     let Some(node) = a.node.clone() else {
         let e = OpError::prereq(Ecode::Inval, "Target node must be specified");
-        eprintln!("{}", crate::logging::escape_keeping_lines(&e.ganeti_report()));
+        errln!("{}", crate::logging::escape_keeping_lines(&e.ganeti_report()));
         return failure(Op::Export, &e, Kind::Usage).emit(a.json);
     };
     let json_events = a.progress.is_some();
@@ -389,7 +389,12 @@ pub fn list(a: ListArgs) -> ExitCode {
         Err(e) => return fail(Op::List, &e, a.json),
     };
     if !a.json {
-        print!("{}", backup::format_table(&rows, !a.no_headers, a.separator.as_deref()));
+        use std::io::Write as _;
+        let _ = write!(
+            std::io::stdout().lock(),
+            "{}",
+            backup::format_table(&rows, !a.no_headers, a.separator.as_deref())
+        );
     }
     contract::done(Op::List, Listing { nodes: rows }, a.json)
 }

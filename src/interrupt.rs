@@ -57,7 +57,7 @@ impl Interrupt {
                 if let Some(sig) = signals.forever().next() {
                     std::thread::sleep(NOTICE_AFTER);
                     let name = name_of(sig);
-                    eprintln!(
+                    errln!(
                         "diskstream: {name}: still stopping: waiting for the reads and writes already handed to \
                          the device, then cleaning up (a slow device can take a while; SIGKILL stops at once, and \
                          the next run sweeps what it leaves)"

@@ -89,6 +89,8 @@ impl Printer {
 
     /// Prints one line.
     pub fn line(&self, s: &str) {
+        // Control characters escaped, as in the log (`crate::logging`): a name cannot forge a line.
+        let s = crate::logging::escape_controls(s);
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let write = || {
             if self.to_stderr || self.json_events {

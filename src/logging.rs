@@ -29,7 +29,7 @@ pub fn init(verbose: u8, quiet: bool) {
     };
     let filter = match std::env::var(LOG_ENV) {
         Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).unwrap_or_else(|e| {
-            eprintln!("diskstream: warning: {LOG_ENV}={v:?} is not a log filter ({e}); using {level}");
+            errln!("diskstream: warning: {LOG_ENV}={v:?} is not a log filter ({e}); using {level}");
             EnvFilter::new(level)
         }),
         _ => EnvFilter::new(level),
@@ -47,10 +47,26 @@ pub fn init(verbose: u8, quiet: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .fmt_fields(fields)
-        .with_writer(std::io::stderr)
+        .with_writer(|| Stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+/// stderr for the log, whose write errors are dropped: with stderr gone (a reader that quit)
+/// the run goes on to its end and its cleanup, where tracing-subscriber's fallback report of a
+/// failed write (`eprintln!`) would panic.
+struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `s` with each control character (newline, carriage return, escape, the C1 controls, ...)

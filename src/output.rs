@@ -50,7 +50,7 @@ pub fn with_progress<T>(progress: &Progress, total: u64, op: Op, show: Show, f: 
                 let rate = d as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64;
                 let pct = (d * 100).checked_div(total).unwrap_or(0);
                 let what = op.name();
-                eprintln!("{what}: {} of {} MiB ({pct}%), {rate:.1} MiB/s", d >> 20, total >> 20);
+                errln!("{what}: {} of {} MiB ({pct}%), {rate:.1} MiB/s", d >> 20, total >> 20);
             }),
         });
         let r = f();
@@ -126,7 +126,7 @@ pub fn kind_of(e: &Error) -> Kind {
 
 /// Prints an error found before the operation started (`kind`: usage for a bad flag value).
 pub fn fail_msg(op: Op, kind: Kind, msg: &str, json: bool) -> ExitCode {
-    eprintln!("diskstream: error: {}", escape_controls(msg));
+    errln!("diskstream: error: {}", escape_controls(msg));
     Failed::new(op, kind, msg).emit(json)
 }
 
@@ -146,7 +146,7 @@ pub fn finish_or_interrupted(
                 interrupt.signal_name(),
                 if writes { "; partial output removed" } else { "" }
             );
-            eprintln!("diskstream: {}", escape_controls(&msg));
+            errln!("diskstream: {}", escape_controls(&msg));
             Failed::new(op, Kind::Interrupted, msg)
                 .signal(interrupt.signal_name(), interrupt.code())
                 .emit(json_out)
@@ -156,7 +156,7 @@ pub fn finish_or_interrupted(
 }
 
 fn fail(e: &Error, op: Op, json_out: bool) -> ExitCode {
-    eprintln!("diskstream: error: {}", escape_controls(&e.to_string()));
+    errln!("diskstream: error: {}", escape_controls(&e.to_string()));
     Failed::new(op, kind_of(e), e.to_string()).emit(json_out)
 }
 
@@ -193,7 +193,7 @@ pub fn finish(res: Result<Report>, op: Op, json_out: bool) -> ExitCode {
     }
     let fmt = r.format.map_or("-".into(), |f| f.to_string());
     match r.op {
-        "create" => println!(
+        "create" => outln!(
             "created {} ({fmt}) from {}: {} disk, {} stored, {} zero skipped",
             shown(r.output.as_deref().unwrap_or(Path::new("-"))),
             shown(&r.input),
@@ -201,22 +201,22 @@ pub fn finish(res: Result<Report>, op: Op, json_out: bool) -> ExitCode {
             mib(r.bytes_stored),
             mib(r.zero_bytes)
         ),
-        "scan" => println!(
+        "scan" => outln!(
             "scanned {}: {} disk, {} would be stored, {} zero",
             shown(&r.input),
             mib(r.disk_size),
             mib(r.bytes_stored),
             mib(r.zero_bytes)
         ),
-        "verify" => println!("verified {} ({fmt}): all {} chunks match", shown(&r.input), r.chunks),
-        _ => println!(
+        "verify" => outln!("verified {} ({fmt}): all {} chunks match", shown(&r.input), r.chunks),
+        _ => outln!(
             "restored {} to {}: {} disk, every chunk checked",
             shown(&r.input),
             shown(r.output.as_deref().unwrap_or(Path::new("-"))),
             mib(r.disk_size)
         ),
     }
-    println!(
+    outln!(
         "  {:.1} MiB/s in {:.2} s, backend {} (read) / {} (write), O_DIRECT in={} out={}, buffers {}",
         r.throughput() / (1u64 << 20) as f64,
         r.elapsed.as_secs_f64(),
@@ -226,7 +226,7 @@ pub fn finish(res: Result<Report>, op: Op, json_out: bool) -> ExitCode {
         r.output_direct,
         r.buffer_pages.unwrap_or("-")
     );
-    println!("  {} {}", r.checksum, r.digest);
+    outln!("  {} {}", r.checksum, r.digest);
     ExitCode::SUCCESS
 }
 
@@ -239,21 +239,25 @@ pub fn info(res: Result<Info>, json_out: bool) -> ExitCode {
     if json_out {
         return contract::done(Op::ImageInfo, &i, true);
     }
-    println!("format:      {}", i.format);
-    println!("disk size:   {} bytes ({})", i.disk_size, mib(i.disk_size));
-    println!("chunk size:  {} bytes", i.chunk_size);
-    println!(
+    outln!("format:      {}", i.format);
+    outln!("disk size:   {} bytes ({})", i.disk_size, mib(i.disk_size));
+    outln!("chunk size:  {} bytes", i.chunk_size);
+    outln!(
         "chunks:      {} ({} stored raw, {} lz4, {} zero)",
-        i.chunks, i.data_chunks, i.lz4_chunks, i.zero_chunks
+        i.chunks,
+        i.data_chunks,
+        i.lz4_chunks,
+        i.zero_chunks
     );
-    println!(
+    outln!(
         "stored:      {} bytes of payload, file {} bytes",
-        i.stored_bytes, i.file_len
+        i.stored_bytes,
+        i.file_len
     );
-    println!("checksum:    {}", i.checksum);
-    println!("digest:      {}", i.digest);
+    outln!("checksum:    {}", i.checksum);
+    outln!("digest:      {}", i.digest);
     if let Some(m) = i.manifest {
-        println!("manifest:    {}", shown(&m));
+        outln!("manifest:    {}", shown(&m));
     }
     ExitCode::SUCCESS
 }

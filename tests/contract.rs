@@ -459,3 +459,44 @@ fn help_lists_enum_values_hides_refused_flags_and_names_the_cluster_variable() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("node1.example.com|"));
 }
+
+/// Runs diskstream with stdout and stderr pipes whose readers are gone before it writes (a
+/// `| head` that quit): every write fails with EPIPE.
+fn run_readers_gone(args: &[&str]) -> Option<i32> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diskstream"))
+        .args(args)
+        .env_remove("DISKSTREAM_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run diskstream");
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    child.wait().expect("wait").code()
+}
+
+/// A reader that quits (`| head`, `| true`) does not turn a command into a panic (exit 101): the
+/// export finishes its work and cleanup and exits 0, human output is dropped; only a `--json`
+/// result that could not be delivered makes the exit code non-zero.
+#[test]
+fn readers_that_quit_do_not_make_a_command_panic() {
+    let dir = scratch();
+    let (cfg, roots) = cluster(dir.path());
+    let c = s(&cfg);
+    assert_eq!(
+        run_readers_gone(&["export", "--cluster", c, "-n", "node2", "-v", INST]),
+        Some(0)
+    );
+    check_export_complete(&export_dir(&roots[1]).join(INST), 4 << 20).unwrap();
+    assert_eq!(run_readers_gone(&["list", "--cluster", c]), Some(0));
+    let disk = dir.path().join("disk0.img");
+    let img = dir.path().join("x.dsimg");
+    assert_eq!(
+        run_readers_gone(&["image", "create", s(&disk), s(&img), "--format", "dsimg", "-v"]),
+        Some(0)
+    );
+    assert_eq!(run_readers_gone(&["image", "info", s(&img)]), Some(0));
+    assert_eq!(run_readers_gone(&["man"]), Some(0));
+    assert_eq!(run_readers_gone(&["image", "info", s(&img), "--json"]), Some(1));
+}
