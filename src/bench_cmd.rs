@@ -27,14 +27,14 @@ pub struct BenchArgs {
     /// file only with --force.
     #[arg(long)]
     target: Option<PathBuf>,
-    /// Bytes to read and write per device measurement (K/M/G suffixes).
-    #[arg(long, default_value = "1G", value_parser = crate::units::parse_size)]
+    /// Bytes to read and write per device measurement (K/M/G suffixes; at least one chunk, 1M).
+    #[arg(long, default_value = "1G", value_parser = parse_bench_size)]
     size: u64,
-    /// Seconds per CPU kernel measurement.
-    #[arg(long, default_value_t = 0.5)]
+    /// Seconds per CPU kernel measurement (0.05 to 60).
+    #[arg(long, default_value_t = 0.5, value_parser = parse_duration)]
     duration: f64,
-    /// Threads for "all cores" measurements (default: the number of cores).
-    #[arg(long)]
+    /// Threads for "all cores" measurements, 1 to 256 (default: the number of cores).
+    #[arg(long, value_parser = parse_threads)]
     threads: Option<usize>,
     /// The chunk digest the pipeline stages use and the verdict is for (both are measured as
     /// CPU kernels).
@@ -50,6 +50,40 @@ pub struct BenchArgs {
     /// Print one JSON object; every rate is a number under a key ending in `_bytes_per_s`.
     #[arg(long)]
     json: bool,
+}
+
+/// Shortest and longest `--duration`, in seconds.
+const DURATION_RANGE: std::ops::RangeInclusive<f64> = 0.05..=60.0;
+
+/// `--size`: at least one chunk, since every stage reads and writes whole chunks (below it the
+/// rates are zero and the verdict meaningless).
+fn parse_bench_size(s: &str) -> Result<u64, String> {
+    let v = crate::units::parse_size(s)?;
+    let min = u64::from(ops::DEFAULT_CHUNK);
+    if v < min {
+        return Err(format!(
+            "{s:?} is below the minimum of {} MiB (one chunk: every stage reads and writes whole chunks)",
+            min >> 20
+        ));
+    }
+    Ok(v)
+}
+
+/// `--duration`: a finite number of seconds in [`DURATION_RANGE`].
+fn parse_duration(s: &str) -> Result<f64, String> {
+    let (lo, hi) = (DURATION_RANGE.start(), DURATION_RANGE.end());
+    match s.trim().parse::<f64>() {
+        Ok(v) if DURATION_RANGE.contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from {lo} to {hi}")),
+    }
+}
+
+/// `--threads`: 1 to the engine's limit, as for the image commands.
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(v) if (1..=ops::MAX_THREADS).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a thread count from 1 to {}", ops::MAX_THREADS)),
+    }
 }
 
 fn err(msg: String, json_out: bool) -> ExitCode {
@@ -95,16 +129,16 @@ fn plan_target(t: &Path, force: bool) -> Result<BenchTarget, String> {
                 ))
             }
         }
-        Ok(m) if m.is_dir() => Ok(BenchTarget::Scratch(ScratchFile::new(t))),
+        Ok(m) if m.is_dir() => scratch_in(t),
         Ok(m) if m.is_file() && !force => Err(format!(
             "{}: already exists; pass --force to benchmark next to it (it is left untouched)",
             t.display()
         )),
-        Ok(m) if m.is_file() => Ok(BenchTarget::Scratch(ScratchFile::new(&dir))),
+        Ok(m) if m.is_file() => scratch_in(&dir),
         Ok(_) => Err(format!("{}: not a directory, file or block device", t.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if dir.is_dir() {
-                Ok(BenchTarget::Scratch(ScratchFile::new(&dir)))
+                scratch_in(&dir)
             } else {
                 Err(format!(
                     "{}: its directory {} does not exist",
@@ -115,6 +149,13 @@ fn plan_target(t: &Path, force: bool) -> Result<BenchTarget, String> {
         }
         Err(e) => Err(format!("{}: {e}", t.display())),
     }
+}
+
+/// A fresh private scratch directory in `dir` ([`ScratchFile`]).
+fn scratch_in(dir: &Path) -> Result<BenchTarget, String> {
+    ScratchFile::new(dir)
+        .map(BenchTarget::Scratch)
+        .map_err(|e| format!("{}: cannot make a scratch directory there: {e}", dir.display()))
 }
 
 fn say(json_out: bool, msg: &str) {
@@ -130,7 +171,10 @@ pub fn run(a: BenchArgs) -> ExitCode {
         Err(e) => return err(format!("cannot install the signal handler: {e}"), a.json),
     };
     let stop = interrupt.flag();
-    let threads = a.threads.unwrap_or_else(ops::default_threads).max(1);
+    let threads = a
+        .threads
+        .unwrap_or_else(|| ops::default_threads().min(ops::MAX_THREADS))
+        .max(1);
     if let Some(d) = &a.device {
         if let Err(e) = diskstream_engine::source::Disk::open(d) {
             return err(format!("--device: {e}"), a.json);
@@ -144,7 +188,7 @@ pub fn run(a: BenchArgs) -> ExitCode {
         device: a.device.clone(),
         target,
         size: a.size,
-        duration: Duration::from_secs_f64(a.duration.clamp(0.05, 60.0)),
+        duration: Duration::from_secs_f64(a.duration),
         threads,
         checksum: a.checksum,
         verbose: a.verbose,

@@ -33,29 +33,37 @@ pub enum Show {
     Json,
 }
 
-/// Runs `f` while showing progress on stderr.
+/// Runs `f` while showing progress on stderr (without, and saying so, if the thread that shows
+/// it cannot be started: a pids cgroup's limit).
 pub fn with_progress<T>(progress: &Progress, total: u64, op: Op, show: Show, f: impl FnOnce() -> T) -> T {
     let done = AtomicBool::new(false);
     let tty = std::io::stderr().is_terminal();
     let start = Instant::now();
     let r = std::thread::scope(|s| {
-        let ticker = s.spawn(|| match show {
-            Show::Quiet => {}
-            Show::Json => tick(&done, Duration::from_secs(1), || {
-                json_progress(op, progress, total, start)
-            }),
-            Show::Human if tty => bar(progress, total, op, &done),
-            Show::Human => tick(&done, Duration::from_secs(2), || {
-                let d = progress.load(Ordering::Relaxed);
-                let rate = d as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64;
-                let pct = (d * 100).checked_div(total).unwrap_or(0);
-                let what = op.name();
-                errln!("{what}: {} of {} MiB ({pct}%), {rate:.1} MiB/s", d >> 20, total >> 20);
-            }),
-        });
+        let ticker = std::thread::Builder::new()
+            .name("progress".into())
+            .spawn_scoped(s, || match show {
+                Show::Quiet => {}
+                Show::Json => tick(&done, Duration::from_secs(1), || {
+                    json_progress(op, progress, total, start)
+                }),
+                Show::Human if tty => bar(progress, total, op, &done),
+                Show::Human => tick(&done, Duration::from_secs(2), || {
+                    let d = progress.load(Ordering::Relaxed);
+                    let rate = d as f64 / start.elapsed().as_secs_f64() / (1 << 20) as f64;
+                    let pct = (d * 100).checked_div(total).unwrap_or(0);
+                    let what = op.name();
+                    errln!("{what}: {} of {} MiB ({pct}%), {rate:.1} MiB/s", d >> 20, total >> 20);
+                }),
+            });
+        if let Err(e) = &ticker {
+            tracing::warn!("no progress display: cannot start its thread: {e}");
+        }
         let r = f();
         done.store(true, Ordering::Relaxed);
-        let _ = ticker.join();
+        if let Ok(t) = ticker {
+            let _ = t.join();
+        }
         r
     });
     if show == Show::Json {

@@ -213,3 +213,219 @@ fn bench_ctrl_c_at_any_moment_leaves_no_scratch_file() {
         );
     }
 }
+
+/// Runs `sh -c SCRIPT` (which execs the binary, `$DS`) with `env`, killing it after `limit`:
+/// returns the output and whether it had to be killed.
+fn sh_within(script: &str, env: &[(&str, &str)], limit: Duration) -> (std::process::Output, bool) {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script])
+        .env("DS", env!("CARGO_BIN_EXE_diskstream"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn sh");
+    let t0 = std::time::Instant::now();
+    let mut killed = false;
+    while child.try_wait().expect("try_wait").is_none() {
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            killed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child.wait_with_output().expect("output"), killed)
+}
+
+/// A world-writable (sticky, like /tmp) directory in `parent`.
+fn shared_dir(parent: &Path, name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let d = parent.join(name);
+    std::fs::create_dir(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    d
+}
+
+/// Another user of a shared target directory plants a symbolic link to a block device under the
+/// scratch name bench used to take (`.diskstream-bench-<pid>.tmp`, the pid known from `$$` before
+/// `exec`): bench must neither write the device (that takes `--force` and naming the device) nor
+/// fail; its scratch file is made afresh under a name of its own.
+#[test]
+fn bench_never_writes_a_device_planted_under_its_scratch_name() {
+    let dir = scratch();
+    let backing = dir.path().join("victim");
+    make_disk(&backing, 32 * MIB, Data::Random, 11);
+    let before = std::fs::read(&backing).unwrap();
+    let lo = Loop::attach(&backing, true);
+    let target = shared_dir(dir.path(), "shared");
+    let script = format!(
+        "ln -s {dev} {t}/.diskstream-bench-$$.tmp && exec \"$DS\" bench --target {t} --size 8M --duration 0.05 \
+         --threads 1 --json",
+        dev = lo.path(),
+        t = s(&target)
+    );
+    let (out, killed) = sh_within(&script, &[], Duration::from_secs(120));
+    assert!(!killed, "bench did not end");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(v["target"]["write_bytes_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    drop(lo);
+    assert!(
+        std::fs::read(&backing).unwrap() == before,
+        "bench wrote the block device planted under its scratch name, without --force"
+    );
+    // The planted link is someone else's: left as it was; bench's own scratch is gone.
+    let left = leftovers(&target);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(std::fs::symlink_metadata(target.join(&left[0]))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+/// The same for the manifest of the pipeline stages, which went to a predictable name in the
+/// shared `$TMPDIR` (`.diskstream-bench-<pid>.manifest`): a link planted there neither stops
+/// the run nor is written through.
+#[test]
+fn bench_keeps_its_manifest_out_of_names_planted_in_tmpdir() {
+    let dir = scratch();
+    let backing = dir.path().join("victim");
+    make_disk(&backing, 8 * MIB, Data::Random, 12);
+    let before = std::fs::read(&backing).unwrap();
+    let lo = Loop::attach(&backing, true);
+    let src = dir.path().join("src");
+    make_disk(&src, 8 * MIB, Data::Mixed, 13);
+    let tmp = shared_dir(dir.path(), "tmp");
+    let target = dir.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    let script = format!(
+        "ln -s {dev} {tmp}/.diskstream-bench-$$.manifest && exec \"$DS\" bench --device {src} --target {t} \
+         --size 4M --duration 0.05 --threads 1 --json",
+        dev = lo.path(),
+        tmp = s(&tmp),
+        src = s(&src),
+        t = s(&target)
+    );
+    let (out, killed) = sh_within(&script, &[("TMPDIR", s(&tmp))], Duration::from_secs(180));
+    assert!(!killed, "bench did not end");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "a planted manifest name stopped bench: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert!(v["pipeline"]["raw_target_bytes_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    drop(lo);
+    assert!(std::fs::read(&backing).unwrap() == before, "the device was written");
+    assert_eq!(leftovers(&tmp).len(), 1, "only the planted link: {:?}", leftovers(&tmp));
+    assert!(leftovers(&target).is_empty(), "{:?}", leftovers(&target));
+}
+
+/// Values bench cannot measure with are usage errors (exit 2, one JSON failure object), not a
+/// panic (`--duration NaN` was exit 101) nor a run with zero rates (`--size 0`).
+#[test]
+fn bench_refuses_durations_sizes_and_thread_counts_it_cannot_run() {
+    for (flag, value, says) in [
+        ("--duration", "NaN", "0.05 to 60"),
+        ("--duration", "inf", "0.05 to 60"),
+        ("--duration", "-inf", "0.05 to 60"),
+        ("--duration", "1e300", "0.05 to 60"),
+        ("--duration", "0", "0.05 to 60"),
+        ("--duration", "61", "0.05 to 60"),
+        ("--size", "0", "minimum of 1 MiB"),
+        ("--size", "4K", "minimum of 1 MiB"),
+        ("--size", "1023K", "minimum of 1 MiB"),
+        ("--threads", "0", "1 to 256"),
+        ("--threads", "257", "1 to 256"),
+        ("--threads", "1000", "1 to 256"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let mut args = vec!["bench", &arg, "--json"];
+        if flag != "--duration" {
+            args.extend(["--duration", "0.05"]);
+        }
+        let out = common::ds_within(&args, Duration::from_secs(60));
+        let what = format!("{flag} {value}");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: not one JSON object: {e}"));
+        assert_eq!(
+            (v["ok"].as_bool(), v["kind"].as_str()),
+            (Some(false), Some("usage")),
+            "{what}: {v}"
+        );
+        assert_eq!(v["exit_code"], 2, "{what}");
+        assert!(v["error"].as_str().unwrap().contains(says), "{what}: {v}");
+    }
+}
+
+const PIDS: &str = "/sys/fs/cgroup/pids";
+
+/// A cgroup v1 pids group with a task limit; removed on drop (its tasks killed first, so also
+/// after a failed test).
+struct PidsGroup(std::path::PathBuf);
+
+impl PidsGroup {
+    fn new(max: u32) -> Self {
+        assert!(
+            Path::new(PIDS).join("cgroup.procs").exists(),
+            "this test needs the cgroup v1 pids controller at {PIDS} (and root)"
+        );
+        let dir = Path::new(PIDS).join(format!("dstest-bench-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let g = Self(dir);
+        std::fs::write(g.0.join("pids.max"), max.to_string()).unwrap();
+        g
+    }
+}
+
+impl Drop for PidsGroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            for pid in std::fs::read_to_string(self.0.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+            {
+                let _ = Command::new("kill").args(["-s", "KILL", pid]).status();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("could not remove {}", self.0.display());
+    }
+}
+
+/// In a pids cgroup that allows fewer threads than `--threads`, bench used to hang for ever with
+/// every started kernel thread spinning (the failed spawn panicked inside the scope, which then
+/// waited for threads whose stop flag nobody set). Now it stops them and fails at once.
+#[test]
+fn bench_fails_cleanly_when_its_threads_cannot_be_started() {
+    let group = PidsGroup::new(24);
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec \"$DS\" bench --duration 0.05 --threads 100 --json",
+        group.0.display()
+    );
+    let t0 = std::time::Instant::now();
+    let (out, killed) = sh_within(&script, &[], Duration::from_secs(30));
+    let took = t0.elapsed();
+    drop(group);
+    assert!(!killed, "bench hung when it could not start its threads");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(
+        (v["ok"].as_bool(), v["kind"].as_str()),
+        (Some(false), Some("error")),
+        "{v}"
+    );
+    assert!(v["error"].as_str().unwrap().contains("cannot start thread"), "{v}");
+}

@@ -220,8 +220,9 @@ pub struct KernelRate {
 pub fn worker_rate(data: &[u8], checksum: Checksum, threads: usize, min_time: Duration) -> KernelRate {
     use diskstream_engine::bench::{kernel_rate, lz4_ratio, Kernel};
     let threads = threads.max(1);
-    kernel_rate(data, Kernel::Worker(checksum), threads, Duration::from_millis(50));
-    let r = kernel_rate(data, Kernel::Worker(checksum), threads, min_time);
+    let rate = |d| kernel_rate(data, Kernel::Worker(checksum), threads, d).expect("start the kernel threads");
+    rate(Duration::from_millis(50));
+    let r = rate(min_time);
     KernelRate {
         bytes_per_s: r.bytes_per_s(),
         ratio: lz4_ratio(data),

@@ -12,7 +12,7 @@ use crate::buf::{BufPool, Pages, PoolBuf};
 use crate::error::{Error, Result};
 use crate::format::reader::{check_frame, FrameCheck, ImageReader, StoredFrame};
 use crate::format::FrameKind;
-use crate::pipeline::{all_zero_map, zero_block_size, zero_map, Payload, Processed};
+use crate::pipeline::{all_zero_map, drain_if, spawn, spawn_error, zero_block_size, zero_map, Payload, Processed};
 
 /// Buffers of a checking run: stored payloads as read, and decompressed chunks of lz4 frames.
 pub struct FramePools {
@@ -114,7 +114,7 @@ pub fn run_frames<R: Read + Send>(
     std::thread::scope(|scope| {
         let read = {
             let cancel = &cancel;
-            scope.spawn(move || -> Result<()> {
+            spawn(scope, "ds-frame-reader", move || -> Result<()> {
                 loop {
                     if cancel.load(Ordering::Relaxed) {
                         return Err(Error::Cancelled);
@@ -134,12 +134,14 @@ pub fn run_frames<R: Read + Send>(
                     }
                 }
             })
+            .map_err(|e| spawn_error(0, threads + 1, &e))?
         };
-        for _ in 0..threads {
+        let mut first_err = None;
+        for t in 0..threads {
             let work_rx = work_rx.clone();
             let done_tx = done_tx.clone();
             let (cancel, ctx) = (&cancel, &ctx);
-            scope.spawn(move || {
+            let started = spawn(scope, "ds-checker", move || {
                 for (at, buf) in work_rx {
                     if cancel.load(Ordering::Relaxed) {
                         continue; // Dropping returns the buffer.
@@ -149,10 +151,16 @@ pub fn run_frames<R: Read + Send>(
                     }
                 }
             });
+            if let Err(e) = started {
+                cancel.store(true, Ordering::Relaxed); // All wind down as on any error.
+                first_err = Some(spawn_error(t + 1, threads + 1, &e));
+                break;
+            }
         }
-        drop((work_rx, done_tx));
+        drop(done_tx);
+        // After a failed start, drain here too: with no worker the reader waits for buffers.
+        drain_if(first_err.is_some(), work_rx);
 
-        let mut first_err = None;
         for p in done_rx {
             if first_err.is_some() {
                 continue; // Dropping returns the buffers to their pools.

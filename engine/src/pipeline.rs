@@ -292,7 +292,7 @@ pub fn run_parallel(
     std::thread::scope(|scope| {
         let reader = {
             let cancel = &cancel;
-            scope.spawn(move || {
+            spawn(scope, "ds-reader", move || {
                 let res = backend.read_all(src, plans, &pools.input, &mut |chunk| {
                     if cancel.load(Ordering::Relaxed) {
                         return Err(Error::Cancelled);
@@ -304,12 +304,14 @@ pub fn run_parallel(
                 }
                 res
             })
+            .map_err(|e| spawn_error(0, threads + 1, &e))?
         };
-        for _ in 0..threads {
+        let mut spawn_err = None;
+        for t in 0..threads {
             let work_rx = work_rx.clone();
             let done_tx = done_tx.clone();
             let cancel = &cancel;
-            scope.spawn(move || {
+            let worker = spawn(scope, "ds-worker", move || {
                 let mut table = CompressTable::large();
                 for chunk in work_rx {
                     if cancel.load(Ordering::Relaxed) {
@@ -320,8 +322,16 @@ pub fn run_parallel(
                     }
                 }
             });
+            if let Err(e) = worker {
+                // The reader and the workers already running wind down as on any error.
+                cancel.store(true, Ordering::Relaxed);
+                spawn_err = Some(spawn_error(t + 1, threads + 1, &e));
+                break;
+            }
         }
-        drop((work_rx, done_tx));
+        drop(done_tx);
+        // After a failed start, drain here too: with no worker the reader waits for buffers.
+        drain_if(spawn_err.is_some(), work_rx);
 
         let mut stats = PipelineStats::default();
         let mut sink_err = None;
@@ -341,12 +351,39 @@ pub fn run_parallel(
             progress.fetch_add(len, Ordering::Relaxed);
         }
         let read = reader.join().expect("reader thread panicked");
-        if let Some(e) = sink_err {
+        if let Some(e) = spawn_err.or(sink_err) {
             return Err(e);
         }
         stats.read = read?;
         Ok(stats)
     })
+}
+
+/// Starts a named scoped thread; an error, not a panic, if it cannot be started (a pids
+/// cgroup's limit, `RLIMIT_NPROC`), so the threads already running can be stopped.
+pub(crate) fn spawn<'scope, T: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> std::io::Result<std::thread::ScopedJoinHandle<'scope, T>> {
+    std::thread::Builder::new().name(name.into()).spawn_scoped(scope, f)
+}
+
+/// If `drain`, takes (and drops, returning their buffers) what `rx` carries until its senders
+/// are gone: the reader of a run whose workers could not all start is stopped (its stop flag
+/// is set) but may be waiting for a buffer that only a chunk in the channel can give back.
+pub(crate) fn drain_if<T>(drain: bool, rx: crossbeam_channel::Receiver<T>) {
+    if drain {
+        rx.iter().for_each(drop);
+    }
+}
+
+/// The error of a thread that could not be started after `started` of `wanted` were.
+pub(crate) fn spawn_error(started: usize, wanted: usize, e: &std::io::Error) -> Error {
+    Error::Invalid(format!(
+        "cannot start thread {} of {wanted}: {e} (a pids cgroup or RLIMIT_NPROC limit? try fewer --threads)",
+        started + 1
+    ))
 }
 
 /// Restores disk order: feed chunks in any order, take them out in index order. A ring of slots

@@ -18,6 +18,9 @@ pub const DEFAULT_QUEUE_DEPTH: u32 = 32;
 /// Default writes in flight.
 pub const DEFAULT_WRITE_DEPTH: u32 = 16;
 
+/// The most worker threads a run may ask for (`--threads`).
+pub const MAX_THREADS: usize = 256;
+
 /// How the bytes move: the knobs every operation shares.
 #[derive(Clone, Debug)]
 pub struct Tuning {
@@ -81,8 +84,11 @@ impl Tuning {
                 return Err(Error::Invalid(format!("{name} {v}: must be 1 to 256")));
             }
         }
-        if self.threads == 0 || self.threads > 256 {
-            return Err(Error::Invalid(format!("--threads {}: must be 1 to 256", self.threads)));
+        if self.threads == 0 || self.threads > MAX_THREADS {
+            return Err(Error::Invalid(format!(
+                "--threads {}: must be 1 to {MAX_THREADS}",
+                self.threads
+            )));
         }
         Ok(())
     }

@@ -158,8 +158,10 @@ pub fn realistic_buffer(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Runs `kernel` over `data` in [`KERNEL_CHUNK`] pieces on `threads` threads (each walking its
-/// own chunks, round robin) until `dur` has passed; returns the aggregate rate.
-pub fn kernel_rate(data: &[u8], kernel: Kernel, threads: usize, dur: Duration) -> Rate {
+/// own chunks, round robin) until `dur` has passed; returns the aggregate rate. If a thread
+/// cannot be started (a pids cgroup's limit, `RLIMIT_NPROC`), the threads already running are
+/// stopped and joined and the error says how many started.
+pub fn kernel_rate(data: &[u8], kernel: Kernel, threads: usize, dur: Duration) -> Result<Rate> {
     let threads = threads.max(1);
     let chunks: Vec<&[u8]> = data.chunks(KERNEL_CHUNK).collect();
     let compressed: Vec<Vec<u8>> = if kernel == Kernel::Lz4Decompress {
@@ -168,58 +170,89 @@ pub fn kernel_rate(data: &[u8], kernel: Kernel, threads: usize, dur: Duration) -
         Vec::new()
     };
     let zeros = vec![0u8; if kernel == Kernel::ZeroCheck { KERNEL_CHUNK } else { 0 }];
+    let work = KernelWork {
+        kernel,
+        chunks: &chunks,
+        compressed: &compressed,
+        zeros: &zeros,
+        threads,
+    };
     let stop = AtomicBool::new(false);
     let t0 = Instant::now();
-    let total: u64 = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (chunks, compressed, stop, zeros) = (&chunks, &compressed, &stop, &zeros);
-                s.spawn(move || {
-                    let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(KERNEL_CHUNK)];
-                    let mut table = CompressTable::large();
-                    let mut done = 0u64;
-                    let mut i = t;
-                    while !stop.load(Ordering::Relaxed) {
-                        let c = chunks[i % chunks.len()];
-                        match kernel {
-                            Kernel::Digest(checksum) => {
-                                std::hint::black_box(checksum.digest(c));
-                            }
-                            Kernel::Lz4Compress => {
-                                std::hint::black_box(lz4_flex::block::compress_into(c, &mut out).ok());
-                            }
-                            Kernel::Lz4Decompress => {
-                                let z = &compressed[i % chunks.len()];
-                                std::hint::black_box(lz4_flex::block::decompress_into(z, &mut out).ok());
-                            }
-                            Kernel::ZeroCheck => {
-                                // The full-scan cost: an all-zero chunk (data exits early).
-                                std::hint::black_box(is_zero(std::hint::black_box(&zeros[..c.len()])));
-                            }
-                            Kernel::Worker(checksum) => {
-                                let block = zero_block_size(KERNEL_CHUNK as u32);
-                                std::hint::black_box(pipeline::kernel(
-                                    c,
-                                    block,
-                                    checksum,
-                                    Some((&mut out, &mut table)),
-                                ));
-                            }
-                        }
-                        done += c.len() as u64;
-                        i += threads;
-                    }
-                    done
-                })
-            })
-            .collect();
-        std::thread::sleep(dur);
+    let total = std::thread::scope(|s| {
+        let mut handles = Vec::with_capacity(threads);
+        let mut failed = None;
+        for t in 0..threads {
+            let (work, stop) = (&work, &stop);
+            match pipeline::spawn(s, "bench-kernel", move || work.run(t, stop)) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if failed.is_none() {
+            std::thread::sleep(dur);
+        }
+        // Also on a failed start: the threads already running spin until they see it.
         stop.store(true, Ordering::Relaxed);
-        handles.into_iter().map(|h| h.join().expect("kernel thread")).sum()
-    });
-    Rate {
+        let started = handles.len();
+        let total: u64 = handles.into_iter().map(|h| h.join().expect("kernel thread")).sum();
+        match failed {
+            None => Ok(total),
+            Some(e) => Err(pipeline::spawn_error(started, threads, &e)),
+        }
+    })?;
+    Ok(Rate {
         bytes: total,
         secs: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// What each thread of [`kernel_rate`] works on.
+struct KernelWork<'a> {
+    kernel: Kernel,
+    chunks: &'a [&'a [u8]],
+    compressed: &'a [Vec<u8>],
+    zeros: &'a [u8],
+    threads: usize,
+}
+
+impl KernelWork<'_> {
+    /// Thread `t`'s loop: its chunks, round robin, until `stop`; returns the bytes done.
+    fn run(&self, t: usize, stop: &AtomicBool) -> u64 {
+        let (chunks, threads) = (self.chunks, self.threads);
+        let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(KERNEL_CHUNK)];
+        let mut table = CompressTable::large();
+        let mut done = 0u64;
+        let mut i = t;
+        while !stop.load(Ordering::Relaxed) {
+            let c = chunks[i % chunks.len()];
+            match self.kernel {
+                Kernel::Digest(checksum) => {
+                    std::hint::black_box(checksum.digest(c));
+                }
+                Kernel::Lz4Compress => {
+                    std::hint::black_box(lz4_flex::block::compress_into(c, &mut out).ok());
+                }
+                Kernel::Lz4Decompress => {
+                    let z = &self.compressed[i % chunks.len()];
+                    std::hint::black_box(lz4_flex::block::decompress_into(z, &mut out).ok());
+                }
+                Kernel::ZeroCheck => {
+                    // The full-scan cost: an all-zero chunk (data exits early).
+                    std::hint::black_box(is_zero(std::hint::black_box(&self.zeros[..c.len()])));
+                }
+                Kernel::Worker(checksum) => {
+                    let block = zero_block_size(KERNEL_CHUNK as u32);
+                    std::hint::black_box(pipeline::kernel(c, block, checksum, Some((&mut out, &mut table))));
+                }
+            }
+            done += c.len() as u64;
+            i += threads;
+        }
+        done
     }
 }
 
@@ -257,26 +290,63 @@ pub fn device_read(dev: &Path, limit: u64, qd: u32, chunk: u32, cancel: &AtomicB
     })
 }
 
-/// A scratch file that is removed when dropped (and by [`ScratchFile::remove`]).
+/// Where bench writes: a private directory of its own, made fresh in the directory the user
+/// named, and the scratch file inside it; removed with everything in it when dropped.
+///
+/// The directory's name is unpredictable (`.diskstream-bench-<pid>-<random>.tmp`) and it is made
+/// with `mkdir` and mode 0700: `mkdir` fails on any name that exists, a symbolic link included,
+/// so nothing another user planted in a shared (world-writable) directory is ever followed (a
+/// taken name is retried with another), and no one else can put anything inside. The stages
+/// create their files in it exclusively (`O_CREAT|O_EXCL`, through [`Target`]) and without
+/// `force`, so a device is written only when the user named it (`BenchTarget::Device`).
 #[derive(Debug)]
 pub struct ScratchFile {
+    dir: PathBuf,
     path: PathBuf,
 }
 
 impl ScratchFile {
-    /// A fresh scratch path in `dir` (nothing is created yet).
-    pub fn new(dir: &Path) -> Self {
-        Self {
-            path: dir.join(format!(".diskstream-bench-{}.tmp", std::process::id())),
+    /// Makes a fresh private directory in `parent`; the scratch file will be created in it by
+    /// the stage that writes it.
+    pub fn new(parent: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut last = None;
+        for _ in 0..16 {
+            let dir = parent.join(format!(
+                ".diskstream-bench-{}-{:016x}.tmp",
+                std::process::id(),
+                unpredictable()
+            ));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {
+                    return Ok(Self {
+                        path: dir.join("scratch"),
+                        dir,
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
         }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no free scratch name")))
     }
 
-    /// Its path.
+    /// The scratch file's path (inside the private directory; not created yet).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Removes the file now (idempotent).
+    /// Another file's path in the private directory.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The private directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Removes the scratch file now (idempotent); the directory stays until drop.
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
     }
@@ -284,16 +354,28 @@ impl ScratchFile {
 
 impl Drop for ScratchFile {
     fn drop(&mut self) {
-        self.remove();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
+/// 64 bits no other user can guess: std's per-process random hash keys (seeded from the OS)
+/// over the time and a counter.
+fn unpredictable() -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    COUNT.fetch_add(1, Ordering::Relaxed).hash(&mut h);
+    std::time::SystemTime::now().hash(&mut h);
+    h.finish()
+}
+
 /// Writes `size` bytes of realistic data to `path` with O_DIRECT through io_uring in `chunk`-byte
-/// writes, `qd` in flight, then fsyncs. A file path is written under a temporary name that is
-/// removed afterwards (never committed, so an existing file is left untouched); a block device is
-/// written in place (the caller asked for that with `--force`).
-pub fn target_write(path: &Path, size: u64, qd: u32, chunk: u32, cancel: &AtomicBool) -> Result<Rate> {
-    let target = Target::create(path, true, true, &[])?;
+/// writes, `qd` in flight, then fsyncs. A file path is written under a temporary name created
+/// exclusively beside it and removed afterwards (never committed, so nothing is left and nothing
+/// existing is touched); a block device is written in place only with `force` (the user named
+/// the device and passed `--force`): without it, a path that is or leads to a device is refused.
+pub fn target_write(path: &Path, force: bool, size: u64, qd: u32, chunk: u32, cancel: &AtomicBool) -> Result<Rate> {
+    let target = Target::create(path, force, true, &[])?;
     let size = target.device_size().map_or(size, |d| d.min(size));
     let mut sink = crate::sink::raw::RawSink::new(
         target,

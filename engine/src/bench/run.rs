@@ -181,8 +181,8 @@ pub fn run(plan: &BenchPlan, stop: &StopFlag, say: &mut dyn FnMut(&str)) -> Resu
     };
     for k in Kernel::ALL {
         check()?;
-        let one = kernel_rate(&data, k, 1, plan.duration).bytes_per_s();
-        let all = kernel_rate(&data, k, plan.threads, plan.duration).bytes_per_s();
+        let rate = |threads| kernel_rate(&data, k, threads, plan.duration).map_err(|e| e.to_string());
+        let (one, all) = (rate(1)?.bytes_per_s(), rate(plan.threads)?.bytes_per_s());
         rows.push(Row {
             name: format!("cpu {} (1 core)", k.name()),
             bytes_per_s: one,
@@ -218,11 +218,13 @@ pub fn run(plan: &BenchPlan, stop: &StopFlag, say: &mut dyn FnMut(&str)) -> Resu
         Some(t) => {
             check()?;
             say("O_DIRECT writes to the target");
-            let r = match t {
-                BenchTarget::Scratch(s) => target_write(s.path(), plan.size, DEFAULT_WRITE_DEPTH, DEFAULT_CHUNK, stop),
-                BenchTarget::Device(d) => target_write(d, plan.size, DEFAULT_WRITE_DEPTH, DEFAULT_CHUNK, stop),
-            }
-            .map_err(|e| e.to_string())?;
+            // Only a device the user named (with --force) is written in place.
+            let (path, force) = match t {
+                BenchTarget::Scratch(s) => (s.path(), false),
+                BenchTarget::Device(d) => (d.as_path(), true),
+            };
+            let r = target_write(path, force, plan.size, DEFAULT_WRITE_DEPTH, DEFAULT_CHUNK, stop)
+                .map_err(|e| e.to_string())?;
             rows.push(Row {
                 name: format!("target write (qd {DEFAULT_WRITE_DEPTH}, {} MiB)", DEFAULT_CHUNK >> 20),
                 bytes_per_s: r.bytes_per_s(),
@@ -329,7 +331,8 @@ fn run_pipeline(
         tuning: tuning.clone(),
         limit: Some(plan.size),
         checksum: plan.checksum,
-        force: true,
+        // The target stages set it: only a device the user named is written with force.
+        force: false,
         ..CreateOptions::default()
     };
     let scan = ScanOptions {
@@ -356,7 +359,7 @@ fn run_pipeline(
             compress,
             ..scan.clone()
         };
-        let (r, curve) = watched(&progress, || ops::scan(dev, &o, &progress));
+        let (r, curve) = watched(&progress, || ops::scan(dev, &o, &progress))?;
         let full = record(name, &r.map_err(|e| e.to_string())?, &curve);
         *if compress {
             &mut limits.lz4_measured
@@ -367,7 +370,15 @@ fn run_pipeline(
     let Some(t) = &plan.target else {
         return Ok(pipe);
     };
-    let manifest = std::env::temp_dir().join(format!(".diskstream-bench-{}.manifest", std::process::id()));
+    // The manifest goes into a private directory of its own (a fresh name in $TMPDIR, made
+    // exclusively, as the scratch file's), never to a predictable name in a shared directory.
+    let side = ScratchFile::new(&std::env::temp_dir()).map_err(|e| {
+        format!(
+            "{}: cannot make a scratch directory: {e}",
+            std::env::temp_dir().display()
+        )
+    })?;
+    let manifest = side.file("manifest");
     for (name, format) in [("raw_target", Format::Raw), ("lz4_target", Format::Dsimg)] {
         let (out_path, scratch) = match t {
             BenchTarget::Scratch(s) => (s.path().to_path_buf(), Some(s)),
@@ -380,9 +391,10 @@ fn run_pipeline(
         let o = CreateOptions {
             format,
             manifest: Some(manifest.clone()),
+            force: scratch.is_none(),
             ..create.clone()
         };
-        let (res, curve) = watched(&progress, || ops::create(dev, &out_path, &o, &progress));
+        let (res, curve) = watched(&progress, || ops::create(dev, &out_path, &o, &progress))?;
         if let Some(s) = scratch {
             s.remove();
         }
@@ -397,13 +409,14 @@ fn run_pipeline(
     Ok(pipe)
 }
 
-/// Runs `f` while sampling `progress` every 5 ms (reset to 0 first).
-fn watched<T>(progress: &Progress, f: impl FnOnce() -> T) -> (T, Curve) {
+/// Runs `f` while sampling `progress` every 5 ms (reset to 0 first); an error if the sampling
+/// thread cannot be started (`f` then does not run).
+fn watched<T>(progress: &Progress, f: impl FnOnce() -> T) -> Result<(T, Curve), String> {
     progress.store(0, Ordering::Relaxed);
     let done = AtomicBool::new(false);
     let t0 = std::time::Instant::now();
     std::thread::scope(|s| {
-        let sampler = s.spawn(|| {
+        let sampler = crate::pipeline::spawn(s, "bench-sampler", || {
             let mut v = Vec::new();
             while !done.load(Ordering::Relaxed) {
                 v.push((t0.elapsed().as_secs_f64(), progress.load(Ordering::Relaxed)));
@@ -412,9 +425,10 @@ fn watched<T>(progress: &Progress, f: impl FnOnce() -> T) -> (T, Curve) {
             v.push((t0.elapsed().as_secs_f64(), progress.load(Ordering::Relaxed)));
             Curve(v)
         });
+        let sampler = sampler.map_err(|e| crate::pipeline::spawn_error(0, 1, &e).to_string())?;
         let r = f();
         done.store(true, Ordering::Relaxed);
-        (r, sampler.join().expect("sampler thread"))
+        Ok((r, sampler.join().expect("sampler thread")))
     })
 }
 

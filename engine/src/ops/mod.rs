@@ -25,7 +25,7 @@ pub use image::detect;
 pub use info::info;
 pub use options::{
     default_threads, CreateOptions, InfoOptions, RestoreOptions, ScanOptions, StopFlag, Tuning, VerifyOptions,
-    DEFAULT_CHUNK, DEFAULT_QUEUE_DEPTH, DEFAULT_WRITE_DEPTH,
+    DEFAULT_CHUNK, DEFAULT_QUEUE_DEPTH, DEFAULT_WRITE_DEPTH, MAX_THREADS,
 };
 pub use restore::restore;
 pub use scan::scan;

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 pub use crate::stop::StopFlag;
-pub use crate::tuning::{default_threads, Tuning, DEFAULT_CHUNK, DEFAULT_QUEUE_DEPTH, DEFAULT_WRITE_DEPTH};
+pub use crate::tuning::{
+    default_threads, Tuning, DEFAULT_CHUNK, DEFAULT_QUEUE_DEPTH, DEFAULT_WRITE_DEPTH, MAX_THREADS,
+};
 
 use crate::digest::Checksum;
 use crate::format::Format;
