@@ -5,12 +5,13 @@
 //! present. Keys (all optional; unknown keys are refused, so a typo is not silently ignored):
 //!
 //! ```toml
-//! bwlimit = "200M"          # bytes of disk data per second (the units of --bwlimit)
+//! bwlimit = "200M"          # bytes of disk data per second (the units of --bwlimit; 0: none)
 //! ionice = "best-effort:7"  # idle | best-effort | best-effort:0..7
 //! nice = 10                 # 0..19
 //! ```
 //!
-//! A flag on the command line wins over the file.
+//! A flag on the command line wins over the file: `--bwlimit 0` runs unlimited whatever the file
+//! says (0 is no limit, as rsync and vzdump read it).
 
 use std::path::{Path, PathBuf};
 
@@ -30,8 +31,8 @@ struct Defaults {
 /// `--bwlimit`, `--ionice`, `--nice`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct Throttle {
-    /// Limit disk data to RATE bytes per second, spread evenly (50M = 50·10⁶, 50MiB = 50·2²⁰);
-    /// for an export, shared by the disks moving at the same time.
+    /// Limit disk data to RATE bytes per second, spread evenly (50M = 50·10⁶, 50MiB = 50·2²⁰;
+    /// 0 = no limit, as in rsync); for an export, shared by the disks moving at the same time.
     #[arg(long, value_name = "RATE", value_parser = crate::units::parse_rate)]
     pub bwlimit: Option<u64>,
     /// I/O priority: idle, best-effort or best-effort:0..7 (as ionice -c3 / -c2 -nN).
@@ -72,8 +73,15 @@ fn load(path: &Path) -> Result<Defaults, String> {
 }
 
 impl Throttle {
-    /// The flags, with what the command line left unset taken from the defaults file.
+    /// The flags, with what the command line left unset taken from the defaults file; a
+    /// `bwlimit` of 0 (no limit) comes back as `None`.
     pub fn with_defaults(&self) -> Result<Self, String> {
+        let mut t = self.merged()?;
+        t.bwlimit = t.bwlimit.filter(|&b| b > 0);
+        Ok(t)
+    }
+
+    fn merged(&self) -> Result<Self, String> {
         let Some(path) = defaults_path()? else {
             return Ok(self.clone());
         };

@@ -48,14 +48,20 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Parses a rate in bytes per second, with an optional unit (see the module docs; `50M` and
-/// `50MB/s` are 50·10⁶ bytes/s, `50MiB` is 50·2^20).
+/// `50MB/s` are 50·10⁶ bytes/s, `50MiB` is 50·2^20). `0` is 0, which `--bwlimit` reads as no
+/// limit (as rsync and vzdump do); a rate above 0 but below 1 byte per second (`0.5`) is refused.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     let body = s.strip_suffix("/s").unwrap_or(s);
-    parse(body, Letters::Decimal).map_err(|why| {
+    let refuse = |why: &str| {
         format!(
-            "{s:?} is not a rate ({why}): give bytes per second with an optional unit, e.g. 50M, 1.5G, 100MiB, 20MB/s"
+            "{s:?} is not a rate ({why}): give bytes per second with an optional unit, e.g. 50M, 1.5G, 100MiB, 20MB/s (0: no limit)"
         )
-    })
+    };
+    let v = parse(body, Letters::Decimal).map_err(refuse)?;
+    if v == 0 && body.bytes().any(|b| matches!(b, b'1'..=b'9')) {
+        return Err(refuse("below 1 byte per second"));
+    }
+    Ok(v)
 }
 
 fn parse(s: &str, letters: Letters) -> Result<u64, &'static str> {
@@ -156,9 +162,25 @@ mod tests {
             ("1.5G", 1_500_000_000),
             ("800K", 800_000),
             ("123", 123),
+            ("1.5", 1),
+            ("0", 0),
+            ("0M", 0),
+            ("0.0/s", 0),
         ] {
             assert_eq!(parse_rate(s), Ok(want), "{s}");
         }
+    }
+
+    #[test]
+    fn rates_above_0_below_a_byte_per_second_are_refused() {
+        for s in ["0.5", ".9", "0.1/s", "0.0000000001K", "0.0000001M"] {
+            let e = parse_rate(s).expect_err(s);
+            assert!(
+                e.starts_with(&format!("{s:?} is not a rate (below 1 byte per second)")),
+                "{s}: {e}"
+            );
+        }
+        assert_eq!(parse_rate("0.001K"), Ok(1), "a whole byte per second is a rate");
     }
 
     #[test]

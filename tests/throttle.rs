@@ -241,3 +241,64 @@ fn ionice_and_nice_apply_to_the_run_and_defaults_come_from_the_config_file() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such file (named by DISKSTREAM_CONFIG)"));
 }
+
+/// `--bwlimit 0` is no limit, as rsync and vzdump read it (it was 1 byte per second), also
+/// over a defaults file's limit and as the file's own value; a rate above 0 but below a byte
+/// per second is refused.
+#[test]
+fn bwlimit_0_is_no_limit_and_a_rate_below_a_byte_per_second_is_refused() {
+    let dir = common::scratch();
+    let src = dir.path().join("src.img");
+    common::make_disk(&src, 16 << 20, common::Data::Random, 11);
+    let srcs = src.to_str().unwrap();
+    let conf = dir.path().join("diskstream.toml");
+    let no_file = [("DISKSTREAM_CONFIG", "")];
+    let with_file = [("DISKSTREAM_CONFIG", conf.to_str().unwrap())];
+    for (args, file, env) in [
+        (&["--bwlimit", "0"][..], None, &no_file),
+        (&["--bwlimit", "0M/s"][..], None, &no_file),
+        (&["--bwlimit", "0"][..], Some("bwlimit = \"1K\"\n"), &with_file),
+        (&[][..], Some("bwlimit = \"0\"\n"), &with_file),
+    ] {
+        if let Some(text) = file {
+            std::fs::write(&conf, text).unwrap();
+        }
+        let mut a = vec!["image", "scan"];
+        a.extend_from_slice(args);
+        a.push(srcs);
+        let t0 = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_diskstream"))
+            .args(&a)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn diskstream");
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                break Some(st);
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let took = t0.elapsed();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{a:?} with {file:?}: {status:?} after {took:?}"
+        );
+        assert!(took < Duration::from_secs(5), "{a:?} with {file:?}: {took:?}");
+    }
+    for bad in ["0.5", "0.9/s", "0.0000001M"] {
+        let out = common::ds_env(&["image", "scan", &format!("--bwlimit={bad}"), srcs], &no_file);
+        assert_eq!(out.status.code(), Some(2), "--bwlimit {bad} is a usage error");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{bad:?} is not a rate (below 1 byte per second)")),
+            "{err}"
+        );
+    }
+}

@@ -43,8 +43,8 @@ pub struct Tuning {
     pub sequential: bool,
     /// Set from elsewhere to stop at the next chunk (see [`StopFlag`]).
     pub stop: Option<StopFlag>,
-    /// `--bwlimit`: bytes of disk data per second, spread evenly ([`crate::pace`]); `None`
-    /// runs as fast as the hardware allows.
+    /// `--bwlimit`: bytes of disk data per second, spread evenly ([`crate::pace`]); `None` (or
+    /// `Some(0)`, as rsync and vzdump read 0) runs as fast as the hardware allows.
     pub bwlimit: Option<u64>,
 }
 
@@ -98,15 +98,21 @@ impl Tuning {
         check_stop(self.stop.as_ref())
     }
 
+    /// The limit `bwlimit` sets: `None` for none and for 0 (no limit, as rsync reads it).
+    pub fn rate_limit(&self) -> Option<u64> {
+        self.bwlimit.filter(|&r| r > 0)
+    }
+
     /// A pacer for `bwlimit`, if one is set (each stage that paces takes its own).
     pub fn pacer(&self) -> Option<std::sync::Arc<crate::pace::Pacer>> {
-        self.bwlimit.map(|r| std::sync::Arc::new(crate::pace::Pacer::new(r)))
+        self.rate_limit()
+            .map(|r| std::sync::Arc::new(crate::pace::Pacer::new(r)))
     }
 
     /// With `bwlimit`, how often a raw output is synced while it is written: about half a
     /// second's worth, 16 to 256 MiB (see `sink::raw`'s flusher).
     pub fn flush_every(&self) -> Option<u64> {
-        self.bwlimit.map(|r| (r / 2).clamp(16 << 20, 256 << 20))
+        self.rate_limit().map(|r| (r / 2).clamp(16 << 20, 256 << 20))
     }
 
     /// The write backend: the reference path writes with pwrite too.

@@ -96,7 +96,7 @@ pub struct ExportOp {
     /// How often a transfer reports progress.
     pub progress_interval: Duration,
     /// `--bwlimit`: bytes of disk data per second for the whole export, shared evenly by the
-    /// disks transferred at the same time.
+    /// disks transferred at the same time; `None` or `Some(0)` is no limit.
     pub bwlimit: Option<u64>,
 }
 

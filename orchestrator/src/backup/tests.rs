@@ -301,6 +301,29 @@ fn bwlimit_is_shared_by_the_disks_moving_at_once() {
     }
 }
 
+/// `--bwlimit 0` is no limit (as rsync and vzdump read it): no disk gets a share of it, which
+/// was once 1 byte per second.
+#[test]
+fn bwlimit_0_is_no_limit_for_any_disk() {
+    for parallel in [2, 1] {
+        let f = Fixture::new("up", true);
+        let r = f
+            .export(ExportOp {
+                shutdown: false,
+                bwlimit: Some(0),
+                max_parallel_disks: parallel,
+                ..op()
+            })
+            .unwrap();
+        assert_ok(&r);
+        let sends: Vec<String> = f.calls().into_iter().filter(|c| c.starts_with("send_disk")).collect();
+        assert_eq!(sends.len(), 2, "{sends:?}");
+        for c in &sends {
+            assert!(!c.contains("bwlimit"), "{parallel} at once: {c}");
+        }
+    }
+}
+
 /// testFileLiveExport: a live export needs snapshots.
 #[test]
 fn non_snapshot_live_export_is_refused() {

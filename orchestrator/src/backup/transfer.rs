@@ -294,8 +294,9 @@ fn send_all(x: &Exec<'_>, jobs: &[DiskJob], snaps: &SnapSet<'_>) {
     let next = AtomicUsize::new(0);
     let all_done = AtomicBool::new(false);
     let workers = x.op.max_parallel_disks.min(jobs.len()).max(1);
-    // --bwlimit is for the whole export: each disk moving at the same time gets its share.
-    let per_disk = x.op.bwlimit.map(|r| (r / workers as u64).max(1));
+    // --bwlimit is for the whole export: each disk moving at the same time gets its share
+    // (0 is no limit, as rsync reads it: no share of it either).
+    let per_disk = x.op.bwlimit.filter(|&r| r > 0).map(|r| (r / workers as u64).max(1));
     thread::scope(|s| {
         let reporter = s.spawn(|| report_progress(x.fb(), jobs, &all_done, x.op.progress_interval));
         let handles: Vec<_> = (0..workers)
