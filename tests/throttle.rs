@@ -242,6 +242,58 @@ fn ionice_and_nice_apply_to_the_run_and_defaults_come_from_the_config_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such file (named by DISKSTREAM_CONFIG)"));
 }
 
+/// A SIGINT to a run paced far below the disk's speed stops it at once, on every read path:
+/// the pacer's waits are cut into short naps that end on the stop flag (a 100 KB/s scan of
+/// 16 MiB once took 19 s after the signal: the io_uring reader slept through its whole wait
+/// in one piece, and the pread reader's wait never saw the flag). So the "still stopping"
+/// notice, 2 s after the signal, has nothing to say either.
+#[test]
+fn sigint_stops_a_slowly_paced_run_within_2_s_on_every_read_path() {
+    let dir = common::scratch();
+    let src = dir.path().join("src.img");
+    common::make_disk(&src, 16 << 20, common::Data::Random, 10);
+    for path in [&["--backend", "uring"][..], &["--backend", "pread"], &["--sequential"]] {
+        let mut args = vec!["image", "scan", "--bwlimit", "100K"];
+        args.extend_from_slice(path);
+        args.push(src.to_str().unwrap());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_diskstream"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn diskstream");
+        let pid = child.id();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) && !common::handlers_installed(pid) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Into the paced reads: past the first burst, into a wait of about 10 s per chunk.
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status();
+        let signalled = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("try_wait") {
+                break Some(st);
+            }
+            if signalled.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let took = signalled.elapsed();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut err).expect("stderr");
+        assert_eq!(status.and_then(|s| s.code()), Some(130), "{args:?}: {err}");
+        assert!(
+            took < Duration::from_secs(2),
+            "{args:?}: stopped {took:?} after SIGINT: {err}"
+        );
+        assert!(!err.contains("still stopping"), "{args:?}: {err}");
+    }
+}
+
 /// `--bwlimit 0` is no limit, as rsync and vzdump read it (it was 1 byte per second), also
 /// over a defaults file's limit and as the file's own value; a rate above 0 but below a byte
 /// per second is refused.

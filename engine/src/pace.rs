@@ -6,6 +6,10 @@
 //! `now ≥ tat − burst`. The burst allowance is [`BURST`] worth of bytes (at least one chunk gets
 //! through at once), so in any window of `w` seconds at most `rate·w + rate·BURST + one chunk`
 //! bytes start, and over a long run the mean is the rate.
+//!
+//! Every wait sleeps in slices of at most [`NAP`] and ends as soon as the run's stop flag is
+//! raised (SIGINT/SIGTERM), however low the rate: a stop never waits for the pacer. A rate of 0
+//! is no limit (as rsync and vzdump read it): [`crate::tuning::Tuning::pacer`] then makes none.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -24,14 +28,18 @@ const NAP: Duration = Duration::from_millis(50);
 pub struct Pacer {
     rate: f64,
     tat: Mutex<Option<Instant>>,
+    /// The run's stop flag: a wait ends when it is raised.
+    stop: Option<StopFlag>,
 }
 
 impl Pacer {
-    /// A pacer for `bytes_per_s` (at least 1).
-    pub fn new(bytes_per_s: u64) -> Self {
+    /// A pacer for `bytes_per_s` (at least 1: 0, no limit, is no pacer at all) whose waits end
+    /// when `stop` is raised.
+    pub fn new(bytes_per_s: u64, stop: Option<StopFlag>) -> Self {
         Self {
             rate: bytes_per_s.max(1) as f64,
             tat: Mutex::new(None),
+            stop,
         }
     }
 
@@ -57,20 +65,37 @@ impl Pacer {
         *tat = Some(from + Duration::from_secs_f64(bytes as f64 / self.rate));
     }
 
-    /// Waits until a transfer of `bytes` may start, then records it. Returns early (without
-    /// recording) if `stop` is raised while waiting; the caller's next stop check ends the run.
-    pub fn wait(&self, bytes: u64, stop: Option<&StopFlag>) {
+    /// Waits until a transfer may start, in naps of at most [`NAP`]. Returns false as soon as
+    /// the stop flag is raised (the caller then ends the run with [`crate::Error::Cancelled`]),
+    /// true when the transfer may start.
+    pub fn ready(&self) -> bool {
         loop {
+            if self.stopped() {
+                return false;
+            }
             let d = self.ready_in();
             if d.is_zero() {
-                break;
-            }
-            if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
-                return;
+                return true;
             }
             std::thread::sleep(d.min(NAP));
         }
+    }
+
+    /// Waits until a transfer of `bytes` may start ([`Self::ready`]), then records it. Returns
+    /// false, without recording, if the stop flag was raised.
+    #[must_use = "false means stop: the run must end"]
+    pub fn wait(&self, bytes: u64) -> bool {
+        if !self.ready() {
+            return false;
+        }
         self.take(bytes);
+        true
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -81,10 +106,10 @@ mod tests {
     #[test]
     fn a_steady_stream_keeps_to_the_rate_after_one_burst() {
         // 100 MB/s, 1 MB transfers: 50 ms of burst is 5 transfers, then one every 10 ms.
-        let p = Pacer::new(100_000_000);
+        let p = Pacer::new(100_000_000, None);
         let t0 = Instant::now();
         for _ in 0..40 {
-            p.wait(1_000_000, None);
+            assert!(p.wait(1_000_000));
         }
         let took = t0.elapsed();
         // 40 MB at 100 MB/s is 400 ms; the burst lets the first ~50 ms go at once.
@@ -94,7 +119,7 @@ mod tests {
 
     #[test]
     fn ready_in_does_not_consume_and_take_does() {
-        let p = Pacer::new(1_000_000);
+        let p = Pacer::new(1_000_000, None);
         assert!(p.ready_in().is_zero());
         assert!(p.ready_in().is_zero(), "asking twice takes nothing");
         p.take(1_000_000); // one second's worth
@@ -107,11 +132,31 @@ mod tests {
 
     #[test]
     fn a_stop_flag_ends_the_wait() {
-        let p = Pacer::new(1);
-        p.take(1_000); // 1000 s ahead
         let stop: StopFlag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let p = Pacer::new(1, Some(stop));
+        p.take(1_000); // 1000 s ahead
         let t0 = Instant::now();
-        p.wait(1, Some(&stop));
+        assert!(!p.wait(1), "a stopped wait says so");
+        assert!(!p.ready());
         assert!(t0.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_stop_raised_during_a_long_wait_ends_it_within_a_nap() {
+        let stop: StopFlag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let p = Pacer::new(100, Some(std::sync::Arc::clone(&stop)));
+        p.take(1_000); // 10 s ahead at 100 B/s
+        let raiser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let t0 = Instant::now();
+        assert!(!p.ready());
+        let took = t0.elapsed();
+        raiser.join().unwrap();
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_millis(200) + 2 * NAP,
+            "{took:?}"
+        );
     }
 }

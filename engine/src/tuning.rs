@@ -103,10 +103,11 @@ impl Tuning {
         self.bwlimit.filter(|&r| r > 0)
     }
 
-    /// A pacer for `bwlimit`, if one is set (each stage that paces takes its own).
+    /// A pacer for `bwlimit`, if one is set (each stage that paces takes its own), whose waits
+    /// end when the stop flag is raised.
     pub fn pacer(&self) -> Option<std::sync::Arc<crate::pace::Pacer>> {
         self.rate_limit()
-            .map(|r| std::sync::Arc::new(crate::pace::Pacer::new(r)))
+            .map(|r| std::sync::Arc::new(crate::pace::Pacer::new(r, self.stop.clone())))
     }
 
     /// With `bwlimit`, how often a raw output is synced while it is written: about half a

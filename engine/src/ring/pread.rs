@@ -49,8 +49,11 @@ impl ReadBackend for PreadReader {
                 })?;
                 continue;
             }
+            // --bwlimit: the pacer's wait ends at once when the run is stopped.
             if let Some(p) = &self.pace {
-                p.wait(u64::from(plan.len), None);
+                if !p.wait(u64::from(plan.len)) {
+                    return Err(Error::Cancelled);
+                }
             }
             let mut buf = pool.get();
             zero_gaps(plan, plans.segments(plan), &mut buf);

@@ -188,14 +188,16 @@ impl ReadRun<'_> {
                     break;
                 };
                 // --bwlimit: a read starts only when the pacer allows it; while others are in
-                // flight, reap them instead of sleeping.
+                // flight, reap them instead of sleeping. The wait ends at once on a stop
+                // (nothing is in flight then, so nothing is left to drain).
                 if let Some(p) = self.pace {
-                    let wait = p.ready_in();
-                    if !wait.is_zero() {
+                    if !p.ready_in().is_zero() {
                         if inflight > 0 {
                             break;
                         }
-                        std::thread::sleep(wait);
+                        if !p.ready() {
+                            return Err(Error::Cancelled);
+                        }
                     }
                 }
                 let buf = if inflight == 0 {

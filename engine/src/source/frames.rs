@@ -11,7 +11,7 @@ use super::{RunSpec, Source, SourceInfo, SourceStats};
 use crate::buf::BufPool;
 use crate::check::{run_frames, FramePools, ZeroMaps};
 use crate::direct_read::DirectReader;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::reader::ImageReader;
 use crate::format::FrameKind;
 use crate::pipeline::{self, Payload, Processed};
@@ -125,10 +125,11 @@ impl<R: FrameStream> Source for FrameSource<R> {
         let t = spec.tuning;
         // --bwlimit: each data chunk waits for the pacer before it is handed on; the reader,
         // bounded by the pools, follows at the same rate. Zero frames cost no I/O.
-        let stop = t.stop.clone();
         let mut paced = |p: Processed| {
             if let (Some(pace), false) = (spec.pace, matches!(p.payload, Payload::Zero)) {
-                pace.wait(u64::from(p.len), stop.as_ref());
+                if !pace.wait(u64::from(p.len)) {
+                    return Err(Error::Cancelled);
+                }
             }
             deliver(p)
         };
