@@ -87,7 +87,7 @@ fn parse_threads(s: &str) -> Result<usize, String> {
 }
 
 fn err(msg: String, json_out: bool) -> ExitCode {
-    eprintln!("diskstream bench: error: {msg}");
+    errln!("diskstream bench: error: {msg}");
     Failed::new(Op::Bench, Kind::Error, msg).emit(json_out)
 }
 
@@ -160,7 +160,7 @@ fn scratch_in(dir: &Path) -> Result<BenchTarget, String> {
 
 fn say(json_out: bool, msg: &str) {
     if !json_out {
-        eprintln!("bench: {msg}");
+        errln!("bench: {msg}");
     }
 }
 
@@ -206,7 +206,7 @@ pub fn run(a: BenchArgs) -> ExitCode {
                 "interrupted by {}; scratch files removed ({e})",
                 interrupt.signal_name()
             );
-            eprintln!("diskstream bench: {msg}");
+            errln!("diskstream bench: {msg}");
             Failed::new(Op::Bench, Kind::Interrupted, msg)
                 .signal(interrupt.signal_name(), interrupt.code())
                 .emit(a.json)
@@ -221,7 +221,7 @@ fn render(r: &BenchReport, a: &BenchArgs) -> ExitCode {
         return contract::done(Op::Bench, r, true);
     }
     print_table(&r.rows);
-    println!();
+    outln!();
     let v = &r.verdict;
     let how = if v.measured_end_to_end {
         "measured end to end"
@@ -237,23 +237,23 @@ fn render(r: &BenchReport, a: &BenchArgs) -> ExitCode {
     .map(|(n, on)| if *on { (*n).to_owned() } else { format!("-{n}") })
     .collect::<Vec<_>>()
     .join(" ");
-    println!("cpu: {} ({features})", r.cpu.model);
-    println!("verdict ({how}, {} chunk digests):", v.checksum);
+    outln!("cpu: {} ({features})", r.cpu.model);
+    outln!("verdict ({how}, {} chunk digests):", v.checksum);
     for (what, rate, lim) in [
         ("raw", v.raw_export_bytes_per_s, &v.raw_limited_by),
         ("lz4", v.lz4_export_bytes_per_s, &v.lz4_limited_by),
     ] {
-        println!(
+        outln!(
             "  {what} export: {:>8.0} MB/s ({:>8.1} MiB/s), limited by {lim}",
             rate / 1e6,
             rate / 1048576.0
         );
     }
     if a.device.is_none() {
-        println!("  (give --device and --target to measure the disks too)");
+        outln!("  (give --device and --target to measure the disks too)");
     }
     if r.buffer_pages == "4k" {
-        println!(
+        outln!(
             "  note: transparent huge pages are off here (/sys/kernel/mm/transparent_hugepage/enabled), so\n  \
              I/O buffers are scattered 4 KiB pages and large reads may be split: expect slower device\n  \
              stages (up to 2x on virtio); `image` commands can use reserved pages with --hugetlb"
@@ -265,13 +265,15 @@ fn render(r: &BenchReport, a: &BenchArgs) -> ExitCode {
 fn print_table(rows: &[Row]) {
     let max = rows.iter().map(|r| r.bytes_per_s).fold(0.0, f64::max).max(1.0);
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(10);
-    println!(
+    outln!(
         "{:width$}  {:>10}  {:>10}  relative to the fastest",
-        "stage", "MB/s", "MiB/s"
+        "stage",
+        "MB/s",
+        "MiB/s"
     );
     for r in rows {
         let bar = "#".repeat(((r.bytes_per_s / max) * 40.0).round() as usize);
-        println!(
+        outln!(
             "{:width$}  {:>10.0}  {:>10.1}  {bar}",
             r.name,
             r.bytes_per_s / 1e6,
@@ -279,6 +281,6 @@ fn print_table(rows: &[Row]) {
         );
     }
     if std::io::stdout().is_terminal() {
-        println!("(MB = 10^6 bytes, MiB = 2^20 bytes)");
+        outln!("(MB = 10^6 bytes, MiB = 2^20 bytes)");
     }
 }
