@@ -959,3 +959,77 @@ fn export_kill_loop_sigint_sigterm_sigkill() {
     run_full(sleepy);
     assert!(leftovers(&[dir.path(), xfs.path(), ext4.path()]).is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Disk paths: another instance's disk named like a snapshot, one file shared by two instances,
+// a FIFO, a missing disk of a running instance.
+
+fn disk_spec(path: PathBuf, mib: u64) -> DiskSpec {
+    DiskSpec {
+        template: "file",
+        path,
+        mib,
+    }
+}
+
+#[test]
+fn another_instances_disk_named_like_a_snapshot_is_never_swept() {
+    let dir = scratch();
+    let roots = node_roots(dir.path(), 2);
+    let disks = dir.path().join("disks");
+    fs::create_dir(&disks).unwrap();
+    let a_disk = disks.join("a.img");
+    let b_disk = disks.join("a.img.ds-snap-a-1");
+    make_disk(&a_disk, 1 << 20, Data::Mixed, 1);
+    make_disk(&b_disk, 1 << 20, Data::Mixed, 2);
+    let b_bytes = fs::read(&b_disk).unwrap();
+    // b's disk named like a snapshot of a's disk by process 1: the config is refused.
+    let a = inst("a", "down", vec![disk_spec(a_disk.clone(), 1)], None);
+    let b = inst("b", "down", vec![disk_spec(b_disk.clone(), 1)], None);
+    let cfg = write_cluster(dir.path(), &roots, &[a.clone(), b], &[]);
+    let (ok, out, err) = ds_text(&["export", "--cluster", s(&cfg), "-n", "node2", "a"]);
+    assert!(!ok, "exported:\n{out}\n{err}");
+    assert!(
+        err.contains("instances[1].disks[0].path") && err.contains(".ds-snap-") && err.contains(s(&b_disk)),
+        "{err}"
+    );
+    // b's disk reached through a symbolic link of an ordinary name: the config cannot see the
+    // name, the sweep of a's snapshots must still keep the file.
+    let link = disks.join("b.img");
+    std::os::unix::fs::symlink("a.img.ds-snap-a-1", &link).unwrap();
+    let b = inst("b", "down", vec![disk_spec(link, 1)], None);
+    let cfg = write_cluster(dir.path(), &roots, &[a, b], &[]);
+    let (ok, out, err) = ds_text(&["export", "--cluster", s(&cfg), "-n", "node2", "a"]);
+    assert!(ok, "{out}\n{err}");
+    assert_eq!(fs::read(&b_disk).unwrap(), b_bytes, "b's disk is untouched");
+    assert!(
+        err.contains("disk/0 of instance b") && !err.contains("Removed stale snapshot"),
+        "the sweep says why it kept the file: {err}"
+    );
+    check_export_complete(&export_dir(&roots[1]).join("a"), 1 << 20).unwrap();
+}
+
+#[test]
+fn remove_instance_never_deletes_a_disk_another_instance_shares() {
+    let dir = scratch();
+    let roots = node_roots(dir.path(), 2);
+    let shared = dir.path().join("shared.img");
+    make_disk(&shared, 1 << 20, Data::Mixed, 3);
+    // The same file spelled differently by each instance.
+    let a = inst("a", "down", vec![disk_spec(shared.clone(), 1)], None);
+    let b = inst("b", "down", vec![disk_spec(dir.path().join(".//shared.img"), 1)], None);
+    let cfg = write_cluster(dir.path(), &roots, &[a, b], &[]);
+    let before = fs::read_to_string(&cfg).unwrap();
+    let (ok, out, err) = ds_text(&["export", "--cluster", s(&cfg), "-n", "node2", "--remove-instance", "a"]);
+    assert!(!ok, "exported and removed:\n{out}\n{err}");
+    for part in [
+        "instances[1].disks[0].path",
+        "instance 'b'",
+        "disk/0 of instance 'a'",
+        s(&shared),
+    ] {
+        assert!(err.contains(part), "the error names {part}: {err}");
+    }
+    assert!(shared.exists(), "the shared disk is still there");
+    assert_eq!(fs::read_to_string(&cfg).unwrap(), before, "the config is unchanged");
+}

@@ -318,7 +318,18 @@ pub struct Stale {
     pub error: Option<String>,
 }
 
-/// Removes every snapshot of `inst`'s disks left by earlier runs. Call only while holding the
+/// Why a leftover that looks like a snapshot is kept: it is (or a disk's path leads to it) the
+/// backing file or device of a disk in the cluster config. The config refuses disk paths named
+/// like snapshots; this guards against what that cannot see (a disk path that is a symbolic
+/// link to such a name, a config changed since).
+fn kept_as_disk(cluster: &Cluster, p: &Path) -> Option<String> {
+    cluster.disk_owner(p).map(|(inst, j)| {
+        format!("not removed: it is the backing file or device of disk/{j} of instance {inst} in the cluster config")
+    })
+}
+
+/// Removes every snapshot of `inst`'s disks left by earlier runs, except any that is a disk of
+/// an instance in the config ([`kept_as_disk`]). Call only while holding the
 /// instance lock exclusively.
 pub fn sweep_stale(cluster: &Cluster, inst: &Instance) -> Vec<Stale> {
     let mut out = Vec::new();
@@ -338,11 +349,15 @@ pub fn sweep_stale(cluster: &Cluster, inst: &Instance) -> Vec<Stale> {
                     let name = e.file_name().to_string_lossy().into_owned();
                     if let Some(pid) = name.strip_prefix(&prefix).filter(|p| is_pid(p)) {
                         let p = e.path();
+                        let error = match kept_as_disk(cluster, &p) {
+                            Some(why) => Some(why),
+                            None => fs::remove_file(&p).err().map(|e| e.to_string()),
+                        };
                         out.push(Stale {
                             index,
                             name: p.display().to_string(),
                             pid: pid.parse().ok(),
-                            error: fs::remove_file(&p).err().map(|e| e.to_string()),
+                            error,
                         });
                     }
                 }
@@ -360,13 +375,17 @@ pub fn sweep_stale(cluster: &Cluster, inst: &Instance) -> Vec<Stale> {
                 let prefix = format!("{lv}{SNAP_MARKER}{}-", sanitize(&inst.name));
                 for name in String::from_utf8_lossy(&o.stdout).split_whitespace() {
                     if let Some(pid) = name.strip_prefix(&prefix).filter(|p| is_pid(p)) {
+                        let error = match kept_as_disk(cluster, Path::new(&format!("/dev/{vg}/{name}"))) {
+                            Some(why) => Some(why),
+                            None => run_tool("lvremove", &["-f", &format!("{vg}/{name}")])
+                                .err()
+                                .map(|e| e.to_string()),
+                        };
                         out.push(Stale {
                             index,
                             name: format!("{vg}/{name}"),
                             pid: pid.parse().ok(),
-                            error: run_tool("lvremove", &["-f", &format!("{vg}/{name}")])
-                                .err()
-                                .map(|e| e.to_string()),
+                            error,
                         });
                     }
                 }

@@ -326,3 +326,84 @@ fn agent_addresses_and_the_pki_dir() {
     ));
     assert!(e.contains("cluster.pki: must not be empty"), "{e}");
 }
+
+/// BASE with a second instance `inst2` whose one disk is `path` (on node `node`).
+fn with_second_disk(node: &str, path: &str) -> String {
+    format!(
+        "{BASE}\n[[instances]]\nname = \"inst2\"\nuuid = \"i-2\"\nprimary_node = \"{node}\"\nos = \"noop\"\n\
+         hypervisor = \"kvm\"\nadmin_state = \"down\"\nbeparams = {{ maxmem = 1, minmem = 1, vcpus = 1 }}\n\
+         [[instances.disks]]\nuuid = \"d-2\"\nsize = 10\ntemplate = \"file\"\npath = {path:?}\n"
+    )
+}
+
+#[test]
+fn disk_paths_named_like_snapshots_are_refused() {
+    // The stale-snapshot sweep of inst1 would take `d1.img.ds-snap-inst1.example.com-1` for a
+    // snapshot a killed export left, and delete inst2's disk.
+    for p in [
+        "disks/d1.img.ds-snap-inst1.example.com-1",
+        "/srv/x.ds-snap-y",
+        "/dev/vg/lv.ds-snap-a-1",
+    ] {
+        let e = invalid(&with_second_disk("node1.example.com", p));
+        assert!(
+            e.contains("instances[1].disks[0].path") && e.contains(p) && e.contains(".ds-snap-"),
+            "{p}: {e}"
+        );
+    }
+    // `ds-snap` without the marker's dots is an ordinary name.
+    parse(&with_second_disk("node1.example.com", "disks/ds-snap.img")).unwrap();
+}
+
+#[test]
+fn two_disks_with_one_backing_file_are_refused_naming_both() {
+    // Relative and absolute spellings of one path (the config lives in /etc/ds).
+    for p in [
+        "disks/d1.img",
+        "/etc/ds/disks/d1.img",
+        "./disks//d1.img",
+        "/etc/ds/disks/./d1.img/",
+    ] {
+        let e = invalid(&with_second_disk("node1.example.com", p));
+        for part in [
+            "instances[1].disks[0].path",
+            "/etc/ds/disks/d1.img",
+            "instance 'inst2'",
+            "disk/0 of instance 'inst1.example.com'",
+            "instances[0].disks[0].path",
+        ] {
+            assert!(e.contains(part), "{p}: the error names {part}: {e}");
+        }
+    }
+    // Two disks of one instance.
+    let two = BASE.replace(
+        "path = \"disks/d1.img\"\n",
+        "path = \"disks/d1.img\"\n[[instances.disks]]\nuuid = \"d-1b\"\nsize = 10\ntemplate = \"file\"\npath = \"disks/d1.img\"\n",
+    );
+    let e = invalid(&two);
+    assert!(
+        e.contains("instances[0].disks[1].path") && e.contains("disk/0 of instance 'inst1.example.com'"),
+        "{e}"
+    );
+    // A symbolic link to an existing disk file is the same file.
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("disks")).unwrap();
+    fs::write(dir.path().join("disks/d1.img"), b"").unwrap();
+    std::os::unix::fs::symlink("disks/d1.img", dir.path().join("alias.img")).unwrap();
+    let cfg = dir.path().join("cluster.toml");
+    fs::write(&cfg, with_second_disk("node1.example.com", "alias.img")).unwrap();
+    let e = Cluster::load(&cfg).unwrap_err().to_string();
+    assert!(
+        e.contains("instances[1].disks[0].path") && e.contains("alias.img"),
+        "{e}"
+    );
+    // Different files are fine, and so is one path on two agents' machines.
+    parse(&with_second_disk("node1.example.com", "disks/d2.img")).unwrap();
+    let agents = with_second_disk("node2.example.com", "/etc/ds/disks/d1.img")
+        .replace(
+            "root = \"vc/node1\"",
+            "root = \"vc/node1\"\naddress = \"10.0.0.1:1811\"",
+        )
+        .replace("offline = true", "address = \"10.0.0.2:1811\"");
+    parse(&agents).unwrap();
+}

@@ -12,11 +12,12 @@
 //! the result and replace the file atomically.
 //!
 //! The module is split along jobs: [`schema`] is the file's shape (serde types), [`validate`]
-//! checks a parsed file, [`layout`] is where things live under a node's root, [`edit`] changes
-//! the file in place under a lock.
+//! checks a parsed file, [`layout`] is where things live under a node's root, `paths` checks
+//! that no two disks share a backing file, [`edit`] changes the file in place under a lock.
 
 mod edit;
 mod layout;
+mod paths;
 pub mod schema;
 pub mod validate;
 
@@ -31,8 +32,8 @@ pub use edit::update_file;
 pub use layout::{DATA_SUBDIR, EXPORT_SUBDIR, HOOKS_SUBDIR, LOG_SUBDIR, RUN_SUBDIR};
 pub use schema::*;
 pub use validate::{
-    is_safe_name, match_name_component, reserved_instance_name, Invalid, KNOWN_BEPARAMS, MAX_DISKS, MAX_DISK_SIZE_MIB,
-    MAX_HOOKS_SECONDS, MAX_NAME_LEN, MAX_NICS, REQUIRED_BEPARAMS,
+    is_safe_name, match_name_component, reserved_disk_path, reserved_instance_name, Invalid,
+    KNOWN_BEPARAMS, MAX_DISKS, MAX_DISK_SIZE_MIB, MAX_HOOKS_SECONDS, MAX_NAME_LEN, MAX_NICS, REQUIRED_BEPARAMS,
 };
 
 /// The default per-script hook timeout: Ganeti's `RPC_TMO_NORMAL` (15 minutes), which in Ganeti
@@ -117,7 +118,15 @@ impl Cluster {
             file: path.clone(),
             source,
         })?;
-        Ok(Self { path, base_dir, config })
+        let cluster = Self { path, base_dir, config };
+        cluster
+            .check_disk_paths()
+            .map_err(|Invalid { key, msg }| ConfigError::Invalid {
+                file: cluster.path.clone(),
+                key,
+                msg,
+            })?;
+        Ok(cluster)
     }
 
     /// The config file this was loaded from.

@@ -115,6 +115,20 @@ pub fn reserved_instance_name(name: &str) -> Option<String> {
     None
 }
 
+/// Why a disk's path cannot be used, or `None` if it is fine: a file or LV name containing
+/// `.ds-snap-` looks like the snapshot of another disk (`<disk>.ds-snap-<instance>-<pid>`), and
+/// the export of that instance would remove it as a snapshot a killed export left behind.
+pub fn reserved_disk_path(path: &std::path::Path) -> Option<String> {
+    use crate::names::SNAP_MARKER;
+    let name = path.file_name()?.to_string_lossy();
+    name.contains(SNAP_MARKER).then(|| {
+        format!(
+            "its name contains '{SNAP_MARKER}', which diskstream uses in the names of disk \
+             snapshots (an export could remove it as a stale snapshot of another disk)"
+        )
+    })
+}
+
 fn check_name_len(key: &str, what: &str, name: &str) -> Result<(), Invalid> {
     if name.len() > MAX_NAME_LEN {
         Err(invalid(
@@ -378,6 +392,12 @@ fn check_disks<'a>(inst: &'a Instance, key: &str, uuids: &mut HashSet<&'a str>) 
         check_snapshot_name_len(inst, d, &dk)?;
         if d.path.as_os_str().is_empty() {
             return Err(invalid(format!("{dk}.path"), "must not be empty"));
+        }
+        if let Some(why) = reserved_disk_path(&d.path) {
+            return Err(invalid(
+                format!("{dk}.path"),
+                format!("disk path '{}' cannot be used: {why}", d.path.display()),
+            ));
         }
         if d.mode != "rw" && d.mode != "ro" {
             return Err(invalid(
