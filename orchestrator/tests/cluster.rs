@@ -407,3 +407,33 @@ fn two_disks_with_one_backing_file_are_refused_naming_both() {
         .replace("offline = true", "address = \"10.0.0.2:1811\"");
     parse(&agents).unwrap();
 }
+
+#[test]
+fn remove_instance_through_a_symlink_edits_and_locks_the_real_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let real_dir = dir.path().join("real");
+    let link_dir = dir.path().join("link");
+    fs::create_dir(&real_dir).unwrap();
+    fs::create_dir(&link_dir).unwrap();
+    let real = real_dir.join("cluster.toml");
+    let link = link_dir.join("cluster.toml");
+    fs::write(&real, with_second_disk("node1.example.com", "disks/d2.img")).unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    Cluster::remove_instance(&link, "inst2").unwrap();
+    assert!(
+        fs::symlink_metadata(&link).unwrap().file_type().is_symlink(),
+        "the link is still a link"
+    );
+    assert!(
+        Cluster::load(&real).unwrap().instance("inst2").is_none(),
+        "the real file changed"
+    );
+    assert!(Cluster::load(&link).unwrap().instance("inst1.example.com").is_some());
+    // The lock is the real file's: one lock whatever name the file is edited through.
+    assert!(real_dir.join(".cluster.toml.lock").exists());
+    let names: Vec<_> = fs::read_dir(&link_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["cluster.toml"], "nothing created next to the link");
+}
