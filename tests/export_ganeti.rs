@@ -506,3 +506,35 @@ fn remove_instance_failure_is_a_warning_with_ignore_remove_failures() {
     let info = ganeti(&f.roots[1], &["info", s(&f.export_dir(2).join(INST))]);
     assert_eq!(info["import"]["disks"].as_array().map(Vec::len), Some(2), "{info}");
 }
+
+/// Our `config.ini` writer against Ganeti's reader where the file could go wrong: a `\r` in a
+/// value (Ganeti reads the file with universal newlines) must not become a key of its own, and
+/// the names and texts the cluster config accepts (an OS parameter with `-`, a value with line
+/// breaks) are read back exactly. The cluster config refuses `\r` in the first place
+/// (`orchestrator/tests/cluster.rs`); this is the writer's own guard.
+#[test]
+fn ganeti_reads_no_injected_key_from_a_carriage_return() {
+    use diskstream_orchestrator::export::config_ini::IniDocument;
+    let f = fixture(false);
+    f.export(false);
+    let ini = f.export_dir(2).join(INST).join("config.ini");
+    let mut doc = IniDocument::parse(&fs::read_to_string(&ini).unwrap()).unwrap();
+    let os = doc.sections.iter_mut().find(|s| s.name == "os").unwrap();
+    os.entries.push(("cr".into(), "one\rinjected = 1".into()));
+    os.entries.push(("crlf".into(), "two\r\n[backend]".into()));
+    os.entries.push(("dhcp-allowed".into(), "a\nb = c".into()));
+    fs::write(&ini, doc.to_ganeti_string()).unwrap();
+    let v = ganeti(&f.roots[1], &["info", s(&f.export_dir(2).join(INST))]);
+    assert!(v.get("error").is_none(), "Ganeti cannot read the file: {v}");
+    let sec = &v["sections"];
+    assert_eq!(
+        sec["os"],
+        json!({
+            "dhcp": "yes", "fill_ratio": "50% of 100%",
+            "banner": "it's  \"quoted\"; ; # not a comment",
+            "cr": "one\ninjected = 1", "crlf": "two\n[backend]", "dhcp-allowed": "a\nb = c",
+        }),
+        "no key or section injected"
+    );
+    assert_eq!(sec["backend"]["maxmem"], "1024", "[backend] is still the real one");
+}

@@ -437,3 +437,66 @@ fn remove_instance_through_a_symlink_edits_and_locks_the_real_file() {
         .collect();
     assert_eq!(names, ["cluster.toml"], "nothing created next to the link");
 }
+
+#[test]
+fn parameter_names_must_be_ganeti_names_and_texts_carry_no_cr_or_nul() {
+    let with = |table: &str, kv: &str| {
+        BASE.replace(
+            "beparams = { maxmem = 128, minmem = 128, vcpus = 1 }",
+            &format!("beparams = {{ maxmem = 128, minmem = 128, vcpus = 1 }}\n{table} = {{ {kv} }}"),
+        )
+    };
+    for (table, kv, key) in [
+        (
+            "hvparams",
+            r#"Kernel_Path = "a", kernel_path = "b""#,
+            "hvparams.Kernel_Path",
+        ),
+        ("osparams", r#""nl\nkey" = "v""#, r"osparams.nl\nkey"),
+        ("osparams", r#""k=v" = "v""#, "osparams.k=v"),
+        ("osparams_private", r#""[sec]" = "v""#, "osparams_private.[sec]"),
+        ("hvparams", r#""a-b" = "v""#, "hvparams.a-b"),
+        ("osparams", r#""" = "v""#, "osparams."),
+    ] {
+        let e = invalid(&with(table, kv));
+        assert!(
+            e.contains(&format!("instances[0].{key}: invalid")) && e.contains("parameter name"),
+            "{kv}: {e}"
+        );
+    }
+    for (table, kv, key, shown) in [
+        (
+            "osparams",
+            r#"x = "one\rinjected = 1""#,
+            "osparams.x",
+            r#""one\rinjected = 1""#,
+        ),
+        (
+            "hvparams",
+            r#"kernel_args = "a\u0000b""#,
+            "hvparams.kernel_args",
+            r#""a\0b""#,
+        ),
+        (
+            "osparams_private",
+            r#"pw = "s3cret\r""#,
+            "osparams_private.pw",
+            "(not shown)",
+        ),
+    ] {
+        let e = invalid(&with(table, kv));
+        assert!(
+            e.contains(&format!("instances[0].{key}: ")) && e.contains(shown),
+            "{kv}: {e}"
+        );
+        assert!(!e.contains("s3cret"), "a private value is never shown: {e}");
+    }
+    let e = invalid(&BASE.replace("os = \"noop\"", "os = \"noop\\r[x]\""));
+    assert!(
+        e.contains("instances[0].os: the value \"noop\\r[x]\" contains a carriage return"),
+        "{e}"
+    );
+    // Ganeti's names, OS parameters with '-', and line breaks in values are fine.
+    parse(&with("hvparams", r#"kernel_path = "", vnc_x509_path = "/x""#)).unwrap();
+    parse(&with("osparams", r#"dhcp-allowed = "yes", motd = "a\nb""#)).unwrap();
+}

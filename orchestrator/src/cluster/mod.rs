@@ -32,7 +32,7 @@ pub use edit::update_file;
 pub use layout::{DATA_SUBDIR, EXPORT_SUBDIR, HOOKS_SUBDIR, LOG_SUBDIR, RUN_SUBDIR};
 pub use schema::*;
 pub use validate::{
-    is_safe_name, match_name_component, reserved_disk_path, reserved_instance_name, Invalid,
+    is_param_name, is_safe_name, match_name_component, reserved_disk_path, reserved_instance_name, Invalid,
     KNOWN_BEPARAMS, MAX_DISKS, MAX_DISK_SIZE_MIB, MAX_HOOKS_SECONDS, MAX_NAME_LEN, MAX_NICS, REQUIRED_BEPARAMS,
 };
 

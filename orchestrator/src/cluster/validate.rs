@@ -171,6 +171,7 @@ pub fn validate(c: &ClusterConfig) -> Result<(), Invalid> {
     if c.cluster.name.is_empty() {
         return Err(invalid("cluster.name", "must not be empty"));
     }
+    check_text("cluster.name", &c.cluster.name, false)?;
     check_seconds("cluster.hooks_timeout", c.cluster.hooks_timeout)?;
     check_seconds("cluster.hooks_report_interval", c.cluster.hooks_report_interval)?;
     if c.cluster.pki.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
@@ -311,6 +312,7 @@ fn validate_instance<'a>(
         return Err(invalid(format!("{key}.hypervisor"), "must not be empty"));
     }
     check_params(inst, key)?;
+    check_instance_texts(inst, key)?;
     check_nics(inst, key, uuids)?;
     check_disks(inst, key, uuids)?;
     check_driver(inst, key)
@@ -325,6 +327,7 @@ fn check_params(inst: &Instance, key: &str) -> Result<(), Invalid> {
             None => return Err(invalid(format!("{key}.beparams.{p}"), "is required")),
         }
     }
+    check_param_tables(inst, key)?;
     if let Some(k) = inst.beparams.keys().find(|k| !KNOWN_BEPARAMS.contains(&k.as_str())) {
         return Err(invalid(
             format!("{key}.beparams.{k}"),
@@ -342,6 +345,102 @@ fn check_params(inst: &Instance, key: &str) -> Result<(), Invalid> {
             format!("{key}.disks"),
             format!("at most {MAX_DISKS} disks are allowed"),
         ));
+    }
+    Ok(())
+}
+
+/// Whether `k` is a parameter name as Ganeti spells them: lower-case ASCII letters, digits and
+/// `_` (every name in Ganeti's `HVS_PARAMETERS` and `BES_PARAMETERS`), and for OS parameters
+/// also `-` (Ganeti turns it into `_` in the OS scripts' `OSP_*` variables).
+pub fn is_param_name(k: &str, dash: bool) -> bool {
+    !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || (dash && b == b'-'))
+}
+
+/// Refuses a text that reaches `config.ini` and hook environments with a character neither can
+/// carry: `\r` (Ganeti reads `config.ini` with universal newlines, so a `\r` ends the line and
+/// what follows is read as a key of its own) and NUL (no environment variable can hold one).
+/// A private value (`osparams_private`) is not shown in the message.
+pub fn check_text(key: &str, s: &str, private: bool) -> Result<(), Invalid> {
+    let bad = match () {
+        _ if s.contains('\r') => "a carriage return ('\\r'), which Ganeti's config.ini reader takes for a line break",
+        _ if s.contains('\0') => "a NUL byte, which no hook environment variable can hold",
+        _ => return Ok(()),
+    };
+    let value = if private {
+        "the private value (not shown)".to_string()
+    } else {
+        let shown: String = s.chars().take(64).collect();
+        let more = if shown.len() < s.len() { "..." } else { "" };
+        format!("the value \"{}\"{more}", shown.escape_debug())
+    };
+    Err(invalid(key, format!("{value} contains {bad}")))
+}
+
+/// Keys and values of `hvparams`, `beparams`, `osparams` and `osparams_private`: keys must be
+/// Ganeti parameter names ([`is_param_name`]; `config.ini` writes them as keys, where `=`, `:`,
+/// `[` or a line break would make Ganeti read other keys or sections, and lower-cases them, so
+/// `Kernel_Path` and `kernel_path` would become one key twice), values pass [`check_text`].
+fn check_param_tables(inst: &Instance, key: &str) -> Result<(), Invalid> {
+    let tables = [
+        ("hvparams", &inst.hvparams, false, "hypervisor"),
+        ("beparams", &inst.beparams, false, "backend"),
+        ("osparams", &inst.osparams, true, "OS"),
+        ("osparams_private", &inst.osparams_private, true, "OS"),
+    ];
+    for (table, map, dash, what) in tables {
+        for (k, v) in map {
+            let pk = format!("{key}.{table}.{}", k.escape_debug());
+            if !is_param_name(k, dash) {
+                let chars = if dash { "'_' and '-'" } else { "'_'" };
+                return Err(invalid(
+                    pk,
+                    format!(
+                        "invalid {what} parameter name \"{}\": Ganeti's parameter names are lower-case \
+                         letters, digits and {chars} (config.ini lower-cases keys and cannot hold '=', \
+                         ':', '[' or line breaks in them)",
+                        k.escape_debug()
+                    ),
+                ));
+            }
+            if let ParamValue::Str(s) = v {
+                check_text(&pk, s, table == "osparams_private")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The texts of an instance that reach `config.ini` and hooks besides its parameters.
+fn check_instance_texts(inst: &Instance, key: &str) -> Result<(), Invalid> {
+    check_text(&format!("{key}.os"), &inst.os, false)?;
+    check_text(&format!("{key}.hypervisor"), &inst.hypervisor, false)?;
+    for (j, t) in inst.tags.iter().enumerate() {
+        check_text(&format!("{key}.tags[{j}]"), t, false)?;
+    }
+    for (j, n) in inst.nics.iter().enumerate() {
+        let fields = [
+            ("mac", Some(&n.mac)),
+            ("ip", n.ip.as_ref()),
+            ("network", n.network.as_ref()),
+            ("name", n.name.as_ref()),
+            ("mode", Some(&n.mode)),
+            ("link", Some(&n.link)),
+            ("vlan", Some(&n.vlan)),
+        ];
+        for (f, v) in fields {
+            if let Some(v) = v {
+                check_text(&format!("{key}.nics[{j}].{f}"), v, false)?;
+            }
+        }
+    }
+    for (j, d) in inst.disks.iter().enumerate() {
+        for (f, v) in [("name", d.name.as_ref()), ("iv_name", d.iv_name.as_ref())] {
+            if let Some(v) = v {
+                check_text(&format!("{key}.disks[{j}].{f}"), v, false)?;
+            }
+        }
     }
     Ok(())
 }

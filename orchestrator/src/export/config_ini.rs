@@ -75,13 +75,31 @@ impl IniDocument {
     }
 
     /// The text, as Python's `ConfigParser.write` (through Ganeti's `Dumps`) produces it.
+    ///
+    /// Keys are lower-cased and must then be parameter-like names (ASCII letters, digits, `_`,
+    /// `-`; the cluster config refuses any other, [`crate::cluster::is_param_name`]): anything
+    /// else (`=`, `:`, a leading `[`, a line break) would make Ganeti read another key or
+    /// section, so it panics rather than write a file Ganeti misreads. In values, `\r\n` and a
+    /// lone `\r` are written as line breaks (Ganeti reads the file with universal newlines: a
+    /// `\r` written as is would end the line and start a key of its own), every line break as a
+    /// continuation line, `%` as `%%`.
     pub fn to_ganeti_string(&self) -> String {
         let mut out = String::new();
         for s in &self.sections {
             let _ = writeln!(out, "[{}]", s.name);
             for (k, v) in &s.entries {
-                let v = v.replace('%', "%%").replace('\n', "\n\t");
-                let _ = writeln!(out, "{} = {v}", k.to_lowercase());
+                let k = k.to_lowercase();
+                assert!(
+                    is_ini_key(&k),
+                    "config.ini key {k:?} in [{}] is not a parameter name",
+                    s.name
+                );
+                let v = v
+                    .replace("\r\n", "\n")
+                    .replace('\r', "\n")
+                    .replace('%', "%%")
+                    .replace('\n', "\n\t");
+                let _ = writeln!(out, "{k} = {v}");
             }
             out.push('\n');
         }
@@ -136,6 +154,13 @@ impl IniDocument {
         }
         Ok(doc)
     }
+}
+
+/// A key [`IniDocument::to_ganeti_string`] writes: lower-case ASCII letters, digits, `_`, `-`.
+fn is_ini_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn unescape(v: &str, line: usize) -> Result<String, IniError> {
@@ -256,6 +281,27 @@ mod tests {
         assert_eq!(back.get("os", "ratio"), Some("50%"));
         assert_eq!(back.get("os", "motd"), Some("a\nb"));
         assert_eq!(back.get("os", "empty"), Some(""));
+    }
+
+    #[test]
+    fn carriage_returns_become_continuation_lines() {
+        let mut doc = IniDocument::default();
+        let s = doc.section("os");
+        s.entries.push(("a".into(), "one\rinjected = 1".into()));
+        s.entries.push(("b".into(), "x\r\ny".into()));
+        let text = doc.to_ganeti_string();
+        assert_eq!(text, "[os]\na = one\n\tinjected = 1\nb = x\n\ty\n\n");
+        assert!(!text.contains('\r'));
+    }
+
+    #[test]
+    fn keys_that_are_not_names_are_never_written() {
+        for k in ["k=v", "[sec]", "nl\nkey", "c:d", "", "a b"] {
+            let mut doc = IniDocument::default();
+            doc.section("os").entries.push((k.into(), "v".into()));
+            let r = std::panic::catch_unwind(|| doc.to_ganeti_string());
+            assert!(r.is_err(), "{k:?} was written");
+        }
     }
 
     #[test]
