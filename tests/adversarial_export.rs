@@ -1033,3 +1033,29 @@ fn remove_instance_never_deletes_a_disk_another_instance_shares() {
     assert!(shared.exists(), "the shared disk is still there");
     assert_eq!(fs::read_to_string(&cfg).unwrap(), before, "the config is unchanged");
 }
+
+#[test]
+fn a_disk_that_is_a_fifo_is_refused_at_once() {
+    let dir = scratch();
+    let roots = node_roots(dir.path(), 2);
+    let fifo = dir.path().join("disk.fifo");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success(), "mkfifo");
+    let cfg = write_cluster(
+        dir.path(),
+        &roots,
+        &[inst(INST, "down", vec![disk_spec(fifo.clone(), 1)], None)],
+        &[],
+    );
+    // Before the fix the size check's open blocked for ever (holding the locks).
+    let out = ds_within(
+        &["export", "--cluster", s(&cfg), "-n", "node2", INST],
+        Duration::from_secs(60),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    for part in ["disk/0", INST, s(&fifo), "FIFO"] {
+        assert!(err.contains(part), "the error names {part}: {err}");
+    }
+    assert!(!export_dir(&roots[1]).join(INST).exists());
+}

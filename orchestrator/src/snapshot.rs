@@ -234,7 +234,8 @@ pub fn create(index: usize, disk: &Disk, path: &Path, instance: &str) -> Result<
                 .to_string_lossy()
                 .into_owned();
             let snap = crate::fsutil::parent_dir(path).join(snapshot_name(&base, instance, pid));
-            let src = File::open(path).map_err(file_err(path))?;
+            // Never blocks on a FIFO, even one swapped in after the size check.
+            let src = diskstream_engine::input::open_checked(path, "the disk", false, 0).map_err(file_err(path))?;
             let dst = OpenOptions::new()
                 .write(true)
                 .create_new(true)

@@ -218,8 +218,11 @@ impl NodeOps for LocalNodeOps<'_> {
 
     fn backing_size(&self, _node: &str, instance: &str, disk: usize) -> Result<Option<u64>, NodeError> {
         let path = self.cluster.disk_path(self.disk(instance, disk)?);
-        // A block device's size is where its end is.
-        match std::fs::File::open(&path).and_then(|mut f| f.seek(SeekFrom::End(0))) {
+        // Only a regular file or a block device, decided by `stat` and checked again on the
+        // descriptor, opened with O_NONBLOCK: a FIFO (or one swapped in after the `stat`) never
+        // blocks the export. A block device's size is where its end is.
+        let open = diskstream_engine::input::open_checked(&path, "the disk", true, 0);
+        match open.and_then(|mut f| f.seek(SeekFrom::End(0))) {
             Ok(n) => Ok(Some(n)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(NodeError::Io(e)),
