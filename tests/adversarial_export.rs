@@ -1059,3 +1059,23 @@ fn a_disk_that_is_a_fifo_is_refused_at_once() {
     }
     assert!(!export_dir(&roots[1]).join(INST).exists());
 }
+
+#[test]
+fn a_missing_disk_of_a_running_instance_is_refused_before_it_is_stopped() {
+    let dir = scratch();
+    let roots = node_roots(dir.path(), 2);
+    let there = dir.path().join("there.img");
+    make_disk(&there, 1 << 20, Data::Mixed, 4);
+    let missing = dir.path().join("missing.img");
+    let disks = vec![disk_spec(there, 1), disk_spec(missing.clone(), 1)];
+    let cfg = write_cluster(dir.path(), &roots, &[inst(INST, "up", disks, Some(sleeper()))], &[]);
+    let guard = InstanceGuard::new(&cfg, INST, true);
+    let pid = guard.pid().expect("the instance runs");
+    let (ok, out, err) = ds_text(&["export", "--cluster", s(&cfg), "-n", "node2", INST]);
+    assert!(!ok, "exported:\n{out}\n{err}");
+    for part in ["disk/1", s(&missing), "does not exist"] {
+        assert!(err.contains(part), "the error names {part}: {err}");
+    }
+    assert!(!err.contains("Shutting down"), "nothing was stopped: {err}");
+    assert_eq!(guard.pid(), Some(pid), "the instance kept running, never restarted");
+}

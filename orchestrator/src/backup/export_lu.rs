@@ -191,14 +191,29 @@ fn check_node_online(node: &Node) -> Result<(), OpError> {
 /// size would not match `diskN_size` in `config.ini` (an import would make a disk of the
 /// declared size and the dump would not fit, or leave its end unwritten). A mismatch is almost
 /// always a config error (a wrong `size`, or the wrong `path`), so it is refused before anything
-/// is changed. A missing backing file is left to the disk activation, which names it.
+/// is changed. A missing backing file of an instance that is not up is left to the disk
+/// activation, which names it; an instance that is up gets no activation (its disks are in
+/// use), and would be shut down before the transfer found the file missing, so for it a missing
+/// backing file is refused here, before anything is stopped.
 fn check_disk_sizes(c: &Cluster, nodes: &dyn NodeOps, inst: &Instance) -> Result<(), OpError> {
     for (i, d) in inst.disks.iter().enumerate() {
         let path = c.disk_path(d);
         let declared = d.size << 20;
         let actual = match nodes.backing_size(&inst.primary_node, &inst.name, i) {
             Ok(Some(n)) => n,
-            Ok(None) => continue,
+            Ok(None) if inst.admin_state != AdminState::Up => continue,
+            Ok(None) => {
+                return Err(OpError::prereq(
+                    Ecode::Environ,
+                    format!(
+                        "Disk disk/{i} of instance {}: its backing {} {} does not exist; refusing to \
+                         export (nothing was stopped)",
+                        inst.name,
+                        backing_kind(d.template),
+                        path.display()
+                    ),
+                ))
+            }
             Err(e) => {
                 let msg = format!(
                     "Cannot check the size of disk/{i} of instance {} ({}): {e}",
@@ -209,11 +224,7 @@ fn check_disk_sizes(c: &Cluster, nodes: &dyn NodeOps, inst: &Instance) -> Result
             }
         };
         if actual != declared {
-            let what = if d.template == DiskTemplate::File {
-                "file"
-            } else {
-                "device"
-            };
+            let what = backing_kind(d.template);
             return Err(OpError::prereq(
                 Ecode::State,
                 format!(
@@ -231,6 +242,15 @@ fn check_disk_sizes(c: &Cluster, nodes: &dyn NodeOps, inst: &Instance) -> Result
         }
     }
     Ok(())
+}
+
+/// What backs a disk of `template`, for messages.
+fn backing_kind(template: DiskTemplate) -> &'static str {
+    if template == DiskTemplate::File {
+        "file"
+    } else {
+        "device"
+    }
 }
 
 /// A size in MiB as the size check prints it: whole MiB, else two decimals.

@@ -57,6 +57,10 @@ impl Fixture {
         let stop = Arc::new(AtomicBool::new(false));
         let nodes = FakeNodes::new().with_stop(Arc::clone(&stop));
         nodes.set_running(INST, running);
+        // Both disks are there, with their declared size (1 MiB).
+        for d in 0..2 {
+            nodes.set_backing_size(d, 1 << 20);
+        }
         Self {
             dir,
             stop,
@@ -776,6 +780,29 @@ fn disk_size_mismatch_is_refused() {
         .msg
         .contains("is 3 MiB (3145728 bytes), but the cluster config declares size = 1 (1 MiB, 1048576 bytes)"));
     assert_eq!(f.calls(), prologue()[..2].to_vec());
+}
+
+/// A missing disk file of an instance that is up is refused before anything is stopped (no
+/// disk activation runs for it, so the transfer would find it only after the shutdown); for an
+/// instance that is down it is left to the disk activation, which names it.
+#[test]
+fn missing_disk_of_an_up_instance_is_refused_before_the_shutdown() {
+    let f = Fixture::new("up", true);
+    f.nodes.set_backing_missing(1);
+    let e = f.export(op()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Prereq);
+    assert!(
+        e.msg
+            .starts_with(&format!("Disk disk/1 of instance {INST}: its backing file "))
+            && e.msg.contains("disk1.img does not exist"),
+        "{e}"
+    );
+    assert_eq!(f.calls(), prologue()[..2].to_vec());
+    assert!(f.nodes.is_running(INST), "the instance still runs");
+    let f = Fixture::new("down", false);
+    f.nodes.set_backing_missing(1);
+    f.export(op()).unwrap();
+    assert!(f.calls().contains(&format!("activate_disks {N1} {INST}")));
 }
 
 /// The result serializes with the CLI's JSON field names.

@@ -106,10 +106,15 @@ impl FakeNodes {
         self.stale.lock().expect("fake").push(stale);
     }
 
-    /// Disk `disk`'s backing file has `bytes` bytes (else it is missing, which the LU leaves
-    /// to the disk activation).
+    /// Disk `disk`'s backing file has `bytes` bytes (until then it is missing: the LU refuses
+    /// that for an instance that is up and leaves it to the disk activation otherwise).
     pub fn set_backing_size(&self, disk: usize, bytes: u64) {
         self.sizes.lock().expect("fake").insert(disk, bytes);
+    }
+
+    /// Disk `disk`'s backing file is missing (again).
+    pub fn set_backing_missing(&self, disk: usize) {
+        self.sizes.lock().expect("fake").remove(&disk);
     }
 
     /// `node` holds an export of `instance`.
