@@ -363,10 +363,12 @@ pub fn is_param_name(k: &str, dash: bool) -> bool {
 /// what follows is read as a key of its own) and NUL (no environment variable can hold one).
 /// A private value (`osparams_private`) is not shown in the message.
 pub fn check_text(key: &str, s: &str, private: bool) -> Result<(), Invalid> {
-    let bad = match () {
-        _ if s.contains('\r') => "a carriage return ('\\r'), which Ganeti's config.ini reader takes for a line break",
-        _ if s.contains('\0') => "a NUL byte, which no hook environment variable can hold",
-        _ => return Ok(()),
+    let bad = if s.contains('\r') {
+        "a carriage return ('\\r'), which Ganeti's config.ini reader takes for a line break"
+    } else if s.contains('\0') {
+        "a NUL byte, which no hook environment variable can hold"
+    } else {
+        return Ok(());
     };
     let value = if private {
         "the private value (not shown)".to_string()
