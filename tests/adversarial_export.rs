@@ -676,8 +676,10 @@ fn sigterm_or_sighup_during_a_long_sleep_transfer_restarts_the_instance_and_keep
     let before = fs::read_to_string(ed.join("config.ini")).unwrap();
     // SIGHUP (an ssh session that drops) is handled as SIGTERM is: it used to kill the export
     // with the instance down and the staging directory left.
+    // Paced, so that the signal lands in the transfer of disk/1 (48 MiB in ~3 s, not 0.1 s).
+    let slow = [&args[..], &["--bwlimit", "16M"]].concat();
     for (sig, code, name) in [("TERM", 143, "SIGTERM"), ("HUP", 129, "SIGHUP")] {
-        let mut child = spawn_export(&args);
+        let mut child = spawn_export(&slow);
         // The --progress json events come on stderr (the JSON contract), the result on stdout.
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         for l in lines.by_ref() {
@@ -705,7 +707,7 @@ fn sigterm_or_sighup_during_a_long_sleep_transfer_restarts_the_instance_and_keep
     let mut child = Command::new("nohup")
         .arg(env!("CARGO_BIN_EXE_diskstream"))
         .arg("export")
-        .args(args)
+        .args(&slow)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
