@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use diskstream_orchestrator::cluster::Cluster;
 use diskstream_orchestrator::hooks::env::{export_hook_nodes, export_lu_env, phase_env, ExportHookParams, HookContext};
-use diskstream_orchestrator::hooks::{check_pre_results, HookStatus, HooksRunner, Phase};
+use diskstream_orchestrator::hooks::{check_pre_results, HookStatus, HooksRunner, Phase, OUTPUT_GRACE};
 use diskstream_orchestrator::ErrorKind;
 
 use HookStatus::{Fail, Skip, Success};
@@ -244,6 +244,89 @@ fn a_script_over_its_timeout_is_killed_with_its_process_group() {
         dead
     });
     assert!(gone, "background process {pid} survived the timeout");
+}
+
+/// Kills the process whose pid a hook wrote to `.0` when dropped, so a failing test leaves no
+/// `sleep` behind.
+struct KillOnDrop(PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(pid) = fs::read_to_string(&self.0) {
+            let _ = std::process::Command::new("kill").args(["-KILL", pid.trim()]).status();
+        }
+    }
+}
+
+fn gone(pid: &str) -> bool {
+    (0..100).any(|_| {
+        let state = fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        let dead = state.is_none_or(|s| s.rsplit(')').next().unwrap().trim().starts_with('Z'));
+        if !dead {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        dead
+    })
+}
+
+#[test]
+fn a_script_that_exits_leaving_a_child_on_its_output_is_cut_off_after_the_grace() {
+    let d = tempfile::tempdir().unwrap();
+    let pidfile = d.path().join("bg.pid");
+    let _kill = KillOnDrop(pidfile.clone());
+    script(
+        d.path(),
+        "bg",
+        &format!("echo before\nsleep 300 &\necho $! > {}\nexit 0", pidfile.display()),
+    );
+    script(d.path(), "then", "echo next");
+    let reports = std::sync::Mutex::new(Vec::new());
+    let start = Instant::now();
+    let r = HooksRunner::new(Duration::from_secs(30))
+        .run_parts_reporting(d.path(), &env_ab(), &|m| reports.lock().unwrap().push(m));
+    let took = start.elapsed();
+    // Not the whole 30 s timeout: the grace after the script's exit, then on.
+    assert!(took >= OUTPUT_GRACE, "took {took:?}");
+    assert!(took < OUTPUT_GRACE + Duration::from_secs(8), "took {took:?}");
+    assert_eq!(
+        r[0],
+        (
+            "bg".to_string(),
+            Success,
+            "before\nHook script exited, but processes it left behind kept its output open: output \
+             cut off and those processes killed after 2.0s"
+                .to_string()
+        )
+    );
+    assert_eq!(r[1], ("then".to_string(), Success, "next".to_string()));
+    assert_eq!(
+        *reports.lock().unwrap(),
+        [
+            "bg exited, leaving processes behind still running with its output open; they were killed \
+          after 2.0s and its output was cut off"
+        ]
+    );
+    let pid = fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    assert!(gone(&pid), "the leftover {pid} was not killed");
+}
+
+#[test]
+fn a_script_whose_background_child_closed_its_output_is_not_waited_for() {
+    let d = tempfile::tempdir().unwrap();
+    let pidfile = d.path().join("bg.pid");
+    let _kill = KillOnDrop(pidfile.clone());
+    script(
+        d.path(),
+        "bg",
+        &format!(
+            "sleep 300 >/dev/null 2>&1 &\necho $! > {}\necho done",
+            pidfile.display()
+        ),
+    );
+    let start = Instant::now();
+    let r = HooksRunner::new(Duration::from_secs(30)).run_parts(d.path(), &env_ab());
+    assert!(start.elapsed() < OUTPUT_GRACE, "took {:?}", start.elapsed());
+    assert_eq!(r, [("bg".to_string(), Success, "done".to_string())]);
 }
 
 // ---------------------------------------------------------------------------------------------

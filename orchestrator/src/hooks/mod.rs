@@ -16,6 +16,12 @@
 //! which std only offers as `unsafe` `pre_exec`, and it reaches only the script itself, not
 //! the processes it started.)
 //!
+//! A script's output ends when every process holding its stdout/stderr has closed them. A
+//! script that exits but leaves a background process holding them (`sleep 600 &`) would stall
+//! the operation until that process ends; once the script has exited, leftovers get
+//! [`OUTPUT_GRACE`], then the script's process group is killed, the output ends there with a
+//! note saying so, and `report` is told. The script's own exit status still decides its result.
+//!
 //! Output is bounded: only the last [`OUTPUT_TAIL`] bytes of a script's output are kept (as
 //! Ganeti keeps a script's "recent output"), the rest is read and discarded, and the result
 //! says how many bytes were left out.
@@ -43,6 +49,7 @@ use crate::error::{Ecode, ErrorKind, OpError};
 pub const HOOKS_PATH: &str = "/sbin:/bin:/usr/sbin:/usr/bin";
 
 pub use crate::cluster::{DEFAULT_REPORT_INTERVAL, DEFAULT_SCRIPT_TIMEOUT};
+pub use script::OUTPUT_GRACE;
 
 /// How much of a script's output is kept: the last 64 KiB.
 pub const OUTPUT_TAIL: usize = 64 * 1024;

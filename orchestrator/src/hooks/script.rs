@@ -18,6 +18,12 @@ use rustix::process::{Pid, Signal};
 
 use super::{HooksRunner, Ran, Report, Tail, HOOKS_PATH, OUTPUT_TAIL, POLL};
 
+/// How long, once a script has exited, processes it left behind may keep its output open
+/// before its process group is killed and the output is cut off. Ganeti's `RunCmd` waits for
+/// the end of the output without a limit; a hook that starts a daemon without redirecting its
+/// output would then hold the operation for as long as the daemon lives.
+pub const OUTPUT_GRACE: Duration = Duration::from_secs(2);
+
 /// A guard process that kills a script's process group if diskstream dies before disarming
 /// it: it waits for a line on a pipe whose only writer is this process.
 struct DeathGuard {
@@ -122,20 +128,15 @@ impl HooksRunner {
                 next_report += self.report_interval;
             }
         };
-        // Output ends when every process of the script closed the pipe; background processes left
-        // behind may keep it open, so they get the rest of the timeout and are then killed.
-        loop {
-            match eof_rx.recv_timeout(POLL) {
-                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-            }
-            if self.stopped() || started.elapsed() >= timeout {
-                interrupted |= self.stopped();
-                kill_group();
-                let _ = eof_rx.recv_timeout(Duration::from_secs(1));
-                break;
-            }
-        }
+        let end = if timed_out || interrupted {
+            // The group was killed: its output ends now.
+            let _ = eof_rx.recv_timeout(Duration::from_secs(1));
+            OutputEnd::Closed
+        } else {
+            self.await_output_end(&eof_rx, started, &kill_group, report)
+        };
+        interrupted |= matches!(end, OutputEnd::Stopped);
+        let cut_off = matches!(end, OutputEnd::CutOff);
         if let Some(g) = guard {
             g.disarm();
         }
@@ -143,9 +144,55 @@ impl HooksRunner {
         let text = output.lock().expect("reader").text();
         Ok(Ran {
             success: status.success() && !timed_out && !interrupted,
-            output: with_note(text, timed_out, interrupted, timeout),
+            output: with_note(text, timed_out, interrupted, cut_off, timeout),
         })
     }
+}
+
+impl HooksRunner {
+    /// Waits for the end of a script's output once the script has exited. Processes the script
+    /// left behind may keep it open: they get [`OUTPUT_GRACE`] (never past the script's timeout,
+    /// nor once the stop flag is set), then the script's process group is killed and the output
+    /// ends there, and `report` is told.
+    fn await_output_end(
+        &self,
+        eof_rx: &mpsc::Receiver<()>,
+        started: Instant,
+        kill_group: &dyn Fn(),
+        report: Report<'_>,
+    ) -> OutputEnd {
+        let exited = Instant::now();
+        loop {
+            match eof_rx.recv_timeout(POLL) {
+                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return OutputEnd::Closed,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            let stopped = self.stopped();
+            if stopped || started.elapsed() >= self.timeout || exited.elapsed() >= OUTPUT_GRACE {
+                kill_group();
+                let _ = eof_rx.recv_timeout(Duration::from_secs(1));
+                if stopped {
+                    return OutputEnd::Stopped;
+                }
+                report(format!(
+                    "exited, leaving processes behind still running with its output open; they were \
+                     killed after {:.1}s and its output was cut off",
+                    OUTPUT_GRACE.as_secs_f64()
+                ));
+                return OutputEnd::CutOff;
+            }
+        }
+    }
+}
+
+/// How a script's output ended after the script exited.
+enum OutputEnd {
+    /// Every process closed it.
+    Closed,
+    /// Processes left behind kept it open past the grace (or the timeout) and were killed.
+    CutOff,
+    /// The stop flag was set while they kept it open; they were killed.
+    Stopped,
 }
 
 /// Reads `reader` into `output` on a thread; the receiver hears when the pipe is closed.
@@ -165,7 +212,7 @@ fn read_into(mut reader: fs::File, output: Arc<Mutex<Tail>>) -> mpsc::Receiver<(
 }
 
 /// A script's output with a last line saying why it was killed, if it was.
-fn with_note(mut text: String, timed_out: bool, interrupted: bool, timeout: Duration) -> String {
+fn with_note(mut text: String, timed_out: bool, interrupted: bool, cut_off: bool, timeout: Duration) -> String {
     let note = if timed_out {
         Some(format!(
             "Hook script killed after the {:.1}s timeout",
@@ -173,6 +220,12 @@ fn with_note(mut text: String, timed_out: bool, interrupted: bool, timeout: Dura
         ))
     } else if interrupted {
         Some("Hook script killed: diskstream was interrupted".to_string())
+    } else if cut_off {
+        Some(format!(
+            "Hook script exited, but processes it left behind kept its output open: output cut off \
+             and those processes killed after {:.1}s",
+            OUTPUT_GRACE.as_secs_f64()
+        ))
     } else {
         None
     };
