@@ -125,7 +125,8 @@ pub trait LogicalUnit {
 }
 
 /// Acquires `names` at `level`, telling the operator once who holds them if the first short
-/// attempt fails.
+/// attempt fails. The whole wait, both attempts together, is at most `ctx.lock_timeout`, and a
+/// timeout reports that whole wait.
 pub fn acquire(
     ctx: &Context<'_>,
     owner: &mut LockOwner,
@@ -133,6 +134,7 @@ pub fn acquire(
     names: &[String],
     mode: LockMode,
 ) -> Result<(), OpError> {
+    let start = std::time::Instant::now();
     match owner.acquire(level, names, mode, QUIET_WAIT.min(ctx.lock_timeout)) {
         Ok(()) => Ok(()),
         Err(LockError::Timeout { name, holders, .. }) if ctx.lock_timeout > QUIET_WAIT => {
@@ -145,9 +147,24 @@ pub fn acquire(
                     who.join(", ")
                 }
             ));
-            owner
-                .acquire(level, names, mode, ctx.lock_timeout - QUIET_WAIT)
-                .map_err(OpError::from)
+            let rest = ctx.lock_timeout.saturating_sub(start.elapsed());
+            owner.acquire(level, names, mode, rest).map_err(|e| match e {
+                LockError::Timeout {
+                    level,
+                    name,
+                    mode,
+                    holders,
+                    ..
+                } => LockError::Timeout {
+                    level,
+                    name,
+                    mode,
+                    waited: start.elapsed(),
+                    holders,
+                },
+                other => other,
+            })?;
+            Ok(())
         }
         Err(e) => Err(e.into()),
     }
@@ -365,12 +382,62 @@ mod tests {
         }
     }
 
+    /// A one-node cluster config written to `dir`: `run` reads it again under the locks.
     fn cluster(dir: &std::path::Path) -> Cluster {
         let text = format!(
             "[cluster]\nname = \"c\"\nmaster = \"n1\"\n[[nodes]]\nname = \"n1\"\nuuid = \"u1\"\nroot = \"{}\"\n",
             dir.join("n1").display()
         );
-        Cluster::from_str_at(&text, dir.join("cluster.toml")).unwrap()
+        std::fs::write(dir.join("cluster.toml"), text).unwrap();
+        Cluster::load(dir.join("cluster.toml")).unwrap()
+    }
+
+    /// A lock that stays busy: the timeout names the whole wait (the quiet first attempt and
+    /// the one after "Waiting for lock"), against the timeout that was given.
+    #[test]
+    fn a_lock_timeout_reports_the_whole_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cluster(dir.path());
+        let locks = LockManager::new(dir.path().join("locks")).unwrap();
+        let mut holder = locks.owner("holder");
+        holder
+            .acquire(LockLevel::Cluster, &[BGL], LockMode::Exclusive, Duration::ZERO)
+            .unwrap();
+        let nodes = crate::node::fake::FakeNodes::new();
+        let fb = Collector::default();
+        let ctx = Context {
+            cluster: &c,
+            locks: &locks,
+            nodes: &nodes,
+            feedback: &fb,
+            lock_timeout: Duration::from_millis(1500),
+            dry_run: false,
+            command: "test".into(),
+            stop: Arc::default(),
+        };
+        let mut owner = locks.owner("waiter");
+        let t = std::time::Instant::now();
+        let e = acquire(
+            &ctx,
+            &mut owner,
+            LockLevel::Cluster,
+            &[BGL.to_string()],
+            LockMode::Shared,
+        )
+        .unwrap_err();
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(1500) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+        assert!(fb.lines()[0].starts_with("Waiting for lock cluster/BGL (shared), held by"));
+        let waited: f64 = e
+            .msg
+            .strip_prefix("Could not acquire lock cluster/BGL (shared) within ")
+            .and_then(|m| m.split_once("s: "))
+            .map(|(n, _)| n.parse().unwrap())
+            .unwrap_or_else(|| panic!("{}", e.msg));
+        assert!(waited >= 1.5 && waited <= took.as_secs_f64() + 0.05, "{}", e.msg);
     }
 
     #[test]
