@@ -7,7 +7,11 @@
 //! 3. [`LogicalUnit::expand_names`], which returns the locks it needs;
 //! 4. for every level from `instance` to `network`: [`LogicalUnit::declare_locks`], then the
 //!    level's locks, sorted (the lock manager refuses any other order);
-//! 5. [`LogicalUnit::check_prereq`], which returns the LU's [`LogicalUnit::Prereq`] value;
+//! 5. the cluster config read again under the locks: if an operation this one waited for
+//!    changed it, the locks are released and the LU starts again at 2 on the current config
+//!    (names expanded and locks declared anew: a removed instance is then `Instance 'X' not
+//!    known`); then [`LogicalUnit::check_prereq`] on that config, which returns the LU's
+//!    [`LogicalUnit::Prereq`] value;
 //! 6. hooks nodes and environment from that value, then the pre hooks (a failure aborts);
 //! 7. on `dry_run`, stop here;
 //! 8. [`LogicalUnit::exec`], which *consumes* the prerequisite value: it cannot be called
@@ -54,7 +58,24 @@ pub struct Context<'a> {
     pub stop: Arc<AtomicBool>,
 }
 
-impl Context<'_> {
+impl<'a> Context<'a> {
+    /// The same context on another cluster config.
+    pub fn with_cluster<'b>(&self, cluster: &'b Cluster) -> Context<'b>
+    where
+        'a: 'b,
+    {
+        Context {
+            cluster,
+            locks: self.locks,
+            nodes: self.nodes,
+            feedback: self.feedback,
+            lock_timeout: self.lock_timeout,
+            dry_run: self.dry_run,
+            command: self.command.clone(),
+            stop: Arc::clone(&self.stop),
+        }
+    }
+
     /// Whether the operation was asked to stop (SIGINT/SIGTERM).
     pub fn interrupted(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
@@ -170,8 +191,68 @@ pub fn acquire(
     }
 }
 
+/// How many times an LU starts again because the cluster config changed while it waited for
+/// its locks, before it gives up.
+const MAX_CONFIG_RETRIES: usize = 3;
+
+/// What one pass through Ganeti's order ended with.
+enum Pass<O> {
+    /// It ran to the end (`None`: a dry run that stopped after the pre hooks).
+    Ran(Option<O>),
+    /// Once its locks were held, the cluster config was not the one its names and locks were
+    /// worked out on (an operation it waited for changed it): nothing was checked or run, the
+    /// locks are released, and the LU starts again on this config.
+    Stale(Box<Cluster>),
+}
+
+/// The message when the config changed while the locks were acquired.
+fn config_changed_info(ctx: &Context<'_>) {
+    ctx.feedback.info(
+        "The cluster config changed while this operation waited for its locks; starting again \
+         with the current config"
+            .to_string(),
+    );
+}
+
+fn config_kept_changing() -> OpError {
+    OpError::lock(
+        crate::error::Ecode::TempNoRes,
+        format!(
+            "The cluster config changed each time this operation had acquired its locks \
+             ({} times); nothing was done, try again",
+            MAX_CONFIG_RETRIES + 1
+        ),
+    )
+}
+
 /// Runs `lu` in Ganeti's order. `Ok(None)` is a dry run that stopped after the pre hooks.
+///
+/// Once the locks are held, the cluster config is read again: if it is not the config the
+/// names were expanded and the locks declared on (an operation this one waited for changed
+/// it, e.g. removed the instance), the locks are released and the LU starts again from
+/// `check_arguments` on the current config (where a removed instance is `Instance 'X' not
+/// known`), so that `check_prereq` always sees the config as it is under the locks. The nodes
+/// of `ctx` are kept: use [`run_on_cluster_with`] for nodes made from the config.
 pub fn run<L: LogicalUnit>(lu: &mut L, ctx: &Context<'_>) -> Result<Option<L::Output>, OpError> {
+    let mut current: Option<Box<Cluster>> = None;
+    for _ in 0..=MAX_CONFIG_RETRIES {
+        let pass = match &current {
+            None => run_pass(lu, ctx)?,
+            Some(c) => run_pass(lu, &ctx.with_cluster(c))?,
+        };
+        match pass {
+            Pass::Ran(out) => return Ok(out),
+            Pass::Stale(c) => {
+                config_changed_info(ctx);
+                current = Some(c);
+            }
+        }
+    }
+    Err(config_kept_changing())
+}
+
+/// One pass through Ganeti's order on `ctx`'s config.
+fn run_pass<L: LogicalUnit>(lu: &mut L, ctx: &Context<'_>) -> Result<Pass<L::Output>, OpError> {
     let mut owner = ctx.locks.owner(ctx.command.clone());
     acquire(
         ctx,
@@ -188,6 +269,12 @@ pub fn run<L: LogicalUnit>(lu: &mut L, ctx: &Context<'_>) -> Result<Option<L::Ou
             acquire(ctx, &mut owner, level, &names, mode)?;
         }
     }
+    // CheckPrereq runs under the locks on the current config: the one read above may be older
+    // than an operation we waited for (an export that removed the instance).
+    let current = Cluster::load(ctx.cluster.path())?;
+    if current.config() != ctx.cluster.config() {
+        return Ok(Pass::Stale(Box::new(current)));
+    }
     let prereq = lu.check_prereq(ctx, &owner)?;
     let hooks = lu.hooks(ctx, &prereq);
     if let Some(h) = &hooks {
@@ -201,7 +288,7 @@ pub fn run<L: LogicalUnit>(lu: &mut L, ctx: &Context<'_>) -> Result<Option<L::Ou
         check_pre_results(&results)?;
     }
     if ctx.dry_run {
-        return Ok(None);
+        return Ok(Pass::Ran(None));
     }
     if ctx.interrupted() {
         return Err(OpError::interrupted("stopped before Exec; nothing was changed"));
@@ -230,7 +317,7 @@ pub fn run<L: LogicalUnit>(lu: &mut L, ctx: &Context<'_>) -> Result<Option<L::Ou
         }
     }
     owner.release_all();
-    Ok(Some(output))
+    Ok(Pass::Ran(Some(output)))
 }
 
 /// Runs a hooks phase on each of `h`'s nodes in order. Offline nodes are skipped, as Ganeti
@@ -298,35 +385,49 @@ pub fn run_on_cluster<L: LogicalUnit>(
 }
 
 /// [`run_on_cluster`] with the nodes made by `make_nodes` from the loaded cluster config, the
-/// hooks runner and the stop flag (the CLI picks agents for nodes with an `address`).
+/// hooks runner and the stop flag (the CLI picks agents for nodes with an `address`). If the
+/// config changed while the LU waited for its locks, everything (locks, hooks runner, nodes) is
+/// made again from the current config and the LU starts again (see [`run`]).
 pub fn run_on_cluster_with<L, F>(
     cluster_path: &std::path::Path,
     lu: &mut L,
     feedback: &dyn Feedback,
     opts: &RunOptions,
-    make_nodes: F,
+    mut make_nodes: F,
 ) -> Result<Option<L::Output>, OpError>
 where
     L: LogicalUnit,
-    F: for<'c> FnOnce(&'c Cluster, HooksRunner, Arc<AtomicBool>) -> Result<Box<dyn NodeOps + 'c>, OpError>,
+    F: for<'c> FnMut(&'c Cluster, HooksRunner, Arc<AtomicBool>) -> Result<Box<dyn NodeOps + 'c>, OpError>,
 {
-    let cluster = Cluster::load(cluster_path)?;
-    let locks = LockManager::new(cluster.lock_dir())?.with_stop(Arc::clone(&opts.stop));
-    let hooks = HooksRunner::new(opts.hooks_timeout.unwrap_or_else(|| cluster.hooks_timeout()))
-        .with_report_interval(cluster.hooks_report_interval())
-        .with_stop(Arc::clone(&opts.stop));
-    let nodes = make_nodes(&cluster, hooks, Arc::clone(&opts.stop))?;
-    let ctx = Context {
-        cluster: &cluster,
-        locks: &locks,
-        nodes: nodes.as_ref(),
-        feedback,
-        lock_timeout: opts.lock_timeout,
-        dry_run: opts.dry_run,
-        command: opts.command.clone(),
-        stop: Arc::clone(&opts.stop),
-    };
-    run(lu, &ctx)
+    let mut cluster = Cluster::load(cluster_path)?;
+    for _ in 0..=MAX_CONFIG_RETRIES {
+        let locks = LockManager::new(cluster.lock_dir())?.with_stop(Arc::clone(&opts.stop));
+        let hooks = HooksRunner::new(opts.hooks_timeout.unwrap_or_else(|| cluster.hooks_timeout()))
+            .with_report_interval(cluster.hooks_report_interval())
+            .with_stop(Arc::clone(&opts.stop));
+        let nodes = make_nodes(&cluster, hooks, Arc::clone(&opts.stop))?;
+        let ctx = Context {
+            cluster: &cluster,
+            locks: &locks,
+            nodes: nodes.as_ref(),
+            feedback,
+            lock_timeout: opts.lock_timeout,
+            dry_run: opts.dry_run,
+            command: opts.command.clone(),
+            stop: Arc::clone(&opts.stop),
+        };
+        let current = match run_pass(lu, &ctx)? {
+            Pass::Ran(out) => return Ok(out),
+            Pass::Stale(current) => {
+                config_changed_info(&ctx);
+                current
+            }
+        };
+        drop(ctx);
+        drop(nodes);
+        cluster = *current;
+    }
+    Err(config_kept_changing())
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ struct Fixture {
     stop: Arc<AtomicBool>,
     nodes: FakeNodes,
     fb: Collector,
+    lock_timeout: Duration,
 }
 
 fn cluster_text(admin_state: &str, tools: &str) -> String {
@@ -66,6 +67,7 @@ impl Fixture {
             stop,
             nodes,
             fb: Collector::default(),
+            lock_timeout: Duration::from_secs(5),
         }
     }
 
@@ -75,13 +77,15 @@ impl Fixture {
 
     fn run<L: crate::lu::LogicalUnit>(&self, lu: &mut L) -> Result<Option<L::Output>, OpError> {
         let cluster = Cluster::load(self.path().join("cluster.toml")).unwrap();
-        let locks = LockManager::new(self.path().join("locks")).unwrap();
+        let locks = LockManager::new(self.path().join("locks"))
+            .unwrap()
+            .with_stop(Arc::clone(&self.stop));
         let ctx = Context {
             cluster: &cluster,
             locks: &locks,
             nodes: &self.nodes,
             feedback: &self.fb,
-            lock_timeout: Duration::from_secs(5),
+            lock_timeout: self.lock_timeout,
             dry_run: false,
             command: "test".into(),
             stop: Arc::clone(&self.stop),
@@ -915,4 +919,87 @@ fn list_through_the_nodes() {
     );
     assert_eq!(rows[1].exports, Err("No exports directory".to_string()));
     assert_eq!(f.calls(), s(&["list_exports N1", "list_exports N2", "list_exports N3"]));
+}
+
+/// Holds `level`/`name` for another operation of this process (its own open file, so the
+/// fixture's export waits for it) until dropped.
+fn hold(f: &Fixture, level: crate::locking::LockLevel, name: &str) -> crate::locking::LockOwner {
+    use crate::locking::{LockLevel, LockMode, BGL};
+    let locks = LockManager::new(f.path().join("locks")).unwrap();
+    let mut o = locks.owner("other");
+    o.acquire(LockLevel::Cluster, &[BGL], LockMode::Shared, Duration::ZERO)
+        .unwrap();
+    o.acquire(level, &[name], LockMode::Exclusive, Duration::ZERO).unwrap();
+    o
+}
+
+/// Runs `op` on a thread while `level`/`name` is held by another operation; once the export
+/// waits for it, `meanwhile` runs (e.g. changes the config), then the lock is released.
+fn export_waiting_for(
+    f: &Fixture,
+    op: ExportOp,
+    level: crate::locking::LockLevel,
+    name: &str,
+    meanwhile: impl FnOnce(),
+) -> Result<ExportResult, OpError> {
+    let held = hold(f, level, name);
+    std::thread::scope(|sc| {
+        let export = sc.spawn(|| f.export(op));
+        let waiting = format!("Waiting for lock {level}/{name}");
+        let t = std::time::Instant::now();
+        while !f.lines().iter().any(|l| l.contains(&waiting)) {
+            assert!(t.elapsed() < Duration::from_secs(4), "never waited: {:?}", f.lines());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        meanwhile();
+        drop(held);
+        export.join().unwrap()
+    })
+}
+
+/// An export that waited for the instance lock while another export removed the instance runs
+/// CheckPrereq on the current config: `Instance 'X' not known`, and no node is touched.
+#[test]
+fn an_export_that_waited_for_a_removed_instance_touches_nothing() {
+    let f = Fixture::new("up", true);
+    let cfg = f.path().join("cluster.toml");
+    let e = export_waiting_for(&f, op(), crate::locking::LockLevel::Instance, INST, || {
+        Cluster::remove_instance(&cfg, INST).unwrap();
+    })
+    .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Prereq);
+    assert_eq!(e.ecode, crate::Ecode::NoEnt);
+    assert_eq!(e.msg, "Instance 'inst1' not known");
+    assert!(f.calls().is_empty(), "{:?}", f.calls());
+    assert!(f.nodes.is_running(INST));
+    assert!(f.lines().iter().any(|l| l.contains("The cluster config changed")));
+}
+
+/// The instance moved to another primary node while the export waited: the names and locks
+/// are worked out again, and the export runs on the new primary.
+#[test]
+fn an_export_that_waited_while_the_instance_moved_uses_the_new_primary() {
+    let f = Fixture::new("up", true);
+    let cfg = f.path().join("cluster.toml");
+    let r = export_waiting_for(&f, op(), crate::locking::LockLevel::Instance, INST, || {
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let moved = text.replace(&format!("primary_node = \"{N1}\""), &format!("primary_node = \"{N3}\""));
+        assert_ne!(text, moved);
+        std::fs::write(&cfg, moved).unwrap();
+    })
+    .unwrap();
+    assert!(r.fin_resu);
+    let calls = f.calls();
+    assert_eq!(calls[0], format!("backing_size {N3} {INST} disk/0"));
+    assert!(calls.contains(&format!("stop_instance {N3} {INST} 120s")), "{calls:?}");
+    let on_primary = [
+        "backing_size",
+        "stop_instance",
+        "start_instance",
+        "create_snapshot",
+        "send_disk",
+    ];
+    for c in calls.iter().filter(|c| on_primary.iter().any(|p| c.starts_with(p))) {
+        assert!(c.contains(N3) && !c.contains(N1), "{c} not on the new primary");
+    }
 }
