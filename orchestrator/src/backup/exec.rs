@@ -126,7 +126,7 @@ impl<'a> Exec<'a> {
             self.remove_instance()?;
             res.instance_removed = true;
         }
-        self.cleanup_exports(owner, &mut res)?;
+        self.cleanup_exports(owner, &mut res);
         Ok(res)
     }
 
@@ -281,12 +281,12 @@ impl<'a> Exec<'a> {
     }
 
     /// Ganeti's `_CleanupExports`, with #1186 fixed and only the affected nodes locked.
-    fn cleanup_exports(&self, owner: &mut LockOwner, res: &mut ExportResult) -> Result<(), OpError> {
+    fn cleanup_exports(&self, owner: &mut LockOwner, res: &mut ExportResult) {
         let c = self.ctx.cluster;
         let name = &self.inst.name;
         let others: Vec<&Node> = c.nodes().iter().filter(|n| n.name != self.target.name).collect();
         if others.is_empty() {
-            return Ok(());
+            return;
         }
         self.fb().info(fbk::removing_old_exports(name));
         let listings: Vec<cleanup::NodeListing> = others
@@ -310,28 +310,44 @@ impl<'a> Exec<'a> {
         let new_id = target.export_id;
         let plan = cleanup::plan(name, &listings, target.dir_id, new_id);
         res.shared_nodes = plan.shared.clone();
-        // The primary and target are done with; lock exactly the nodes we remove from.
+        // The primary and target are done with; lock exactly the nodes we remove from, one at
+        // a time (always the only node held, so in order). The new export is finalized: a node
+        // that cannot be locked (a timeout, SIGINT/SIGTERM) keeps its old export, with a warning,
+        // as Ganeti warns when a removal fails, and the export still succeeds.
         owner.release(LockLevel::Node);
-        let nodes = plan.nodes();
-        if nodes.is_empty() {
-            return Ok(());
-        }
-        acquire(self.ctx, owner, LockLevel::Node, &nodes, LockMode::Exclusive)?;
-        for r in &plan.removals {
-            match self.nodes().remove_export(&r.node, name, new_id) {
-                Ok(true) => res.removed_old.push(r.node.clone()),
-                Ok(false) => {}
-                Err(e) => self
-                    .fb()
-                    .warning(fbk::could_not_remove_older_export(name, &r.node, &e.to_string())),
+        for node in plan.nodes() {
+            let has_export = plan.removals.iter().any(|r| r.node == node);
+            let locked = if self.interrupted() {
+                Err("diskstream was interrupted".to_string())
+            } else {
+                acquire(
+                    self.ctx,
+                    owner,
+                    LockLevel::Node,
+                    std::slice::from_ref(&node),
+                    LockMode::Exclusive,
+                )
+                .map_err(|e| e.msg)
+            };
+            if let Err(why) = locked {
+                if has_export {
+                    let why = format!("its node lock could not be acquired: {why}");
+                    self.fb().warning(fbk::could_not_remove_older_export(name, &node, &why));
+                }
+                continue;
             }
-            self.nodes().sweep_export_leftovers(&r.node, name);
+            if has_export {
+                match self.nodes().remove_export(&node, name, new_id) {
+                    Ok(true) => res.removed_old.push(node.clone()),
+                    Ok(false) => {}
+                    Err(e) => self
+                        .fb()
+                        .warning(fbk::could_not_remove_older_export(name, &node, &e.to_string())),
+                }
+            }
+            self.nodes().sweep_export_leftovers(&node, name);
+            owner.release(LockLevel::Node);
         }
-        for r in &plan.sweeps {
-            self.nodes().sweep_export_leftovers(&r.node, name);
-        }
-        owner.release(LockLevel::Node);
-        Ok(())
     }
 }
 

@@ -1003,3 +1003,62 @@ fn an_export_that_waited_while_the_instance_moved_uses_the_new_primary() {
         assert!(c.contains(N3) && !c.contains(N1), "{c} not on the new primary");
     }
 }
+
+/// A finalized export whose old-export cleanup cannot lock a node (another operation holds
+/// it past the lock timeout) succeeds: the old export there stays with a warning naming node
+/// and instance, the others are removed, and the post hooks and config-update hook run.
+#[test]
+fn a_cleanup_node_that_cannot_be_locked_is_a_warning_after_finalize() {
+    let mut f = Fixture::new("down", false);
+    f.lock_timeout = Duration::from_secs(1);
+    f.nodes.add_export(N1, INST);
+    f.nodes.add_export(N3, INST);
+    let _held = hold(&f, crate::locking::LockLevel::Node, N3);
+    let mut o = op();
+    o.remove_instance = true;
+    let r = f.export(o).unwrap();
+    assert!(r.fin_resu && r.instance_removed);
+    assert_eq!(r.removed_old, [N1]);
+    assert_eq!(f.nodes.exports(N3), [INST], "the old export on the locked node stays");
+    assert!(!f.instance_in_config());
+    let warning = format!(
+        " - WARNING: Could not remove older export for instance {INST} on node {N3}: its node lock \
+         could not be acquired: Could not acquire lock node/{N3} (exclusive) within 1."
+    );
+    assert!(f.lines().iter().any(|l| l.starts_with(&warning)), "{:?}", f.lines());
+    let calls = f.calls();
+    assert_eq!(
+        calls[calls.len() - 5..],
+        s(&[
+            "remove_export N1 INST",
+            "sweep_export_leftovers N1 INST",
+            "run_hooks N1 instance-export-post",
+            "run_hooks N2 instance-export-post",
+            "run_hooks N1 config-update-post",
+        ])
+    );
+}
+
+/// SIGINT/SIGTERM while the cleanup waits for a node lock: the finalized export is the result
+/// (the CLI reports it as completed), the old export there stays with a warning.
+#[test]
+fn an_interrupt_while_the_cleanup_waits_for_a_lock_keeps_the_result() {
+    let f = Fixture::new("down", false);
+    f.nodes.add_export(N3, INST);
+    let mut o = op();
+    o.remove_instance = true;
+    let r = export_waiting_for(&f, o, crate::locking::LockLevel::Node, N3, || {
+        f.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+    })
+    .unwrap();
+    assert!(r.fin_resu && r.instance_removed);
+    assert!(r.removed_old.is_empty());
+    assert_eq!(f.nodes.exports(N3), [INST]);
+    assert_eq!(f.nodes.exports(N2), [INST]);
+    let warning = format!(
+        " - WARNING: Could not remove older export for instance {INST} on node {N3}: its node lock \
+         could not be acquired: interrupted while waiting for lock node/{N3}"
+    );
+    assert!(f.lines().contains(&warning), "{:?}", f.lines());
+}
