@@ -497,6 +497,13 @@ pub fn disk_present(path: &Path) -> bool {
     fs::metadata(path).is_ok()
 }
 
+/// `timeout` from now, or as far as the clock goes (a timeout too long to add is no limit).
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -706,11 +713,4 @@ mod tests {
             .to_string()
             .contains("still running"));
     }
-}
-
-/// `timeout` from now, or as far as the clock goes (a timeout too long to add is no limit).
-fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
