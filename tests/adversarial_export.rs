@@ -679,7 +679,18 @@ fn sigterm_or_sighup_during_a_long_sleep_transfer_restarts_the_instance_and_keep
     // Paced, so that the signal lands in the transfer of disk/1 (48 MiB in ~3 s, not 0.1 s).
     let slow = [&args[..], &["--bwlimit", "16M"]].concat();
     for (sig, code, name) in [("TERM", 143, "SIGTERM"), ("HUP", 129, "SIGHUP")] {
-        let mut child = spawn_export(&slow);
+        // SIGHUP at its default disposition: a test run under nohup (or a CI runner that
+        // ignores SIGHUP) would hand the ignore down, and diskstream rightly keeps it.
+        let mut child = Command::new("env")
+            .arg("--default-signal=HUP")
+            .arg(env!("CARGO_BIN_EXE_diskstream"))
+            .arg("export")
+            .args(&slow)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("env --default-signal=HUP diskstream export");
         // The --progress json events come on stderr (the JSON contract), the result on stdout.
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         for l in lines.by_ref() {
