@@ -19,7 +19,7 @@
 //! removes every snapshot of the instance. A [`Snapshot`] removes itself when dropped unless
 //! it was removed explicitly before.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -118,36 +118,16 @@ pub fn capability(disk: &Disk, path: &Path) -> Capability {
     }
 }
 
-/// Removes a file when dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
-/// Clones a one-byte file in `dir`: `Ok(true)` if the file system supports reflinks.
+/// Clones a one-byte file in `dir`: `Ok(true)` if the file system supports reflinks. The two
+/// probe files are new files of random names (`O_EXCL`, removed on return): whatever stands in
+/// `dir` under any name, a disk included, is never opened, truncated or removed.
 pub fn reflink_probe(dir: &Path) -> io::Result<bool> {
-    let pid = std::process::id();
-    let src = TempFile(dir.join(format!(".ds-reflink-probe-{pid}-src")));
-    let dst = TempFile(dir.join(format!(".ds-reflink-probe-{pid}-dst")));
-    let mut s = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&src.0)?;
-    s.write_all(b"x")?;
-    drop(s);
-    let s = File::open(&src.0)?;
-    let d = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&dst.0)?;
-    match rustix::fs::ioctl_ficlone(&d, &s) {
+    let probe = || tempfile::Builder::new().prefix(".ds-reflink-probe-").tempfile_in(dir);
+    let mut src = probe()?;
+    src.write_all(b"x")?;
+    src.as_file().sync_all()?;
+    let dst = probe()?;
+    match rustix::fs::ioctl_ficlone(dst.as_file(), src.as_file()) {
         Ok(()) => Ok(true),
         Err(e) if not_capable_errno(e) => Ok(false),
         Err(e) => Err(e.into()),
@@ -413,5 +393,29 @@ mod tests {
             ("xenvg".into(), "data".into())
         );
         assert!(lvm_names(Path::new("/srv/x")).is_err());
+    }
+
+    /// A disk that happens to be named like the probe's files of this pid is neither truncated
+    /// nor removed (the probe once opened `.ds-reflink-probe-<pid>-src` with O_TRUNC).
+    #[test]
+    fn the_reflink_probe_never_touches_a_file_named_like_its_probes() {
+        let d = tempfile::tempdir().unwrap();
+        let pid = std::process::id();
+        let names = [
+            format!(".ds-reflink-probe-{pid}-src"),
+            format!(".ds-reflink-probe-{pid}-dst"),
+        ];
+        for n in &names {
+            fs::write(d.path().join(n), b"a disk's bytes").unwrap();
+        }
+        reflink_probe(d.path()).unwrap();
+        for n in &names {
+            assert_eq!(fs::read(d.path().join(n)).unwrap(), b"a disk's bytes", "{n}");
+        }
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            2,
+            "the probe's own files are removed"
+        );
     }
 }
