@@ -107,19 +107,23 @@ impl<'a> Exec<'a> {
             self.fb().info(fbk::deactivating_disks(&inst.name));
         }
         let t = result?;
-        if self.interrupted() {
-            let what = if t.fin_resu {
-                finalized_but(&t.export_dir)
-            } else {
-                "during the export: the new export was abandoned (its staging directory and \
-                 snapshots were removed; a previous export is untouched)"
-                    .to_string()
-            };
-            return Err(self.interrupted_error(was_running, &what));
+        if self.interrupted() && !t.fin_resu {
+            let what = "during the export: the new export was abandoned (its staging directory and \
+                        snapshots were removed; a previous export is untouched)";
+            return Err(self.interrupted_error(was_running, what));
         }
         let mut res = t.into_result(inst, self.target)?;
         if self.interrupted() {
-            return Err(self.interrupted_error(was_running, &finalized_but(&res.export_dir)));
+            // The new export is complete: it is the result (the CLI reports it as completed and
+            // exits 130/143). What comes after it is not done, and the instance is put back as
+            // the user had it.
+            let state = self.restore_instance(was_running);
+            self.fb().warning(format!(
+                "Interrupted after the new export was finalized (it is complete in {}); the \
+                 instance was not removed and old exports on other nodes were not removed; {state}",
+                res.export_dir.display()
+            ));
+            return Ok(res);
         }
         if self.op.remove_instance {
             self.fb().info(fbk::removing_instance(&inst.name));
@@ -200,6 +204,13 @@ impl<'a> Exec<'a> {
     /// stopped again if it was not running and this export started it (Ganeti's restart after
     /// the snapshots); then the message says in which state it is.
     fn interrupted_error(&self, was_running: bool, when: &str) -> OpError {
+        let state = self.restore_instance(was_running);
+        OpError::interrupted(format!("export of {} stopped {when}; {state}", self.inst.name))
+    }
+
+    /// Puts the instance back as the user had it after an interrupt (see
+    /// [`Exec::interrupted_error`]) and says in which state it is.
+    fn restore_instance(&self, was_running: bool) -> String {
         let name = &self.inst.name;
         let (nodes, src) = (self.nodes(), self.src());
         let running = nodes.instance_running(src, name).unwrap_or(false);
@@ -215,13 +226,12 @@ impl<'a> Exec<'a> {
                 self.fb().warning(format!("Could not shutdown instance {name}: {e}"));
             }
         }
-        let state = match (was_running, nodes.instance_running(src, name)) {
+        match (was_running, nodes.instance_running(src, name)) {
             (true, Ok(true)) => format!("instance {name} is running, as before"),
             (false, Ok(false)) => format!("instance {name} is stopped, as before"),
             (true, _) => format!("instance {name} was running and could NOT be started again"),
             (false, _) => format!("instance {name} was not running before and now runs"),
-        };
-        OpError::interrupted(format!("export of {name} stopped {when}; {state}"))
+        }
     }
 
     fn start_instance(&self) -> Result<(), OpError> {
@@ -349,13 +359,4 @@ impl<'a> Exec<'a> {
             owner.release(LockLevel::Node);
         }
     }
-}
-
-/// The "when" of an export stopped after its finalize.
-fn finalized_but(dir: &std::path::Path) -> String {
-    format!(
-        "after the new export was finalized (it is complete in {}); the instance was not \
-         removed and old exports on other nodes were not removed",
-        dir.display()
-    )
 }

@@ -1062,3 +1062,38 @@ fn an_interrupt_while_the_cleanup_waits_for_a_lock_keeps_the_result() {
     );
     assert!(f.lines().contains(&warning), "{:?}", f.lines());
 }
+
+/// SIGINT/SIGTERM as the new export is finalized: the export is complete, so it is the result
+/// (the CLI reports it completed, exit 130/143), not an error; `--remove-instance` and the
+/// cleanup of old exports are not done, and the instance is running again as before.
+#[test]
+fn an_interrupt_at_the_finalize_keeps_the_complete_export_as_the_result() {
+    let f = Fixture::new("up", true);
+    f.nodes.add_export(N3, INST);
+    f.nodes.fail("finalize_export", None, None, Fault::Interrupt);
+    let mut o = op();
+    o.remove_instance = true;
+    let r = f.export(o).unwrap();
+    assert!(r.fin_resu && r.dresults.iter().all(|&d| d), "{r:?}");
+    assert!(!r.instance_removed && r.removed_old.is_empty(), "{r:?}");
+    assert_eq!(f.nodes.exports(N2), [INST], "the new export is in place");
+    assert_eq!(f.nodes.exports(N3), [INST], "the old export is kept");
+    assert!(
+        f.nodes.is_running(INST),
+        "the instance runs again, as before the export"
+    );
+    assert!(
+        !f.calls().iter().any(|c| c.starts_with("remove_disks")),
+        "{:?}",
+        f.calls()
+    );
+    let warning = f
+        .lines()
+        .into_iter()
+        .find(|l| l.contains("Interrupted after the new export was finalized"))
+        .unwrap_or_else(|| panic!("{:?}", f.lines()));
+    assert!(
+        warning.contains("the instance was not removed") && warning.ends_with("is running, as before"),
+        "{warning}"
+    );
+}
