@@ -678,11 +678,12 @@ fn sigterm_or_sighup_during_a_long_sleep_transfer_restarts_the_instance_and_keep
     // with the instance down and the staging directory left.
     // Paced, so that the signal lands in the transfer of disk/1 (48 MiB in ~3 s, not 0.1 s).
     let slow = [&args[..], &["--bwlimit", "16M"]].concat();
-    for (sig, code, name) in [("TERM", 143, "SIGTERM"), ("HUP", 129, "SIGHUP")] {
-        // SIGHUP at its default disposition: a test run under nohup (or a CI runner that
-        // ignores SIGHUP) would hand the ignore down, and diskstream rightly keeps it.
-        let mut child = Command::new("env")
-            .arg("--default-signal=HUP")
+    // The export through `wrapper` (which sets SIGHUP's disposition), signalled with `sig` once
+    // disk/1's transfer has begun; its exit status, the --progress json lines after the signal
+    // (stderr, the JSON contract) and stdout (the result).
+    let signalled = |wrapper: &[&str], sig: &str| {
+        let mut child = Command::new(wrapper[0])
+            .args(&wrapper[1..])
             .arg(env!("CARGO_BIN_EXE_diskstream"))
             .arg("export")
             .args(&slow)
@@ -690,8 +691,7 @@ fn sigterm_or_sighup_during_a_long_sleep_transfer_restarts_the_instance_and_keep
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("env --default-signal=HUP diskstream export");
-        // The --progress json events come on stderr (the JSON contract), the result on stdout.
+            .expect("run diskstream export");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         for l in lines.by_ref() {
             if l.unwrap().contains("Exporting disk/1") {
@@ -699,9 +699,15 @@ fn sigterm_or_sighup_during_a_long_sleep_transfer_restarts_the_instance_and_keep
             }
         }
         signal(child.id(), sig);
-        let (st, took) = wait_exit(&mut child, Duration::from_secs(20));
+        let (st, took) = wait_exit(&mut child, Duration::from_secs(60));
         let rest: Vec<String> = lines.map_while(Result::ok).collect();
         let (out, _) = output_of(&mut child);
+        (st, took, rest, out)
+    };
+    for (sig, code, name) in [("TERM", 143, "SIGTERM"), ("HUP", 129, "SIGHUP")] {
+        // SIGHUP at its default disposition: a test run under nohup (or a CI runner that
+        // ignores SIGHUP) would hand the ignore down, and diskstream rightly keeps it.
+        let (st, took, rest, out) = signalled(&["env", "--default-signal=HUP"], sig);
         eprintln!("{name} during a transfer: exit after {took:?}");
         assert_eq!(st.code(), Some(code), "{name}: {out}\n{rest:?}");
         assert!(took < Duration::from_secs(2), "took {took:?}");
@@ -715,24 +721,7 @@ fn sigterm_or_sighup_during_a_long_sleep_transfer_restarts_the_instance_and_keep
         assert!(leftovers(&[dir.path(), mount.path()]).is_empty());
     }
     // Started with SIGHUP ignored (nohup), the export ignores it and completes.
-    let mut child = Command::new("nohup")
-        .arg(env!("CARGO_BIN_EXE_diskstream"))
-        .arg("export")
-        .args(&slow)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("nohup diskstream export");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    for l in lines.by_ref() {
-        if l.unwrap().contains("Exporting disk/1") {
-            break;
-        }
-    }
-    signal(child.id(), "HUP");
-    let (st, _) = wait_exit(&mut child, Duration::from_secs(60));
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let (st, _, rest, _) = signalled(&["nohup"], "HUP");
     assert_eq!(st.code(), Some(0), "under nohup SIGHUP is ignored: {rest:?}");
     assert!(guard.pid().is_some(), "the instance runs again");
     assert!(leftovers(&[dir.path(), mount.path()]).is_empty());
