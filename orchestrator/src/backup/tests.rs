@@ -287,15 +287,21 @@ fn snapshot_capable_live_export() {
 }
 
 /// `--bwlimit` is for the whole export: with two disks moving at once each gets half; one at a
-/// time, each gets all of it.
+/// time, each gets all of it. `--bwlimit 0` is no limit (as rsync and vzdump read it): no disk
+/// gets a share of it, which was once 1 byte per second.
 #[test]
-fn bwlimit_is_shared_by_the_disks_moving_at_once() {
-    for (parallel, each) in [(2, 50_000_000), (1, 100_000_000)] {
+fn bwlimit_is_shared_by_the_disks_moving_at_once_and_0_is_no_limit() {
+    for (bwlimit, parallel, each) in [
+        (100_000_000, 2, Some(50_000_000)),
+        (100_000_000, 1, Some(100_000_000)),
+        (0, 2, None),
+        (0, 1, None),
+    ] {
         let f = Fixture::new("up", true);
         let r = f
             .export(ExportOp {
                 shutdown: false,
-                bwlimit: Some(100_000_000),
+                bwlimit: Some(bwlimit),
                 max_parallel_disks: parallel,
                 ..op()
             })
@@ -304,30 +310,10 @@ fn bwlimit_is_shared_by_the_disks_moving_at_once() {
         let sends: Vec<String> = f.calls().into_iter().filter(|c| c.starts_with("send_disk")).collect();
         assert_eq!(sends.len(), 2, "{sends:?}");
         for c in &sends {
-            assert!(c.ends_with(&format!(" bwlimit {each}")), "{parallel} at once: {c}");
-        }
-    }
-}
-
-/// `--bwlimit 0` is no limit (as rsync and vzdump read it): no disk gets a share of it, which
-/// was once 1 byte per second.
-#[test]
-fn bwlimit_0_is_no_limit_for_any_disk() {
-    for parallel in [2, 1] {
-        let f = Fixture::new("up", true);
-        let r = f
-            .export(ExportOp {
-                shutdown: false,
-                bwlimit: Some(0),
-                max_parallel_disks: parallel,
-                ..op()
-            })
-            .unwrap();
-        assert_ok(&r);
-        let sends: Vec<String> = f.calls().into_iter().filter(|c| c.starts_with("send_disk")).collect();
-        assert_eq!(sends.len(), 2, "{sends:?}");
-        for c in &sends {
-            assert!(!c.contains("bwlimit"), "{parallel} at once: {c}");
+            match each {
+                Some(each) => assert!(c.ends_with(&format!(" bwlimit {each}")), "{parallel} at once: {c}"),
+                None => assert!(!c.contains("bwlimit"), "--bwlimit 0, {parallel} at once: {c}"),
+            }
         }
     }
 }
