@@ -319,6 +319,32 @@ fn a_connection_flood_neither_ends_nor_fills_the_agent() {
     assert!(text(&out).contains("node3.example.com:?"), "{}", text(&out));
 }
 
+#[test]
+fn an_agent_whose_log_pipe_closed_keeps_serving() {
+    // The agent's stdout and stderr are a pipe whose reader has quit (a log reader that died, a
+    // journal that restarted): every log line fails with EPIPE. `eprintln!` panicked on the
+    // first one, "listening", and the agent exited before it listened.
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("lp", 49).expect("namespaces");
+    let (cfg, _local, _disks) = cluster(dir.path(), &net);
+    net.start_agent_with(&cfg, 2, &dir.path().join("agent2.log"), &[]);
+    // `--exit-with-parent $$`: the agent dies with the shell the test kills at the end.
+    let closed = ["sh", "-c", r#""$@" --exit-with-parent $$ 2>&1 | true"#, "sh"];
+    net.start_agent_under(&closed, &cfg, 3, &dir.path().join("agent3.log"), &[]);
+    let out = net.master(&export_args(s(&cfg)));
+    assert!(out.status.success(), "{}", text(&out));
+    let list = net.master(&["list", "--cluster", s(&cfg), "--separator", ":", "--no-headers"]);
+    assert!(
+        text(&list).contains(&format!("node3.example.com:{}", "inst1.example.com")),
+        "{}",
+        text(&list)
+    );
+    assert!(net.agents[1].try_wait().unwrap().is_none(), "the agent's shell exited");
+}
+
 /// Run by `a_connection_flood_...` inside node2's namespace (a no-op otherwise): opens 300
 /// connections to the agent at the given address, sends each a byte of a ClientHello, holds
 /// them 3 s, then closes them all.

@@ -194,7 +194,7 @@ impl Receiver {
             match admitted.try_recv() {
                 Ok(Ok(stream)) => return Ok(receive(local, stream, req, &what, t, lease)),
                 Ok(Err((peer, e))) => {
-                    eprintln!("diskstream agent: data port for {what}: refused {peer}: {e}");
+                    say!("diskstream agent: data port for {what}: refused {peer}: {e}");
                     continue;
                 }
                 Err(_) => {}
@@ -211,7 +211,7 @@ impl Receiver {
                 Err(e) => return Err(format!("accept on the data port for {what}: {e}")),
             };
             if pending.load(Ordering::SeqCst) >= MAX_ADMITTING {
-                eprintln!(
+                say!(
                     "diskstream agent: data port for {what}: refused {peer}: {MAX_ADMITTING} connections being admitted"
                 );
                 continue; // Dropping `tcp` closes it.

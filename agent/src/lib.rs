@@ -10,6 +10,16 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+/// `eprintln!` for the agent's log lines that never panics: with stderr gone (a log reader that
+/// quit, a journal that restarted) the line is lost and the agent goes on serving. (`eprintln!`
+/// panics on EPIPE, and did so on the "listening" line of an agent whose log pipe had closed.)
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub mod abort;
 pub mod data;
 pub mod lease;

@@ -92,7 +92,7 @@ pub async fn serve(pki: &PkiDir, node: &str, listen: SocketAddr, allowed: Vec<St
         let allowed = Arc::clone(&allowed);
         tokio::spawn(async move {
             if let Err(e) = serve_one(acceptor, tcp, peer, &allowed).await {
-                eprintln!("net-rate: {peer}: {e}");
+                say!("net-rate: {peer}: {e}");
             }
         });
     }

@@ -31,7 +31,7 @@ pub fn run(agent: &'static Agent, call: Call) -> Result<Value, WireError> {
             hpath,
             phase,
             env,
-        } => json(l.run_hooks(&node, &hpath, phase, &env, &|m| eprintln!("diskstream agent: {m}"))),
+        } => json(l.run_hooks(&node, &hpath, phase, &env, &|m| say!("diskstream agent: {m}"))),
         InstanceRunning { node, instance } => node_result(l.instance_running(&node, &instance)),
         StopInstance {
             node,

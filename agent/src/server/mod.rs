@@ -52,7 +52,7 @@ fn raise_open_files_limit() {
     if l.current < l.maximum {
         l.current = l.maximum;
         if let Err(e) = setrlimit(Resource::Nofile, l) {
-            eprintln!("diskstream agent: raising the open files limit: {e}");
+            say!("diskstream agent: raising the open files limit: {e}");
         }
     }
 }
@@ -150,7 +150,7 @@ impl Agent {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| format!("listen on {listen}: {e}"))?;
-        eprintln!("diskstream agent: node {} listening on {listen}", self.node);
+        say!("diskstream agent: node {} listening on {listen}", self.node);
         raise_open_files_limit();
         let acceptor = TlsAcceptor::from(Arc::clone(&self.server_tls));
         loop {
@@ -159,7 +159,7 @@ impl Agent {
                 Ok(x) => x,
                 Err(e) => {
                     if let Some(n) = self.admission.refusal() {
-                        eprintln!("diskstream agent: accept: {e} ({n} connections refused since the last report)");
+                        say!("diskstream agent: accept: {e} ({n} connections refused since the last report)");
                     }
                     tokio::time::sleep(admit::ACCEPT_BACKOFF).await;
                     continue;
@@ -167,7 +167,7 @@ impl Agent {
             };
             let Some(place) = self.admission.connection() else {
                 if let Some(n) = self.admission.refusal() {
-                    eprintln!(
+                    say!(
                         "diskstream agent: {n} connections refused: {} open, the most at once",
                         admit::MAX_CONNECTIONS
                     );
@@ -178,7 +178,7 @@ impl Agent {
             tokio::spawn(async move {
                 let _place = place;
                 if let Err(e) = self.connection(acceptor, tcp, peer).await {
-                    eprintln!("diskstream agent: {peer}: {e}");
+                    say!("diskstream agent: {peer}: {e}");
                 }
             });
         }
@@ -215,7 +215,7 @@ impl Agent {
             // A cluster member that is not the master: every request is answered 403 with why,
             // and nothing runs.
             let why = format!("refused: only the master ({master}) may command this agent: {e}");
-            eprintln!("diskstream agent: {why}");
+            say!("diskstream agent: {why}");
             let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
                 let why = why.clone();
                 async move { Ok::<_, hyper::Error>(answer(StatusCode::FORBIDDEN, Err(refused(why)))) }
@@ -296,7 +296,7 @@ impl Agent {
         loop {
             std::thread::sleep(Duration::from_secs(1));
             for inst in self.leases.expired() {
-                eprintln!(
+                say!(
                     "diskstream agent: no word from the master about the staging export of {inst} for {} s: removing it",
                     self.leases.timeout().as_secs()
                 );
@@ -427,9 +427,11 @@ impl Agent {
             };
             drop(lease);
             if let Some(e) = &ended {
-                eprintln!(
+                say!(
                     "diskstream agent: receiving {}/disk{}: {}",
-                    req.instance, req.disk, e.msg
+                    req.instance,
+                    req.disk,
+                    e.msg
                 );
             }
             let mut m = self.ended.lock().expect("ended");
