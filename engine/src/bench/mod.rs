@@ -301,34 +301,22 @@ pub fn device_read(dev: &Path, limit: u64, qd: u32, chunk: u32, cancel: &AtomicB
 /// `force`, so a device is written only when the user named it (`BenchTarget::Device`).
 #[derive(Debug)]
 pub struct ScratchFile {
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     path: PathBuf,
 }
 
 impl ScratchFile {
-    /// Makes a fresh private directory in `parent`; the scratch file will be created in it by
-    /// the stage that writes it.
+    /// Makes a fresh private directory in `parent` (`tempfile`'s: mode 0700, a random name,
+    /// retried while taken); the scratch file will be created in it by the stage that writes it.
     pub fn new(parent: &Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
-        let mut last = None;
-        for _ in 0..16 {
-            let dir = parent.join(format!(
-                ".diskstream-bench-{}-{:016x}.tmp",
-                std::process::id(),
-                unpredictable()
-            ));
-            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Ok(()) => {
-                    return Ok(Self {
-                        path: dir.join("scratch"),
-                        dir,
-                    })
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| std::io::Error::other("no free scratch name")))
+        let dir = tempfile::Builder::new()
+            .prefix(&format!(".diskstream-bench-{}-", std::process::id()))
+            .suffix(".tmp")
+            .tempdir_in(parent)?;
+        Ok(Self {
+            path: dir.path().join("scratch"),
+            dir,
+        })
     }
 
     /// The scratch file's path (inside the private directory; not created yet).
@@ -338,35 +326,18 @@ impl ScratchFile {
 
     /// Another file's path in the private directory.
     pub fn file(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        self.dir.path().join(name)
     }
 
-    /// The private directory.
+    /// The private directory (removed with everything in it when this is dropped).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     /// Removes the scratch file now (idempotent); the directory stays until drop.
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-impl Drop for ScratchFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// 64 bits no other user can guess: std's per-process random hash keys (seeded from the OS)
-/// over the time and a counter.
-fn unpredictable() -> u64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    COUNT.fetch_add(1, Ordering::Relaxed).hash(&mut h);
-    std::time::SystemTime::now().hash(&mut h);
-    h.finish()
 }
 
 /// Writes `size` bytes of realistic data to `path` with O_DIRECT through io_uring in `chunk`-byte
