@@ -24,12 +24,16 @@ impl Cluster {
     /// this machine (symbolic links such as `/dev/<vg>/<lv>` resolved, `..` followed), else its
     /// lexical absolute path; and the machine it is on.
     fn disk_identity(&self, primary: &str, p: &Path) -> (Machine<'_>, PathBuf) {
-        let node = self.node(primary).filter(|n| n.address.is_some());
-        let path = lexical(&self.base_dir, p);
-        match node {
-            Some(n) => (Some(n.name.as_str()), path),
-            None => (None, std::fs::canonicalize(&path).unwrap_or(path)),
+        match self.node(primary).filter(|n| n.address.is_some()) {
+            Some(n) => (Some(n.name.as_str()), lexical(&self.base_dir, p)),
+            None => (None, self.resolved(p)),
         }
+    }
+
+    /// `p` canonical where it exists on this machine, else lexically absolute ([`lexical`]).
+    fn resolved(&self, p: &Path) -> PathBuf {
+        let p = lexical(&self.base_dir, p);
+        std::fs::canonicalize(&p).unwrap_or(p)
     }
 
     /// Refuses two disks with the same backing file or device ([`Cluster::disk_identity`]),
@@ -64,15 +68,11 @@ impl Cluster {
     /// whatever node: `(instance, disk index)` if so. Paths are compared canonical where they
     /// exist on this machine (a symbolic link to the file is the file), else lexically.
     pub fn disk_owner(&self, path: &Path) -> Option<(&str, usize)> {
-        let canon = |p: &Path| {
-            let p = lexical(&self.base_dir, p);
-            std::fs::canonicalize(&p).unwrap_or(p)
-        };
-        let want = canon(path);
+        let want = self.resolved(path);
         self.instances().iter().find_map(|inst| {
             inst.disks
                 .iter()
-                .position(|d| canon(&d.path) == want)
+                .position(|d| self.resolved(&d.path) == want)
                 .map(|j| (inst.name.as_str(), j))
         })
     }
