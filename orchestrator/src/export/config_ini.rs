@@ -156,11 +156,10 @@ impl IniDocument {
     }
 }
 
-/// A key [`IniDocument::to_ganeti_string`] writes: lower-case ASCII letters, digits, `_`, `-`.
+/// A key [`IniDocument::to_ganeti_string`] writes: a parameter name as the cluster config
+/// allows them (lower-case ASCII letters, digits, `_`, and the `-` of OS parameters).
 fn is_ini_key(k: &str) -> bool {
-    !k.is_empty()
-        && k.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    crate::cluster::is_param_name(k, true)
 }
 
 fn unescape(v: &str, line: usize) -> Result<String, IniError> {
