@@ -162,13 +162,15 @@ impl Default for WorkerState {
 }
 
 /// What one pipeline worker does per chunk: the engine's own `pipeline::kernel` (zero check,
-/// digest, lz4 block compress into a reused buffer). Returns the stored size (0 for a zero chunk).
+/// digest, lz4 block compress into a reused buffer, and the stored bytes' CRC-32C, as for a
+/// dsimg frame). Returns the stored size (0 for a zero chunk).
 pub fn worker_chunk(chunk: &[u8], checksum: Checksum, st: &mut WorkerState) -> usize {
     let w = kernel(
         chunk,
         zero_block_size(CHUNK as u32),
         checksum,
         Some((&mut st.out, &mut st.table)),
+        true,
     );
     match w.digest {
         None => 0,

@@ -80,6 +80,7 @@ fn check_one(
         digest: f.digest,
         zero_map: map,
         payload,
+        payload_crc: None,
     })
 }
 

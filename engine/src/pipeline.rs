@@ -55,6 +55,10 @@ pub struct Processed {
     pub zero_map: u64,
     /// What to store.
     pub payload: Payload,
+    /// CRC-32C of [`Processed::stored_bytes`], when the sink asked for it
+    /// ([`crate::sink::SinkNeeds::payload_crc`]) and the chunk has data: worked out on the worker
+    /// beside the digest, so a dsimg sink's one thread does not.
+    pub payload_crc: Option<u32>,
 }
 
 impl Processed {
@@ -78,6 +82,8 @@ pub struct Pools {
     /// With `output`: whether the workers compress the next chunk (`None`: always). A sink that
     /// adapts (`--transport-compression auto`) switches it as the transfer goes.
     pub gate: Option<Arc<AtomicBool>>,
+    /// Whether the workers work out each data chunk's payload CRC-32C.
+    pub payload_crc: bool,
 }
 
 impl Pools {
@@ -90,6 +96,7 @@ impl Pools {
             input: BufPool::with_pages(chunk_size as usize, count, pages),
             output: compress.then(|| BufPool::with_pages(out_size, count, pages)),
             gate: None,
+            payload_crc: false,
         };
         pools.input.fill();
         if let Some(out) = &pools.output {
@@ -101,6 +108,12 @@ impl Pools {
     /// Compresses only while `gate` is set (see [`crate::sink::adapt`]).
     pub fn with_gate(mut self, gate: Option<Arc<AtomicBool>>) -> Self {
         self.gate = gate;
+        self
+    }
+
+    /// The workers also work out each data chunk's payload CRC-32C (a dsimg sink's frames).
+    pub fn with_payload_crc(mut self, crc: bool) -> Self {
+        self.payload_crc = crc;
         self
     }
 
@@ -156,30 +169,47 @@ pub struct Worked {
     /// Length of the lz4 block in the output buffer, when one was given and lz4 made the chunk
     /// strictly smaller.
     pub compressed: Option<usize>,
+    /// With `crc`, for a chunk with data: the CRC-32C of what is stored (the lz4 block when
+    /// `compressed`, else the chunk's bytes), the payload CRC of its dsimg frame.
+    pub payload_crc: Option<u32>,
 }
 
-/// The per-chunk work of a worker: the zero map, then (for a chunk with data) the digest and,
-/// given an output buffer of lz4's worst-case size, lz4 block compression. The one kernel the
-/// pipeline runs, `diskstream bench` times and the criterion benches measure.
-pub fn kernel(data: &[u8], block: u32, checksum: Checksum, lz4: Option<(&mut [u8], &mut CompressTable)>) -> Worked {
+/// The per-chunk work of a worker: the zero map, then (for a chunk with data) the digest,
+/// given an output buffer of lz4's worst-case size lz4 block compression, and with `crc` the
+/// CRC-32C of the bytes to store (a dsimg frame's payload CRC). The one kernel the pipeline
+/// runs, `diskstream bench` times and the criterion benches measure.
+pub fn kernel(
+    data: &[u8],
+    block: u32,
+    checksum: Checksum,
+    lz4: Option<(&mut [u8], &mut CompressTable)>,
+    crc: bool,
+) -> Worked {
     let map = zero_map(data, block);
     if map == all_zero_map(data.len() as u32, block) {
         return Worked {
             zero_map: map,
             digest: None,
             compressed: None,
+            payload_crc: None,
         };
     }
     let digest = checksum.digest(data);
-    let compressed = lz4.and_then(|(out, table)| {
+    let mut stored = data;
+    let mut compressed = None;
+    if let Some((out, table)) = lz4 {
         let n = lz4_flex::block::compress_into_with_table(data, out, table)
             .expect("output buffer has lz4's worst-case size");
-        (n < data.len()).then_some(n)
-    });
+        if n < data.len() {
+            compressed = Some(n);
+            stored = &out[..n];
+        }
+    }
     Worked {
         zero_map: map,
         digest: Some(digest),
         compressed,
+        payload_crc: crc.then(|| crate::format::payload_crc(stored)),
     }
 }
 
@@ -199,6 +229,7 @@ fn process(chunk: ReadChunk, zeros: &ZeroDigests, pools: &Pools, table: &mut Com
         digest: zeros.of(len),
         zero_map,
         payload: Payload::Zero,
+        payload_crc: None,
     };
     // A hole chunk: nothing was read.
     let Some(buf) = buf else {
@@ -211,6 +242,7 @@ fn process(chunk: ReadChunk, zeros: &ZeroDigests, pools: &Pools, table: &mut Com
         block,
         zeros.checksum(),
         out.as_mut().map(|o| (o.as_mut_slice(), &mut *table)),
+        pools.payload_crc,
     );
     // A read chunk whose every sub-block is zero (its buffers go back now).
     let Some(digest) = w.digest else {
@@ -231,6 +263,7 @@ fn process(chunk: ReadChunk, zeros: &ZeroDigests, pools: &Pools, table: &mut Com
         digest,
         zero_map: w.zero_map,
         payload,
+        payload_crc: w.payload_crc,
     }
 }
 
@@ -441,5 +474,45 @@ mod tests {
             prop_assert_eq!(out, (0..64).collect::<Vec<_>>());
             prop_assert_eq!(r.pending(), 0);
         }
+    }
+
+    #[test]
+    fn the_kernel_crc_is_that_of_the_bytes_stored() {
+        let block = zero_block_size(1 << 20);
+        let mut noise = vec![0u8; 1 << 20];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for b in &mut noise {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let text: Vec<u8> = b"diskstream ".iter().copied().cycle().take(1 << 20).collect();
+        let mut out = vec![0u8; lz4_flex::block::get_maximum_output_size(1 << 20)];
+        let mut table = CompressTable::large();
+        for (data, lz4) in [(&noise, true), (&text, true), (&text, false)] {
+            let w = kernel(
+                data,
+                block,
+                Checksum::Blake3,
+                lz4.then(|| (&mut out[..], &mut table)),
+                true,
+            );
+            assert_eq!(
+                w.compressed.is_some(),
+                lz4 && data == &text,
+                "lz4 shrinks only the text"
+            );
+            let stored = match w.compressed {
+                Some(n) => &out[..n],
+                None => &data[..],
+            };
+            assert_eq!(w.payload_crc, Some(crate::format::payload_crc(stored)));
+            let w = kernel(data, block, Checksum::Blake3, None, false);
+            assert_eq!(w.payload_crc, None, "not asked for");
+        }
+        let zeros = vec![0u8; 1 << 20];
+        let w = kernel(&zeros, block, Checksum::Blake3, Some((&mut out[..], &mut table)), true);
+        assert_eq!((w.digest, w.payload_crc), (None, None), "a zero chunk has no payload");
     }
 }

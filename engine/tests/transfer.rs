@@ -97,6 +97,7 @@ impl Source for Scripted {
                 digest: Checksum::Blake3.digest(&buf.as_slice()[..CS as usize]),
                 zero_map: 0,
                 payload: Payload::Raw(buf),
+                payload_crc: None,
             })?;
         }
         if self.fail {

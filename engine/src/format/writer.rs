@@ -41,6 +41,19 @@ impl<W: Write> ImageWriter<W> {
     /// Appends the frame of the next chunk. `payload` is empty for [`FrameKind::Zero`], the raw
     /// bytes for [`FrameKind::Raw`], and an lz4 block for [`FrameKind::Lz4`].
     pub fn push(&mut self, index: u64, kind: FrameKind, digest: &Hash, payload: &[u8]) -> io::Result<()> {
+        self.push_with_crc(index, kind, digest, payload, None)
+    }
+
+    /// [`ImageWriter::push`], with `crc` the payload's CRC-32C when the caller worked it out
+    /// already (a pipeline worker did); `None`: it is worked out here.
+    pub fn push_with_crc(
+        &mut self,
+        index: u64,
+        kind: FrameKind,
+        digest: &Hash,
+        payload: &[u8],
+        crc: Option<u32>,
+    ) -> io::Result<()> {
         let expected = self.index.len() as u64;
         if index != expected || index >= self.header.chunk_count() {
             return Err(io::Error::new(
@@ -55,7 +68,17 @@ impl<W: Write> ImageWriter<W> {
             raw_len,
             stored_len: payload.len() as u32,
             digest: *digest,
-            payload_crc: super::payload_crc(payload),
+            payload_crc: match crc {
+                Some(crc) => {
+                    debug_assert_eq!(
+                        crc,
+                        super::payload_crc(payload),
+                        "frame {index}: a worker's payload CRC"
+                    );
+                    crc
+                }
+                None => super::payload_crc(payload),
+            },
         };
         self.out.write_all(&frame.encode())?;
         self.out.write_all(payload)?;

@@ -68,6 +68,7 @@ impl Sink for ImageSink {
             in_flight: 0,
             zero_maps: false,
             lz4: self.lz4,
+            payload_crc: true,
         }
     }
 

@@ -53,6 +53,9 @@ pub struct SinkNeeds {
     /// Whether the sink stores lz4 payloads (chunks lz4 makes smaller arrive as
     /// [`crate::pipeline::Payload::Lz4`]); a sink that does not never receives one.
     pub lz4: bool,
+    /// Whether the sink writes dsimg frames: the workers then work out each data chunk's payload
+    /// CRC-32C ([`Processed::payload_crc`]) beside its digest, off the sink's one thread.
+    pub payload_crc: bool,
 }
 
 impl SinkNeeds {
@@ -62,6 +65,7 @@ impl SinkNeeds {
         in_flight: 0,
         zero_maps: false,
         lz4: false,
+        payload_crc: false,
     };
 }
 
@@ -174,6 +178,7 @@ pub(crate) fn push_frame<W: std::io::Write>(
     };
     let bytes = p.stored_bytes();
     let at = w.position();
-    w.push(p.index, kind, &p.digest, bytes).map_err(|e| (at, e))?;
+    w.push_with_crc(p.index, kind, &p.digest, bytes, p.payload_crc)
+        .map_err(|e| (at, e))?;
     Ok(bytes.len() as u64)
 }

@@ -375,6 +375,7 @@ impl Sink for RawSink {
             in_flight: self.depth,
             zero_maps: true,
             lz4: false,
+            payload_crc: false,
         }
     }
 
@@ -442,6 +443,7 @@ mod tests {
                 digest: [0; 32],
                 zero_map: 0,
                 payload: Payload::Raw(buf),
+                payload_crc: None,
             };
             sink.put(p).unwrap();
         }

@@ -62,6 +62,7 @@ impl<W: Write + Send> Sink for StreamSink<W> {
             in_flight: 0,
             zero_maps: false,
             lz4: self.lz4,
+            payload_crc: true,
         }
     }
 

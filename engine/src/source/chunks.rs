@@ -74,7 +74,8 @@ impl Source for DiskSource {
             spec.needs.lz4,
             t.pages,
         )
-        .with_gate(spec.lz4_gate.cloned());
+        .with_gate(spec.lz4_gate.cloned())
+        .with_payload_crc(spec.needs.payload_crc);
         let mut warnings: Vec<String> = self.disk.warning().map(str::to_owned).into_iter().chain(note).collect();
         let pages = pools.input.pages_name();
         if t.pages == Pages::Hugetlb && !pools.input.hugetlb() {

@@ -102,6 +102,7 @@ impl<R: FrameStream> FrameSource<R> {
                 digest: f.digest,
                 zero_map,
                 payload,
+                payload_crc: None,
             })?;
             offset += u64::from(f.raw_len);
             spec.progress.fetch_add(u64::from(f.raw_len), Ordering::Relaxed);
