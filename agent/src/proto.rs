@@ -253,8 +253,11 @@ impl Call {
 /// What went wrong on the agent, as the wire carries it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WireError {
-    /// `unknown` (a name the node does not know), `refused` (not allowed), `integrity` (damaged
-    /// data), `stalled`, `engine` (another engine error), `failed` (anything else).
+    /// `unknown` (a name the node does not know), `refused` (not allowed: a peer that is not the
+    /// master), the engine's own kind for an engine error (`integrity`: damaged data,
+    /// `mismatch`, `interrupted`, `error`: I/O, which includes a stalled stream, whose message
+    /// starts `stalled:`), `failed` (anything else). The master maps `unknown` to an unknown
+    /// name and everything else to a failure naming the node.
     pub kind: String,
     /// The message, naming what and where.
     pub msg: String,
