@@ -9,8 +9,9 @@
 //! ([`escape_controls`]), so a name can neither forge a line (a log line, or a `{...}` line
 //! that a consumer of `--progress json` would take for an event) nor drive the terminal.
 
-use std::borrow::Cow;
 use std::fmt;
+
+pub use diskstream_engine::report::{escape_controls, escape_keeping_lines};
 
 use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::format::{debug_fn, Writer};
@@ -66,50 +67,5 @@ impl std::io::Write for Stderr {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-/// `s` with each control character (newline, carriage return, escape, the C1 controls, ...)
-/// written as Rust writes it in a string literal (`\n`, `\u{1b}`); tabs are kept.
-pub fn escape_controls(s: &str) -> Cow<'_, str> {
-    escape_except(s, &['\t'])
-}
-
-/// [`escape_controls`] for a message whose line breaks are its own (Ganeti's multi-line failure
-/// reports, whose text comes from the cluster config and hooks): newlines are kept, escapes
-/// and carriage returns are not.
-pub fn escape_keeping_lines(s: &str) -> Cow<'_, str> {
-    escape_except(s, &['\t', '\n'])
-}
-
-fn escape_except<'a>(s: &'a str, keep: &[char]) -> Cow<'a, str> {
-    let escaped = |c: char| c.is_control() && !keep.contains(&c);
-    if !s.chars().any(escaped) {
-        return Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if escaped(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{escape_controls, escape_keeping_lines};
-
-    #[test]
-    fn controls_are_escaped_and_the_rest_kept() {
-        assert_eq!(escape_controls("plain/path ä\tx"), "plain/path ä\tx");
-        assert_eq!(
-            escape_controls("a\n{\"event\"}\r\u{1b}]0;t\u{7}"),
-            "a\\n{\"event\"}\\r\\u{1b}]0;t\\u{7}"
-        );
-        assert_eq!(escape_controls("c1\u{85}"), "c1\\u{85}");
-        assert_eq!(escape_keeping_lines("a\nb\r\u{1b}[31m"), "a\nb\\r\\u{1b}[31m");
     }
 }

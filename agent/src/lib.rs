@@ -13,11 +13,18 @@
 /// `eprintln!` for the agent's log lines that never panics: with stderr gone (a log reader that
 /// quit, a journal that restarted) the line is lost and the agent goes on serving. (`eprintln!`
 /// panics on EPIPE, and did so on the "listening" line of an agent whose log pipe had closed.)
+/// Control characters are escaped ([`log_line`]): text a peer chose (a name, an error it caused)
+/// can neither forge a line nor send terminal escapes.
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+        let _ = writeln!(std::io::stderr().lock(), "{}", $crate::log_line(&format!($($arg)*)));
     }};
+}
+
+/// One line of the agent's log as written: `text` with its control characters escaped.
+pub fn log_line(text: &str) -> std::borrow::Cow<'_, str> {
+    diskstream_engine::report::escape_controls(text)
 }
 
 pub mod abort;
@@ -31,3 +38,14 @@ pub mod remote;
 pub mod server;
 pub mod sock;
 pub mod tls;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_log_line_cannot_be_forged_or_send_escapes() {
+        let line = super::log_line("refused 10.0.0.9: bad name \"x\ndiskstream agent: forged\r\u{1b}[2J\"");
+        assert!(!line.contains(['\n', '\r', '\u{1b}']), "{line}");
+        assert!(line.contains("x\\ndiskstream agent: forged\\r\\u{1b}[2J"), "{line}");
+        assert_eq!(super::log_line("plain\ttext"), "plain\ttext");
+    }
+}

@@ -1,7 +1,10 @@
 //! What an operation reports: [`Report`] (a transfer: what really ran, counted by the source, the
 //! transfer and the sink, assembled in one place, [`Report::assemble`]) and [`Info`] (an image
-//! described from its structure). Both serialize to the JSON objects the CLI prints.
+//! described from its structure). Both serialize to the JSON objects the CLI prints. Text for
+//! people ([`escape_controls`]): names and messages printed with their control characters
+//! escaped, so a name cannot forge a log line or send terminal escapes.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -219,5 +222,50 @@ pub fn lossy_path_opt<S: Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok,
     match p {
         Some(p) => s.serialize_some(&*p.to_string_lossy()),
         None => s.serialize_none(),
+    }
+}
+
+/// `s` with each control character (newline, carriage return, escape, the C1 controls, ...)
+/// written as Rust writes it in a string literal (`\n`, `\u{1b}`); tabs are kept.
+pub fn escape_controls(s: &str) -> Cow<'_, str> {
+    escape_except(s, &['\t'])
+}
+
+/// [`escape_controls`] for a message whose line breaks are its own (Ganeti's multi-line failure
+/// reports, whose text comes from the cluster config and hooks): newlines are kept, escapes
+/// and carriage returns are not.
+pub fn escape_keeping_lines(s: &str) -> Cow<'_, str> {
+    escape_except(s, &['\t', '\n'])
+}
+
+fn escape_except<'a>(s: &'a str, keep: &[char]) -> Cow<'a, str> {
+    let escaped = |c: char| c.is_control() && !keep.contains(&c);
+    if !s.chars().any(escaped) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if escaped(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{escape_controls, escape_keeping_lines};
+
+    #[test]
+    fn controls_are_escaped_and_the_rest_kept() {
+        assert_eq!(escape_controls("plain/path ä\tx"), "plain/path ä\tx");
+        assert_eq!(
+            escape_controls("a\n{\"event\"}\r\u{1b}]0;t\u{7}"),
+            "a\\n{\"event\"}\\r\\u{1b}]0;t\\u{7}"
+        );
+        assert_eq!(escape_controls("c1\u{85}"), "c1\\u{85}");
+        assert_eq!(escape_keeping_lines("a\nb\r\u{1b}[31m"), "a\nb\\r\\u{1b}[31m");
     }
 }
