@@ -3,9 +3,12 @@
 //! in progress holds it, and finalizing or abandoning it ends it. A lease with no receive in
 //! progress and no word from the master for the timeout has lost its master (killed, cut off):
 //! the agent abandons the staging export (removes it), so nothing is left behind.
+//!
+//! At most [`MAX_OPEN_RECEIVES`] receives are open at once (each a thread and a listening data
+//! port until its stream ends or the open timeout passes); one more is refused.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,11 +21,18 @@ struct Lease {
     receiving: BTreeSet<String>,
 }
 
+/// Receives open at once on one agent (the master opens one per disk it exports to this node;
+/// a Ganeti instance has at most 16 disks).
+pub const MAX_OPEN_RECEIVES: usize = 64;
+
 /// The leases of one agent's staging exports, by instance.
 pub struct Leases {
     timeout: Duration,
     m: Mutex<HashMap<String, Lease>>,
     next: AtomicU64,
+    /// The receives whose guard is alive (their export abandoned or not).
+    open: AtomicUsize,
+    max_open: usize,
 }
 
 impl Leases {
@@ -32,7 +42,14 @@ impl Leases {
             timeout,
             m: Mutex::default(),
             next: AtomicU64::new(1),
+            open: AtomicUsize::new(0),
+            max_open: MAX_OPEN_RECEIVES,
         }
+    }
+
+    /// The same with a cap of `max_open` open receives.
+    pub fn with_max_open(self, max_open: usize) -> Self {
+        Self { max_open, ..self }
     }
 
     /// The timeout.
@@ -65,9 +82,16 @@ impl Leases {
     }
 
     /// A receive of `dump` into `instance`'s staging export starts; it holds the lease until
-    /// the returned guard drops. Refused while `dump` is already being received there.
+    /// the returned guard drops. Refused while `dump` is already being received there, and
+    /// while `MAX_OPEN_RECEIVES` receives are open (counted until their guards drop).
     pub fn begin_receive(&self, instance: &str, dump: &str) -> Result<ReceiveLease<'_>, String> {
         let mut m = self.m.lock().expect("leases");
+        if self.open.load(Ordering::SeqCst) >= self.max_open {
+            return Err(format!(
+                "{} receives are open on this node, the most at once: try again when one has ended",
+                self.max_open
+            ));
+        }
         let l = m.entry(instance.to_string()).or_insert_with(|| self.lease());
         l.last = Instant::now();
         if !l.receiving.insert(dump.to_string()) {
@@ -75,6 +99,7 @@ impl Leases {
                 "dump {dump} of {instance} is already being received into its staging export"
             ));
         }
+        self.open.fetch_add(1, Ordering::SeqCst);
         Ok(ReceiveLease {
             leases: self,
             instance: instance.to_string(),
@@ -148,6 +173,7 @@ impl ReceiveLease<'_> {
 impl Drop for ReceiveLease<'_> {
     fn drop(&mut self) {
         self.finish();
+        self.leases.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -170,6 +196,25 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(l.expired(), ["b"]);
         assert!(l.expired().is_empty());
+    }
+
+    #[test]
+    fn open_receives_are_capped_until_their_guards_drop() {
+        let l = Leases::new(Duration::from_secs(60)).with_max_open(2);
+        l.begin("i");
+        let a = l.begin_receive("i", "d0").unwrap();
+        let b = l.begin_receive("i", "d1").unwrap();
+        let e = l.begin_receive("j", "d0").err().expect("a third over the cap");
+        assert!(e.contains("2 receives are open"), "{e}");
+        // Finished (committed) or abandoned, a receive counts until its guard drops: its
+        // thread and port live until then.
+        a.finish();
+        l.end("i");
+        assert!(l.begin_receive("j", "d0").is_err());
+        drop(a);
+        let c = l.begin_receive("j", "d0").expect("a place given back");
+        drop((b, c));
+        assert_eq!(l.open.load(Ordering::SeqCst), 0);
     }
 
     #[test]
