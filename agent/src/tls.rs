@@ -24,7 +24,9 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, Server
 
 use crate::pki::Identity;
 
-/// The ALPN protocol both ends announce; a peer speaking something else is refused.
+/// The ALPN protocol both ends announce. A client offering another is refused by the handshake
+/// (rustls: `NoApplicationProtocol`); one offering none completes it, and is refused right after
+/// by [`check_alpn`] (the agent's control and data ports both check), before a byte is served.
 pub const ALPN: &[u8] = b"diskstream/1";
 
 /// Why a TLS connection was refused or failed.
@@ -143,6 +145,22 @@ pub fn authorize<'a>(conn: &ServerConnection, allowed: &[&'a str], addr: &str) -
     })
 }
 
+/// Refuses a connection whose handshake did not agree on [`ALPN`] (a client that offered no
+/// ALPN at all: rustls lets that one through).
+pub fn check_alpn(conn: &rustls::CommonState, addr: &str) -> Result<(), TlsError> {
+    match conn.alpn_protocol() {
+        Some(p) if p == ALPN => Ok(()),
+        got => Err(TlsError::Refused {
+            peer: addr.to_string(),
+            why: format!(
+                "it must speak ALPN '{}', it offered {}",
+                String::from_utf8_lossy(ALPN),
+                got.map_or("none".to_string(), |p| format!("'{}'", String::from_utf8_lossy(p)))
+            ),
+        }),
+    }
+}
+
 /// A finished server-side handshake on a blocking socket.
 pub type ServerStream = StreamOwned<ServerConnection, Sock>;
 /// A finished client-side handshake on a blocking socket.
@@ -223,6 +241,7 @@ pub fn accept(cfg: &Arc<ServerConfig>, tcp: TcpStream, timeout: Duration) -> Res
     while s.conn.is_handshaking() {
         s.conn.complete_io(&mut s.sock).map_err(hs)?;
     }
+    check_alpn(&s.conn, &addr)?;
     Ok(s)
 }
 

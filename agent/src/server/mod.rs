@@ -3,13 +3,15 @@
 //! [`LocalNodeOps`] for its own node, so each call has exactly the local path's semantics.
 //!
 //! Refusals, all before anything is touched: a client whose certificate does not name the
-//! master (the handshake already refused any other CA); a call naming another node; an
+//! master (the handshake already refused any other CA; see `conn.rs` for how connections are
+//! admitted, `admit.rs` for the limits); a call naming another node; an
 //! instance that is not this node's (for instance and disk operations) or a name that could be
 //! a path (for export-directory operations: instances, dumps, hook paths must be safe names).
 //! The agent reads only the disks and writes only the export directory that the cluster config
 //! gives its node: every path is derived by [`LocalNodeOps`] from the config.
 
 mod admit;
+mod conn;
 mod handle;
 
 use std::collections::HashMap;
@@ -27,11 +29,8 @@ use diskstream_orchestrator::node::{NodeOps, SendDisk, TransferProgress};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::{ClientConfig, ServerConfig};
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 use crate::data::{self, Receiver, Timeouts};
 use crate::lease::Leases;
@@ -143,99 +142,6 @@ impl Agent {
             agent.local.sweep_export_leftovers(node, &i.name);
         }
         Ok((agent, listen))
-    }
-
-    /// Serves until the process is killed.
-    pub async fn serve(&'static self, listen: SocketAddr) -> Result<(), String> {
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|e| format!("listen on {listen}: {e}"))?;
-        say!("diskstream agent: node {} listening on {listen}", self.node);
-        raise_open_files_limit();
-        let acceptor = TlsAcceptor::from(Arc::clone(&self.server_tls));
-        loop {
-            // Never ends on an error: out of file descriptors now is not out of them for good.
-            let (tcp, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    if let Some(n) = self.admission.refusal() {
-                        say!("diskstream agent: accept: {e} ({n} connections refused since the last report)");
-                    }
-                    tokio::time::sleep(admit::ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
-            let Some(place) = self.admission.connection() else {
-                if let Some(n) = self.admission.refusal() {
-                    say!(
-                        "diskstream agent: {n} connections refused: {} open, the most at once",
-                        admit::MAX_CONNECTIONS
-                    );
-                }
-                continue; // Dropping `tcp` closes it.
-            };
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let _place = place;
-                if let Err(e) = self.connection(acceptor, tcp, peer).await {
-                    say!("diskstream agent: {peer}: {e}");
-                }
-            });
-        }
-    }
-
-    async fn connection(
-        &'static self,
-        acceptor: TlsAcceptor,
-        tcp: tokio::net::TcpStream,
-        peer: SocketAddr,
-    ) -> Result<(), String> {
-        let _ = tcp.set_nodelay(true);
-        let _ = crate::sock::keepalive(&tcp);
-        let slot = self.admission.handshake(peer.ip()).ok_or_else(|| {
-            format!(
-                "refused: {} handshakes from this address in progress",
-                admit::MAX_HANDSHAKES_PER_PEER
-            )
-        })?;
-        let s = tokio::time::timeout(self.timeouts.connect, acceptor.accept(tcp))
-            .await
-            .map_err(|_| "TLS handshake timed out".to_string())?
-            .map_err(|e| format!("TLS handshake: {e}"))?;
-        drop(slot);
-        let master = self.cluster.master().name.as_str();
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        // A master that vanished without closing (power cut, link down) is noticed by
-        // HTTP/2 pings as well as by TCP keepalive.
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(KEEPALIVE_PING))
-            .keep_alive_timeout(KEEPALIVE_PING * 2);
-        if let Err(e) = tls::authorize(s.get_ref().1, &[master], &peer.to_string()) {
-            // A cluster member that is not the master: every request is answered 403 with why,
-            // and nothing runs.
-            let why = format!("refused: only the master ({master}) may command this agent: {e}");
-            say!("diskstream agent: {why}");
-            let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                let why = why.clone();
-                async move { Ok::<_, hyper::Error>(answer(StatusCode::FORBIDDEN, Err(refused(why)))) }
-            });
-            // It is answered for as long as a handshake may take, then closed.
-            return match tokio::time::timeout(
-                self.timeouts.connect,
-                builder.serve_connection(TokioIo::new(s), service),
-            )
-            .await
-            {
-                Ok(r) => r.map_err(|e| format!("HTTP/2: {e}")),
-                Err(_) => Ok(()),
-            };
-        }
-        let service = hyper::service::service_fn(move |req| self.request(req));
-        builder
-            .serve_connection(TokioIo::new(s), service)
-            .await
-            .map_err(|e| format!("HTTP/2: {e}"))
     }
 
     async fn request(&'static self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {

@@ -1,0 +1,196 @@
+//! The control port's connections: the accept loop ([`Agent::serve`]) and one connection's life
+//! ([`Agent::connection`]): a handshake place ([`admit::Admission::handshake`], evicted when a
+//! newer connection needs it), the TLS handshake within the connect timeout, the ALPN check
+//! (only [`tls::ALPN`] is served: a client that offers none, or another, is closed), then either
+//! the master's HTTP/2 service (a place of the master's own) or, for any other cluster member,
+//! one 403 answer saying why and the close within [`admit::OTHER_GRACE`].
+//!
+//! Everything a peer that is not the master can cause (a refusal, a failed or evicted
+//! handshake, a 403) is logged through [`admit::Admission::log_refusal`]: at most a line a
+//! second, with how many were held back. A peer that closes its connection (with or without a
+//! GOAWAY) is a normal end and is not logged.
+
+use std::error::Error as _;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::admit::{self, HandshakeSlot};
+use super::{answer, raise_open_files_limit, refused, Agent, KEEPALIVE_PING};
+use crate::tls;
+
+impl Agent {
+    /// Serves until the process is killed.
+    pub async fn serve(&'static self, listen: SocketAddr) -> Result<(), String> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("listen on {listen}: {e}"))?;
+        say!("diskstream agent: node {} listening on {listen}", self.node);
+        raise_open_files_limit();
+        let acceptor = TlsAcceptor::from(Arc::clone(&self.server_tls));
+        loop {
+            // Never ends on an error: out of file descriptors now is not out of them for good.
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    self.admission.log_refusal(|| format!("accept: {e}"));
+                    tokio::time::sleep(admit::ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            // Taken here, before a task is spawned, so that a flood spawns nothing.
+            let Some(slot) = self.admission.handshake(peer.ip()) else {
+                self.admission.log_refusal(|| {
+                    format!(
+                        "{peer}: refused: {} handshakes from this address in progress",
+                        admit::MAX_HANDSHAKES_PER_PEER
+                    )
+                });
+                continue; // Dropping `tcp` closes it.
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move { self.connection(acceptor, tcp, peer, slot).await });
+        }
+    }
+
+    /// One control connection, from its handshake to its close.
+    async fn connection(
+        &'static self,
+        acceptor: TlsAcceptor,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        mut slot: HandshakeSlot<'static>,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        let _ = crate::sock::keepalive(&tcp);
+        let handshake = tokio::time::timeout(self.timeouts.connect, acceptor.accept(tcp));
+        let s = tokio::select! {
+            r = handshake => match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return self.admission.log_refusal(|| format!("{peer}: TLS handshake: {e}")),
+                Err(_) => return self.admission.log_refusal(|| format!("{peer}: TLS handshake timed out")),
+            },
+            () = slot.evicted() => {
+                return self.admission.log_refusal(|| {
+                    format!(
+                        "{peer}: handshake evicted: all {} handshake places were taken and this was \
+                         the oldest of the address with the most",
+                        admit::MAX_HANDSHAKES
+                    )
+                });
+            }
+        };
+        drop(slot);
+        let conn = s.get_ref().1;
+        if let Err(e) = tls::check_alpn(conn, &peer.to_string()) {
+            // Dropping `s` closes it: nothing is served to a client of another protocol.
+            return self.admission.log_refusal(|| format!("{peer}: refused: {e}"));
+        }
+        let master = self.cluster.master().name.as_str();
+        if let Err(e) = tls::authorize(conn, &[master], &peer.to_string()) {
+            let why = format!("refused: only the master ({master}) may command this agent: {e}");
+            return self.other_member(s, peer, why).await;
+        }
+        let Some(_place) = self.admission.master() else {
+            return self.admission.log_refusal(|| {
+                format!(
+                    "{peer}: refused: {} master connections open, the most at once",
+                    admit::MAX_CONNECTIONS
+                )
+            });
+        };
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        // A master that vanished without closing (power cut, link down) is noticed by
+        // HTTP/2 pings as well as by TCP keepalive.
+        builder
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(KEEPALIVE_PING))
+            .keep_alive_timeout(KEEPALIVE_PING * 2);
+        let service = hyper::service::service_fn(move |req| self.request(req));
+        if let Err(e) = builder.serve_connection(TokioIo::new(s), service).await {
+            if !closed_by_peer(&e) {
+                say!("diskstream agent: {peer}: HTTP/2 with the master: {e}{}", detail(&e));
+            }
+        }
+    }
+
+    /// A cluster member that is not the master: its first request is answered 403 with `why`,
+    /// nothing runs, and the connection is closed after that answer or within
+    /// [`admit::OTHER_GRACE`], whichever comes first. Beyond [`admit::MAX_OTHERS_PER_PEER`]
+    /// such connections from its address (or [`admit::MAX_OTHERS`] in all) it is closed at once.
+    async fn other_member(&'static self, s: TlsStream<TcpStream>, peer: SocketAddr, why: String) {
+        let Some(_place) = self.admission.other(peer.ip()) else {
+            return self.admission.log_refusal(|| {
+                format!(
+                    "{peer}: {why} (closed at once: {} such connections from this address or {} in \
+                     all are open)",
+                    admit::MAX_OTHERS_PER_PEER,
+                    admit::MAX_OTHERS
+                )
+            });
+        };
+        self.admission.log_refusal(|| format!("{peer}: {why}"));
+        let answered = Arc::new(Notify::new());
+        let told = Arc::clone(&answered);
+        let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+            let why = why.clone();
+            told.notify_one();
+            async move { Ok::<_, hyper::Error>(answer(StatusCode::FORBIDDEN, Err(refused(why)))) }
+        });
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new()).max_concurrent_streams(1);
+        let conn = builder.serve_connection(TokioIo::new(s), service);
+        let mut conn = std::pin::pin!(conn);
+        let _ = tokio::time::timeout(admit::OTHER_GRACE, async {
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = answered.notified() => {}
+            }
+            // GOAWAY: the answer in progress is sent, no other request is taken.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.as_mut().await;
+        })
+        .await;
+    }
+}
+
+/// Whether `e` only says that the peer closed the connection (reset it, or closed it without a
+/// GOAWAY): the normal end of a client's connection, not worth a log line.
+pub(super) fn closed_by_peer(e: &hyper::Error) -> bool {
+    let ended = |k: io::ErrorKind| {
+        matches!(
+            k,
+            io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionAborted
+        )
+    };
+    let mut src = e.source();
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<h2::Error>() {
+            if let Some(io) = h.get_io() {
+                return ended(io.kind());
+            }
+            return h.is_go_away() && h.is_remote() && h.reason() == Some(h2::Reason::NO_ERROR);
+        }
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return ended(io.kind());
+        }
+        src = s.source();
+    }
+    false
+}
+
+/// `": CAUSE"` for an error whose display hides its cause (hyper's "connection error").
+fn detail(e: &hyper::Error) -> String {
+    e.source().map(|s| format!(": {s}")).unwrap_or_default()
+}
