@@ -7,8 +7,11 @@
 //!   byte of disk data is read, and the port keeps waiting until its deadline); its frames are
 //!   read through [`diskstream_orchestrator::node::local::LocalNodeOps::receive_disk`] (every
 //!   frame and the trailer checked, the dump fsynced and renamed) and only then acknowledged
-//!   with one JSON line.
-//! - The primary ([`send`]): connects, sends the token, streams the disk, reads the
+//!   with one JSON line. Connections are admitted side by side and a new one evicts the oldest
+//!   still being admitted when the slots are full, so a flood cannot keep the primary out
+//!   (`data/admit.rs`).
+//! - The primary ([`send`]): connects (again, within its connect timeout, while the port closes
+//!   the connection before the handshake completed), sends the token, streams the disk, reads the
 //!   acknowledgement.
 //!
 //! Both ends time out when no byte moves for the inactivity timeout ("stalled").
@@ -16,8 +19,7 @@
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diskstream_engine::source::FrameStream;
@@ -28,6 +30,8 @@ use rustls::{ClientConfig, ServerConfig};
 use crate::lease::ReceiveLease;
 use crate::proto::{data_hello, new_token, Opened, Reply, Sent, WireError, WireReport, HELLO_LEN};
 use crate::tls;
+
+mod admit;
 
 /// The buffer between the engine's frame stream and the sender's TLS connection: frame headers
 /// and payloads go out in large TLS writes, not one record per piece.
@@ -148,10 +152,6 @@ fn set_timeouts(tcp: &TcpStream, t: Duration) -> io::Result<()> {
     tcp.set_nodelay(true)
 }
 
-/// Connections a data port admits at once (handshake and token, each within the connect
-/// timeout); more are closed at once.
-const MAX_ADMITTING: usize = 8;
-
 /// The target's side of one disk stream.
 pub struct Receiver {
     listener: TcpListener,
@@ -183,47 +183,80 @@ impl Receiver {
         t: Timeouts,
         lease: &ReceiveLease<'_>,
     ) -> Result<Reply, String> {
+        let what = format!("{}/disk{} from {}", req.instance, req.disk, req.source_node);
+        let stream = self.admit_first(cfg, req, t, &what)?;
+        Ok(receive(local, stream, req, &what, t, lease))
+    }
+
+    /// Waits (until `t.open`) for the first connection that passes [`Receiver::admit`].
+    ///
+    /// Connections are admitted side by side (each within `t.connect`), so one that stalls its
+    /// handshake or its token cannot hold the port against the primary; and a new connection
+    /// evicts the oldest one being admitted when the slots are full ([`admit::Admitting`]), so
+    /// that a flood of idle connections cannot either. Refusals are logged at most once a
+    /// second ([`admit::Refusals`]).
+    fn admit_first(
+        &self,
+        cfg: &Arc<ServerConfig>,
+        req: &SendDisk,
+        t: Timeouts,
+        what: &str,
+    ) -> Result<tls::ServerStream, String> {
         let deadline = Instant::now() + t.open;
         self.listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-        let what = format!("{}/disk{} from {}", req.instance, req.disk, req.source_node);
-        // Connections are admitted side by side (each within `t.connect`), so one that stalls
-        // its handshake or its token cannot hold the port against the primary.
         let (tx, admitted) = mpsc::channel();
-        let pending = AtomicUsize::new(0);
-        std::thread::scope(|sc| loop {
-            match admitted.try_recv() {
-                Ok(Ok(stream)) => return Ok(receive(local, stream, req, &what, t, lease)),
-                Ok(Err((peer, e))) => {
-                    say!("diskstream agent: data port for {what}: refused {peer}: {e}");
-                    continue;
-                }
-                Err(_) => {}
+        let slots = Mutex::new(admit::Admitting::default());
+        let mut log = admit::Refusals::default();
+        let say = |line: Option<String>| {
+            if let Some(line) = line {
+                say!("diskstream agent: data port for {what}: {line}");
             }
-            if Instant::now() > deadline {
-                return Err(format!("no valid stream for {what} within {} s", t.open.as_secs()));
-            }
-            let (tcp, peer) = match self.listener.accept() {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
+        };
+        let got = std::thread::scope(|sc| {
+            let got = loop {
+                let now = Instant::now();
+                match admitted.try_recv() {
+                    Ok(Ok(stream)) => break Ok(stream),
+                    Ok(Err((peer, e))) => {
+                        say(log.refused(now, format!("{peer}: {e}")));
+                        continue;
+                    }
+                    Err(_) => say(log.due(Some(now))),
                 }
-                Err(e) => return Err(format!("accept on the data port for {what}: {e}")),
+                if now > deadline {
+                    break Err(format!("no valid stream for {what} within {} s", t.open.as_secs()));
+                }
+                let (tcp, peer) = match self.listener.accept() {
+                    Ok(x) => x,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    Err(e) => break Err(format!("accept on the data port for {what}: {e}")),
+                };
+                let Ok(handle) = tcp.try_clone() else {
+                    continue; // Out of descriptors: dropping `tcp` closes it.
+                };
+                let (id, evicted) = slots.lock().expect("slots").take(peer, handle);
+                if let Some(old) = evicted {
+                    say(log.refused(now, format!("{old}: evicted for {peer}, slots full")));
+                }
+                let (tx, slots) = (tx.clone(), &slots);
+                sc.spawn(move || {
+                    let r = self.admit(cfg, tcp, peer, req, t).map_err(|e| (peer, e));
+                    // An evicted connection's outcome is void (its socket was shut down).
+                    if slots.lock().expect("slots").release(id) {
+                        let _ = tx.send(r);
+                    }
+                });
             };
-            if pending.load(Ordering::SeqCst) >= MAX_ADMITTING {
-                say!(
-                    "diskstream agent: data port for {what}: refused {peer}: {MAX_ADMITTING} connections being admitted"
-                );
-                continue; // Dropping `tcp` closes it.
-            }
-            pending.fetch_add(1, Ordering::SeqCst);
-            let (tx, pending, this) = (tx.clone(), &pending, &self);
-            sc.spawn(move || {
-                let r = this.admit(cfg, tcp, peer, req, t).map_err(|e| (peer, e));
-                pending.fetch_sub(1, Ordering::SeqCst);
-                let _ = tx.send(r);
-            });
-        })
+            // The connections still being admitted are refused at once, so that their
+            // threads end now (the scope waits for them).
+            slots.lock().expect("slots").evict_all();
+            got
+        });
+        say(log.due(None));
+        got
     }
 
     /// The handshake, the client's certificate and the token; nothing of the disk is read.
@@ -240,7 +273,7 @@ impl Receiver {
         tls::authorize(&s.conn, &[req.source_node.as_str()], &peer.to_string()).map_err(|e| e.to_string())?;
         let mut hello = [0u8; HELLO_LEN];
         s.read_exact(&mut hello)
-            .map_err(|e| format!("reading the token: {e}"))?;
+            .map_err(|e| format!("reading the token: {}", tls::timed_out(e, t.connect)))?;
         if !constant_eq(&hello, &data_hello(&self.token)) {
             return Err("the stream does not start with this transfer's token".into());
         }
@@ -377,8 +410,7 @@ pub fn send(
         .map_err(|e| failed(format!("resolving {host}: {e}")))?
         .next()
         .ok_or_else(|| failed(format!("{host} has no address")))?;
-    let tcp = TcpStream::connect_timeout(&addr, t.connect).map_err(|e| failed(format!("connect for {to}: {e}")))?;
-    let mut s = tls::connect(cfg, tcp, &req.target_node, t.connect).map_err(|e| failed(format!("{to}: {e}")))?;
+    let mut s = dial(cfg, addr, &req.target_node, t.connect, &to).map_err(failed)?;
     set_timeouts(s.sock.tcp(), t.inactivity).map_err(|e| failed(format!("{to}: {e}")))?;
     s.write_all(&data_hello(&opened.token))
         .map_err(|e| failed(format!("{to}: sending the token: {e}")))?;
@@ -432,6 +464,51 @@ pub fn send(
     }
 }
 
+/// Connects to `node`'s data port at `addr` and completes the handshake, within `timeout` in
+/// all. A connection the port closed or reset before the handshake completed is dialed again
+/// (after a short pause) while time is left: a port whose admission slots a flood fills evicts
+/// the oldest connection it is admitting ([`admit`]), which may be this one. A refused
+/// connect (no port) or a handshake the peer refused (an alert) is not retried. Errors name
+/// the stream `to`.
+fn dial(
+    cfg: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    node: &str,
+    timeout: Duration,
+    to: &str,
+) -> Result<tls::ClientStream, String> {
+    let until = Instant::now() + timeout;
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let left = until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let tcp = TcpStream::connect_timeout(&addr, left).map_err(|e| format!("connect for {to}: {e}"))?;
+        let e = match tls::connect(cfg, tcp, node, left) {
+            Ok(s) => return Ok(s),
+            Err(e) => e,
+        };
+        let closed = matches!(&e, tls::TlsError::Handshake { source, .. } if matches!(
+            source.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::BrokenPipe
+        ));
+        if !closed || until.saturating_duration_since(Instant::now()) < DIAL_PAUSE * 2 {
+            return Err(match tries {
+                1 => format!("{to}: {e}"),
+                n => format!("{to}: {e} (after {n} tries)"),
+            });
+        }
+        std::thread::sleep(DIAL_PAUSE);
+    }
+}
+
+/// The pause before dialing a data port again.
+const DIAL_PAUSE: Duration = Duration::from_millis(50);
+
 /// Reads the target's acknowledgement line.
 fn read_ack(s: &mut tls::ClientStream) -> Result<Reply, String> {
     let mut line = String::new();
@@ -440,3 +517,6 @@ fn read_ack(s: &mut tls::ClientStream) -> Result<Reply, String> {
         .map_err(|e| format!("no acknowledgement: {e}"))?;
     serde_json::from_str(&line).map_err(|e| format!("the target's acknowledgement is not valid ({e}): {line:?}"))
 }
+
+#[cfg(test)]
+mod tests;

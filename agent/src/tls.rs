@@ -239,10 +239,24 @@ pub fn accept(cfg: &Arc<ServerConfig>, tcp: TcpStream, timeout: Duration) -> Res
     sock.set_deadline(Some(Instant::now() + timeout));
     let mut s = StreamOwned::new(conn, sock);
     while s.conn.is_handshaking() {
-        s.conn.complete_io(&mut s.sock).map_err(hs)?;
+        s.conn.complete_io(&mut s.sock).map_err(|e| hs(timed_out(e, timeout)))?;
     }
     check_alpn(&s.conn, &addr)?;
     Ok(s)
+}
+
+/// A socket timeout or a passed deadline (`WouldBlock` from a blocking socket's timeout reads
+/// "Resource temporarily unavailable") as what it is: "timed out after N s". Other errors as
+/// they are.
+pub(crate) fn timed_out(e: io::Error, after: Duration) -> io::Error {
+    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("timed out after {} s", after.as_secs_f64()),
+        )
+    } else {
+        e
+    }
 }
 
 /// Dials `node` over `tcp` and completes the handshake within `timeout`; the server's
@@ -263,7 +277,7 @@ pub fn connect(
     let conn = ClientConnection::new(Arc::clone(cfg), name).map_err(|e| hs(io::Error::other(e)))?;
     let mut s = StreamOwned::new(conn, Sock::new(tcp));
     while s.conn.is_handshaking() {
-        s.conn.complete_io(&mut s.sock).map_err(hs)?;
+        s.conn.complete_io(&mut s.sock).map_err(|e| hs(timed_out(e, timeout)))?;
     }
     Ok(s)
 }

@@ -1,0 +1,155 @@
+//! A data port's admission bookkeeping: the connections being admitted side by side (TLS
+//! handshake, certificate, token), bounded in all and per source address, where a new
+//! connection evicts the oldest one still being admitted instead of being refused; and the
+//! refusals' log lines, aggregated so that a flood cannot flood the log.
+//!
+//! Why eviction and not refusal: a connection that sends nothing holds its slot for the whole
+//! connect timeout (10 s by default), so with "refuse when full" eight idle TCP connections
+//! from anyone who learned the port kept the primary out for good (its one connection was
+//! closed at once). With eviction, a flood must keep opening connections faster than the
+//! primary's handshake completes (milliseconds) to touch it, and then it only ever evicts its
+//! own connections first:
+//! - a source address holding [`MAX_PER_SOURCE`] slots makes room among its own (its oldest
+//!   goes), so one attacking address can never evict a connection from another address;
+//! - when all [`MAX_ADMITTING`] slots are taken, the oldest connection of the address holding
+//!   the most slots goes;
+//! - the primary ([`super::send`]) dials again, within its connect timeout, when the port closes
+//!   its connection before the handshake completed.
+
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Connections a data port admits at once (handshake and token, each within the connect
+/// timeout).
+pub(super) const MAX_ADMITTING: usize = 8;
+
+/// Of those, the most from one source address.
+pub(super) const MAX_PER_SOURCE: usize = 4;
+
+/// A connection being admitted.
+struct Slot {
+    id: u64,
+    peer: SocketAddr,
+    /// A handle on the socket (its clone), to shut it down when evicted.
+    tcp: TcpStream,
+}
+
+/// The connections being admitted, oldest first.
+#[derive(Default)]
+pub(super) struct Admitting {
+    next: u64,
+    slots: Vec<Slot>,
+}
+
+impl Admitting {
+    /// Takes a slot for a connection from `peer` (`tcp`: a clone of its socket), evicting one
+    /// first when its address or the port is full (see the module's rules). Returns the slot's
+    /// id and the peer evicted, if any.
+    pub(super) fn take(&mut self, peer: SocketAddr, tcp: TcpStream) -> (u64, Option<SocketAddr>) {
+        let evicted = self.victim(peer.ip()).map(|i| {
+            let s = self.slots.remove(i);
+            // Its admitting thread's read or write fails at once; it reports nothing.
+            let _ = s.tcp.shutdown(Shutdown::Both);
+            s.peer
+        });
+        self.next += 1;
+        self.slots.push(Slot {
+            id: self.next,
+            peer,
+            tcp,
+        });
+        (self.next, evicted)
+    }
+
+    /// The index of the slot to evict for a new connection from `ip`, if one must go.
+    fn victim(&self, ip: IpAddr) -> Option<usize> {
+        let held = |ip: IpAddr| self.slots.iter().filter(|s| s.peer.ip() == ip).count();
+        let target = if held(ip) >= MAX_PER_SOURCE {
+            ip
+        } else if self.slots.len() >= MAX_ADMITTING {
+            let most = self.slots.iter().map(|s| held(s.peer.ip())).max()?;
+            // The oldest slot of an address holding the most.
+            self.slots.iter().find(|s| held(s.peer.ip()) == most)?.peer.ip()
+        } else {
+            return None;
+        };
+        self.slots.iter().position(|s| s.peer.ip() == target)
+    }
+
+    /// The admission of slot `id` ended. False when it had been evicted (its outcome is void).
+    pub(super) fn release(&mut self, id: u64) -> bool {
+        let before = self.slots.len();
+        self.slots.retain(|s| s.id != id);
+        self.slots.len() < before
+    }
+
+    /// Ends every admission in progress (a stream was admitted, or the port closes).
+    pub(super) fn evict_all(&mut self) {
+        for s in self.slots.drain(..) {
+            let _ = s.tcp.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Connections being admitted.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// At most one refusal line per [`Refusals::EVERY`].
+#[derive(Default)]
+pub(super) struct Refusals {
+    /// When the last line was written.
+    last_line: Option<Instant>,
+    /// Refusals since then not written, and the last of them.
+    held: u64,
+    last: String,
+}
+
+impl Refusals {
+    /// The least time between two lines.
+    pub(super) const EVERY: Duration = Duration::from_secs(1);
+
+    /// A connection was refused at `now` for `why`: the line to log, if one is due (the first
+    /// refusal in full, then at most one line a second, saying how many were held back).
+    pub(super) fn refused(&mut self, now: Instant, why: String) -> Option<String> {
+        if self.last_line.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
+            self.held += 1;
+            self.last = why;
+            return None;
+        }
+        let line = match std::mem::take(&mut self.held) {
+            0 => format!("refused {why}"),
+            n => format!(
+                "refused {why} (and {n} more in the last {} s)",
+                secs(now, self.last_line)
+            ),
+        };
+        self.last_line = Some(now);
+        Some(line)
+    }
+
+    /// The line for the refusals held back, if any, once one is due at `now` (`None` for
+    /// `now`: at once, the port is closing).
+    pub(super) fn due(&mut self, now: Option<Instant>) -> Option<String> {
+        let at = now.unwrap_or_else(Instant::now);
+        if self.held == 0 || now.is_some_and(|n| self.last_line.is_some_and(|t| n.duration_since(t) < Self::EVERY)) {
+            return None;
+        }
+        let n = std::mem::take(&mut self.held);
+        let line = format!(
+            "refused {n} more connection{} in the last {} s (the last: {})",
+            if n == 1 { "" } else { "s" },
+            secs(at, self.last_line),
+            self.last
+        );
+        self.last_line = Some(at);
+        Some(line)
+    }
+}
+
+fn secs(now: Instant, since: Option<Instant>) -> String {
+    let d = since.map_or(Duration::ZERO, |t| now.duration_since(t));
+    format!("{:.1}", d.as_secs_f64())
+}
