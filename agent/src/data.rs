@@ -184,7 +184,9 @@ impl Receiver {
         lease: &ReceiveLease<'_>,
     ) -> Result<Reply, String> {
         let what = format!("{}/disk{} from {}", req.instance, req.disk, req.source_node);
-        let stream = self.admit_first(cfg, req, t, &what)?;
+        // An export abandoned (or begun again) while this port waits ends the wait at once: the
+        // receive's thread, port and place among the open receives are given back.
+        let stream = self.admit_first(cfg, req, t, &what, &|| !lease.current())?;
         Ok(receive(local, stream, req, &what, t, lease))
     }
 
@@ -194,13 +196,15 @@ impl Receiver {
     /// handshake or its token cannot hold the port against the primary; and a new connection
     /// evicts the oldest one being admitted when the slots are full ([`admit::Admitting`]), so
     /// that a flood of idle connections cannot either. Refusals are logged at most once a
-    /// second ([`admit::Refusals`]).
+    /// second ([`admit::Refusals`]). It gives up as soon as `gone` says the staging export the
+    /// receive was opened for is gone.
     fn admit_first(
         &self,
         cfg: &Arc<ServerConfig>,
         req: &SendDisk,
         t: Timeouts,
         what: &str,
+        gone: &dyn Fn() -> bool,
     ) -> Result<tls::ServerStream, String> {
         let deadline = Instant::now() + t.open;
         self.listener.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -225,6 +229,11 @@ impl Receiver {
                 }
                 if now > deadline {
                     break Err(format!("no valid stream for {what} within {} s", t.open.as_secs()));
+                }
+                if gone() {
+                    break Err(format!(
+                        "no stream for {what}: the staging export it was opened for was finalized or abandoned"
+                    ));
                 }
                 let (tcp, peer) = match self.listener.accept() {
                     Ok(x) => x,

@@ -56,7 +56,7 @@ fn primary_gets_through(flood: impl FnOnce(u16) -> Vec<TcpStream>) {
     let req = req();
     std::thread::scope(|sc| {
         let port = sc.spawn(|| {
-            let mut s = rx.admit_first(&server, &req, t, "the test stream")?;
+            let mut s = rx.admit_first(&server, &req, t, "the test stream", &|| false)?;
             let mut payload = [0u8; 7];
             s.read_exact(&mut payload).map_err(|e| e.to_string())?;
             Ok::<_, String>(payload)
@@ -192,4 +192,27 @@ fn a_handshake_that_times_out_says_so() {
         .map(|_| ())
         .unwrap_err();
     assert!(e.to_string().ends_with(": timed out after 0.3 s"), "{e}");
+}
+
+#[test]
+fn a_receive_whose_export_is_gone_stops_waiting_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = pki(dir.path());
+    let (rx, _opened) = Receiver::open(IpAddr::from([127, 0, 0, 1])).unwrap();
+    let t = Timeouts {
+        open: Duration::from_secs(60),
+        ..Timeouts::default()
+    };
+    let t0 = Instant::now();
+    let gone = || t0.elapsed() > Duration::from_millis(200);
+    let e = rx
+        .admit_first(&server, &req(), t, "the test stream", &gone)
+        .err()
+        .expect("no stream came");
+    let took = t0.elapsed();
+    assert!(e.contains("finalized or abandoned"), "{e}");
+    assert!(
+        took < Duration::from_secs(2),
+        "it waited {took:?} of the 60 s open timeout"
+    );
 }
