@@ -207,8 +207,7 @@ fn a_receive_whose_export_is_gone_stops_waiting_at_once() {
     let gone = || t0.elapsed() > Duration::from_millis(200);
     let e = rx
         .admit_first(&server, &req(), t, "the test stream", &gone)
-        .err()
-        .expect("no stream came");
+        .expect_err("no stream came");
     let took = t0.elapsed();
     assert!(e.contains("finalized or abandoned"), "{e}");
     assert!(
