@@ -178,7 +178,7 @@ fn a_client_without_the_agents_alpn_is_not_served() {
         return;
     }
     let dir = scratch();
-    let mut net = Net::new("ad", 50).expect("namespaces");
+    let mut net = Net::new("af", 52).expect("namespaces");
     let (cfg, _local, _disks) = cluster(dir.path(), &net);
     let log3 = started(&cfg, dir.path(), &mut net);
     let flood = Flood::start(&net.m, &format!("alpn|{}|{}|0", net.addr(3), s(&cfg)));
