@@ -34,6 +34,7 @@ pub mod netns;
 pub mod pki;
 pub mod proto;
 pub mod rate;
+mod refusals;
 pub mod remote;
 pub mod server;
 pub mod sock;

@@ -1,7 +1,8 @@
 //! A data port's admission bookkeeping: the connections being admitted side by side (TLS
 //! handshake, certificate, token), bounded in all and per source address, where a new
 //! connection evicts the oldest one still being admitted instead of being refused; and the
-//! refusals' log lines, aggregated so that a flood cannot flood the log.
+//! refusals' log lines, aggregated so that a flood cannot flood the log ([`Refusals`], the
+//! control port's too).
 //!
 //! Why eviction and not refusal: a connection that sends nothing holds its slot for the whole
 //! connect timeout (10 s by default), so with "refuse when full" eight idle TCP connections
@@ -17,7 +18,8 @@
 //!   its connection before the handshake completed.
 
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+
+pub(super) use crate::refusals::Refusals;
 
 /// Connections a data port admits at once (handshake and token, each within the connect
 /// timeout).
@@ -95,61 +97,4 @@ impl Admitting {
     pub(super) fn len(&self) -> usize {
         self.slots.len()
     }
-}
-
-/// At most one refusal line per [`Refusals::EVERY`].
-#[derive(Default)]
-pub(super) struct Refusals {
-    /// When the last line was written.
-    last_line: Option<Instant>,
-    /// Refusals since then not written, and the last of them.
-    held: u64,
-    last: String,
-}
-
-impl Refusals {
-    /// The least time between two lines.
-    pub(super) const EVERY: Duration = Duration::from_secs(1);
-
-    /// A connection was refused at `now` for `why`: the line to log, if one is due (the first
-    /// refusal in full, then at most one line a second, saying how many were held back).
-    pub(super) fn refused(&mut self, now: Instant, why: String) -> Option<String> {
-        if self.last_line.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
-            self.held += 1;
-            self.last = why;
-            return None;
-        }
-        let line = match std::mem::take(&mut self.held) {
-            0 => format!("refused {why}"),
-            n => format!(
-                "refused {why} (and {n} more in the last {} s)",
-                secs(now, self.last_line)
-            ),
-        };
-        self.last_line = Some(now);
-        Some(line)
-    }
-
-    /// The line for the refusals held back, if any, once one is due at `now` (`None` for
-    /// `now`: at once, the port is closing).
-    pub(super) fn due(&mut self, now: Option<Instant>) -> Option<String> {
-        let at = now.unwrap_or_else(Instant::now);
-        if self.held == 0 || now.is_some_and(|n| self.last_line.is_some_and(|t| n.duration_since(t) < Self::EVERY)) {
-            return None;
-        }
-        let n = std::mem::take(&mut self.held);
-        let line = format!(
-            "refused {n} more connection{} in the last {} s (the last: {})",
-            if n == 1 { "" } else { "s" },
-            secs(at, self.last_line),
-            self.last
-        );
-        self.last_line = Some(at);
-        Some(line)
-    }
-}
-
-fn secs(now: Instant, since: Option<Instant>) -> String {
-    let d = since.map_or(Duration::ZERO, |t| now.duration_since(t));
-    format!("{:.1}", d.as_secs_f64())
 }

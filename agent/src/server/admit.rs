@@ -15,15 +15,15 @@
 //!   is closed within `OTHER_GRACE` (see `conn.rs`), so it never holds a place the master needs.
 //!
 //! Refusals and failed connections are logged at most once a second with how many there were
-//! ([`Admission::refusal`]). The accept loop never ends on an error (running out of file
+//! ([`Admission::log_refusal`], [`Refusals`]). The accept loop never ends on an error (running out of file
 //! descriptors is an error of the moment): it logs, waits `ACCEPT_BACKOFF` and goes on.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::refusals::Refusals;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Master connections open at once (the master needs one per export it runs, plus its calls).
@@ -85,8 +85,7 @@ pub struct Admission {
     handshakes: Mutex<Handshakes>,
     max_handshakes: usize,
     others: Mutex<(HashMap<IpAddr, usize>, usize)>,
-    refused: AtomicU64,
-    last_log: Mutex<Option<Instant>>,
+    log: Mutex<Refusals>,
 }
 
 impl Default for Admission {
@@ -103,8 +102,7 @@ impl Admission {
             handshakes: Mutex::default(),
             max_handshakes: handshakes,
             others: Mutex::default(),
-            refused: AtomicU64::new(0),
-            last_log: Mutex::default(),
+            log: Mutex::new(Refusals::new("")),
         }
     }
 
@@ -156,27 +154,13 @@ impl Admission {
         Some(OtherSlot { a: self, ip })
     }
 
-    /// Counts a refused or failed connection; returns how many there were since the last time
-    /// it returned a count (this one included), at most once a second (for the log).
-    pub fn refusal(&self) -> Option<u64> {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-        let mut last = self.last_log.lock().expect("refusal log");
-        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-            return None;
-        }
-        *last = Some(Instant::now());
-        Some(self.refused.swap(0, Ordering::Relaxed))
-    }
-
     /// Logs `line()` for a refused or failed connection, unless a line was logged less than a
-    /// second ago: then it is only counted, and the next line says how many were held back.
+    /// second ago: then it is only counted, and the next line says how many were held back
+    /// ([`Refusals`]).
     pub fn log_refusal(&self, line: impl FnOnce() -> String) {
-        if let Some(n) = self.refusal() {
-            let more = match n {
-                0 | 1 => String::new(),
-                n => format!(" ({} more refused or failed connections since the last report)", n - 1),
-            };
-            say!("diskstream agent: {}{more}", line());
+        let due = self.log.lock().expect("refusal log").refused(Instant::now(), line());
+        if let Some(line) = due {
+            say!("diskstream agent: {line}");
         }
     }
 }
@@ -325,15 +309,5 @@ mod tests {
         drop(many);
         let o = a.others.lock().unwrap();
         assert!(o.0.is_empty() && o.1 == 0, "{:?}", o);
-    }
-
-    #[test]
-    fn refusals_are_counted_and_reported_at_most_once_a_second() {
-        let a = Admission::new(1, 1);
-        assert_eq!(a.refusal(), Some(1));
-        assert_eq!(a.refusal(), None);
-        assert_eq!(a.refusal(), None);
-        *a.last_log.lock().unwrap() = Some(Instant::now() - Duration::from_secs(2));
-        assert_eq!(a.refusal(), Some(3), "the two held back and this one");
     }
 }
