@@ -1,9 +1,31 @@
-//! [`Refusals`]: the log lines of refused or failed connections, at most one a second, so that
-//! a flood cannot flood an agent's log: the first in full, then one line a second saying how
-//! many were held back. Shared by the control port (`server::admit`) and the data ports
-//! (`data::admit`).
+//! What the control port (`server::admit`) and the data ports (`data::admit`) share against a
+//! flood: [`Refusals`], the log lines of refused or failed connections, at most one a second
+//! (the first in full, then how many were held back), so that a flood cannot flood an agent's
+//! log; and [`busiest`], whose connection a full pool evicts.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
+
+/// Of the connections `held` (each its address and an id that grows with age), the address
+/// that holds the most; between equals, the one whose oldest connection is oldest. A full
+/// pool evicts that address's oldest, so a flood evicts its own connections while it holds
+/// more than anyone else. `None` when `held` is empty.
+pub(crate) fn busiest(held: impl IntoIterator<Item = (IpAddr, u64)>) -> Option<IpAddr> {
+    let mut by_ip: Vec<(IpAddr, usize, u64)> = Vec::new();
+    for (ip, id) in held {
+        match by_ip.iter_mut().find(|e| e.0 == ip) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 = e.2.min(id);
+            }
+            None => by_ip.push((ip, 1, id)),
+        }
+    }
+    by_ip
+        .into_iter()
+        .max_by_key(|&(_, n, oldest)| (n, std::cmp::Reverse(oldest)))
+        .map(|(ip, ..)| ip)
+}
 
 /// At most one refusal line per [`Refusals::EVERY`].
 pub(crate) struct Refusals {

@@ -19,6 +19,7 @@
 
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 
+use crate::refusals::busiest;
 pub(super) use crate::refusals::Refusals;
 
 /// Connections a data port admits at once (handshake and token, each within the connect
@@ -69,9 +70,7 @@ impl Admitting {
         let target = if held(ip) >= MAX_PER_SOURCE {
             ip
         } else if self.slots.len() >= MAX_ADMITTING {
-            let most = self.slots.iter().map(|s| held(s.peer.ip())).max()?;
-            // The oldest slot of an address holding the most.
-            self.slots.iter().find(|s| held(s.peer.ip()) == most)?.peer.ip()
+            busiest(self.slots.iter().map(|s| (s.peer.ip(), s.id)))?
         } else {
             return None;
         };

@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::refusals::Refusals;
+use crate::refusals::{busiest, Refusals};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Master connections open at once (the master needs one per export it runs, plus its calls).
@@ -59,13 +59,11 @@ impl Handshakes {
     /// Evicts the oldest handshake of the address that has the most (of those, the address
     /// whose oldest is oldest).
     fn evict(&mut self) {
-        let Some(ip) = self
+        let held = self
             .by_peer
             .iter()
-            .filter_map(|(ip, q)| q.front().map(|(id, _)| (q.len(), std::cmp::Reverse(*id), *ip)))
-            .max()
-            .map(|(_, _, ip)| ip)
-        else {
+            .flat_map(|(ip, q)| q.iter().map(|(id, _)| (*ip, *id)));
+        let Some(ip) = busiest(held) else {
             return;
         };
         if let Some(q) = self.by_peer.get_mut(&ip) {
