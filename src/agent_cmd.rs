@@ -186,6 +186,11 @@ pub struct AgentArgs {
     /// stream in progress) before the agent removes it (a master that died mid-export).
     #[arg(long, default_value_t = 600)]
     pub staging_timeout: u64,
+    /// TLS connections each disk stream this node receives is striped over, 1 to 16 (default:
+    /// one per four CPUs of this node, at most 4). More lanes spread TLS over more cores on
+    /// both ends; the primary uses what the target opens.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub data_lanes: Option<u8>,
     /// Test hook: flip byte N of every disk stream this agent sends (the target must refuse it).
     #[arg(long, hide = true)]
     pub test_flip_wire_byte: Option<u64>,
@@ -209,6 +214,9 @@ pub fn agent(a: AgentArgs) -> ExitCode {
             ..Timeouts::default()
         },
         staging_timeout: Duration::from_secs(a.staging_timeout.max(1)),
+        data_lanes: a
+            .data_lanes
+            .map_or_else(diskstream_agent::server::default_data_lanes, usize::from),
     };
     match diskstream_agent::server::run(&cluster_path(a.cluster), &a.node, &opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -324,6 +324,7 @@ fn probe_in_namespace() {
             req: req.clone(),
             port: 1,
             token: "x".into(),
+            lanes: 1,
         },
         "a path as dump name (sender)",
     );

@@ -16,22 +16,32 @@
 //!
 //! Both ends time out when no byte moves for the inactivity timeout ("stalled").
 
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::io::{self, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diskstream_engine::source::FrameStream;
 use diskstream_orchestrator::node::local::LocalNodeOps;
-use diskstream_orchestrator::node::{NodeError, SendDisk, TransferError, TransferProgress};
-use rustls::{ClientConfig, ServerConfig};
+use diskstream_orchestrator::node::{NodeError, SendDisk, TransferProgress};
+use rustls::ServerConfig;
 
 use crate::lease::ReceiveLease;
-use crate::proto::{data_hello, new_token, Opened, Reply, Sent, WireError, WireReport, HELLO_LEN};
+use crate::proto::{
+    constant_eq, data_hello, hello_lane, new_token, Opened, Reply, WireError, WireReport, HELLO_LEN, LANE_HELLO_LEN,
+};
 use crate::tls;
 
 mod admit;
+mod lanes;
+mod send;
+mod stripe;
+
+#[cfg(test)]
+use send::dial;
+pub use send::{send, SendFailed};
+pub use stripe::MAX_LANES;
 
 /// The buffer between the engine's frame stream and the sender's TLS connection: frame headers
 /// and payloads go out in large TLS writes, not one record per piece.
@@ -156,19 +166,23 @@ fn set_timeouts(tcp: &TcpStream, t: Duration) -> io::Result<()> {
 pub struct Receiver {
     listener: TcpListener,
     token: String,
+    lanes: usize,
 }
 
 impl Receiver {
-    /// Binds a data port on `ip` for one stream, with a fresh token.
-    pub fn open(ip: IpAddr) -> io::Result<(Self, Opened)> {
+    /// Binds a data port on `ip` for one stream over `lanes` connections (1 ..=
+    /// [`MAX_LANES`]; see `data/stripe.rs`), with a fresh token.
+    pub fn open(ip: IpAddr, lanes: usize) -> io::Result<(Self, Opened)> {
+        let lanes = lanes.clamp(1, MAX_LANES);
         let listener = TcpListener::bind(SocketAddr::new(ip, 0))?;
         let port = listener.local_addr()?.port();
         let token = new_token()?;
         let opened = Opened {
             port,
             token: token.clone(),
+            lanes,
         };
-        Ok((Self { listener, token }, opened))
+        Ok((Self { listener, token, lanes }, opened))
     }
 
     /// Waits (until `t.open`) for the stream of `req` from `req.source_node`, receives it into
@@ -186,11 +200,15 @@ impl Receiver {
         let what = format!("{}/disk{} from {}", req.instance, req.disk, req.source_node);
         // An export abandoned (or begun again) while this port waits ends the wait at once: the
         // receive's thread, port and place among the open receives are given back.
-        let stream = self.admit_first(cfg, req, t, &what, &|| !lease.current())?;
-        Ok(receive(local, stream, req, &what, t, lease))
+        let mut streams = self.admit_all(cfg, req, t, &what, &|| !lease.current())?;
+        if streams.len() > 1 {
+            return Ok(lanes::receive(local, streams, req, &what, t, lease));
+        }
+        Ok(receive(local, streams.remove(0), req, &what, t, lease))
     }
 
-    /// Waits (until `t.open`) for the first connection that passes [`Receiver::admit`].
+    /// Waits (until `t.open`) for one connection per lane that passes [`Receiver::admit`];
+    /// returns them in lane order.
     ///
     /// Connections are admitted side by side (each within `t.connect`), so one that stalls its
     /// handshake or its token cannot hold the port against the primary; and a new connection
@@ -198,14 +216,14 @@ impl Receiver {
     /// that a flood of idle connections cannot either. Refusals are logged at most once a
     /// second ([`admit::Refusals`]). It gives up as soon as `gone` says the staging export the
     /// receive was opened for is gone.
-    fn admit_first(
+    fn admit_all(
         &self,
         cfg: &Arc<ServerConfig>,
         req: &SendDisk,
         t: Timeouts,
         what: &str,
         gone: &dyn Fn() -> bool,
-    ) -> Result<tls::ServerStream, String> {
+    ) -> Result<Vec<tls::ServerStream>, String> {
         let deadline = Instant::now() + t.open;
         self.listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         let (tx, admitted) = mpsc::channel();
@@ -216,11 +234,23 @@ impl Receiver {
                 say!("diskstream agent: data port for {what}: {line}");
             }
         };
+        let mut lanes: Vec<Option<tls::ServerStream>> = (0..self.lanes).map(|_| None).collect();
         let got = std::thread::scope(|sc| {
             let got = loop {
                 let now = Instant::now();
                 match admitted.try_recv() {
-                    Ok(Ok(stream)) => break Ok(stream),
+                    Ok(Ok((stream, lane, peer))) => {
+                        let slot: &mut Option<tls::ServerStream> = &mut lanes[lane];
+                        if slot.is_some() {
+                            say(log.refused(now, format!("{peer}: lane {lane} is already connected")));
+                        } else {
+                            *slot = Some(stream);
+                        }
+                        if lanes.iter().all(Option::is_some) {
+                            break Ok(lanes.drain(..).flatten().collect());
+                        }
+                        continue;
+                    }
                     Ok(Err((peer, e))) => {
                         say(log.refused(now, format!("{peer}: {e}")));
                         continue;
@@ -252,7 +282,10 @@ impl Receiver {
                 }
                 let (tx, slots) = (tx.clone(), &slots);
                 sc.spawn(move || {
-                    let r = self.admit(cfg, tcp, peer, req, t).map_err(|e| (peer, e));
+                    let r = self
+                        .admit(cfg, tcp, peer, req, t)
+                        .map(|(s, lane)| (s, lane, peer))
+                        .map_err(|e| (peer, e));
                     // An evicted connection's outcome is void (its socket was shut down).
                     if slots.lock().expect("slots").release(id) {
                         let _ = tx.send(r);
@@ -268,7 +301,8 @@ impl Receiver {
         got
     }
 
-    /// The handshake, the client's certificate and the token; nothing of the disk is read.
+    /// The handshake, the client's certificate and the token (with the lane it names); nothing
+    /// of the disk is read.
     fn admit(
         &self,
         cfg: &Arc<ServerConfig>,
@@ -276,24 +310,29 @@ impl Receiver {
         peer: SocketAddr,
         req: &SendDisk,
         t: Timeouts,
-    ) -> Result<tls::ServerStream, String> {
+    ) -> Result<(tls::ServerStream, usize), String> {
         tcp.set_nonblocking(false).map_err(|e| e.to_string())?;
         let mut s = tls::accept(cfg, tcp, t.connect).map_err(|e| e.to_string())?;
         tls::authorize(&s.conn, &[req.source_node.as_str()], &peer.to_string()).map_err(|e| e.to_string())?;
-        let mut hello = [0u8; HELLO_LEN];
-        s.read_exact(&mut hello)
+        let mut hello = [0u8; LANE_HELLO_LEN]; // the longer of the two
+        let hello = &mut hello[..if self.lanes == 1 { HELLO_LEN } else { LANE_HELLO_LEN }];
+        s.read_exact(hello)
             .map_err(|e| format!("reading the token: {}", tls::timed_out(e, t.connect)))?;
-        if !constant_eq(&hello, &data_hello(&self.token)) {
-            return Err("the stream does not start with this transfer's token".into());
-        }
+        let lane = if self.lanes == 1 {
+            constant_eq(hello, &data_hello(&self.token)).then_some(0)
+        } else {
+            hello_lane(hello, &self.token, self.lanes)
+        };
+        let Some(lane) = lane else {
+            return Err(match self.lanes {
+                1 => "the stream does not start with this transfer's token".into(),
+                n => format!("the stream does not start with this transfer's token and a lane of {n}"),
+            });
+        };
         s.sock.set_deadline(None);
         set_timeouts(s.sock.tcp(), t.inactivity).map_err(|e| e.to_string())?;
-        Ok(s)
+        Ok((s, lane))
     }
-}
-
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Receives and acknowledges one admitted stream (refuses it, before reading a frame, if its
@@ -306,49 +345,72 @@ fn receive(
     t: Timeouts,
     lease: &ReceiveLease<'_>,
 ) -> Reply {
+    let stream = Counted {
+        inner: BufReader::with_capacity(RECV_BUF, &mut s),
+        what: format!("receiving {what}"),
+        bytes: 0,
+        idle: t.inactivity,
+        flip: None,
+    };
+    let reply = received(local, stream, req, what, lease);
+    acknowledge(std::slice::from_mut(&mut s), &reply);
+    reply
+}
+
+/// Receives `stream` (one connection's, or the lanes' put back in order) into the staging
+/// export, unless the `lease` says it is no longer the one the receive was opened for; the
+/// lease is finished before the reply is made.
+fn received<R: FrameStream>(
+    local: &LocalNodeOps<'_>,
+    stream: R,
+    req: &SendDisk,
+    what: &str,
+    lease: &ReceiveLease<'_>,
+) -> Reply {
     let progress = TransferProgress::default();
     let name = format!("{}:{what}", req.target_node);
-    let reply = {
-        let stream = Counted {
-            inner: BufReader::with_capacity(RECV_BUF, &mut s),
-            what: format!("receiving {what}"),
-            bytes: 0,
-            idle: t.inactivity,
-            flip: None,
-        };
-        let t0 = Instant::now();
-        let received = if lease.current() {
-            local.receive_disk(req, stream, Path::new(&name), &progress)
-        } else {
-            Err(NodeError::Unknown(format!(
-                "{name}: the staging export this stream was opened for was finalized or abandoned"
-            ))
-            .into())
-        };
-        lease.finish();
-        tracing::debug!(stream = %what, ok = received.is_ok(), elapsed_s = t0.elapsed().as_secs_f64(), "stream received and committed");
-        match received {
-            Ok(r) => Reply {
-                ok: serde_json::to_value(WireReport::from(&r)).ok(),
-                err: None,
-            },
-            Err(e) => Reply {
-                ok: None,
-                // Its own failure unless the stream broke under it.
-                err: Some(WireError {
-                    own: !crate::abort::on_the_wire(&e, Path::new(&name)),
-                    ..WireError::transfer(&e)
-                }),
-            },
-        }
+    let t0 = Instant::now();
+    let received = if lease.current() {
+        local.receive_disk(req, stream, Path::new(&name), &progress)
+    } else {
+        Err(NodeError::Unknown(format!(
+            "{name}: the staging export this stream was opened for was finalized or abandoned"
+        ))
+        .into())
     };
-    let mut line = serde_json::to_vec(&reply).unwrap_or_default();
+    lease.finish();
+    tracing::debug!(stream = %what, ok = received.is_ok(), elapsed_s = t0.elapsed().as_secs_f64(), "stream received and committed");
+    match received {
+        Ok(r) => Reply {
+            ok: serde_json::to_value(WireReport::from(&r)).ok(),
+            err: None,
+        },
+        Err(e) => Reply {
+            ok: None,
+            // Its own failure unless the stream broke under it.
+            err: Some(WireError {
+                own: !crate::abort::on_the_wire(&e, Path::new(&name)),
+                ..WireError::transfer(&e)
+            }),
+        },
+    }
+}
+
+/// Writes `reply` on the stream's first connection, ends every connection (TLS close, then a
+/// lingering close, [`linger`]).
+fn acknowledge(lanes: &mut [tls::ServerStream], reply: &Reply) {
+    let mut line = serde_json::to_vec(reply).unwrap_or_default();
     line.push(b'\n');
-    let _ = s.write_all(&line).and_then(|()| s.flush());
-    s.conn.send_close_notify();
-    let _ = s.flush();
-    linger(s.sock.tcp());
-    reply
+    if let Some(s) = lanes.first_mut() {
+        let _ = s.write_all(&line).and_then(|()| s.flush());
+    }
+    for s in lanes.iter_mut() {
+        s.conn.send_close_notify();
+        let _ = s.flush();
+    }
+    for s in lanes.iter() {
+        linger(s.sock.tcp());
+    }
 }
 
 /// How long, and how many bytes, a receive that ended reads and discards what its peer still
@@ -376,155 +438,6 @@ fn linger(tcp: &TcpStream) {
             Ok(n) => left = left.saturating_sub(n as u64),
         }
     }
-}
-
-/// Why a send failed, and whether the failure is the primary's own ([`WireError::own`]: its
-/// disk, its engine, a stop) or the connection's or the target's.
-#[derive(Debug)]
-pub struct SendFailed {
-    /// The error.
-    pub error: TransferError,
-    /// The primary failed on its own side (it reset the connection).
-    pub own: bool,
-}
-
-impl From<SendFailed> for TransferError {
-    fn from(f: SendFailed) -> Self {
-        f.error
-    }
-}
-
-/// The primary's side: streams `req` to the target at `host`:`port` with `token` (counting in
-/// `progress`), and returns
-/// both ends' reports once the target acknowledged the committed dump.
-pub fn send(
-    local: &LocalNodeOps<'_>,
-    cfg: &Arc<ClientConfig>,
-    host: &str,
-    opened: &Opened,
-    req: &SendDisk,
-    progress: &TransferProgress,
-    t: Timeouts,
-) -> Result<Sent, SendFailed> {
-    let failed = |msg: String| SendFailed {
-        error: TransferError::Node(Box::new(diskstream_orchestrator::node::NodeError::Failed(msg))),
-        own: false,
-    };
-    let to = format!(
-        "{}/disk{} to {} ({host}:{})",
-        req.instance, req.disk, req.target_node, opened.port
-    );
-    let addr = (host, opened.port)
-        .to_socket_addrs()
-        .map_err(|e| failed(format!("resolving {host}: {e}")))?
-        .next()
-        .ok_or_else(|| failed(format!("{host} has no address")))?;
-    let mut s = dial(cfg, addr, &req.target_node, t.connect, &to).map_err(failed)?;
-    set_timeouts(s.sock.tcp(), t.inactivity).map_err(|e| failed(format!("{to}: {e}")))?;
-    s.write_all(&data_hello(&opened.token))
-        .map_err(|e| failed(format!("{to}: sending the token: {e}")))?;
-    let name = format!("{}:{to}", req.source_node);
-    let sent = {
-        let out = Counted {
-            inner: &mut s,
-            what: format!("sending {to}"),
-            bytes: 0,
-            idle: t.inactivity,
-            flip: t.flip_byte,
-        };
-        local.send_disk_to(req, BufWriter::with_capacity(SEND_BUF, out), Path::new(&name), progress)
-    };
-    let sent_at = Instant::now();
-    let sent = match sent {
-        Ok(r) => r,
-        Err(e) if !crate::abort::on_the_wire(&e, Path::new(&name)) => {
-            // It failed here: the reset tells the target now (see abort).
-            crate::abort::reset(s.sock.tcp());
-            return Err(SendFailed { error: e, own: true });
-        }
-        Err(e) => {
-            // The target may have stopped reading because it refused the stream: its reason
-            // is the better message.
-            let _ = s.sock.tcp().set_read_timeout(Some(Duration::from_secs(2)));
-            return Err(match read_ack(&mut s) {
-                Ok(Reply { err: Some(w), .. }) => {
-                    failed(format!("node {} refused the stream: {}", req.target_node, w.msg))
-                }
-                _ => SendFailed { error: e, own: false },
-            });
-        }
-    };
-    // The end of the stream (the reader checks that nothing follows the trailer); TLS 1.3
-    // keeps the other direction open for the acknowledgement.
-    s.conn.send_close_notify();
-    s.flush().map_err(|e| failed(format!("{to}: ending the stream: {e}")))?;
-    let reply = read_ack(&mut s).map_err(|e| failed(format!("{to}: {e}")))?;
-    tracing::debug!(stream = %to, waited_s = sent_at.elapsed().as_secs_f64(), "acknowledged by the target");
-    match (reply.ok, reply.err) {
-        (Some(v), None) => Ok(Sent {
-            sent: WireReport::from(&sent),
-            received: serde_json::from_value(v).map_err(|e| failed(format!("{to}: acknowledgement: {e}")))?,
-        }),
-        (_, Some(e)) => Err(failed(format!(
-            "node {} refused the stream: {}",
-            req.target_node, e.msg
-        ))),
-        _ => Err(failed(format!("{to}: empty acknowledgement"))),
-    }
-}
-
-/// Connects to `node`'s data port at `addr` and completes the handshake, within `timeout` in
-/// all. A connection the port closed or reset before the handshake completed is dialed again
-/// (after a short pause) while time is left: a port whose admission slots a flood fills evicts
-/// the oldest connection it is admitting ([`admit`]), which may be this one. A refused
-/// connect (no port) or a handshake the peer refused (an alert) is not retried. Errors name
-/// the stream `to`.
-fn dial(
-    cfg: &Arc<ClientConfig>,
-    addr: SocketAddr,
-    node: &str,
-    timeout: Duration,
-    to: &str,
-) -> Result<tls::ClientStream, String> {
-    let until = Instant::now() + timeout;
-    let mut tries = 0u32;
-    loop {
-        tries += 1;
-        let left = until
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        let tcp = TcpStream::connect_timeout(&addr, left).map_err(|e| format!("connect for {to}: {e}"))?;
-        let e = match tls::connect(cfg, tcp, node, left) {
-            Ok(s) => return Ok(s),
-            Err(e) => e,
-        };
-        let closed = matches!(&e, tls::TlsError::Handshake { source, .. } if matches!(
-            source.kind(),
-            io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::UnexpectedEof
-                | io::ErrorKind::BrokenPipe
-        ));
-        if !closed || until.saturating_duration_since(Instant::now()) < DIAL_PAUSE * 2 {
-            return Err(match tries {
-                1 => format!("{to}: {e}"),
-                n => format!("{to}: {e} (after {n} tries)"),
-            });
-        }
-        std::thread::sleep(DIAL_PAUSE);
-    }
-}
-
-/// The pause before dialing a data port again.
-const DIAL_PAUSE: Duration = Duration::from_millis(50);
-
-/// Reads the target's acknowledgement line.
-fn read_ack(s: &mut tls::ClientStream) -> Result<Reply, String> {
-    let mut line = String::new();
-    BufReader::new(Read::take(s, MAX_ACK))
-        .read_line(&mut line)
-        .map_err(|e| format!("no acknowledgement: {e}"))?;
-    serde_json::from_str(&line).map_err(|e| format!("the target's acknowledgement is not valid ({e}): {line:?}"))
 }
 
 #[cfg(test)]

@@ -141,6 +141,9 @@ pub enum Call {
         port: u16,
         /// The one-time token of the receive.
         token: String,
+        /// The lanes the target opened ([`Opened::lanes`]).
+        #[serde(default = "one_lane", skip_serializing_if = "is_one_lane")]
+        lanes: usize,
     },
     /// On the target: how the receive opened with `token` ended (waits a few seconds for it):
     /// `null` when it committed, else its error. The master asks when a send failed, so the
@@ -323,6 +326,18 @@ pub struct Opened {
     pub port: u16,
     /// The one-time token the stream must start with.
     pub token: String,
+    /// How many connections ("lanes") the stream is striped over (`data/stripe.rs`); 1, the
+    /// default and what agents before striping answer, is one plain stream.
+    #[serde(default = "one_lane", skip_serializing_if = "is_one_lane")]
+    pub lanes: usize,
+}
+
+fn one_lane() -> usize {
+    1
+}
+
+fn is_one_lane(n: &usize) -> bool {
+    *n == 1
 }
 
 /// An engine [`Report`] as the wire carries it (owned strings), and back.
@@ -501,10 +516,44 @@ pub fn data_hello(token: &str) -> Vec<u8> {
     format!("DSDATA1 {token}\n").into_bytes()
 }
 
+/// The first line of lane `lane` of a stream striped over `lanes` connections (`lanes` > 1):
+/// `DSDATA2 <token> <lane>/<lanes>\n`, both numbers two hex digits (fixed length).
+pub fn lane_hello(token: &str, lane: usize, lanes: usize) -> Vec<u8> {
+    format!("DSDATA2 {token} {lane:02x}/{lanes:02x}\n").into_bytes()
+}
+
+/// The lane a [`lane_hello`] line names, if it is one for `token` and `lanes` lanes (the token
+/// compared in constant time).
+pub fn hello_lane(line: &[u8], token: &str, lanes: usize) -> Option<usize> {
+    let want = lane_hello(token, 0, lanes);
+    if line.len() != want.len() {
+        return None;
+    }
+    let (head, tail) = line.split_at(want.len() - 6);
+    if !constant_eq(head, &want[..want.len() - 6]) || tail[2] != b'/' || tail[5] != b'\n' {
+        return None;
+    }
+    let num = |b: &[u8]| {
+        b.iter().all(u8::is_ascii_hexdigit).then(|| {
+            b.iter()
+                .fold(0, |n, d| n * 16 + (*d as char).to_digit(16).unwrap_or(0) as usize)
+        })
+    };
+    let (lane, n) = (num(&tail[..2])?, num(&tail[3..5])?);
+    (n == lanes && lane < lanes).then_some(lane)
+}
+
+/// Whether `a` and `b` are equal, in time that depends only on their lengths.
+pub fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Length of a token in hex digits.
 pub const TOKEN_HEX: usize = 64;
 /// Length of [`data_hello`]'s line.
 pub const HELLO_LEN: usize = 8 + TOKEN_HEX + 1;
+/// Length of [`lane_hello`]'s line.
+pub const LANE_HELLO_LEN: usize = 8 + TOKEN_HEX + 7;
 
 /// A fresh one-time token: 32 random bytes from the kernel, in hex.
 pub fn new_token() -> std::io::Result<String> {
@@ -553,5 +602,26 @@ mod tests {
         r.checksum = "sha3".into();
         let e = sent(s, r).unwrap_err();
         assert!(e.contains("unknown chunk digest \"sha3\""), "{e}");
+    }
+
+    #[test]
+    fn a_lane_hello_names_its_lane_only_with_the_right_token_and_lane_count() {
+        let t = "ab".repeat(TOKEN_HEX / 2);
+        let other = "cd".repeat(TOKEN_HEX / 2);
+        for (lane, lanes) in [(0, 2), (1, 2), (15, 16), (3, 4)] {
+            let h = lane_hello(&t, lane, lanes);
+            assert_eq!(h.len(), LANE_HELLO_LEN);
+            assert_eq!(hello_lane(&h, &t, lanes), Some(lane));
+            assert_eq!(hello_lane(&h, &other, lanes), None, "another token");
+            assert_eq!(hello_lane(&h, &t, lanes + 1), None, "another lane count");
+        }
+        let bad = |s: String| hello_lane(s.as_bytes(), &t, 4);
+        assert_eq!(bad(format!("DSDATA2 {t} 04/04\n")), None, "lane past the count");
+        assert_eq!(bad(format!("DSDATA2 {t} +1/04\n")), None, "a sign is not a digit");
+        assert_eq!(bad(format!("DSDATA2 {t} 01/04\r")), None);
+        assert_eq!(bad(format!("DSDATA2 {t} 01-04\n")), None);
+        assert_eq!(bad(format!("DSDATA1 {t} 01/04\n")), None);
+        assert_eq!(bad(format!("DSDATA2 {t}\n")), None, "the one-stream hello");
+        assert_eq!(hello_lane(&data_hello(&t), &t, 1), None);
     }
 }

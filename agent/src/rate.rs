@@ -209,6 +209,21 @@ impl Body for Repeat {
 }
 
 /// Incompressible bytes (xorshift64*), so a compressing link could not flatter the rate.
+/// Sends `bytes` of `chunk` repeated as raw TLS on `s`; returns the count the server answered.
+async fn raw_tls(mut s: tokio_rustls::client::TlsStream<TcpStream>, bytes: u64, chunk: Bytes) -> ProbeResult<u64> {
+    s.write_all(b"RAWTLS01").await.map_err(|e| e.to_string())?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = (chunk.len() as u64).min(left) as usize;
+        s.write_all(&chunk[..n]).await.map_err(|e| format!("write: {e}"))?;
+        left -= n as u64;
+    }
+    s.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
+    let mut n = [0u8; 8];
+    s.read_exact(&mut n).await.map_err(|e| format!("read the count: {e}"))?;
+    Ok(u64::from_be_bytes(n))
+}
+
 fn payload() -> Bytes {
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let mut v = Vec::with_capacity(CHUNK);
@@ -229,38 +244,55 @@ pub async fn send(
     peer: &str,
     mode: Mode,
     bytes: u64,
+    streams: usize,
 ) -> ProbeResult<Measured> {
+    if streams == 0 || (streams > 1 && mode != Mode::Tls) {
+        return Err(format!("{streams} streams: 1 with HTTP/2, 1 or more with raw TLS"));
+    }
     let ca = pki.load_ca().map_err(|e| e.to_string())?;
     let id = pki.load_identity(node).map_err(|e| e.to_string())?;
     let connector = TlsConnector::from(tls::client_config(&ca, &id).map_err(|e| e.to_string())?);
-    let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
-        .await
-        .map_err(|_| format!("connect to {addr} timed out"))?
-        .map_err(|e| format!("connect to {addr}: {e}"))?;
-    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from(peer.to_string()).map_err(|e| e.to_string())?;
-    let mut s = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS handshake with {peer}: {e}"))?;
+    let mut conns = Vec::with_capacity(streams);
+    for _ in 0..streams {
+        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connect to {addr} timed out"))?
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let s = connector
+            .connect(name.clone(), tcp)
+            .await
+            .map_err(|e| format!("TLS handshake with {peer}: {e}"))?;
+        conns.push(s);
+    }
     let chunk = payload();
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
     let counted = match mode {
         Mode::Tls => {
-            s.write_all(b"RAWTLS01").await.map_err(|e| e.to_string())?;
-            let mut left = bytes;
-            while left > 0 {
-                let n = (chunk.len() as u64).min(left) as usize;
-                s.write_all(&chunk[..n]).await.map_err(|e| format!("write: {e}"))?;
-                left -= n as u64;
+            // The bytes split between the streams, which run side by side.
+            let each = bytes / streams as u64;
+            let tasks: Vec<_> = conns
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let n = if i == 0 {
+                        bytes - each * (streams as u64 - 1)
+                    } else {
+                        each
+                    };
+                    tokio::spawn(raw_tls(s, n, chunk.clone()))
+                })
+                .collect();
+            let mut counted = 0;
+            for t in tasks {
+                counted += t.await.map_err(|e| e.to_string())??;
             }
-            s.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
-            let mut n = [0u8; 8];
-            s.read_exact(&mut n).await.map_err(|e| format!("read the count: {e}"))?;
-            u64::from_be_bytes(n)
+            counted
         }
         Mode::H2Default | Mode::H2Wide => {
+            let s = conns.remove(0);
             let mut b = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
             if mode == Mode::H2Wide {
                 b.initial_stream_window_size(WIDE_WINDOW)

@@ -254,6 +254,7 @@ impl<'c> AgentNodes<'c> {
             req: req.clone(),
             port: opened.port,
             token: opened.token.clone(),
+            lanes: opened.lanes,
         };
         let (ended, done) = std::sync::mpsc::channel::<()>();
         let answer = std::thread::scope(|sc| {

@@ -176,7 +176,7 @@ pub type ClientStream = StreamOwned<ClientConnection, Sock>;
 /// timeout is the time left), so a peer that trickles a byte now and then cannot stretch a
 /// handshake past it.
 #[derive(Debug)]
-pub struct Sock(BufReader<TcpStream>, Option<Instant>);
+pub struct Sock(BufReader<TcpStream>, Option<Instant>, Option<Duration>);
 
 /// Bytes read from the socket at a time.
 pub const SOCK_READ_BUF: usize = 256 << 10;
@@ -184,12 +184,19 @@ pub const SOCK_READ_BUF: usize = 256 << 10;
 impl Sock {
     /// Buffers the reads of `tcp`.
     pub fn new(tcp: TcpStream) -> Self {
-        Self(BufReader::with_capacity(SOCK_READ_BUF, tcp), None)
+        Self(BufReader::with_capacity(SOCK_READ_BUF, tcp), None, None)
     }
 
     /// Reads from now on must end by `deadline` (`None`: each within the socket's own read
-    /// timeout, as set on it).
+    /// timeout, as it was when the deadline was set; it is put back).
     pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        match (self.1, deadline) {
+            (None, Some(_)) => self.2 = self.tcp().read_timeout().ok().flatten(),
+            (Some(_), None) => {
+                let _ = self.tcp().set_read_timeout(self.2);
+            }
+            _ => {}
+        }
         self.1 = deadline;
     }
 

@@ -4,7 +4,7 @@
 //! net-rate pki   --dir DIR --nodes NODE...
 //! net-rate serve --pki DIR --node NODE --listen ADDR --allow NODE...
 //! net-rate send  --pki DIR --node NODE --connect ADDR --peer NODE --mode tls|h2-default|h2-wide --bytes N
-//!                [--expect-netns NAME]
+//!                [--streams N] [--expect-netns NAME]
 //! ```
 //! `send` prints one JSON object (`rate::Measured`). With `--expect-netns` it refuses to connect
 //! unless it runs inside the named network namespace, so a test's traffic cannot leave it.
@@ -59,6 +59,10 @@ enum Cmd {
         mode: Mode,
         #[arg(long)]
         bytes: u64,
+        /// Raw TLS only: split the bytes over N connections sent side by side (as a disk
+        /// stream striped over N lanes, `agent --data-lanes N`).
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
         /// Refuse to connect unless this process is inside network namespace NAME.
         #[arg(long)]
         expect_netns: Option<String>,
@@ -110,12 +114,13 @@ fn main() -> ExitCode {
                 peer,
                 mode,
                 bytes,
+                streams,
                 expect_netns,
             } => {
                 if let Some(ns) = expect_netns {
                     in_netns(&ns)?;
                 }
-                let m = rate::send(&PkiDir::new(pki), &node, connect, &peer, mode, bytes).await?;
+                let m = rate::send(&PkiDir::new(pki), &node, connect, &peer, mode, bytes, streams).await?;
                 serde_json::to_string(&m).map_err(|e| e.to_string())
             }
         }

@@ -6,6 +6,7 @@ use super::admit::{Admitting, Refusals, MAX_ADMITTING, MAX_PER_SOURCE};
 use super::*;
 use crate::pki::PkiDir;
 use diskstream_orchestrator::node::DiskSource;
+use rustls::ClientConfig;
 
 /// A real PKI: the target node3's server config, the primary node1's client config.
 fn pki(dir: &Path) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
@@ -47,7 +48,7 @@ fn tcp_from(from: [u8; 4], port: u16) -> TcpStream {
 fn primary_gets_through(flood: impl FnOnce(u16) -> Vec<TcpStream>) {
     let dir = tempfile::tempdir().unwrap();
     let (server, client) = pki(dir.path());
-    let (rx, opened) = Receiver::open(IpAddr::from([127, 0, 0, 1])).unwrap();
+    let (rx, opened) = Receiver::open(IpAddr::from([127, 0, 0, 1]), 1).unwrap();
     let t = Timeouts {
         connect: Duration::from_secs(10),
         open: Duration::from_secs(20),
@@ -56,7 +57,7 @@ fn primary_gets_through(flood: impl FnOnce(u16) -> Vec<TcpStream>) {
     let req = req();
     std::thread::scope(|sc| {
         let port = sc.spawn(|| {
-            let mut s = rx.admit_first(&server, &req, t, "the test stream", &|| false)?;
+            let mut s = rx.admit_all(&server, &req, t, "the test stream", &|| false)?.remove(0);
             let mut payload = [0u8; 7];
             s.read_exact(&mut payload).map_err(|e| e.to_string())?;
             Ok::<_, String>(payload)
@@ -198,7 +199,7 @@ fn a_handshake_that_times_out_says_so() {
 fn a_receive_whose_export_is_gone_stops_waiting_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let (server, _) = pki(dir.path());
-    let (rx, _opened) = Receiver::open(IpAddr::from([127, 0, 0, 1])).unwrap();
+    let (rx, _opened) = Receiver::open(IpAddr::from([127, 0, 0, 1]), 1).unwrap();
     let t = Timeouts {
         open: Duration::from_secs(60),
         ..Timeouts::default()
@@ -206,7 +207,7 @@ fn a_receive_whose_export_is_gone_stops_waiting_at_once() {
     let t0 = Instant::now();
     let gone = || t0.elapsed() > Duration::from_millis(200);
     let e = rx
-        .admit_first(&server, &req(), t, "the test stream", &gone)
+        .admit_all(&server, &req(), t, "the test stream", &gone)
         .expect_err("no stream came");
     let took = t0.elapsed();
     assert!(e.contains("finalized or abandoned"), "{e}");
@@ -214,4 +215,58 @@ fn a_receive_whose_export_is_gone_stops_waiting_at_once() {
         took < Duration::from_secs(2),
         "it waited {took:?} of the 60 s open timeout"
     );
+}
+
+#[test]
+fn a_striped_stream_is_admitted_lane_by_lane_whatever_order_they_come_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = pki(dir.path());
+    let (rx, opened) = Receiver::open(IpAddr::from([127, 0, 0, 1]), 3).unwrap();
+    assert_eq!(opened.lanes, 3);
+    let t = Timeouts {
+        open: Duration::from_secs(20),
+        ..Timeouts::default()
+    };
+    let req = req();
+    let addr = SocketAddr::from(([127, 0, 0, 1], opened.port));
+    let connect = |hello: &[u8], payload: &[u8]| {
+        let mut s = dial(&client, addr, "node3", Duration::from_secs(5), "the test stream").unwrap();
+        s.write_all(hello).unwrap();
+        s.write_all(payload).unwrap();
+        s.flush().unwrap();
+        s
+    };
+    let tok = &opened.token;
+    std::thread::scope(|sc| {
+        let port = sc.spawn(|| rx.admit_all(&server, &req, t, "the test stream", &|| false));
+        let mut held = Vec::new();
+        // Not this stream's: the one-connection hello, a lane of another count, a lane past
+        // the count, another token.
+        for bad in [
+            data_hello(tok),
+            crate::proto::lane_hello(tok, 0, 4),
+            crate::proto::lane_hello(tok, 3, 3),
+            crate::proto::lane_hello(&"0".repeat(64), 1, 3),
+        ] {
+            held.push(connect(&bad, b"bad"));
+        }
+        held.push(connect(&crate::proto::lane_hello(tok, 2, 3), b"lane2"));
+        held.push(connect(&crate::proto::lane_hello(tok, 0, 3), b"lane0"));
+        std::thread::sleep(Duration::from_millis(300));
+        // A second lane 0 is refused; the first one keeps its place.
+        held.push(connect(&crate::proto::lane_hello(tok, 0, 3), b"again"));
+        std::thread::sleep(Duration::from_millis(300));
+        held.push(connect(&crate::proto::lane_hello(tok, 1, 3), b"lane1"));
+        let mut lanes = port.join().unwrap().expect("all three lanes");
+        let got: Vec<String> = lanes
+            .iter_mut()
+            .map(|s| {
+                let mut p = [0u8; 5];
+                s.read_exact(&mut p).unwrap();
+                String::from_utf8_lossy(&p).into_owned()
+            })
+            .collect();
+        assert_eq!(got, ["lane0", "lane1", "lane2"]);
+        drop(held);
+    });
 }

@@ -59,7 +59,12 @@ pub fn run(agent: &'static Agent, call: Call) -> Result<Value, WireError> {
         RemoveSnapshot { node, snapshot } => node_result(l.remove_snapshot(&node, &snapshot)),
         BeginExport { node, instance } => node_result(l.begin_export(&node, &instance)),
         OpenReceive { req } => agent.open_receive(req),
-        Send { req, port, token } => agent.send(&req, port, token),
+        Send {
+            req,
+            port,
+            token,
+            lanes,
+        } => agent.send(&req, port, token, lanes),
         ReceiveResult { token, .. } => agent.receive_result(&token),
         Progress { token, .. } => Ok(agent.progress(&token)),
         FinalizeExport {

@@ -71,6 +71,7 @@ pub struct Agent {
     client_tls: Arc<ClientConfig>,
     data_ip: IpAddr,
     timeouts: Timeouts,
+    data_lanes: usize,
     /// How each receive ended, by token (`None`: committed), and when.
     ended: Mutex<HashMap<String, (std::time::Instant, Option<WireError>)>>,
     leases: Leases,
@@ -90,6 +91,18 @@ pub struct AgentOptions {
     /// A staging export with no word from the master (and no receive in progress) for this long
     /// is abandoned (see [`crate::lease`]).
     pub staging_timeout: Duration,
+    /// How many TLS connections each disk stream this node receives is striped over (1 ..=
+    /// [`data::MAX_LANES`]; see [`default_data_lanes`]).
+    pub data_lanes: usize,
+}
+
+/// The lanes a received disk stream uses unless `agent --data-lanes` says: one per four CPUs,
+/// at least 1 and at most 4. Each lane is a TLS thread on both ends; the receiving side also
+/// runs the digest workers and the writer, and on a machine of few cores extra lanes only
+/// compete with them.
+pub fn default_data_lanes() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    (cpus / 4).clamp(1, 4)
 }
 
 fn refused(msg: impl Into<String>) -> WireError {
@@ -132,6 +145,7 @@ impl Agent {
             client_tls,
             data_ip: listen.ip(),
             timeouts: opts.timeouts,
+            data_lanes: opts.data_lanes.clamp(1, data::MAX_LANES),
             ended: Mutex::default(),
             leases: Leases::new(opts.staging_timeout),
             sending: Mutex::default(),
@@ -321,7 +335,7 @@ impl Agent {
         }
         // Held by the receive until it ends, however it ends.
         let lease = self.leases.begin_receive(&req.instance, &req.dump).map_err(refused)?;
-        let (rx, opened) = Receiver::open(self.data_ip)
+        let (rx, opened) = Receiver::open(self.data_ip, self.data_lanes)
             .map_err(|e| WireError::new("failed", format!("opening a data port on {}: {e}", self.data_ip)))?;
         let t = self.timeouts;
         let token = opened.token.clone();
@@ -373,7 +387,7 @@ impl Agent {
     }
 
     /// Sends `req` to the target's data port.
-    pub fn send(&self, req: &SendDisk, port: u16, token: String) -> Result<Value, WireError> {
+    pub fn send(&self, req: &SendDisk, port: u16, token: String, lanes: usize) -> Result<Value, WireError> {
         let target = self.cluster.node(&req.target_node).and_then(|n| n.address.clone());
         let Some(addr) = target else {
             return Err(refused(format!("node {} has no agent address", req.target_node)));
@@ -385,7 +399,7 @@ impl Agent {
             .lock()
             .expect("sending")
             .insert(token.clone(), Arc::clone(&progress));
-        let opened = crate::proto::Opened { port, token };
+        let opened = crate::proto::Opened { port, token, lanes };
         let sent = data::send(
             &self.local,
             &self.client_tls,

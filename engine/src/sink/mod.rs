@@ -102,6 +102,10 @@ pub struct WireStats {
     /// `auto`: windows and keeps of lz4 that went on without a probe of no compression, lz4
     /// moving disk bytes faster than the link took wire bytes.
     pub auto_link_bound_keeps: u32,
+    /// TLS connections the stream was striped over (`agent --data-lanes` of the target); set
+    /// by the node agent that sent it, 0 where nothing did (agents before striping).
+    #[serde(default)]
+    pub lanes: u32,
 }
 
 /// Where the chunks of one disk go.

@@ -1,0 +1,278 @@
+//! Striping over real socket pairs: the stream comes back byte-identical for every lane count
+//! and write pattern; every way a lane can misbehave fails the stream with a message.
+
+use super::*;
+use std::os::unix::net::UnixStream;
+use std::thread;
+
+const POLL: Duration = Duration::from_millis(50);
+
+/// A deterministic, not very compressible stream of `len` bytes.
+fn data(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Socket pairs, the receiving ends polling every [`POLL`].
+fn pairs(lanes: usize) -> Vec<(UnixStream, UnixStream)> {
+    (0..lanes)
+        .map(|_| {
+            let (a, b) = UnixStream::pair().unwrap();
+            b.set_read_timeout(Some(POLL)).unwrap();
+            (a, b)
+        })
+        .collect()
+}
+
+/// Sends `src` over `lanes` lanes in writes of `piece` bytes (a flush every `flush_every`
+/// writes, if any) and returns what the reader read, or its error.
+fn round_trip(src: &[u8], lanes: usize, piece: usize, flush_every: Option<usize>) -> io::Result<Vec<u8>> {
+    let socks = pairs(lanes);
+    let (mut w, outs) = writer(lanes);
+    let (mut r, ins) = reader(lanes);
+    thread::scope(|sc| {
+        for ((out, inn), (a, b)) in outs.into_iter().zip(ins).zip(&socks) {
+            sc.spawn(move || out.run(a).unwrap());
+            sc.spawn(move || inn.run(b, Duration::from_secs(10), "test"));
+        }
+        let reading = sc.spawn(move || {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).map(|_| got)
+        });
+        for (i, p) in src.chunks(piece.max(1)).enumerate() {
+            w.write_all(p).unwrap();
+            if flush_every.is_some_and(|k| i % k == k - 1) {
+                w.flush().unwrap();
+            }
+        }
+        assert_eq!(w.written(), src.len() as u64);
+        w.finish().unwrap();
+        reading.join().unwrap()
+    })
+}
+
+#[test]
+fn every_lane_count_and_write_pattern_gives_the_stream_back_byte_identical() {
+    let sizes = [0, 1, STRIPE - 1, STRIPE, STRIPE + 1, 3 * STRIPE, 5 * STRIPE + 12_345];
+    for lanes in [1, 2, 3, 4, 7] {
+        for &len in &sizes {
+            let src = data(len);
+            for (piece, flush) in [(1 << 20, None), (4096 + 17, None), (300_001, Some(3))] {
+                let got = round_trip(&src, lanes, piece, flush).unwrap();
+                assert!(
+                    got == src,
+                    "{lanes} lanes, {len} bytes, pieces of {piece}, flush {flush:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Runs a reader over hand-written lanes (`lanes[j]` is what lane `j` carries, then it closes)
+/// and returns its result.
+fn read_raw(lanes: Vec<Vec<u8>>, idle: Duration) -> io::Result<Vec<u8>> {
+    let n = lanes.len();
+    let socks = pairs(n);
+    let (mut r, ins) = reader(n);
+    thread::scope(|sc| {
+        for (inn, (_, b)) in ins.into_iter().zip(&socks) {
+            sc.spawn(move || inn.run(b, idle, "receiving test"));
+        }
+        let mut writers = Vec::new();
+        for (bytes, (a, _)) in lanes.into_iter().zip(&socks) {
+            let mut a = a.try_clone().unwrap();
+            writers.push(sc.spawn(move || {
+                let _ = a.write_all(&bytes);
+                if !bytes.is_empty() {
+                    let _ = a.shutdown(std::net::Shutdown::Write);
+                }
+            }));
+        }
+        let mut got = Vec::new();
+        let res = r.read_to_end(&mut got).map(|_| got);
+        drop(r);
+        for (a, _) in &socks {
+            let _ = a.shutdown(std::net::Shutdown::Both);
+        }
+        res
+    })
+}
+
+fn record(bytes: &[u8]) -> Vec<u8> {
+    let mut v = (bytes.len() as u32).to_le_bytes().to_vec();
+    v.extend_from_slice(bytes);
+    v
+}
+
+const END: [u8; 4] = [0; 4];
+
+#[test]
+fn hand_written_lanes_are_read_in_turn() {
+    let lane0 = [record(b"ab"), record(b"ef"), END.to_vec()].concat();
+    let lane1 = [record(b"cd"), END.to_vec()].concat();
+    let got = read_raw(vec![lane0, lane1], Duration::from_secs(5)).unwrap();
+    assert_eq!(got, b"abcdef");
+}
+
+#[test]
+fn a_lane_with_data_past_the_end_is_refused() {
+    // Stripes: 0 on lane 0, 1 on lane 1; the stream ends at stripe 2 (lane 0's end mark), but
+    // lane 1 carries one more stripe.
+    let lane0 = [record(b"ab"), END.to_vec()].concat();
+    let lane1 = [record(b"cd"), record(b"extra"), END.to_vec()].concat();
+    let e = read_raw(vec![lane0, lane1], Duration::from_secs(5)).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains("lane 1 carries data past the end"), "{e}");
+}
+
+#[test]
+fn a_lane_that_closes_before_its_end_mark_fails_the_stream() {
+    let lane0 = [record(b"ab"), record(b"ef"), END.to_vec()].concat();
+    let lane1 = record(b"cd"); // then closed, no end mark
+    let e = read_raw(vec![lane0, lane1], Duration::from_secs(5)).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+    assert!(
+        e.to_string()
+            .contains("lane 1 ended before the end of the stream (after 6 bytes)"),
+        "{e}"
+    );
+    // Cut inside a record's length field, and inside its bytes.
+    for cut in [2, 5] {
+        let lane0 = record(b"abcd")[..cut].to_vec();
+        let e = read_raw(vec![lane0, END.to_vec()], Duration::from_secs(5)).unwrap_err();
+        assert!(
+            e.to_string().contains("lane 0 ended before the end"),
+            "cut at {cut}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_stripe_longer_than_the_limit_is_refused_before_it_is_read() {
+    let mut lane0 = ((STRIPE + 1) as u32).to_le_bytes().to_vec();
+    lane0.extend_from_slice(b"whatever follows");
+    let e = read_raw(vec![lane0], Duration::from_secs(5)).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    assert!(
+        e.to_string().contains(&format!("a stripe of {} bytes", STRIPE + 1)),
+        "{e}"
+    );
+    let e = read_raw(vec![u32::MAX.to_le_bytes().to_vec()], Duration::from_secs(5)).unwrap_err();
+    assert!(e.to_string().contains("a stripe of 4294967295 bytes"), "{e}");
+}
+
+#[test]
+fn a_silent_lane_is_stalled_after_the_inactivity_timeout_not_at_its_poll() {
+    // Lane 0 sends its first stripe; lane 1 sends nothing and stays open.
+    let t0 = Instant::now();
+    let e = read_raw(vec![record(b"ab"), Vec::new()], Duration::from_millis(600)).unwrap_err();
+    let took = t0.elapsed();
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    assert!(
+        e.to_string()
+            .contains("stalled: no progress receiving test (lane 1) for 0 s after 0 bytes"),
+        "{e}"
+    );
+    assert!(
+        took >= Duration::from_millis(600),
+        "stalled after {took:?}, before the timeout"
+    );
+    assert!(took < Duration::from_secs(5), "stalled only after {took:?}");
+}
+
+#[test]
+fn dropping_the_reader_stops_its_lanes_at_their_next_poll() {
+    let socks = pairs(3);
+    let (r, ins) = reader(3);
+    let t0 = Instant::now();
+    thread::scope(|sc| {
+        for (inn, (_, b)) in ins.into_iter().zip(&socks) {
+            sc.spawn(move || inn.run(b, Duration::from_secs(60), "test"));
+        }
+        thread::sleep(POLL * 2);
+        drop(r);
+    });
+    // The lanes' peers never wrote or closed: only the stop ended them.
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "lanes ran on for {:?}",
+        t0.elapsed()
+    );
+}
+
+/// A lane that accepts `left` bytes, then fails.
+struct Failing {
+    left: usize,
+}
+
+impl Write for Failing {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::new(io::ErrorKind::ConnectionReset, "the target went away"));
+        }
+        let n = buf.len().min(self.left);
+        self.left -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failed_lane_fails_the_writer_with_its_own_error() {
+    let (mut w, outs) = writer(2);
+    let src = data(40 * STRIPE);
+    let (e, ended) = thread::scope(|sc| {
+        let mut outs = outs.into_iter();
+        let bad = sc.spawn({
+            let out = outs.next().unwrap();
+            move || out.run(Failing { left: STRIPE + 100 })
+        });
+        let good = sc.spawn({
+            let out = outs.next().unwrap();
+            move || out.run(io::sink())
+        });
+        let e = w.write_all(&src).and_then(|()| w.finish()).unwrap_err();
+        drop(w);
+        let ended = (bad.join().unwrap().is_err(), good.join().unwrap().unwrap());
+        (e, ended)
+    });
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+    assert!(e.to_string().contains("the target went away"), "{e}");
+    // The failed lane reports its error; the other one stopped without an end mark.
+    assert_eq!(ended, (true, false));
+}
+
+#[test]
+fn a_writer_dropped_without_finish_ends_no_lane() {
+    let socks = pairs(2);
+    let (mut w, outs) = writer(2);
+    let (mut r, ins) = reader(2);
+    let e = thread::scope(|sc| {
+        let mut ends = Vec::new();
+        for ((out, inn), (a, b)) in outs.into_iter().zip(ins).zip(&socks) {
+            ends.push(sc.spawn(move || out.run(a).unwrap()));
+            sc.spawn(move || inn.run(b, Duration::from_secs(10), "test"));
+        }
+        w.write_all(&data(3 * STRIPE + 5)).unwrap();
+        drop(w);
+        assert!(
+            ends.into_iter().all(|h| !h.join().unwrap()),
+            "a lane wrote its end mark"
+        );
+        for (a, _) in &socks {
+            a.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap_err()
+    });
+    assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+}
