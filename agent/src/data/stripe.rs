@@ -7,7 +7,8 @@
 //! any [`Write`] on the sending side and any [`Read`] on the receiving side.
 //!
 //! On each lane, after its hello, the wire carries records `[length: u32 LE][length bytes]`;
-//! a record of length 0 ends the lane. Stripe `s` travels on lane `s % lanes`. The stream ends
+//! a record of length 0 ends the lane, and nothing may follow it but the connection's end.
+//! Stripe `s` travels on lane `s % lanes`. The stream ends
 //! where the next lane in turn ends; every other lane must end there too, or the stream is
 //! refused ("data past the end"). A lane that closes or fails before its end mark fails the
 //! stream. Memory is bounded: [`DEPTH`] stripes queued per lane on each side.
@@ -321,10 +322,12 @@ impl LaneIn {
     pub fn run<R: Read>(self, mut r: R, idle: Duration, what: &str) {
         let mut bytes = 0u64;
         let mut last = Instant::now();
-        let mut fill = |buf: &mut [u8]| -> Result<(), Option<io::Error>> {
+        // Fills `buf`; with `at_end`, the peer's close before a byte is not an error (0).
+        let mut fill = |buf: &mut [u8], at_end: bool| -> Result<usize, Option<io::Error>> {
             let mut pos = 0;
             while pos < buf.len() {
                 match r.read(&mut buf[pos..]) {
+                    Ok(0) if at_end && pos == 0 => return Ok(0),
                     Ok(0) => {
                         return Err(Some(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
@@ -358,14 +361,22 @@ impl LaneIn {
                     Err(e) => return Err(Some(e)),
                 }
             }
-            Ok(())
+            Ok(pos)
         };
         loop {
             let mut head = [0u8; HEAD];
-            let item = match fill(&mut head) {
+            let item = match fill(&mut head, false) {
                 Err(e) => e.map(In::Failed),
-                Ok(()) => match u32::from_le_bytes(head) as usize {
-                    0 => Some(In::End),
+                Ok(_) => match u32::from_le_bytes(head) as usize {
+                    // The end mark, then the end of the connection (the sender's TLS close).
+                    0 => match fill(&mut [0u8], true) {
+                        Ok(0) => Some(In::End),
+                        Ok(_) => Some(In::Failed(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{what}: lane {} carries data after its end mark", self.lane),
+                        ))),
+                        Err(e) => e.map(In::Failed),
+                    },
                     len if len > STRIPE => Some(In::Failed(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("{what}: lane {}: a stripe of {len} bytes (at most {STRIPE})", self.lane),
@@ -374,8 +385,8 @@ impl LaneIn {
                         let Ok(mut buf) = self.free.recv() else {
                             return; // The reader is gone.
                         };
-                        match fill(&mut buf[..len]) {
-                            Ok(()) => Some(In::Stripe(buf, len)),
+                        match fill(&mut buf[..len], false) {
+                            Ok(_) => Some(In::Stripe(buf, len)),
                             Err(e) => e.map(In::Failed),
                         }
                     }

@@ -39,7 +39,10 @@ fn round_trip(src: &[u8], lanes: usize, piece: usize, flush_every: Option<usize>
     let (mut r, ins) = reader(lanes);
     thread::scope(|sc| {
         for ((out, inn), (a, b)) in outs.into_iter().zip(ins).zip(&socks) {
-            sc.spawn(move || out.run(a).unwrap());
+            sc.spawn(move || {
+                assert!(out.run(a).unwrap(), "lane not ended");
+                a.shutdown(std::net::Shutdown::Write).unwrap(); // as the TLS close
+            });
             sc.spawn(move || inn.run(b, Duration::from_secs(10), "test"));
         }
         let reading = sc.spawn(move || {
@@ -130,6 +133,11 @@ fn a_lane_with_data_past_the_end_is_refused() {
     let e = read_raw(vec![lane0, lane1], Duration::from_secs(5)).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
     assert!(e.to_string().contains("lane 1 carries data past the end"), "{e}");
+    // Anything after a lane's end mark but the connection's end.
+    let lane0 = [record(b"ab"), END.to_vec(), b"x".to_vec()].concat();
+    let e = read_raw(vec![lane0], Duration::from_secs(5)).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains("lane 0 carries data after its end mark"), "{e}");
 }
 
 #[test]
@@ -275,4 +283,131 @@ fn a_writer_dropped_without_finish_ends_no_lane() {
         r.read_to_end(&mut got).unwrap_err()
     });
     assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+}
+
+/// The reference reading of hand-written lanes, the simple way: each lane's records parsed
+/// front to back, then the stripes taken in turn. `None` where the reader must refuse.
+fn reference(lanes: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let mut records: Vec<Vec<&[u8]>> = Vec::new();
+    for lane in lanes {
+        let (mut at, mut recs) = (0, Vec::new());
+        loop {
+            let head = lane.get(at..at + 4)?;
+            let len = u32::from_le_bytes(head.try_into().unwrap()) as usize;
+            at += 4;
+            if len == 0 {
+                if at != lane.len() {
+                    return None; // Only the connection's end may follow an end mark.
+                }
+                break;
+            }
+            if len > STRIPE {
+                return None;
+            }
+            recs.push(lane.get(at..at + len)?);
+            at += len;
+        }
+        records.push(recs);
+    }
+    // Stripe s from lane s % n: the stream ends at the first lane out of stripes in turn, and
+    // every lane must have carried exactly its share by then.
+    let n = lanes.len();
+    let total: usize = records.iter().map(Vec::len).sum();
+    let (mut out, mut s) = (Vec::new(), 0);
+    while let Some(r) = records[s % n].get(s / n) {
+        out.extend_from_slice(r);
+        s += 1;
+    }
+    (s == total).then_some(out)
+}
+
+/// Hostile lanes: valid streams cut, with a length byte changed, with a record added or
+/// dropped, or plain noise. The reader never panics or hangs, and reads exactly what the
+/// reference reads, or refuses where it refuses.
+#[test]
+fn hostile_lanes_are_read_as_the_reference_reads_them_or_refused() {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n.max(1) as u64) as usize
+    };
+    let (mut accepted, mut refused) = (0, 0);
+    for case in 0..300 {
+        let n = 1 + rnd(4);
+        let stripes = rnd(9);
+        let mut lanes = vec![Vec::new(); n];
+        for s in 0..stripes {
+            let len = 1 + rnd(40);
+            let bytes: Vec<u8> = (0..len).map(|_| rnd(256) as u8).collect();
+            lanes[s % n].extend(record(&bytes));
+        }
+        for lane in &mut lanes {
+            lane.extend(END);
+        }
+        let j = rnd(n);
+        match rnd(7) {
+            0 => {
+                let cut = rnd(lanes[j].len());
+                lanes[j].truncate(cut);
+            }
+            1 if !lanes[j].is_empty() => {
+                let i = rnd(lanes[j].len());
+                lanes[j][i] = rnd(256) as u8;
+            }
+            2 => {
+                let at = lanes[j].len() - 4;
+                lanes[j].splice(at..at, record(b"one more"));
+            }
+            3 => lanes[j] = (0..rnd(64)).map(|_| rnd(256) as u8).collect(),
+            4 => lanes[j].splice(0..0, [0xff, 0xff, 0x10, 0x00]).for_each(drop),
+            _ => {} // valid
+        }
+        let want = reference(&lanes);
+        let got = read_closed(lanes.clone());
+        match (&want, &got) {
+            (Some(w), Ok(g)) => {
+                assert!(w == g, "case {case}: read other bytes than the reference: {lanes:?}");
+                accepted += 1;
+            }
+            (None, Err(_)) => refused += 1,
+            _ => panic!("case {case}: reference {want:?}, reader {got:?}, lanes {lanes:?}"),
+        }
+    }
+    // Both outcomes were exercised.
+    assert!(accepted > 50 && refused > 50, "accepted {accepted}, refused {refused}");
+}
+
+/// Like [`read_raw`], every lane closed after its bytes (empty ones too), within a deadline.
+fn read_closed(lanes: Vec<Vec<u8>>) -> io::Result<Vec<u8>> {
+    let t0 = Instant::now();
+    let r = read_raw_closing(lanes);
+    assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+    r
+}
+
+fn read_raw_closing(lanes: Vec<Vec<u8>>) -> io::Result<Vec<u8>> {
+    let n = lanes.len();
+    let socks = pairs(n);
+    let (mut r, ins) = reader(n);
+    thread::scope(|sc| {
+        for (inn, (_, b)) in ins.into_iter().zip(&socks) {
+            sc.spawn(move || inn.run(b, Duration::from_secs(5), "receiving test"));
+        }
+        for (bytes, (a, _)) in lanes.into_iter().zip(&socks) {
+            let mut a = a.try_clone().unwrap();
+            sc.spawn(move || {
+                let _ = a.write_all(&bytes);
+                let _ = a.shutdown(std::net::Shutdown::Write);
+            });
+        }
+        let mut got = Vec::new();
+        let res = r.read_to_end(&mut got).map(|_| got);
+        drop(r);
+        for (a, _) in &socks {
+            let _ = a.shutdown(std::net::Shutdown::Both);
+        }
+        res
+    })
 }
