@@ -98,6 +98,35 @@ fn lines_of(log: &Path) -> usize {
     std::fs::read_to_string(log).unwrap_or_default().lines().count()
 }
 
+/// How long each flood runs.
+const FLOOD_SECS: u64 = 12;
+
+/// Starts the flood `spec` from node2's namespace, runs the export under it once it has built
+/// up (2.5 s), and asserts that the flood was one (its report `flood: WHAT N`, N at least
+/// `at_least`) and that node3's agent logged only a few lines a second meanwhile.
+fn export_through_flood(
+    net: &Net,
+    cfg: &Path,
+    dir: &Path,
+    disks: &[std::path::PathBuf],
+    spec: &str,
+    (what, at_least): (&str, u64),
+) {
+    let log3 = dir.join("agent3.log");
+    let before = lines_of(&log3);
+    let flood = Flood::start(&net.p, spec);
+    std::thread::sleep(Duration::from_millis(2500));
+    export_under_flood(net, cfg, dir, disks);
+    let out = flood.finish();
+    let made: u64 = out
+        .lines()
+        .find_map(|l| l.split_once(&format!("flood: {what} ")).map(|(_, n)| n))
+        .and_then(|n| n.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no flood report: {out}"));
+    assert!(made >= at_least, "the flood was not one: {out}");
+    assert_quiet_log(&log3, before, FLOOD_SECS);
+}
+
 fn started(cfg: &Path, dir: &Path, net: &mut Net) -> std::path::PathBuf {
     net.start_agents(cfg, dir, &[]);
     dir.join("agent3.log")
@@ -115,19 +144,8 @@ fn a_non_master_member_cannot_lock_the_master_out() {
     let mut net = Net::new("ad", 50).expect("namespaces");
     let (cfg, _local, disks) = cluster(dir.path(), &net);
     let log3 = started(&cfg, dir.path(), &mut net);
-    let before = lines_of(&log3);
-    let secs = 12;
-    let flood = Flood::start(&net.p, &format!("member|{}|{}|{secs}", net.addr(3), s(&cfg)));
-    std::thread::sleep(Duration::from_millis(2500));
-    export_under_flood(&net, &cfg, dir.path(), &disks);
-    let out = flood.finish();
-    let made: u64 = out
-        .lines()
-        .find_map(|l| l.split_once("flood: handshakes ").map(|(_, n)| n))
-        .and_then(|n| n.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no flood report: {out}"));
-    assert!(made >= 300, "the flood was not one: {out}");
-    assert_quiet_log(&log3, before, secs);
+    let spec = format!("member|{}|{}|{FLOOD_SECS}", net.addr(3), s(&cfg));
+    export_through_flood(&net, &cfg, dir.path(), &disks, &spec, ("handshakes", 300));
     let log = std::fs::read_to_string(&log3).unwrap();
     assert!(log.contains("only the master"), "the refusal is logged: {log}");
     let log2 = std::fs::read_to_string(dir.path().join("agent2.log")).unwrap();
@@ -154,20 +172,9 @@ fn an_outsider_without_a_certificate_cannot_lock_the_master_out() {
         let a = format!("10.79.{}.{}/24", net.subnet, 100 + i);
         ip(&["-n", &ns, "addr", "add", &a, "dev", &dev]).unwrap();
     }
-    let log3 = started(&cfg, dir.path(), &mut net);
-    let before = lines_of(&log3);
-    let secs = 12;
-    let flood = Flood::start(&net.p, &format!("outsider|{}|{}|{secs}", net.addr(3), net.subnet));
-    std::thread::sleep(Duration::from_millis(2500));
-    export_under_flood(&net, &cfg, dir.path(), &disks);
-    let out = flood.finish();
-    let made: u64 = out
-        .lines()
-        .find_map(|l| l.split_once("flood: connections ").map(|(_, n)| n))
-        .and_then(|n| n.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no flood report: {out}"));
-    assert!(made >= 256, "the flood was not one: {out}");
-    assert_quiet_log(&log3, before, secs);
+    started(&cfg, dir.path(), &mut net);
+    let spec = format!("outsider|{}|{}|{FLOOD_SECS}", net.addr(3), net.subnet);
+    export_through_flood(&net, &cfg, dir.path(), &disks, &spec, ("connections", 256));
 }
 
 #[test]

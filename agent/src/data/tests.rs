@@ -270,3 +270,57 @@ fn a_striped_stream_is_admitted_lane_by_lane_whatever_order_they_come_in() {
         drop(held);
     });
 }
+
+#[test]
+fn the_primary_dials_again_when_the_port_closes_its_connection_mid_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = pki(dir.path());
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let port = std::thread::spawn(move || {
+        // The first two connections are closed once their ClientHello arrived (as an eviction
+        // does), the third is served.
+        for _ in 0..2 {
+            let (mut tcp, _) = l.accept().unwrap();
+            let mut hello = [0u8; 5];
+            tcp.read_exact(&mut hello).unwrap();
+            assert_eq!(hello[0], 0x16, "a TLS handshake record");
+            tcp.shutdown(std::net::Shutdown::Both).unwrap();
+        }
+        let (tcp, _) = l.accept().unwrap();
+        let mut s = tls::accept(&server, tcp, Duration::from_secs(5)).unwrap();
+        let mut got = [0u8; 2];
+        s.read_exact(&mut got).unwrap();
+        got
+    });
+    let t0 = Instant::now();
+    let mut s = dial(&client, addr, "node3", Duration::from_secs(5), "the test stream").expect("dialed again");
+    s.write_all(b"ok").unwrap();
+    s.flush().unwrap();
+    assert_eq!(&port.join().unwrap(), b"ok");
+    assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
+
+    // A port that keeps closing connections: the dial gives up at its timeout and says how
+    // often it tried; a refused connect (no port) is not retried.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let closer = std::thread::spawn(move || {
+        l.set_nonblocking(true).unwrap();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(2) {
+            if let Ok((tcp, _)) = l.accept() {
+                let _ = tcp.shutdown(std::net::Shutdown::Both);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let e = dial(&client, addr, "node3", Duration::from_millis(600), "the test stream")
+        .map(|_| ())
+        .unwrap_err();
+    assert!(e.starts_with("the test stream: ") && e.contains(" tries)"), "{e}");
+    closer.join().unwrap();
+    let e = dial(&client, addr, "node3", Duration::from_secs(5), "the test stream")
+        .map(|_| ())
+        .unwrap_err();
+    assert!(e.contains("connect for the test stream") && !e.contains("tries"), "{e}");
+}
