@@ -505,6 +505,42 @@ fn probe_in_namespace() {
         "probe: stalled connection beside the primary: answered in {:?}",
         t0.elapsed()
     );
+    // At most 64 receives are open on a node (each holds a thread and a port until its stream
+    // or its open timeout); the 65th is refused with why. Abandoning their export gives every
+    // place back at once (the receives stop waiting), not after the 60 s open timeout.
+    for i in 0..64 {
+        open_receive(&format!("probe-cap{i}")).unwrap_or_else(|e| panic!("receive {i} of 64: {e:?}"));
+    }
+    let e = open_receive("probe-cap64").expect_err("a 65th open receive");
+    assert!(
+        e.kind == "refused" && e.msg.contains("64 receives are open on this node"),
+        "{e:?}"
+    );
+    for call in [
+        Call::AbandonExport {
+            node: n3.into(),
+            instance: inst.into(),
+        },
+        Call::BeginExport {
+            node: n3.into(),
+            instance: inst.into(),
+        },
+    ] {
+        remote.call(n3, &call, None).unwrap();
+    }
+    let t0 = std::time::Instant::now();
+    while open_receive("probe-cap64").is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the abandoned receives still held their places after {:?}",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "probe: 64 open receives, the 65th refused; places back {:?} after the abandon",
+        t0.elapsed()
+    );
     remote
         .call(
             n3,
