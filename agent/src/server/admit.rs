@@ -2,12 +2,15 @@
 //! can take the agent down, fill it or lock the master out. A connection passes three pools:
 //!
 //! - **Handshaking** (before the peer proved anything): at most `MAX_HANDSHAKES_PER_PEER` from
-//!   one address (one more is closed at once) and `MAX_HANDSHAKES` in all, each bounded by the
-//!   connect timeout. When all are taken a new connection is not refused: it *evicts* the oldest
-//!   handshake of the address that holds the most. A flood that never finishes its handshakes
-//!   (no certificate needed, from a few or many addresses) thus only ever evicts its own
-//!   connections while it has more than the master has, and the master's handshake, which
-//!   takes milliseconds, completes however fast the flood reconnects.
+//!   one address and `MAX_HANDSHAKES` in all, each bounded by the connect timeout. A new
+//!   connection is never refused for want of a place: one more from an address that holds its
+//!   share *evicts* that address's oldest handshake, and one more when all are taken evicts the
+//!   oldest handshake of the address that holds the most. A flood that never finishes its
+//!   handshakes (no certificate needed, from a few or many addresses) thus only ever evicts its
+//!   own connections while it has more than the master has, and the master's handshake, which
+//!   takes milliseconds, completes however fast the flood reconnects; a master behind the same
+//!   address as a flood (NAT) gets in too, as long as its handshake completes before that
+//!   address opens `MAX_HANDSHAKES_PER_PEER` more connections (it was refused outright before).
 //! - **Master** (the certificate names the master): `MAX_CONNECTIONS` places, taken by no one
 //!   else.
 //! - **Other** (a cluster member that is not the master): `MAX_OTHERS_PER_PEER` per address and
@@ -29,7 +32,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 /// Master connections open at once (the master needs one per export it runs, plus its calls).
 pub const MAX_CONNECTIONS: usize = 256;
 
-/// Handshakes in progress from one address.
+/// Handshakes in progress from one address; one more evicts that address's oldest.
 pub const MAX_HANDSHAKES_PER_PEER: usize = 16;
 
 /// Handshakes in progress in all; one more evicts the oldest of the busiest address.
@@ -110,14 +113,16 @@ impl Admission {
         Arc::clone(&self.masters).try_acquire_owned().ok()
     }
 
-    /// A handshake from `ip`, counted until the slot is dropped; `None` when that address has
-    /// `MAX_HANDSHAKES_PER_PEER` in progress. When all handshake places are taken, the oldest
-    /// handshake of the busiest address is evicted (its slot's [`HandshakeSlot::evicted`]
-    /// resolves) to make room.
-    pub fn handshake(&self, ip: IpAddr) -> Option<HandshakeSlot<'_>> {
+    /// A handshake from `ip`, counted until the slot is dropped. To make room, the oldest
+    /// handshake of `ip` is evicted (its slot's [`HandshakeSlot::evicted`] resolves) when that
+    /// address has `MAX_HANDSHAKES_PER_PEER` in progress, and the oldest of the busiest address
+    /// when all handshake places are taken.
+    pub fn handshake(&self, ip: IpAddr) -> HandshakeSlot<'_> {
         let mut h = self.handshakes.lock().expect("handshakes");
-        if h.by_peer.get(&ip).is_some_and(|q| q.len() >= MAX_HANDSHAKES_PER_PEER) {
-            return None;
+        if let Some(q) = h.by_peer.get_mut(&ip).filter(|q| q.len() >= MAX_HANDSHAKES_PER_PEER) {
+            // Dropping the sender tells its connection.
+            q.pop_front();
+            h.total -= 1;
         }
         while h.total >= self.max_handshakes.max(1) {
             h.evict();
@@ -127,12 +132,12 @@ impl Admission {
         let (tx, rx) = oneshot::channel();
         h.by_peer.entry(ip).or_default().push_back((id, tx));
         h.total += 1;
-        Some(HandshakeSlot {
+        HandshakeSlot {
             a: self,
             ip,
             id,
             evicted: Some(rx),
-        })
+        }
     }
 
     /// A place for a non-master member's connection from `ip`; `None` when that address or all
@@ -239,13 +244,23 @@ mod tests {
         assert!(a.master().is_some(), "a place given back is taken again");
 
         let (x, y) = (ip("10.0.0.1"), ip("10.0.0.2"));
-        let slots: Vec<_> = (0..MAX_HANDSHAKES_PER_PEER)
-            .map(|_| a.handshake(x).expect("under the cap"))
-            .collect();
-        assert!(a.handshake(x).is_none(), "one address over its cap");
-        assert!(a.handshake(y).is_some(), "another address is not held up by it");
-        drop(slots);
-        assert!(a.handshake(x).is_some());
+        let mut slots: Vec<_> = (0..MAX_HANDSHAKES_PER_PEER).map(|_| a.handshake(x)).collect();
+        let mut other = a.handshake(y);
+        // One more from x (a master behind the flood's NAT) evicts x's oldest, not y's.
+        let mut newest = a.handshake(x);
+        assert!(is_evicted(&mut slots[0]), "the address's oldest makes room");
+        assert!(!slots[1..].iter_mut().any(is_evicted) && !is_evicted(&mut newest));
+        assert!(!is_evicted(&mut other), "another address is not touched");
+        assert_eq!(a.handshakes.lock().unwrap().total, MAX_HANDSHAKES_PER_PEER + 1);
+        // Its handshake completes before x opens its share again: it is never evicted.
+        for _ in 0..MAX_HANDSHAKES_PER_PEER - 1 {
+            slots.push(a.handshake(x));
+        }
+        assert!(
+            !is_evicted(&mut newest),
+            "evicted before its address's share turned over"
+        );
+        drop((slots, other, newest));
         let h = a.handshakes.lock().unwrap();
         assert!(h.by_peer.is_empty() && h.total == 0, "no entry left for idle addresses");
     }
@@ -269,18 +284,17 @@ mod tests {
         let a = Admission::new(4, 128);
         let mut flood: Vec<_> = (0..16)
             .flat_map(|i| (0..8).map(move |_| i))
-            .map(|i| a.handshake(ip(&format!("10.1.0.{i}"))).unwrap())
+            .map(|i| a.handshake(ip(&format!("10.1.0.{i}"))))
             .collect();
         assert_eq!(a.handshakes.lock().unwrap().total, 128);
-        let mut master = a.handshake(ip("10.9.9.9")).expect("a full pool evicts, never refuses");
+        let mut master = a.handshake(ip("10.9.9.9")); // a full pool evicts, never refuses
         assert_eq!(a.handshakes.lock().unwrap().total, 128);
         assert!(is_evicted(&mut flood[0]), "the oldest of the busiest address");
         assert!(!is_evicted(&mut flood[1]));
         // The flood reconnects as fast as it likes: it only evicts its own.
         for round in 0..1000 {
             let i = round % 16;
-            let s = a.handshake(ip(&format!("10.1.0.{i}")));
-            flood.extend(s);
+            flood.push(a.handshake(ip(&format!("10.1.0.{i}"))));
         }
         assert!(!is_evicted(&mut master), "the master's handshake was evicted");
         let evicted = flood.iter_mut().map(is_evicted).filter(|e| *e).count();

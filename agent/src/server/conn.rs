@@ -47,15 +47,7 @@ impl Agent {
                 }
             };
             // Taken here, before a task is spawned, so that a flood spawns nothing.
-            let Some(slot) = self.admission.handshake(peer.ip()) else {
-                self.admission.log_refusal(|| {
-                    format!(
-                        "{peer}: refused: {} handshakes from this address in progress",
-                        admit::MAX_HANDSHAKES_PER_PEER
-                    )
-                });
-                continue; // Dropping `tcp` closes it.
-            };
+            let slot = self.admission.handshake(peer.ip());
             let acceptor = acceptor.clone();
             tokio::spawn(async move { self.connection(acceptor, tcp, peer, slot).await });
         }
@@ -81,8 +73,10 @@ impl Agent {
             () = slot.evicted() => {
                 return self.admission.log_refusal(|| {
                     format!(
-                        "{peer}: handshake evicted: all {} handshake places were taken and this was \
-                         the oldest of the address with the most",
+                        "{peer}: handshake evicted for a newer connection: its address had {} \
+                         handshakes in progress, or all {} places were taken and this was the \
+                         oldest of the address with the most",
+                        admit::MAX_HANDSHAKES_PER_PEER,
                         admit::MAX_HANDSHAKES
                     )
                 });
