@@ -302,8 +302,8 @@ fn a_connection_flood_neither_ends_nor_fills_the_agent() {
     );
     let log = std::fs::read_to_string(&log3).unwrap();
     assert!(
-        log.contains("handshakes from this address in progress") || log.contains("connections refused"),
-        "no refusal logged: {log}"
+        log.contains("handshake evicted for a newer connection") || log.contains("accept: Too many open files"),
+        "no refusal or eviction logged: {log}"
     );
     // The master is served again: node3 answers its listing (not `?`).
     let list = ["list", "--cluster", s(&cfg), "--separator", ":", "--no-headers"];

@@ -155,11 +155,12 @@ impl FrameStream for Counted<BufReader<&mut tls::ServerStream>> {
     }
 }
 
-fn set_timeouts(tcp: &TcpStream, t: Duration) -> io::Result<()> {
-    tcp.set_read_timeout(Some(t))?;
-    tcp.set_write_timeout(Some(t))?;
-    crate::sock::keepalive(tcp)?;
-    tcp.set_nodelay(true)
+/// A data connection's socket for its stream: keepalive, no Nagle delay, and the inactivity
+/// timeout `t` over reads and writes together ([`tls::Sock::set_idle`]).
+fn arm(sock: &mut tls::Sock, t: Duration) -> io::Result<()> {
+    crate::sock::keepalive(sock.tcp())?;
+    sock.tcp().set_nodelay(true)?;
+    sock.set_idle(Some(t))
 }
 
 /// The target's side of one disk stream.
@@ -239,7 +240,15 @@ impl Receiver {
             let got = loop {
                 let now = Instant::now();
                 match admitted.try_recv() {
-                    Ok(Ok((stream, lane, peer))) => {
+                    Ok(Ok((stream, None, peer))) => {
+                        // The whole stream on one connection, unless lanes already came.
+                        if lanes.iter().all(Option::is_none) {
+                            break Ok(vec![stream]);
+                        }
+                        say(log.refused(now, format!("{peer}: a one-connection stream after its lanes")));
+                        continue;
+                    }
+                    Ok(Ok((stream, Some(lane), peer))) => {
                         let slot: &mut Option<tls::ServerStream> = &mut lanes[lane];
                         if slot.is_some() {
                             say(log.refused(now, format!("{peer}: lane {lane} is already connected")));
@@ -301,8 +310,8 @@ impl Receiver {
         got
     }
 
-    /// The handshake, the client's certificate and the token (with the lane it names); nothing
-    /// of the disk is read.
+    /// The handshake, the client's certificate and the token with the lane it names (`None`:
+    /// the whole stream on this one connection, `DSDATA1`); nothing of the disk is read.
     fn admit(
         &self,
         cfg: &Arc<ServerConfig>,
@@ -310,18 +319,23 @@ impl Receiver {
         peer: SocketAddr,
         req: &SendDisk,
         t: Timeouts,
-    ) -> Result<(tls::ServerStream, usize), String> {
+    ) -> Result<(tls::ServerStream, Option<usize>), String> {
         tcp.set_nonblocking(false).map_err(|e| e.to_string())?;
         let mut s = tls::accept(cfg, tcp, t.connect).map_err(|e| e.to_string())?;
         tls::authorize(&s.conn, &[req.source_node.as_str()], &peer.to_string()).map_err(|e| e.to_string())?;
-        let mut hello = [0u8; LANE_HELLO_LEN]; // the longer of the two
-        let hello = &mut hello[..if self.lanes == 1 { HELLO_LEN } else { LANE_HELLO_LEN }];
-        s.read_exact(hello)
-            .map_err(|e| format!("reading the token: {}", tls::timed_out(e, t.connect)))?;
-        let lane = if self.lanes == 1 {
-            constant_eq(hello, &data_hello(&self.token)).then_some(0)
+        // The one-connection hello is the shorter and differs from a lane's within its length:
+        // a port that opened lanes still takes a whole stream on one connection (a primary
+        // or master from before lanes).
+        let mut hello = [0u8; LANE_HELLO_LEN];
+        let reading = |e: io::Error| format!("reading the token: {}", tls::timed_out(e, t.connect));
+        s.read_exact(&mut hello[..HELLO_LEN]).map_err(reading)?;
+        let lane = if constant_eq(&hello[..HELLO_LEN], &data_hello(&self.token)) {
+            Some(None)
+        } else if self.lanes > 1 {
+            s.read_exact(&mut hello[HELLO_LEN..]).map_err(reading)?;
+            hello_lane(&hello, &self.token, self.lanes).map(Some)
         } else {
-            hello_lane(hello, &self.token, self.lanes)
+            None
         };
         let Some(lane) = lane else {
             return Err(match self.lanes {
@@ -330,7 +344,7 @@ impl Receiver {
             });
         };
         s.sock.set_deadline(None);
-        set_timeouts(s.sock.tcp(), t.inactivity).map_err(|e| e.to_string())?;
+        arm(&mut s.sock, t.inactivity).map_err(|e| e.to_string())?;
         Ok((s, lane))
     }
 }
@@ -353,7 +367,7 @@ fn receive(
         flip: None,
     };
     let reply = received(local, stream, req, what, lease);
-    acknowledge(std::slice::from_mut(&mut s), &reply);
+    acknowledge(std::slice::from_mut(&mut s), &reply, t.inactivity);
     reply
 }
 
@@ -397,10 +411,14 @@ fn received<R: FrameStream>(
 }
 
 /// Writes `reply` on the stream's first connection, ends every connection (TLS close, then a
-/// lingering close, [`linger`]).
-fn acknowledge(lanes: &mut [tls::ServerStream], reply: &Reply) {
+/// lingering close, [`linger`], on every connection at once), each within `idle` from now
+/// (a stalled stream's reason is still sent).
+fn acknowledge(lanes: &mut [tls::ServerStream], reply: &Reply, idle: Duration) {
     let mut line = serde_json::to_vec(reply).unwrap_or_default();
     line.push(b'\n');
+    for s in lanes.iter_mut() {
+        let _ = s.sock.set_idle(Some(idle));
+    }
     if let Some(s) = lanes.first_mut() {
         let _ = s.write_all(&line).and_then(|()| s.flush());
     }
@@ -408,9 +426,11 @@ fn acknowledge(lanes: &mut [tls::ServerStream], reply: &Reply) {
         s.conn.send_close_notify();
         let _ = s.flush();
     }
-    for s in lanes.iter() {
-        linger(s.sock.tcp());
-    }
+    std::thread::scope(|sc| {
+        for s in lanes.iter() {
+            sc.spawn(|| linger(s.sock.tcp()));
+        }
+    });
 }
 
 /// How long, and how many bytes, a receive that ended reads and discards what its peer still

@@ -175,59 +175,130 @@ pub type ClientStream = StreamOwned<ClientConnection, Sock>;
 /// Until [`Sock::set_deadline`] clears it, every read must end by a deadline (each read's
 /// timeout is the time left), so a peer that trickles a byte now and then cannot stretch a
 /// handshake past it.
+///
+/// With [`Sock::set_idle`], reads and writes fail once no byte moved either way for the idle
+/// time, however rustls chains its I/O: rustls's `write` swallows a blocked write's error and
+/// its `complete_io` follows a blocked write with a read, so per-call socket timeouts added up
+/// (a primary whose target froze failed after about 12 times its inactivity timeout).
 #[derive(Debug)]
-pub struct Sock(BufReader<TcpStream>, Option<Instant>, Option<Duration>);
+pub struct Sock {
+    io: BufReader<TcpStream>,
+    deadline: Option<Instant>,
+    /// The socket's own read timeout while a deadline is set, put back when it is cleared.
+    own_timeout: Option<Duration>,
+    idle: Option<Idle>,
+}
+
+/// No byte moved for `limit` since `last`: fail.
+#[derive(Debug, Clone, Copy)]
+struct Idle {
+    limit: Duration,
+    last: Instant,
+}
 
 /// Bytes read from the socket at a time.
 pub const SOCK_READ_BUF: usize = 256 << 10;
 
+/// How long one blocked read or write waits before [`Sock`] looks at its idle time again.
+const IDLE_SLICE: Duration = Duration::from_secs(1);
+
 impl Sock {
     /// Buffers the reads of `tcp`.
     pub fn new(tcp: TcpStream) -> Self {
-        Self(BufReader::with_capacity(SOCK_READ_BUF, tcp), None, None)
+        Self {
+            io: BufReader::with_capacity(SOCK_READ_BUF, tcp),
+            deadline: None,
+            own_timeout: None,
+            idle: None,
+        }
     }
 
     /// Reads from now on must end by `deadline` (`None`: each within the socket's own read
     /// timeout, as it was when the deadline was set; it is put back).
     pub fn set_deadline(&mut self, deadline: Option<Instant>) {
-        match (self.1, deadline) {
-            (None, Some(_)) => self.2 = self.tcp().read_timeout().ok().flatten(),
+        match (self.deadline, deadline) {
+            (None, Some(_)) => self.own_timeout = self.tcp().read_timeout().ok().flatten(),
             (Some(_), None) => {
-                let _ = self.tcp().set_read_timeout(self.2);
+                let _ = self.tcp().set_read_timeout(self.own_timeout);
             }
             _ => {}
         }
-        self.1 = deadline;
+        self.deadline = deadline;
+    }
+
+    /// From now on (the clock starts now), reads and writes fail with `TimedOut` once no byte
+    /// moved either way for `limit` (`None`: each call within the socket's own timeouts, left as
+    /// they are). Sets the socket's read and write timeouts to at most a second: a blocked call
+    /// wakes that often to look at the clock.
+    pub fn set_idle(&mut self, limit: Option<Duration>) -> io::Result<()> {
+        self.idle = limit.map(|limit| Idle {
+            limit,
+            last: Instant::now(),
+        });
+        if let Some(l) = limit {
+            let slice = Some(l.min(IDLE_SLICE).max(Duration::from_millis(1)));
+            self.tcp().set_read_timeout(slice)?;
+            self.tcp().set_write_timeout(slice)?;
+        }
+        Ok(())
     }
 
     /// The TCP socket (timeouts, keepalive, linger).
     pub fn tcp(&self) -> &TcpStream {
-        self.0.get_ref()
+        self.io.get_ref()
+    }
+}
+
+/// Runs `op` (a read or a write) under `idle`: retried while it times out and the idle time has
+/// not passed; failed at once, before any syscall, once it has.
+fn within_idle(idle: Option<&mut Idle>, mut op: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+    let Some(idle) = idle else {
+        return op();
+    };
+    loop {
+        if idle.last.elapsed() >= idle.limit {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no byte moved for {} s", idle.limit.as_secs_f64()),
+            ));
+        }
+        match op() {
+            Ok(n) => {
+                if n > 0 {
+                    idle.last = Instant::now();
+                }
+                return Ok(n);
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
 impl Read for Sock {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(d) = self.1 {
+        if let Some(d) = self.deadline {
             let left = d.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
             }
-            self.0.get_ref().set_read_timeout(Some(left))?;
+            self.io.get_ref().set_read_timeout(Some(left))?;
+            return self.io.read(buf);
         }
-        self.0.read(buf)
+        within_idle(self.idle.as_mut(), || self.io.read(buf))
     }
 }
 
 impl Write for Sock {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.get_mut().write(buf)
+        within_idle(self.idle.as_mut(), || self.io.get_mut().write(buf))
     }
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.0.get_mut().write_vectored(bufs)
+        within_idle(self.idle.as_mut(), || self.io.get_mut().write_vectored(bufs))
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.0.get_mut().flush()
+        self.io.get_mut().flush()
     }
 }
 

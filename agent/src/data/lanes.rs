@@ -41,8 +41,10 @@ pub(super) fn receive(
     t: Timeouts,
     lease: &ReceiveLease<'_>,
 ) -> Reply {
-    for s in &lanes {
-        // Failing leaves the inactivity timeout: a lane then stops only at that.
+    for s in &mut lanes {
+        // Each lane's thread keeps its own time (`LaneIn::run`): its reads only poll. Failing
+        // leaves the socket's timeout at a second: a lane then stops at its next wake-up.
+        let _ = s.sock.set_idle(None);
         let _ = s.sock.tcp().set_read_timeout(Some(POLL.min(t.inactivity)));
     }
     let (reader, ins) = stripe::reader(lanes.len());
@@ -55,10 +57,7 @@ pub(super) fn receive(
         // The reader is dropped when the receive ends, however it ends: the lanes stop.
         received(local, reader, req, what, lease)
     });
-    for s in &lanes {
-        let _ = s.sock.tcp().set_read_timeout(Some(t.inactivity));
-    }
-    acknowledge(&mut lanes, &reply);
+    acknowledge(&mut lanes, &reply, t.inactivity);
     reply
 }
 
@@ -86,26 +85,48 @@ pub(super) fn send(
     }
     let (mut w, outs) = stripe::writer(lanes.len());
     std::thread::scope(|sc| {
-        for (j, (out, s)) in outs.into_iter().zip(lanes.iter_mut()).enumerate() {
-            let lane = Counted {
-                inner: s,
-                what: format!("sending {to} (lane {j})"),
-                bytes: 0,
-                idle: t.inactivity,
-                flip: t.flip_byte.filter(|_| j == 0),
-            };
-            sc.spawn(move || out.run(lane));
-        }
+        let threads: Vec<_> = outs
+            .into_iter()
+            .zip(lanes.iter_mut())
+            .enumerate()
+            .map(|(j, (out, s))| {
+                let lane = Counted {
+                    inner: s,
+                    what: format!("sending {to} (lane {j})"),
+                    bytes: 0,
+                    idle: t.inactivity,
+                    flip: t.flip_byte.filter(|_| j == 0),
+                };
+                sc.spawn(move || out.run(lane))
+            })
+            .collect();
         let sent = local
             .send_disk_to(req, &mut w, name, progress)
             .and_then(|r| w.finish().map(|()| r).map_err(|e| wire(name, w.written(), e)));
-        if sent.is_err() {
-            drop(w);
-            if !sent.as_ref().is_err_and(|e| crate::abort::on_the_wire(e, name)) {
-                shut();
+        let written = w.written();
+        drop(w); // After `finish`, the lanes have their end marks; else they stop without.
+        if sent.as_ref().is_err_and(|e| !crate::abort::on_the_wire(e, name)) {
+            shut();
+        }
+        // `finish` only hands the lanes their last records and end marks: a lane that fails
+        // writing them fails the stream, with its own error (a stall, the target gone).
+        let mut lanes_ended = Ok(());
+        for (j, th) in threads.into_iter().enumerate() {
+            let ended = match th.join() {
+                Ok(Ok(true)) => Ok(()),
+                Ok(Ok(false)) => Err(io::Error::other(format!("lane {j} stopped before its end mark"))),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(io::Error::other(format!("lane {j}'s thread panicked"))),
+            };
+            if lanes_ended.is_ok() {
+                lanes_ended = ended;
             }
         }
-        sent
+        match (sent, lanes_ended) {
+            (Ok(r), Ok(())) => Ok(r),
+            (Ok(_), Err(e)) => Err(wire(name, written, e)),
+            (Err(e), _) => Err(e),
+        }
     })
 }
 

@@ -11,7 +11,7 @@ use diskstream_orchestrator::node::local::LocalNodeOps;
 use diskstream_orchestrator::node::{SendDisk, TransferError, TransferProgress};
 use rustls::ClientConfig;
 
-use super::{lanes, set_timeouts, Counted, Timeouts, MAX_ACK, MAX_LANES, SEND_BUF};
+use super::{arm, lanes, Counted, Timeouts, MAX_ACK, MAX_LANES, SEND_BUF};
 use crate::proto::{data_hello, Opened, Reply, Sent, WireReport};
 use crate::tls;
 
@@ -63,7 +63,7 @@ pub fn send(
     let mut streams = Vec::with_capacity(lanes);
     for lane in 0..lanes {
         let mut s = dial(cfg, addr, &req.target_node, t.connect, &to).map_err(failed)?;
-        set_timeouts(s.sock.tcp(), t.inactivity).map_err(|e| failed(format!("{to}: {e}")))?;
+        arm(&mut s.sock, t.inactivity).map_err(|e| failed(format!("{to}: {e}")))?;
         let hello = match lanes {
             1 => data_hello(&opened.token),
             n => crate::proto::lane_hello(&opened.token, lane, n),
@@ -105,7 +105,7 @@ pub fn send(
             // The target may have stopped reading because it refused the stream: its reason
             // is the better message.
             let s = &mut streams[0];
-            let _ = s.sock.tcp().set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.sock.set_idle(Some(Duration::from_secs(2)));
             return Err(match read_ack(s) {
                 Ok(Reply { err: Some(w), .. }) => {
                     failed(format!("node {} refused the stream: {}", req.target_node, w.msg))

@@ -14,7 +14,7 @@
 //! stream. Memory is bounded: [`DEPTH`] stripes queued per lane on each side.
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -206,6 +206,27 @@ enum In {
     Failed(io::Error),
 }
 
+/// When the stream last moved: a byte read on any lane, or the reader taking bytes. A lane
+/// waits for its turn while the others carry the stream (with N lanes, N stripes go by between
+/// two of its own), so only the stream's progress, not the lane's, says it stalled.
+struct Clock {
+    t0: Instant,
+    last_ns: AtomicU64,
+}
+
+impl Clock {
+    fn touch(&self) {
+        let ns = u64::try_from(self.t0.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        self.t0
+            .elapsed()
+            .saturating_sub(Duration::from_nanos(self.last_ns.load(Ordering::Relaxed)))
+    }
+}
+
 /// The receiving side: a [`Read`] of the stream put back in order. Dropping it stops the lanes
 /// (their threads return within their poll interval).
 pub struct StripeReader {
@@ -214,6 +235,7 @@ pub struct StripeReader {
     cur: Option<(usize, Vec<u8>, usize, usize)>,
     ended: bool,
     stop: Arc<AtomicBool>,
+    clock: Arc<Clock>,
 }
 
 /// One receiving lane; [`LaneIn::run`] it on a thread of its own.
@@ -222,12 +244,17 @@ pub struct LaneIn {
     tx: SyncSender<In>,
     free: Receiver<Vec<u8>>,
     stop: Arc<AtomicBool>,
+    clock: Arc<Clock>,
 }
 
 /// A reader over `lanes` lanes (1 ..= [`MAX_LANES`]) and each lane's end.
 pub fn reader(lanes: usize) -> (StripeReader, Vec<LaneIn>) {
     assert!((1..=MAX_LANES).contains(&lanes), "{lanes} lanes");
     let stop = Arc::new(AtomicBool::new(false));
+    let clock = Arc::new(Clock {
+        t0: Instant::now(),
+        last_ns: AtomicU64::new(0),
+    });
     let (ends, ins) = (0..lanes)
         .map(|lane| {
             let (tx, rx) = mpsc::sync_channel(DEPTH);
@@ -235,8 +262,15 @@ pub fn reader(lanes: usize) -> (StripeReader, Vec<LaneIn>) {
             for _ in 0..DEPTH + 1 {
                 let _ = free_tx.send(vec![0u8; STRIPE]);
             }
-            let stop = Arc::clone(&stop);
-            ((rx, free_tx), LaneIn { lane, tx, free, stop })
+            let (stop, clock) = (Arc::clone(&stop), Arc::clone(&clock));
+            let lane = LaneIn {
+                lane,
+                tx,
+                free,
+                stop,
+                clock,
+            };
+            ((rx, free_tx), lane)
         })
         .unzip();
     let r = StripeReader {
@@ -245,6 +279,7 @@ pub fn reader(lanes: usize) -> (StripeReader, Vec<LaneIn>) {
         cur: None,
         ended: false,
         stop,
+        clock,
     };
     (r, ins)
 }
@@ -285,6 +320,7 @@ impl Read for StripeReader {
                     let n = (*len - *pos).min(out.len());
                     out[..n].copy_from_slice(&buf[*pos..*pos + n]);
                     *pos += n;
+                    self.clock.touch();
                     return Ok(n);
                 }
                 let lane = *lane;
@@ -317,11 +353,11 @@ impl Drop for StripeReader {
 impl LaneIn {
     /// Reads this lane's records from `r` until its end mark, a failure (handed on to the
     /// reader), or the reader is dropped. `r`'s reads must time out every so often (a short
-    /// socket read timeout): a timeout is a poll, and only `idle` without a byte is "stalled"
-    /// (the message names `what`).
+    /// socket read timeout): a timeout is a poll, and only `idle` without the stream moving
+    /// (no byte on any lane, nothing taken by the reader) is "stalled" (the message names
+    /// `what`).
     pub fn run<R: Read>(self, mut r: R, idle: Duration, what: &str) {
         let mut bytes = 0u64;
-        let mut last = Instant::now();
         // Fills `buf`; with `at_end`, the peer's close before a byte is not an error (0).
         let mut fill = |buf: &mut [u8], at_end: bool| -> Result<usize, Option<io::Error>> {
             let mut pos = 0;
@@ -340,13 +376,13 @@ impl LaneIn {
                     Ok(n) => {
                         pos += n;
                         bytes += n as u64;
-                        last = Instant::now();
+                        self.clock.touch();
                     }
                     Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                         if self.stop.load(Ordering::Relaxed) {
                             return Err(None);
                         }
-                        if last.elapsed() >= idle {
+                        if self.clock.idle() >= idle {
                             return Err(Some(io::Error::new(
                                 io::ErrorKind::TimedOut,
                                 format!(

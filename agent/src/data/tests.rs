@@ -240,10 +240,8 @@ fn a_striped_stream_is_admitted_lane_by_lane_whatever_order_they_come_in() {
     std::thread::scope(|sc| {
         let port = sc.spawn(|| rx.admit_all(&server, &req, t, "the test stream", &|| false));
         let mut held = Vec::new();
-        // Not this stream's: the one-connection hello, a lane of another count, a lane past
-        // the count, another token.
+        // Not this stream's: a lane of another count, a lane past the count, another token.
         for bad in [
-            data_hello(tok),
             crate::proto::lane_hello(tok, 0, 4),
             crate::proto::lane_hello(tok, 3, 3),
             crate::proto::lane_hello(&"0".repeat(64), 1, 3),
@@ -253,8 +251,10 @@ fn a_striped_stream_is_admitted_lane_by_lane_whatever_order_they_come_in() {
         held.push(connect(&crate::proto::lane_hello(tok, 2, 3), b"lane2"));
         held.push(connect(&crate::proto::lane_hello(tok, 0, 3), b"lane0"));
         std::thread::sleep(Duration::from_millis(300));
-        // A second lane 0 is refused; the first one keeps its place.
+        // A second lane 0 is refused, and so is a whole stream on one connection once lanes
+        // came; the first lane 0 keeps its place.
         held.push(connect(&crate::proto::lane_hello(tok, 0, 3), b"again"));
+        held.push(connect(&data_hello(tok), b"whole"));
         std::thread::sleep(Duration::from_millis(300));
         held.push(connect(&crate::proto::lane_hello(tok, 1, 3), b"lane1"));
         let mut lanes = port.join().unwrap().expect("all three lanes");
@@ -323,4 +323,79 @@ fn the_primary_dials_again_when_the_port_closes_its_connection_mid_handshake() {
         .map(|_| ())
         .unwrap_err();
     assert!(e.contains("connect for the test stream") && !e.contains("tries"), "{e}");
+}
+
+#[test]
+fn a_port_that_opened_lanes_takes_a_whole_stream_on_one_connection() {
+    // A primary or master from before lanes sends `DSDATA1` and one stream.
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = pki(dir.path());
+    let (rx, opened) = Receiver::open(IpAddr::from([127, 0, 0, 1]), 3).unwrap();
+    let req = req();
+    let addr = SocketAddr::from(([127, 0, 0, 1], opened.port));
+    std::thread::scope(|sc| {
+        let port = sc.spawn(|| rx.admit_all(&server, &req, Timeouts::default(), "the test stream", &|| false));
+        let mut s = dial(&client, addr, "node3", Duration::from_secs(5), "the test stream").unwrap();
+        s.write_all(&data_hello(&opened.token)).unwrap();
+        s.write_all(b"whole").unwrap();
+        s.flush().unwrap();
+        let mut got = port.join().unwrap().expect("the whole stream");
+        assert_eq!(got.len(), 1, "one connection");
+        let mut p = [0u8; 5];
+        got[0].read_exact(&mut p).unwrap();
+        assert_eq!(&p, b"whole");
+    });
+}
+
+#[test]
+fn a_sender_whose_target_froze_fails_within_its_inactivity_timeout() {
+    // The target completes the handshake, then reads nothing (a stopped process). rustls's
+    // write swallows a blocked write's error and its I/O follows a blocked write with a read, so
+    // per-call socket timeouts added up to many times the inactivity timeout; the socket's idle
+    // clock (`tls::Sock::set_idle`) bounds them all.
+    let dir = tempfile::tempdir().unwrap();
+    let (server, client) = pki(dir.path());
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (frozen, thawed) = mpsc::channel::<()>();
+    let target = std::thread::spawn(move || {
+        let (tcp, _) = l.accept().unwrap();
+        let s = tls::accept(&server, tcp, Duration::from_secs(5)).unwrap();
+        let _ = thawed.recv(); // until the sender gave up
+        drop(s);
+    });
+    let mut s = dial(&client, addr, "node3", Duration::from_secs(5), "the test stream").unwrap();
+    let idle = Duration::from_secs(1);
+    arm(&mut s.sock, idle).unwrap();
+    let mut out = Counted {
+        inner: &mut s,
+        what: "sending the test stream".into(),
+        bytes: 0,
+        idle,
+        flip: None,
+    };
+    let chunk = vec![7u8; 1 << 20];
+    let t0 = Instant::now();
+    let e = loop {
+        if let Err(e) = out.write_all(&chunk) {
+            break e;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "still writing to a frozen target"
+        );
+    };
+    let took = t0.elapsed();
+    drop(frozen);
+    target.join().unwrap();
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("stalled: no progress sending the test stream for 1 s"),
+        "{e}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "failed after {took:?} with a 1 s inactivity timeout"
+    );
 }

@@ -411,3 +411,39 @@ fn read_raw_closing(lanes: Vec<Vec<u8>>) -> io::Result<Vec<u8>> {
         res
     })
 }
+
+/// A stream that moves slowly but steadily (a stripe every 300 ms, as a mostly-zero disk's
+/// frames do) is not stalled with a 1 s inactivity timeout, however many lanes: with 4 lanes
+/// each lane waits 1.2 s between its own stripes.
+#[test]
+fn a_slow_steady_stream_is_not_stalled_on_a_lane_waiting_its_turn() {
+    for lanes in [1, 4] {
+        let socks = pairs(lanes);
+        let (mut w, outs) = writer(lanes);
+        let (mut r, ins) = reader(lanes);
+        let src = data(8 * STRIPE);
+        let got = thread::scope(|sc| {
+            for ((out, inn), (a, b)) in outs.into_iter().zip(ins).zip(&socks) {
+                sc.spawn(move || {
+                    assert!(out.run(a).unwrap(), "lane not ended");
+                    a.shutdown(std::net::Shutdown::Write).unwrap();
+                });
+                sc.spawn(move || inn.run(b, Duration::from_secs(1), "receiving slow"));
+            }
+            let reading = sc.spawn(move || {
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).map(|_| got)
+            });
+            for stripe in src.chunks(STRIPE) {
+                thread::sleep(Duration::from_millis(300));
+                w.write_all(stripe).unwrap();
+            }
+            w.finish().unwrap();
+            reading.join().unwrap()
+        });
+        match got {
+            Ok(g) => assert!(g == src, "{lanes} lanes: other bytes"),
+            Err(e) => panic!("{lanes} lanes: {e}"),
+        }
+    }
+}
