@@ -458,18 +458,22 @@ fn probe_in_namespace() {
         e.kind == "refused" && e.msg.contains("cannot be finalized") && e.msg.contains("probe-dump3"),
         "{e:?}"
     );
-    for call in [
-        Call::AbandonExport {
-            node: n3.into(),
-            instance: inst.into(),
-        },
-        Call::BeginExport {
-            node: n3.into(),
-            instance: inst.into(),
-        },
-    ] {
-        remote.call(n3, &call, None).unwrap();
-    }
+    // The staging export abandoned and begun again (a new generation of its leases).
+    let restart_export = || {
+        for call in [
+            Call::AbandonExport {
+                node: n3.into(),
+                instance: inst.into(),
+            },
+            Call::BeginExport {
+                node: n3.into(),
+                instance: inst.into(),
+            },
+        ] {
+            remote.call(n3, &call, None).unwrap();
+        }
+    };
+    restart_export();
     let header = diskstream_engine::format::Header {
         disk_size: 24 << 20,
         chunk_size: 1 << 20,
@@ -516,18 +520,7 @@ fn probe_in_namespace() {
         e.kind == "refused" && e.msg.contains("64 receives are open on this node"),
         "{e:?}"
     );
-    for call in [
-        Call::AbandonExport {
-            node: n3.into(),
-            instance: inst.into(),
-        },
-        Call::BeginExport {
-            node: n3.into(),
-            instance: inst.into(),
-        },
-    ] {
-        remote.call(n3, &call, None).unwrap();
-    }
+    restart_export();
     let t0 = std::time::Instant::now();
     while open_receive("probe-cap64").is_err() {
         assert!(

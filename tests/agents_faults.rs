@@ -186,15 +186,7 @@ fn a_source_read_error_ends_the_stream_at_once() {
     let dir = scratch();
     let mut net = Net::new("i", 47).expect("namespaces");
     let (small, _local, disks) = cluster(dir.path(), &net);
-    // disk/0 made larger (160 MiB) than what the primary's engine reads ahead of the wire.
-    let big = dir.path().join("node2/big.img");
-    make_disk(&big, 160 << 20, Data::Mixed, 9);
-    let cfg = variant(
-        &small,
-        "big.toml",
-        &format!("size = 24\ntemplate = \"file\"\npath = {:?}", s(&disks[0])),
-        &format!("size = 160\ntemplate = \"file\"\npath = {:?}", s(&big)),
-    );
+    let (cfg, big) = big_disk0_cluster(dir.path(), &small, &disks[0]);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
     net.start_agents(&cfg, dir.path(), &LONG);
     let args = export_none(s(&cfg));

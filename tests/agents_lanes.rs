@@ -144,15 +144,10 @@ fn a_primary_killed_mid_stream_fails_every_lane_at_once() {
     std::thread::sleep(Duration::from_secs(3));
     let t0 = Instant::now();
     net.kill_agent(0);
-    let log = dir.path().join("agent3.log");
-    let ended = wait_for(30, || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("receiving inst1.example.com/disk0:")
-    });
+    let ended = target_ended_disk0(dir.path(), 10);
     let took = t0.elapsed();
     let out = master.wait_with_output().unwrap();
-    let log3 = std::fs::read_to_string(&log).unwrap();
+    let log3 = std::fs::read_to_string(dir.path().join("agent3.log")).unwrap();
     eprintln!(
         "primary killed: the target ended {took:?} later:\n{}\nagent3:\n{log3}",
         text(&out)
@@ -184,15 +179,7 @@ fn a_source_read_error_on_the_primary_fails_the_striped_stream_before_any_timeou
     let dir = scratch();
     let mut net = Net::new("lr", 56).expect("namespaces");
     let (small, _local, disks) = cluster(dir.path(), &net);
-    // disk/0 made larger (160 MiB) than what the primary's engine and the lanes hold.
-    let big = dir.path().join("node2/big.img");
-    make_disk(&big, 160 << 20, Data::Mixed, 9);
-    let cfg = variant(
-        &small,
-        "big.toml",
-        &format!("size = 24\ntemplate = \"file\"\npath = {:?}", s(&disks[0])),
-        &format!("size = 160\ntemplate = \"file\"\npath = {:?}", s(&big)),
-    );
+    let (cfg, big) = big_disk0_cluster(dir.path(), &small, &disks[0]);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
     net.start_agents(&cfg, dir.path(), &["--data-lanes", LANES, "--inactivity-timeout", "60"]);
     let mut export = export_args(s(&cfg));
@@ -222,15 +209,13 @@ fn a_source_read_error_on_the_primary_fails_the_striped_stream_before_any_timeou
         .open(&big)
         .and_then(|f| f.set_len(0))
         .unwrap();
-    let log = dir.path().join("agent3.log");
-    let ended = wait_for(10, || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("receiving inst1.example.com/disk0:")
-    });
+    let ended = target_ended_disk0(dir.path(), 30);
     let took = t0.elapsed();
     let out = master.wait_with_output().unwrap();
-    let (t, log3) = (text(&out), std::fs::read_to_string(&log).unwrap());
+    let (t, log3) = (
+        text(&out),
+        std::fs::read_to_string(dir.path().join("agent3.log")).unwrap(),
+    );
     eprintln!("source read error: the target ended {took:?} after the truncation:\n{t}\nagent3:\n{log3}");
     assert!(
         ended,

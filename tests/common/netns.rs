@@ -329,3 +329,29 @@ pub fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// The test cluster of [`cluster`] (`small`, whose disk/0 is `disk0`) with disk/0 replaced by
+/// a 160 MiB disk of mixed data: larger than what the primary's engine and its connections
+/// hold, so that a fault can hit its stream mid-way. Returns the new config and that disk.
+pub fn big_disk0_cluster(dir: &Path, small: &Path, disk0: &Path) -> (PathBuf, PathBuf) {
+    let big = dir.join("node2/big.img");
+    make_disk(&big, 160 << 20, Data::Mixed, 9);
+    let cfg = variant(
+        small,
+        "big.toml",
+        &format!("size = 24\ntemplate = \"file\"\npath = {:?}", s(disk0)),
+        &format!("size = 160\ntemplate = \"file\"\npath = {:?}", s(&big)),
+    );
+    (cfg, big)
+}
+
+/// Waits up to `secs` for node3's agent (its log `dir/agent3.log`) to log the end of its
+/// receive of inst1's disk/0 (a failed receive is logged); returns whether it did in time.
+pub fn target_ended_disk0(dir: &Path, secs: u64) -> bool {
+    let log = dir.join("agent3.log");
+    wait_for(secs, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("receiving inst1.example.com/disk0:")
+    })
+}

@@ -78,9 +78,14 @@ fn every_lane_count_and_write_pattern_gives_the_stream_back_byte_identical() {
     }
 }
 
-/// Runs a reader over hand-written lanes (`lanes[j]` is what lane `j` carries, then it closes)
-/// and returns its result.
+/// Runs a reader over hand-written lanes (`lanes[j]` is what lane `j` carries, then it closes;
+/// a lane with nothing stays open, to be silent) and returns its result.
 fn read_raw(lanes: Vec<Vec<u8>>, idle: Duration) -> io::Result<Vec<u8>> {
+    read_raw_as(lanes, idle, false)
+}
+
+/// [`read_raw`]; with `close_all`, empty lanes are closed too.
+fn read_raw_as(lanes: Vec<Vec<u8>>, idle: Duration, close_all: bool) -> io::Result<Vec<u8>> {
     let n = lanes.len();
     let socks = pairs(n);
     let (mut r, ins) = reader(n);
@@ -93,7 +98,7 @@ fn read_raw(lanes: Vec<Vec<u8>>, idle: Duration) -> io::Result<Vec<u8>> {
             let mut a = a.try_clone().unwrap();
             writers.push(sc.spawn(move || {
                 let _ = a.write_all(&bytes);
-                if !bytes.is_empty() {
+                if close_all || !bytes.is_empty() {
                     let _ = a.shutdown(std::net::Shutdown::Write);
                 }
             }));
@@ -379,37 +384,12 @@ fn hostile_lanes_are_read_as_the_reference_reads_them_or_refused() {
     assert!(accepted > 50 && refused > 50, "accepted {accepted}, refused {refused}");
 }
 
-/// Like [`read_raw`], every lane closed after its bytes (empty ones too), within a deadline.
+/// [`read_raw`] with every lane closed after its bytes (empty ones too), within a deadline.
 fn read_closed(lanes: Vec<Vec<u8>>) -> io::Result<Vec<u8>> {
     let t0 = Instant::now();
-    let r = read_raw_closing(lanes);
+    let r = read_raw_as(lanes, Duration::from_secs(5), true);
     assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
     r
-}
-
-fn read_raw_closing(lanes: Vec<Vec<u8>>) -> io::Result<Vec<u8>> {
-    let n = lanes.len();
-    let socks = pairs(n);
-    let (mut r, ins) = reader(n);
-    thread::scope(|sc| {
-        for (inn, (_, b)) in ins.into_iter().zip(&socks) {
-            sc.spawn(move || inn.run(b, Duration::from_secs(5), "receiving test"));
-        }
-        for (bytes, (a, _)) in lanes.into_iter().zip(&socks) {
-            let mut a = a.try_clone().unwrap();
-            sc.spawn(move || {
-                let _ = a.write_all(&bytes);
-                let _ = a.shutdown(std::net::Shutdown::Write);
-            });
-        }
-        let mut got = Vec::new();
-        let res = r.read_to_end(&mut got).map(|_| got);
-        drop(r);
-        for (a, _) in &socks {
-            let _ = a.shutdown(std::net::Shutdown::Both);
-        }
-        res
-    })
 }
 
 /// A stream that moves slowly but steadily (a stripe every 300 ms, as a mostly-zero disk's
