@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::netns::*;
@@ -28,6 +29,29 @@ fn export_lanes(net: &Net, args: &[&str]) -> Vec<u64> {
         .iter()
         .map(|d| d["wire"]["lanes"].as_u64().expect("wire.lanes"))
         .collect()
+}
+
+/// Starts the agents with [`LANES`] lanes and a 60 s inactivity timeout, and makes a first
+/// export without compression; returns its arguments and node3's export as it then is.
+fn a_first_export<'a>(net: &mut Net, dir: &Path, cfg: &'a Path) -> (Vec<&'a str>, Vec<(PathBuf, Vec<u8>)>) {
+    net.start_agents(cfg, dir, &["--data-lanes", LANES, "--inactivity-timeout", "60"]);
+    let mut export = export_args(s(cfg));
+    export.extend(["--transport-compression", "none"]);
+    let out = net.master(&export);
+    assert!(out.status.success(), "{}", text(&out));
+    let before = snapshot_of(&export_dir(&dir.join("node3")).join("inst1.example.com"));
+    (export, before)
+}
+
+/// Starts `export` in the master's namespace and waits until its first dump is being written.
+fn export_started(net: &Net, dir: &Path, export: &[&str]) -> std::process::Child {
+    let staging = export_dir(&dir.join("node3")).join("inst1.example.com.new");
+    let master = net.spawn_master(export);
+    assert!(
+        wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file())),
+        "the transfer never started"
+    );
+    master
 }
 
 #[test]
@@ -126,20 +150,12 @@ fn a_primary_killed_mid_stream_fails_every_lane_at_once() {
     let mut net = Net::new("lk", 55).expect("namespaces");
     let (cfg, _local, _disks) = cluster(dir.path(), &net);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
-    net.start_agents(&cfg, dir.path(), &["--data-lanes", LANES, "--inactivity-timeout", "60"]);
-    let mut export = export_args(s(&cfg));
-    export.extend(["--transport-compression", "none"]);
-    let out = net.master(&export);
-    assert!(out.status.success(), "{}", text(&out));
+    let (export, before) = a_first_export(&mut net, dir.path(), &cfg);
     let node3 = dir.path().join("node3");
-    let before = snapshot_of(&export_dir(&node3).join("inst1.example.com"));
 
     // 24 MiB at 16 Mbit/s: about 12 s on the wire, killed once the dump has begun.
     net.shape(2, "16mbit");
-    let staging = export_dir(&node3).join("inst1.example.com.new");
-    let master = net.spawn_master(&export);
-    let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
-    assert!(started, "the transfer never started");
+    let master = export_started(&net, dir.path(), &export);
     // A few stripes in (2 MB/s, 1 MiB stripes).
     std::thread::sleep(Duration::from_secs(3));
     let t0 = Instant::now();
@@ -181,13 +197,7 @@ fn a_source_read_error_on_the_primary_fails_the_striped_stream_before_any_timeou
     let (small, _local, disks) = cluster(dir.path(), &net);
     let (cfg, big) = big_disk0_cluster(dir.path(), &small, &disks[0]);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
-    net.start_agents(&cfg, dir.path(), &["--data-lanes", LANES, "--inactivity-timeout", "60"]);
-    let mut export = export_args(s(&cfg));
-    export.extend(["--transport-compression", "none"]);
-    let out = net.master(&export);
-    assert!(out.status.success(), "{}", text(&out));
-    let node3 = dir.path().join("node3");
-    let before = snapshot_of(&export_dir(&node3).join("inst1.example.com"));
+    let (export, before) = a_first_export(&mut net, dir.path(), &cfg);
 
     // At 8 Mbit/s the source is truncated to nothing mid-stream, so the primary's engine fails
     // on its own side. The target must end its receive well before the 60 s inactivity timeout:
@@ -196,12 +206,7 @@ fn a_source_read_error_on_the_primary_fails_the_striped_stream_before_any_timeou
     // rate (about 5 to 10 s here), which is why the bound is 30 s, not the 10 s of the one-lane
     // test; what it rules out is a receive left to the inactivity timeout.
     net.shape(2, "8mbit");
-    let staging = export_dir(&node3).join("inst1.example.com.new");
-    let master = net.spawn_master(&export);
-    assert!(
-        wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file())),
-        "the transfer never started"
-    );
+    let master = export_started(&net, dir.path(), &export);
     std::thread::sleep(Duration::from_secs(2));
     let t0 = Instant::now();
     std::fs::OpenOptions::new()

@@ -145,7 +145,7 @@ impl Agent {
             client_tls,
             data_ip: listen.ip(),
             timeouts: opts.timeouts,
-            data_lanes: opts.data_lanes.clamp(1, data::MAX_LANES),
+            data_lanes: opts.data_lanes, // clamped where the port opens (`Receiver::open`)
             ended: Mutex::default(),
             leases: Leases::new(opts.staging_timeout),
             sending: Mutex::default(),
