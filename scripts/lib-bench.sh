@@ -196,15 +196,27 @@ make_mixed() {
     sync
 }
 
+# cpu_ticks — "STEAL IDLE" of the whole machine since boot, in clock ticks (/proc/stat: steal, and idle +
+# iowait): what a hypervisor took from this guest's vCPUs, and what nothing ran on.
+cpu_ticks() {
+    awk '/^cpu / { print $9, $5 + $6 }' /proc/stat
+}
+
 # timed OUTPREFIX CMD... — runs CMD under /usr/bin/time -v; sets T_WALL (s, measured around it), T_CPU (user+sys s),
-# T_RSS (peak RSS, MiB). CMD's stdout goes to OUTPREFIX.out, stderr to OUTPREFIX.err.
+# T_RSS (peak RSS, MiB), and for the whole machine over the run T_STEAL (vCPU seconds the hypervisor
+# took: on a VM whose disk emulation shares the host cores of its vCPUs, I/O costs this) and T_IDLE
+# (vCPU seconds idle or waiting for I/O). CMD's stdout goes to OUTPREFIX.out, stderr to OUTPREFIX.err.
 timed() {
     local prefix="$1"
     shift
-    local tf="$prefix.time" rc=0 t0 t1
+    local tf="$prefix.time" rc=0 t0 t1 steal0 idle0 steal1 idle1
+    read -r steal0 idle0 < <(cpu_ticks)
     t0="$(date +%s%N)"
     /usr/bin/time -v -o "$tf" "$@" >"$prefix.out" 2>"$prefix.err" || rc=$?
     t1="$(date +%s%N)"
+    read -r steal1 idle1 < <(cpu_ticks)
+    T_STEAL="$(calc "($steal1 - $steal0) / $(getconf CLK_TCK)" 2)"
+    T_IDLE="$(calc "($idle1 - $idle0) / $(getconf CLK_TCK)" 2)"
     if ((rc != 0)); then
         log "command failed ($rc): $*"
         sed 's/^/    /' "$prefix.err" >&2
