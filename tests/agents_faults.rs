@@ -2,7 +2,8 @@
 //! guards drop): the target's file system fills up mid-stream (a small loop-mounted ext4), and
 //! either end of a disk stream dies; with the agents' inactivity timeout set high (60 s), each
 //! export must fail within a few seconds because the aborted side tells its peer, with a clear
-//! error, no finalized partial export, the previous export intact and no staging left.
+//! error, no finalized partial export, the previous export intact and no staging left. A target
+//! frozen mid-stream (`SIGSTOP`) tells nothing: the primary gives up on its inactivity timeout.
 //! Needs root, iproute2 and e2fsprogs; skipped with a message otherwise.
 
 mod common;
@@ -370,4 +371,188 @@ fn flood_in_namespace() {
     println!("flood: held {} connections ({failed} not made)", held.len());
     std::thread::sleep(Duration::from_secs(3));
     drop(held);
+}
+
+/// A process stopped with `SIGSTOP` while this lives; `SIGCONT` when it drops (a failed test
+/// leaves no frozen agent behind).
+struct Frozen(u32);
+
+impl Frozen {
+    fn new(pid: u32) -> Self {
+        let st = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status();
+        assert!(st.is_ok_and(|s| s.success()), "SIGSTOP to {pid}");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// The bytes written into the data connection (any port but the agents' control port) to
+/// `peer_ip` from namespace `ns` so far, as `ss` reports them (`bytes_sent` + `notsent`: what
+/// went out plus what waits in the socket); `None` while there is no such connection.
+fn data_written(ns: &str, peer_ip: &str) -> Option<u64> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "ss",
+            "-tniH",
+            "state",
+            "established",
+            "dst",
+            peer_ip,
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut data = false;
+    for line in text.lines() {
+        if !line.starts_with(char::is_whitespace) {
+            // A connection: "RECV-Q SEND-Q LOCAL PEER"; the data connection's peer port is not 1811.
+            data = line.split_whitespace().nth(3).is_some_and(|p| !p.ends_with(":1811"));
+        } else if data {
+            let field = |name: &str| -> u64 {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0)
+            };
+            return Some(field("bytes_sent:") + field("notsent:"));
+        }
+    }
+    None
+}
+
+/// The target's agent frozen (`SIGSTOP`) mid-stream: it neither reads nor answers, while its
+/// kernel still holds the connections open and takes what fits in their buffers. The primary's
+/// send fails on its own inactivity timeout (3 s here) counted from the last byte that moved
+/// either way, not once per blocked call (which made it ~12x); the master's calls to the
+/// frozen agent end on their own timeouts, and the export fails without finalizing. Once the
+/// agent runs again (`SIGCONT`) it removes the staging export after its lease (4 s without
+/// word from the master); the previous export is intact.
+#[test]
+fn a_frozen_target_fails_the_export_and_its_staging_goes_when_it_thaws() {
+    use std::io::{BufRead, BufReader};
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("fz", 57).expect("namespaces");
+    let (small, _local, disks) = cluster(dir.path(), &net);
+    let (cfg, _big) = big_disk0_cluster(dir.path(), &small, &disks[0]);
+    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    net.start_agents(
+        &cfg,
+        dir.path(),
+        &["--inactivity-timeout", "3", "--staging-timeout", "4"],
+    );
+    let args = export_none(s(&cfg));
+    let out = net.master(&args);
+    assert!(out.status.success(), "the first export failed: {}", text(&out));
+    let node3 = dir.path().join("node3");
+    let before = snapshot_of(&export_dir(&node3).join("inst1.example.com"));
+
+    // disk/0 (160 MiB) at 40 Mbit/s lasts half a minute; the target freezes as it starts. The
+    // master's output is read line by line, each line with the time it came.
+    net.shape(2, "40mbit");
+    let staging = export_dir(&node3).join("inst1.example.com.new");
+    let mut master = net.spawn_master(&args);
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
+    let pipes: [Box<dyn std::io::Read + Send>; 2] = [
+        Box::new(master.stdout.take().unwrap()),
+        Box::new(master.stderr.take().unwrap()),
+    ];
+    let readers: Vec<_> = pipes
+        .into_iter()
+        .map(|p| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(p).lines().map_while(Result::ok) {
+                    let _ = tx.send((Instant::now(), line));
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
+    let frozen = Frozen::new(net.agents[1].id());
+    let t0 = Instant::now();
+    assert!(started, "the transfer never started");
+
+    // Until the master reports disk/0's failure, every 100 ms: when did the primary last write
+    // into its data connection, and when did that connection end?
+    let target_ip = format!("10.79.{}.3", net.subnet);
+    let (mut written, mut last_write, mut ended) = (0u64, t0, None);
+    let mut lines = Vec::new();
+    let mut failed_at = None;
+    while failed_at.is_none() && t0.elapsed() < Duration::from_secs(90) {
+        match data_written(&net.p, &target_ip) {
+            Some(w) if w != written => (written, last_write) = (w, Instant::now()),
+            None if ended.is_none() => ended = Some(Instant::now()),
+            _ => {}
+        }
+        while let Ok((at, line)) = rx.try_recv() {
+            if line.contains("disk/0 failed to send data") && failed_at.is_none() {
+                failed_at = Some(at);
+            }
+            lines.push(line);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = master.wait().unwrap();
+    for r in readers {
+        r.join().unwrap();
+    }
+    lines.extend(rx.try_iter().map(|(_, l)| l));
+    let t = lines.join("\n");
+    let failed_at = failed_at.unwrap_or_else(|| panic!("disk/0 had not failed 90 s after the freeze:\n{t}"));
+    let ended = ended.unwrap_or_else(|| panic!("the primary's data connection outlived the export:\n{t}"));
+    eprintln!(
+        "frozen target: the primary wrote for {:?} after the freeze ({written} bytes), its send ended {:?} \
+         after its last write, the master reported it {:?} after the freeze and ended {:?} after it:\n{t}",
+        last_write - t0,
+        ended - last_write,
+        failed_at - t0,
+        t0.elapsed()
+    );
+    // 3 s without a byte moving either way, up to 1 s more until the blocked write wakes to
+    // look at the clock, then 2 s waiting for the target's reason (it has none to give): 6 s,
+    // plus the 100 ms polls and slack. Counting per blocked call instead took 24 s here.
+    assert!(
+        ended - last_write < Duration::from_secs(8),
+        "the primary's send ended {:?} after its last write, on a 3 s inactivity timeout",
+        ended - last_write
+    );
+    assert!(!status.success(), "the export succeeded with its target frozen: {t}");
+    assert!(
+        t.contains("stalled: no progress sending inst1.example.com/disk0"),
+        "{t}"
+    );
+    let log2 = std::fs::read_to_string(dir.path().join("agent2.log")).unwrap();
+    assert!(
+        log2.lines()
+            .any(|l| l.contains("sending inst1.example.com/disk0 to node3.example.com: ") && l.contains("stalled")),
+        "the primary's log does not say why its send failed: {log2}"
+    );
+
+    // The staging export stays while its agent is frozen, and goes once it runs again.
+    assert!(staging.exists(), "the frozen agent's staging export vanished");
+    drop(frozen);
+    assert!(
+        wait_for(20, || !staging.exists()),
+        "the thawed agent kept its staging export"
+    );
+    assert!(snapshot_of(&export_dir(&node3).join("inst1.example.com")) == before);
+    assert!(find_named(&node3, ".partial").is_empty(), "a partial dump left behind");
+    let log3 = std::fs::read_to_string(dir.path().join("agent3.log")).unwrap();
+    assert!(log3.contains("no word from the master"), "{log3}");
 }

@@ -410,6 +410,17 @@ impl Agent {
             self.timeouts,
         );
         self.sending.lock().expect("sending").remove(&opened.token);
+        if let Err(f) = &sent {
+            // The receiving side logs how its receive ended; so does the sending side, so that
+            // the primary's log alone tells an operator why a send failed.
+            say!(
+                "diskstream agent: sending {}/disk{} to {}: {}",
+                req.instance,
+                req.disk,
+                req.target_node,
+                f.error
+            );
+        }
         let sent: Sent = sent.map_err(|f| WireError {
             own: f.own,
             ..WireError::transfer(&f.error)
