@@ -2,7 +2,7 @@
 //! from `common::netns`, removed when the guards drop, also when a test fails): a cluster member
 //! that is not the master reconnecting as fast as it can with its valid certificate, and an
 //! outsider without a certificate holding connections that never send a ClientHello from 16
-//! addresses. While each flood runs, a real `diskstream export` through the flooded agent must
+//! addresses, and the same from the master's own address (a NAT). While each flood runs, a real `diskstream export` through the flooded agent must
 //! succeed with dumps byte-identical to the disks, and the agent's log must stay at a few lines
 //! a second. Also: a client that negotiates no ALPN is closed unserved. Each flood runs in a
 //! child process (this test binary re-run inside a namespace, `DS_ADMISSION`), killed at the
@@ -101,10 +101,11 @@ fn lines_of(log: &Path) -> usize {
 /// How long each flood runs.
 const FLOOD_SECS: u64 = 12;
 
-/// Starts the flood `spec` from node2's namespace, runs the export under it once it has built
+/// Starts the flood `spec` from namespace `ns`, runs the export under it once it has built
 /// up (2.5 s), and asserts that the flood was one (its report `flood: WHAT N`, N at least
 /// `at_least`) and that node3's agent logged only a few lines a second meanwhile.
 fn export_through_flood(
+    ns: &str,
     net: &Net,
     cfg: &Path,
     dir: &Path,
@@ -114,7 +115,7 @@ fn export_through_flood(
 ) {
     let log3 = dir.join("agent3.log");
     let before = lines_of(&log3);
-    let flood = Flood::start(&net.p, spec);
+    let flood = Flood::start(ns, spec);
     std::thread::sleep(Duration::from_millis(2500));
     export_under_flood(net, cfg, dir, disks);
     let out = flood.finish();
@@ -123,6 +124,7 @@ fn export_through_flood(
         .find_map(|l| l.split_once(&format!("flood: {what} ")).map(|(_, n)| n))
         .and_then(|n| n.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no flood report: {out}"));
+    eprintln!("{what} flood from {ns}: {made} in {FLOOD_SECS} s");
     assert!(made >= at_least, "the flood was not one: {out}");
     assert_quiet_log(&log3, before, FLOOD_SECS);
 }
@@ -145,7 +147,7 @@ fn a_non_master_member_cannot_lock_the_master_out() {
     let (cfg, _local, disks) = cluster(dir.path(), &net);
     let log3 = started(&cfg, dir.path(), &mut net);
     let spec = format!("member|{}|{}|{FLOOD_SECS}", net.addr(3), s(&cfg));
-    export_through_flood(&net, &cfg, dir.path(), &disks, &spec, ("handshakes", 300));
+    export_through_flood(&net.p, &net, &cfg, dir.path(), &disks, &spec, ("handshakes", 300));
     let log = std::fs::read_to_string(&log3).unwrap();
     assert!(log.contains("only the master"), "the refusal is logged: {log}");
     let log2 = std::fs::read_to_string(dir.path().join("agent2.log")).unwrap();
@@ -174,7 +176,32 @@ fn an_outsider_without_a_certificate_cannot_lock_the_master_out() {
     }
     started(&cfg, dir.path(), &mut net);
     let spec = format!("outsider|{}|{}|{FLOOD_SECS}", net.addr(3), net.subnet);
-    export_through_flood(&net, &cfg, dir.path(), &disks, &spec, ("connections", 256));
+    export_through_flood(&net.p, &net, &cfg, dir.path(), &disks, &spec, ("connections", 256));
+}
+
+#[test]
+fn a_master_behind_the_floods_address_gets_through() {
+    // The outsider's flood from the master's own address (a master behind the same NAT as
+    // the flood): two threads each holding 16 connections that never send a ClientHello,
+    // reconnecting at once. The address holds its 16 handshakes all the time, so each new
+    // connection from it, the master's too, evicts the address's oldest: the master gets in as
+    // long as its handshake completes before that address opens 16 more. Before, one more
+    // handshake from an address that held its 16 was refused, and so was the master.
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("an", 58).expect("namespaces");
+    let (cfg, _local, disks) = cluster(dir.path(), &net);
+    let log3 = started(&cfg, dir.path(), &mut net);
+    let master_ip = format!("10.79.{}.1", net.subnet);
+    let spec = format!("outsider|{}|{master_ip}|{FLOOD_SECS}", net.addr(3));
+    export_through_flood(&net.m, &net, &cfg, dir.path(), &disks, &spec, ("connections", 256));
+    let log = std::fs::read_to_string(&log3).unwrap();
+    assert!(
+        log.contains("handshake evicted for a newer connection"),
+        "the flood never filled its address's share: {log}"
+    );
 }
 
 #[test]
@@ -242,15 +269,19 @@ fn member_flood(addr: SocketAddr, cfg: &str, secs: u64) {
     println!("flood: handshakes {} in {secs} s", made.into_inner());
 }
 
-/// From 10.79.`subnet`.100 up (`FLOOD_ADDRS` addresses), 2 threads each holding up to 16
-/// connections to `addr` that never send a byte, reconnecting as soon as one is closed, for
-/// `secs`.
-fn outsider_flood(addr: SocketAddr, subnet: &str, secs: u64) {
+/// From each source address (`FROM`: a subnet `S`, for 10.79.S.100 up, `FLOOD_ADDRS` addresses;
+/// or one address `A.B.C.D`), 2 threads each holding up to 16 connections to `addr` that never
+/// send a byte, reconnecting as soon as one is closed, for `secs`.
+fn outsider_flood(addr: SocketAddr, from: &str, secs: u64) {
+    let sources: Vec<String> = match from.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) => vec![ip.to_string()],
+        Err(_) => (0..FLOOD_ADDRS).map(|i| format!("10.79.{from}.{}", 100 + i)).collect(),
+    };
     let made = std::sync::atomic::AtomicU64::new(0);
     let end = Instant::now() + Duration::from_secs(secs);
     std::thread::scope(|sc| {
-        for i in 0..FLOOD_ADDRS * 2 {
-            let src: SocketAddr = format!("10.79.{subnet}.{}:0", 100 + i / 2).parse().unwrap();
+        for i in 0..sources.len() * 2 {
+            let src: SocketAddr = format!("{}:0", sources[i / 2]).parse().unwrap();
             let made = &made;
             sc.spawn(move || {
                 let mut held: Vec<TcpStream> = Vec::new();

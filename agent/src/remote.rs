@@ -10,7 +10,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use diskstream_engine::ops::Report;
 use diskstream_orchestrator::cluster::Cluster;
 use diskstream_orchestrator::export::cleanup::NodeListing;
@@ -19,12 +18,8 @@ use diskstream_orchestrator::hooks::{HookResult, HookStatus, HooksRunner, Phase}
 use diskstream_orchestrator::node::local::LocalNodeOps;
 use diskstream_orchestrator::node::{NodeError, NodeOps, SendDisk, SnapshotRef, TransferError, TransferProgress};
 use diskstream_orchestrator::snapshot::{Capability, Stale};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::net::TcpStream;
 
 /// The largest answer read from an agent: the biggest real one is a hooks run (the last 64 KiB
 /// of each script's output); an agent that sends more is not read into memory.
@@ -33,8 +28,10 @@ use tokio_rustls::TlsConnector;
 
 use crate::data::Timeouts;
 use crate::pki::PkiDir;
-use crate::proto::{Call, Opened, Reply, Sent, WireError};
+use crate::proto::{Call, Opened, Sent, WireError};
 use crate::tls;
+
+mod dial;
 
 /// How often the master pings an agent during a call, and how long it waits for the answer.
 const KEEPALIVE: Duration = Duration::from_secs(5);
@@ -104,7 +101,7 @@ impl Remote {
             .get(node)
             .ok_or_else(|| WireError::new("failed", format!("node {node} has no agent address")))?;
         let t0 = std::time::Instant::now();
-        let fut = self.call_async(node, addr, call);
+        let fut = dial::call(&self.connector, self.timeouts.connect, node, addr, call);
         let reply = self.rt.block_on(async {
             match timeout {
                 Some(t) => tokio::time::timeout(t, fut)
@@ -126,52 +123,6 @@ impl Remote {
             (Some(v), None) => Ok(v),
             (None, None) => Ok(Value::Null),
         }
-    }
-
-    async fn call_async(&self, node: &str, addr: &str, call: &Call) -> Result<Reply, String> {
-        let tcp = tokio::time::timeout(self.timeouts.connect, TcpStream::connect(addr))
-            .await
-            .map_err(|_| format!("connect timed out after {} s", self.timeouts.connect.as_secs()))?
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let _ = crate::sock::keepalive(&tcp);
-        let name = rustls::pki_types::ServerName::try_from(node.to_string()).map_err(|e| e.to_string())?;
-        let tls = tokio::time::timeout(self.timeouts.connect, self.connector.connect(name, tcp))
-            .await
-            .map_err(|_| "TLS handshake timed out".to_string())?
-            .map_err(|e| format!("TLS handshake: {e}"))?;
-        // HTTP/2 pings keep a long call (a disk transfer) honest: an agent that stops answering
-        // (its node is down, the link is cut) fails the call instead of hanging the export.
-        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(KEEPALIVE)
-            .keep_alive_timeout(KEEPALIVE)
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| format!("HTTP/2: {e}"))?;
-        tokio::spawn(conn);
-        let body = serde_json::to_vec(call).map_err(|e| e.to_string())?;
-        let req = Request::post(format!("https://{node}/v1/{}", call.method()))
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("HTTP/2 request: {e}"))?;
-        let status = resp.status();
-        let body = Limited::new(resp.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?
-            .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| {
-            format!(
-                "answered {status} with an invalid body ({e}): {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            )
-        })
     }
 }
 

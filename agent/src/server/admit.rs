@@ -4,13 +4,21 @@
 //! - **Handshaking** (before the peer proved anything): at most `MAX_HANDSHAKES_PER_PEER` from
 //!   one address and `MAX_HANDSHAKES` in all, each bounded by the connect timeout. A new
 //!   connection is never refused for want of a place: one more from an address that holds its
-//!   share *evicts* that address's oldest handshake, and one more when all are taken evicts the
-//!   oldest handshake of the address that holds the most. A flood that never finishes its
-//!   handshakes (no certificate needed, from a few or many addresses) thus only ever evicts its
-//!   own connections while it has more than the master has, and the master's handshake, which
-//!   takes milliseconds, completes however fast the flood reconnects; a master behind the same
-//!   address as a flood (NAT) gets in too, as long as its handshake completes before that
-//!   address opens `MAX_HANDSHAKES_PER_PEER` more connections (it was refused outright before).
+//!   share *evicts* one of that address's handshakes, and one more when all are taken evicts one
+//!   of the address that holds the most. The one evicted is the one whose client got least far,
+//!   oldest first: nothing received (or closed), then some bytes, then a whole ClientHello
+//!   ([`Progress`]). "Some bytes" is asked of the socket itself (a peek, on a second handle of
+//!   it), so it holds as soon as the kernel has them, however busy the agent's tasks are: marks
+//!   made by the connection's task came too late when the accept loop took a flood's
+//!   connections faster than the tasks ran (the end-to-end NAT flood test failed 2 runs in 4).
+//!   A flood
+//!   that never finishes its handshakes (no certificate needed, from a few or many addresses)
+//!   thus only ever evicts its own connections while it has more than the master has, and the
+//!   master's handshake, which takes milliseconds, completes however fast the flood
+//!   reconnects. A master behind the same address as a flood (NAT) gets in too: its ClientHello
+//!   follows its connect at once, and from then on a flood that sends nothing evicts only its
+//!   own connections. A flood that sends bytes too leaves the master until its address opens
+//!   `MAX_HANDSHAKES_PER_PEER` more connections that got as far as the master's.
 //! - **Master** (the certificate names the master): `MAX_CONNECTIONS` places, taken by no one
 //!   else.
 //! - **Other** (a cluster member that is not the master): `MAX_OTHERS_PER_PEER` per address and
@@ -19,7 +27,9 @@
 //!
 //! Refusals and failed connections are logged at most once a second with how many there were
 //! ([`Admission::log_refusal`], [`Refusals`]). The accept loop never ends on an error (running out of file
-//! descriptors is an error of the moment): it logs, waits `ACCEPT_BACKOFF` and goes on.
+//! descriptors is an error of the moment): it logs, and when the process is out of file
+//! descriptors a handshake in progress gives its back ([`Admission::evict_one`]: the same choice
+//! as above) and the accept is tried again; otherwise it waits `ACCEPT_BACKOFF` and goes on.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -49,33 +59,76 @@ pub const OTHER_GRACE: Duration = Duration::from_secs(1);
 /// The pause after an accept error (e.g. `EMFILE`) before the next accept.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The handshakes in progress, oldest first per address, each with the sender whose drop
-/// evicts it.
+/// The handshakes in progress, oldest first per address.
 #[derive(Default)]
 struct Handshakes {
-    by_peer: HashMap<IpAddr, VecDeque<(u64, oneshot::Sender<()>)>>,
+    by_peer: HashMap<IpAddr, VecDeque<Pending>>,
     total: usize,
     next: u64,
 }
 
+/// One handshake in progress.
+struct Pending {
+    id: u64,
+    /// Dropping it evicts the handshake (tells its connection).
+    _evict: oneshot::Sender<()>,
+    /// How far its client got, as its connection's task saw it.
+    progress: Progress,
+    /// A second handle on its socket (non-blocking, as the connection's own): whether its
+    /// client sent anything yet. Dropped with the entry, so it never outlives the handshake.
+    sock: Option<std::net::TcpStream>,
+}
+
+impl Pending {
+    /// How far its client got: as its task marked it, or bytes already in its socket.
+    fn progress(&self) -> Progress {
+        if self.progress > Progress::Silent {
+            return self.progress;
+        }
+        match self.sock.as_ref().map(|s| s.peek(&mut [0u8; 1])) {
+            Some(Ok(n)) if n > 0 => Progress::Spoke,
+            _ => Progress::Silent,
+        }
+    }
+}
+
+/// How far a handshake's client got, least first: who gives way first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Progress {
+    /// Nothing received yet, or the client closed.
+    Silent,
+    /// Bytes arrived (in the socket or read).
+    Spoke,
+    /// Its whole ClientHello was read.
+    Hello,
+}
+
+/// Which of an address's handshakes (oldest first) gives way: the oldest of those whose
+/// client got least far.
+fn victim(q: &VecDeque<Pending>) -> usize {
+    // `min_by_key` keeps the first of equals: the oldest.
+    (0..q.len()).min_by_key(|&i| q[i].progress()).unwrap_or(0)
+}
+
 impl Handshakes {
-    /// Evicts the oldest handshake of the address that has the most (of those, the address
-    /// whose oldest is oldest).
-    fn evict(&mut self) {
-        let held = self
-            .by_peer
-            .iter()
-            .flat_map(|(ip, q)| q.iter().map(|(id, _)| (*ip, *id)));
-        let Some(ip) = busiest(held) else {
-            return;
-        };
+    /// Evicts one handshake of `ip` ([`victim`]).
+    fn evict_of(&mut self, ip: IpAddr) {
         if let Some(q) = self.by_peer.get_mut(&ip) {
-            // Dropping the sender tells its connection.
-            q.pop_front();
+            let i = victim(q);
+            drop(q.remove(i));
             self.total -= 1;
             if q.is_empty() {
                 self.by_peer.remove(&ip);
             }
+        }
+    }
+
+    /// Evicts one handshake ([`victim`]) of the address that has the most (of those, the
+    /// address whose oldest is oldest).
+    fn evict(&mut self) {
+        let held = self.by_peer.iter().flat_map(|(ip, q)| q.iter().map(|p| (*ip, p.id)));
+        if let Some(ip) = busiest(held) {
+            self.evict_of(ip);
         }
     }
 }
@@ -113,16 +166,16 @@ impl Admission {
         Arc::clone(&self.masters).try_acquire_owned().ok()
     }
 
-    /// A handshake from `ip`, counted until the slot is dropped. To make room, the oldest
-    /// handshake of `ip` is evicted (its slot's [`HandshakeSlot::evicted`] resolves) when that
-    /// address has `MAX_HANDSHAKES_PER_PEER` in progress, and the oldest of the busiest address
-    /// when all handshake places are taken.
-    pub fn handshake(&self, ip: IpAddr) -> HandshakeSlot<'_> {
+    /// A handshake from `ip` (on `sock`, a second handle on the connection's socket, to see
+    /// [`Progress`]; `None`: silent until marked), counted until the slot is dropped. To make
+    /// room, one handshake of `ip` is evicted (its slot's
+    /// [`HandshakeSlot::evicted`] resolves) when that address has `MAX_HANDSHAKES_PER_PEER` in
+    /// progress, and one of the busiest address when all handshake places are taken: the
+    /// oldest of those whose client got least far (module docs).
+    pub fn handshake(&self, ip: IpAddr, sock: Option<std::net::TcpStream>) -> HandshakeSlot<'_> {
         let mut h = self.handshakes.lock().expect("handshakes");
-        if let Some(q) = h.by_peer.get_mut(&ip).filter(|q| q.len() >= MAX_HANDSHAKES_PER_PEER) {
-            // Dropping the sender tells its connection.
-            q.pop_front();
-            h.total -= 1;
+        if h.by_peer.get(&ip).is_some_and(|q| q.len() >= MAX_HANDSHAKES_PER_PEER) {
+            h.evict_of(ip);
         }
         while h.total >= self.max_handshakes.max(1) {
             h.evict();
@@ -130,7 +183,12 @@ impl Admission {
         let id = h.next;
         h.next += 1;
         let (tx, rx) = oneshot::channel();
-        h.by_peer.entry(ip).or_default().push_back((id, tx));
+        h.by_peer.entry(ip).or_default().push_back(Pending {
+            id,
+            _evict: tx,
+            progress: Progress::Silent,
+            sock: sock.filter(|s| s.set_nonblocking(true).is_ok()),
+        });
         h.total += 1;
         HandshakeSlot {
             a: self,
@@ -138,6 +196,16 @@ impl Admission {
             id,
             evicted: Some(rx),
         }
+    }
+
+    /// Evicts one handshake (of the address that has the most, the oldest of those whose
+    /// clients got least far), to give its file descriptors back when the process has run out
+    /// of them; `false` if none is in progress.
+    pub fn evict_one(&self) -> bool {
+        let mut h = self.handshakes.lock().expect("handshakes");
+        let before = h.total;
+        h.evict();
+        h.total < before
     }
 
     /// A place for a non-master member's connection from `ip`; `None` when that address or all
@@ -177,6 +245,19 @@ pub struct HandshakeSlot<'a> {
 }
 
 impl HandshakeSlot<'_> {
+    /// Its client got as far as `to`: from now on it gives way only after the handshakes of
+    /// its address whose clients got less far.
+    pub fn mark(&self, to: Progress) {
+        let mut h = self.a.handshakes.lock().expect("handshakes");
+        if let Some(p) = h
+            .by_peer
+            .get_mut(&self.ip)
+            .and_then(|q| q.iter_mut().find(|p| p.id == self.id))
+        {
+            p.progress = p.progress.max(to);
+        }
+    }
+
     /// Resolves when this handshake was evicted to make room for a newer one.
     pub async fn evicted(&mut self) {
         if let Some(rx) = &mut self.evicted {
@@ -195,7 +276,7 @@ impl Drop for HandshakeSlot<'_> {
             return;
         };
         // Not there when it was evicted (and counted off then).
-        if let Some(i) = q.iter().position(|(id, _)| *id == self.id) {
+        if let Some(i) = q.iter().position(|p| p.id == self.id) {
             q.remove(i);
             let empty = q.is_empty();
             if empty {
@@ -244,17 +325,17 @@ mod tests {
         assert!(a.master().is_some(), "a place given back is taken again");
 
         let (x, y) = (ip("10.0.0.1"), ip("10.0.0.2"));
-        let mut slots: Vec<_> = (0..MAX_HANDSHAKES_PER_PEER).map(|_| a.handshake(x)).collect();
-        let mut other = a.handshake(y);
+        let mut slots: Vec<_> = (0..MAX_HANDSHAKES_PER_PEER).map(|_| a.handshake(x, None)).collect();
+        let mut other = a.handshake(y, None);
         // One more from x (a master behind the flood's NAT) evicts x's oldest, not y's.
-        let mut newest = a.handshake(x);
+        let mut newest = a.handshake(x, None);
         assert!(is_evicted(&mut slots[0]), "the address's oldest makes room");
         assert!(!slots[1..].iter_mut().any(is_evicted) && !is_evicted(&mut newest));
         assert!(!is_evicted(&mut other), "another address is not touched");
         assert_eq!(a.handshakes.lock().unwrap().total, MAX_HANDSHAKES_PER_PEER + 1);
         // Its handshake completes before x opens its share again: it is never evicted.
         for _ in 0..MAX_HANDSHAKES_PER_PEER - 1 {
-            slots.push(a.handshake(x));
+            slots.push(a.handshake(x, None));
         }
         assert!(
             !is_evicted(&mut newest),
@@ -284,17 +365,17 @@ mod tests {
         let a = Admission::new(4, 128);
         let mut flood: Vec<_> = (0..16)
             .flat_map(|i| (0..8).map(move |_| i))
-            .map(|i| a.handshake(ip(&format!("10.1.0.{i}"))))
+            .map(|i| a.handshake(ip(&format!("10.1.0.{i}")), None))
             .collect();
         assert_eq!(a.handshakes.lock().unwrap().total, 128);
-        let mut master = a.handshake(ip("10.9.9.9")); // a full pool evicts, never refuses
+        let mut master = a.handshake(ip("10.9.9.9"), None); // a full pool evicts, never refuses
         assert_eq!(a.handshakes.lock().unwrap().total, 128);
         assert!(is_evicted(&mut flood[0]), "the oldest of the busiest address");
         assert!(!is_evicted(&mut flood[1]));
         // The flood reconnects as fast as it likes: it only evicts its own.
         for round in 0..1000 {
             let i = round % 16;
-            flood.push(a.handshake(ip(&format!("10.1.0.{i}"))));
+            flood.push(a.handshake(ip(&format!("10.1.0.{i}")), None));
         }
         assert!(!is_evicted(&mut master), "the master's handshake was evicted");
         let evicted = flood.iter_mut().map(is_evicted).filter(|e| *e).count();
@@ -304,6 +385,97 @@ mod tests {
         assert_eq!(a.handshakes.lock().unwrap().total, 1);
         drop(master);
         assert_eq!(a.handshakes.lock().unwrap().total, 0);
+    }
+
+    #[test]
+    fn a_handshake_whose_hello_arrived_gives_way_after_the_silent_ones() {
+        // A master behind the same address as a flood (NAT) that sends nothing: once the
+        // master's ClientHello is in, the flood only evicts its own silent handshakes.
+        let a = Admission::new(4, 128);
+        let x = ip("10.0.0.1");
+        let mut flood: Vec<_> = (0..MAX_HANDSHAKES_PER_PEER - 1).map(|_| a.handshake(x, None)).collect();
+        let mut master = a.handshake(x, None);
+        master.mark(Progress::Hello);
+        for _ in 0..1000 {
+            flood.push(a.handshake(x, None));
+        }
+        assert!(!is_evicted(&mut master), "evicted by a silent flood");
+        assert_eq!(flood.iter_mut().map(is_evicted).filter(|e| *e).count(), 1000);
+        // A flood that sends whole ClientHellos: the master is the oldest of those once the
+        // silent ones are gone, and gives way when its address opens its share again.
+        let mut speaking = Vec::new();
+        for _ in 0..MAX_HANDSHAKES_PER_PEER - 1 {
+            let s = a.handshake(x, None);
+            s.mark(Progress::Hello);
+            speaking.push(s);
+        }
+        assert!(!is_evicted(&mut master), "evicted before the silent ones");
+        // (The first 1000 were seen evicted above: a slot says so once.)
+        assert!(
+            flood[1000..].iter_mut().all(is_evicted),
+            "a silent handshake outlived a speaking one"
+        );
+        let _one_more = a.handshake(x, None);
+        assert!(is_evicted(&mut master), "the oldest of those that spoke gives way");
+        assert!(!speaking.iter_mut().any(is_evicted));
+
+        // The same rule when the whole pool is full: the busiest address gives way with its
+        // oldest silent handshake, not with its older one that spoke.
+        let a = Admission::new(4, 4);
+        let (y, z) = (ip("10.0.0.2"), ip("10.0.0.3"));
+        let mut spoke = a.handshake(y, None);
+        spoke.mark(Progress::Spoke);
+        let mut silent = [a.handshake(y, None), a.handshake(y, None)];
+        let _z = a.handshake(z, None);
+        let _w = a.handshake(ip("10.0.0.4"), None);
+        assert!(is_evicted(&mut silent[0]) && !is_evicted(&mut silent[1]));
+        assert!(!is_evicted(&mut spoke));
+    }
+
+    #[test]
+    fn a_client_whose_bytes_arrived_gives_way_after_the_silent_ones_however_busy_the_agent() {
+        // Real sockets, and no task ever reads them: the master's ClientHello sits in its
+        // socket's queue (an agent too busy to run its task), and the pool sees it there.
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut clients = Vec::new();
+        let mut accept = |hello: &[u8]| {
+            let mut c = std::net::TcpStream::connect(addr).unwrap();
+            c.write_all(hello).unwrap();
+            clients.push(c);
+            let (s, _) = l.accept().unwrap();
+            if !hello.is_empty() {
+                // Until the bytes are in the accepted socket's queue.
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.peek(&mut [0u8; 1]).unwrap();
+            }
+            Some(s)
+        };
+        let a = Admission::new(4, 128);
+        let x = ip("127.0.0.1");
+        let mut master = a.handshake(x, accept(b"\x16\x03\x01 a ClientHello"));
+        let mut flood: Vec<_> = (0..300).map(|_| a.handshake(x, accept(b""))).collect();
+        assert!(!is_evicted(&mut master), "evicted by a flood that sends nothing");
+        let evicted = flood.iter_mut().map(is_evicted).filter(|e| *e).count();
+        assert_eq!(evicted, 300 - (MAX_HANDSHAKES_PER_PEER - 1));
+        // A flood that sends bytes too: the master is then the oldest of those that spoke.
+        let mut speaking: Vec<_> = (0..MAX_HANDSHAKES_PER_PEER - 1)
+            .map(|_| a.handshake(x, accept(b"\x16")))
+            .collect();
+        assert!(!is_evicted(&mut master), "evicted before the silent ones");
+        let _one_more = a.handshake(x, accept(b"\x16"));
+        assert!(is_evicted(&mut master), "the oldest of those that spoke gives way");
+        assert!(!speaking.iter_mut().any(is_evicted));
+
+        // Out of file descriptors: one handshake at a time gives its back, the least far first.
+        let b = Admission::new(4, 128);
+        let mut spoke = b.handshake(x, accept(b"\x16"));
+        let mut silent = b.handshake(x, accept(b""));
+        assert!(b.evict_one());
+        assert!(is_evicted(&mut silent) && !is_evicted(&mut spoke));
+        assert!(b.evict_one() && is_evicted(&mut spoke));
+        assert!(!b.evict_one(), "nothing left to evict");
     }
 
     #[test]

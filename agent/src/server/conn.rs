@@ -1,6 +1,7 @@
 //! The control port's connections: the accept loop ([`Agent::serve`]) and one connection's life
 //! ([`Agent::connection`]): a handshake place ([`admit::Admission::handshake`], evicted when a
-//! newer connection needs it), the TLS handshake within the connect timeout, the ALPN check
+//! newer connection needs it; marked once the whole ClientHello arrived, which makes it give way
+//! after the silent ones), the TLS handshake within the connect timeout, the ALPN check
 //! (only [`tls::ALPN`] is served: a client that offers none, or another, is closed), then either
 //! the master's HTTP/2 service (a place of the master's own) or, for any other cluster member,
 //! one 403 answer saying why and the close within [`admit::OTHER_GRACE`].
@@ -21,9 +22,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
-use super::admit::{self, HandshakeSlot};
+use super::admit::{self, HandshakeSlot, Progress};
 use super::{answer, raise_open_files_limit, refused, Agent, KEEPALIVE_PING};
 use crate::tls;
 
@@ -35,52 +36,79 @@ impl Agent {
             .map_err(|e| format!("listen on {listen}: {e}"))?;
         say!("diskstream agent: node {} listening on {listen}", self.node);
         raise_open_files_limit();
-        let acceptor = TlsAcceptor::from(Arc::clone(&self.server_tls));
         loop {
             // Never ends on an error: out of file descriptors now is not out of them for good.
             let (tcp, peer) = match listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
                     self.admission.log_refusal(|| format!("accept: {e}"));
-                    tokio::time::sleep(admit::ACCEPT_BACKOFF).await;
+                    // Out of file descriptors: a handshake in progress gives its back (the one
+                    // whose client got least far: its second handle at once, its socket when
+                    // its task ends), and the accept is tried again; else wait.
+                    let out_of_fds = [rustix::io::Errno::MFILE, rustix::io::Errno::NFILE]
+                        .iter()
+                        .any(|n| e.raw_os_error() == Some(n.raw_os_error()));
+                    if out_of_fds && self.admission.evict_one() {
+                        tokio::task::yield_now().await;
+                    } else {
+                        tokio::time::sleep(admit::ACCEPT_BACKOFF).await;
+                    }
                     continue;
                 }
             };
-            // Taken here, before a task is spawned, so that a flood spawns nothing.
-            let slot = self.admission.handshake(peer.ip());
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move { self.connection(acceptor, tcp, peer, slot).await });
+            // Taken here, before a task is spawned, so that a flood spawns nothing. The second
+            // handle lets the pool see whether the client sent anything (admit::Progress).
+            let peek = std::os::fd::AsFd::as_fd(&tcp)
+                .try_clone_to_owned()
+                .ok()
+                .map(std::net::TcpStream::from);
+            let slot = self.admission.handshake(peer.ip(), peek);
+            tokio::spawn(async move { self.connection(tcp, peer, slot).await });
         }
     }
 
     /// One control connection, from its handshake to its close.
-    async fn connection(
-        &'static self,
-        acceptor: TlsAcceptor,
-        tcp: TcpStream,
-        peer: SocketAddr,
-        mut slot: HandshakeSlot<'static>,
-    ) {
+    async fn connection(&'static self, tcp: TcpStream, peer: SocketAddr, mut slot: HandshakeSlot<'static>) {
         let _ = tcp.set_nodelay(true);
         let _ = crate::sock::keepalive(&tcp);
-        let handshake = tokio::time::timeout(self.timeouts.connect, acceptor.accept(tcp));
-        let s = tokio::select! {
-            r = handshake => match r {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return self.admission.log_refusal(|| format!("{peer}: TLS handshake: {e}")),
-                Err(_) => return self.admission.log_refusal(|| format!("{peer}: TLS handshake timed out")),
+        let until = tokio::time::Instant::now() + self.timeouts.connect;
+        let evicted = |peer: SocketAddr| {
+            self.admission.log_refusal(|| {
+                format!(
+                    "{peer}: handshake evicted for a newer connection: its address had {} \
+                     handshakes in progress, or all {} places were taken, and this was the \
+                     oldest of them that had sent no ClientHello, or the oldest",
+                    admit::MAX_HANDSHAKES_PER_PEER,
+                    admit::MAX_HANDSHAKES
+                )
+            })
+        };
+        let failed = |peer: SocketAddr, r: Result<io::Error, tokio::time::error::Elapsed>| match r {
+            Ok(e) => self.admission.log_refusal(|| format!("{peer}: TLS handshake: {e}")),
+            Err(_) => self
+                .admission
+                .log_refusal(|| format!("{peer}: TLS handshake timed out")),
+        };
+        // The ClientHello first: once it is whole, this handshake gives way after those of its
+        // address whose clients got less far (admit.rs).
+        let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+        let start = tokio::select! {
+            r = tokio::time::timeout_at(until, hello) => match r {
+                Ok(Ok(start)) => start,
+                Ok(Err(e)) => return failed(peer, Ok(e)),
+                Err(t) => return failed(peer, Err(t)),
             },
-            () = slot.evicted() => {
-                return self.admission.log_refusal(|| {
-                    format!(
-                        "{peer}: handshake evicted for a newer connection: its address had {} \
-                         handshakes in progress, or all {} places were taken and this was the \
-                         oldest of the address with the most",
-                        admit::MAX_HANDSHAKES_PER_PEER,
-                        admit::MAX_HANDSHAKES
-                    )
-                });
-            }
+            () = slot.evicted() => return evicted(peer),
+        };
+        slot.mark(Progress::Hello);
+        let handshake = start.into_stream(Arc::clone(&self.server_tls));
+        let s = tokio::select! {
+            r = tokio::time::timeout_at(until, handshake) => match r {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return failed(peer, Ok(e)),
+                Err(t) => return failed(peer, Err(t)),
+            },
+            () = slot.evicted() => return evicted(peer),
         };
         drop(slot);
         let conn = s.get_ref().1;
