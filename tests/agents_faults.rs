@@ -18,13 +18,6 @@ const LONG: [&str; 2] = ["--inactivity-timeout", "60"];
 /// How soon an aborted stream must fail the export.
 const PROMPT: Duration = Duration::from_secs(10);
 
-/// The export of the test instance, no compression on the wire.
-fn export_none(cfg: &str) -> Vec<&str> {
-    let mut a = export_args(cfg);
-    a.extend(["--transport-compression", "none"]);
-    a
-}
-
 #[test]
 fn target_file_system_full_fails_fast_and_cleanly() {
     if !usable() {
@@ -37,12 +30,8 @@ fn target_file_system_full_fails_fast_and_cleanly() {
     let mut net = Net::new("s", 45).expect("namespaces");
     let (cfg, _local, disks) = cluster(dir.path(), &net);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
-    net.start_agents(&cfg, dir.path(), &LONG);
-    let args = export_none(s(&cfg));
-    let out = net.master(&args);
-    assert!(out.status.success(), "the first export failed: {}", text(&out));
+    let (args, before) = a_first_export(&mut net, dir.path(), &cfg, &LONG);
     let node3 = dir.path().join("node3");
-    let before = snapshot_of(&export_dir(&node3).join("inst1.example.com"));
     assert!(before.len() >= 5, "{before:?}");
 
     // Fill the file system but 3 MiB: the next disk stream (24 MiB) runs out of space early,
@@ -102,12 +91,8 @@ fn an_aborted_end_tells_its_peer_before_any_timeout() {
     let mut net = Net::new("a", 46).expect("namespaces");
     let (cfg, _local, _disks) = cluster(dir.path(), &net);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
-    net.start_agents(&cfg, dir.path(), &LONG);
-    let args = export_none(s(&cfg));
-    let out = net.master(&args);
-    assert!(out.status.success(), "{}", text(&out));
+    let (args, before) = a_first_export(&mut net, dir.path(), &cfg, &LONG);
     let node3 = dir.path().join("node3");
-    let before = snapshot_of(&export_dir(&node3).join("inst1.example.com"));
 
     // The target refuses a corrupted frame: the sender hears it at once. The byte is flipped
     // before TLS, in chunk 0's raw payload: the TLS link carries it intact, and the chunk's
@@ -189,26 +174,19 @@ fn a_source_read_error_ends_the_stream_at_once() {
     let (small, _local, disks) = cluster(dir.path(), &net);
     let (cfg, big) = big_disk0_cluster(dir.path(), &small, &disks[0]);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
-    net.start_agents(&cfg, dir.path(), &LONG);
-    let args = export_none(s(&cfg));
-    let out = net.master(&args);
-    assert!(out.status.success(), "{}", text(&out));
+    let (args, before) = a_first_export(&mut net, dir.path(), &cfg, &LONG);
     let node3 = dir.path().join("node3");
-    let before = snapshot_of(&export_dir(&node3).join("inst1.example.com"));
 
     // disk/0, sent at 8 Mbit/s, is truncated to nothing as soon as its stream starts: the
     // primary's engine reads past the end and fails.
     net.shape(2, "8mbit");
-    let staging = export_dir(&node3).join("inst1.example.com.new");
-    let master = net.spawn_master(&args);
-    let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
+    let master = export_started(&net, dir.path(), &args);
     let t0 = Instant::now();
     std::fs::OpenOptions::new()
         .write(true)
         .open(&big)
         .and_then(|f| f.set_len(0))
         .unwrap();
-    assert!(started, "the transfer never started");
     let log3 = dir.path().join("agent3.log");
     let aborted = wait_for(PROMPT.as_secs(), || {
         std::fs::read_to_string(&log3)
@@ -450,22 +428,15 @@ fn a_frozen_target_fails_the_export_and_its_staging_goes_when_it_thaws() {
     let (small, _local, disks) = cluster(dir.path(), &net);
     let (cfg, _big) = big_disk0_cluster(dir.path(), &small, &disks[0]);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
-    net.start_agents(
-        &cfg,
-        dir.path(),
-        &["--inactivity-timeout", "3", "--staging-timeout", "4"],
-    );
-    let args = export_none(s(&cfg));
-    let out = net.master(&args);
-    assert!(out.status.success(), "the first export failed: {}", text(&out));
+    let lease = ["--inactivity-timeout", "3", "--staging-timeout", "4"];
+    let (args, before) = a_first_export(&mut net, dir.path(), &cfg, &lease);
     let node3 = dir.path().join("node3");
-    let before = snapshot_of(&export_dir(&node3).join("inst1.example.com"));
 
     // disk/0 (160 MiB) at 40 Mbit/s lasts half a minute; the target freezes as it starts. The
     // master's output is read line by line, each line with the time it came.
     net.shape(2, "40mbit");
     let staging = export_dir(&node3).join("inst1.example.com.new");
-    let mut master = net.spawn_master(&args);
+    let mut master = export_started(&net, dir.path(), &args);
     let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
     let pipes: [Box<dyn std::io::Read + Send>; 2] = [
         Box::new(master.stdout.take().unwrap()),
@@ -483,10 +454,8 @@ fn a_frozen_target_fails_the_export_and_its_staging_goes_when_it_thaws() {
         })
         .collect();
     drop(tx);
-    let started = wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file()));
     let frozen = Frozen::new(net.agents[1].id());
     let t0 = Instant::now();
-    assert!(started, "the transfer never started");
 
     // Until the master reports disk/0's failure, every 100 ms: when did the primary last write
     // into its data connection, and when did that connection end?

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::netns::*;
@@ -31,28 +30,8 @@ fn export_lanes(net: &Net, args: &[&str]) -> Vec<u64> {
         .collect()
 }
 
-/// Starts the agents with [`LANES`] lanes and a 60 s inactivity timeout, and makes a first
-/// export without compression; returns its arguments and node3's export as it then is.
-fn a_first_export<'a>(net: &mut Net, dir: &Path, cfg: &'a Path) -> (Vec<&'a str>, Vec<(PathBuf, Vec<u8>)>) {
-    net.start_agents(cfg, dir, &["--data-lanes", LANES, "--inactivity-timeout", "60"]);
-    let mut export = export_args(s(cfg));
-    export.extend(["--transport-compression", "none"]);
-    let out = net.master(&export);
-    assert!(out.status.success(), "{}", text(&out));
-    let before = snapshot_of(&export_dir(&dir.join("node3")).join("inst1.example.com"));
-    (export, before)
-}
-
-/// Starts `export` in the master's namespace and waits until its first dump is being written.
-fn export_started(net: &Net, dir: &Path, export: &[&str]) -> std::process::Child {
-    let staging = export_dir(&dir.join("node3")).join("inst1.example.com.new");
-    let master = net.spawn_master(export);
-    assert!(
-        wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file())),
-        "the transfer never started"
-    );
-    master
-}
+/// The agents' arguments of the fault tests: [`LANES`] lanes, a 60 s inactivity timeout.
+const FAULT_AGENTS: [&str; 4] = ["--data-lanes", LANES, "--inactivity-timeout", "60"];
 
 #[test]
 fn a_disk_striped_over_three_lanes_arrives_byte_identical() {
@@ -150,7 +129,7 @@ fn a_primary_killed_mid_stream_fails_every_lane_at_once() {
     let mut net = Net::new("lk", 55).expect("namespaces");
     let (cfg, _local, _disks) = cluster(dir.path(), &net);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
-    let (export, before) = a_first_export(&mut net, dir.path(), &cfg);
+    let (export, before) = a_first_export(&mut net, dir.path(), &cfg, &FAULT_AGENTS);
     let node3 = dir.path().join("node3");
 
     // 24 MiB at 16 Mbit/s: about 12 s on the wire, killed once the dump has begun.
@@ -197,7 +176,7 @@ fn a_source_read_error_on_the_primary_fails_the_striped_stream_before_any_timeou
     let (small, _local, disks) = cluster(dir.path(), &net);
     let (cfg, big) = big_disk0_cluster(dir.path(), &small, &disks[0]);
     let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
-    let (export, before) = a_first_export(&mut net, dir.path(), &cfg);
+    let (export, before) = a_first_export(&mut net, dir.path(), &cfg, &FAULT_AGENTS);
 
     // At 8 Mbit/s the source is truncated to nothing mid-stream, so the primary's engine fails
     // on its own side. The target must end its receive well before the 60 s inactivity timeout:

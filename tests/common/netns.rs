@@ -355,3 +355,33 @@ pub fn target_ended_disk0(dir: &Path, secs: u64) -> bool {
             .contains("receiving inst1.example.com/disk0:")
     })
 }
+
+/// Starts both agents with `agent_args` and makes a first export of inst1 without compression
+/// on the wire; returns its arguments and node3's export as it then is (what a failed export
+/// must leave).
+pub fn a_first_export<'a>(
+    net: &mut Net,
+    dir: &Path,
+    cfg: &'a Path,
+    agent_args: &[&str],
+) -> (Vec<&'a str>, Vec<(PathBuf, Vec<u8>)>) {
+    net.start_agents(cfg, dir, agent_args);
+    let mut export = export_args(s(cfg));
+    export.extend(["--transport-compression", "none"]);
+    let out = net.master(&export);
+    assert!(out.status.success(), "the first export failed: {}", text(&out));
+    let before = snapshot_of(&export_dir(&dir.join("node3")).join("inst1.example.com"));
+    (export, before)
+}
+
+/// Starts `export` in the master's namespace (its output piped) and waits until its first dump
+/// is being written on node3.
+pub fn export_started(net: &Net, dir: &Path, export: &[&str]) -> Child {
+    let staging = export_dir(&dir.join("node3")).join("inst1.example.com.new");
+    let master = net.spawn_master(export);
+    assert!(
+        wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file())),
+        "the transfer never started"
+    );
+    master
+}
