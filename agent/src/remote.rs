@@ -39,7 +39,8 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 /// How long the master waits for an agent.
 #[derive(Debug, Clone, Copy)]
 pub struct RemoteTimeouts {
-    /// TCP connect and TLS handshake.
+    /// Opening a connection: TCP connect, TLS handshake and the agent's first word, all the
+    /// tries of a call together (`remote/dial.rs`).
     pub connect: Duration,
     /// A call's answer (calls that run hooks, stop an instance or send a disk wait longer).
     pub request: Duration,

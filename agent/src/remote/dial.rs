@@ -1,28 +1,33 @@
 //! One call of the master to an agent on a connection of its own: TCP connect, mutual TLS,
 //! HTTP/2, the request and its answer; and the re-dial of a connection that the agent closed
-//! before it ever spoke.
+//! before it spoke.
 //!
 //! The agent evicts a handshake in progress to make room for newer ones (`server/admit.rs`).
-//! A master behind the same address as a flood (NAT) whose client is slow to send its
-//! ClientHello (a loaded master) can be evicted that way, and it only gets in by trying again.
-//! A call is tried again only when it cannot have run: the agent's HTTP/2 server sends its
-//! SETTINGS before it reads any request, so a connection on which not one byte came from the
-//! agent, and which failed by being closed or reset (not by a timeout, a refused connect or a
-//! TLS alert), never reached the agent's service. At most [`TRIES`] tries, within the connect
-//! timeout.
+//! A master behind the same address as a flood (NAT) can be evicted that way before its first
+//! byte reaches the agent (a loaded master is slow to send its ClientHello), and it only gets
+//! in by trying again. A call is therefore sent only once the agent has spoken on the
+//! connection: its HTTP/2 server sends its SETTINGS as soon as its TLS handshake is done,
+//! before it reads anything. A connection that is closed or reset before that (not one that
+//! times out, is refused or gets a TLS alert) is dialed again, the call never having been
+//! sent; once a call was sent it is never sent again. At most [`TRIES`] tries, and all of them
+//! (each one's TCP connect, TLS handshake and wait for the agent's first word) within the
+//! connect timeout.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http2::SendRequest;
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::{KEEPALIVE, MAX_ANSWER};
@@ -34,15 +39,21 @@ pub const TRIES: u32 = 4;
 /// The pause before dialing again.
 const PAUSE: Duration = Duration::from_millis(50);
 
-/// Why one try failed, and whether another may be made.
+/// Why a connection could not be opened, and whether another may be tried.
 struct Failed {
     msg: String,
-    /// The agent never spoke on the connection, and closed or reset it: the call did not run.
+    /// Closed or reset before the agent spoke (the call was not sent).
     again: bool,
 }
 
-/// Calls `node`'s agent at `addr` with `call` (`connect`: the time the TCP connect and the TLS
-/// handshake may take, each, and the time within which a failed try is made again).
+impl Failed {
+    fn end(msg: String) -> Self {
+        Self { msg, again: false }
+    }
+}
+
+/// Calls `node`'s agent at `addr` with `call`; `connect` bounds the opening of the
+/// connection, all tries together.
 pub(super) async fn call(
     connector: &TlsConnector,
     connect: Duration,
@@ -52,10 +63,10 @@ pub(super) async fn call(
 ) -> Result<Reply, String> {
     let until = Instant::now() + connect;
     let mut tries = 0;
-    loop {
+    let sender = loop {
         tries += 1;
-        match once(connector, connect, node, addr, call).await {
-            Ok(r) => return Ok(r),
+        match open(connector, until, connect, node, addr).await {
+            Ok(s) => break s,
             Err(f) if f.again && tries < TRIES && Instant::now() + PAUSE < until => {
                 tracing::debug!(node, tries, error = %f.msg, "the agent closed the connection before it spoke: dialing again");
                 tokio::time::sleep(PAUSE).await;
@@ -63,7 +74,8 @@ pub(super) async fn call(
             Err(f) if tries > 1 => return Err(format!("{} (after {tries} tries)", f.msg)),
             Err(f) => return Err(f.msg),
         }
-    }
+    };
+    request(sender, node, call).await
 }
 
 /// Whether `e` is a close or reset by the peer.
@@ -75,36 +87,31 @@ fn closed(e: &std::io::Error) -> bool {
     )
 }
 
-/// Whether a hyper error is the connection's close or reset (its source an I/O error of that
-/// kind, or the connection ended under a request in flight).
+/// Whether a hyper error is the connection's close or reset.
 fn hyper_closed(e: &hyper::Error) -> bool {
-    if e.is_canceled() || e.is_closed() || e.is_incomplete_message() {
-        return true;
-    }
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             return closed(io);
         }
-        if let Some(h2) = s.downcast_ref::<h2::Error>() {
-            return h2.is_io() || h2.is_go_away() || h2.is_reset();
-        }
         src = s.source();
     }
-    false
+    e.is_closed()
 }
 
-async fn once(
+/// A connection to the agent on which it spoke, by `until` (`connect`: the timeout named in
+/// errors).
+async fn open(
     connector: &TlsConnector,
+    until: Instant,
     connect: Duration,
     node: &str,
     addr: &str,
-    call: &Call,
-) -> Result<Reply, Failed> {
-    let fail = |msg: String| Failed { msg, again: false };
-    let tcp = tokio::time::timeout(connect, TcpStream::connect(addr))
+) -> Result<SendRequest<Full<Bytes>>, Failed> {
+    let secs = connect.as_secs();
+    let tcp = tokio::time::timeout_at(until, TcpStream::connect(addr))
         .await
-        .map_err(|_| fail(format!("connect timed out after {} s", connect.as_secs())))?
+        .map_err(|_| Failed::end(format!("connect timed out after {secs} s")))?
         // Reset (not refused): the port took the connection and dropped it at once.
         .map_err(|e| Failed {
             again: closed(&e),
@@ -112,70 +119,92 @@ async fn once(
         })?;
     let _ = tcp.set_nodelay(true);
     let _ = crate::sock::keepalive(&tcp);
-    let name = rustls::pki_types::ServerName::try_from(node.to_string()).map_err(|e| fail(e.to_string()))?;
-    let tls = tokio::time::timeout(connect, connector.connect(name, tcp))
+    let name = rustls::pki_types::ServerName::try_from(node.to_string()).map_err(|e| Failed::end(e.to_string()))?;
+    let tls = tokio::time::timeout_at(until, connector.connect(name, tcp))
         .await
-        .map_err(|_| fail("TLS handshake timed out".to_string()))?
+        .map_err(|_| Failed::end("TLS handshake timed out".to_string()))?
         .map_err(|e| Failed {
             again: closed(&e),
             msg: format!("TLS handshake: {e}"),
         })?;
-    let heard = Arc::new(AtomicBool::new(false));
+    let spoke = Arc::new(Notify::new());
     let io = Heard {
         inner: tls,
-        heard: Arc::clone(&heard),
-    };
-    // Once the agent spoke, a failure may follow a call that ran: never tried again.
-    let unheard = |msg: String, closed: bool| Failed {
-        again: closed && !heard.load(Ordering::Relaxed),
-        msg,
+        heard: AtomicBool::new(false),
+        spoke: Arc::clone(&spoke),
     };
     // HTTP/2 pings keep a long call (a disk transfer) honest: an agent that stops answering
     // (its node is down, the link is cut) fails the call instead of hanging the export.
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE)
         .keep_alive_while_idle(true)
         .handshake(TokioIo::new(io))
         .await
-        .map_err(|e| unheard(format!("HTTP/2: {e}"), hyper_closed(&e)))?;
-    tokio::spawn(conn);
-    let body = serde_json::to_vec(call).map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| Failed {
+            again: hyper_closed(&e),
+            msg: format!("HTTP/2: {e}"),
+        })?;
+    let mut conn = tokio::spawn(conn);
+    tokio::select! {
+        () = spoke.notified() => Ok(sender),
+        r = &mut conn => Err(match r {
+            Ok(Err(e)) => Failed {
+                again: hyper_closed(&e),
+                msg: format!("HTTP/2: {e}"),
+            },
+            _ => Failed {
+                again: true,
+                msg: "HTTP/2: the agent closed the connection before it spoke".to_string(),
+            },
+        }),
+        () = tokio::time::sleep_until(until) => {
+            conn.abort();
+            Err(Failed::end(format!("the agent did not speak within {secs} s of the connect")))
+        }
+    }
+}
+
+/// Sends `call` on a connection on which the agent spoke, and reads its answer.
+async fn request(mut sender: SendRequest<Full<Bytes>>, node: &str, call: &Call) -> Result<Reply, String> {
+    let body = serde_json::to_vec(call).map_err(|e| e.to_string())?;
     let req = Request::post(format!("https://{node}/v1/{}", call.method()))
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     let resp = sender
         .send_request(req)
         .await
-        .map_err(|e| unheard(format!("HTTP/2 request: {e}"), hyper_closed(&e)))?;
+        .map_err(|e| format!("HTTP/2 request: {e}"))?;
     let status = resp.status();
     let body = Limited::new(resp.into_body(), MAX_ANSWER)
         .collect()
         .await
-        .map_err(|e| fail(format!("reading the answer: {e}")))?
+        .map_err(|e| format!("reading the answer: {e}"))?
         .to_bytes();
     serde_json::from_slice(&body).map_err(|e| {
-        fail(format!(
+        format!(
             "answered {status} with an invalid body ({e}): {}",
             String::from_utf8_lossy(&body[..body.len().min(200)])
-        ))
+        )
     })
 }
 
-/// A stream that notes whether its peer ever sent a byte.
+/// A stream that tells `spoke` (once) when its peer sent its first byte.
 struct Heard<T> {
     inner: T,
-    heard: Arc<AtomicBool>,
+    heard: AtomicBool,
+    spoke: Arc<Notify>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Heard<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.heard.store(true, Ordering::Relaxed);
+        if buf.filled().len() > before && !self.heard.swap(true, Ordering::Relaxed) {
+            // A permit: the waiter may come later.
+            self.spoke.notify_one();
         }
         r
     }
@@ -197,16 +226,26 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Heard<T> {
 mod tests {
     use super::*;
     use crate::pki::PkiDir;
-    use crate::proto::Reply;
     use hyper::body::Incoming;
     use std::sync::atomic::AtomicUsize;
     use tokio::net::TcpListener;
 
-    /// A server with node3's identity on a loopback port: its first `resets` connections are
-    /// reset before the handshake (a handshake the agent evicted); later ones are served, and
-    /// each request is counted and answered with its connection's number, unless `close` is
-    /// set: then the connection is closed once the request was read (after the server spoke).
-    async fn server(dir: &std::path::Path, resets: usize, close: bool) -> (String, Arc<AtomicUsize>, TlsConnector) {
+    /// What the test agent does with its `i`-th connection.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Act {
+        /// Reset before the TLS handshake (a handshake the agent evicted).
+        Reset,
+        /// Complete the TLS handshake, then close without a word.
+        Silent,
+        /// Serve HTTP/2: answer each request with the connection's number.
+        Serve,
+        /// Serve HTTP/2, but close the connection under each request once it was read.
+        CloseUnder,
+    }
+
+    /// A server with node3's identity on a loopback port that does `acts[i]` with its `i`-th
+    /// connection (the last act for those after); counts the requests it read.
+    async fn server(dir: &std::path::Path, acts: &'static [Act]) -> (String, Arc<AtomicUsize>, TlsConnector) {
         let p = PkiDir::new(dir.join("pki"));
         p.init("dial", &["node1", "node3"], false).unwrap();
         let ca = p.load_ca().unwrap();
@@ -220,17 +259,21 @@ mod tests {
             let acceptor = tokio_rustls::TlsAcceptor::from(server);
             for i in 0.. {
                 let (tcp, _) = l.accept().await.unwrap();
-                if i < resets {
+                let act = acts[i.min(acts.len() - 1)];
+                if act == Act::Reset {
                     let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
                     continue;
                 }
                 let (acceptor, seen) = (acceptor.clone(), Arc::clone(&seen));
                 tokio::spawn(async move {
                     let tls = acceptor.accept(tcp).await.unwrap();
+                    if act == Act::Silent {
+                        return;
+                    }
                     let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
                         seen.fetch_add(1, Ordering::SeqCst);
                         async move {
-                            if close {
+                            if act == Act::CloseUnder {
                                 // Ends the connection under the request: no answer.
                                 return Err(std::io::Error::other("closed"));
                             }
@@ -251,44 +294,44 @@ mod tests {
         (addr, requests, TlsConnector::from(client))
     }
 
-    fn ask() -> Call {
-        Call::InstanceRunning {
+    async fn ask(acts: &'static [Act]) -> (Result<Reply, String>, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, requests, c) = server(dir.path(), acts).await;
+        let call = Call::InstanceRunning {
             node: "node3".into(),
             instance: "inst1".into(),
-        }
+        };
+        let r = super::call(&c, Duration::from_secs(5), "node3", &addr, &call).await;
+        (r, requests.load(Ordering::SeqCst))
     }
 
     #[test]
     fn a_connection_the_agent_closed_before_it_spoke_is_dialed_again_and_no_other() {
+        use Act::*;
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let secs = Duration::from_secs(5);
-            // Two handshakes reset: the third try gets through, and the call ran once.
-            let dir = tempfile::tempdir().unwrap();
-            let (addr, requests, c) = server(dir.path(), 2, false).await;
-            let r = call(&c, secs, "node3", &addr, &ask()).await.unwrap();
-            assert_eq!(r.ok, Some(serde_json::json!(2)), "answered on the third connection");
-            assert_eq!(requests.load(Ordering::SeqCst), 1);
+            // Reset before the handshake, then closed after it without a word: the third try
+            // gets through, and the call was sent once.
+            let (r, requests) = ask(&[Reset, Silent, Serve]).await;
+            assert_eq!(
+                r.unwrap().ok,
+                Some(serde_json::json!(2)),
+                "answered on the third connection"
+            );
+            assert_eq!(requests, 1);
 
-            // More resets than tries: the error says how many were made.
-            let dir = tempfile::tempdir().unwrap();
-            let (addr, requests, c) = server(dir.path(), TRIES as usize, false).await;
-            let e = call(&c, secs, "node3", &addr, &ask()).await.unwrap_err();
-            let reset = e.contains("TLS handshake: ") || e.contains("connect: ");
-            assert!(reset && e.contains(&format!("after {TRIES} tries")), "{e}");
-            assert_eq!(requests.load(Ordering::SeqCst), 0);
+            // More such closes than tries: the error says how many were made.
+            let (r, requests) = ask(&[Reset, Silent, Reset, Silent, Serve]).await;
+            let e = r.unwrap_err();
+            assert!(e.contains(&format!("after {TRIES} tries")), "{e}");
+            assert_eq!(requests, 0);
 
             // The agent spoke (its HTTP/2 SETTINGS), read the request and closed: the call may
-            // have run, and is not made again.
-            let dir = tempfile::tempdir().unwrap();
-            let (addr, requests, c) = server(dir.path(), 0, true).await;
-            let e = call(&c, secs, "node3", &addr, &ask()).await.unwrap_err();
-            assert!(e.contains("HTTP/2") && !e.contains("tries"), "{e}");
-            assert_eq!(
-                requests.load(Ordering::SeqCst),
-                1,
-                "a call that may have run was made again"
-            );
+            // have run, and is not sent again.
+            let (r, requests) = ask(&[CloseUnder, Serve]).await;
+            let e = r.unwrap_err();
+            assert!(e.contains("HTTP/2 request") && !e.contains("tries"), "{e}");
+            assert_eq!(requests, 1, "a call that may have run was sent again");
         });
     }
 }

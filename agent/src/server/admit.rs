@@ -5,20 +5,23 @@
 //!   one address and `MAX_HANDSHAKES` in all, each bounded by the connect timeout. A new
 //!   connection is never refused for want of a place: one more from an address that holds its
 //!   share *evicts* one of that address's handshakes, and one more when all are taken evicts one
-//!   of the address that holds the most. The one evicted is the one whose client got least far,
-//!   oldest first: nothing received (or closed), then some bytes, then a whole ClientHello
-//!   ([`Progress`]). "Some bytes" is asked of the socket itself (a peek, on a second handle of
-//!   it), so it holds as soon as the kernel has them, however busy the agent's tasks are: marks
-//!   made by the connection's task came too late when the accept loop took a flood's
-//!   connections faster than the tasks ran (the end-to-end NAT flood test failed 2 runs in 4).
-//!   A flood
-//!   that never finishes its handshakes (no certificate needed, from a few or many addresses)
-//!   thus only ever evicts its own connections while it has more than the master has, and the
-//!   master's handshake, which takes milliseconds, completes however fast the flood
-//!   reconnects. A master behind the same address as a flood (NAT) gets in too: its ClientHello
-//!   follows its connect at once, and from then on a flood that sends nothing evicts only its
-//!   own connections. A flood that sends bytes too leaves the master until its address opens
-//!   `MAX_HANDSHAKES_PER_PEER` more connections that got as far as the master's.
+//!   of the address that holds the most. The one evicted is the oldest of those whose client got
+//!   least far ([`Progress`]): nothing sent (or closed), then some bytes, then a whole
+//!   ClientHello. Progress only grows: bytes are seen in the socket itself (a peek on a second
+//!   handle of it, kept with the entry: two file descriptors per handshake), so they count as
+//!   soon as the kernel has them however far behind the agent's tasks are, and the connection's
+//!   task marks them before it reads them.
+//!
+//!   So a flood that never finishes its handshakes (no certificate needed, from a few or many
+//!   addresses) only ever evicts its own connections while it has more than the master has, and
+//!   the master's handshake, which takes milliseconds, completes however fast the flood
+//!   reconnects. Behind the same address as the master (a NAT) a flood that sends nothing
+//!   evicts the master only before the master's first byte arrives; the master dials again a
+//!   connection closed before the agent spoke (`remote/dial.rs`). A flood from the master's
+//!   own address that sends bytes, or whole ClientHellos (no certificate is needed for one),
+//!   is not stopped: it evicts the master once that address opened `MAX_HANDSHAKES_PER_PEER`
+//!   connections that got as far, which at thousands a second takes milliseconds. Only a
+//!   limit per client, which an address shared by a NAT cannot give, would stop that.
 //! - **Master** (the certificate names the master): `MAX_CONNECTIONS` places, taken by no one
 //!   else.
 //! - **Other** (a cluster member that is not the master): `MAX_OTHERS_PER_PEER` per address and
@@ -28,8 +31,9 @@
 //! Refusals and failed connections are logged at most once a second with how many there were
 //! ([`Admission::log_refusal`], [`Refusals`]). The accept loop never ends on an error (running out of file
 //! descriptors is an error of the moment): it logs, and when the process is out of file
-//! descriptors a handshake in progress gives its back ([`Admission::evict_one`]: the same choice
-//! as above) and the accept is tried again; otherwise it waits `ACCEPT_BACKOFF` and goes on.
+//! descriptors a handshake whose client has not sent a whole ClientHello gives its back
+//! ([`Admission::evict_one`]: the same choice as above) and the accept is tried again;
+//! otherwise it waits `ACCEPT_BACKOFF` and goes on.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -111,10 +115,10 @@ fn victim(q: &VecDeque<Pending>) -> usize {
 }
 
 impl Handshakes {
-    /// Evicts one handshake of `ip` ([`victim`]).
-    fn evict_of(&mut self, ip: IpAddr) {
+    /// Evicts the `i`-th handshake of `ip`.
+    fn remove(&mut self, ip: IpAddr, i: usize) {
         if let Some(q) = self.by_peer.get_mut(&ip) {
-            let i = victim(q);
+            // Dropping the entry tells its connection and closes its second handle.
             drop(q.remove(i));
             self.total -= 1;
             if q.is_empty() {
@@ -123,11 +127,21 @@ impl Handshakes {
         }
     }
 
-    /// Evicts one handshake ([`victim`]) of the address that has the most (of those, the
-    /// address whose oldest is oldest).
+    /// Evicts one handshake of `ip` ([`victim`]).
+    fn evict_of(&mut self, ip: IpAddr) {
+        if let Some(i) = self.by_peer.get(&ip).map(victim) {
+            self.remove(ip, i);
+        }
+    }
+
+    /// The address that has the most handshakes (of those, the one whose oldest is oldest).
+    fn busiest(&self) -> Option<IpAddr> {
+        busiest(self.by_peer.iter().flat_map(|(ip, q)| q.iter().map(|p| (*ip, p.id))))
+    }
+
+    /// Evicts one handshake ([`victim`]) of the busiest address.
     fn evict(&mut self) {
-        let held = self.by_peer.iter().flat_map(|(ip, q)| q.iter().map(|p| (*ip, p.id)));
-        if let Some(ip) = busiest(held) {
+        if let Some(ip) = self.busiest() {
             self.evict_of(ip);
         }
     }
@@ -199,13 +213,22 @@ impl Admission {
     }
 
     /// Evicts one handshake (of the address that has the most, the oldest of those whose
-    /// clients got least far), to give its file descriptors back when the process has run out
-    /// of them; `false` if none is in progress.
+    /// clients got least far) whose client has not sent a whole ClientHello, to give its file
+    /// descriptors back when the process has run out of them; `false` if there is none such
+    /// (then the accept waits: a handshake that far along, the master's perhaps, is not
+    /// evicted for a connection that may be a flood's).
     pub fn evict_one(&self) -> bool {
         let mut h = self.handshakes.lock().expect("handshakes");
-        let before = h.total;
-        h.evict();
-        h.total < before
+        let Some(ip) = h.busiest() else {
+            return false;
+        };
+        let q = &h.by_peer[&ip];
+        let i = victim(q);
+        if q[i].progress() >= Progress::Hello {
+            return false;
+        }
+        h.remove(ip, i);
+        true
     }
 
     /// A place for a non-master member's connection from `ip`; `None` when that address or all
@@ -455,7 +478,18 @@ mod tests {
         let a = Admission::new(4, 128);
         let x = ip("127.0.0.1");
         let mut master = a.handshake(x, accept(b"\x16\x03\x01 a ClientHello"));
-        let mut flood: Vec<_> = (0..300).map(|_| a.handshake(x, accept(b""))).collect();
+        let mut flood: Vec<_> = (0..100).map(|_| a.handshake(x, accept(b""))).collect();
+        // Its task marks the bytes, then reads them: the socket is empty, the mark stays.
+        master.mark(Progress::Spoke);
+        {
+            use std::io::Read;
+            let h = a.handshakes.lock().unwrap();
+            let sock = h.by_peer[&x][0].sock.as_ref().unwrap();
+            let mut got = [0u8; 64];
+            assert!((&*sock).read(&mut got).unwrap() > 0);
+            assert!(sock.peek(&mut got).is_err(), "the bytes are still in the socket");
+        }
+        flood.extend((0..200).map(|_| a.handshake(x, accept(b""))));
         assert!(!is_evicted(&mut master), "evicted by a flood that sends nothing");
         let evicted = flood.iter_mut().map(is_evicted).filter(|e| *e).count();
         assert_eq!(evicted, 300 - (MAX_HANDSHAKES_PER_PEER - 1));
@@ -468,13 +502,19 @@ mod tests {
         assert!(is_evicted(&mut master), "the oldest of those that spoke gives way");
         assert!(!speaking.iter_mut().any(is_evicted));
 
-        // Out of file descriptors: one handshake at a time gives its back, the least far first.
+        // Out of file descriptors: one handshake at a time gives its back, the least far first,
+        // never one whose whole ClientHello came (the master's, perhaps).
         let b = Admission::new(4, 128);
+        let mut hello = b.handshake(x, accept(b"\x16"));
+        hello.mark(Progress::Hello);
         let mut spoke = b.handshake(x, accept(b"\x16"));
         let mut silent = b.handshake(x, accept(b""));
         assert!(b.evict_one());
         assert!(is_evicted(&mut silent) && !is_evicted(&mut spoke));
         assert!(b.evict_one() && is_evicted(&mut spoke));
+        assert!(!b.evict_one(), "a handshake with its whole ClientHello evicted");
+        assert!(!is_evicted(&mut hello));
+        drop(hello);
         assert!(!b.evict_one(), "nothing left to evict");
     }
 

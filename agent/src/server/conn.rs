@@ -77,7 +77,8 @@ impl Agent {
                 format!(
                     "{peer}: handshake evicted for a newer connection: its address had {} \
                      handshakes in progress, or all {} places were taken, and this was the \
-                     oldest of them that had sent no ClientHello, or the oldest",
+                     oldest of those whose client got least far (nothing sent, some bytes, a \
+                     whole ClientHello)",
                     admit::MAX_HANDSHAKES_PER_PEER,
                     admit::MAX_HANDSHAKES
                 )
@@ -89,8 +90,25 @@ impl Agent {
                 .admission
                 .log_refusal(|| format!("{peer}: TLS handshake timed out")),
         };
-        // The ClientHello first: once it is whole, this handshake gives way after those of its
-        // address whose clients got less far (admit.rs).
+        // The client's first byte is peeked (not read) and marked before anything is read, so
+        // the pool always sees it, in the socket or by the mark (admit::Progress); then the
+        // ClientHello: once it is whole, this handshake gives way after those of its address
+        // whose clients got less far.
+        let mut first = [0u8; 1];
+        let peeked = tokio::select! {
+            r = tokio::time::timeout_at(until, tcp.peek(&mut first)) => r,
+            () = slot.evicted() => return evicted(peer),
+        };
+        match peeked {
+            Ok(Ok(n)) if n > 0 => slot.mark(Progress::Spoke),
+            Ok(Ok(_)) => {
+                return self
+                    .admission
+                    .log_refusal(|| format!("{peer}: closed before its ClientHello"))
+            }
+            Ok(Err(e)) => return failed(peer, Ok(e)),
+            Err(t) => return failed(peer, Err(t)),
+        }
         let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
         let start = tokio::select! {
             r = tokio::time::timeout_at(until, hello) => match r {
