@@ -310,6 +310,10 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage_error(e),
     };
+    if matches!(cli.cmd, Cmd::Agent(_)) {
+        // Before any thread: may re-execute the process (diskstream_agent::copies).
+        diskstream_agent::copies::tune();
+    }
     crate::logging::init(cli.verbose, cli.quiet);
     tracing::debug!(args = ?std::env::args_os().collect::<Vec<_>>(), "diskstream {}", env!("CARGO_PKG_VERSION"));
     match cli.cmd {

@@ -28,6 +28,7 @@ pub fn log_line(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 pub mod abort;
+pub mod copies;
 pub mod data;
 pub mod lease;
 pub mod netns;

@@ -83,6 +83,8 @@ fn in_netns(name: &str) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The agents' copies, so that the link rate is measured as the agents move data.
+    diskstream_agent::copies::tune();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
