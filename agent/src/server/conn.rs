@@ -1,7 +1,8 @@
 //! The control port's connections: the accept loop ([`Agent::serve`]) and one connection's life
 //! ([`Agent::connection`]): a handshake place ([`admit::Admission::handshake`], evicted when a
-//! newer connection needs it; marked once the whole ClientHello arrived, which makes it give way
-//! after the silent ones), the TLS handshake within the connect timeout, the ALPN check
+//! newer connection needs it; marked at the client's first byte and at its whole ClientHello,
+//! each making it give way after those whose clients got less far), the TLS handshake within
+//! the connect timeout, the ALPN check
 //! (only [`tls::ALPN`] is served: a client that offers none, or another, is closed), then either
 //! the master's HTTP/2 service (a place of the master's own) or, for any other cluster member,
 //! one 403 answer saying why and the close within [`admit::OTHER_GRACE`].
@@ -42,9 +43,9 @@ impl Agent {
                 Ok(x) => x,
                 Err(e) => {
                     self.admission.log_refusal(|| format!("accept: {e}"));
-                    // Out of file descriptors: a handshake in progress gives its back (the one
-                    // whose client got least far: its second handle at once, its socket when
-                    // its task ends), and the accept is tried again; else wait.
+                    // Out of file descriptors: a handshake short of a whole ClientHello gives
+                    // its back (its second handle at once, its socket when its task ends), and
+                    // the accept is tried again; else wait.
                     let out_of_fds = [rustix::io::Errno::MFILE, rustix::io::Errno::NFILE]
                         .iter()
                         .any(|n| e.raw_os_error() == Some(n.raw_os_error()));
