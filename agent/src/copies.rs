@@ -44,7 +44,13 @@ pub fn tune() {
             }
             return;
         }
-        let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+        // Not text: the user's, left alone.
+        let Ok(tunables) = std::env::var("GLIBC_TUNABLES").or_else(|e| match e {
+            std::env::VarError::NotPresent => Ok(String::new()),
+            std::env::VarError::NotUnicode(_) => Err(()),
+        }) else {
+            return;
+        };
         let off = std::env::var_os("DISKSTREAM_GLIBC_TUNE").is_some_and(|v| v == "0");
         if off || tunables.contains("x86_rep_movsb_threshold") || !amd() {
             return;

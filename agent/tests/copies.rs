@@ -36,7 +36,12 @@ impl Served {
         for (k, v) in env {
             c.env(k, v);
         }
-        let served = Served(c.spawn().expect("spawn net-rate serve"));
+        Self::wait(c.spawn().expect("spawn net-rate serve"), port)
+    }
+
+    /// `child`, once it listens on `port`.
+    fn wait(child: Child, port: u16) -> Self {
+        let served = Served(child);
         // Listening means the re-execution (if any) is done.
         let t0 = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -125,6 +130,28 @@ fn the_agents_processes_copy_without_rep_movsb_on_amd() {
         "{env:?}"
     );
     drop(s);
+
+    // A user's GLIBC_TUNABLES that is not text is left alone: not re-executed.
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let mut c = Command::new(NET_RATE);
+        c.args(["serve", "--node", "b", "--allow", "a", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--pki")
+            .arg(&pki)
+            .env(
+                "GLIBC_TUNABLES",
+                std::ffi::OsStr::from_bytes(b"glibc.malloc.check=0\xff"),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let s = Served::wait(c.spawn().unwrap(), port);
+        assert!(
+            !s.proc("environ").iter().any(|v| v.contains(TUNABLE)),
+            "{:?}",
+            s.proc("environ")
+        );
+    }
 
     // Turned off: not re-executed.
     let s = Served::start(&pki, port, &[("DISKSTREAM_GLIBC_TUNE", "0")]);
