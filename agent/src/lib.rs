@@ -22,6 +22,34 @@ macro_rules! say {
     }};
 }
 
+/// `tokio::io::AsyncWrite` for a stream wrapper `$t<S>` (a field `inner: S`) whose writes go
+/// straight through: the wrappers that only watch or prefix what is read.
+macro_rules! write_through {
+    ($t:ident) => {
+        impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $t<S> {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+            }
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+            }
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+            }
+        }
+    };
+}
+
 /// One line of the agent's log as written: `text` with its control characters escaped.
 pub fn log_line(text: &str) -> std::borrow::Cow<'_, str> {
     diskstream_engine::report::escape_controls(text)

@@ -73,61 +73,40 @@ impl Agent {
         let _ = tcp.set_nodelay(true);
         let _ = crate::sock::keepalive(&tcp);
         let until = tokio::time::Instant::now() + self.timeouts.connect;
-        let evicted = |peer: SocketAddr| {
-            self.admission.log_refusal(|| {
-                format!(
+        let ended = |e: Ended| {
+            self.admission.log_refusal(|| match e {
+                Ended::Evicted => format!(
                     "{peer}: handshake evicted for a newer connection: its address had {} \
                      handshakes in progress, or all {} places were taken, and this was the \
                      oldest of those whose client got least far (nothing sent, some bytes, a \
                      whole ClientHello)",
                     admit::MAX_HANDSHAKES_PER_PEER,
                     admit::MAX_HANDSHAKES
-                )
+                ),
+                Ended::Failed(e) => format!("{peer}: TLS handshake: {e}"),
+                Ended::TimedOut => format!("{peer}: TLS handshake timed out"),
             })
-        };
-        let failed = |peer: SocketAddr, r: Result<io::Error, tokio::time::error::Elapsed>| match r {
-            Ok(e) => self.admission.log_refusal(|| format!("{peer}: TLS handshake: {e}")),
-            Err(_) => self
-                .admission
-                .log_refusal(|| format!("{peer}: TLS handshake timed out")),
         };
         // The client's first byte is peeked (not read) and marked before anything is read, so
         // the pool always sees it, in the socket or by the mark (admit::Progress); then the
         // ClientHello: once it is whole, this handshake gives way after those of its address
         // whose clients got less far.
         let mut first = [0u8; 1];
-        let peeked = tokio::select! {
-            r = tokio::time::timeout_at(until, tcp.peek(&mut first)) => r,
-            () = slot.evicted() => return evicted(peer),
-        };
-        match peeked {
-            Ok(Ok(n)) if n > 0 => slot.mark(Progress::Spoke),
-            Ok(Ok(_)) => {
-                return self
-                    .admission
-                    .log_refusal(|| format!("{peer}: closed before its ClientHello"))
-            }
-            Ok(Err(e)) => return failed(peer, Ok(e)),
-            Err(t) => return failed(peer, Err(t)),
+        match step(&mut slot, until, tcp.peek(&mut first)).await {
+            Ok(n) if n > 0 => slot.mark(Progress::Spoke),
+            Ok(_) => return ended(Ended::Failed(io::ErrorKind::UnexpectedEof.into())),
+            Err(e) => return ended(e),
         }
         let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
-        let start = tokio::select! {
-            r = tokio::time::timeout_at(until, hello) => match r {
-                Ok(Ok(start)) => start,
-                Ok(Err(e)) => return failed(peer, Ok(e)),
-                Err(t) => return failed(peer, Err(t)),
-            },
-            () = slot.evicted() => return evicted(peer),
+        let start = match step(&mut slot, until, hello).await {
+            Ok(start) => start,
+            Err(e) => return ended(e),
         };
         slot.mark(Progress::Hello);
         let handshake = start.into_stream(Arc::clone(&self.server_tls));
-        let s = tokio::select! {
-            r = tokio::time::timeout_at(until, handshake) => match r {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return failed(peer, Ok(e)),
-                Err(t) => return failed(peer, Err(t)),
-            },
-            () = slot.evicted() => return evicted(peer),
+        let s = match step(&mut slot, until, handshake).await {
+            Ok(s) => s,
+            Err(e) => return ended(e),
         };
         drop(slot);
         let conn = s.get_ref().1;
@@ -234,4 +213,30 @@ pub(super) fn closed_by_peer(e: &hyper::Error) -> bool {
 /// `": CAUSE"` for an error whose display hides its cause (hyper's "connection error").
 fn detail(e: &hyper::Error) -> String {
     e.source().map(|s| format!(": {s}")).unwrap_or_default()
+}
+
+/// How a step of a control connection's handshake ended, if not done.
+enum Ended {
+    /// Its place was taken by a newer connection ([`admit::Admission::handshake`]).
+    Evicted,
+    /// The step failed.
+    Failed(io::Error),
+    /// The connect timeout passed.
+    TimedOut,
+}
+
+/// Runs `fut`, one step of a handshake, until `until`, unless `slot` is evicted first.
+async fn step<T>(
+    slot: &mut HandshakeSlot<'_>,
+    until: tokio::time::Instant,
+    fut: impl std::future::Future<Output = io::Result<T>>,
+) -> Result<T, Ended> {
+    tokio::select! {
+        r = tokio::time::timeout_at(until, fut) => match r {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Ended::Failed(e)),
+            Err(_) => Err(Ended::TimedOut),
+        },
+        () = slot.evicted() => Err(Ended::Evicted),
+    }
 }
