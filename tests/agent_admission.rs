@@ -184,9 +184,11 @@ fn a_master_behind_the_floods_address_gets_through() {
     // The outsider's flood from the master's own address (a master behind the same NAT as
     // the flood): two threads each holding 16 connections that never send a ClientHello,
     // reconnecting at once. The address holds its 16 handshakes all the time, so each new
-    // connection from it, the master's too, evicts the address's oldest: the master gets in as
-    // long as its handshake completes before that address opens 16 more. Before, one more
-    // handshake from an address that held its 16 was refused, and so was the master.
+    // connection from it, the master's too, evicts one of them: the one whose client got least
+    // far, oldest first, so the flood's silent ones go before the master's once its first byte
+    // arrives; a master connection evicted before that is dialed again (remote/dial.rs).
+    // Before, the address's oldest was evicted whatever it had sent, and the master's export
+    // failed 3 runs in 4.
     if !usable() {
         return;
     }

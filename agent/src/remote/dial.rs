@@ -14,7 +14,6 @@
 //! connect timeout.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -130,7 +129,7 @@ async fn open(
     let spoke = Arc::new(Notify::new());
     let io = Heard {
         inner: tls,
-        heard: AtomicBool::new(false),
+        heard: false,
         spoke: Arc::clone(&spoke),
     };
     // HTTP/2 pings keep a long call (a disk transfer) honest: an agent that stops answering
@@ -194,7 +193,7 @@ async fn request(mut sender: SendRequest<Full<Bytes>>, node: &str, call: &Call) 
 /// A stream that tells `spoke` (once) when its peer sent its first byte.
 struct Heard<T> {
     inner: T,
-    heard: AtomicBool,
+    heard: bool,
     spoke: Arc<Notify>,
 }
 
@@ -202,7 +201,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Heard<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before && !self.heard.swap(true, Ordering::Relaxed) {
+        if buf.filled().len() > before && !self.heard {
+            self.heard = true;
             // A permit: the waiter may come later.
             self.spoke.notify_one();
         }
@@ -217,7 +217,7 @@ mod tests {
     use super::*;
     use crate::pki::PkiDir;
     use hyper::body::Incoming;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::net::TcpListener;
 
     /// What the test agent does with its `i`-th connection.
