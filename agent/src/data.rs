@@ -22,6 +22,7 @@ use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use diskstream_engine::ops::StopFlag;
 use diskstream_engine::source::FrameStream;
 use diskstream_orchestrator::node::local::LocalNodeOps;
 use diskstream_orchestrator::node::{NodeError, SendDisk, TransferProgress};
@@ -52,6 +53,16 @@ const SEND_BUF: usize = 1 << 20;
 /// or more (most of each data frame) goes past it, from rustls straight into the engine's
 /// buffer, one copy less than through a larger buffer.
 const RECV_BUF: usize = 16 << 10;
+
+/// How a send is watched and stopped from outside: the bytes done so far, and the flag that
+/// ends it at the next chunk.
+#[derive(Clone, Copy)]
+pub struct Watch<'a> {
+    /// Counts the send's progress.
+    pub progress: &'a TransferProgress,
+    /// Ends the send (this process's SIGINT/SIGTERM, or the master's cancel of the call).
+    pub stop: &'a StopFlag,
+}
 
 /// The longest acknowledgement line read.
 const MAX_ACK: u64 = 1 << 20;

@@ -1,10 +1,10 @@
-//! The master's side: [`Remote`] calls agents (HTTP/2 on mutual TLS, with a connect timeout and
-//! a request timeout), and [`AgentNodes`] is the [`NodeOps`] an LU runs with when nodes have an
-//! `address`: each node's operation goes to its agent, or runs in-process ([`LocalNodeOps`]) for
-//! a node without one. A disk between two agents goes straight from the primary to the target
-//! (the master opens the receive on the target, then tells the primary to send).
+//! The master's side: [`AgentNodes`] is the [`NodeOps`] an LU runs with when nodes have an
+//! `address`: each node's operation goes to its agent through [`Remote`] (`remote/client.rs`),
+//! or runs in-process ([`LocalNodeOps`]) for a node without one. A disk between two agents goes
+//! straight from the primary to the target (the master opens the receive on the target, then
+//! tells the primary to send); a SIGINT/SIGTERM of the master gives the send call up, which
+//! stops the send on the primary at its next chunk, and the master waits until it ended.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -21,111 +21,20 @@ use diskstream_orchestrator::snapshot::{Capability, Stale};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-/// The largest answer read from an agent: the biggest real one is a hooks run (the last 64 KiB
-/// of each script's output); an agent that sends more is not read into memory.
-const MAX_ANSWER: usize = 64 << 20;
-use tokio_rustls::TlsConnector;
-
 use crate::data::Timeouts;
 use crate::pki::PkiDir;
 use crate::proto::{Call, Opened, Sent, WireError};
 use crate::tls;
 
+mod client;
 mod dial;
 
-/// How often the master pings an agent during a call, and how long it waits for the answer.
-const KEEPALIVE: Duration = Duration::from_secs(5);
+pub use client::{Remote, RemoteTimeouts};
 
-/// How long the master waits for an agent.
-#[derive(Debug, Clone, Copy)]
-pub struct RemoteTimeouts {
-    /// Opening a connection: TCP connect, TLS handshake and the agent's first word, all the
-    /// tries of a call together (`remote/dial.rs`).
-    pub connect: Duration,
-    /// A call's answer (calls that run hooks, stop an instance or send a disk wait longer).
-    pub request: Duration,
-}
-
-impl Default for RemoteTimeouts {
-    fn default() -> Self {
-        Self {
-            connect: Duration::from_secs(10),
-            request: Duration::from_secs(120),
-        }
-    }
-}
-
-/// A client of the cluster's agents, as the master.
-pub struct Remote {
-    rt: tokio::runtime::Runtime,
-    connector: TlsConnector,
-    addrs: HashMap<String, String>,
-    timeouts: RemoteTimeouts,
-}
-
-impl Remote {
-    /// The master's client for `cluster`: its identity from the cluster PKI.
-    pub fn new(cluster: &Cluster, timeouts: RemoteTimeouts) -> Result<Self, String> {
-        let pki = PkiDir::new(cluster.pki_dir());
-        let master = &cluster.master().name;
-        let ca = pki.load_ca().map_err(|e| e.to_string())?;
-        let id = pki.load_identity(master).map_err(|e| e.to_string())?;
-        let cfg = tls::client_config(&ca, &id).map_err(|e| e.to_string())?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .map_err(|e| format!("tokio runtime: {e}"))?;
-        let addrs = cluster
-            .nodes()
-            .iter()
-            .filter_map(|n| n.address.clone().map(|a| (n.name.clone(), a)))
-            .collect();
-        Ok(Self {
-            rt,
-            connector: TlsConnector::from(cfg),
-            addrs,
-            timeouts,
-        })
-    }
-
-    /// Whether `node` has an agent.
-    pub fn has(&self, node: &str) -> bool {
-        self.addrs.contains_key(node)
-    }
-
-    /// Sends `call` to `node`'s agent and waits for its answer (at most `timeout`; `None`:
-    /// as long as it takes, for a disk transfer that has its own inactivity timeout).
-    pub fn call(&self, node: &str, call: &Call, timeout: Option<Duration>) -> Result<Value, WireError> {
-        let addr = self
-            .addrs
-            .get(node)
-            .ok_or_else(|| WireError::new("failed", format!("node {node} has no agent address")))?;
-        let t0 = std::time::Instant::now();
-        let fut = dial::call(&self.connector, self.timeouts.connect, node, addr, call);
-        let reply = self.rt.block_on(async {
-            match timeout {
-                Some(t) => tokio::time::timeout(t, fut)
-                    .await
-                    .unwrap_or_else(|_| Err(format!("no answer to {} within {} s", call.method(), t.as_secs()))),
-                None => fut.await,
-            }
-        });
-        tracing::debug!(
-            node,
-            method = call.method(),
-            elapsed_ms = t0.elapsed().as_secs_f64() * 1e3,
-            ok = reply.as_ref().is_ok_and(|r| r.err.is_none()),
-            "agent call"
-        );
-        let reply = reply.map_err(|e| WireError::new("failed", format!("agent of node {node} ({addr}): {e}")))?;
-        match (reply.ok, reply.err) {
-            (_, Some(e)) => Err(e),
-            (Some(v), None) => Ok(v),
-            (None, None) => Ok(Value::Null),
-        }
-    }
-}
+/// How long the master waits, after giving up a send, for the primary to say that the send
+/// ended (it stops at its next chunk; a write blocked on a stalled target ends within the
+/// agent's inactivity timeout): until then its snapshot is still being read.
+const SEND_END_WAIT: Duration = Duration::from_secs(60);
 
 /// The nodes of a cluster with agents: remote where a node has an `address`, in-process
 /// elsewhere.
@@ -155,8 +64,30 @@ impl<'c> AgentNodes<'c> {
         serde_json::from_value(v).map_err(|e| NodeError::Failed(format!("node {node}: unexpected answer: {e}")))
     }
 
+    /// [`AgentNodes::ask`] given up once this process is interrupted (SIGINT/SIGTERM): the
+    /// agent cuts what it runs for the call short (see `server/handle.rs`). `Ok(None)` then.
+    fn ask_unless_stopped<T: DeserializeOwned>(
+        &self,
+        node: &str,
+        call: Call,
+        timeout: Option<Duration>,
+    ) -> Result<Option<T>, NodeError> {
+        let stop = Some(self.local.stop_flag().as_ref());
+        match self.remote.call_unless(node, &call, timeout, stop) {
+            Ok(Some(v)) => serde_json::from_value(v)
+                .map(Some)
+                .map_err(|e| NodeError::Failed(format!("node {node}: unexpected answer: {e}"))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.into_node(node)),
+        }
+    }
+
+    fn interrupted(&self) -> bool {
+        self.local.stop_flag().load(Ordering::SeqCst)
+    }
+
     fn short(&self) -> Option<Duration> {
-        Some(self.remote.timeouts.request)
+        Some(self.remote.timeouts().request)
     }
 
     /// A disk from an in-process primary (its disks are on this machine) to a target's agent:
@@ -168,11 +99,15 @@ impl<'c> AgentNodes<'c> {
         let ca = pki.load_ca().map_err(|e| failed(e.to_string()))?;
         let id = pki.load_identity(&req.source_node).map_err(|e| failed(e.to_string()))?;
         let cfg = tls::client_config(&ca, &id).map_err(|e| failed(e.to_string()))?;
-        let addr = self.remote.addrs.get(&req.target_node).cloned().unwrap_or_default();
+        let addr = self.remote.address(&req.target_node).unwrap_or_default().to_string();
         let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let opened: Opened = self.ask(&req.target_node, Call::OpenReceive { req: req.clone() }, self.short())?;
-        let sent = crate::data::send(&self.local, &cfg, host, &opened, req, progress, Timeouts::default())?;
+        let watch = crate::data::Watch {
+            progress,
+            stop: self.local.stop_flag(),
+        };
+        let sent = crate::data::send(&self.local, &cfg, host, &opened, req, watch, Timeouts::default())?;
         sent.into_report()
             .map_err(|e| failed(format!("{}/disk{}: {e}", req.instance, req.disk)))
     }
@@ -212,12 +147,17 @@ impl<'c> AgentNodes<'c> {
         let answer = std::thread::scope(|sc| {
             let token = &opened.token;
             sc.spawn(move || self.poll_progress(req, token, progress, &done));
-            let r = self.remote.call(&req.source_node, &call, None);
+            let stop = Some(self.local.stop_flag().as_ref());
+            let r = self.remote.call_unless(&req.source_node, &call, None, stop);
             drop(ended); // wakes the poller
             r
         });
         let sent: Sent = match answer {
-            Ok(v) => serde_json::from_value(v).map_err(|e| {
+            Ok(None) => {
+                self.wait_send_ended(req, &opened.token);
+                return Err(TransferError::Engine(diskstream_engine::Error::Cancelled));
+            }
+            Ok(Some(v)) => serde_json::from_value(v).map_err(|e| {
                 TransferError::Node(Box::new(NodeError::Failed(format!(
                     "node {}: answer: {e}",
                     req.source_node
@@ -233,6 +173,31 @@ impl<'c> AgentNodes<'c> {
                 req.instance, req.disk, req.source_node, req.target_node
             ))))
         })
+    }
+
+    /// Waits (at most [`SEND_END_WAIT`]) until the primary says that the send of `token`,
+    /// whose call this master gave up, has ended: the LU's clean-up that follows removes the
+    /// snapshot it reads.
+    fn wait_send_ended(&self, req: &SendDisk, token: &str) {
+        let call = Call::Progress {
+            node: req.source_node.clone(),
+            token: token.to_string(),
+        };
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < SEND_END_WAIT {
+            match self.remote.call(&req.source_node, &call, self.short()) {
+                Ok(Value::Null) => return,
+                Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+                Err(_) => return, // the primary's agent is gone: nothing of it reads the snapshot
+            }
+        }
+        tracing::warn!(
+            node = %req.source_node,
+            "the send of {}/disk{} did not end within {} s of its cancel",
+            req.instance,
+            req.disk,
+            SEND_END_WAIT.as_secs()
+        );
     }
 
     /// The error of a send that failed on the primary with `e`: unless the primary failed on
@@ -278,7 +243,11 @@ impl NodeOps for AgentNodes<'_> {
         let (tx, rx) = std::sync::mpsc::channel();
         let asked = std::thread::scope(|sc| {
             sc.spawn(move || {
-                let _ = tx.send(self.ask::<Vec<HookResult>>(node, call, None));
+                // Interrupted, the master gives the call up: the agent kills the running script.
+                let r = self.ask_unless_stopped::<Vec<HookResult>>(node, call, None);
+                let _ = tx.send(r.and_then(|r| {
+                    r.ok_or_else(|| NodeError::Failed("interrupted: the running script was killed".into()))
+                }));
             });
             let mut waited = Duration::ZERO;
             loop {
@@ -323,12 +292,22 @@ impl NodeOps for AgentNodes<'_> {
         if !self.remote.has(node) {
             return self.local.stop_instance(node, instance, timeout);
         }
+        // Once interrupted, an instance is stopped at once (as `LocalNodeOps` does with its
+        // stop flag set); an interrupt during the wait gives the call up, which makes the agent
+        // stop it at once, and its next call about the instance waits for that.
+        let timeout = if self.interrupted() { Duration::ZERO } else { timeout };
         let call = Call::StopInstance {
             node: node.into(),
             instance: instance.into(),
             timeout_ms: Call::millis(timeout),
         };
-        self.ask(node, call, Some(timeout + self.remote.timeouts.request))
+        let wait = Some(timeout + self.remote.timeouts().request);
+        match timeout.is_zero() {
+            true => self.ask(node, call, wait),
+            false => self
+                .ask_unless_stopped(node, call, wait)?
+                .ok_or_else(|| NodeError::Failed(format!("node {node}: the shutdown of {instance} was interrupted"))),
+        }
     }
 
     fn start_instance(&self, node: &str, instance: &str) -> Result<(), NodeError> {

@@ -12,10 +12,10 @@ use diskstream_engine::report::Report;
 use diskstream_engine::source::FrameStream;
 use diskstream_engine::Error;
 use diskstream_orchestrator::node::local::LocalNodeOps;
-use diskstream_orchestrator::node::{SendDisk, TransferError, TransferProgress};
+use diskstream_orchestrator::node::{SendDisk, TransferError};
 
 use super::stripe::{self, StripeReader};
-use super::{acknowledge, received, Counted, Timeouts};
+use super::{acknowledge, received, Counted, Timeouts, Watch};
 use crate::lease::ReceiveLease;
 use crate::proto::Reply;
 use crate::tls;
@@ -71,7 +71,7 @@ pub(super) fn send(
     req: &SendDisk,
     name: &Path,
     to: &str,
-    progress: &TransferProgress,
+    watch: Watch<'_>,
     t: Timeouts,
 ) -> Result<Report, TransferError> {
     let socks: Vec<TcpStream> = lanes.iter().filter_map(|s| s.sock.tcp().try_clone().ok()).collect();
@@ -101,7 +101,7 @@ pub(super) fn send(
             })
             .collect();
         let sent = local
-            .send_disk_to(req, &mut w, name, progress)
+            .send_disk_to(req, &mut w, name, watch.progress, watch.stop)
             .and_then(|r| w.finish().map(|()| r).map_err(|e| wire(name, w.written(), e)));
         let written = w.written();
         drop(w); // After `finish`, the lanes have their end marks; else they stop without.

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diskstream_orchestrator::node::local::LocalNodeOps;
-use diskstream_orchestrator::node::{SendDisk, TransferError, TransferProgress};
+use diskstream_orchestrator::node::{SendDisk, TransferError};
 use rustls::ClientConfig;
 
-use super::{arm, lanes, Counted, Timeouts, MAX_ACK, MAX_LANES, SEND_BUF};
+use super::{arm, lanes, Counted, Timeouts, Watch, MAX_ACK, MAX_LANES, SEND_BUF};
 use crate::proto::{data_hello, Opened, Reply, Sent, WireReport};
 use crate::tls;
 
@@ -32,15 +32,16 @@ impl From<SendFailed> for TransferError {
 }
 
 /// The primary's side: streams `req` to the target at `host`:`port` with `token` (counting in
-/// `progress`), and returns
-/// both ends' reports once the target acknowledged the committed dump.
+/// `watch.progress`), and returns
+/// both ends' reports once the target acknowledged the committed dump. `watch.stop` ends the
+/// stream at the next chunk (a failure of this side's own: the target is told at once).
 pub fn send(
     local: &LocalNodeOps<'_>,
     cfg: &Arc<ClientConfig>,
     host: &str,
     opened: &Opened,
     req: &SendDisk,
-    progress: &TransferProgress,
+    watch: Watch<'_>,
     t: Timeouts,
 ) -> Result<Sent, SendFailed> {
     let failed = |msg: String| SendFailed {
@@ -57,21 +58,7 @@ pub fn send(
         .next()
         .ok_or_else(|| failed(format!("{host} has no address")))?;
     let lanes = opened.lanes;
-    if !(1..=MAX_LANES).contains(&lanes) {
-        return Err(failed(format!("{to}: {lanes} lanes (1 to {MAX_LANES})")));
-    }
-    let mut streams = Vec::with_capacity(lanes);
-    for lane in 0..lanes {
-        let mut s = dial(cfg, addr, &req.target_node, t.connect, &to).map_err(failed)?;
-        arm(&mut s.sock, t.inactivity).map_err(|e| failed(format!("{to}: {e}")))?;
-        let hello = match lanes {
-            1 => data_hello(&opened.token),
-            n => crate::proto::lane_hello(&opened.token, lane, n),
-        };
-        s.write_all(&hello)
-            .map_err(|e| failed(format!("{to}: sending the token: {e}")))?;
-        streams.push(s);
-    }
+    let mut streams = open_lanes(cfg, addr, &req.target_node, opened, t, &to).map_err(failed)?;
     let name = format!("{}:{to}", req.source_node);
     let sent = match streams.as_mut_slice() {
         [s] => {
@@ -82,9 +69,10 @@ pub fn send(
                 idle: t.inactivity,
                 flip: t.flip_byte,
             };
-            local.send_disk_to(req, BufWriter::with_capacity(SEND_BUF, out), Path::new(&name), progress)
+            let out = BufWriter::with_capacity(SEND_BUF, out);
+            local.send_disk_to(req, out, Path::new(&name), watch.progress, watch.stop)
         }
-        lanes => lanes::send(local, lanes, req, Path::new(&name), &to, progress, t),
+        lanes => lanes::send(local, lanes, req, Path::new(&name), &to, watch, t),
     };
     let sent_at = Instant::now();
     let sent = match sent {
@@ -133,6 +121,35 @@ pub fn send(
         ))),
         _ => Err(failed(format!("{to}: empty acknowledgement"))),
     }
+}
+
+/// Dials the `opened.lanes` connections of a stream to `node`'s data port at `addr`, each
+/// armed with the inactivity timeout and its hello (the token) sent. Errors name the stream `to`.
+fn open_lanes(
+    cfg: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    node: &str,
+    opened: &Opened,
+    t: Timeouts,
+    to: &str,
+) -> Result<Vec<tls::ClientStream>, String> {
+    let lanes = opened.lanes;
+    if !(1..=MAX_LANES).contains(&lanes) {
+        return Err(format!("{to}: {lanes} lanes (1 to {MAX_LANES})"));
+    }
+    let mut streams = Vec::with_capacity(lanes);
+    for lane in 0..lanes {
+        let mut s = dial(cfg, addr, node, t.connect, to)?;
+        arm(&mut s.sock, t.inactivity).map_err(|e| format!("{to}: {e}"))?;
+        let hello = match lanes {
+            1 => data_hello(&opened.token),
+            n => crate::proto::lane_hello(&opened.token, lane, n),
+        };
+        s.write_all(&hello)
+            .map_err(|e| format!("{to}: sending the token: {e}"))?;
+        streams.push(s);
+    }
+    Ok(streams)
 }
 
 /// Connects to `node`'s data port at `addr` and completes the handshake, within `timeout` in

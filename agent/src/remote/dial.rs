@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use super::{KEEPALIVE, MAX_ANSWER};
+use super::client::{KEEPALIVE, MAX_ANSWER};
 use crate::proto::{Call, Reply};
 
 /// Tries of one call whose connections the agent closed before it spoke.

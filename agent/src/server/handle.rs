@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use diskstream_engine::ops::StopFlag;
 use diskstream_orchestrator::node::NodeOps;
 use serde::Serialize;
 use serde_json::Value;
@@ -21,8 +22,10 @@ fn node_result<T: Serialize>(r: Result<T, diskstream_orchestrator::node::NodeErr
     }
 }
 
-/// Runs `call` (already checked) on `agent`'s node.
-pub fn run(agent: &'static Agent, call: Call) -> Result<Value, WireError> {
+/// Runs `call` (already checked) on `agent`'s node; `cancel` (see [`Agent::dispatch`]) stops
+/// a send at its next chunk, kills a running hook script, and cuts an instance's shutdown wait
+/// short (it is stopped at once).
+pub fn run(agent: &'static Agent, call: Call, cancel: &StopFlag) -> Result<Value, WireError> {
     let l = agent.local();
     use Call::*;
     match call {
@@ -31,13 +34,13 @@ pub fn run(agent: &'static Agent, call: Call) -> Result<Value, WireError> {
             hpath,
             phase,
             env,
-        } => json(l.run_hooks(&node, &hpath, phase, &env, &|m| say!("diskstream agent: {m}"))),
+        } => json(l.run_hooks_until(&node, &hpath, phase, &env, &|m| say!("diskstream agent: {m}"), cancel)),
         InstanceRunning { node, instance } => node_result(l.instance_running(&node, &instance)),
         StopInstance {
-            node,
+            node: _,
             instance,
             timeout_ms,
-        } => node_result(l.stop_instance(&node, &instance, Duration::from_millis(timeout_ms))),
+        } => node_result(l.stop_instance_until(&instance, Duration::from_millis(timeout_ms), cancel)),
         StartInstance { node, instance } => node_result(l.start_instance(&node, &instance)),
         ForgetInstance { node, instance } => {
             l.forget_instance(&node, &instance);
@@ -64,7 +67,7 @@ pub fn run(agent: &'static Agent, call: Call) -> Result<Value, WireError> {
             port,
             token,
             lanes,
-        } => agent.send(&req, port, token, lanes),
+        } => agent.send(&req, port, token, lanes, cancel),
         ReceiveResult { token, .. } => agent.receive_result(&token),
         Progress { token, .. } => Ok(agent.progress(&token)),
         FinalizeExport {

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use diskstream_engine::ops::StopFlag;
 use diskstream_orchestrator::cluster::{is_safe_name, reserved_instance_name, Cluster, Instance};
 use diskstream_orchestrator::export::store::Removal;
 use diskstream_orchestrator::hooks::HooksRunner;
@@ -77,8 +78,23 @@ pub struct Agent {
     leases: Leases,
     /// The sends in progress, by token.
     sending: Mutex<HashMap<String, Arc<TransferProgress>>>,
+    /// One lock per instance, held by the calls that stop, start or look at it: a call the
+    /// master gave up (SIGINT) still runs until it sees its cancel, and the master's next
+    /// call about the instance (is it running? start it again) waits for it to end.
+    instance_calls: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// The control port's limits.
     admission: admit::Admission,
+}
+
+/// Raises its flag when dropped: a call's future dropped before the call ended (hyper drops it
+/// when the client resets the stream or the connection ends) stops what the call runs.
+#[derive(Default)]
+struct Cancel(StopFlag);
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Where an agent listens and how long it waits.
@@ -149,6 +165,7 @@ impl Agent {
             ended: Mutex::default(),
             leases: Leases::new(opts.staging_timeout),
             sending: Mutex::default(),
+            instance_calls: Mutex::default(),
             admission: admit::Admission::default(),
         };
         // Staging exports left by an agent that was killed: no master can finish them now.
@@ -177,7 +194,11 @@ impl Agent {
             let msg = format!("POST /v1/{method} carries a {} call", call.method());
             return Ok(answer(StatusCode::BAD_REQUEST, Err(refused(msg))));
         }
-        let out = tokio::task::spawn_blocking(move || self.dispatch(call))
+        // The call's own stop: raised when this future is dropped before the call ended (the
+        // master reset the stream: it was interrupted; or its connection closed: it died).
+        let cancel = Cancel::default();
+        let flag = Arc::clone(&cancel.0);
+        let out = tokio::task::spawn_blocking(move || self.dispatch(call, &flag))
             .await
             .unwrap_or_else(|e| Err(WireError::new("failed", format!("the operation panicked: {e}"))));
         let status = match &out {
@@ -187,8 +208,9 @@ impl Agent {
         Ok(answer(status, out))
     }
 
-    /// Checks and runs one call on this node.
-    pub fn dispatch(&'static self, call: Call) -> Result<Value, WireError> {
+    /// Checks and runs one call on this node; `cancel` is raised when its master gives the
+    /// call up or goes away (see [`handle::run`]).
+    pub fn dispatch(&'static self, call: Call, cancel: &StopFlag) -> Result<Value, WireError> {
         self.check(&call)?;
         match &call {
             Call::BeginExport { instance, .. } => self.leases.begin(instance),
@@ -208,7 +230,18 @@ impl Agent {
             Call::AbandonExport { instance, .. } => self.leases.end(instance),
             _ => {}
         }
-        handle::run(self, call)
+        let instance = match &call {
+            Call::StopInstance { instance, .. }
+            | Call::StartInstance { instance, .. }
+            | Call::InstanceRunning { instance, .. } => Some(instance.clone()),
+            _ => None,
+        };
+        let lock = instance.map(|i| {
+            let mut all = self.instance_calls.lock().expect("instance calls");
+            Arc::clone(all.entry(i).or_default())
+        });
+        let _held = lock.as_ref().map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
+        handle::run(self, call, cancel)
     }
 
     /// Abandons the staging exports whose master went silent (every second, for ever).
@@ -386,8 +419,16 @@ impl Agent {
         }
     }
 
-    /// Sends `req` to the target's data port.
-    pub fn send(&self, req: &SendDisk, port: u16, token: String, lanes: usize) -> Result<Value, WireError> {
+    /// Sends `req` to the target's data port, until `cancel` is raised (the master cancelled
+    /// the call or went away: the send stops at its next chunk and the target is told).
+    pub fn send(
+        &self,
+        req: &SendDisk,
+        port: u16,
+        token: String,
+        lanes: usize,
+        cancel: &StopFlag,
+    ) -> Result<Value, WireError> {
         let target = self.cluster.node(&req.target_node).and_then(|n| n.address.clone());
         let Some(addr) = target else {
             return Err(refused(format!("node {} has no agent address", req.target_node)));
@@ -406,19 +447,29 @@ impl Agent {
             host,
             &opened,
             req,
-            &progress,
+            data::Watch {
+                progress: &progress,
+                stop: cancel,
+            },
             self.timeouts,
         );
         self.sending.lock().expect("sending").remove(&opened.token);
         if let Err(f) = &sent {
             // The receiving side logs how its receive ended; so does the sending side, so that
             // the primary's log alone tells an operator why a send failed.
+            let cancelled = f.error.engine_error().is_some_and(|e| e.is_cancelled());
+            let why = match cancelled && cancel.load(Ordering::SeqCst) {
+                true => format!(
+                    "stopped after {} bytes: the master cancelled the call or went away",
+                    progress.done.load(Ordering::Relaxed)
+                ),
+                false => f.error.to_string(),
+            };
             say!(
-                "diskstream agent: sending {}/disk{} to {}: {}",
+                "diskstream agent: sending {}/disk{} to {}: {why}",
                 req.instance,
                 req.disk,
                 req.target_node,
-                f.error
             );
         }
         let sent: Sent = sent.map_err(|f| WireError {

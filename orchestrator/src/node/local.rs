@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use diskstream_engine::ops::{self, CreateOptions, Format, Report, Tuning};
+use diskstream_engine::ops::{self, CreateOptions, Format, Report, StopFlag, Tuning};
 
 use super::{DiskSource, NodeError, NodeOps, SendDisk, SnapshotRef, TransferError, TransferProgress};
 use crate::cluster::{Cluster, Disk, DiskTemplate, Instance, Node};
@@ -45,6 +45,11 @@ impl<'a> LocalNodeOps<'a> {
             snapshots: Mutex::default(),
             removal: Removal::Now,
         }
+    }
+
+    /// The flag that stops this process's operations (SIGINT/SIGTERM).
+    pub fn stop_flag(&self) -> &StopFlag {
+        &self.stop
     }
 
     /// How a finalize deletes the export it replaced (an agent: [`Removal::Background`]).
@@ -126,24 +131,29 @@ impl<'a> LocalNodeOps<'a> {
 impl LocalNodeOps<'_> {
     /// The primary's half of a disk crossing the network: reads `req`'s disk or snapshot on
     /// this node and writes it to `out` as a `dsimg` frame stream (lz4 frames if `req.lz4`),
-    /// named `name` in errors. The report is the sender's.
+    /// named `name` in errors. The report is the sender's. `stop` ends it at the next chunk
+    /// ([`diskstream_engine::Error::Cancelled`]): this process's SIGINT/SIGTERM flag (see
+    /// [`LocalNodeOps::stop_flag`]), or an agent's flag for the call that asked for the send,
+    /// raised when its master cancels the call or goes away.
     pub fn send_disk_to<W: std::io::Write + Send>(
         &self,
         req: &SendDisk,
         out: W,
         name: &std::path::Path,
         progress: &TransferProgress,
+        stop: &StopFlag,
     ) -> Result<Report, TransferError> {
         let source = self.source_path(req)?;
         let declared = self.disk(&req.instance, req.disk)?.size << 20;
         let total = diskstream_engine::source::Disk::open(&source).map_or(declared, |s| s.size());
         progress.total.store(total, Ordering::Relaxed);
-        let o = CreateOptions {
+        let mut o = CreateOptions {
             format: Format::Dsimg,
             compress: req.lz4,
             adaptive: req.lz4_auto,
             ..self.dump_options(req)
         };
+        o.tuning.stop = Some(Arc::clone(stop));
         ops::send(&source, out, name, &o, &progress.done).map_err(TransferError::Engine)
     }
 
@@ -178,6 +188,43 @@ impl LocalNodeOps<'_> {
         .map_err(TransferError::Engine)
     }
 
+    /// [`NodeOps::run_hooks`] whose running script is killed, and no further one run, once
+    /// `stop` is raised (instead of this process's flag): an agent's, for the call that asked.
+    pub fn run_hooks_until(
+        &self,
+        node: &str,
+        hpath: &str,
+        phase: Phase,
+        env: &Env,
+        report: &dyn Fn(String),
+        stop: &StopFlag,
+    ) -> Vec<HookResult> {
+        let hooks = self.hooks.clone().with_stop(Arc::clone(stop));
+        self.hooks_by(&hooks, node, hpath, phase, env, report)
+    }
+
+    fn hooks_by(
+        &self,
+        hooks: &HooksRunner,
+        node: &str,
+        hpath: &str,
+        phase: Phase,
+        env: &Env,
+        report: &dyn Fn(String),
+    ) -> Vec<HookResult> {
+        let Ok(n) = self.node(node) else {
+            return Vec::new();
+        };
+        let named = |msg: String| report(msg.replacen(" still running", &format!(" on {node} still running"), 1));
+        hooks.run_phase_reporting(&self.cluster.hooks_dir(n), hpath, phase, env, &named)
+    }
+
+    /// [`NodeOps::stop_instance`] whose wait is cut short once `stop` is raised (the instance
+    /// is then stopped at once, as on SIGINT): an agent's flag, for the call that asked.
+    pub fn stop_instance_until(&self, instance: &str, timeout: Duration, stop: &AtomicBool) -> Result<(), NodeError> {
+        Ok(self.driver(instance)?.stop_cancellable(timeout, stop)?)
+    }
+
     /// Whether a staging export of `instance` is open on `node` (by [`NodeOps::begin_export`]).
     pub fn is_staging(&self, node: &str, instance: &str) -> bool {
         self.staging_dir(node, instance).is_ok()
@@ -186,12 +233,7 @@ impl LocalNodeOps<'_> {
 
 impl NodeOps for LocalNodeOps<'_> {
     fn run_hooks(&self, node: &str, hpath: &str, phase: Phase, env: &Env, report: &dyn Fn(String)) -> Vec<HookResult> {
-        let Ok(n) = self.node(node) else {
-            return Vec::new();
-        };
-        let named = |msg: String| report(msg.replacen(" still running", &format!(" on {node} still running"), 1));
-        self.hooks
-            .run_phase_reporting(&self.cluster.hooks_dir(n), hpath, phase, env, &named)
+        self.hooks_by(&self.hooks, node, hpath, phase, env, report)
     }
 
     fn instance_running(&self, _node: &str, instance: &str) -> Result<bool, NodeError> {
@@ -199,7 +241,7 @@ impl NodeOps for LocalNodeOps<'_> {
     }
 
     fn stop_instance(&self, _node: &str, instance: &str, timeout: Duration) -> Result<(), NodeError> {
-        Ok(self.driver(instance)?.stop_cancellable(timeout, &self.stop)?)
+        self.stop_instance_until(instance, timeout, &self.stop)
     }
 
     fn start_instance(&self, _node: &str, instance: &str) -> Result<(), NodeError> {
