@@ -154,8 +154,9 @@ pub enum Call {
         /// The one-time token of the receive.
         token: String,
     },
-    /// On the primary: how far the send with `token` is, `[done, total]` disk bytes (`null`
-    /// when no such send runs).
+    /// On the primary: how far the send with `token` is, `[done, total]` disk bytes while it
+    /// runs, `"ended"` once it ended (kept 10 minutes), `null` for a token it was never asked
+    /// to send.
     Progress {
         /// The node the call acts on (the agent refuses any other).
         node: String,

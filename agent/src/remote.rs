@@ -36,6 +36,10 @@ pub use client::{Remote, RemoteTimeouts};
 /// agent's inactivity timeout): until then its snapshot is still being read.
 const SEND_END_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a primary that does not know a send's token must say so before the master takes it
+/// that the send never ran.
+const NEVER_RAN: Duration = Duration::from_secs(1);
+
 /// The nodes of a cluster with agents: remote where a node has an `address`, in-process
 /// elsewhere.
 pub struct AgentNodes<'c> {
@@ -177,19 +181,28 @@ impl<'c> AgentNodes<'c> {
 
     /// Waits (at most [`SEND_END_WAIT`]) until the primary says that the send of `token`,
     /// whose call this master gave up, has ended: the LU's clean-up that follows removes the
-    /// snapshot it reads.
+    /// snapshot it reads. A token the primary does not know for [`NEVER_RAN`] was never sent
+    /// (the call was given up before it reached the agent, and a reset call is not run later).
     fn wait_send_ended(&self, req: &SendDisk, token: &str) {
         let call = Call::Progress {
             node: req.source_node.clone(),
             token: token.to_string(),
         };
         let t0 = std::time::Instant::now();
+        let mut unknown_since = None;
         while t0.elapsed() < SEND_END_WAIT {
             match self.remote.call(&req.source_node, &call, self.short()) {
-                Ok(Value::Null) => return,
-                Ok(_) => std::thread::sleep(Duration::from_millis(100)),
+                Ok(Value::String(s)) if s == "ended" => return,
+                Ok(Value::Null) => {
+                    let since = *unknown_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= NEVER_RAN {
+                        return;
+                    }
+                }
+                Ok(_) => unknown_since = None,
                 Err(_) => return, // the primary's agent is gone: nothing of it reads the snapshot
             }
+            std::thread::sleep(Duration::from_millis(100));
         }
         tracing::warn!(
             node = %req.source_node,

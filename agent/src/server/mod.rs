@@ -76,14 +76,22 @@ pub struct Agent {
     /// How each receive ended, by token (`None`: committed), and when.
     ended: Mutex<HashMap<String, (std::time::Instant, Option<WireError>)>>,
     leases: Leases,
-    /// The sends in progress, by token.
-    sending: Mutex<HashMap<String, Arc<TransferProgress>>>,
+    /// The sends in progress, and those that ended in the last [`ENDED_KEPT`], by token.
+    sending: Mutex<HashMap<String, Sending>>,
     /// One lock per instance, held by the calls that stop, start or look at it: a call the
     /// master gave up (SIGINT) still runs until it sees its cancel, and the master's next
     /// call about the instance (is it running? start it again) waits for it to end.
     instance_calls: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// The control port's limits.
     admission: admit::Admission,
+}
+
+/// A send, as `Progress` reports it.
+enum Sending {
+    /// Running, this far.
+    Running(Arc<TransferProgress>),
+    /// Ended (however), at this time.
+    Ended(std::time::Instant),
 }
 
 /// Raises its flag when dropped: a call's future dropped before the call ended (hyper drops it
@@ -411,12 +419,23 @@ impl Agent {
         ))
     }
 
-    /// How far the send of `token` is: `[done, total]`, or `null`.
+    /// How far the send of `token` is: `[done, total]` while it runs, `"ended"` once it ended
+    /// (for [`ENDED_KEPT`]), `null` for a token this agent was never asked to send.
     pub fn progress(&self, token: &str) -> Value {
         match self.sending.lock().expect("sending").get(token) {
-            Some(p) => serde_json::json!([p.done.load(Ordering::Relaxed), p.total.load(Ordering::Relaxed)]),
+            Some(Sending::Running(p)) => {
+                serde_json::json!([p.done.load(Ordering::Relaxed), p.total.load(Ordering::Relaxed)])
+            }
+            Some(Sending::Ended(_)) => Value::from("ended"),
             None => Value::Null,
         }
+    }
+
+    /// Marks the send of `token` ended.
+    fn send_ended(&self, token: &str) {
+        let mut m = self.sending.lock().expect("sending");
+        m.retain(|_, s| !matches!(s, Sending::Ended(at) if at.elapsed() > ENDED_KEPT));
+        m.insert(token.to_string(), Sending::Ended(std::time::Instant::now()));
     }
 
     /// Sends `req` to the target's data port, until `cancel` is raised (the master cancelled
@@ -429,17 +448,25 @@ impl Agent {
         lanes: usize,
         cancel: &StopFlag,
     ) -> Result<Value, WireError> {
-        let target = self.cluster.node(&req.target_node).and_then(|n| n.address.clone());
-        let Some(addr) = target else {
-            return Err(refused(format!("node {} has no agent address", req.target_node)));
-        };
-        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
         let progress = Arc::new(TransferProgress::default());
         self.sending
             .lock()
             .expect("sending")
-            .insert(token.clone(), Arc::clone(&progress));
+            .insert(token.clone(), Sending::Running(Arc::clone(&progress)));
+        let target = self.cluster.node(&req.target_node).and_then(|n| n.address.clone());
+        let Some(addr) = target else {
+            self.send_ended(&token);
+            return Err(refused(format!("node {} has no agent address", req.target_node)));
+        };
+        if cancel.load(Ordering::SeqCst) {
+            self.send_ended(&token);
+            return Err(WireError::new(
+                "interrupted",
+                "the master gave the call up before it ran",
+            ));
+        }
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
         let opened = crate::proto::Opened { port, token, lanes };
         let sent = data::send(
             &self.local,
@@ -453,7 +480,7 @@ impl Agent {
             },
             self.timeouts,
         );
-        self.sending.lock().expect("sending").remove(&opened.token);
+        self.send_ended(&opened.token);
         if let Err(f) = &sent {
             // The receiving side logs how its receive ended; so does the sending side, so that
             // the primary's log alone tells an operator why a send failed.
