@@ -527,26 +527,6 @@ fn a_frozen_target_fails_the_export_and_its_staging_goes_when_it_thaws() {
     assert!(log3.contains("no word from the master"), "{log3}");
 }
 
-/// Sends `sig` (e.g. "INT") to `pid`.
-fn signal(pid: u32, sig: &str) {
-    let st = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status();
-    assert!(st.is_ok_and(|s| s.success()), "SIG{sig} to {pid}");
-}
-
-/// Whether node2's agent (its log `dir/agent2.log`) logged that it stopped sending disk/0
-/// because the master cancelled the call or went away.
-fn primary_stopped_for_the_master(dir: &std::path::Path) -> bool {
-    std::fs::read_to_string(dir.join("agent2.log"))
-        .unwrap_or_default()
-        .lines()
-        .any(|l| {
-            l.contains("sending inst1.example.com/disk0 to node3.example.com: stopped after")
-                && l.contains("the master cancelled the call or went away")
-        })
-}
-
 /// The master interrupted (SIGINT) while a disk streams from the primary's agent: the master
 /// gives the send call up, which stops the send on the primary at its next chunk (and tells
 /// the target), waits until the primary says it ended, abandons the new export and exits 130

@@ -27,13 +27,6 @@ fn master_ready(pid: u32) -> bool {
     gone || (exe.ends_with("diskstream") && handlers_installed(pid))
 }
 
-fn signal(pid: u32, sig: &str) {
-    let st = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status();
-    assert!(st.is_ok_and(|s| s.success()), "SIG{sig} to {pid}");
-}
-
 /// Waits for `child` to exit, at most `limit` (then kills it and fails).
 fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
     let t = Instant::now();

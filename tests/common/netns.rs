@@ -385,3 +385,23 @@ pub fn export_started(net: &Net, dir: &Path, export: &[&str]) -> Child {
     );
     master
 }
+
+/// Sends `sig` (e.g. "INT") to `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+    assert!(st.is_ok_and(|s| s.success()), "SIG{sig} to {pid}");
+}
+
+/// Whether node2's agent (its log `dir/agent2.log`) logged that it stopped sending disk/0
+/// because the master cancelled the call or went away.
+pub fn primary_stopped_for_the_master(dir: &std::path::Path) -> bool {
+    std::fs::read_to_string(dir.join("agent2.log"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.contains("sending inst1.example.com/disk0 to node3.example.com: stopped after")
+                && l.contains("the master cancelled the call or went away")
+        })
+}
