@@ -709,3 +709,52 @@ fn an_interrupted_master_cuts_its_agents_shutdown_wait_short() {
     assert_ne!(now, first, "it was stopped, then started again");
     assert!(!runs(first, "trap"), "the first instance process still runs");
 }
+
+/// The master killed (SIGKILL) while the primary's agent waits for the instance to shut down:
+/// the shutdown finishes as asked (the instance's own SIGTERM handling, 2 s here, runs to its
+/// end); the master going away does not turn it into a kill.
+#[test]
+fn a_killed_master_leaves_its_agents_shutdown_to_finish_gracefully() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("mg", 65).expect("namespaces");
+    let (plain, _local, _disks) = cluster(dir.path(), &net);
+    let clean = dir.path().join("clean-exit");
+    let cfg = variant(
+        &plain,
+        "graceful.toml",
+        r#"start = ["/bin/sleep", "100000"]"#,
+        &format!(
+            r#"start = ["/bin/sh", "-c", "trap 'sleep 2; echo clean > {}; exit 0' TERM; while :; do sleep 0.05; done"]"#,
+            s(&clean)
+        ),
+    );
+    let inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    let first = inst.pid().expect("the instance runs");
+    net.start_agents(&cfg, dir.path(), &[]);
+    let mut args = export_args(s(&cfg));
+    args.extend(["--shutdown-timeout", "60"]);
+
+    let mut master = net.spawn_master(&args);
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(master.stdout.take().unwrap()));
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("Shutting down instance")),
+        "the shutdown never began"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = master.kill();
+    let _ = master.wait();
+    let finished = wait_for(10, || {
+        std::fs::read_to_string(&clean).is_ok_and(|t| t.contains("clean"))
+    });
+    assert!(
+        finished,
+        "the instance did not finish its shutdown after its master died (killed instead?)"
+    );
+    assert!(wait_for(5, || !runs(first, "trap")), "the instance still runs");
+}

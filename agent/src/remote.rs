@@ -33,8 +33,17 @@ pub use client::{Remote, RemoteTimeouts};
 
 /// How long the master waits, after giving up a send, for the primary to say that the send
 /// ended (it stops at its next chunk; a write blocked on a stalled target ends within the
-/// agent's inactivity timeout): until then its snapshot is still being read.
-const SEND_END_WAIT: Duration = Duration::from_secs(60);
+/// agent's inactivity timeout, 30 s by default): until then its snapshot is still being read.
+const SEND_END_WAIT: Duration = Duration::from_secs(300);
+
+/// How long one `Progress` call of that wait may take.
+const PROGRESS_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the primary may fail to answer before that wait ends.
+const UNREACHABLE: Duration = Duration::from_secs(15);
+
+/// How often a shutdown wait on an agent looks at the stop flag.
+const HURRY_POLL: Duration = Duration::from_millis(50);
 
 /// How long a primary that does not know a send's token must say so before the master takes it
 /// that the send never ran.
@@ -183,24 +192,28 @@ impl<'c> AgentNodes<'c> {
     /// whose call this master gave up, has ended: the LU's clean-up that follows removes the
     /// snapshot it reads. A token the primary does not know for [`NEVER_RAN`] was never sent
     /// (the call was given up before it reached the agent, and a reset call is not run later).
+    /// A primary that cannot be asked for [`UNREACHABLE`] cannot be asked to remove its
+    /// snapshot either: the wait ends.
     fn wait_send_ended(&self, req: &SendDisk, token: &str) {
         let call = Call::Progress {
             node: req.source_node.clone(),
             token: token.to_string(),
         };
         let t0 = std::time::Instant::now();
-        let mut unknown_since = None;
+        let (mut unknown_since, mut failing_since) = (None, None);
+        let since = |t: &mut Option<std::time::Instant>| t.get_or_insert_with(std::time::Instant::now).elapsed();
         while t0.elapsed() < SEND_END_WAIT {
-            match self.remote.call(&req.source_node, &call, self.short()) {
+            let answer = self.remote.call(&req.source_node, &call, Some(PROGRESS_WAIT));
+            if answer.is_ok() {
+                failing_since = None;
+            }
+            match answer {
                 Ok(Value::String(s)) if s == "ended" => return,
-                Ok(Value::Null) => {
-                    let since = *unknown_since.get_or_insert_with(std::time::Instant::now);
-                    if since.elapsed() >= NEVER_RAN {
-                        return;
-                    }
-                }
+                Ok(Value::Null) if since(&mut unknown_since) >= NEVER_RAN => return,
+                Ok(Value::Null) => {}
                 Ok(_) => unknown_since = None,
-                Err(_) => return, // the primary's agent is gone: nothing of it reads the snapshot
+                Err(_) if since(&mut failing_since) >= UNREACHABLE => return,
+                Err(_) => {}
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -306,21 +319,34 @@ impl NodeOps for AgentNodes<'_> {
             return self.local.stop_instance(node, instance, timeout);
         }
         // Once interrupted, an instance is stopped at once (as `LocalNodeOps` does with its
-        // stop flag set); an interrupt during the wait gives the call up, which makes the agent
-        // stop it at once, and its next call about the instance waits for that.
-        let timeout = if self.interrupted() { Duration::ZERO } else { timeout };
-        let call = Call::StopInstance {
+        // stop flag set). An interrupt during the wait sends the same call with no wait, which
+        // cuts the first one's wait short; the master still waits for the first call's answer,
+        // so nothing it does next about the instance overtakes the stop.
+        let interrupted = self.interrupted();
+        let timeout = if interrupted { Duration::ZERO } else { timeout };
+        let stop = |timeout: Duration| Call::StopInstance {
             node: node.into(),
             instance: instance.into(),
             timeout_ms: Call::millis(timeout),
         };
         let wait = Some(timeout + self.remote.timeouts().request);
-        match timeout.is_zero() {
-            true => self.ask(node, call, wait),
-            false => self
-                .ask_unless_stopped(node, call, wait)?
-                .ok_or_else(|| NodeError::Failed(format!("node {node}: the shutdown of {instance} was interrupted"))),
+        if interrupted {
+            return self.ask(node, stop(timeout), wait);
         }
+        let (asked, done) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|sc| {
+            sc.spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = done.recv_timeout(HURRY_POLL) {
+                    if self.interrupted() {
+                        let _: Result<(), _> = self.ask(node, stop(Duration::ZERO), self.short());
+                        return;
+                    }
+                }
+            });
+            let r = self.ask(node, stop(timeout), wait);
+            drop(asked); // ends the watch
+            r
+        })
     }
 
     fn start_instance(&self, node: &str, instance: &str) -> Result<(), NodeError> {

@@ -132,6 +132,8 @@ impl Remote {
                 }
             };
             tokio::select! {
+                // An answer that is there wins over a stop raised meanwhile.
+                biased;
                 r = answer => Some(r),
                 () = stopped => None,
             }

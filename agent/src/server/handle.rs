@@ -23,8 +23,8 @@ fn node_result<T: Serialize>(r: Result<T, diskstream_orchestrator::node::NodeErr
 }
 
 /// Runs `call` (already checked) on `agent`'s node; `cancel` (see [`Agent::dispatch`]) stops
-/// a send at its next chunk, kills a running hook script, and cuts an instance's shutdown wait
-/// short (it is stopped at once).
+/// a send at its next chunk and kills a running hook script (a shutdown wait is cut short by a
+/// second `StopInstance` with no wait instead: [`Agent::stop_instance`]).
 pub fn run(agent: &'static Agent, call: Call, cancel: &StopFlag) -> Result<Value, WireError> {
     let l = agent.local();
     use Call::*;
@@ -40,7 +40,7 @@ pub fn run(agent: &'static Agent, call: Call, cancel: &StopFlag) -> Result<Value
             node: _,
             instance,
             timeout_ms,
-        } => node_result(l.stop_instance_until(&instance, Duration::from_millis(timeout_ms), cancel)),
+        } => agent.stop_instance(&instance, Duration::from_millis(timeout_ms)),
         StartInstance { node, instance } => node_result(l.start_instance(&node, &instance)),
         ForgetInstance { node, instance } => {
             l.forget_instance(&node, &instance);

@@ -78,10 +78,10 @@ pub struct Agent {
     leases: Leases,
     /// The sends in progress, and those that ended in the last [`ENDED_KEPT`], by token.
     sending: Mutex<HashMap<String, Sending>>,
-    /// One lock per instance, held by the calls that stop, start or look at it: a call the
-    /// master gave up (SIGINT) still runs until it sees its cancel, and the master's next
-    /// call about the instance (is it running? start it again) waits for it to end.
-    instance_calls: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// The shutdown waits in progress, by instance: the flag that cuts one short. A master
+    /// interrupted during the wait sends `StopInstance` again with no wait, which raises it
+    /// (and waits for the first call's answer, as the local path waits for its stop).
+    stopping: Mutex<HashMap<String, StopFlag>>,
     /// The control port's limits.
     admission: admit::Admission,
 }
@@ -173,7 +173,7 @@ impl Agent {
             ended: Mutex::default(),
             leases: Leases::new(opts.staging_timeout),
             sending: Mutex::default(),
-            instance_calls: Mutex::default(),
+            stopping: Mutex::default(),
             admission: admit::Admission::default(),
         };
         // Staging exports left by an agent that was killed: no master can finish them now.
@@ -238,17 +238,6 @@ impl Agent {
             Call::AbandonExport { instance, .. } => self.leases.end(instance),
             _ => {}
         }
-        let instance = match &call {
-            Call::StopInstance { instance, .. }
-            | Call::StartInstance { instance, .. }
-            | Call::InstanceRunning { instance, .. } => Some(instance.clone()),
-            _ => None,
-        };
-        let lock = instance.map(|i| {
-            let mut all = self.instance_calls.lock().expect("instance calls");
-            Arc::clone(all.entry(i).or_default())
-        });
-        let _held = lock.as_ref().map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
         handle::run(self, call, cancel)
     }
 
@@ -417,6 +406,34 @@ impl Agent {
             "unknown",
             "no receive with this token ended in the last 10 s",
         ))
+    }
+
+    /// Stops `instance`, waiting up to `timeout` for it to shut down. With no wait while a stop
+    /// of the instance waits, that wait is cut short instead (the driver then stops the
+    /// instance at once, as on SIGINT; a command driver's wait is not cut, as on the local
+    /// path). Not tied to the call's cancel: a master that dies or loses its connection during
+    /// the wait leaves the shutdown to finish as asked, not the instance killed.
+    pub fn stop_instance(&self, instance: &str, timeout: Duration) -> Result<Value, WireError> {
+        let hurry = StopFlag::new(AtomicBool::new(timeout.is_zero()));
+        {
+            let mut m = self.stopping.lock().expect("stopping");
+            match (timeout.is_zero(), m.get(instance)) {
+                (true, Some(f)) => {
+                    f.store(true, Ordering::SeqCst);
+                    return Ok(Value::Null);
+                }
+                (true, None) => {}
+                (false, _) => {
+                    m.insert(instance.to_string(), Arc::clone(&hurry));
+                }
+            }
+        }
+        let r = self.local.stop_instance_until(instance, timeout, &hurry);
+        let mut m = self.stopping.lock().expect("stopping");
+        if m.get(instance).is_some_and(|f| Arc::ptr_eq(f, &hurry)) {
+            m.remove(instance);
+        }
+        r.map(|()| Value::Null).map_err(|e| WireError::node(&e))
     }
 
     /// How far the send of `token` is: `[done, total]` while it runs, `"ended"` once it ended
