@@ -199,7 +199,7 @@ pub struct AgentArgs {
     pub exit_with_parent: Option<u32>,
 }
 
-/// Runs `diskstream agent` until killed.
+/// Runs `diskstream agent` until SIGTERM or SIGINT (then it stops in order) or killed.
 pub fn agent(a: AgentArgs) -> ExitCode {
     if let Some(parent) = a.exit_with_parent {
         if let Err(e) = diskstream_agent::netns::exit_with_parent(parent) {
@@ -218,7 +218,15 @@ pub fn agent(a: AgentArgs) -> ExitCode {
             .data_lanes
             .map_or_else(diskstream_agent::server::default_data_lanes, usize::from),
     };
-    match diskstream_agent::server::run(&cluster_path(a.cluster), &a.node, &opts) {
+    // SIGTERM (a service manager's stop) and SIGINT stop the agent in order; it exits 0.
+    let stop = match crate::interrupt::Interrupt::install() {
+        Ok(i) => i.flag(),
+        Err(e) => {
+            let msg = format!("agent of node {}: signal handlers: {e}", a.node);
+            return output::fail_msg(Op::Agent, Kind::Error, &msg, false);
+        }
+    };
+    match diskstream_agent::server::run(&cluster_path(a.cluster), &a.node, &opts, stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => output::fail_msg(Op::Agent, Kind::Error, &format!("agent of node {}: {e}", a.node), false),
     }

@@ -758,3 +758,63 @@ fn a_killed_master_leaves_its_agents_shutdown_to_finish_gracefully() {
     );
     assert!(wait_for(5, || !runs(first, "trap")), "the instance still runs");
 }
+
+/// Waits up to `secs` for `child` to exit; its status, or `None` if it still runs.
+fn exited(child: &mut std::process::Child, secs: u64) -> Option<std::process::ExitStatus> {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+/// An agent stopped by its service manager (SIGTERM) mid-stream stops in order: the primary's
+/// agent stops its send (the target drops its partial dump at once, the master abandons the
+/// staging export), and the target's agent stops its receive and removes the staging export
+/// itself before it exits, instead of leaving it for its next start. Each exits 0 within
+/// seconds, and the master's error says which agent stopped.
+#[test]
+fn an_agent_stopped_mid_stream_stops_in_order_and_leaves_nothing() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("st", 66).expect("namespaces");
+    let (small, _local, disks) = cluster(dir.path(), &net);
+    let (cfg, _big) = big_disk0_cluster(dir.path(), &small, &disks[0]);
+    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    let (args, before) = a_first_export(&mut net, dir.path(), &cfg, &LONG);
+    let node3 = dir.path().join("node3");
+    net.shape(2, "8mbit");
+
+    for (i, node) in [(0, "node2.example.com"), (1, "node3.example.com")] {
+        let master = export_started(&net, dir.path(), &args);
+        let t0 = Instant::now();
+        signal(net.agents[i].id(), "TERM");
+        let st = exited(&mut net.agents[i], 20);
+        let took = t0.elapsed();
+        let out = master.wait_with_output().unwrap();
+        let t = text(&out);
+        let log = std::fs::read_to_string(dir.path().join(format!("agent{}.log", i + 2))).unwrap();
+        eprintln!("SIGTERM to the agent of {node} mid-stream: it exited {took:?} after, {st:?}:\n{t}\nits log:\n{log}");
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "the agent of {node} did not stop in order: {st:?}\n{log}"
+        );
+        assert!(took < PROMPT, "the agent of {node} took {took:?} to stop");
+        assert!(log.contains(&format!("node {node}: stopped")), "{log}");
+        assert!(t.contains(&format!("the agent of node {node} is stopping")), "{t}");
+        // Nothing left on node3, at once: no staging export, no partial dump.
+        assert_clean_failure(dir.path(), &before, &out, "disk/0");
+        // Started again for the next round (or the end).
+        let n = if i == 0 { 2 } else { 3 };
+        let restarted = dir.path().join(format!("agent{n}-restarted.log"));
+        net.start_agent_with(&cfg, n, &restarted, &LONG);
+        // The new agent takes the stopped one's place (already reaped: `wait` returns at once).
+        let _ = net.agents.swap_remove(i).wait();
+    }
+    assert!(find_named(&node3, ".new").is_empty());
+}

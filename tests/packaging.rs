@@ -155,3 +155,56 @@ fn the_declared_license_ships() {
     let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
     assert!(manifest.contains("license = \"Apache-2.0\""));
 }
+
+/// The example systemd unit stops the agent alone (`KillMode=process`): a restart of the agent
+/// must not kill the instances it started, which live in its cgroup (Ganeti's node daemon's
+/// unit says the same of its KVM processes); its stop signal is SIGTERM, which the agent takes
+/// as an orderly stop (`tests/agents_faults.rs`). Checked with `systemd-analyze verify` where
+/// that exists, on a copy whose `ExecStart` is the binary under test.
+#[test]
+fn the_agents_systemd_unit_stops_only_the_agent() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/diskstream-agent@.service"
+    ))
+    .expect("contrib/diskstream-agent@.service");
+    let keys: Vec<(&str, &str)> = unit
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect();
+    let get = |k: &str| keys.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+    assert_eq!(get("KillMode"), Some("process"), "{unit}");
+    assert!(get("KillSignal").is_none_or(|s| s == "SIGTERM"), "{unit}");
+    assert!(get("ExecStart").is_some_and(|c| c.contains(" agent ")), "{unit}");
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("systemd-analyze not found: the unit's syntax is not verified");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("diskstream-agent@.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/bin/diskstream", env!("CARGO_BIN_EXE_diskstream")),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !said.contains("diskstream-agent@"),
+        "systemd-analyze verify: {said}"
+    );
+}

@@ -19,6 +19,7 @@
 use std::io::{self, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -410,14 +411,20 @@ fn received<R: FrameStream>(
             ok: serde_json::to_value(WireReport::from(&r)).ok(),
             err: None,
         },
-        Err(e) => Reply {
-            ok: None,
+        Err(e) => {
             // Its own failure unless the stream broke under it.
-            err: Some(WireError {
+            let mut err = WireError {
                 own: !crate::abort::on_the_wire(&e, Path::new(&name)),
                 ..WireError::transfer(&e)
-            }),
-        },
+            };
+            if e.engine_error().is_some_and(|e| e.is_cancelled()) && local.stop_flag().load(Ordering::SeqCst) {
+                err.msg = format!("the agent of node {} is stopping", req.target_node);
+            }
+            Reply {
+                ok: None,
+                err: Some(err),
+            }
+        }
     }
 }
 

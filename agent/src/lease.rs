@@ -52,6 +52,11 @@ impl Leases {
         Self { max_open, ..self }
     }
 
+    /// The receives open now (their guards alive).
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
     /// The timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout

@@ -94,7 +94,7 @@ pub fn send(
             // is the better message.
             let s = &mut streams[0];
             let _ = s.sock.set_idle(Some(Duration::from_secs(2)));
-            return Err(match read_ack(s) {
+            return Err(match read_ack_only(s) {
                 Ok(Reply { err: Some(w), .. }) => {
                     failed(format!("node {} refused the stream: {}", req.target_node, w.msg))
                 }
@@ -196,6 +196,37 @@ pub(super) fn dial(
 
 /// The pause before dialing a data port again.
 const DIAL_PAUSE: Duration = Duration::from_millis(50);
+
+/// Reads the target's acknowledgement line after a write to it failed: through rustls's
+/// connection directly, not its stream, which would first try again to write the records the
+/// failed write left queued and fail the same way (a target that refused the stream mid-way,
+/// its agent stopping say, sent its reason before it closed).
+fn read_ack_only(s: &mut tls::ClientStream) -> Result<Reply, String> {
+    let mut line = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !line.contains(&b'\n') && (line.len() as u64) < MAX_ACK {
+        match s.conn.reader().read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => line.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let got = s
+                    .conn
+                    .read_tls(&mut s.sock)
+                    .map_err(|e| format!("no acknowledgement: {e}"))?;
+                if got == 0 {
+                    break;
+                }
+                s.conn
+                    .process_new_packets()
+                    .map_err(|e| format!("no acknowledgement: {e}"))?;
+            }
+            Err(e) => return Err(format!("no acknowledgement: {e}")),
+        }
+    }
+    let line = String::from_utf8_lossy(&line);
+    serde_json::from_str(line.trim_end())
+        .map_err(|e| format!("the target's acknowledgement is not valid ({e}): {line:?}"))
+}
 
 /// Reads the target's acknowledgement line.
 fn read_ack(s: &mut tls::ClientStream) -> Result<Reply, String> {

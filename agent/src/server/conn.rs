@@ -30,7 +30,7 @@ use super::{answer, raise_open_files_limit, refused, Agent, KEEPALIVE_PING};
 use crate::tls;
 
 impl Agent {
-    /// Serves until the process is killed.
+    /// Serves until the agent is stopping (`stop.rs`) or the process is killed.
     pub async fn serve(&'static self, listen: SocketAddr) -> Result<(), String> {
         let listener = TcpListener::bind(listen)
             .await
@@ -39,7 +39,21 @@ impl Agent {
         raise_open_files_limit();
         loop {
             // Never ends on an error: out of file descriptors now is not out of them for good.
-            let (tcp, peer) = match listener.accept().await {
+            // Ends when the agent is stopping (looked at after every accept too, so that a
+            // stream of connections cannot hold the stop off).
+            if self.stopping() {
+                return Ok(());
+            }
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = tokio::time::sleep(super::stop::POLL) => {
+                    if self.stopping() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            let (tcp, peer) = match accepted {
                 Ok(x) => x,
                 Err(e) => {
                     self.admission.log_refusal(|| format!("accept: {e}"));

@@ -13,6 +13,8 @@
 mod admit;
 mod conn;
 mod handle;
+mod sending;
+mod stop;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -26,18 +28,19 @@ use diskstream_orchestrator::cluster::{is_safe_name, reserved_instance_name, Clu
 use diskstream_orchestrator::export::store::Removal;
 use diskstream_orchestrator::hooks::HooksRunner;
 use diskstream_orchestrator::node::local::LocalNodeOps;
-use diskstream_orchestrator::node::{NodeOps, SendDisk, TransferProgress};
+use diskstream_orchestrator::node::{NodeOps, SendDisk};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use rustls::{ClientConfig, ServerConfig};
 use serde_json::Value;
 
-use crate::data::{self, Receiver, Timeouts};
+use crate::data::{Receiver, Timeouts};
 use crate::lease::Leases;
 use crate::pki::PkiDir;
-use crate::proto::{Call, Reply, Sent, WireError};
+use crate::proto::{Call, Reply, WireError};
 use crate::tls;
+use sending::Sending;
 
 /// How often an idle master connection is pinged (HTTP/2 PING); twice this without an answer
 /// closes it.
@@ -81,17 +84,11 @@ pub struct Agent {
     /// The shutdown waits in progress, by instance: the flag that cuts one short. A master
     /// interrupted during the wait sends `StopInstance` again with no wait, which raises it
     /// (and waits for the first call's answer, as the local path waits for its stop).
-    stopping: Mutex<HashMap<String, StopFlag>>,
+    shutdowns: Mutex<HashMap<String, StopFlag>>,
     /// The control port's limits.
     admission: admit::Admission,
-}
-
-/// A send, as `Progress` reports it.
-enum Sending {
-    /// Running, this far.
-    Running(Arc<TransferProgress>),
-    /// Ended (however), at this time.
-    Ended(std::time::Instant),
+    /// The calls being run (see `stop.rs`).
+    calls: std::sync::atomic::AtomicUsize,
 }
 
 /// Raises its flag when dropped: a call's future dropped before the call ended (hyper drops it
@@ -134,8 +131,14 @@ fn refused(msg: impl Into<String>) -> WireError {
 }
 
 impl Agent {
-    /// The agent of `node` in `cluster` (loaded once; the daemon keeps it for its lifetime).
-    pub fn new(cluster: Cluster, node: &str, opts: &AgentOptions) -> Result<(Self, SocketAddr), String> {
+    /// The agent of `node` in `cluster` (loaded once; the daemon keeps it for its lifetime);
+    /// `stop` (SIGTERM, SIGINT) stops it in order (`stop.rs`).
+    pub fn new(
+        cluster: Cluster,
+        node: &str,
+        opts: &AgentOptions,
+        stop: StopFlag,
+    ) -> Result<(Self, SocketAddr), String> {
         let cluster: &'static Cluster = Box::leak(Box::new(cluster));
         let n = cluster
             .node(node)
@@ -159,8 +162,7 @@ impl Agent {
         let server_tls = tls::server_config(&ca, &id).map_err(|e| e.to_string())?;
         let client_tls = tls::client_config(&ca, &id).map_err(|e| e.to_string())?;
         let hooks = HooksRunner::new(cluster.hooks_timeout()).with_report_interval(cluster.hooks_report_interval());
-        let local =
-            LocalNodeOps::new(cluster, hooks, Arc::new(AtomicBool::new(false))).with_removal(Removal::Background);
+        let local = LocalNodeOps::new(cluster, hooks, stop).with_removal(Removal::Background);
         let agent = Self {
             cluster,
             node: node.to_string(),
@@ -173,8 +175,9 @@ impl Agent {
             ended: Mutex::default(),
             leases: Leases::new(opts.staging_timeout),
             sending: Mutex::default(),
-            stopping: Mutex::default(),
+            shutdowns: Mutex::default(),
             admission: admit::Admission::default(),
+            calls: Default::default(),
         };
         // Staging exports left by an agent that was killed: no master can finish them now.
         for i in cluster.instances() {
@@ -202,13 +205,31 @@ impl Agent {
             let msg = format!("POST /v1/{method} carries a {} call", call.method());
             return Ok(answer(StatusCode::BAD_REQUEST, Err(refused(msg))));
         }
+        let Some(_running) = self.call_begins() else {
+            let msg = format!("the agent of node {} is stopping", self.node);
+            return Ok(answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Err(WireError::new("failed", msg)),
+            ));
+        };
         // The call's own stop: raised when this future is dropped before the call ended (the
-        // master reset the stream: it was interrupted; or its connection closed: it died).
+        // master reset the stream: it was interrupted; or its connection closed: it died), or
+        // when the agent stops.
         let cancel = Cancel::default();
         let flag = Arc::clone(&cancel.0);
-        let out = tokio::task::spawn_blocking(move || self.dispatch(call, &flag))
-            .await
-            .unwrap_or_else(|e| Err(WireError::new("failed", format!("the operation panicked: {e}"))));
+        let mut task = tokio::task::spawn_blocking(move || self.dispatch(call, &flag));
+        let out = loop {
+            tokio::select! {
+                biased;
+                r = &mut task => break r,
+                () = tokio::time::sleep(stop::POLL) => {
+                    if self.stopping() {
+                        cancel.0.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        };
+        let out = out.unwrap_or_else(|e| Err(WireError::new("failed", format!("the operation panicked: {e}"))));
         let status = match &out {
             Err(e) if e.kind == "refused" => StatusCode::FORBIDDEN,
             _ => StatusCode::OK,
@@ -416,7 +437,7 @@ impl Agent {
     pub fn stop_instance(&self, instance: &str, timeout: Duration) -> Result<Value, WireError> {
         let hurry = StopFlag::new(AtomicBool::new(timeout.is_zero()));
         {
-            let mut m = self.stopping.lock().expect("stopping");
+            let mut m = self.shutdowns.lock().expect("shutdowns");
             match (timeout.is_zero(), m.get(instance)) {
                 (true, Some(f)) => {
                     f.store(true, Ordering::SeqCst);
@@ -429,98 +450,11 @@ impl Agent {
             }
         }
         let r = self.local.stop_instance_until(instance, timeout, &hurry);
-        let mut m = self.stopping.lock().expect("stopping");
+        let mut m = self.shutdowns.lock().expect("shutdowns");
         if m.get(instance).is_some_and(|f| Arc::ptr_eq(f, &hurry)) {
             m.remove(instance);
         }
         r.map(|()| Value::Null).map_err(|e| WireError::node(&e))
-    }
-
-    /// How far the send of `token` is: `[done, total]` while it runs, `"ended"` once it ended
-    /// (for [`ENDED_KEPT`]), `null` for a token this agent was never asked to send.
-    pub fn progress(&self, token: &str) -> Value {
-        match self.sending.lock().expect("sending").get(token) {
-            Some(Sending::Running(p)) => {
-                serde_json::json!([p.done.load(Ordering::Relaxed), p.total.load(Ordering::Relaxed)])
-            }
-            Some(Sending::Ended(_)) => Value::from("ended"),
-            None => Value::Null,
-        }
-    }
-
-    /// Marks the send of `token` ended.
-    fn send_ended(&self, token: &str) {
-        let mut m = self.sending.lock().expect("sending");
-        m.retain(|_, s| !matches!(s, Sending::Ended(at) if at.elapsed() > ENDED_KEPT));
-        m.insert(token.to_string(), Sending::Ended(std::time::Instant::now()));
-    }
-
-    /// Sends `req` to the target's data port, until `cancel` is raised (the master cancelled
-    /// the call or went away: the send stops at its next chunk and the target is told).
-    pub fn send(
-        &self,
-        req: &SendDisk,
-        port: u16,
-        token: String,
-        lanes: usize,
-        cancel: &StopFlag,
-    ) -> Result<Value, WireError> {
-        let progress = Arc::new(TransferProgress::default());
-        self.sending
-            .lock()
-            .expect("sending")
-            .insert(token.clone(), Sending::Running(Arc::clone(&progress)));
-        let target = self.cluster.node(&req.target_node).and_then(|n| n.address.clone());
-        let Some(addr) = target else {
-            self.send_ended(&token);
-            return Err(refused(format!("node {} has no agent address", req.target_node)));
-        };
-        if cancel.load(Ordering::SeqCst) {
-            self.send_ended(&token);
-            return Err(WireError::new(
-                "interrupted",
-                "the master gave the call up before it ran",
-            ));
-        }
-        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let opened = crate::proto::Opened { port, token, lanes };
-        let sent = data::send(
-            &self.local,
-            &self.client_tls,
-            host,
-            &opened,
-            req,
-            data::Watch {
-                progress: &progress,
-                stop: cancel,
-            },
-            self.timeouts,
-        );
-        self.send_ended(&opened.token);
-        if let Err(f) = &sent {
-            // The receiving side logs how its receive ended; so does the sending side, so that
-            // the primary's log alone tells an operator why a send failed.
-            let cancelled = f.error.engine_error().is_some_and(|e| e.is_cancelled());
-            let why = match cancelled && cancel.load(Ordering::SeqCst) {
-                true => format!(
-                    "stopped after {} bytes: the master cancelled the call or went away",
-                    progress.done.load(Ordering::Relaxed)
-                ),
-                false => f.error.to_string(),
-            };
-            say!(
-                "diskstream agent: sending {}/disk{} to {}: {why}",
-                req.instance,
-                req.disk,
-                req.target_node,
-            );
-        }
-        let sent: Sent = sent.map_err(|f| WireError {
-            own: f.own,
-            ..WireError::transfer(&f.error)
-        })?;
-        serde_json::to_value(sent).map_err(|e| WireError::new("failed", e.to_string()))
     }
 }
 
@@ -555,10 +489,11 @@ fn answer(status: StatusCode, out: Result<Value, WireError>) -> Response<Full<By
     r
 }
 
-/// Runs the agent of `node` from the cluster config at `path` until killed.
-pub fn run(path: &std::path::Path, node: &str, opts: &AgentOptions) -> Result<(), String> {
+/// Runs the agent of `node` from the cluster config at `path` until `stop` is raised (SIGTERM,
+/// SIGINT), then stops in order ([`Agent::wind_down`]).
+pub fn run(path: &std::path::Path, node: &str, opts: &AgentOptions, stop: StopFlag) -> Result<(), String> {
     let cluster = Cluster::load(path).map_err(|e| e.to_string())?;
-    let (agent, listen) = Agent::new(cluster, node, opts)?;
+    let (agent, listen) = Agent::new(cluster, node, opts, stop)?;
     // The daemon's state lives as long as the process.
     let agent: &'static Agent = Box::leak(Box::new(agent));
     std::thread::spawn(move || agent.reap());
@@ -567,7 +502,11 @@ pub fn run(path: &std::path::Path, node: &str, opts: &AgentOptions) -> Result<()
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    rt.block_on(agent.serve(listen))
+    rt.block_on(agent.serve(listen))?;
+    // The connections' tasks go on while the agent winds down: they answer the calls it stops.
+    agent.wind_down();
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
 }
 
 /// The default inactivity timeout, for the CLI's help.
