@@ -2,10 +2,12 @@
 //! connections and refuses new calls, stops what runs (a send at its next chunk and a hook
 //! script through the call's stop flag, a receive at its next frame through the agent's
 //! `LocalNodeOps` stop flag: the peer of each stream is told at once and partial dumps are
-//! removed), waits a while for the calls and receives to end, and removes the staging exports
-//! on its node, which no master can finish once the agent is gone (they would otherwise wait
-//! for its next start). A shutdown in progress is left to the driver (a process instance's
-//! shutdown goes on by itself; the agent does not kill it on its way out).
+//! removed), waits a while for the calls and receives to end, and then removes the staging
+//! exports on its node, which no master can finish once the agent is gone (they would otherwise
+//! wait for its next start). If something still runs after the wait (a finalize swapping
+//! exports on a slow disk), it removes nothing under it and leaves that to the next start. A
+//! shutdown in progress is left to the driver (a process instance's shutdown goes on by
+//! itself; the agent does not kill it on its way out).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -57,14 +59,18 @@ impl Agent {
         }
         let (calls, receives) = busy();
         if calls + receives > 0 {
+            // A finalize still swapping exports, or a receive still writing: the staging
+            // exports are left to the next start's sweep, never swept under them.
             say!(
-                "diskstream agent: node {}: {calls} calls and {receives} receives still running after {} s: stopping anyway",
+                "diskstream agent: node {}: {calls} calls and {receives} receives still running after {} s: \
+                 stopping without removing the staging exports (the next start does)",
                 self.node,
                 WAIT.as_secs()
             );
-        }
-        for i in self.cluster.instances() {
-            self.local.sweep_export_leftovers(&self.node, &i.name);
+        } else {
+            for i in self.cluster.instances() {
+                self.local.sweep_export_leftovers(&self.node, &i.name);
+            }
         }
         say!("diskstream agent: node {}: stopped", self.node);
     }
