@@ -260,7 +260,8 @@ pub struct WireError {
     /// `unknown` (a name the node does not know), `refused` (not allowed: a peer that is not the
     /// master), the engine's own kind for an engine error (`integrity`: damaged data,
     /// `mismatch`, `interrupted`, `error`: I/O, which includes a stalled stream, whose message
-    /// starts `stalled:`), `failed` (anything else). The master maps `unknown` to an unknown
+    /// starts `stalled:`), `failed` (anything else); the master's client makes `unreachable` for
+    /// a call it could not deliver (never on the wire). The master maps `unknown` to an unknown
     /// name and everything else to a failure naming the node.
     pub kind: String,
     /// The message, naming what and where.

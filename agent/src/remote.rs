@@ -229,7 +229,9 @@ impl<'c> AgentNodes<'c> {
     /// The error of a send that failed on the primary with `e`: unless the primary failed on
     /// its own side, the target is asked why it ended the stream (see [`crate::abort::explain_send_failure`]).
     fn send_failed(&self, req: &SendDisk, token: &str, e: WireError) -> TransferError {
-        let target = if e.own {
+        // A send the primary failed on its own side, or one that never reached it: the target
+        // has nothing to say (it would wait for a stream that never came).
+        let target = if e.own || e.kind == "unreachable" {
             None
         } else {
             let ask = Call::ReceiveResult {

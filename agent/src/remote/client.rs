@@ -125,9 +125,12 @@ impl Remote {
         let reply = self.rt.block_on(async {
             let answer = async {
                 match timeout {
-                    Some(t) => tokio::time::timeout(t, fut)
-                        .await
-                        .unwrap_or_else(|_| Err(format!("no answer to {} within {} s", call.method(), t.as_secs()))),
+                    Some(t) => tokio::time::timeout(t, fut).await.unwrap_or_else(|_| {
+                        Err(dial::CallFailed {
+                            msg: format!("no answer to {} within {} s", call.method(), t.as_secs()),
+                            sent: true,
+                        })
+                    }),
                     None => fut.await,
                 }
             };
@@ -151,7 +154,11 @@ impl Remote {
         let Some(reply) = reply else {
             return Ok(None);
         };
-        let reply = reply.map_err(|e| WireError::new("failed", format!("agent of node {node} ({addr}): {e}")))?;
+        // `unreachable`: the call never reached the agent (a kind only this client makes).
+        let reply = reply.map_err(|f| {
+            let kind = if f.sent { "failed" } else { "unreachable" };
+            WireError::new(kind, format!("agent of node {node} ({addr}): {}", f.msg))
+        })?;
         match (reply.ok, reply.err) {
             (_, Some(e)) => Err(e),
             (Some(v), None) => Ok(Some(v)),

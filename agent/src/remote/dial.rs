@@ -51,6 +51,13 @@ impl Failed {
     }
 }
 
+/// Why a call failed, and whether the call had been sent (if not, the agent never ran it).
+#[derive(Debug)]
+pub(super) struct CallFailed {
+    pub msg: String,
+    pub sent: bool,
+}
+
 /// Calls `node`'s agent at `addr` with `call`; `connect` bounds the opening of the
 /// connection, all tries together.
 pub(super) async fn call(
@@ -59,7 +66,8 @@ pub(super) async fn call(
     node: &str,
     addr: &str,
     call: &Call,
-) -> Result<Reply, String> {
+) -> Result<Reply, CallFailed> {
+    let unsent = |msg| CallFailed { msg, sent: false };
     let until = Instant::now() + connect;
     let mut tries = 0;
     let sender = loop {
@@ -70,11 +78,13 @@ pub(super) async fn call(
                 tracing::debug!(node, tries, error = %f.msg, "the agent closed the connection before it spoke: dialing again");
                 tokio::time::sleep(PAUSE).await;
             }
-            Err(f) if tries > 1 => return Err(format!("{} (after {tries} tries)", f.msg)),
-            Err(f) => return Err(f.msg),
+            Err(f) if tries > 1 => return Err(unsent(format!("{} (after {tries} tries)", f.msg))),
+            Err(f) => return Err(unsent(f.msg)),
         }
     };
-    request(sender, node, call).await
+    request(sender, node, call)
+        .await
+        .map_err(|msg| CallFailed { msg, sent: true })
 }
 
 /// Whether `e` is a close or reset by the peer.
@@ -284,7 +294,7 @@ mod tests {
         (addr, requests, TlsConnector::from(client))
     }
 
-    async fn ask(acts: &'static [Act]) -> (Result<Reply, String>, usize) {
+    async fn ask(acts: &'static [Act]) -> (Result<Reply, super::CallFailed>, usize) {
         let dir = tempfile::tempdir().unwrap();
         let (addr, requests, c) = server(dir.path(), acts).await;
         let call = Call::InstanceRunning {
@@ -310,17 +320,22 @@ mod tests {
             );
             assert_eq!(requests, 1);
 
-            // More such closes than tries: the error says how many were made.
+            // More such closes than tries: the error says how many were made, and that the
+            // call was not sent.
             let (r, requests) = ask(&[Reset, Silent, Reset, Silent, Serve]).await;
-            let e = r.unwrap_err();
-            assert!(e.contains(&format!("after {TRIES} tries")), "{e}");
+            let Err(e) = r else { panic!("answered") };
+            assert!(e.msg.contains(&format!("after {TRIES} tries")) && !e.sent, "{}", e.msg);
             assert_eq!(requests, 0);
 
             // The agent spoke (its HTTP/2 SETTINGS), read the request and closed: the call may
             // have run, and is not sent again.
             let (r, requests) = ask(&[CloseUnder, Serve]).await;
-            let e = r.unwrap_err();
-            assert!(e.contains("HTTP/2 request") && !e.contains("tries"), "{e}");
+            let Err(e) = r else { panic!("answered") };
+            assert!(
+                e.msg.contains("HTTP/2 request") && !e.msg.contains("tries") && e.sent,
+                "{}",
+                e.msg
+            );
             assert_eq!(requests, 1, "a call that may have run was sent again");
         });
     }
