@@ -825,3 +825,74 @@ fn an_agent_stopped_mid_stream_stops_in_order_and_leaves_nothing() {
     }
     assert!(find_named(&node3, ".new").is_empty());
 }
+
+/// The primary's agent stopped (SIGTERM) while its stream is stalled (the target frozen) and it
+/// holds a snapshot of the disk (XFS reflink): its blocked write wakes to the stop within a
+/// second, the send ends, and the agent deletes the snapshot it holds before it exits 0 (within
+/// seconds, not after its 60 s inactivity timeout; before, the snapshot stayed until the next
+/// export of the instance swept it).
+#[test]
+fn an_agent_stopped_with_a_stalled_stream_releases_its_snapshot() {
+    if !usable() {
+        return;
+    }
+    let xfs = FsMount::xfs_reflink();
+    let dir = scratch();
+    let mut net = Net::new("sx", 67).expect("namespaces");
+    let (small, _local, disks) = cluster(dir.path(), &net);
+    let big = xfs.path().join("big.img");
+    make_disk(&big, 160 << 20, Data::Mixed, 9);
+    let d1 = xfs.path().join("d1.img");
+    std::fs::copy(&disks[1], &d1).unwrap();
+    let cfg = variant(
+        &small,
+        "xfs0.toml",
+        &format!("size = 24\ntemplate = \"file\"\npath = {:?}", s(&disks[0])),
+        &format!("size = 160\ntemplate = \"file\"\npath = {:?}", s(&big)),
+    );
+    // Both disks on the XFS: both are snapshotted.
+    let cfg = variant(
+        &cfg,
+        "xfs.toml",
+        &format!("{:?}", s(&disks[1])),
+        &format!("{:?}", s(&d1)),
+    );
+    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    net.start_agents(&cfg, dir.path(), &LONG);
+    net.shape(2, "8mbit");
+    let args = [
+        "export",
+        "--cluster",
+        s(&cfg),
+        "-n",
+        "node3.example.com",
+        "inst1.example.com",
+        "--transport-compression",
+        "none",
+    ];
+    let mut master = net.spawn_master(&args);
+    let staging = export_dir(&dir.path().join("node3")).join("inst1.example.com.new");
+    if !wait_for(20, || find_named(&staging, "").iter().any(|p| p.is_file())) {
+        let _ = master.kill();
+        panic!(
+            "the transfer never started: {}",
+            text(&master.wait_with_output().unwrap())
+        );
+    }
+    let snapshots = || find_named(xfs.path(), ".ds-snap-");
+    assert!(!snapshots().is_empty(), "the export made no snapshot");
+    let frozen = Frozen::new(net.agents[1].id());
+    std::thread::sleep(Duration::from_secs(2)); // the primary's writes block
+    let t0 = Instant::now();
+    signal(net.agents[0].id(), "TERM");
+    let st = exited(&mut net.agents[0], 20);
+    let took = t0.elapsed();
+    let _ = master.kill();
+    let _ = master.wait();
+    drop(frozen);
+    let log2 = std::fs::read_to_string(dir.path().join("agent2.log")).unwrap();
+    eprintln!("SIGTERM to the primary's agent with its stream stalled: it exited {took:?} after, {st:?}:\n{log2}");
+    assert!(st.is_some_and(|s| s.success()), "{st:?}: {log2}");
+    assert!(took < Duration::from_secs(5), "the agent took {took:?} to stop: {log2}");
+    assert!(snapshots().is_empty(), "snapshots left: {:?}\n{log2}", snapshots());
+}

@@ -211,9 +211,12 @@ impl Receiver {
         lease: &ReceiveLease<'_>,
     ) -> Result<Reply, String> {
         let what = format!("{}/disk{} from {}", req.instance, req.disk, req.source_node);
-        // An export abandoned (or begun again) while this port waits ends the wait at once: the
-        // receive's thread, port and place among the open receives are given back.
-        let mut streams = self.admit_all(cfg, req, t, &what, &|| !lease.current())?;
+        // An export abandoned (or begun again) while this port waits, or the agent's stop, ends
+        // the wait at once: the receive's thread, port and place among the open receives are
+        // given back.
+        let mut streams = self.admit_all(cfg, req, t, &what, &|| {
+            !lease.current() || local.stop_flag().load(Ordering::SeqCst)
+        })?;
         if streams.len() > 1 {
             return Ok(lanes::receive(local, streams, req, &what, t, lease));
         }
@@ -283,7 +286,8 @@ impl Receiver {
                 }
                 if gone() {
                     break Err(format!(
-                        "no stream for {what}: the staging export it was opened for was finalized or abandoned"
+                        "no stream for {what}: the staging export it was opened for was finalized or abandoned, \
+                         or the agent is stopping"
                     ));
                 }
                 let (tcp, peer) = match self.listener.accept() {
@@ -371,6 +375,8 @@ fn receive(
     t: Timeouts,
     lease: &ReceiveLease<'_>,
 ) -> Reply {
+    // A read blocked on a primary that went silent ends within a second of the agent's stop.
+    s.sock.set_stop(Arc::clone(local.stop_flag()));
     let stream = Counted {
         inner: BufReader::with_capacity(RECV_BUF, &mut s),
         what: format!("receiving {what}"),
@@ -417,7 +423,8 @@ fn received<R: FrameStream>(
                 own: !crate::abort::on_the_wire(&e, Path::new(&name)),
                 ..WireError::transfer(&e)
             };
-            if e.engine_error().is_some_and(|e| e.is_cancelled()) && local.stop_flag().load(Ordering::SeqCst) {
+            // However the stop surfaced: at a frame, or in a read it woke.
+            if local.stop_flag().load(Ordering::SeqCst) {
                 err.msg = format!("the agent of node {} is stopping", req.target_node);
             }
             Reply {

@@ -13,6 +13,7 @@
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -187,6 +188,8 @@ pub struct Sock {
     /// The socket's own read timeout while a deadline is set, put back when it is cleared.
     own_timeout: Option<Duration>,
     idle: Option<Idle>,
+    /// Raised: a read or write blocked under [`Sock::set_idle`] fails at its next wake-up.
+    stop: Option<Arc<AtomicBool>>,
 }
 
 /// No byte moved for `limit` since `last`: fail.
@@ -210,7 +213,14 @@ impl Sock {
             deadline: None,
             own_timeout: None,
             idle: None,
+            stop: None,
         }
+    }
+
+    /// From now on a read or write blocked under [`Sock::set_idle`] fails (`ConnectionAborted`,
+    /// "stopped") within a second of `stop` being raised, not after the idle time.
+    pub fn set_stop(&mut self, stop: Arc<AtomicBool>) {
+        self.stop = Some(stop);
     }
 
     /// Reads from now on must end by `deadline` (`None`: each within the socket's own read
@@ -251,11 +261,18 @@ impl Sock {
 
 /// Runs `op` (a read or a write) under `idle`: retried while it times out and the idle time has
 /// not passed; failed at once, before any syscall, once it has.
-fn within_idle(idle: Option<&mut Idle>, mut op: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+fn within_idle(
+    idle: Option<&mut Idle>,
+    stop: Option<&AtomicBool>,
+    mut op: impl FnMut() -> io::Result<usize>,
+) -> io::Result<usize> {
     let Some(idle) = idle else {
         return op();
     };
     loop {
+        if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "stopped"));
+        }
         if idle.last.elapsed() >= idle.limit {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -286,16 +303,20 @@ impl Read for Sock {
             self.io.get_ref().set_read_timeout(Some(left))?;
             return self.io.read(buf);
         }
-        within_idle(self.idle.as_mut(), || self.io.read(buf))
+        within_idle(self.idle.as_mut(), self.stop.as_deref(), || self.io.read(buf))
     }
 }
 
 impl Write for Sock {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        within_idle(self.idle.as_mut(), || self.io.get_mut().write(buf))
+        within_idle(self.idle.as_mut(), self.stop.as_deref(), || {
+            self.io.get_mut().write(buf)
+        })
     }
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        within_idle(self.idle.as_mut(), || self.io.get_mut().write_vectored(bufs))
+        within_idle(self.idle.as_mut(), self.stop.as_deref(), || {
+            self.io.get_mut().write_vectored(bufs)
+        })
     }
     fn flush(&mut self) -> io::Result<()> {
         self.io.get_mut().flush()

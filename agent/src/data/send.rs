@@ -4,6 +4,7 @@
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,11 @@ pub fn send(
         .ok_or_else(|| failed(format!("{host} has no address")))?;
     let lanes = opened.lanes;
     let mut streams = open_lanes(cfg, addr, &req.target_node, opened, t, &to).map_err(failed)?;
+    for s in &mut streams {
+        // A write blocked on a stalled target ends within a second of the stop, not after the
+        // inactivity timeout.
+        s.sock.set_stop(Arc::clone(watch.stop));
+    }
     let name = format!("{}:{to}", req.source_node);
     let sent = match streams.as_mut_slice() {
         [s] => {
@@ -82,7 +88,8 @@ pub fn send(
             }
             r
         }
-        Err(e) if !crate::abort::on_the_wire(&e, Path::new(&name)) => {
+        // Stopped (however the stop surfaced: at a chunk, or in a write it woke), or failed here.
+        Err(e) if watch.stop.load(Ordering::SeqCst) || !crate::abort::on_the_wire(&e, Path::new(&name)) => {
             // It failed here: the reset tells the target now (see abort).
             for s in &streams {
                 crate::abort::reset(s.sock.tcp());
@@ -204,7 +211,9 @@ const DIAL_PAUSE: Duration = Duration::from_millis(50);
 fn read_ack_only(s: &mut tls::ClientStream) -> Result<Reply, String> {
     let mut line = Vec::new();
     let mut buf = [0u8; 4096];
-    while !line.contains(&b'\n') && (line.len() as u64) < MAX_ACK {
+    // However the target trickles it (the socket's idle time counts from the last byte).
+    let until = Instant::now() + ACK_AFTER_FAILURE;
+    while !line.contains(&b'\n') && (line.len() as u64) < MAX_ACK && Instant::now() < until {
         match s.conn.reader().read(&mut buf) {
             Ok(0) => break,
             Ok(n) => line.extend_from_slice(&buf[..n]),
@@ -223,10 +232,13 @@ fn read_ack_only(s: &mut tls::ClientStream) -> Result<Reply, String> {
             Err(e) => return Err(format!("no acknowledgement: {e}")),
         }
     }
-    let line = String::from_utf8_lossy(&line);
-    serde_json::from_str(line.trim_end())
-        .map_err(|e| format!("the target's acknowledgement is not valid ({e}): {line:?}"))
+    let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+    let line = String::from_utf8_lossy(&line[..end]);
+    serde_json::from_str(&line).map_err(|e| format!("the target's acknowledgement is not valid ({e}): {line:?}"))
 }
+
+/// How long a primary whose write failed reads for the target's reason.
+const ACK_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// Reads the target's acknowledgement line.
 fn read_ack(s: &mut tls::ClientStream) -> Result<Reply, String> {

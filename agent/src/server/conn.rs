@@ -30,7 +30,7 @@ use super::{answer, raise_open_files_limit, refused, Agent, KEEPALIVE_PING};
 use crate::tls;
 
 impl Agent {
-    /// Serves until the agent is stopping (`stop.rs`) or the process is killed.
+    /// Serves until the agent's stop is over (`stop.rs`) or the process is killed.
     pub async fn serve(&'static self, listen: SocketAddr) -> Result<(), String> {
         let listener = TcpListener::bind(listen)
             .await
@@ -39,19 +39,14 @@ impl Agent {
         raise_open_files_limit();
         loop {
             // Never ends on an error: out of file descriptors now is not out of them for good.
-            // Ends when the agent is stopping (looked at after every accept too, so that a
-            // stream of connections cannot hold the stop off).
-            if self.stopping() {
+            // Ends once the agent's stop is over (looked at after every accept too, so that a
+            // stream of connections cannot hold it off).
+            if self.stop_is_over() {
                 return Ok(());
             }
             let accepted = tokio::select! {
                 a = listener.accept() => a,
-                () = tokio::time::sleep(super::stop::POLL) => {
-                    if self.stopping() {
-                        return Ok(());
-                    }
-                    continue;
-                }
+                () = tokio::time::sleep(super::stop::POLL) => continue,
             };
             let (tcp, peer) = match accepted {
                 Ok(x) => x,

@@ -81,14 +81,17 @@ pub struct Agent {
     leases: Leases,
     /// The sends in progress, and those that ended in the last [`ENDED_KEPT`], by token.
     sending: Mutex<HashMap<String, Sending>>,
-    /// The shutdown waits in progress, by instance: the flag that cuts one short. A master
-    /// interrupted during the wait sends `StopInstance` again with no wait, which raises it
+    /// The shutdown waits in progress, by instance: the flags that cut them short. A master
+    /// interrupted during a wait sends `StopInstance` again with no wait, which raises them
     /// (and waits for the first call's answer, as the local path waits for its stop).
-    shutdowns: Mutex<HashMap<String, StopFlag>>,
+    shutdowns: Mutex<HashMap<String, Vec<StopFlag>>>,
     /// The control port's limits.
     admission: admit::Admission,
-    /// The calls being run (see `stop.rs`).
+    /// The calls being run, and how many began (see `stop.rs`).
     calls: std::sync::atomic::AtomicUsize,
+    begun: std::sync::atomic::AtomicUsize,
+    /// The stop is over: the accept loop ends.
+    stopped: AtomicBool,
 }
 
 /// Raises its flag when dropped: a call's future dropped before the call ended (hyper drops it
@@ -178,6 +181,8 @@ impl Agent {
             shutdowns: Mutex::default(),
             admission: admit::Admission::default(),
             calls: Default::default(),
+            begun: Default::default(),
+            stopped: AtomicBool::new(false),
         };
         // Staging exports left by an agent that was killed: no master can finish them now.
         for i in cluster.instances() {
@@ -205,19 +210,25 @@ impl Agent {
             let msg = format!("POST /v1/{method} carries a {} call", call.method());
             return Ok(answer(StatusCode::BAD_REQUEST, Err(refused(msg))));
         }
-        let Some(_running) = self.call_begins() else {
+        // Counted while its work runs (not while this future lives: hyper may drop it first).
+        let Some(running) = self.call_begins(&call) else {
+            // Its own refusal: nothing ran (the master need not ask a send's target why).
             let msg = format!("the agent of node {} is stopping", self.node);
-            return Ok(answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Err(WireError::new("failed", msg)),
-            ));
+            let e = WireError {
+                own: true,
+                ..WireError::new("failed", msg)
+            };
+            return Ok(answer(StatusCode::SERVICE_UNAVAILABLE, Err(e)));
         };
         // The call's own stop: raised when this future is dropped before the call ended (the
         // master reset the stream: it was interrupted; or its connection closed: it died), or
         // when the agent stops.
         let cancel = Cancel::default();
         let flag = Arc::clone(&cancel.0);
-        let mut task = tokio::task::spawn_blocking(move || self.dispatch(call, &flag));
+        let mut task = tokio::task::spawn_blocking(move || {
+            let _running = running;
+            self.dispatch(call, &flag)
+        });
         let out = loop {
             tokio::select! {
                 biased;
@@ -429,32 +440,41 @@ impl Agent {
         ))
     }
 
-    /// Stops `instance`, waiting up to `timeout` for it to shut down. With no wait while a stop
-    /// of the instance waits, that wait is cut short instead (the driver then stops the
+    /// Stops `instance`, waiting up to `timeout` for it to shut down. With no wait, the waits
+    /// of the stops of the instance in progress are cut short too (the driver then stops the
     /// instance at once, as on SIGINT; a command driver's wait is not cut, as on the local
-    /// path). Not tied to the call's cancel: a master that dies or loses its connection during
-    /// the wait leaves the shutdown to finish as asked, not the instance killed.
+    /// path), and this call answers once its own immediate stop is done. Not tied to the call's
+    /// cancel: a master that dies or loses its connection during the wait leaves the shutdown
+    /// to finish as asked, not the instance killed.
     pub fn stop_instance(&self, instance: &str, timeout: Duration) -> Result<Value, WireError> {
-        let hurry = StopFlag::new(AtomicBool::new(timeout.is_zero()));
+        let mine = StopFlag::new(AtomicBool::new(timeout.is_zero()));
         {
             let mut m = self.shutdowns.lock().expect("shutdowns");
-            match (timeout.is_zero(), m.get(instance)) {
-                (true, Some(f)) => {
-                    f.store(true, Ordering::SeqCst);
-                    return Ok(Value::Null);
-                }
-                (true, None) => {}
-                (false, _) => {
-                    m.insert(instance.to_string(), Arc::clone(&hurry));
-                }
+            let waits = m.entry(instance.to_string()).or_default();
+            if timeout.is_zero() {
+                waits.iter().for_each(|f| f.store(true, Ordering::SeqCst));
+            }
+            waits.push(Arc::clone(&mine));
+        }
+        // Taken out again however the stop ends (a driver that panics included).
+        let _listed = Listed(self, instance, &mine);
+        let r = self.local.stop_instance_until(instance, timeout, &mine);
+        r.map(|()| Value::Null).map_err(|e| WireError::node(&e))
+    }
+}
+
+/// A stop of an instance listed among its shutdown waits while this lives.
+struct Listed<'a>(&'a Agent, &'a str, &'a StopFlag);
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        let mut m = self.0.shutdowns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(waits) = m.get_mut(self.1) {
+            waits.retain(|f| !Arc::ptr_eq(f, self.2));
+            if waits.is_empty() {
+                m.remove(self.1);
             }
         }
-        let r = self.local.stop_instance_until(instance, timeout, &hurry);
-        let mut m = self.shutdowns.lock().expect("shutdowns");
-        if m.get(instance).is_some_and(|f| Arc::ptr_eq(f, &hurry)) {
-            m.remove(instance);
-        }
-        r.map(|()| Value::Null).map_err(|e| WireError::node(&e))
     }
 }
 
@@ -502,9 +522,10 @@ pub fn run(path: &std::path::Path, node: &str, opts: &AgentOptions, stop: StopFl
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
+    // The control port serves while the agent winds down (the master's clean-up calls), until
+    // the wind-down is over.
+    std::thread::spawn(move || agent.wind_down_on_stop());
     rt.block_on(agent.serve(listen))?;
-    // The connections' tasks go on while the agent winds down: they answer the calls it stops.
-    agent.wind_down();
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }

@@ -88,9 +88,10 @@ impl Agent {
         if let Err(f) = &sent {
             // The receiving side logs how its receive ended; so does the sending side, so that
             // the primary's log alone tells an operator why a send failed.
-            let cancelled = f.error.engine_error().is_some_and(|e| e.is_cancelled());
+            // Stopped by the call's flag, however the stop surfaced (at a chunk, or in a write
+            // that woke to it).
             let done = progress.done.load(Ordering::Relaxed);
-            let why = match (cancelled && cancel.load(Ordering::SeqCst), self.stopping()) {
+            let why = match (cancel.load(Ordering::SeqCst), self.stopping()) {
                 (true, true) => format!("stopped after {done} bytes: the agent is stopping"),
                 (true, false) => {
                     format!("stopped after {done} bytes: the master cancelled the call or went away")
@@ -109,7 +110,7 @@ impl Agent {
                 own: f.own,
                 ..WireError::transfer(&f.error)
             };
-            if self.stopping() && f.error.engine_error().is_some_and(|e| e.is_cancelled()) {
+            if self.stopping() && cancel.load(Ordering::SeqCst) {
                 e.msg = format!("the agent of node {} is stopping", self.node);
             }
             e

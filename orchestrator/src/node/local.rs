@@ -225,6 +225,16 @@ impl LocalNodeOps<'_> {
         Ok(self.driver(instance)?.stop_cancellable(timeout, stop)?)
     }
 
+    /// Removes every staging export and deletes every snapshot this holds, as its drop would
+    /// (an agent that stops: its `LocalNodeOps` lives as long as the process). A finalize in
+    /// progress has taken its staging export out already, so it is never touched.
+    pub fn release_all(&self) {
+        let staging = std::mem::take(&mut *self.staging.lock().expect("staging"));
+        drop(staging);
+        let snapshots = std::mem::take(&mut *self.snapshots.lock().expect("snapshots"));
+        drop(snapshots);
+    }
+
     /// Whether a staging export of `instance` is open on `node` (by [`NodeOps::begin_export`]).
     pub fn is_staging(&self, node: &str, instance: &str) -> bool {
         self.staging_dir(node, instance).is_ok()
