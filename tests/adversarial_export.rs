@@ -69,30 +69,6 @@ fn spawn_export(args: &[&str]) -> Child {
         .expect("run diskstream export")
 }
 
-fn signal(pid: u32, sig: &str) {
-    let st = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success(), "kill -{sig} {pid}");
-}
-
-/// Waits up to `limit` for `child`; kills it and panics if it does not exit.
-fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
-    let t = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return (st, t.elapsed());
-        }
-        if t.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("diskstream did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn output_of(child: &mut Child) -> (String, String) {
     use std::io::Read;
     let mut out = String::new();
@@ -732,39 +708,6 @@ fn sigterm_or_sighup_during_a_long_sleep_transfer_restarts_the_instance_and_keep
 
 // ---------------------------------------------------------------------------------------------
 // The export kill loop.
-
-/// The phase an export was in, from the last job message it printed.
-fn phase_of(out: &str) -> &'static str {
-    let last = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-    let has = |k: &str| last.contains(k);
-    if last.is_empty() {
-        "locks/pre hooks"
-    } else if has("Shutting down") {
-        "shutdown"
-    } else if has("Creating a snapshot") || has("cannot be snapshotted") {
-        "snapshot"
-    } else if has("Starting instance") {
-        "restart"
-    } else if [
-        "Exporting",
-        "sending",
-        "receiving",
-        "sent",
-        "Finished",
-        "Removing snapshot",
-    ]
-    .iter()
-    .any(|k| has(k))
-    {
-        "transfer"
-    } else if has("Finalizing") {
-        "finalize/post hooks"
-    } else if has("old exports") {
-        "cleanup"
-    } else {
-        "other"
-    }
-}
 
 #[test]
 fn export_kill_loop_sigint_sigterm_sigkill() {

@@ -11,7 +11,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::netns::*;
@@ -27,52 +27,12 @@ fn master_ready(pid: u32) -> bool {
     gone || (exe.ends_with("diskstream") && handlers_installed(pid))
 }
 
-/// Waits for `child` to exit, at most `limit` (then kills it and fails).
-fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
-    let t = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return (st, t.elapsed());
-        }
-        if t.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("diskstream did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Staging exports, half-removed exports, snapshots and partial dumps anywhere under `dir`.
 fn leftovers(dir: &Path) -> Vec<std::path::PathBuf> {
     [".new", ".ds-removing-", ".ds-snap-", ".partial"]
         .iter()
         .flat_map(|n| find_named(dir, n))
         .collect()
-}
-
-/// The phase the master's last line of output names.
-fn phase_of(out: &str) -> &'static str {
-    let last = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-    let has = |k: &str| last.contains(k);
-    if last.is_empty() {
-        "locks/pre hooks"
-    } else if has("Shutting down") {
-        "shutdown"
-    } else if has("Starting instance") {
-        "restart"
-    } else if ["Exporting", "sending", "receiving", "sent", "Finished"]
-        .iter()
-        .any(|k| has(k))
-    {
-        "transfer"
-    } else if has("Finalizing") {
-        "finalize/post hooks"
-    } else if has("old exports") {
-        "cleanup"
-    } else {
-        "other"
-    }
 }
 
 #[test]

@@ -617,3 +617,63 @@ pub fn ds_within(args: &[&str], limit: std::time::Duration) -> std::process::Out
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// Sends `sig` (e.g. "INT") to `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+    assert!(st.is_ok_and(|s| s.success()), "SIG{sig} to {pid}");
+}
+
+/// Waits up to `limit` for `child`; kills it and panics if it does not exit.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> (std::process::ExitStatus, std::time::Duration) {
+    let t = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return (st, t.elapsed());
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("diskstream did not exit within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The phase an export was in, from the last job message it printed.
+pub fn phase_of(out: &str) -> &'static str {
+    let last = out.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let has = |k: &str| last.contains(k);
+    if last.is_empty() {
+        "locks/pre hooks"
+    } else if has("Shutting down") {
+        "shutdown"
+    } else if has("Creating a snapshot") || has("cannot be snapshotted") {
+        "snapshot"
+    } else if has("Starting instance") {
+        "restart"
+    } else if [
+        "Exporting",
+        "sending",
+        "receiving",
+        "sent",
+        "Finished",
+        "Removing snapshot",
+    ]
+    .iter()
+    .any(|k| has(k))
+    {
+        "transfer"
+    } else if has("Finalizing") {
+        "finalize/post hooks"
+    } else if has("old exports") {
+        "cleanup"
+    } else {
+        "other"
+    }
+}

@@ -386,14 +386,6 @@ pub fn export_started(net: &Net, dir: &Path, export: &[&str]) -> Child {
     master
 }
 
-/// Sends `sig` (e.g. "INT") to `pid`.
-pub fn signal(pid: u32, sig: &str) {
-    let st = std::process::Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status();
-    assert!(st.is_ok_and(|s| s.success()), "SIG{sig} to {pid}");
-}
-
 /// Whether node2's agent (its log `dir/agent2.log`) logged that it stopped sending disk/0
 /// because the master cancelled the call or went away.
 pub fn primary_stopped_for_the_master(dir: &std::path::Path) -> bool {
