@@ -18,7 +18,7 @@ mod stop;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,8 +88,8 @@ pub struct Agent {
     /// The control port's limits.
     admission: admit::Admission,
     /// The calls being run, and how many began (see `stop.rs`).
-    calls: std::sync::atomic::AtomicUsize,
-    begun: std::sync::atomic::AtomicUsize,
+    calls: AtomicUsize,
+    begun: AtomicUsize,
     /// The stop is over: the accept loop ends.
     stopped: AtomicBool,
 }
