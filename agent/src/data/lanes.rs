@@ -6,6 +6,7 @@
 use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use diskstream_engine::report::Report;
@@ -52,6 +53,8 @@ pub(super) fn receive(
     let reply = std::thread::scope(|sc| {
         for (lane, s) in ins.into_iter().zip(lanes.iter_mut()) {
             let what_in = &what_in;
+            // A lane silent under the agent's stop ends at its next poll.
+            let lane = lane.halted_by(Arc::clone(local.stop_flag()));
             sc.spawn(move || lane.run(s, t.inactivity, what_in));
         }
         // The reader is dropped when the receive ends, however it ends: the lanes stop.

@@ -245,6 +245,8 @@ pub struct LaneIn {
     free: Receiver<Vec<u8>>,
     stop: Arc<AtomicBool>,
     clock: Arc<Clock>,
+    /// Raised from outside (the agent stops): the lane fails at its next poll.
+    halt: Option<Arc<AtomicBool>>,
 }
 
 /// A reader over `lanes` lanes (1 ..= [`MAX_LANES`]) and each lane's end.
@@ -269,6 +271,7 @@ pub fn reader(lanes: usize) -> (StripeReader, Vec<LaneIn>) {
                 free,
                 stop,
                 clock,
+                halt: None,
             };
             ((rx, free_tx), lane)
         })
@@ -351,6 +354,13 @@ impl Drop for StripeReader {
 }
 
 impl LaneIn {
+    /// The lane fails ("stopped") at its next poll once `halt` is raised, not after the idle
+    /// time of a silent peer.
+    pub fn halted_by(mut self, halt: Arc<AtomicBool>) -> Self {
+        self.halt = Some(halt);
+        self
+    }
+
     /// Reads this lane's records from `r` until its end mark, a failure (handed on to the
     /// reader), or the reader is dropped. `r`'s reads must time out every so often (a short
     /// socket read timeout): a timeout is a poll, and only `idle` without the stream moving
@@ -381,6 +391,12 @@ impl LaneIn {
                     Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                         if self.stop.load(Ordering::Relaxed) {
                             return Err(None);
+                        }
+                        if self.halt.as_ref().is_some_and(|h| h.load(Ordering::Relaxed)) {
+                            return Err(Some(io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                format!("{what}: lane {} stopped", self.lane),
+                            )));
                         }
                         if self.clock.idle() >= idle {
                             return Err(Some(io::Error::new(

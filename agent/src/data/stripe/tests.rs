@@ -427,3 +427,29 @@ fn a_slow_steady_stream_is_not_stalled_on_a_lane_waiting_its_turn() {
         }
     }
 }
+
+/// A lane whose peer is silent (connected, sending nothing) fails at its next poll once its
+/// halt flag is raised (the agent stops), not after the idle time; the reader gets the error.
+#[test]
+fn a_silent_lane_stops_when_halted() {
+    let socks = pairs(1);
+    let (mut r, ins) = reader(1);
+    let halt = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let res = thread::scope(|sc| {
+        for (inn, (_, b)) in ins.into_iter().zip(&socks) {
+            let inn = inn.halted_by(Arc::clone(&halt));
+            sc.spawn(move || inn.run(b, Duration::from_secs(60), "receiving test"));
+        }
+        let h = Arc::clone(&halt);
+        sc.spawn(move || {
+            thread::sleep(Duration::from_millis(300));
+            h.store(true, Ordering::SeqCst);
+        });
+        let mut got = Vec::new();
+        r.read_to_end(&mut got)
+    });
+    let e = res.expect_err("a halted lane read on");
+    assert!(e.to_string().contains("lane 0 stopped"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
+}
