@@ -172,9 +172,7 @@ fn a_source_read_error_ends_the_stream_at_once() {
     }
     let dir = scratch();
     let mut net = Net::new("i", 47).expect("namespaces");
-    let (small, _local, disks) = cluster(dir.path(), &net);
-    let (cfg, big) = big_disk0_cluster(dir.path(), &small, &disks[0]);
-    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    let (cfg, big, _inst) = big_cluster(dir.path(), &net);
     let (args, before) = a_first_export(&mut net, dir.path(), &cfg, &LONG);
     let node3 = dir.path().join("node3");
 
@@ -426,9 +424,7 @@ fn a_frozen_target_fails_the_export_and_its_staging_goes_when_it_thaws() {
     }
     let dir = scratch();
     let mut net = Net::new("fz", 57).expect("namespaces");
-    let (small, _local, disks) = cluster(dir.path(), &net);
-    let (cfg, _big) = big_disk0_cluster(dir.path(), &small, &disks[0]);
-    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    let (cfg, _big, _inst) = big_cluster(dir.path(), &net);
     let lease = ["--inactivity-timeout", "3", "--staging-timeout", "4"];
     let (args, before) = a_first_export(&mut net, dir.path(), &cfg, &lease);
     let node3 = dir.path().join("node3");
@@ -539,9 +535,7 @@ fn an_interrupted_master_stops_the_primarys_send_at_once() {
     }
     let dir = scratch();
     let mut net = Net::new("mi", 59).expect("namespaces");
-    let (small, _local, disks) = cluster(dir.path(), &net);
-    let (cfg, _big) = big_disk0_cluster(dir.path(), &small, &disks[0]);
-    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    let (cfg, _big, _inst) = big_cluster(dir.path(), &net);
     let (args, before) = a_first_export(&mut net, dir.path(), &cfg, &LONG);
 
     net.shape(2, "8mbit");
@@ -582,9 +576,7 @@ fn a_killed_master_stops_the_primarys_send_and_the_target_its_staging() {
     }
     let dir = scratch();
     let mut net = Net::new("mk", 60).expect("namespaces");
-    let (small, _local, disks) = cluster(dir.path(), &net);
-    let (cfg, _big) = big_disk0_cluster(dir.path(), &small, &disks[0]);
-    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    let (cfg, _big, _inst) = big_cluster(dir.path(), &net);
     let agents = ["--inactivity-timeout", "60", "--staging-timeout", "3"];
     let (args, before) = a_first_export(&mut net, dir.path(), &cfg, &agents);
     let node3 = dir.path().join("node3");
@@ -783,9 +775,7 @@ fn an_agent_stopped_mid_stream_stops_in_order_and_leaves_nothing() {
     }
     let dir = scratch();
     let mut net = Net::new("st", 66).expect("namespaces");
-    let (small, _local, disks) = cluster(dir.path(), &net);
-    let (cfg, _big) = big_disk0_cluster(dir.path(), &small, &disks[0]);
-    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    let (cfg, _big, _inst) = big_cluster(dir.path(), &net);
     let (args, before) = a_first_export(&mut net, dir.path(), &cfg, &LONG);
     let node3 = dir.path().join("node3");
     net.shape(2, "8mbit");

@@ -173,9 +173,7 @@ fn a_source_read_error_on_the_primary_fails_the_striped_stream_before_any_timeou
     }
     let dir = scratch();
     let mut net = Net::new("lr", 56).expect("namespaces");
-    let (small, _local, disks) = cluster(dir.path(), &net);
-    let (cfg, big) = big_disk0_cluster(dir.path(), &small, &disks[0]);
-    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    let (cfg, big, _inst) = big_cluster(dir.path(), &net);
     let (export, before) = a_first_export(&mut net, dir.path(), &cfg, &FAULT_AGENTS);
 
     // At 8 Mbit/s the source is truncated to nothing mid-stream, so the primary's engine fails
@@ -223,9 +221,7 @@ fn an_interrupted_master_stops_every_lane_at_once() {
     }
     let dir = scratch();
     let mut net = Net::new("li", 64).expect("namespaces");
-    let (small, _local, disks) = cluster(dir.path(), &net);
-    let (cfg, _big) = big_disk0_cluster(dir.path(), &small, &disks[0]);
-    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    let (cfg, _big, _inst) = big_cluster(dir.path(), &net);
     let (export, before) = a_first_export(&mut net, dir.path(), &cfg, &FAULT_AGENTS);
 
     net.shape(2, "8mbit");

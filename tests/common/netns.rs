@@ -345,6 +345,16 @@ pub fn big_disk0_cluster(dir: &Path, small: &Path, disk0: &Path) -> (PathBuf, Pa
     (cfg, big)
 }
 
+/// The set-up of the tests whose stream a fault must hit mid-way: the test cluster of
+/// [`cluster`] with its 160 MiB disk/0 ([`big_disk0_cluster`]) and its instance running (stopped
+/// when the guard drops). Returns the config, that disk and the guard.
+pub fn big_cluster(dir: &Path, net: &Net) -> (PathBuf, PathBuf, InstanceGuard) {
+    let (small, _local, disks) = cluster(dir, net);
+    let (cfg, big) = big_disk0_cluster(dir, &small, &disks[0]);
+    let inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    (cfg, big, inst)
+}
+
 /// Waits up to `secs` for node3's agent (its log `dir/agent3.log`) to log the end of its
 /// receive of inst1's disk/0 (a failed receive is logged); returns whether it did in time.
 pub fn target_ended_disk0(dir: &Path, secs: u64) -> bool {
