@@ -219,7 +219,10 @@ pub fn agent(a: AgentArgs) -> ExitCode {
             .map_or_else(diskstream_agent::server::default_data_lanes, usize::from),
     };
     // SIGTERM (a service manager's stop) and SIGINT stop the agent in order; it exits 0.
-    let stop = match crate::interrupt::Interrupt::install() {
+    let stop = match crate::interrupt::Interrupt::install_with_notice(
+        "waiting for the running calls and streams to end, then removing the staging exports \
+         and snapshots this agent holds",
+    ) {
         Ok(i) => i.flag(),
         Err(e) => {
             let msg = format!("agent of node {}: signal handlers: {e}", a.node);

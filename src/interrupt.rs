@@ -38,6 +38,15 @@ pub struct Interrupt {
 impl Interrupt {
     /// Installs the handlers for SIGINT and SIGTERM, and for SIGHUP unless it is ignored.
     pub fn install() -> io::Result<Self> {
+        Self::install_with_notice(
+            "waiting for the reads and writes already handed to the device, then cleaning up (a slow \
+             device can take a while; SIGKILL stops at once, and the next run sweeps what it leaves)",
+        )
+    }
+
+    /// [`Interrupt::install`] for a command whose stop waits for something else (the agent:
+    /// its running calls and streams): `notice` says what, after "NAME: still stopping: ".
+    pub fn install_with_notice(notice: &'static str) -> io::Result<Self> {
         let flag = Arc::new(AtomicBool::new(false));
         let signal = Arc::new(AtomicUsize::new(0));
         let mut sigs = vec![SIGINT, SIGTERM];
@@ -57,11 +66,7 @@ impl Interrupt {
                 if let Some(sig) = signals.forever().next() {
                     std::thread::sleep(NOTICE_AFTER);
                     let name = name_of(sig);
-                    errln!(
-                        "diskstream: {name}: still stopping: waiting for the reads and writes already handed to \
-                         the device, then cleaning up (a slow device can take a while; SIGKILL stops at once, and \
-                         the next run sweeps what it leaves)"
-                    );
+                    errln!("diskstream: {name}: still stopping: {notice}");
                 }
             })?;
         Ok(Self { flag, signal })
