@@ -168,6 +168,52 @@ fn three_node_export_over_mutual_tls_equals_source_and_local_export() {
     );
 }
 
+/// Export directories shared the way NFS shares one between machines: node1's (the master's,
+/// in-process) and node2's (the primary's agent) are node3's seen through bindfs, with another
+/// device number and the same inodes. The cleanup of old exports after an export to node3 must
+/// keep the new export from every node (Ganeti #1186 across machines).
+#[test]
+fn an_export_directory_shared_across_machines_keeps_the_new_export() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("sd", 68).expect("namespaces");
+    let (cfg, _local, disks) = cluster(dir.path(), &net);
+    let target = export_dir(&dir.path().join("node3"));
+    let _views: Vec<Bindfs> = [1, 2]
+        .iter()
+        .map(|n| Bindfs::mount(&target, &export_dir(&dir.path().join(format!("node{n}")))))
+        .collect();
+    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    net.start_agents(&cfg, dir.path(), &[]);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut args = export_args(s(&cfg));
+        args.push("--json");
+        let out = net.master(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(
+            v["shared_export_dir_nodes"],
+            serde_json::json!(["node1.example.com", "node2.example.com"]),
+            "{v}"
+        );
+        assert_eq!(v["removed_old_exports"], serde_json::json!([]), "{v}");
+        let exp = target.join("inst1.example.com");
+        let id = std::fs::read_to_string(exp.join("diskstream-export-id")).expect("the new export is there");
+        assert_eq!(v["export_id"].as_str(), Some(id.trim()), "{v}");
+        let got = dumps(&exp);
+        assert_eq!(got.len(), 2, "{}", text(&out));
+        for ((dump, _), disk) in got.iter().zip(&disks) {
+            assert_same_bytes(dump, disk);
+        }
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1], "each export has its own id");
+}
+
 #[test]
 fn refusals_other_ca_non_master_bad_token_and_paths() {
     if !usable() {
@@ -265,7 +311,7 @@ fn probe_in_namespace() {
         Call::RemoveExport {
             node: n3.into(),
             instance: "../../../etc".into(),
-            keep: None,
+            keep: Default::default(),
         },
         "a path as instance",
     );
@@ -450,6 +496,7 @@ fn probe_in_namespace() {
         node: n3.into(),
         instance: inst.into(),
         config_ini: "[export]\n".into(),
+        id: diskstream_orchestrator::export::export_id::ExportId::new().unwrap(),
     };
     let e = remote
         .call(n3, &finalize, None)

@@ -1,5 +1,6 @@
 //! End-to-end robustness of `diskstream export`: a shared export directory keeps the new
-//! export (Ganeti #1186), `kill -9` at random moments never leaves a partial or no export,
+//! export (Ganeti #1186), also seen through a mount with another device number (NFS on two
+//! machines), `kill -9` at random moments never leaves a partial or no export,
 //! exports of different instances overlap while exports of one instance serialize, and a
 //! snapshot of an instance that keeps writing is a consistent image, and an instance whose pid
 //! file is damaged is neither exported nor signalled.
@@ -75,6 +76,47 @@ fn shared_export_directory_keeps_the_new_export() {
     let v = export("node3");
     assert_eq!(v["shared_export_dir_nodes"], serde_json::json!(["node2.example.com"]));
     check_export_complete(&export_dir(&roots[2]).join(INST), 4 << 20).expect("the new export survives cleanup");
+}
+
+/// Two nodes' export directories are one directory seen through two mounts with different
+/// device numbers and the same inodes: how an NFS export directory looks from two machines
+/// (here bindfs, FUSE). Device and inode cannot tell them apart; the new export must survive.
+#[test]
+fn export_directory_seen_through_another_mount_keeps_the_new_export() {
+    let dir = scratch();
+    let roots = node_roots(dir.path(), 3);
+    for r in &roots[..2] {
+        fs::create_dir_all(export_dir(r)).unwrap();
+    }
+    let _view = Bindfs::mount(&export_dir(&roots[1]), &export_dir(&roots[2]));
+    let dev = |p: &Path| std::os::unix::fs::MetadataExt::dev(&fs::metadata(p).unwrap());
+    assert_ne!(
+        dev(&export_dir(&roots[1])),
+        dev(&export_dir(&roots[2])),
+        "bindfs shows another device"
+    );
+    let inst = InstSpec {
+        name: INST.into(),
+        primary: "node1.example.com".into(),
+        admin_state: "down",
+        disks: file_disks(dir.path(), 2, 4, 3),
+        process: None,
+    };
+    let cfg = write_cluster(dir.path(), &roots, &[inst], &[]);
+    let export = |node: &str| {
+        let (ok, out, err) = ds_text(&["export", "--cluster", s(&cfg), "-n", node, "--json", INST]);
+        assert!(ok, "{out}\n{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    export("node1");
+    let v = export("node2");
+    assert_eq!(v["removed_old_exports"], serde_json::json!(["node1.example.com"]));
+    assert_eq!(v["shared_export_dir_nodes"], serde_json::json!(["node3.example.com"]));
+    check_export_complete(&export_dir(&roots[1]).join(INST), 4 << 20).expect("the new export survives cleanup");
+    let v = export("node3");
+    assert_eq!(v["removed_old_exports"], serde_json::json!([]));
+    assert_eq!(v["shared_export_dir_nodes"], serde_json::json!(["node2.example.com"]));
+    check_export_complete(&export_dir(&roots[1]).join(INST), 4 << 20).expect("the new export survives cleanup");
 }
 
 #[test]

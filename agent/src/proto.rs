@@ -14,6 +14,8 @@ use diskstream_engine::digest::Checksum;
 use diskstream_engine::ops::{Format, Report};
 use diskstream_engine::report::WireStats;
 use diskstream_engine::ring::BackendKind;
+use diskstream_orchestrator::export::cleanup::Keep;
+use diskstream_orchestrator::export::export_id::ExportId;
 use diskstream_orchestrator::hooks::env::Env;
 use diskstream_orchestrator::hooks::Phase;
 #[cfg(doc)]
@@ -171,6 +173,8 @@ pub enum Call {
         instance: String,
         /// The export's `config.ini`.
         config_ini: String,
+        /// The export's id (written into it: what the cleanup of old exports keeps).
+        id: ExportId,
     },
     /// [`NodeOps::abandon_export`] on the node.
     AbandonExport {
@@ -204,8 +208,8 @@ pub enum Call {
         node: String,
         /// The instance, by its name in the cluster config.
         instance: String,
-        /// The identity of the export to keep (the one just written).
-        keep: Option<(u64, u64)>,
+        /// The export to keep (the one just written).
+        keep: Keep,
     },
 }
 

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use diskstream_engine::ops::Report;
 use diskstream_orchestrator::cluster::Cluster;
-use diskstream_orchestrator::export::cleanup::NodeListing;
+use diskstream_orchestrator::export::cleanup::{Keep, NodeListing};
+use diskstream_orchestrator::export::export_id::ExportId;
 use diskstream_orchestrator::hooks::env::Env;
 use diskstream_orchestrator::hooks::{HookResult, HookStatus, HooksRunner, Phase};
 use diskstream_orchestrator::node::local::LocalNodeOps;
@@ -481,14 +482,21 @@ impl NodeOps for AgentNodes<'_> {
         }
     }
 
-    fn finalize_export(&self, node: &str, instance: &str, config_ini: &str) -> Result<std::path::PathBuf, NodeError> {
+    fn finalize_export(
+        &self,
+        node: &str,
+        instance: &str,
+        config_ini: &str,
+        id: &ExportId,
+    ) -> Result<std::path::PathBuf, NodeError> {
         if !self.remote.has(node) {
-            return self.local.finalize_export(node, instance, config_ini);
+            return self.local.finalize_export(node, instance, config_ini, id);
         }
         let call = Call::FinalizeExport {
             node: node.into(),
             instance: instance.into(),
             config_ini: config_ini.into(),
+            id: id.clone(),
         };
         self.ask(node, call, self.short())
     }
@@ -535,19 +543,20 @@ impl NodeOps for AgentNodes<'_> {
             export_dir: std::path::PathBuf::new(),
             dir_id: None,
             export_id: None,
+            mark: None,
             exports: Err(e.to_string()),
             leftovers: false,
         })
     }
 
-    fn remove_export(&self, node: &str, instance: &str, keep: Option<(u64, u64)>) -> Result<bool, NodeError> {
+    fn remove_export(&self, node: &str, instance: &str, keep: &Keep) -> Result<bool, NodeError> {
         if !self.remote.has(node) {
             return self.local.remove_export(node, instance, keep);
         }
         let call = Call::RemoveExport {
             node: node.into(),
             instance: instance.into(),
-            keep,
+            keep: keep.clone(),
         };
         self.ask(node, call, self.short())
     }

@@ -215,6 +215,44 @@ impl Drop for Mount {
     }
 }
 
+/// A directory shown at another path through bindfs (FUSE): the same files and inode numbers on
+/// another device number, as one NFS export looks from two machines. Unmounted on drop.
+pub struct Bindfs {
+    at: PathBuf,
+}
+
+impl Bindfs {
+    /// Shows `src` at `at` (an empty directory, created if missing).
+    pub fn mount(src: &Path, at: &Path) -> Self {
+        assert!(
+            is_root(),
+            "bindfs mounts need root: run the README test command as root"
+        );
+        std::fs::create_dir_all(at).expect("bindfs mount point");
+        let out = match Command::new("bindfs").arg(src).arg(at).output() {
+            Ok(o) => o,
+            Err(e) => panic!(
+                "bindfs is needed by this test but could not run ({e}): install bindfs \
+                 (apt-get install bindfs); the project's test script does this in CI"
+            ),
+        };
+        assert!(
+            out.status.success(),
+            "bindfs {} {} failed: {}",
+            src.display(),
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { at: at.to_path_buf() }
+    }
+}
+
+impl Drop for Bindfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Helpers of the export tests (tests/export_*.rs): real file systems, a cluster builder and
 // instance guards.

@@ -74,7 +74,8 @@ pub fn run(agent: &'static Agent, call: Call, cancel: &StopFlag) -> Result<Value
             node,
             instance,
             config_ini,
-        } => node_result(l.finalize_export(&node, &instance, &config_ini)),
+            id,
+        } => node_result(l.finalize_export(&node, &instance, &config_ini, &id)),
         AbandonExport { node, instance } => {
             l.abandon_export(&node, &instance);
             json(())
@@ -85,6 +86,6 @@ pub fn run(agent: &'static Agent, call: Call, cancel: &StopFlag) -> Result<Value
         }
         ListExports { node } => node_result(l.list_exports(&node)),
         ExportListing { node, instance } => json(l.export_listing(&node, &instance)),
-        RemoveExport { node, instance, keep } => node_result(l.remove_export(&node, &instance, keep)),
+        RemoveExport { node, instance, keep } => node_result(l.remove_export(&node, &instance, &keep)),
     }
 }

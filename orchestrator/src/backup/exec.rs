@@ -308,6 +308,7 @@ impl<'a> Exec<'a> {
                         export_dir: c.export_dir(n),
                         dir_id: None,
                         export_id: None,
+                        mark: None,
                         exports: Err("node is offline".into()),
                         leftovers: false,
                     }
@@ -317,8 +318,13 @@ impl<'a> Exec<'a> {
             })
             .collect();
         let target = self.nodes().export_listing(&self.target.name, name);
-        let new_id = target.export_id;
-        let plan = cleanup::plan(name, &listings, target.dir_id, new_id);
+        // The new export, kept wherever it is seen: by identity on the target's machine, by its
+        // id on any machine (a target whose listing failed still gives the id).
+        let keep = cleanup::Keep {
+            id: target.export_id,
+            mark: Some(res.export_id.clone()),
+        };
+        let plan = cleanup::plan(name, &listings, target.dir_id, &keep);
         res.shared_nodes = plan.shared.clone();
         // The primary and target are done with; lock exactly the nodes we remove from, one at
         // a time (always the only node held, so in order). The new export is finalized: a node
@@ -347,7 +353,7 @@ impl<'a> Exec<'a> {
                 continue;
             }
             if has_export {
-                match self.nodes().remove_export(&node, name, new_id) {
+                match self.nodes().remove_export(&node, name, &keep) {
                     Ok(true) => res.removed_old.push(node.clone()),
                     Ok(false) => {}
                     Err(e) => self

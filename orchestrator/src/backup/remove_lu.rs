@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::error::OpError;
+use crate::export::cleanup::Keep;
 use crate::feedback as fbk;
 use crate::locking::{LockLevel, LockMode, LockOwner};
 use crate::lu::{Context, LogicalUnit, NeededLocks};
@@ -90,14 +91,16 @@ impl LogicalUnit for RemoveLu {
                 Err(e) => ctx
                     .feedback
                     .warning(format!("Failed to query node {name} (continuing): {e}")),
-                Ok(list) if list.contains(&self.name) => match ctx.nodes.remove_export(name, &self.name, None) {
-                    Ok(true) => res.removed.push(name.clone()),
-                    Ok(false) => {}
-                    Err(e) => ctx.feedback.warning(format!(
-                        "Could not remove export for instance {} on node {name}: {e}",
-                        self.name
-                    )),
-                },
+                Ok(list) if list.contains(&self.name) => {
+                    match ctx.nodes.remove_export(name, &self.name, &Keep::default()) {
+                        Ok(true) => res.removed.push(name.clone()),
+                        Ok(false) => {}
+                        Err(e) => ctx.feedback.warning(format!(
+                            "Could not remove export for instance {} on node {name}: {e}",
+                            self.name
+                        )),
+                    }
+                }
                 Ok(_) => {}
             }
             ctx.nodes.sweep_export_leftovers(name, &self.name);

@@ -7,6 +7,7 @@ use diskstream_engine::ops::Report;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Serialize;
 
+use crate::export::export_id::ExportId;
 use crate::node::TransferError;
 
 /// One disk's transfer.
@@ -124,6 +125,8 @@ pub struct ExportResult {
     pub target_node: String,
     /// The export directory (final).
     pub export_dir: PathBuf,
+    /// The export's id (in its `diskstream-export-id` file).
+    pub export_id: ExportId,
     /// Per disk.
     pub disks: Vec<DiskResult>,
     /// Whether the instance was removed.
@@ -143,6 +146,9 @@ struct ExportJson<'a> {
     instance: &'a str,
     target_node: &'a str,
     export_dir: &'a PathBuf,
+    /// The export's id, a random UUID, also in its `diskstream-export-id` file: what tells
+    /// this export apart from any other, on every node that sees it.
+    export_id: &'a str,
     disks: &'a [DiskResult],
     instance_removed: bool,
     removed_old_exports: &'a [String],
@@ -156,6 +162,7 @@ impl Serialize for ExportResult {
             instance: &self.instance,
             target_node: &self.target_node,
             export_dir: &self.export_dir,
+            export_id: self.export_id.as_str(),
             disks: &self.disks,
             instance_removed: self.instance_removed,
             removed_old_exports: &self.removed_old,

@@ -14,6 +14,7 @@ use super::AUTO_COMPRESSION;
 use crate::cluster::{Instance, Node};
 use crate::error::OpError;
 use crate::export::config_ini::{export_config, ExportedDisk};
+use crate::export::export_id::ExportId;
 use crate::feedback::{self as fbk, DiskProgress, Event, Feedback};
 use crate::node::{DiskSource, NodeOps, SendDisk, SnapshotRef, TransferError, TransferProgress};
 
@@ -88,6 +89,8 @@ pub(super) struct Transfer {
     pub(super) fin_resu: bool,
     pub(super) disks: Vec<DiskResult>,
     pub(super) export_dir: PathBuf,
+    /// The new export's id (written into it at finalize).
+    pub(super) export_id: ExportId,
 }
 
 impl Transfer {
@@ -114,6 +117,7 @@ impl Transfer {
             instance: inst.name.clone(),
             target_node: target.name.clone(),
             export_dir: self.export_dir,
+            export_id: self.export_id,
             disks: self.disks,
             instance_removed: false,
             removed_old: Vec::new(),
@@ -161,8 +165,9 @@ pub(super) fn local_export(x: &Exec<'_>, snaps: &SnapSet<'_>, have_snapshots: bo
     let inst = x.inst;
     let dst = x.target.name.as_str();
     let final_dir = x.ctx.cluster.export_dir(x.target).join(&inst.name);
+    let export_id = ExportId::new().map_err(|e| OpError::exec(format!("cannot make the export's id: {e}")))?;
     if let Err(e) = x.nodes().begin_export(dst, &inst.name) {
-        return Ok(not_staged(x, e, have_snapshots, final_dir));
+        return Ok(not_staged(x, e, have_snapshots, final_dir, export_id));
     }
     let mut jobs = Vec::new();
     for i in 0..inst.disks.len() {
@@ -207,7 +212,7 @@ pub(super) fn local_export(x: &Exec<'_>, snaps: &SnapSet<'_>, have_snapshots: bo
     if disks.iter().all(|d| d.report.is_ok()) && !x.interrupted() {
         x.fb().info(fbk::finalizing_export(dst));
         let ini = config_ini(x, &disks, have_snapshots);
-        return Ok(match x.nodes().finalize_export(dst, &inst.name, &ini) {
+        return Ok(match x.nodes().finalize_export(dst, &inst.name, &ini, &export_id) {
             Ok(dir) => {
                 let mut disks = disks;
                 for d in &mut disks {
@@ -217,6 +222,7 @@ pub(super) fn local_export(x: &Exec<'_>, snaps: &SnapSet<'_>, have_snapshots: bo
                     fin_resu: true,
                     disks,
                     export_dir: dir,
+                    export_id,
                 }
             }
             Err(e) => {
@@ -225,6 +231,7 @@ pub(super) fn local_export(x: &Exec<'_>, snaps: &SnapSet<'_>, have_snapshots: bo
                     fin_resu: false,
                     disks,
                     export_dir: final_dir,
+                    export_id,
                 }
             }
         });
@@ -238,11 +245,18 @@ pub(super) fn local_export(x: &Exec<'_>, snaps: &SnapSet<'_>, have_snapshots: bo
         fin_resu: false,
         disks,
         export_dir: final_dir,
+        export_id,
     })
 }
 
 /// The staging export could not be opened on the target: every disk fails with that error.
-fn not_staged(x: &Exec<'_>, e: crate::node::NodeError, have_snapshots: bool, final_dir: PathBuf) -> Transfer {
+fn not_staged(
+    x: &Exec<'_>,
+    e: crate::node::NodeError,
+    have_snapshots: bool,
+    final_dir: PathBuf,
+    export_id: ExportId,
+) -> Transfer {
     let (inst, dst) = (x.inst, x.target.name.as_str());
     x.fb()
         .warning(format!("Could not prepare the export directory on node {dst}: {e}"));
@@ -262,6 +276,7 @@ fn not_staged(x: &Exec<'_>, e: crate::node::NodeError, have_snapshots: bool, fin
         fin_resu: false,
         disks,
         export_dir: final_dir,
+        export_id,
     }
 }
 

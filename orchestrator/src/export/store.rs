@@ -1,7 +1,8 @@
 //! The export store of a node: staging, atomic finalize, listing (`ListExports`) and removal.
 //!
 //! An export of instance `I` is written into `<export dir>/I.new/` (cleared first), one raw
-//! dump per disk plus the engine's manifests and `config.ini`, every file `0600`, the
+//! dump per disk plus the engine's manifests, `config.ini` and the export's id (a random UUID
+//! the master gives it, `diskstream-export-id`: see `export_id`), every file `0600`, the
 //! directory `0700`, all fsynced. [`Staging::finalize`] then swaps it in with
 //! `renameat2(I.new, I, RENAME_EXCHANGE)` (a plain no-replace rename when there is no previous
 //! export) and removes the old export, now at `I.new`. Readers therefore always see either the
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{renameat_with, RenameFlags, CWD};
 use rustix::io::Errno;
 
+use super::export_id::{self, ExportId};
 use crate::fsutil;
 
 pub use crate::names::{REMOVING_MARKER, STAGING_SUFFIX};
@@ -133,15 +135,16 @@ impl Staging {
         &self.dir
     }
 
-    /// Writes `config.ini`, makes every file private and durable, and atomically replaces the
-    /// previous export with this one, which is deleted before this returns. Returns the final
-    /// directory.
-    pub fn finalize(self, config_ini: &str) -> io::Result<PathBuf> {
-        self.finalize_with(config_ini, Removal::Now)
+    /// Writes `config.ini` and the export's id ([`export_id::EXPORT_ID_FILE`]), makes every
+    /// file private and durable, and atomically replaces the previous export with this one,
+    /// which is deleted before this returns. Returns the final directory.
+    pub fn finalize(self, config_ini: &str, id: &ExportId) -> io::Result<PathBuf> {
+        self.finalize_with(config_ini, id, Removal::Now)
     }
 
     /// [`Staging::finalize`], with the replaced export deleted as `removal` says.
-    pub fn finalize_with(mut self, config_ini: &str, removal: Removal) -> io::Result<PathBuf> {
+    pub fn finalize_with(mut self, config_ini: &str, id: &ExportId, removal: Removal) -> io::Result<PathBuf> {
+        export_id::write(&self.dir, id)?;
         for e in fs::read_dir(&self.dir)? {
             let e = e?;
             if e.file_type()?.is_file() {
@@ -328,7 +331,7 @@ mod tests {
         // First export: no previous one.
         let s = Staging::begin(&ed, "i1").unwrap();
         fs::write(s.dir().join("dump1"), b"one").unwrap();
-        let fin = s.finalize("[export]\n").unwrap();
+        let fin = s.finalize("[export]\n", &ExportId::new().unwrap()).unwrap();
         assert_eq!(fin, ed.join("i1"));
         assert_eq!(list_exports(&ed).unwrap(), ["i1"]);
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -346,7 +349,7 @@ mod tests {
         // Second export replaces the first.
         let s = Staging::begin(&ed, "i1").unwrap();
         fs::write(s.dir().join("dump2"), b"two").unwrap();
-        s.finalize("[export]\n").unwrap();
+        s.finalize("[export]\n", &ExportId::new().unwrap()).unwrap();
         assert!(ed.join("i1/dump2").exists());
         assert!(!ed.join("i1/dump1").exists());
         assert!(!ed.join("i1.new").exists());
@@ -377,12 +380,15 @@ mod tests {
         let ed = d.path().join("export");
         let s = Staging::begin(&ed, "i1").unwrap();
         fs::write(s.dir().join("dump1"), vec![7u8; 1 << 20]).unwrap();
-        s.finalize_with("[export]\n", Removal::Background).unwrap();
+        s.finalize_with("[export]\n", &ExportId::new().unwrap(), Removal::Background)
+            .unwrap();
         // Three replacements in a row, each while the previous deletion may still run.
         for round in 2..5 {
             let s = Staging::begin(&ed, "i1").unwrap();
             fs::write(s.dir().join(format!("dump{round}")), b"new").unwrap();
-            let fin = s.finalize_with("[export]\n", Removal::Background).unwrap();
+            let fin = s
+                .finalize_with("[export]\n", &ExportId::new().unwrap(), Removal::Background)
+                .unwrap();
             assert!(fin.join(format!("dump{round}")).exists());
             assert!(!ed.join("i1.new").exists(), "the staging name is free after finalize");
             assert_eq!(list_exports(&ed).unwrap(), ["i1"], "only the new export is listed");

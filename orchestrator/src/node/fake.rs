@@ -16,7 +16,8 @@ use std::time::Duration;
 use diskstream_engine::ops::Report;
 
 use super::{DiskSource, NodeError, NodeOps, SendDisk, SnapshotRef, TransferError, TransferProgress};
-use crate::export::cleanup::NodeListing;
+use crate::export::cleanup::{Keep, NodeListing};
+use crate::export::export_id::ExportId;
 use crate::hooks::env::Env;
 use crate::hooks::{HookResult, Phase};
 use crate::snapshot::{Capability, Stale};
@@ -56,6 +57,8 @@ pub struct FakeNodes {
     shared_dir: Mutex<HashMap<String, String>>,
     exports: Mutex<BTreeMap<String, BTreeSet<String>>>,
     staged: Mutex<BTreeSet<(String, String)>>,
+    /// The ids of the exports finalized here, by export directory and instance.
+    marks: Mutex<HashMap<(String, String), ExportId>>,
     stop: Option<Arc<AtomicBool>>,
 }
 
@@ -190,6 +193,11 @@ impl FakeNodes {
             Some(Fault::Corrupt) => Err(NodeError::Failed("corrupt".into())),
             Some(Fault::Interrupt) | None => Ok(()),
         }
+    }
+
+    fn mark(&self, dir: &str, instance: &str) -> Option<ExportId> {
+        let key = (dir.to_string(), instance.to_string());
+        self.marks.lock().expect("fake").get(&key).cloned()
     }
 
     fn identity(&self, key: &str) -> (u64, u64) {
@@ -350,7 +358,13 @@ impl NodeOps for FakeNodes {
         })
     }
 
-    fn finalize_export(&self, node: &str, instance: &str, _config_ini: &str) -> Result<PathBuf, NodeError> {
+    fn finalize_export(
+        &self,
+        node: &str,
+        instance: &str,
+        _config_ini: &str,
+        id: &ExportId,
+    ) -> Result<PathBuf, NodeError> {
         self.record(format!("finalize_export {node} {instance}"));
         let key = (node.to_string(), instance.to_string());
         if !self.staged.lock().expect("fake").remove(&key) {
@@ -358,6 +372,8 @@ impl NodeOps for FakeNodes {
         }
         self.check("finalize_export", node, None)?;
         self.add_export(node, instance);
+        let key = (self.dir(node), instance.to_string());
+        self.marks.lock().expect("fake").insert(key, id.clone());
         Ok(PathBuf::from(format!("/fake/{}/export/{instance}", self.dir(node))))
     }
 
@@ -389,18 +405,24 @@ impl NodeOps for FakeNodes {
             export_dir: PathBuf::from(format!("/fake/{dir}/export")),
             dir_id: Some(self.identity(&dir)),
             export_id: has.then(|| self.identity(&format!("{dir}/{instance}"))),
+            mark: has.then(|| self.mark(&dir, instance)).flatten(),
             exports: exports.map_err(|e| e.to_string()),
             leftovers: false,
         }
     }
 
-    fn remove_export(&self, node: &str, instance: &str, keep: Option<(u64, u64)>) -> Result<bool, NodeError> {
+    fn remove_export(&self, node: &str, instance: &str, keep: &Keep) -> Result<bool, NodeError> {
         self.record(format!("remove_export {node} {instance}"));
         self.check("remove_export", node, None)?;
         let dir = self.dir(node);
-        if keep == Some(self.identity(&format!("{dir}/{instance}"))) {
+        let mark = self.mark(&dir, instance);
+        if keep.is(Some(self.identity(&format!("{dir}/{instance}"))), mark.as_ref()) {
             return Ok(false);
         }
+        self.marks
+            .lock()
+            .expect("fake")
+            .remove(&(dir.clone(), instance.to_string()));
         Ok(self
             .exports
             .lock()

@@ -13,7 +13,8 @@ use diskstream_engine::ops::{self, CreateOptions, Format, Report, StopFlag, Tuni
 use super::{DiskSource, NodeError, NodeOps, SendDisk, SnapshotRef, TransferError, TransferProgress};
 use crate::cluster::{Cluster, Disk, DiskTemplate, Instance, Node};
 use crate::driver::{self, InstanceDriver};
-use crate::export::cleanup::{self, NodeListing};
+use crate::export::cleanup::{self, Keep, NodeListing};
+use crate::export::export_id::ExportId;
 use crate::export::store::{self, Removal, Staging};
 use crate::hooks::env::Env;
 use crate::hooks::{HookResult, HooksRunner, Phase};
@@ -376,7 +377,13 @@ impl NodeOps for LocalNodeOps<'_> {
         ops::create(&source, &out, &self.dump_options(req), &progress.done).map_err(TransferError::Engine)
     }
 
-    fn finalize_export(&self, node: &str, instance: &str, config_ini: &str) -> Result<PathBuf, NodeError> {
+    fn finalize_export(
+        &self,
+        node: &str,
+        instance: &str,
+        config_ini: &str,
+        id: &ExportId,
+    ) -> Result<PathBuf, NodeError> {
         let taken = self
             .staging
             .lock()
@@ -385,7 +392,7 @@ impl NodeOps for LocalNodeOps<'_> {
         let staging =
             taken.ok_or_else(|| NodeError::Unknown(format!("no staging export of {instance} on node {node}")))?;
         Ok(staging
-            .finalize_with(config_ini, self.removal)
+            .finalize_with(config_ini, id, self.removal)
             .map_err(crate::export::store::StoreError::from)?)
     }
 
@@ -416,13 +423,14 @@ impl NodeOps for LocalNodeOps<'_> {
                 export_dir: PathBuf::new(),
                 dir_id: None,
                 export_id: None,
+                mark: None,
                 exports: Err(e.to_string()),
                 leftovers: false,
             },
         }
     }
 
-    fn remove_export(&self, node: &str, instance: &str, keep: Option<(u64, u64)>) -> Result<bool, NodeError> {
+    fn remove_export(&self, node: &str, instance: &str, keep: &Keep) -> Result<bool, NodeError> {
         Ok(cleanup::remove_unless(&self.export_dir(node)?, instance, keep)?)
     }
 }

@@ -26,7 +26,8 @@ use diskstream_engine::ops::Report;
 use serde::{Deserialize, Serialize};
 
 use crate::driver::DriverError;
-use crate::export::cleanup::{CleanupError, NodeListing};
+use crate::export::cleanup::{CleanupError, Keep, NodeListing};
+use crate::export::export_id::ExportId;
 use crate::export::store::StoreError;
 use crate::hooks::env::Env;
 use crate::hooks::{HookResult, Phase};
@@ -225,9 +226,15 @@ pub trait NodeOps: Sync {
     /// Sends one disk from `req.source_node` into the staging export on `req.target_node`,
     /// updating `progress` as it goes; the engine's report of the dump and its manifest.
     fn send_disk(&self, req: &SendDisk, progress: &TransferProgress) -> Result<Report, TransferError>;
-    /// Writes `config_ini` into the staging export of `instance` on `node` and swaps it in
-    /// atomically; the final export directory.
-    fn finalize_export(&self, node: &str, instance: &str, config_ini: &str) -> Result<PathBuf, NodeError>;
+    /// Writes `config_ini` and the export's `id` into the staging export of `instance` on
+    /// `node` and swaps it in atomically; the final export directory.
+    fn finalize_export(
+        &self,
+        node: &str,
+        instance: &str,
+        config_ini: &str,
+        id: &ExportId,
+    ) -> Result<PathBuf, NodeError>;
     /// Removes the staging export of `instance` on `node` (a failed or stopped export).
     fn abandon_export(&self, node: &str, instance: &str);
     /// Removes what killed runs left of `instance`'s exports on `node` (staging and
@@ -238,9 +245,10 @@ pub trait NodeOps: Sync {
     fn list_exports(&self, node: &str) -> Result<Vec<String>, NodeError>;
     /// `node`'s export directory as the cleanup plan needs it (identities, leftovers).
     fn export_listing(&self, node: &str, instance: &str) -> NodeListing;
-    /// Removes `instance`'s export on `node` unless it is `keep` (by identity: the export just
-    /// written, seen through a shared directory). `Ok(false)` if there was nothing to remove.
-    fn remove_export(&self, node: &str, instance: &str, keep: Option<(u64, u64)>) -> Result<bool, NodeError>;
+    /// Removes `instance`'s export on `node` unless it is `keep` (the export just written, seen
+    /// through a shared directory: by identity or by its id). `Ok(false)` if there was nothing
+    /// to remove.
+    fn remove_export(&self, node: &str, instance: &str, keep: &Keep) -> Result<bool, NodeError>;
 }
 
 mod serde_pages {
