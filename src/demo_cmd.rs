@@ -57,7 +57,9 @@ pub fn demo(dir: Option<PathBuf>, size: u64, agents: bool, json: bool) -> ExitCo
         }
     };
     let printer = Printer::new(Op::Demo, false, json, None);
-    let say = |s: &str| printer.line(s);
+    // The demo's own text has line breaks (a blank line before each command it shows): one
+    // line each, since a line's control characters are escaped (`Printer::line`).
+    let say = |s: &str| s.split('\n').for_each(|l| printer.line(l));
     tracing::info!(dir = %dir.display(), size_bytes = size, agents, "demo started");
     let res = if agents {
         run_agents(&dir, size, &printer, &say, interrupt.flag()).map(Some)

@@ -23,6 +23,9 @@ fn demo_runs_and_cleans_up() {
     ] {
         assert!(out.contains(m), "{m:?} missing in:\n{out}");
     }
+    // Its own line breaks are line breaks, not escaped `\n` text.
+    assert!(!out.contains("\\n"), "an escaped line break in:\n{out}");
+    assert!(out.contains("\n$ diskstream list --cluster"), "{out}");
     let pid_file = demo.join("vc/node1/var/run/ganeti/instances/inst1.example.com.pid");
     assert!(!pid_file.exists(), "the demo instance was not stopped");
 }
