@@ -4,10 +4,11 @@
 //! - **Handshaking** (before the peer proved anything): at most `MAX_HANDSHAKES_PER_PEER` from
 //!   one address and `MAX_HANDSHAKES` in all, each bounded by the connect timeout. A new
 //!   connection is never refused for want of a place: one more from an address that holds its
-//!   share *evicts* one of that address's handshakes, and one more when all are taken evicts one
-//!   of the address that holds the most. The one evicted is the oldest of those whose client got
-//!   least far ([`Progress`]): nothing sent (or closed), then some bytes, then a whole
-//!   ClientHello. Progress only grows: bytes are seen in the socket itself (a peek on a second
+//!   share *evicts* one of that address's handshakes, the oldest of those whose client got least
+//!   far ([`Progress`]: nothing sent (or closed), then some bytes, then a whole ClientHello); one
+//!   more when all are taken evicts, of all handshakes, one whose client got least far, of the
+//!   address that holds the most, the oldest (so a flood from many addresses, one silent
+//!   handshake each, never evicts the master's, which got further, for being older). Progress only grows: bytes are seen in the socket itself (a peek on a second
 //!   handle of it, kept with the entry: two file descriptors per handshake), so they count as
 //!   soon as the kernel has them however far behind the agent's tasks are, and the connection's
 //!   task marks them before it reads them.
@@ -40,7 +41,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::refusals::{busiest, Refusals};
+use crate::refusals::Refusals;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Master connections open at once (the master needs one per export it runs, plus its calls).
@@ -49,7 +50,8 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// Handshakes in progress from one address; one more evicts that address's oldest.
 pub const MAX_HANDSHAKES_PER_PEER: usize = 16;
 
-/// Handshakes in progress in all; one more evicts the oldest of the busiest address.
+/// Handshakes in progress in all; one more evicts one of those whose client got least far (of
+/// the busiest address, the oldest).
 pub const MAX_HANDSHAKES: usize = 128;
 
 /// Connections of non-master cluster members open at once, from one address and in all.
@@ -134,15 +136,27 @@ impl Handshakes {
         }
     }
 
-    /// The address that has the most handshakes (of those, the one whose oldest is oldest).
-    fn busiest(&self) -> Option<IpAddr> {
-        busiest(self.by_peer.iter().flat_map(|(ip, q)| q.iter().map(|p| (*ip, p.id))))
+    /// Which handshake of all gives way when the pool is full: the one whose client got least
+    /// far, whatever its address; between equals, one of the address that holds the most; then
+    /// the oldest. (Progress first: a flood from many addresses, one handshake each, must not
+    /// evict the master's handshake that got further for being older.) Its address, its index
+    /// and how far it got.
+    fn victim_of_all(&self) -> Option<(IpAddr, usize, Progress)> {
+        self.by_peer
+            .iter()
+            .flat_map(|(ip, q)| {
+                q.iter()
+                    .enumerate()
+                    .map(move |(i, p)| ((p.progress(), std::cmp::Reverse(q.len()), p.id), *ip, i))
+            })
+            .min_by_key(|(key, ..)| *key)
+            .map(|((progress, ..), ip, i)| (ip, i, progress))
     }
 
-    /// Evicts one handshake ([`victim`]) of the busiest address.
+    /// Evicts one handshake ([`Handshakes::victim_of_all`]).
     fn evict(&mut self) {
-        if let Some(ip) = self.busiest() {
-            self.evict_of(ip);
+        if let Some((ip, i, _)) = self.victim_of_all() {
+            self.remove(ip, i);
         }
     }
 }
@@ -184,8 +198,8 @@ impl Admission {
     /// [`Progress`]; `None`: silent until marked), counted until the slot is dropped. To make
     /// room, one handshake of `ip` is evicted (its slot's
     /// [`HandshakeSlot::evicted`] resolves) when that address has `MAX_HANDSHAKES_PER_PEER` in
-    /// progress, and one of the busiest address when all handshake places are taken: the
-    /// oldest of those whose client got least far (module docs).
+    /// progress (the oldest of those whose client got least far), and one whose client got
+    /// least far, of the busiest address, when all handshake places are taken (module docs).
     pub fn handshake(&self, ip: IpAddr, sock: Option<std::net::TcpStream>) -> HandshakeSlot<'_> {
         let mut h = self.handshakes.lock().expect("handshakes");
         if h.by_peer.get(&ip).is_some_and(|q| q.len() >= MAX_HANDSHAKES_PER_PEER) {
@@ -212,23 +226,20 @@ impl Admission {
         }
     }
 
-    /// Evicts one handshake (of the address that has the most, the oldest of those whose
-    /// clients got least far) whose client has not sent a whole ClientHello, to give its file
+    /// Evicts one handshake (the one whose client got least far, of the address that has the
+    /// most, the oldest: [`Handshakes::victim_of_all`]) whose client has not sent a whole ClientHello, to give its file
     /// descriptors back when the process has run out of them; `false` if there is none such
     /// (then the accept waits: a handshake that far along, the master's perhaps, is not
     /// evicted for a connection that may be a flood's).
     pub fn evict_one(&self) -> bool {
         let mut h = self.handshakes.lock().expect("handshakes");
-        let Some(ip) = h.busiest() else {
-            return false;
-        };
-        let q = &h.by_peer[&ip];
-        let i = victim(q);
-        if q[i].progress() >= Progress::Hello {
-            return false;
+        match h.victim_of_all() {
+            Some((ip, i, progress)) if progress < Progress::Hello => {
+                h.remove(ip, i);
+                true
+            }
+            _ => false,
         }
-        h.remove(ip, i);
-        true
     }
 
     /// A place for a non-master member's connection from `ip`; `None` when that address or all
@@ -453,6 +464,29 @@ mod tests {
         let _w = a.handshake(ip("10.0.0.4"), None);
         assert!(is_evicted(&mut silent[0]) && !is_evicted(&mut silent[1]));
         assert!(!is_evicted(&mut spoke));
+    }
+
+    #[test]
+    fn a_flood_from_many_addresses_never_evicts_a_handshake_that_got_further() {
+        // The pool full of one silent handshake per address (a flood from many addresses, as
+        // many as places), the master's the oldest: the flood's own give way.
+        let a = Admission::new(4, 128);
+        let mut master = a.handshake(ip("10.9.9.9"), None);
+        master.mark(Progress::Spoke);
+        let mut flood: Vec<_> = (0..2000)
+            .map(|i| {
+                a.handshake(
+                    ip(&format!("10.{}.{}.{}", 1 + i / 65536, (i / 256) % 256, i % 256)),
+                    None,
+                )
+            })
+            .collect();
+        assert!(
+            !is_evicted(&mut master),
+            "evicted by a silent flood for being the oldest"
+        );
+        assert_eq!(flood.iter_mut().map(is_evicted).filter(|e| *e).count(), 2000 - 127);
+        assert_eq!(a.handshakes.lock().unwrap().total, 128);
     }
 
     #[test]
