@@ -364,6 +364,18 @@ fn probe_in_namespace() {
         bwlimit: None,
     };
     refused(n3, Call::OpenReceive { req: req.clone() }, "a path as dump name");
+    for (dump, what) in [
+        ("config.ini", "an export's own file as dump name"),
+        ("diskstream-export-id", "the export's id file as dump name"),
+        ("d0.manifest", "a manifest's name as dump name"),
+        (".partial", "a hidden dump name"),
+    ] {
+        let req = SendDisk {
+            dump: dump.into(),
+            ..req.clone()
+        };
+        refused(n3, Call::OpenReceive { req }, what);
+    }
     refused(
         n2,
         Call::Send {
@@ -537,6 +549,54 @@ fn probe_in_namespace() {
         "a receive of an abandoned export took a stream: {ack}"
     );
     eprintln!("probe: receive of an abandoned export: {ack}");
+    // A stream admitted (its hello read) before the export is abandoned and begun again, whose
+    // header comes after: the old receive wrote by the staging directory's name into the new
+    // export (and a finalize carried its partial files into the export). Now the restart halts
+    // it and waits until it is gone; the new export has nothing of it.
+    let opened = opened_for("probe-dump5");
+    let cfg5 = tls::client_config(&ca, &pki.load_identity(n2).unwrap()).unwrap();
+    let tcp = std::net::TcpStream::connect((host, opened.port)).unwrap();
+    let mut old = tls::connect(&cfg5, tcp, n3, Duration::from_secs(5)).unwrap();
+    old.write_all(&data_hello(&opened.token))
+        .and_then(|()| old.flush())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = std::time::Instant::now();
+    restart_export();
+    eprintln!("probe: restart around an admitted stream took {:?}", t0.elapsed());
+    let _ = old.write_all(&header.encode()).and_then(|()| old.flush());
+    std::thread::sleep(Duration::from_millis(300));
+    remote
+        .call(n3, &finalize, None)
+        .expect("finalize of the new staging export");
+    let final_dir = cluster.export_dir(cluster.node(n3).unwrap()).join(inst);
+    let mut names: Vec<String> = std::fs::read_dir(&final_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["config.ini", "diskstream-export-id"],
+        "the receive of the abandoned export wrote into the new one"
+    );
+    drop(old);
+    let remove = Call::RemoveExport {
+        node: n3.into(),
+        instance: inst.into(),
+        keep: Default::default(),
+    };
+    remote.call(n3, &remove, None).expect("remove the probe's export");
+    remote
+        .call(
+            n3,
+            &Call::BeginExport {
+                node: n3.into(),
+                instance: inst.into(),
+            },
+            None,
+        )
+        .unwrap();
     // A connection to the data port that stalls in its handshake does not hold the port
     // against the primary: admissions run side by side.
     let opened = opened_for("probe-dump4");

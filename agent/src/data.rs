@@ -375,8 +375,9 @@ fn receive(
     t: Timeouts,
     lease: &ReceiveLease<'_>,
 ) -> Reply {
-    // A read blocked on a primary that went silent ends within a second of the agent's stop.
-    s.sock.set_stop(Arc::clone(local.stop_flag()));
+    // A read blocked on a primary that went silent ends within a second of the receive's halt
+    // (the agent's stop, or its staging export abandoned or begun again).
+    s.sock.set_stop(Arc::clone(lease.halt()));
     let stream = Counted {
         inner: BufReader::with_capacity(RECV_BUF, &mut s),
         what: format!("receiving {what}"),
@@ -403,7 +404,7 @@ fn received<R: FrameStream>(
     let name = format!("{}:{what}", req.target_node);
     let t0 = Instant::now();
     let received = if lease.current() {
-        local.receive_disk(req, stream, Path::new(&name), &progress)
+        local.receive_disk_until(req, stream, Path::new(&name), &progress, lease.halt())
     } else {
         Err(NodeError::Unknown(format!(
             "{name}: the staging export this stream was opened for was finalized or abandoned"

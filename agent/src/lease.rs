@@ -6,10 +6,18 @@
 //!
 //! At most [`MAX_OPEN_RECEIVES`] receives are open at once (each a thread and a listening data
 //! port until its stream ends or the open timeout passes); one more is refused.
+//!
+//! A receive writes into the staging directory by its name (`<instance>.new`), whichever export
+//! of the instance is there when it writes. So a receive opened for a staging export that is
+//! then abandoned or begun again is a *writer* of its instance until it finished (its dump
+//! committed or removed): abandoning or beginning the instance's staging export raises its halt
+//! flag (it stops at its next frame or wake-up, removing what it wrote), and the agent waits for
+//! it to finish before the directory is removed or made again ([`Leases::wait_writers`]); a
+//! finalize is refused while any writer of the instance is left ([`Leases::writers`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 struct Lease {
@@ -25,14 +33,26 @@ struct Lease {
 /// a Ganeti instance has at most 16 disks).
 pub const MAX_OPEN_RECEIVES: usize = 64;
 
+/// A receive that may still write into its instance's staging directory.
+struct Writer {
+    id: u64,
+    dump: String,
+    halt: Arc<AtomicBool>,
+}
+
 /// The leases of one agent's staging exports, by instance.
 pub struct Leases {
     timeout: Duration,
     m: Mutex<HashMap<String, Lease>>,
+    /// The writers of each instance, whatever staging export they were opened for. Locked
+    /// after `m` where both are (never the other way round).
+    writers: Mutex<HashMap<String, Vec<Writer>>>,
     next: AtomicU64,
     /// The receives whose guard is alive (their export abandoned or not).
     open: AtomicUsize,
     max_open: usize,
+    /// The agent stops: every writer was halted, and no receive begins.
+    halted: AtomicBool,
 }
 
 impl Leases {
@@ -41,9 +61,11 @@ impl Leases {
         Self {
             timeout,
             m: Mutex::default(),
+            writers: Mutex::default(),
             next: AtomicU64::new(1),
             open: AtomicUsize::new(0),
             max_open: MAX_OPEN_RECEIVES,
+            halted: AtomicBool::new(false),
         }
     }
 
@@ -71,9 +93,51 @@ impl Leases {
     }
 
     /// A staging export of `instance` begins: a lease of its own, whatever came before it.
+    /// The receives opened for what came before are halted ([`Leases::wait_writers`]).
     pub fn begin(&self, instance: &str) {
         let l = self.lease();
-        self.m.lock().expect("leases").insert(instance.to_string(), l);
+        let mut m = self.m.lock().expect("leases");
+        m.insert(instance.to_string(), l);
+        self.halt_writers(instance);
+    }
+
+    fn halt_writers(&self, instance: &str) {
+        let w = self.writers.lock().expect("writers");
+        for w in w.get(instance).into_iter().flatten() {
+            w.halt.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The agent stops: every writer is halted and no receive begins from now on.
+    pub fn halt_all(&self) {
+        let _m = self.m.lock().expect("leases");
+        self.halted.store(true, Ordering::SeqCst);
+        let w = self.writers.lock().expect("writers");
+        for w in w.values().flatten() {
+            w.halt.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The dumps whose receives may still write into `instance`'s staging directory, whatever
+    /// staging export they were opened for.
+    pub fn writers(&self, instance: &str) -> Vec<String> {
+        let w = self.writers.lock().expect("writers");
+        w.get(instance)
+            .map(|v| v.iter().map(|w| w.dump.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits (at most `limit`) until no receive may write into `instance`'s staging
+    /// directory; the dumps of those left.
+    pub fn wait_writers(&self, instance: &str, limit: Duration) -> Vec<String> {
+        let t0 = Instant::now();
+        loop {
+            let left = self.writers(instance);
+            if left.is_empty() || t0.elapsed() >= limit {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The master spoke about `instance`'s staging export.
@@ -91,6 +155,9 @@ impl Leases {
     /// while `MAX_OPEN_RECEIVES` receives are open (counted until their guards drop).
     pub fn begin_receive(&self, instance: &str, dump: &str) -> Result<ReceiveLease<'_>, String> {
         let mut m = self.m.lock().expect("leases");
+        if self.halted.load(Ordering::SeqCst) {
+            return Err("the agent is stopping".to_string());
+        }
         if self.open.load(Ordering::SeqCst) >= self.max_open {
             return Err(format!(
                 "{} receives are open on this node, the most at once: try again when one has ended",
@@ -105,11 +172,24 @@ impl Leases {
             ));
         }
         self.open.fetch_add(1, Ordering::SeqCst);
+        let (id, halt) = (
+            self.next.fetch_add(1, Ordering::Relaxed),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let writer = Writer {
+            id,
+            dump: dump.to_string(),
+            halt: Arc::clone(&halt),
+        };
+        let mut w = self.writers.lock().expect("writers");
+        w.entry(instance.to_string()).or_default().push(writer);
         Ok(ReceiveLease {
             leases: self,
             instance: instance.to_string(),
             dump: dump.to_string(),
             generation: l.generation,
+            id,
+            halt,
             done: AtomicBool::new(false),
         })
     }
@@ -122,9 +202,12 @@ impl Leases {
             .unwrap_or_default()
     }
 
-    /// `instance`'s staging export was finalized or abandoned.
+    /// `instance`'s staging export was finalized or abandoned: its receives are halted
+    /// ([`Leases::wait_writers`]).
     pub fn end(&self, instance: &str) {
-        self.m.lock().expect("leases").remove(instance);
+        let mut m = self.m.lock().expect("leases");
+        m.remove(instance);
+        self.halt_writers(instance);
     }
 
     /// Removes and returns the leases that expired.
@@ -149,15 +232,23 @@ pub struct ReceiveLease<'a> {
     instance: String,
     dump: String,
     generation: u64,
+    id: u64,
+    halt: Arc<AtomicBool>,
     done: AtomicBool,
 }
 
 impl ReceiveLease<'_> {
+    /// Raised when the receive must stop writing: its instance's staging export was abandoned
+    /// or begun again, or the agent stops. The receive's reads and its engine watch it.
+    pub fn halt(&self) -> &Arc<AtomicBool> {
+        &self.halt
+    }
+
     /// Whether the staging export it was opened for is still the open one (not finalized,
-    /// abandoned or begun again since).
+    /// abandoned or begun again since) and the receive was not halted.
     pub fn current(&self) -> bool {
         let m = self.leases.m.lock().expect("leases");
-        m.get(&self.instance).is_some_and(|l| l.generation == self.generation)
+        !self.halt.load(Ordering::SeqCst) && m.get(&self.instance).is_some_and(|l| l.generation == self.generation)
     }
 
     /// The dump is committed (or failed and removed): the staging export no longer waits for
@@ -171,6 +262,13 @@ impl ReceiveLease<'_> {
         if let Some(l) = m.get_mut(&self.instance).filter(|l| l.generation == self.generation) {
             l.receiving.remove(&self.dump);
             l.last = Instant::now();
+        }
+        let mut w = self.leases.writers.lock().expect("writers");
+        if let Some(v) = w.get_mut(&self.instance) {
+            v.retain(|w| w.id != self.id);
+            if v.is_empty() {
+                w.remove(&self.instance);
+            }
         }
     }
 }
@@ -252,5 +350,42 @@ mod tests {
         drop(a);
         assert_eq!(l.receiving("i"), ["d2"]);
         drop(b);
+    }
+
+    #[test]
+    fn receives_of_an_earlier_staging_export_are_halted_and_waited_for() {
+        let l = Leases::new(Duration::from_secs(60));
+        l.begin("i");
+        let old = l.begin_receive("i", "d0").unwrap();
+        assert!(!old.halt().load(Ordering::SeqCst));
+        // Begun again: the old receive is halted but may still write until it finishes.
+        l.begin("i");
+        assert!(old.halt().load(Ordering::SeqCst) && !old.current());
+        assert_eq!(l.writers("i"), ["d0"]);
+        assert_eq!(l.wait_writers("i", Duration::from_millis(30)), ["d0"]);
+        let new = l.begin_receive("i", "d0").expect("the new export's own receive");
+        assert!(!new.halt().load(Ordering::SeqCst), "a new receive is not halted");
+        assert_eq!(l.writers("i"), ["d0", "d0"]);
+        old.finish();
+        assert_eq!(l.writers("i"), ["d0"]);
+        // Abandoned: its receive is halted too; once finished, nothing writes.
+        l.end("i");
+        assert!(new.halt().load(Ordering::SeqCst));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                drop(new);
+            });
+            assert!(l.wait_writers("i", Duration::from_secs(5)).is_empty());
+        });
+        drop(old);
+        // Another instance's receives are not touched; the agent's stop halts all, and no
+        // receive begins after it.
+        let other = l.begin_receive("j", "d0").unwrap();
+        l.begin("i");
+        assert!(!other.halt().load(Ordering::SeqCst));
+        l.halt_all();
+        assert!(other.halt().load(Ordering::SeqCst));
+        assert!(l.begin_receive("j", "d1").is_err());
     }
 }

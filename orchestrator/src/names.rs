@@ -9,6 +9,22 @@ pub const REMOVING_MARKER: &str = ".ds-removing-";
 /// The marker in snapshot names.
 pub const SNAP_MARKER: &str = ".ds-snap-";
 
+/// Why `dump` cannot name a disk's dump in an export, if it cannot: it would be (or be taken
+/// for) a file the export already has, `config.ini`, the export's id file or a dump's
+/// manifest, or a hidden file (partial files are hidden). The master names dumps with UUIDs;
+/// this is what an agent refuses of a request.
+pub fn reserved_dump_name(dump: &str) -> Option<&'static str> {
+    if dump == "config.ini" || dump == crate::export::export_id::EXPORT_ID_FILE {
+        Some("the name of a file every export has")
+    } else if dump.ends_with(".manifest") {
+        Some("ends with '.manifest', the suffix of a dump's manifest")
+    } else if dump.starts_with('.') {
+        Some("a hidden name (partial files are hidden)")
+    } else {
+        None
+    }
+}
+
 /// The snapshot name of a disk file or LV `base` for `instance` made by process `pid`.
 pub fn snapshot_name(base: &str, instance: &str, pid: u32) -> String {
     format!("{base}{SNAP_MARKER}{}-{pid}", sanitize(instance))

@@ -53,8 +53,9 @@ pub(super) fn receive(
     let reply = std::thread::scope(|sc| {
         for (lane, s) in ins.into_iter().zip(lanes.iter_mut()) {
             let what_in = &what_in;
-            // A lane silent under the agent's stop ends at its next poll.
-            let lane = lane.halted_by(Arc::clone(local.stop_flag()));
+            // A lane silent under the receive's halt (the agent's stop, its staging export
+            // abandoned or begun again) ends at its next poll.
+            let lane = lane.halted_by(Arc::clone(lease.halt()));
             sc.spawn(move || lane.run(s, t.inactivity, what_in));
         }
         // The reader is dropped when the receive ends, however it ends: the lanes stop.

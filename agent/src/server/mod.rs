@@ -66,6 +66,10 @@ const ENDED_KEPT: Duration = Duration::from_secs(600);
 /// The largest request body accepted (a `config.ini` and a hook environment fit easily).
 const MAX_BODY: usize = 4 << 20;
 
+/// How long a `BeginExport` or `AbandonExport` waits for the receives of the instance's
+/// earlier staging export to stop (they stop at their next frame or wake-up: a second or two).
+const WRITERS_WAIT: Duration = Duration::from_secs(10);
+
 /// A running agent's state: its node, the cluster config, the node's operations, TLS.
 pub struct Agent {
     cluster: &'static Cluster,
@@ -253,11 +257,29 @@ impl Agent {
     pub fn dispatch(&'static self, call: Call, cancel: &StopFlag) -> Result<Value, WireError> {
         self.check(&call)?;
         match &call {
-            Call::BeginExport { instance, .. } => self.leases.begin(instance),
+            Call::BeginExport { instance, .. } => {
+                // The receives opened for the staging export this one replaces write by the
+                // staging directory's name: they are halted, and must be gone before it is
+                // made again.
+                self.leases.begin(instance);
+                let left = self.leases.wait_writers(instance, WRITERS_WAIT);
+                if !left.is_empty() {
+                    return Err(WireError::new(
+                        "failed",
+                        format!(
+                            "receives into the previous staging export of {instance} are still ending \
+                             after {} s: {}",
+                            WRITERS_WAIT.as_secs(),
+                            left.join(", ")
+                        ),
+                    ));
+                }
+            }
             Call::OpenReceive { req } => self.leases.touch(&req.instance),
             Call::FinalizeExport { instance, .. } => {
-                // A dump still being written would be swapped into the export half done.
-                let open = self.leases.receiving(instance);
+                // A dump still being written would be swapped into the export half done; so
+                // would one of a receive opened for an earlier staging export of the instance.
+                let open = self.leases.writers(instance);
                 if !open.is_empty() {
                     return Err(refused(format!(
                         "the staging export of {instance} cannot be finalized while dumps are \
@@ -267,7 +289,19 @@ impl Agent {
                 }
                 self.leases.end(instance)
             }
-            Call::AbandonExport { instance, .. } => self.leases.end(instance),
+            Call::AbandonExport { instance, .. } => {
+                // Its receives are halted; the directory goes once they are gone (or after the
+                // wait: a receive that ends later removes its own partial files).
+                self.leases.end(instance);
+                let left = self.leases.wait_writers(instance, WRITERS_WAIT);
+                if !left.is_empty() {
+                    say!(
+                        "diskstream agent: abandoning the staging export of {instance}: receives still ending after {} s: {}",
+                        WRITERS_WAIT.as_secs(),
+                        left.join(", ")
+                    );
+                }
+            }
             _ => {}
         }
         handle::run(self, call, cancel)
@@ -366,6 +400,9 @@ impl Agent {
 
     fn transfer_names(&self, req: &SendDisk) -> Result<(), WireError> {
         safe("dump name", &req.dump)?;
+        if let Some(why) = diskstream_orchestrator::names::reserved_dump_name(&req.dump) {
+            return Err(refused(format!("invalid dump name '{}': {why}", req.dump)));
+        }
         for n in [&req.source_node, &req.target_node] {
             if self.cluster.node(n).is_none() {
                 return Err(WireError::new(

@@ -101,6 +101,9 @@ impl Agent {
     /// then removes the staging exports and snapshots this agent holds (never one a finalize
     /// took). If something still runs, it removes nothing under it: the next start sweeps.
     fn wind_down(&self) {
+        // Receives watch their own halt (the engine at its next frame, blocked reads at their
+        // next wake-up), and no new one begins.
+        self.leases.halt_all();
         let t0 = Instant::now();
         let busy = || (self.calls.load(Ordering::SeqCst), self.leases.open());
         let (calls, receives) = busy();

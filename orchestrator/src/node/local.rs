@@ -129,6 +129,20 @@ impl<'a> LocalNodeOps<'a> {
     }
 }
 
+/// A dump name that is a plain name and none of an export's own files'
+/// ([`crate::names::reserved_dump_name`]).
+fn check_dump_name(dump: &str) -> Result<(), TransferError> {
+    let why = if crate::cluster::is_safe_name(dump) {
+        crate::names::reserved_dump_name(dump)
+    } else {
+        Some("not a plain name")
+    };
+    match why {
+        Some(why) => Err(NodeError::Unknown(format!("invalid dump name '{dump}': {why}")).into()),
+        None => Ok(()),
+    }
+}
+
 impl LocalNodeOps<'_> {
     /// The primary's half of a disk crossing the network: reads `req`'s disk or snapshot on
     /// this node and writes it to `out` as a `dsimg` frame stream (lz4 frames if `req.lz4`),
@@ -169,12 +183,25 @@ impl LocalNodeOps<'_> {
         name: &std::path::Path,
         progress: &TransferProgress,
     ) -> Result<Report, TransferError> {
-        if !crate::cluster::is_safe_name(&req.dump) {
-            return Err(NodeError::Unknown(format!("invalid dump name '{}'", req.dump)).into());
-        }
+        self.receive_disk_until(req, stream, name, progress, &self.stop)
+    }
+
+    /// [`LocalNodeOps::receive_disk`] that stops at the next frame once `stop` is raised
+    /// (instead of this process's flag): an agent's, for the receive's own halt.
+    pub fn receive_disk_until<R: diskstream_engine::source::FrameStream>(
+        &self,
+        req: &SendDisk,
+        stream: R,
+        name: &std::path::Path,
+        progress: &TransferProgress,
+        stop: &StopFlag,
+    ) -> Result<Report, TransferError> {
+        check_dump_name(&req.dump)?;
         // The disk's size from this node's own config, not from the stream's header.
         let disk_size = self.disk(&req.instance, req.disk)?.size << 20;
         let out = self.staging_dir(&req.target_node, &req.instance)?.join(&req.dump);
+        let mut opts = self.dump_options(req);
+        opts.tuning.stop = Some(Arc::clone(stop));
         ops::receive(
             stream,
             name,
@@ -183,7 +210,7 @@ impl LocalNodeOps<'_> {
                 checksum: req.checksum,
                 disk_size,
             },
-            &self.dump_options(req),
+            &opts,
             &progress.done,
         )
         .map_err(TransferError::Engine)
@@ -366,9 +393,7 @@ impl NodeOps for LocalNodeOps<'_> {
     }
 
     fn send_disk(&self, req: &SendDisk, progress: &TransferProgress) -> Result<Report, TransferError> {
-        if !crate::cluster::is_safe_name(&req.dump) {
-            return Err(NodeError::Unknown(format!("invalid dump name '{}'", req.dump)).into());
-        }
+        check_dump_name(&req.dump)?;
         let source = self.source_path(req)?;
         let out = self.staging_dir(&req.target_node, &req.instance)?.join(&req.dump);
         let declared = self.disk(&req.instance, req.disk)?.size << 20;
