@@ -8,13 +8,15 @@ pub const STAGING_SUFFIX: &str = ".new";
 pub const REMOVING_MARKER: &str = ".ds-removing-";
 /// The marker in snapshot names.
 pub const SNAP_MARKER: &str = ".ds-snap-";
+/// The file in an export that holds its id (`export::export_id`).
+pub const EXPORT_ID_FILE: &str = "diskstream-export-id";
 
 /// Why `dump` cannot name a disk's dump in an export, if it cannot: it would be (or be taken
 /// for) a file the export already has, `config.ini`, the export's id file or a dump's
 /// manifest, or a hidden file (partial files are hidden). The master names dumps with UUIDs;
 /// this is what an agent refuses of a request.
 pub fn reserved_dump_name(dump: &str) -> Option<&'static str> {
-    if dump == "config.ini" || dump == crate::export::export_id::EXPORT_ID_FILE {
+    if dump == "config.ini" || dump == EXPORT_ID_FILE {
         Some("the name of a file every export has")
     } else if dump.ends_with(".manifest") {
         Some("ends with '.manifest', the suffix of a dump's manifest")

@@ -12,8 +12,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// The file in an export that holds its id (one line).
-pub const EXPORT_ID_FILE: &str = "diskstream-export-id";
+pub use crate::names::EXPORT_ID_FILE;
 
 /// Longest id file read: a UUID and a newline, with room to spare; longer is not ours.
 const MAX_LEN: u64 = 64;
