@@ -1,9 +1,9 @@
 //! The syscalls std does not wrap: block-device ioctls, fd flags, SEEK_DATA/SEEK_HOLE, fallocate,
 //! extended attributes, I/O priority, `renameat2(RENAME_NOREPLACE)`.
 //!
-//! Everything goes through rustix's safe wrappers except `BLKGETSIZE64`, for which rustix has
-//! none (one `unsafe` ioctl on a descriptor the caller keeps open), and `ioprio_set`/`ioprio_get`
-//! (two `unsafe` syscalls that take integers only).
+//! Everything goes through rustix's safe wrappers except `BLKGETSIZE64` and `LOOP_GET_STATUS64`,
+//! for which rustix has none (one `unsafe` ioctl each on a descriptor the caller keeps open), and
+//! `ioprio_set`/`ioprio_get` (two `unsafe` syscalls that take integers only).
 
 use std::fs::File;
 use std::io;
@@ -27,6 +27,67 @@ pub fn block_device_size(file: &File) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(size)
+}
+
+/// `LOOP_GET_STATUS64` (`0x4C05` on every architecture: no direction or size bits).
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+
+/// The kernel's `struct loop_info64` (`linux/loop.h`), 232 bytes on every architecture.
+#[repr(C)]
+#[allow(dead_code)] // the kernel's layout; only the backing file's device and inode are read
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
+
+/// The file behind a loop device (or a partition of one) as the loop driver holds it: the
+/// device number (as `major`, `minor`) and inode of its backing file, however it is named now
+/// (its name removed while another hard link remains, renamed). `Ok(None)` where `file` is not a
+/// loop device (`ENOTTY`, `EINVAL`) or has no backing file (`ENXIO`).
+pub fn loop_backing_id(file: &File) -> io::Result<Option<((u32, u32), u64)>> {
+    let mut info = LoopInfo64 {
+        lo_device: 0,
+        lo_inode: 0,
+        lo_rdevice: 0,
+        lo_offset: 0,
+        lo_sizelimit: 0,
+        lo_number: 0,
+        lo_encrypt_type: 0,
+        lo_encrypt_key_size: 0,
+        lo_flags: 0,
+        lo_file_name: [0; 64],
+        lo_crypt_name: [0; 64],
+        lo_encrypt_key: [0; 32],
+        lo_init: [0; 2],
+    };
+    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64` (232 bytes, the layout above)
+    // through the pointer, which points at a live local of that type.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), LOOP_GET_STATUS64 as _, &mut info as *mut LoopInfo64) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOTTY | libc::EINVAL | libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // The kernel encodes `lo_device` with `huge_encode_dev`: 12 bits of major, 20 of minor.
+    let dev = info.lo_device;
+    let major = ((dev & 0xfff00) >> 8) as u32;
+    let minor = ((dev & 0xff) | ((dev >> 12) & 0xfff00)) as u32;
+    Ok(Some(((major, minor), info.lo_inode)))
 }
 
 /// Logical block size of a block device (the O_DIRECT alignment unit), `BLKSSZGET`.

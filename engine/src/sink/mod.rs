@@ -7,6 +7,8 @@
 //!   they were read (no copy in user space), out of order, zero chunks left as holes.
 //! - [`image`]: the `dsimg` sink: frames in disk order through the streaming encoder onto
 //!   [`direct_write::DirectWriter`] (O_DIRECT staging writes).
+//! - `identity`: what names the same data (hard and symbolic links, loop devices and the files
+//!   behind them, by device and inode).
 //! - [`partial`]: the temporary files outputs are written under, and the sweep of leftovers.
 //! - [`manifest`]: the manifest written beside an image and the commit of the pair.
 //! - [`verify`]: checks every chunk against a manifest and that none is missing, then hands it on
@@ -17,6 +19,7 @@
 
 pub mod adapt;
 pub mod direct_write;
+mod identity;
 pub mod image;
 pub mod manifest;
 pub mod null;

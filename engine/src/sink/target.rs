@@ -21,6 +21,8 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+pub use super::identity::same_file;
+use super::identity::sysfs_block;
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -286,83 +288,12 @@ fn new_output(path: &Path) -> Result<OutputKind> {
     }
 }
 
-/// The sysfs directory of the block device `m` (a partition's own).
-fn sysfs_block(m: &std::fs::Metadata) -> Option<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    if !m.file_type().is_block_device() {
-        return None;
-    }
-    let (major, minor) = (rustix::fs::major(m.rdev()), rustix::fs::minor(m.rdev()));
-    std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()
-}
-
 /// Whether the block device `m` is read-only (a `losetup -r` loop device, a write-protected
 /// disk): its sysfs `ro`.
 fn read_only_device(m: &std::fs::Metadata) -> bool {
     sysfs_block(m)
         .and_then(|d| std::fs::read_to_string(d.join("ro")).ok())
         .is_some_and(|ro| ro.trim() == "1")
-}
-
-/// The file behind the loop device (or partition of one) `m`, as the loop driver names it.
-fn loop_backing(m: &std::fs::Metadata) -> Option<PathBuf> {
-    let dir = sysfs_block(m)?;
-    let text = [dir.join("loop/backing_file"), dir.parent()?.join("loop/backing_file")]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())?;
-    let path = text.trim_end_matches('\n');
-    Some(PathBuf::from(path.strip_suffix(" (deleted)").unwrap_or(path)))
-}
-
-/// `p` and, where it is a loop device, the file behind it (and behind that, for a loop device
-/// on a loop device; at most 8 deep).
-fn layers(p: &Path) -> Vec<PathBuf> {
-    let mut v = vec![p.to_owned()];
-    while v.len() < 8 {
-        let Some(next) = std::fs::metadata(&v[v.len() - 1]).ok().and_then(|m| loop_backing(&m)) else {
-            break;
-        };
-        v.push(next);
-    }
-    v
-}
-
-/// True if and only if `a` and `b` name the same data: the same file (`one_file`), or one
-/// of them is a loop device (or a partition of one) whose backing file is the other, or both
-/// are backed by the same file.
-pub fn same_file(a: &Path, b: &Path) -> bool {
-    let (la, lb) = (layers(a), layers(b));
-    la.iter().any(|x| lb.iter().any(|y| one_file(x, y)))
-}
-
-/// True if and only if `a` and `b` name the same file: the same canonical path, or the same
-/// device and inode (hard links, symbolic links), or block devices with the same device number.
-fn one_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
-        if x.dev() == y.dev() && x.ino() == y.ino() {
-            return true;
-        }
-        if x.file_type().is_block_device() && y.file_type().is_block_device() && x.rdev() == y.rdev() {
-            return true;
-        }
-    }
-    match (canonical(a), canonical(b)) {
-        (Some(x), Some(y)) => x == y,
-        _ => false,
-    }
-}
-
-/// The canonical path of `p`, or of its parent joined with its name where `p` does not exist.
-fn canonical(p: &Path) -> Option<PathBuf> {
-    if let Ok(c) = std::fs::canonicalize(p) {
-        return Some(c);
-    }
-    let dir = p
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    Some(std::fs::canonicalize(dir).ok()?.join(p.file_name()?))
 }
 
 /// Before a device's first byte is overwritten: removes its previous manifest at `manifest`
