@@ -1,17 +1,21 @@
 //! Adversarial tests of what `diskstream image` writes to and reads from, from a report-only
 //! review of the engine's sources and targets. Each failed before its fix: a loop device whose
 //! backing file's name was removed while another hard link remained (restore overwrote its own
-//! image through it).
+//! image through it), a block device read while `restore --force` wrote it (the image mixed old
+//! and new chunks, and verified).
 //!
 //! Needs root (loop devices).
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::*;
 
 const MIB: u64 = 1 << 20;
+const BIN: &str = env!("CARGO_BIN_EXE_diskstream");
 
 fn sha(path: &Path) -> Vec<u8> {
     use sha2::Digest;
@@ -20,6 +24,87 @@ fn sha(path: &Path) -> Vec<u8> {
 
 fn stderr_of(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn partials(dir: &Path) -> Vec<PathBuf> {
+    find_named(dir, ".partial-")
+}
+
+/// A `diskstream` child process killed and reaped on drop (also when the test fails).
+struct Bg {
+    child: Option<Child>,
+    /// The rest of its stderr, once [`Bg::wait_for_progress`] read the first lines.
+    rest: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Bg {
+    fn spawn(args: &[&str]) -> Self {
+        let c = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        Self {
+            child: Some(c),
+            rest: None,
+        }
+    }
+
+    /// Waits for a `--progress json` event with bytes done: the command has opened its output
+    /// and is writing it.
+    fn wait_for_progress(&mut self) {
+        use std::io::{BufRead, Read};
+        let err = self.child.as_mut().unwrap().stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(err);
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            let n = lines.read_line(&mut line).unwrap();
+            assert!(n > 0, "it ended before any progress: {seen}");
+            seen.push_str(&line);
+            let v: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+            if v.is_some_and(|v| v["done_bytes"].as_u64().is_some_and(|b| b > 0)) {
+                break;
+            }
+        }
+        self.rest = Some(std::thread::spawn(move || {
+            let mut rest = seen;
+            let _ = lines.read_to_string(&mut rest);
+            rest
+        }));
+    }
+
+    fn wait(mut self) -> std::process::Output {
+        let mut out = self.child.take().unwrap().wait_with_output().unwrap();
+        if let Some(rest) = self.rest.take() {
+            out.stderr = rest.join().unwrap().into_bytes();
+        }
+        out
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Waits until a temporary file of `name` exists in `dir` (its writer is under way).
+fn wait_for_partial(dir: &Path, name: &str) {
+    let t0 = Instant::now();
+    let prefix = format!(".{name}.partial-");
+    while !partials(dir)
+        .iter()
+        .any(|p| p.file_name().unwrap().to_string_lossy().starts_with(&prefix))
+    {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no temporary file of {name}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[test]
@@ -64,4 +149,54 @@ fn a_loop_device_over_another_link_of_the_other_end_is_refused() {
     drop(lo);
     assert_eq!(sha(&raw), sha(&src));
     assert_eq!(sha(&raw2), sha(&src), "the backing file changed");
+}
+
+#[test]
+fn a_device_being_read_is_not_written_and_one_being_written_is_read_with_a_warning() {
+    let dir = scratch();
+    let d = dir.path();
+    let (backing, other) = (d.join("disk"), d.join("other"));
+    make_disk(&backing, 16 * MIB, Data::Random, 22);
+    make_disk(&other, 16 * MIB, Data::Random, 23);
+    let before = sha(&backing);
+    let img = d.join("other.raw");
+    ds_json(&["image", "create", s(&other), s(&img)]);
+    let lo = Loop::attach(&backing, false);
+    // create reads the device (4 s at 4 MB/s) while restore --force is asked to write it.
+    let out = d.join("o.raw");
+    let reader = Bg::spawn(&["image", "create", lo.path(), s(&out), "--bwlimit", "4M", "--json"]);
+    wait_for_partial(d, "o.raw");
+    let r = ds(&["image", "restore", s(&img), lo.path(), "-f"]);
+    assert!(!r.status.success(), "restore wrote the device create was reading");
+    assert!(stderr_of(&r).contains("device is in use"), "{}", stderr_of(&r));
+    let c = reader.wait();
+    assert!(c.status.success(), "{}", stderr_of(&c));
+    let report: serde_json::Value = serde_json::from_slice(&c.stdout).unwrap();
+    assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
+    assert_eq!(sha(&out), before, "the image is not the disk");
+    ds_json(&["image", "verify", s(&out)]);
+    // The other way: create from a device restore is writing reads it, and says so.
+    let mut writer = Bg::spawn(&[
+        "image",
+        "restore",
+        s(&img),
+        lo.path(),
+        "-f",
+        "--bwlimit",
+        "4M",
+        "--progress",
+        "json",
+    ]);
+    writer.wait_for_progress();
+    let c = ds_json(&["image", "create", lo.path(), s(&d.join("o2.raw"))]);
+    let w = c["warnings"].to_string();
+    assert!(
+        w.contains("the device is in use") && w.contains("not a consistent copy"),
+        "{w}"
+    );
+    let r = writer.wait();
+    assert!(r.status.success(), "{}", stderr_of(&r));
+    drop(lo);
+    assert_eq!(sha(&backing), sha(&other));
+    assert!(partials(d).is_empty(), "{:?}", partials(d));
 }

@@ -42,6 +42,12 @@ pub struct Disk {
 impl Disk {
     /// Opens `path` read-only with `O_DIRECT`. A file system that refuses O_DIRECT (tmpfs)
     /// gets a buffered open and a warning in [`Disk::warning`]; a device never does.
+    ///
+    /// A block device is claimed exclusively (`O_EXCL`) while it is read, so that no one can
+    /// mount it or write it with an exclusive open (diskstream's own `create`/`restore` onto it)
+    /// until the read is done. One already claimed (mounted, held by device-mapper or md, being
+    /// written by another diskstream) is read without the claim, and [`Disk::warning`] says the
+    /// data may change while it is read.
     pub fn open(path: &Path) -> Result<Self> {
         // A FIFO, character device, socket or directory is refused before any open that could
         // block (a FIFO's open waits for a writer): a disk is read by position.
@@ -51,10 +57,26 @@ impl Disk {
         } else {
             SourceKind::File
         };
-        let (file, direct, warning) = match open_direct(path, false) {
+        let claim = if kind == SourceKind::BlockDevice {
+            libc::O_EXCL
+        } else {
+            0
+        };
+        let (file, direct, warning) = match open_source(path, libc::O_DIRECT | claim) {
             Ok(f) => (f, true, None),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && claim != 0 => {
+                let f = open_source(path, libc::O_DIRECT).map_err(|e| crate::input::open_error(path, e))?;
+                let w = format!(
+                    "{}: the device is in use (mounted, claimed by device-mapper or md, or opened exclusively by \
+                     another program, such as a diskstream writing it); it is read without an exclusive claim, so \
+                     whatever holds it may change it while it is read: the image is then not a consistent copy \
+                     of any one moment, though it verifies (its digests are of what was read)",
+                    path.display()
+                );
+                (f, true, Some(w))
+            }
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && kind == SourceKind::File => {
-                let f = open_direct(path, true).map_err(|e| crate::input::open_error(path, e))?;
+                let f = open_source(path, 0).map_err(|e| crate::input::open_error(path, e))?;
                 let w = format!(
                     "{}: the file system refuses O_DIRECT (ramfs, an old tmpfs, some FUSE file systems); falling back to buffered reads \
                      through the page cache, which is slower and pollutes the cache",
@@ -153,7 +175,7 @@ impl Disk {
     }
 }
 
-fn open_direct(path: &Path, buffered: bool) -> io::Result<File> {
-    let flags = if buffered { 0 } else { libc::O_DIRECT };
+/// Opens `path` read-only with `flags` (`O_DIRECT`, `O_EXCL`) added, after the input checks.
+fn open_source(path: &Path, flags: i32) -> io::Result<File> {
     crate::input::open_checked(path, "the source", true, flags)
 }
