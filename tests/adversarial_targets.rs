@@ -2,7 +2,8 @@
 //! review of the engine's sources and targets. Each failed before its fix: a loop device whose
 //! backing file's name was removed while another hard link remained (restore overwrote its own
 //! image through it), a block device read while `restore --force` wrote it (the image mixed old
-//! and new chunks, and verified).
+//! and new chunks, and verified), and `--force` over a file (its owner and mode lost, a loop
+//! device's file replaced under it).
 //!
 //! Needs root (loop devices).
 
@@ -198,5 +199,74 @@ fn a_device_being_read_is_not_written_and_one_being_written_is_read_with_a_warni
     assert!(r.status.success(), "{}", stderr_of(&r));
     drop(lo);
     assert_eq!(sha(&backing), sha(&other));
+    assert!(partials(d).is_empty(), "{:?}", partials(d));
+}
+
+fn owner_and_mode(p: &Path) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    (m.uid(), m.gid(), m.mode() & 0o7777)
+}
+
+fn set_owner_and_mode(p: &Path, uid: u32, gid: u32, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn force_keeps_a_replaced_files_owner_and_mode_and_never_replaces_a_loop_devices_file() {
+    let dir = scratch();
+    let d = dir.path();
+    let (a, b) = (d.join("a"), d.join("b"));
+    make_disk(&a, 4 * MIB, Data::Mixed, 24);
+    make_disk(&b, 4 * MIB, Data::Mixed, 25);
+    // An image and its manifest that a VM running as 4242:4343 uses.
+    let out = d.join("vm.raw");
+    let man = d.join("vm.raw.manifest");
+    ds_json(&["image", "create", s(&a), s(&out)]);
+    set_owner_and_mode(&out, 4242, 4343, 0o660);
+    set_owner_and_mode(&man, 4242, 4343, 0o644);
+    let c = ds_json(&["image", "create", s(&b), s(&out), "-f"]);
+    assert_eq!(c["warnings"], serde_json::json!([]), "{c}");
+    assert_eq!(owner_and_mode(&out), (4242, 4343, 0o660));
+    assert_eq!(owner_and_mode(&man), (4242, 4343, 0o644));
+    assert_eq!(sha(&out), sha(&b));
+    // restore --force onto a disk file the VM uses.
+    let disk = d.join("disk");
+    make_disk(&disk, 4 * MIB, Data::Zeros, 0);
+    set_owner_and_mode(&disk, 4242, 4343, 0o600);
+    ds_json(&["image", "restore", s(&out), s(&disk), "-f"]);
+    assert_eq!(owner_and_mode(&disk), (4242, 4343, 0o600));
+    assert_eq!(sha(&disk), sha(&b));
+    // Another hard link keeps the old content, and the run says so.
+    let link = d.join("disk-link");
+    std::fs::hard_link(&disk, &link).unwrap();
+    ds_json(&["image", "create", s(&a), s(&d.join("a.raw"))]);
+    let r = ds_json(&["image", "restore", s(&d.join("a.raw")), s(&disk), "-f"]);
+    let w = r["warnings"].to_string();
+    assert!(
+        w.contains("1 other hard link") && w.contains("keep the old content"),
+        "{w}"
+    );
+    assert_eq!(sha(&disk), sha(&a));
+    assert_eq!(sha(&link), sha(&b));
+    // A file a loop device is over is refused: the loop device would go on with the old file.
+    let lo = Loop::attach(&disk, false);
+    for args in [
+        vec!["image", "restore", s(&out), s(&disk), "-f"],
+        vec!["image", "create", s(&b), s(&disk), "-f"],
+    ] {
+        let r = ds(&args);
+        assert!(!r.status.success(), "{args:?} replaced a loop device's backing file");
+        let e = stderr_of(&r);
+        assert!(
+            e.contains("backing file of the loop device") && e.contains(lo.path()),
+            "{e}"
+        );
+    }
+    drop(lo);
+    assert_eq!(sha(&disk), sha(&a));
+    assert!(!d.join("disk.manifest").exists());
     assert!(partials(d).is_empty(), "{:?}", partials(d));
 }

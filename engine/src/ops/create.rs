@@ -32,7 +32,9 @@ pub fn create(src: &Path, out: &Path, o: &CreateOptions, progress: &Progress) ->
     if target.is_device() {
         remove_stale_manifest(&manifest_path)?;
     }
-    let head = output_head("create", out, manifest_path, o.format, &target);
+    let mut head = output_head("create", out, manifest_path, o.format, &target);
+    head.warnings
+        .extend(target.warnings().iter().chain(manifest_target.warnings()).cloned());
     let manifest = ManifestOut::new(manifest_target, o.checksum, info.disk_size, info.chunk_size);
     let sink: Box<dyn Sink> = match o.format {
         Format::Raw => {

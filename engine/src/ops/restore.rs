@@ -21,10 +21,17 @@ use crate::source::{Disk, FrameSource, Source};
 use crate::transfer::Transfer;
 
 /// The raw sink writing a disk of `size` bytes in `chunk_size` chunks to `dest`; the sweep of
-/// `dest`'s leftovers spares the run's `inputs`.
-fn raw_sink(dest: &Path, size: u64, chunk_size: u32, o: &RestoreOptions, inputs: &[&Path]) -> Result<RawSink> {
+/// `dest`'s leftovers spares the run's `inputs`. The output's warnings go to `head`.
+fn raw_sink(
+    dest: &Path,
+    (size, chunk_size): (u64, u32),
+    o: &RestoreOptions,
+    inputs: &[&Path],
+    head: &mut ReportHead,
+) -> Result<RawSink> {
     let t = &o.tuning;
     let target = Target::create(dest, o.force, true, inputs)?;
+    head.warnings.extend(target.warnings().iter().cloned());
     RawSink::tuned(target, size, chunk_size, t, o.zero_policy)
 }
 
@@ -45,7 +52,8 @@ pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progres
             let disk = Disk::open(image)?;
             let layout = read_layout(&open_plain(image)?, image)?;
             check_outputs(image, dest, None, o.force, Format::Raw)?;
-            let sink = raw_sink(dest, layout.header.disk_size, layout.header.chunk_size, o, &[image])?;
+            let geometry = (layout.header.disk_size, layout.header.chunk_size);
+            let sink = raw_sink(dest, geometry, o, &[image], &mut head)?;
             let direct = disk.is_direct();
             let stream = DirectReader::new(disk.into_file());
             let mut source = FrameSource::new(stream, image)?.opened(direct, None);
@@ -60,7 +68,8 @@ pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progres
                     dest.display()
                 )));
             }
-            let sink = raw_sink(dest, manifest.disk_size, manifest.chunk_size, o, &[image, &mpath])?;
+            let geometry = (manifest.disk_size, manifest.chunk_size);
+            let sink = raw_sink(dest, geometry, o, &[image, &mpath], &mut head)?;
             head.manifest = Some(mpath);
             let mut source = raw_image_source(image, &manifest)?;
             let chunks = source.info().chunks();

@@ -139,3 +139,26 @@ fn canonical(p: &Path) -> Option<PathBuf> {
         .unwrap_or(Path::new("."));
     Some(std::fs::canonicalize(dir).ok()?.join(p.file_name()?))
 }
+
+/// The loop device whose backing file is the file `m` (by device and inode; by the name sysfs
+/// gives it where the device cannot be opened), if one is: replacing that file under its name
+/// would leave the loop device on the old one.
+pub(super) fn loop_over(m: &std::fs::Metadata) -> Option<PathBuf> {
+    let want = file_id(m);
+    std::fs::read_dir("/sys/block").ok()?.flatten().find_map(|e| {
+        let name = e.file_name();
+        if !name.as_encoded_bytes().starts_with(b"loop") {
+            return None;
+        }
+        let named = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+        let dev = Path::new("/dev").join(&name);
+        let held = match std::fs::metadata(&dev).ok().and_then(|dm| loop_backing(&dev, &dm)) {
+            Some(Layer { id: Some(id), .. }) => id == want,
+            _ => {
+                let named = named.trim_end_matches('\n');
+                std::fs::metadata(named).is_ok_and(|n| file_id(&n) == want)
+            }
+        };
+        held.then_some(dev)
+    })
+}

@@ -38,6 +38,74 @@ pub struct Target {
     committed: bool,
     /// Whether the commit may replace a file that is there by then (`force`).
     replace: bool,
+    /// The permission bits of the file this one replaces, given to it before the rename.
+    mode: Option<u32>,
+    /// What the run should tell about this output.
+    warnings: Vec<String>,
+}
+
+/// The regular file an output replaces (`force`): its owner, group and permission bits, which
+/// the new file takes, so that whoever used it (a VM running as another user) still can. One
+/// that a loop device is over is refused: the loop device would go on with the old file while
+/// its name led to the new one. One with other hard links is replaced under this name only.
+struct Replaced {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    warning: Option<String>,
+}
+
+impl Replaced {
+    fn check(path: &Path) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).map_err(|e| Error::io("stat", path, 0, e))?;
+        if let Some(dev) = super::identity::loop_over(&m) {
+            return Err(Error::Invalid(format!(
+                "{}: is the backing file of the loop device {}; replacing it would leave {} on the old file \
+                 while this name led to the new one: detach it first (losetup -d {}) or write to {} itself",
+                path.display(),
+                dev.display(),
+                dev.display(),
+                dev.display(),
+                dev.display()
+            )));
+        }
+        let warning = (m.nlink() > 1).then(|| {
+            format!(
+                "{}: has {} other hard link(s); --force replaces the file under this name only: the other \
+                 names keep the old content",
+                path.display(),
+                m.nlink() - 1
+            )
+        });
+        Ok(Self {
+            uid: m.uid(),
+            gid: m.gid(),
+            mode: m.mode() & 0o777,
+            warning,
+        })
+    }
+
+    /// Gives the new file `file` the replaced file's owner and group; refuses where it cannot
+    /// (not root, another user's file), before a byte is written.
+    fn give_owner(&self, file: &File, path: &Path) -> Result<()> {
+        use rustix::fs::{Gid, Uid};
+        use std::os::unix::fs::MetadataExt;
+        let now = file.metadata().map_err(|e| Error::io("stat", path, 0, e))?;
+        if (now.uid(), now.gid()) == (self.uid, self.gid) {
+            return Ok(());
+        }
+        rustix::fs::fchown(file, Some(Uid::from_raw(self.uid)), Some(Gid::from_raw(self.gid))).map_err(|e| {
+            Error::Invalid(format!(
+                "{}: cannot give the new file the owner and group of the file it replaces ({}:{}): {}; \
+                 refusing to replace it (replace it as its owner or as root)",
+                path.display(),
+                self.uid,
+                self.gid,
+                std::io::Error::from(e)
+            ))
+        })
+    }
 }
 
 impl Target {
@@ -56,42 +124,11 @@ impl Target {
     }
 
     fn open(path: &Path, force: bool, want_direct: bool, allow_device: bool, spare: &[&Path]) -> Result<Self> {
-        match check_output(path, force, allow_device)? {
-            OutputKind::Device => {
-                let file = open_device(path, want_direct).or_else(|e| {
-                    if want_direct && e.raw_os_error() == Some(libc::EINVAL) {
-                        open_device(path, false)
-                    } else {
-                        Err(e)
-                    }
-                });
-                let file = file.map_err(|e| {
-                    if e.raw_os_error() == Some(libc::EBUSY) {
-                        Error::Invalid(format!(
-                            "{}: device is in use (mounted or claimed); refusing to write",
-                            path.display()
-                        ))
-                    } else {
-                        Error::io("open", path, 0, e)
-                    }
-                })?;
-                let size = sys::block_device_size(&file).map_err(|e| Error::io("BLKGETSIZE64", path, 0, e))?;
-                let lbs =
-                    sys::block_device_logical_block_size(&file).map_err(|e| Error::io("BLKSSZGET", path, 0, e))?;
-                let direct = sys::is_direct(&file).unwrap_or(false);
-                return Ok(Self {
-                    file,
-                    final_path: path.to_owned(),
-                    temp_path: None,
-                    direct,
-                    device_size: Some(size),
-                    logical_block: lbs.max(512),
-                    committed: false,
-                    replace: true,
-                });
-            }
-            OutputKind::New | OutputKind::Replace => {}
-        }
+        let replaced = match check_output(path, force, allow_device)? {
+            OutputKind::Device => return Self::open_device(path, want_direct),
+            OutputKind::Replace => Some(Replaced::check(path)?),
+            OutputKind::New => None,
+        };
         super::partial::sweep(path, spare);
         let name = path
             .file_name()
@@ -102,7 +139,7 @@ impl Target {
             .unwrap_or(Path::new("."));
         let (temp, file) = super::partial::create(dir, name, want_direct)?;
         let direct = want_direct && sys::is_direct(&file).unwrap_or(false);
-        Ok(Self {
+        let mut target = Self {
             file,
             final_path: path.to_owned(),
             temp_path: Some(temp),
@@ -111,7 +148,66 @@ impl Target {
             logical_block: 4096,
             committed: false,
             replace: force,
+            mode: None,
+            warnings: Vec::new(),
+        };
+        if let Some(r) = replaced {
+            r.give_owner(&target.file, path)?;
+            target.mode = Some(r.mode);
+            target.warnings.extend(r.warning);
+        }
+        Ok(target)
+    }
+
+    /// A block device, opened in place with `O_EXCL` (and `O_DIRECT` where it takes it).
+    fn open_device(path: &Path, want_direct: bool) -> Result<Self> {
+        let file = open_device(path, want_direct).or_else(|e| {
+            if want_direct && e.raw_os_error() == Some(libc::EINVAL) {
+                open_device(path, false)
+            } else {
+                Err(e)
+            }
+        });
+        let file = file.map_err(|e| {
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                Error::Invalid(format!(
+                    "{}: device is in use (mounted or claimed); refusing to write",
+                    path.display()
+                ))
+            } else {
+                Error::io("open", path, 0, e)
+            }
+        })?;
+        let size = sys::block_device_size(&file).map_err(|e| Error::io("BLKGETSIZE64", path, 0, e))?;
+        let lbs = sys::block_device_logical_block_size(&file).map_err(|e| Error::io("BLKSSZGET", path, 0, e))?;
+        let direct = sys::is_direct(&file).unwrap_or(false);
+        Ok(Self {
+            file,
+            final_path: path.to_owned(),
+            temp_path: None,
+            direct,
+            device_size: Some(size),
+            logical_block: lbs.max(512),
+            committed: false,
+            replace: true,
+            mode: None,
+            warnings: Vec::new(),
         })
+    }
+
+    /// What the run should tell about this output (a replaced file's other hard links).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Gives the file about to be renamed into place the permission bits of the one it
+    /// replaces (its owner and group were given at the open).
+    fn adopt_mode(&self) -> Result<()> {
+        match self.mode {
+            Some(mode) => rustix::fs::fchmod(&self.file, rustix::fs::Mode::from_raw_mode(mode))
+                .map_err(|e| Error::io("chmod", self.write_path(), 0, e.into())),
+            None => Ok(()),
+        }
     }
 
     /// The open file.
@@ -153,6 +249,7 @@ impl Target {
     /// Flushes the data to stable storage and, for a file, renames it into place and syncs the
     /// directory, so the complete output appears at once or not at all.
     pub fn commit(mut self) -> Result<PathBuf> {
+        self.adopt_mode()?;
         self.file
             .sync_all()
             .map_err(|e| Error::io("fsync", self.write_path(), 0, e))?;
@@ -174,6 +271,8 @@ impl Target {
     /// its old manifest was removed before its first byte was overwritten
     /// ([`remove_stale_manifest`]).
     pub fn commit_with_manifest(mut self, mut manifest: Target) -> Result<PathBuf> {
+        manifest.adopt_mode()?;
+        self.adopt_mode()?;
         manifest
             .file
             .sync_all()
