@@ -2,8 +2,9 @@
 //! review of the engine's sources and targets. Each failed before its fix: a loop device whose
 //! backing file's name was removed while another hard link remained (restore overwrote its own
 //! image through it), a block device read while `restore --force` wrote it (the image mixed old
-//! and new chunks, and verified), and `--force` over a file (its owner and mode lost, a loop
-//! device's file replaced under it).
+//! and new chunks, and verified), `--force` over a file (its owner and mode lost, a loop
+//! device's file replaced under it), and a symbolic link as output (a dangling one failed only
+//! after the whole transfer, one to a file was replaced by a regular file).
 //!
 //! Needs root (loop devices).
 
@@ -269,4 +270,55 @@ fn force_keeps_a_replaced_files_owner_and_mode_and_never_replaces_a_loop_devices
     assert_eq!(sha(&disk), sha(&a));
     assert!(!d.join("disk.manifest").exists());
     assert!(partials(d).is_empty(), "{:?}", partials(d));
+}
+
+#[test]
+fn an_output_that_is_a_symbolic_link_is_refused_before_any_data_moves() {
+    let dir = scratch();
+    let d = dir.path();
+    let src = d.join("src");
+    make_disk(&src, 8 * MIB, Data::Mixed, 26);
+    let img = d.join("img.raw");
+    ds_json(&["image", "create", s(&src), s(&img)]);
+    // A dangling link: refused at once, not after the whole transfer.
+    let dangling = d.join("dangling.raw");
+    std::os::unix::fs::symlink("nowhere.raw", &dangling).unwrap();
+    // A link to an existing file: --force would replace the link, not the file.
+    let victim = d.join("victim");
+    std::fs::write(&victim, b"keep").unwrap();
+    let link = d.join("link.raw");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    for (out, to) in [(&dangling, "nowhere.raw, which does not exist"), (&link, s(&victim))] {
+        for args in [
+            vec!["image", "create", s(&src), s(out), "--bwlimit", "1M"],
+            vec!["image", "create", s(&src), s(out), "-f", "--format", "dsimg"],
+            vec!["image", "restore", s(&img), s(out), "-f", "--bwlimit", "1M"],
+        ] {
+            let t0 = Instant::now();
+            let r = ds(&args);
+            assert!(!r.status.success(), "{args:?}");
+            let e = stderr_of(&r);
+            assert!(
+                e.contains(&format!("is a symbolic link (to {to})")) && e.contains("name the file itself"),
+                "{args:?}: {e}"
+            );
+            assert!(
+                t0.elapsed() < Duration::from_secs(4),
+                "{args:?}: refused only after the transfer"
+            );
+            assert!(std::fs::symlink_metadata(out).unwrap().file_type().is_symlink());
+        }
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+    assert!(!d.join("nowhere.raw").exists() && !d.join("dangling.raw.manifest").exists());
+    assert!(partials(d).is_empty(), "{:?}", partials(d));
+    // A link to a block device (/dev/disk/by-id/..., /dev/VG/LV) is written through.
+    let backing = d.join("dev");
+    std::fs::File::create(&backing).unwrap().set_len(8 * MIB).unwrap();
+    let lo = Loop::attach(&backing, false);
+    let dev_link = d.join("by-id");
+    std::os::unix::fs::symlink(&lo.dev, &dev_link).unwrap();
+    ds_json(&["image", "restore", s(&img), s(&dev_link), "-f"]);
+    drop(lo);
+    assert_eq!(sha(&backing), sha(&src));
 }

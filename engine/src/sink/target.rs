@@ -326,6 +326,7 @@ pub enum OutputKind {
 /// written: a new file; an existing regular file or (with `allow_device`) block device only with
 /// `force`; never a directory, FIFO, socket or character device.
 pub fn check_output(path: &Path, force: bool, allow_device: bool) -> Result<OutputKind> {
+    refuse_link_to_file(path)?;
     match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_block_device() && allow_device => {
             if force && read_only_device(&m) {
@@ -356,6 +357,29 @@ pub fn check_output(path: &Path, force: bool, allow_device: bool) -> Result<Outp
         Err(e) if e.kind() == io::ErrorKind::NotFound => new_output(path),
         Err(e) => Err(Error::io("stat", path, 0, e)),
     }
+}
+
+/// Refuses an output path that is a symbolic link to a regular file or to nothing. A file
+/// output is written under a temporary name and renamed over its path: through a link that
+/// would replace the link, never the file it leads to, and a dangling link would be found only
+/// at the commit, after the whole transfer. A link to a block device (`/dev/disk/by-id/...`,
+/// `/dev/VG/LV`) is the device, written in place through it.
+fn refuse_link_to_file(path: &Path) -> Result<()> {
+    let link = std::fs::symlink_metadata(path).is_ok_and(|l| l.file_type().is_symlink());
+    let dangling = match std::fs::metadata(path) {
+        _ if !link => return Ok(()),
+        Ok(m) if m.is_file() => false,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+        // A device, or a kind the checks that follow name and refuse.
+        _ => return Ok(()),
+    };
+    let to = std::fs::read_link(path).map_err(|e| Error::io("readlink", path, 0, e))?;
+    Err(Error::Invalid(format!(
+        "{}: is a symbolic link (to {}{}); name the file itself",
+        path.display(),
+        to.display(),
+        if dangling { ", which does not exist" } else { "" }
+    )))
 }
 
 /// A path where nothing is yet: a new file, if it names a file in a directory that exists.
