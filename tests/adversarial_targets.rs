@@ -3,8 +3,9 @@
 //! backing file's name was removed while another hard link remained (restore overwrote its own
 //! image through it), a block device read while `restore --force` wrote it (the image mixed old
 //! and new chunks, and verified), `--force` over a file (its owner and mode lost, a loop
-//! device's file replaced under it), and a symbolic link as output (a dangling one failed only
-//! after the whole transfer, one to a file was replaced by a regular file).
+//! device's file replaced under it), a symbolic link as output (a dangling one failed only after
+//! the whole transfer, one to a file was replaced by a regular file), and a damaged chunk met
+//! mid-restore onto a device (the error did not say the device was partly overwritten).
 //!
 //! Needs root (loop devices).
 
@@ -321,4 +322,47 @@ fn an_output_that_is_a_symbolic_link_is_refused_before_any_data_moves() {
     ds_json(&["image", "restore", s(&img), s(&dev_link), "-f"]);
     drop(lo);
     assert_eq!(sha(&backing), sha(&src));
+}
+
+#[test]
+fn a_damaged_chunk_met_mid_restore_onto_a_device_says_the_device_was_partly_overwritten() {
+    let dir = scratch();
+    let d = dir.path();
+    let src = d.join("src");
+    make_disk(&src, 16 * MIB, Data::Random, 27);
+    let img = d.join("img.raw");
+    ds_json(&["image", "create", s(&src), s(&img)]);
+    // One byte of chunk 12 flipped: the image's structure is whole, that chunk is damaged.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, 12 * MIB + 100).unwrap();
+        f.write_all_at(&[!b[0]], 12 * MIB + 100).unwrap();
+    }
+    let backing = d.join("dev");
+    make_disk(&backing, 16 * MIB, Data::Random, 28);
+    let lo = Loop::attach(&backing, false);
+    let r = ds(&["image", "restore", s(&img), lo.path(), "-f", "--json"]);
+    assert_eq!(r.status.code(), Some(3), "{}", stderr_of(&r));
+    let e = stderr_of(&r);
+    assert!(e.contains("checksum mismatch in chunk 12"), "{e}");
+    assert!(
+        e.contains(&format!("{} was partly overwritten", lo.path())) && e.contains("within its bytes 0.."),
+        "the error does not say the device was partly overwritten: {e}"
+    );
+    let j: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(j["kind"], "integrity", "{j}");
+    drop(lo);
+    // As it says: the device's first chunk is the image's now, no longer its own.
+    assert_eq!(read_prefix(&backing, MIB), read_prefix(&src, MIB));
+    // A file DEST is written under a temporary name: the same failure leaves it untouched.
+    let file = d.join("file");
+    make_disk(&file, 16 * MIB, Data::Random, 29);
+    let before = sha(&file);
+    let r = ds(&["image", "restore", s(&img), s(&file), "-f"]);
+    assert_eq!(r.status.code(), Some(3), "{}", stderr_of(&r));
+    assert!(!stderr_of(&r).contains("partly overwritten"), "{}", stderr_of(&r));
+    assert_eq!(sha(&file), before);
+    assert!(partials(d).is_empty(), "{:?}", partials(d));
 }

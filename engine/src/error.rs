@@ -62,6 +62,22 @@ pub enum Error {
     /// and cleaned up what it had created.
     #[error("interrupted")]
     Cancelled,
+    /// A failure after a block device, which is written in place, was partly overwritten (a
+    /// restore that met a damaged chunk mid-way): the error, and how much of the device is gone.
+    #[error(
+        "{source}; {dest} was partly overwritten: {chunks} chunk(s) within its bytes 0..{reach} were written \
+         before the failure, so it now holds neither its old data nor the image's disk"
+    )]
+    PartlyWritten {
+        /// The device.
+        dest: PathBuf,
+        /// Chunks written (or zeroed) on it.
+        chunks: u64,
+        /// One past the furthest byte written.
+        reach: u64,
+        /// What stopped the run.
+        source: Box<Error>,
+    },
     /// A manifest and an image that are not a pair: the manifest describes another image (for
     /// example one whose commit was cut between the two renames). Neither is known to be damaged.
     #[error("{manifest}: manifest does not belong to {image} ({detail})")]
@@ -149,6 +165,7 @@ impl Error {
             Self::Cancelled => ErrorKind::Cancelled,
             Self::Io { .. } => ErrorKind::Io,
             Self::Invalid(_) => ErrorKind::Invalid,
+            Self::PartlyWritten { source, .. } => source.kind(),
         }
     }
 

@@ -6,6 +6,7 @@
 //! [`DiskSource`]: crate::source::DiskSource
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::image::{check_outputs, detect, image_size, load_manifest, open_plain, raw_image_source};
@@ -14,7 +15,7 @@ use crate::direct_read::DirectReader;
 use crate::error::{Error, Result};
 use crate::format::reader::read_layout;
 use crate::report::ReportHead;
-use crate::sink::raw::RawSink;
+use crate::sink::raw::{Overwritten, RawSink};
 use crate::sink::target::{same_file, Target};
 use crate::sink::verify::VerifySink;
 use crate::source::{Disk, FrameSource, Source};
@@ -35,9 +36,24 @@ fn raw_sink(
     RawSink::tuned(target, size, chunk_size, t, o.zero_policy)
 }
 
+/// A failure that came after a device `dest` (written in place) was partly overwritten says so.
+fn say_overwritten(e: Error, dest: &Path, written: &Overwritten) -> Error {
+    if written.chunks() == 0 || e.is_cancelled() {
+        return e;
+    }
+    Error::PartlyWritten {
+        dest: dest.to_owned(),
+        chunks: written.chunks(),
+        reach: written.reach(),
+        source: Box::new(e),
+    }
+}
+
 /// Writes the disk held by `image` to `dest` (a file, created, or a block device), checking
 /// every chunk before it is written. A `dsimg` is checked structurally first, so a truncated
-/// or damaged image is refused before the first byte lands on `dest`.
+/// or damaged image is refused before the first byte lands on `dest`. A chunk found damaged
+/// mid-way leaves a file `dest` untouched; a device, written in place, is then partly
+/// overwritten, and the error says how much ([`Error::PartlyWritten`]).
 pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progress) -> Result<Report> {
     let t0 = Instant::now();
     let t = &o.tuning;
@@ -47,13 +63,14 @@ pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progres
         format: Some(detect(image)?),
         ..ReportHead::new("restore")
     };
-    match head.format {
+    let written = Arc::new(Overwritten::default());
+    let run = match head.format {
         Some(Format::Dsimg) => {
             let disk = Disk::open(image)?;
             let layout = read_layout(&open_plain(image)?, image)?;
             check_outputs(image, dest, None, o.force, Format::Raw)?;
             let geometry = (layout.header.disk_size, layout.header.chunk_size);
-            let sink = raw_sink(dest, geometry, o, &[image], &mut head)?;
+            let sink = raw_sink(dest, geometry, o, &[image], &mut head)?.with_overwritten(Arc::clone(&written));
             let direct = disk.is_direct();
             let stream = DirectReader::new(disk.into_file());
             let mut source = FrameSource::new(stream, image)?.opened(direct, None);
@@ -69,12 +86,13 @@ pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progres
                 )));
             }
             let geometry = (manifest.disk_size, manifest.chunk_size);
-            let sink = raw_sink(dest, geometry, o, &[image, &mpath], &mut head)?;
+            let sink = raw_sink(dest, geometry, o, &[image, &mpath], &mut head)?.with_overwritten(Arc::clone(&written));
             head.manifest = Some(mpath);
             let mut source = raw_image_source(image, &manifest)?;
             let chunks = source.info().chunks();
             let sink = VerifySink::new(Box::new(sink), image, chunks).against(&manifest);
             Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
         }
-    }
+    };
+    run.map_err(|e| say_overwritten(e, dest, &written))
 }

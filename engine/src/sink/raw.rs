@@ -5,6 +5,8 @@
 //! its output (with the manifest, for `create`) on [`Sink::finish`].
 
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::manifest::{commit, ManifestOut};
 use super::target::Target;
@@ -28,6 +30,31 @@ pub struct RawStats {
     pub requests: u64,
     /// Syncs asked for while writing ([`RawSink::with_flush_every`]).
     pub syncs: u64,
+}
+
+/// What a device output has had written so far: shared with the operation, which reports it
+/// after a failure (the sink is gone by then). Writes go out of order: `reach` bounds them.
+#[derive(Debug, Default)]
+pub struct Overwritten {
+    chunks: AtomicU64,
+    reach: AtomicU64,
+}
+
+impl Overwritten {
+    /// Chunks written (or zeroed) on the device.
+    pub fn chunks(&self) -> u64 {
+        self.chunks.load(Ordering::Relaxed)
+    }
+
+    /// One past the furthest byte written.
+    pub fn reach(&self) -> u64 {
+        self.reach.load(Ordering::Relaxed)
+    }
+
+    fn mark(&self, end: u64) {
+        self.chunks.fetch_add(1, Ordering::Relaxed);
+        self.reach.fetch_max(end, Ordering::Relaxed);
+    }
 }
 
 enum Writer {
@@ -56,6 +83,8 @@ pub struct RawSink {
     stop: Option<StopFlag>,
     /// Syncs the output as it grows (a throttled run), so the commit's fsync is short.
     flusher: Option<Flusher>,
+    /// Where a device output's writes are counted.
+    overwritten: Option<Arc<Overwritten>>,
 }
 
 /// Syncs a file's data on a thread of its own every `every` bytes written, at most one sync
@@ -179,6 +208,7 @@ impl RawSink {
             manifest: None,
             stop: None,
             flusher: None,
+            overwritten: None,
         })
     }
 
@@ -210,6 +240,15 @@ impl RawSink {
     /// Records every chunk in `manifest`, committed with the image as a pair.
     pub fn with_manifest(mut self, manifest: ManifestOut) -> Self {
         self.manifest = Some(manifest);
+        self
+    }
+
+    /// Counts in `overwritten` what is written to a device output (a file is written under a
+    /// temporary name, so a failed run leaves it untouched).
+    pub fn with_overwritten(mut self, overwritten: Arc<Overwritten>) -> Self {
+        if self.target.is_device() {
+            self.overwritten = Some(overwritten);
+        }
         self
     }
 
@@ -382,6 +421,10 @@ impl Sink for RawSink {
     fn put(&mut self, p: Processed) -> Result<()> {
         if let Some(m) = &mut self.manifest {
             m.record(&p);
+        }
+        let skipped = matches!(p.payload, Payload::Zero) && self.zero_policy == ZeroPolicy::Skip;
+        if let Some(o) = self.overwritten.as_ref().filter(|_| !skipped) {
+            o.mark(p.offset + u64::from(p.len));
         }
         match p.payload {
             Payload::Zero => self.zero(p.offset, p.len),
