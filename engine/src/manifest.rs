@@ -10,6 +10,7 @@ use std::path::Path;
 
 use crate::digest::{hex, Checksum, Hash, ImageDigest, ZeroDigests};
 use crate::error::{Error, Result};
+use crate::format::{MAX_CHUNK, MIN_CHUNK};
 
 /// First line of every manifest this version writes.
 pub const MANIFEST_MAGIC: &str = "diskstream-manifest v2";
@@ -270,11 +271,21 @@ impl ManifestHeader {
             }
         };
         let disk_size: u64 = p.field("disk-size")?;
+        let cs_at = p.pos;
         let chunk_size: u32 = p.field("chunk-size")?;
-        if !chunk_size.is_power_of_two() || chunk_size < 4096 {
-            return Err(p.err(format!(
-                "chunk size {chunk_size} is not a power of two of at least 4096"
-            )));
+        if !chunk_size.is_power_of_two() || !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk_size) {
+            // Exactly what a writer produces: a larger chunk would make every reader allocate
+            // buffers of that size (a `chunk-size 2147483648` once aborted verify on 77 GB).
+            return Err(Error::corrupt(
+                path,
+                "manifest",
+                cs_at as u64,
+                format!(
+                    "line {}: chunk size {chunk_size} is not a power of two from {MIN_CHUNK} to {MAX_CHUNK} \
+                     (the largest chunk diskstream writes)",
+                    p.line_of(cs_at)
+                ),
+            ));
         }
         let count: u64 = p.field("chunk-count")?;
         if count != disk_size.div_ceil(u64::from(chunk_size)) {
@@ -371,6 +382,11 @@ impl<'a> Lines<'a> {
             })
     }
 
+    /// The line number (from 1) of the line starting at byte `at`.
+    fn line_of(&self, at: usize) -> usize {
+        self.text[..at].matches('\n').count() + 1
+    }
+
     fn err(&self, detail: String) -> Error {
         Error::corrupt(self.path, "manifest", self.pos as u64, detail)
     }
@@ -417,6 +433,28 @@ mod tests {
         let v2 = sample(Checksum::Blake3).encode();
         assert!(v2.starts_with("diskstream-manifest v2\nchecksum blake3\n"), "{v2}");
         assert!(v2.contains("\nimage-blake3 "), "{v2}");
+    }
+
+    #[test]
+    fn a_chunk_size_larger_than_any_writer_makes_is_rejected_naming_file_and_line() {
+        let mut m = Manifest::new(Checksum::Blake3, 1, crate::format::MAX_CHUNK);
+        m.set(0, ChunkKind::Data, Checksum::Blake3.digest(b"x"));
+        let good = m.encode();
+        // The largest chunk a writer makes is read back.
+        assert_eq!(Manifest::parse(good.as_bytes(), Path::new("m")).unwrap(), m);
+        for big in [1u64 << 27, 1 << 31] {
+            let text = good.replace("chunk-size 67108864\n", &format!("chunk-size {big}\n"));
+            assert_ne!(text, good);
+            let head = ManifestHeader::parse(text.as_bytes(), Path::new("dir/x.manifest"));
+            let e = head.expect_err("a chunk size over 64 MiB was accepted").to_string();
+            assert!(e.starts_with("dir/x.manifest: corrupt manifest"), "{e}");
+            assert!(e.contains(&format!("line 4: chunk size {big} is not")), "{e}");
+            assert!(e.contains("4096 to 67108864"), "{e}");
+            let e = Manifest::parse(text.as_bytes(), Path::new("m"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("line 4"), "{e}");
+        }
     }
 
     #[test]

@@ -1,0 +1,80 @@
+//! Adversarial tests of how `diskstream image verify|restore|info` read images: which format a
+//! file is read as (a raw image that begins with the dsimg magic, `--format`), hostile headers
+//! and manifests that once made a reader allocate gigabytes (the child's peak RSS measured),
+//! the manifest of a dsimg checked by every command, one image file read through one
+//! descriptor, and what `info` says of what it did not check. Each test failed before its fix.
+//!
+//! The RSS checks need `/usr/bin/time` (the project's test script installs it).
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+
+const MIB: u64 = 1 << 20;
+const BIN: &str = env!("CARGO_BIN_EXE_diskstream");
+/// The peak RSS every image command stays under (`docs/performance.md`, bench-rss).
+const RSS_LIMIT: u64 = 128 * MIB;
+
+fn stderr_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `diskstream ARGS` under `/usr/bin/time` and returns its output and peak RSS in bytes.
+fn ds_rss(args: &[&str]) -> (std::process::Output, u64) {
+    let dir = scratch();
+    let rss_file = dir.path().join("rss");
+    let out = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&rss_file)
+        .arg(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("/usr/bin/time is needed (apt-get install time; the test script installs it)");
+    let text = std::fs::read_to_string(&rss_file).expect("rss file");
+    let kib: u64 = text
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in {text:?}"));
+    (out, kib * 1024)
+}
+
+// ---------------------------------------------------------------------------------------------
+// F1: a manifest's chunk size is bounded as the writer's is.
+
+#[test]
+fn a_manifest_with_a_2_gib_chunk_is_refused_with_bounded_memory() {
+    use diskstream_engine::digest::Checksum;
+    use diskstream_engine::manifest::{ChunkKind, Manifest};
+    let dir = scratch();
+    let d = dir.path();
+    let img = d.join("one.raw");
+    std::fs::write(&img, b"x").unwrap();
+    // A consistent manifest (its image digest matches) that no writer makes: 2 GiB chunks.
+    let mut m = Manifest::new(Checksum::Blake3, 1, 1 << 31);
+    m.set(0, ChunkKind::Data, Checksum::Blake3.digest(b"x"));
+    let mpath = d.join("one.raw.manifest");
+    std::fs::write(&mpath, m.encode()).unwrap();
+    for op in ["verify", "info", "restore"] {
+        let dest = d.join("dest");
+        let mut args = vec!["image", op, s(&img)];
+        if op == "restore" {
+            args.push(s(&dest));
+        }
+        let (o, rss) = ds_rss(&args);
+        let e = stderr_of(&o);
+        assert_eq!(o.status.code(), Some(3), "{op}: {e}");
+        assert!(
+            e.contains("line 4: chunk size 2147483648 is not a power of two from 4096 to 67108864"),
+            "{op}: {e}"
+        );
+        assert!(e.contains(s(&mpath)), "{op}: {e}");
+        assert!(rss < RSS_LIMIT, "{op}: peak RSS {} MiB", rss >> 20);
+        assert!(!dest.exists());
+    }
+}
