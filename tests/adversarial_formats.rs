@@ -8,6 +8,8 @@
 
 mod common;
 
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -77,4 +79,62 @@ fn a_manifest_with_a_2_gib_chunk_is_refused_with_bounded_memory() {
         assert!(rss < RSS_LIMIT, "{op}: peak RSS {} MiB", rss >> 20);
         assert!(!dest.exists());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// F2: the index is read in pieces, whatever the header says.
+
+/// A sparse file of `len` bytes with a dsimg header of `chunks` 4 KiB chunks, the index head
+/// and a trailer that fit them, and nothing else (holes).
+fn hollow_dsimg(path: &Path, len: u64, chunks: u64) {
+    use diskstream_engine::digest::Checksum;
+    use diskstream_engine::format::{encode_index_head, index_len, Header, Trailer};
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(len).unwrap();
+    let h = Header {
+        disk_size: chunks * 4096,
+        chunk_size: 4096,
+        checksum: Checksum::Blake3,
+    };
+    f.write_all_at(&h.encode(), 0).unwrap();
+    let index_offset = len - 64 - index_len(chunks);
+    f.write_all_at(&encode_index_head(chunks), index_offset).unwrap();
+    let t = Trailer {
+        index_offset,
+        total_len: len,
+        image_digest: [0; 32],
+    };
+    f.write_all_at(&t.encode(), len - 64).unwrap();
+}
+
+#[test]
+fn a_header_declaring_2_pow_28_chunks_in_a_sparse_file_costs_no_memory() {
+    let dir = scratch();
+    let d = dir.path();
+    let img = d.join("hollow.dsimg");
+    hollow_dsimg(&img, 64 << 30, 1 << 28);
+    for op in ["info", "verify", "restore"] {
+        let dest = d.join("dest");
+        let mut args = vec!["image", op, s(&img)];
+        if op == "restore" {
+            args.push(s(&dest));
+        }
+        let (o, rss) = ds_rss(&args);
+        let e = stderr_of(&o);
+        assert_eq!(o.status.code(), Some(3), "{op}: {e}");
+        assert!(
+            e.contains("corrupt index entry") && e.contains("chunk 0 at 0"),
+            "{op}: {e}"
+        );
+        assert!(rss < RSS_LIMIT, "{op}: peak RSS {} MiB", rss >> 20);
+        assert!(!dest.exists());
+    }
+    // A file too short for the frames its header declares is refused before its index is read.
+    let small = d.join("small.dsimg");
+    hollow_dsimg(&small, 4 << 30, 1 << 26);
+    let (o, rss) = ds_rss(&["image", "info", s(&small)]);
+    let e = stderr_of(&o);
+    assert_eq!(o.status.code(), Some(3), "{e}");
+    assert!(e.contains("does not fit the header's 67108864 chunks"), "{e}");
+    assert!(rss < RSS_LIMIT, "peak RSS {} MiB", rss >> 20);
 }

@@ -341,35 +341,37 @@ fn read_exact(r: &mut impl Read, buf: &mut [u8], path: &Path, at: u64, what: &'s
     })
 }
 
-/// An image's structure as its header, index and trailer describe it.
+/// An image's structure as its header, index and trailer describe it: the index summed up per
+/// frame kind, not kept (its size follows from a header the file chose).
 #[derive(Clone, Debug)]
 pub struct Layout {
     /// The header.
     pub header: Header,
     /// The trailer.
     pub trailer: Trailer,
-    /// One entry per chunk.
-    pub index: Vec<IndexEntry>,
+    /// Per frame kind (zero, raw, lz4): how many chunks, and their payload bytes.
+    kinds: [(u64, u64); 3],
 }
 
 impl Layout {
     /// Number of chunks stored as `kind`.
     pub fn count(&self, kind: FrameKind) -> u64 {
-        self.index.iter().filter(|e| e.kind == kind).count() as u64
+        self.kinds[kind as usize].0
     }
 
     /// Payload bytes stored as `kind`.
     pub fn stored(&self, kind: FrameKind) -> u64 {
-        self.index
-            .iter()
-            .filter(|e| e.kind == kind)
-            .map(|e| u64::from(e.stored_len))
-            .sum()
+        self.kinds[kind as usize].1
     }
 }
 
+/// Index bytes read (and hashed, and checked) at a time by [`read_layout`]: 64 Ki entries.
+const INDEX_PIECE: usize = 64 * 1024 * INDEX_ENTRY_LEN;
+
 /// Checks the structure of an image file (header, trailer, index and how they fit the file's
 /// length) without reading the frames. Catches truncation and most structural damage at once.
+/// Memory is bounded whatever the header claims: the index must fit between the frames' least
+/// possible end and the trailer, and is read, hashed and checked in pieces of [`INDEX_PIECE`].
 pub fn read_layout(file: &File, path: &Path) -> Result<Layout> {
     let len = file.metadata().map_err(|e| Error::io("stat", path, 0, e))?.len();
     let min = (HEADER_LEN + INDEX_HEAD_LEN + 32 + TRAILER_LEN) as u64;
@@ -400,61 +402,97 @@ pub fn read_layout(file: &File, path: &Path) -> Result<Layout> {
         ));
     }
     let count = header.chunk_count();
-    let ilen = index_len(count);
-    if trailer.index_offset.checked_add(ilen) != Some(tat) {
+    // Every frame is at least its header: the index can start no earlier than this.
+    let frames_end = count
+        .saturating_mul(FRAME_HEADER_LEN as u64)
+        .saturating_add(HEADER_LEN as u64);
+    if trailer.index_offset.checked_add(index_len(count)) != Some(tat) || trailer.index_offset < frames_end {
         return Err(Error::corrupt(
             path,
             "trailer",
             tat,
-            "index offset does not fit the chunk count and the image length",
+            format!(
+                "index offset {} does not fit the header's {count} chunks and the image length {len}",
+                trailer.index_offset
+            ),
         ));
     }
-    let mut ibytes = vec![0u8; ilen as usize];
-    pread_exact(file, &mut ibytes, trailer.index_offset, path)?;
-    let (body, digest) = ibytes.split_at(ibytes.len() - 32);
-    if header.checksum.digest(body) != digest {
-        return Err(Error::corrupt(
-            path,
-            "index digest",
-            tat - 32,
-            format!("{} of the index does not match", header.checksum),
-        ));
-    }
-    let head: &[u8; INDEX_HEAD_LEN] = body[..INDEX_HEAD_LEN].try_into().expect("16 bytes");
-    let n = decode_index_head(head).map_err(|d| Error::corrupt(path, "index", trailer.index_offset, d))?;
+    let kinds = read_index(file, path, &header, trailer.index_offset)?;
+    Ok(Layout { header, trailer, kinds })
+}
+
+/// Reads the index at `at` of an image with `header` in pieces: hashes it, checks each entry's
+/// place (the frames follow each other from the header to the index) and sums it up per kind.
+fn read_index(file: &File, path: &Path, header: &Header, at: u64) -> Result<[(u64, u64); 3]> {
+    let count = header.chunk_count();
+    let mut head = [0u8; INDEX_HEAD_LEN];
+    pread_exact(file, &mut head, at, path)?;
+    let n = decode_index_head(&head).map_err(|d| Error::corrupt(path, "index", at, d))?;
     if n != count {
         return Err(Error::corrupt(
             path,
             "index",
-            trailer.index_offset,
+            at,
             format!("{n} entries for {count} chunks"),
         ));
     }
-    let mut index = Vec::with_capacity(count as usize);
+    let mut hasher = Incremental::new(header.checksum);
+    hasher.update(&head);
+    let mut kinds = [(0u64, 0u64); 3];
     let mut expect = HEADER_LEN as u64;
-    for (i, e) in body[INDEX_HEAD_LEN..].chunks_exact(INDEX_ENTRY_LEN).enumerate() {
-        let eat = trailer.index_offset + (INDEX_HEAD_LEN + i * INDEX_ENTRY_LEN) as u64;
-        let entry = IndexEntry::decode(e).map_err(|d| Error::corrupt(path, "index entry", eat, d))?;
-        if entry.frame_offset != expect {
-            return Err(Error::corrupt(
-                path,
-                "index entry",
-                eat,
-                format!("chunk {i} at {} where {expect} was expected", entry.frame_offset),
-            ));
+    let body = count * INDEX_ENTRY_LEN as u64;
+    let mut piece = vec![0u8; body.min(INDEX_PIECE as u64) as usize];
+    let mut done = 0u64;
+    while done < body {
+        let buf = &mut piece[..(body - done).min(INDEX_PIECE as u64) as usize];
+        let pat = at + INDEX_HEAD_LEN as u64 + done;
+        pread_exact(file, buf, pat, path)?;
+        hasher.update(buf);
+        for (k, e) in buf.chunks_exact(INDEX_ENTRY_LEN).enumerate() {
+            let i = done / INDEX_ENTRY_LEN as u64 + k as u64;
+            let eat = pat + (k * INDEX_ENTRY_LEN) as u64;
+            let entry = IndexEntry::decode(e).map_err(|d| Error::corrupt(path, "index entry", eat, d))?;
+            if entry.frame_offset != expect {
+                return Err(Error::corrupt(
+                    path,
+                    "index entry",
+                    eat,
+                    format!("chunk {i} at {} where {expect} was expected", entry.frame_offset),
+                ));
+            }
+            expect += FRAME_HEADER_LEN as u64 + u64::from(entry.stored_len);
+            if expect > at {
+                break; // Named below: the frames overrun the index.
+            }
+            let kind = &mut kinds[entry.kind as usize];
+            kind.0 += 1;
+            kind.1 += u64::from(entry.stored_len);
         }
-        expect += FRAME_HEADER_LEN as u64 + u64::from(entry.stored_len);
-        index.push(entry);
+        if expect > at {
+            break;
+        }
+        done += buf.len() as u64;
     }
-    if expect != trailer.index_offset {
+    if expect != at {
         return Err(Error::corrupt(
             path,
             "index",
-            trailer.index_offset,
+            at,
             "frames do not end where the index starts",
         ));
     }
-    Ok(Layout { header, trailer, index })
+    let dat = at + INDEX_HEAD_LEN as u64 + body;
+    let mut d = [0u8; 32];
+    pread_exact(file, &mut d, dat, path)?;
+    if hasher.finish() != d {
+        return Err(Error::corrupt(
+            path,
+            "index digest",
+            dat,
+            format!("{} of the index does not match", header.checksum),
+        ));
+    }
+    Ok(kinds)
 }
 
 fn pread_exact(file: &File, buf: &mut [u8], at: u64, path: &Path) -> Result<()> {
