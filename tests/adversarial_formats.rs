@@ -46,6 +46,10 @@ fn ds_rss(args: &[&str]) -> (std::process::Output, u64) {
     (out, kib * 1024)
 }
 
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).expect("read")
+}
+
 // ---------------------------------------------------------------------------------------------
 // F1: a manifest's chunk size is bounded as the writer's is.
 
@@ -137,4 +141,48 @@ fn a_header_declaring_2_pow_28_chunks_in_a_sparse_file_costs_no_memory() {
     assert_eq!(o.status.code(), Some(3), "{e}");
     assert!(e.contains("does not fit the header's 67108864 chunks"), "{e}");
     assert!(rss < RSS_LIMIT, "peak RSS {} MiB", rss >> 20);
+}
+
+// ---------------------------------------------------------------------------------------------
+// F3: buffers are sized by the disk, not only by the chunk size.
+
+#[test]
+fn a_tiny_disk_in_64_mib_chunks_is_read_with_little_memory() {
+    let dir = scratch();
+    let d = dir.path();
+    let src = d.join("tiny");
+    std::fs::write(&src, [7u8; 257]).unwrap();
+    for format in ["dsimg", "raw"] {
+        let img = d.join(format!("tiny.{format}"));
+        let (o, rss) = ds_rss(&[
+            "image",
+            "create",
+            s(&src),
+            s(&img),
+            "--format",
+            format,
+            "--chunk-size",
+            "64M",
+        ]);
+        assert!(o.status.success(), "create {format}: {}", stderr_of(&o));
+        assert!(rss < RSS_LIMIT, "create {format}: peak RSS {} MiB", rss >> 20);
+        let (o, rss) = ds_rss(&["image", "verify", s(&img)]);
+        assert!(o.status.success(), "verify {format}: {}", stderr_of(&o));
+        assert!(rss < RSS_LIMIT, "verify {format}: peak RSS {} MiB", rss >> 20);
+        for seq in [false, true] {
+            let out = d.join("out");
+            let mut args = vec!["image", "restore", s(&img), s(&out), "--force"];
+            if seq {
+                args.push("--sequential");
+            }
+            let (o, rss) = ds_rss(&args);
+            assert!(o.status.success(), "restore {format}: {}", stderr_of(&o));
+            assert!(
+                rss < RSS_LIMIT,
+                "restore {format} seq={seq}: peak RSS {} MiB",
+                rss >> 20
+            );
+            assert_eq!(read(&out), read(&src));
+        }
+    }
 }

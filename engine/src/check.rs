@@ -12,7 +12,9 @@ use crate::buf::{BufPool, Pages, PoolBuf};
 use crate::error::{Error, Result};
 use crate::format::reader::{check_frame, FrameCheck, ImageReader, StoredFrame};
 use crate::format::FrameKind;
-use crate::pipeline::{all_zero_map, drain_if, spawn, spawn_error, zero_block_size, zero_map, Payload, Processed};
+use crate::pipeline::{
+    all_zero_map, drain_if, pool_shape, spawn, spawn_error, zero_block_size, zero_map, Payload, Processed,
+};
 
 /// Buffers of a checking run: stored payloads as read, and decompressed chunks of lz4 frames.
 pub struct FramePools {
@@ -23,13 +25,15 @@ pub struct FramePools {
 }
 
 impl FramePools {
-    /// Pools for `chunk_size` chunks, `threads` workers and a sink that keeps up to `sink_depth`
-    /// chunks in flight (raw writes); allocated and touched up front.
-    pub fn new(chunk_size: u32, threads: usize, sink_depth: u32, pages: Pages) -> Self {
-        let count = sink_depth as usize + 2 * threads + 2;
+    /// Pools for `chunk_size` chunks of a disk of `disk_size` bytes, `threads` workers and a sink
+    /// that keeps up to `sink_depth` chunks in flight (raw writes); allocated and touched up
+    /// front, shaped by [`pool_shape`] (a 1-byte disk in 64 MiB chunks takes a few 64 KiB
+    /// buffers, not `sink_depth + 2 * threads + 2` chunks twice).
+    pub fn new(chunk_size: u32, disk_size: u64, threads: usize, sink_depth: u32, pages: Pages) -> Self {
+        let (size, count) = pool_shape(chunk_size, disk_size, sink_depth as usize + 2 * threads + 2);
         let p = Self {
-            stored: BufPool::with_pages(chunk_size as usize, count, pages),
-            chunks: BufPool::with_pages(chunk_size as usize, count, pages),
+            stored: BufPool::with_pages(size, count, pages),
+            chunks: BufPool::with_pages(size, count, pages),
         };
         p.stored.fill();
         p.chunks.fill();

@@ -72,10 +72,30 @@ impl Processed {
     }
 }
 
+/// The most any O_DIRECT request is aligned to (a device's logical block, a page): a buffer of a
+/// disk's size rounded up to it holds every aligned read and padded write of the disk's chunks.
+pub const MAX_IO_ALIGN: u64 = 64 << 10;
+
+/// How large and how many buffers a run over a disk of `disk_size` bytes in `chunk_size` chunks
+/// takes where it would keep `want` chunks in flight: never more than the disk has chunks (plus
+/// the two a reader may hold past the last), each no larger than a chunk or than the disk rounded
+/// up to [`MAX_IO_ALIGN`]. A 1-byte disk in 64 MiB chunks gets a few 64 KiB buffers; a disk of
+/// many chunks gets exactly `want` of a chunk each.
+pub fn pool_shape(chunk_size: u32, disk_size: u64, want: usize) -> (usize, usize) {
+    let chunks = disk_size.div_ceil(u64::from(chunk_size));
+    let count = (want as u64).min(chunks.saturating_add(2)) as usize;
+    let size = if disk_size >= u64::from(chunk_size) {
+        chunk_size as usize
+    } else {
+        disk_size.next_multiple_of(MAX_IO_ALIGN).min(u64::from(chunk_size)) as usize
+    };
+    (size, count)
+}
+
 /// The buffer pools of one run: read buffers, and compression output buffers when compressing.
 #[derive(Clone)]
 pub struct Pools {
-    /// Read buffers, one chunk each.
+    /// Read buffers, one chunk each (or the disk rounded up, for a disk shorter than a chunk).
     pub input: BufPool,
     /// lz4 output buffers (sized for the worst case), if compressing.
     pub output: Option<BufPool>,
@@ -84,19 +104,23 @@ pub struct Pools {
     pub gate: Option<Arc<AtomicBool>>,
     /// Whether the workers work out each data chunk's payload CRC-32C.
     pub payload_crc: bool,
+    /// The run's chunk size (its zero maps' block size follows from it, not from the buffers').
+    chunk_size: u32,
 }
 
 impl Pools {
-    /// Pools for `chunk_size` chunks with `depth` reads in flight and `threads` workers, made
-    /// of `pages`. The read pool bounds memory: every chunk in flight holds one of its buffers.
-    pub fn new(chunk_size: u32, depth: u32, threads: usize, compress: bool, pages: Pages) -> Self {
-        let count = depth as usize + threads + 2;
-        let out_size = lz4_flex::block::get_maximum_output_size(chunk_size as usize);
+    /// Pools for `chunk_size` chunks of a disk of `disk_size` bytes with `depth` reads in flight
+    /// and `threads` workers, made of `pages`, shaped by [`pool_shape`]. The read pool bounds
+    /// memory: every chunk in flight holds one of its buffers.
+    pub fn new(chunk_size: u32, disk_size: u64, depth: u32, threads: usize, compress: bool, pages: Pages) -> Self {
+        let (size, count) = pool_shape(chunk_size, disk_size, depth as usize + threads + 2);
+        let out_size = lz4_flex::block::get_maximum_output_size(size);
         let pools = Self {
-            input: BufPool::with_pages(chunk_size as usize, count, pages),
+            input: BufPool::with_pages(size, count, pages),
             output: compress.then(|| BufPool::with_pages(out_size, count, pages)),
             gate: None,
             payload_crc: false,
+            chunk_size,
         };
         pools.input.fill();
         if let Some(out) = &pools.output {
@@ -221,7 +245,7 @@ fn process(chunk: ReadChunk, zeros: &ZeroDigests, pools: &Pools, table: &mut Com
         len,
         buf,
     } = chunk;
-    let block = zero_block_size(pools.input.buf_size() as u32);
+    let block = zero_block_size(pools.chunk_size);
     let zero = |zero_map| Processed {
         index,
         offset,

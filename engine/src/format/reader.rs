@@ -90,7 +90,8 @@ impl<R: Read> ImageReader<R> {
     /// The one-thread reference path: [`Self::next_stored`] then [`check_frame`] on one thread.
     pub fn next_frame(&mut self, dst: &mut [u8]) -> Result<Option<FrameHeader>> {
         let mut stored = std::mem::take(&mut self.scratch);
-        stored.resize(self.header.chunk_size as usize, 0);
+        // A payload is never longer than its chunk, nor a chunk than the disk.
+        stored.resize(self.header.chunk_len(0) as usize, 0);
         let next = self.next_stored(&mut stored);
         let res = match next {
             Ok(Some(at)) => {

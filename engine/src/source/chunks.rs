@@ -69,6 +69,7 @@ impl Source for DiskSource {
         // A sink that keeps chunks in flight (raw writes) holds read buffers too.
         let pools = Pools::new(
             cs,
+            self.size,
             t.queue_depth + spec.needs.in_flight,
             t.threads,
             spec.needs.lz4,

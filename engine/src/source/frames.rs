@@ -75,8 +75,10 @@ impl<R: FrameStream> FrameSource<R> {
     }
 
     fn run_sequential(&mut self, spec: RunSpec<'_>, deliver: &mut dyn FnMut(Processed) -> Result<()>) -> Result<()> {
-        let cs = self.reader.header().chunk_size;
-        let pool = BufPool::with_pages(cs as usize, spec.needs.in_flight as usize + 1, spec.tuning.pages);
+        let h = self.reader.header();
+        let cs = h.chunk_size;
+        let (size, count) = pipeline::pool_shape(cs, h.disk_size, spec.needs.in_flight as usize + 1);
+        let pool = BufPool::with_pages(size, count, spec.tuning.pages);
         let block = pipeline::zero_block_size(cs);
         let mut offset = 0u64;
         loop {
@@ -143,12 +145,8 @@ impl<R: FrameStream> Source for FrameSource<R> {
             } else {
                 ZeroMaps::Skip
             };
-            let pools = FramePools::new(
-                self.reader.header().chunk_size,
-                t.threads,
-                spec.needs.in_flight,
-                t.pages,
-            );
+            let h = self.reader.header();
+            let pools = FramePools::new(h.chunk_size, h.disk_size, t.threads, spec.needs.in_flight, t.pages);
             run_frames(&mut self.reader, &pools, t.threads, maps, spec.progress, deliver)?;
         }
         Ok(SourceStats {
