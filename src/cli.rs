@@ -116,6 +116,10 @@ enum ImageCmd {
         /// Manifest of the image (default IMAGE.manifest; required for a raw image on a block device).
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// Read IMAGE as raw or dsimg (default: the dsimg magic, unless a manifest describes a raw image of
+        /// IMAGE's size).
+        #[arg(long, value_parser = choice::<Format>(&["raw", "dsimg"]))]
+        format: Option<Format>,
         #[command(flatten)]
         tune: Tune,
     },
@@ -135,6 +139,10 @@ enum ImageCmd {
         /// Manifest of the image (default IMAGE.manifest; required for a raw image on a block device).
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// Read IMAGE as raw or dsimg (default: the dsimg magic, unless a manifest describes a raw image of
+        /// IMAGE's size).
+        #[arg(long, value_parser = choice::<Format>(&["raw", "dsimg"]))]
+        format: Option<Format>,
         #[command(flatten)]
         tune: Tune,
         /// Replace DEST if it is an existing file.
@@ -161,9 +169,13 @@ enum ImageCmd {
     Info {
         /// The image.
         image: PathBuf,
-        /// Manifest of a raw image (default IMAGE.manifest).
+        /// Manifest of a raw image (default IMAGE.manifest), or one a dsimg is checked against.
         #[arg(long)]
         manifest: Option<PathBuf>,
+        /// Read IMAGE as raw or dsimg (default: the dsimg magic, unless a manifest describes a raw image of
+        /// IMAGE's size).
+        #[arg(long, value_parser = choice::<Format>(&["raw", "dsimg"]))]
+        format: Option<Format>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -444,10 +456,19 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
             });
             output::finish_or_interrupted(res, Op::ImageCreate, tune.json, &interrupt, true)
         }
-        ImageCmd::Verify { image, manifest, tune } => {
+        ImageCmd::Verify {
+            image,
+            manifest,
+            format,
+            tune,
+        } => {
             let tuning = tune.tuning(stop, Op::ImageVerify, own(None, None))?;
-            let o = VerifyOptions { tuning, manifest };
-            let total = image_size_hint(&image, &o.manifest);
+            let o = VerifyOptions {
+                tuning,
+                manifest,
+                format,
+            };
+            let total = image_size_hint(&image, &o.manifest, format);
             start(Op::ImageVerify, &image, None);
             let res = output::with_progress(&progress, total, Op::ImageVerify, tune.show(quiet), || {
                 ops::verify(&image, &o, &progress)
@@ -460,6 +481,7 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
             write_depth,
             zero_target,
             manifest,
+            format,
             tune,
             force,
         } => {
@@ -469,8 +491,9 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
                 force,
                 zero_policy: zero_target,
                 manifest,
+                format,
             };
-            let total = image_size_hint(&image, &o.manifest);
+            let total = image_size_hint(&image, &o.manifest, format);
             start(Op::ImageRestore, &image, Some(&dest));
             let res = output::with_progress(&progress, total, Op::ImageRestore, tune.show(quiet), || {
                 ops::restore(&image, &dest, &o, &progress)
@@ -498,7 +521,12 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
             });
             output::finish_or_interrupted(res, Op::ImageScan, tune.json, &interrupt, false)
         }
-        ImageCmd::Info { image, manifest, json } => output::info(ops::info(&image, &InfoOptions { manifest }), json),
+        ImageCmd::Info {
+            image,
+            manifest,
+            format,
+            json,
+        } => output::info(ops::info(&image, &InfoOptions { manifest, format }), json),
     })
 }
 
@@ -509,9 +537,10 @@ fn start(op: Op, input: &std::path::Path, output: Option<&std::path::Path>) {
 }
 
 /// The disk size an image holds, for the progress bar (0 if unknown).
-fn image_size_hint(image: &std::path::Path, manifest: &Option<PathBuf>) -> u64 {
+fn image_size_hint(image: &std::path::Path, manifest: &Option<PathBuf>, format: Option<Format>) -> u64 {
     let o = InfoOptions {
         manifest: manifest.clone(),
+        format,
     };
     ops::info(image, &o).map(|i| i.disk_size).unwrap_or(0)
 }

@@ -50,6 +50,109 @@ fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).expect("read")
 }
 
+/// A dsimg of a small mixed disk, `A.dsimg` (with its manifest) in `d`; returns the disk's path.
+fn small_dsimg(d: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let src = d.join("disk");
+    make_disk(&src, 3 * MIB + 512, Data::Mixed, 11);
+    let img = d.join("A.dsimg");
+    ds_json(&["image", "create", s(&src), s(&img), "--format", "dsimg"]);
+    (src, img)
+}
+
+// ---------------------------------------------------------------------------------------------
+// F4: the format is not the first 8 bytes alone.
+
+#[test]
+fn a_raw_image_that_begins_with_the_dsimg_magic_is_read_as_raw() {
+    let dir = scratch();
+    let d = dir.path();
+    let (src, a) = small_dsimg(d);
+    // A raw export of the dsimg file: the same bytes, and a raw manifest beside it.
+    let r = d.join("R.raw");
+    ds_json(&["image", "create", s(&a), s(&r), "--format", "raw"]);
+    assert_eq!(read(&r), read(&a));
+    let info = ds_json(&["image", "info", s(&r)]);
+    assert_eq!(info["format"], "raw", "{info}");
+    assert_eq!(info["disk_size"], read(&a).len() as u64, "{info}");
+    let v = ds_json(&["image", "verify", s(&r)]);
+    assert_eq!(v["format"], "raw", "{v}");
+    // Restore writes R.raw's own bytes (the old code wrote the disk inside it).
+    let out = d.join("out");
+    let j = ds_json(&["image", "restore", s(&r), s(&out)]);
+    assert_eq!(j["format"], "raw", "{j}");
+    assert_eq!(read(&out), read(&r), "restore of a raw image must give its bytes");
+    // --format dsimg reads it as the dsimg it holds; the raw manifest beside it is not its disk's.
+    let inner = d.join("inner");
+    let j = ds_json(&["image", "restore", s(&r), s(&inner), "--format", "dsimg"]);
+    assert_eq!(j["format"], "dsimg", "{j}");
+    assert_eq!(read(&inner), read(&src));
+    let i = ds_json(&["image", "info", s(&r), "--format", "dsimg"]);
+    assert_eq!(i["disk_size"], 3 * MIB + 512, "{i}");
+    ds_json(&["image", "verify", s(&r), "--format", "dsimg"]);
+    // --format raw on a dsimg without a raw manifest: a raw image needs one.
+    let o = ds(&[
+        "image",
+        "verify",
+        s(&a),
+        "--format",
+        "raw",
+        "--manifest",
+        s(&d.join("none")),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr_of(&o));
+    assert!(stderr_of(&o).contains("a raw image needs one"), "{}", stderr_of(&o));
+    // The dsimg itself is still a dsimg (its own manifest beside it fits its disk).
+    assert_eq!(ds_json(&["image", "info", s(&a)])["format"], "dsimg");
+}
+
+#[test]
+fn a_raw_disk_that_begins_with_the_magic_but_is_no_dsimg_is_raw() {
+    let dir = scratch();
+    let d = dir.path();
+    let src = d.join("disk");
+    make_disk(&src, 2 * MIB, Data::Random, 12);
+    src_magic(&src);
+    let r = d.join("r.raw");
+    ds_json(&["image", "create", s(&src), s(&r)]);
+    ds_json(&["image", "verify", s(&r)]);
+    let out = d.join("out");
+    ds_json(&["image", "restore", s(&r), s(&out)]);
+    assert_eq!(read(&out), read(&src));
+    // Without its manifest it is taken for a (broken) dsimg: the error says so.
+    std::fs::remove_file(d.join("r.raw.manifest")).unwrap();
+    let o = ds(&["image", "verify", s(&r)]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr_of(&o));
+}
+
+fn src_magic(p: &Path) {
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    f.write_all_at(b"DSIMG\0\r\n", 0).unwrap();
+}
+
+#[test]
+fn magic_and_a_manifest_that_fits_neither_reading_is_a_mismatch() {
+    let dir = scratch();
+    let d = dir.path();
+    let (_, a) = small_dsimg(d);
+    let other = d.join("other");
+    make_disk(&other, MIB, Data::Mixed, 13);
+    let o_img = d.join("other.raw");
+    ds_json(&["image", "create", s(&other), s(&o_img)]);
+    let m = d.join("other.raw.manifest");
+    for op in ["verify", "info", "restore"] {
+        let dest = d.join("dest");
+        let mut args = vec!["image", op, s(&a), "--manifest", s(&m), "--json"];
+        if op == "restore" {
+            args.insert(3, s(&dest));
+        }
+        let o = ds(&args);
+        assert_eq!(o.status.code(), Some(1), "{op}: {}", stderr_of(&o));
+        let e = stderr_of(&o);
+        assert!(e.contains("does not belong") && e.contains("--format"), "{op}: {e}");
+        assert!(!dest.exists());
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // F1: a manifest's chunk size is bounded as the writer's is.
 
@@ -185,4 +288,120 @@ fn a_tiny_disk_in_64_mib_chunks_is_read_with_little_memory() {
             assert_eq!(read(&out), read(&src));
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// F5: restore and info check a dsimg's manifest as verify does.
+
+#[test]
+fn restore_and_info_of_a_dsimg_check_its_manifest_before_writing() {
+    let dir = scratch();
+    let d = dir.path();
+    let (src, a) = small_dsimg(d);
+    // Another disk of the same size: its manifest fits the header but not the digest.
+    let b_src = d.join("b");
+    make_disk(&b_src, 3 * MIB + 512, Data::Mixed, 14);
+    let b = d.join("B.dsimg");
+    ds_json(&["image", "create", s(&b_src), s(&b), "--format", "dsimg"]);
+    let wrong = d.join("B.dsimg.manifest");
+    let dest = d.join("dest");
+    for (named, args) in [
+        (true, vec!["image", "restore", s(&a), s(&dest), "--manifest", s(&wrong)]),
+        (true, vec!["image", "info", s(&a), "--manifest", s(&wrong)]),
+        (
+            false,
+            vec!["image", "restore", s(&a), s(&dest), "--manifest", s(&d.join("missing"))],
+        ),
+        (false, vec!["image", "info", s(&a), "--manifest", s(&d.join("missing"))]),
+    ] {
+        let o = ds(&args);
+        let e = stderr_of(&o);
+        assert!(!o.status.success(), "{args:?} ignored the manifest");
+        if named {
+            assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+            assert!(e.contains("does not belong"), "{args:?}: {e}");
+        } else {
+            assert!(e.contains("missing"), "{args:?}: {e}");
+        }
+        assert!(!dest.exists(), "{args:?} wrote its destination");
+    }
+    // The manifest beside it, swapped for the wrong one, is checked too.
+    std::fs::copy(&wrong, d.join("A.dsimg.manifest")).unwrap();
+    let o = ds(&["image", "restore", s(&a), s(&dest)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr_of(&o));
+    assert!(!dest.exists());
+    // Its own manifest passes and is reported.
+    std::fs::remove_file(d.join("A.dsimg.manifest")).unwrap();
+    ds_json(&["image", "create", s(&src), s(&a), "--format", "dsimg", "--force"]);
+    let j = ds_json(&["image", "restore", s(&a), s(&dest)]);
+    assert_eq!(j["manifest"], s(&d.join("A.dsimg.manifest")), "{j}");
+    let i = ds_json(&["image", "info", s(&a)]);
+    assert_eq!(i["manifest"], s(&d.join("A.dsimg.manifest")), "{i}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// F6: one descriptor for the structure, the manifest and the frames.
+
+#[test]
+fn an_image_replaced_during_restore_is_never_mixed_with_another() {
+    let dir = scratch();
+    let d = dir.path();
+    let (src, a) = small_dsimg(d);
+    std::fs::remove_file(d.join("A.dsimg.manifest")).unwrap();
+    let other = d.join("other");
+    make_disk(&other, 4 * MIB, Data::Random, 15);
+    let b = d.join("B.dsimg");
+    ds_json(&[
+        "image",
+        "create",
+        s(&other),
+        s(&b),
+        "--format",
+        "dsimg",
+        "--compress",
+        "none",
+    ]);
+    std::fs::remove_file(d.join("B.dsimg.manifest")).unwrap();
+    let keep_a = d.join("a.keep");
+    std::fs::copy(&a, &keep_a).unwrap();
+    let (want_a, want_b) = (read(&src), read(&other));
+    // Put A's and B's files in turn under the name A.dsimg, as fast as renames go, while
+    // restores of that name run: each writes one of the two disks whole, or fails; never a mix
+    // (the old code opened the path three times and wrote B's size filled with A's frames).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, d, a) = (stop.clone(), d.to_owned(), a.clone());
+        std::thread::spawn(move || {
+            let tmp = d.join(".swap");
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let from = if n.is_multiple_of(2) { &b } else { &keep_a };
+                let _ = std::fs::remove_file(&tmp);
+                std::fs::hard_link(from, &tmp).unwrap();
+                std::fs::rename(&tmp, &a).unwrap();
+                n += 1;
+            }
+        })
+    };
+    let (mut restored, runs) = (0, 200);
+    for i in 0..runs {
+        let dest = d.join(format!("dest{i}"));
+        let o = ds(&["image", "restore", s(&a), s(&dest)]);
+        if o.status.success() {
+            let got = read(&dest);
+            assert!(
+                got == want_a || got == want_b,
+                "restore {i} wrote neither disk ({} bytes)",
+                got.len()
+            );
+            restored += 1;
+            std::fs::remove_file(&dest).unwrap();
+        } else {
+            assert!(!dest.exists(), "a failed restore left {}", dest.display());
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().unwrap();
+    eprintln!("{restored} of {runs} restores completed while the image was swapped");
+    assert!(restored > 0, "no restore completed");
 }

@@ -153,6 +153,14 @@ pub fn clear_nonblock(file: &File) -> io::Result<()> {
     Ok(fcntl_setfl(file, flags - OFlags::NONBLOCK)?)
 }
 
+/// Sets `O_DIRECT` on an open descriptor (`fcntl(F_SETFL)`), so that one descriptor can first
+/// serve small buffered reads and then aligned direct ones; `EINVAL` where the file system
+/// refuses O_DIRECT.
+pub fn set_direct(file: &File) -> io::Result<()> {
+    let flags = status_flags(file)?;
+    Ok(fcntl_setfl(file, flags | OFlags::DIRECT)?)
+}
+
 /// `renameat2(RENAME_NOREPLACE)`: renames `from` to `to` only where nothing is at `to`
 /// (`AlreadyExists` otherwise); `EINVAL` where the file system does not support it.
 pub fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> io::Result<()> {

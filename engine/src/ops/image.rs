@@ -2,20 +2,19 @@
 //! output, loading a raw image's manifest (checked against the image and its recorded digest),
 //! checking a dsimg's manifest, and the checks on outputs made before anything is opened.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use super::image_file::ImageFile;
 use super::Format;
 use crate::digest::{hex, Checksum, Hash};
+use crate::direct_read::DirectReader;
 use crate::error::{Error, Result};
 use crate::format::reader::Layout;
-use crate::format::MAGIC;
 use crate::manifest::Manifest;
 use crate::report::ReportHead;
 use crate::sink::manifest::{digest_xattr, IMAGE_DIGEST_XATTR};
 use crate::sink::target::{check_output, same_file, Target};
-use crate::source::{Disk, DiskSource};
+use crate::source::{Disk, DiskSource, FrameSource};
 
 fn is_block_device(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
@@ -80,11 +79,6 @@ pub(super) fn check_outputs(
     Ok(())
 }
 
-/// A buffered descriptor for small structural reads (O_DIRECT would need aligned buffers).
-pub(super) fn open_plain(path: &Path) -> Result<File> {
-    crate::input::open_input(path, "the image", true)
-}
-
 /// The report head of an operation `op` writing image `out` (with its manifest) in `format`,
 /// warning when the file system refused O_DIRECT for it.
 pub(super) fn output_head(
@@ -109,61 +103,79 @@ pub(super) fn output_head(
     head
 }
 
-/// What kind of image a path holds. Anything but a regular file or block device (a FIFO,
-/// `/dev/stdin`, a directory) is refused before it is opened.
-pub fn detect(path: &Path) -> Result<Format> {
-    let mut f = open_plain(path)?;
-    let mut magic = [0u8; 8];
-    let mut got = 0;
-    while got < magic.len() {
-        match f.read(&mut magic[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("read", path, got as u64, e)),
-        }
-    }
-    Ok(if got == 8 && magic == MAGIC {
-        Format::Dsimg
-    } else {
-        Format::Raw
-    })
+/// Which format the image at `path` is read as (see [`ImageFile::format`]): the dsimg magic,
+/// unless a manifest (`manifest`, or `IMAGE.manifest` if it exists) describes a raw image of
+/// this image's size. Anything but a regular file or block device (a FIFO, `/dev/stdin`, a
+/// directory) is refused before it is opened.
+pub fn detect(path: &Path, manifest: Option<&Path>) -> Result<Format> {
+    ImageFile::open(path)?.format(None, manifest)
 }
 
-/// Loads the manifest of the raw image `image` (`image_size` bytes): its header is read and
+/// Loads the manifest of the raw image `img`: its header is read and
 /// checked against the image first, so the manifest is read only as far as the image's chunk
 /// count allows; then the image's own record of its digest, if it has one, must match.
-pub(super) fn load_manifest(image: &Path, explicit: Option<&Path>, image_size: u64) -> Result<(PathBuf, Manifest)> {
+pub(super) fn load_manifest(img: &ImageFile, explicit: Option<&Path>) -> Result<(PathBuf, Manifest)> {
+    let image = img.path();
     let mpath = manifest_path(image, explicit)?;
     let mf = crate::input::ManifestFile::open(&mpath).map_err(|e| match e {
         Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => Error::Invalid(format!(
-            "{}: not a dsimg image, and its manifest {} does not exist (a raw image needs one)",
+            "{}: read as a raw image, and its manifest {} does not exist (a raw image needs one)",
             image.display(),
             mpath.display()
         )),
         e => e,
     })?;
-    size_fits(image, image_size, mf.header().disk_size)?;
+    size_fits(image, img.is_device(), img.size(), mf.header().disk_size)?;
     let manifest = mf.read()?;
-    check_recorded_digest(image, &mpath, manifest.checksum, &manifest.image_digest())?;
+    check_recorded_digest(img, &mpath, manifest.checksum, &manifest.image_digest())?;
     Ok((mpath, manifest))
 }
 
-/// The chunks of the raw image `image` that `manifest` describes, opened for reading: its
-/// first `disk_size` bytes, once [`size_fits`] has checked the image's size (again, on the
-/// descriptor that will be read).
-pub(super) fn raw_image_source(image: &Path, manifest: &Manifest) -> Result<DiskSource> {
+/// The chunks of the raw image `img` that `manifest` describes, opened for reading: its first
+/// `disk_size` bytes, once [`size_fits`] has checked the image's size (again, on the descriptor
+/// that will be read), which must be the file `img` checked, not one put in its place since.
+pub(super) fn raw_image_source(img: &ImageFile, manifest: &Manifest) -> Result<DiskSource> {
+    let image = img.path();
     let disk = Disk::open(image)?;
-    size_fits(image, disk.size(), manifest.disk_size)?;
+    if !img.same_as(disk.file())? {
+        return Err(replaced(image));
+    }
+    size_fits(image, img.is_device(), disk.size(), manifest.disk_size)?;
     Ok(DiskSource::new(disk, manifest.chunk_size, manifest.checksum).limit(Some(manifest.disk_size)))
 }
 
+/// The error of an image replaced while it was being read.
+fn replaced(image: &Path) -> Error {
+    Error::Invalid(format!(
+        "{}: the image was replaced while it was being read (another run wrote it?); nothing of the new file was used",
+        image.display()
+    ))
+}
+
+/// The frames of the dsimg `img` whose structure `layout` checked, read through the same
+/// descriptor (O_DIRECT set on it), so that the frames are those of the file whose layout and
+/// manifest were checked even if another file took its name meanwhile; the stream's header
+/// must be the layout's.
+pub(super) fn dsimg_source(img: ImageFile, layout: &Layout) -> Result<FrameSource<DirectReader>> {
+    let image = img.path().to_owned();
+    let (stream, direct, warning) = img.into_stream();
+    let source = FrameSource::new(stream, &image)?.opened(direct, warning.as_deref());
+    if source.header() != layout.header {
+        return Err(Error::corrupt(
+            &image,
+            "header",
+            0,
+            "the header read with the frames is not the one the structure was checked with (the image changed while it was read)",
+        ));
+    }
+    Ok(source)
+}
+
 /// Checks a raw image of `image_size` bytes against the disk size its manifest gives: a file
-/// must be exactly that long; a block device at least that large (a device is as large as it
+/// must be exactly that long; a block `device` at least that large (a device is as large as it
 /// was made, often larger than the disk written to it: its first `manifest_size` bytes are the
 /// image).
-fn size_fits(image: &Path, image_size: u64, manifest_size: u64) -> Result<()> {
-    let device = is_block_device(image);
+fn size_fits(image: &Path, device: bool, image_size: u64, manifest_size: u64) -> Result<()> {
     if image_size == manifest_size || (device && image_size > manifest_size) {
         return Ok(());
     }
@@ -177,11 +189,9 @@ fn size_fits(image: &Path, image_size: u64, manifest_size: u64) -> Result<()> {
 
 /// Compares the digest a raw image recorded when it was committed (its xattr; absent on file
 /// systems without user xattrs, on copies that dropped them, and on devices) with the manifest's.
-fn check_recorded_digest(image: &Path, mpath: &Path, checksum: Checksum, want: &Hash) -> Result<()> {
-    let Ok(f) = crate::input::open_input(image, "the image", true) else {
-        return Ok(()); // Opening it again below names the problem.
-    };
-    let Ok(Some(rec)) = crate::sys::get_xattr(&f, IMAGE_DIGEST_XATTR, 128) else {
+fn check_recorded_digest(img: &ImageFile, mpath: &Path, checksum: Checksum, want: &Hash) -> Result<()> {
+    let image = img.path();
+    let Ok(Some(rec)) = crate::sys::get_xattr(img.file(), IMAGE_DIGEST_XATTR, 128) else {
         return Ok(());
     };
     if rec[..] != digest_xattr(checksum, want)[..] {
@@ -205,27 +215,27 @@ fn check_recorded_digest(image: &Path, mpath: &Path, checksum: Checksum, want: &
     Ok(())
 }
 
-/// The size of a raw image: a regular file's length or a block device's size.
-pub(super) fn image_size(image: &Path) -> Result<u64> {
-    let f = crate::input::open_input(image, "the image", true)?;
-    let m = f.metadata().map_err(|e| Error::io("stat", image, 0, e))?;
-    if std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()) {
-        crate::sys::block_device_size(&f).map_err(|e| Error::io("BLKGETSIZE64", image, 0, e))
-    } else {
-        Ok(m.len())
-    }
-}
-
 /// For a dsimg with a manifest beside it (or named by `--manifest`): the manifest must describe
 /// this image (same disk size, chunk size and whole-image digest). No manifest is no error: a
-/// dsimg carries its own digests.
-pub(super) fn check_dsimg_manifest(image: &Path, explicit: Option<&Path>, layout: &Layout) -> Result<Option<PathBuf>> {
+/// dsimg carries its own digests. A manifest found beside it (not named) that describes a raw
+/// image of the file's size, not the dsimg's disk, is the file's manifest as a raw image (read
+/// as a dsimg only with `--format dsimg`), not this disk's: it is not checked.
+pub(super) fn check_dsimg_manifest(
+    img: &ImageFile,
+    explicit: Option<&Path>,
+    layout: &Layout,
+) -> Result<Option<PathBuf>> {
+    let image = img.path();
     let mpath = manifest_path(image, explicit)?;
     if explicit.is_none() && std::fs::symlink_metadata(&mpath).is_err() {
         return Ok(None);
     }
     let mf = crate::input::ManifestFile::open(&mpath)?;
     let h = *mf.header();
+    let own_disk = h.disk_size == layout.header.disk_size && h.chunk_size == layout.header.chunk_size;
+    if explicit.is_none() && !own_disk && h.disk_size == img.size() {
+        return Ok(None);
+    }
     let mismatch = |detail: String| Error::ManifestMismatch {
         manifest: mpath.clone(),
         image: image.to_owned(),

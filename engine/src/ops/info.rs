@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use super::image::{detect, image_size, load_manifest, open_plain};
+use super::image::{check_dsimg_manifest, load_manifest};
+use super::image_file::ImageFile;
 use super::{Format, Info, InfoOptions};
 use crate::digest::hex;
 use crate::error::Result;
@@ -14,13 +15,14 @@ use crate::manifest::ChunkKind;
 /// Describes an image from its header, index and trailer (dsimg) or manifest (raw); checks
 /// structure and length, not every chunk (that is `verify`).
 pub fn info(image: &Path, o: &InfoOptions) -> Result<Info> {
-    let file_len = crate::input::check_kind(image, "the image", true)?.len();
-    match detect(image)? {
+    let img = ImageFile::open(image)?;
+    match img.format(o.format, o.manifest.as_deref())? {
         Format::Dsimg => {
-            let l = read_layout(&open_plain(image)?, image)?;
+            let l = read_layout(img.file(), image)?;
+            let manifest = check_dsimg_manifest(&img, o.manifest.as_deref(), &l)?;
             Ok(Info {
                 format: Format::Dsimg,
-                file_len,
+                file_len: img.size(),
                 disk_size: l.header.disk_size,
                 chunk_size: l.header.chunk_size,
                 chunks: l.header.chunk_count(),
@@ -30,12 +32,11 @@ pub fn info(image: &Path, o: &InfoOptions) -> Result<Info> {
                 stored_bytes: l.stored(FrameKind::Raw) + l.stored(FrameKind::Lz4),
                 checksum: l.header.checksum,
                 digest: hex(&l.trailer.image_digest),
-                manifest: None,
+                manifest,
             })
         }
         Format::Raw => {
-            let file_len = image_size(image)?;
-            let (mpath, m) = load_manifest(image, o.manifest.as_deref(), file_len)?;
+            let (mpath, m) = load_manifest(&img, o.manifest.as_deref())?;
             let zero = m.chunks.iter().filter(|c| c.0 == ChunkKind::Zero).count() as u64;
             let zero_bytes: u64 = (0..m.chunks.len() as u64)
                 .filter(|&i| m.chunks[i as usize].0 == ChunkKind::Zero)
@@ -43,7 +44,7 @@ pub fn info(image: &Path, o: &InfoOptions) -> Result<Info> {
                 .sum();
             Ok(Info {
                 format: Format::Raw,
-                file_len,
+                file_len: img.size(),
                 disk_size: m.disk_size,
                 chunk_size: m.chunk_size,
                 chunks: m.chunks.len() as u64,

@@ -10,6 +10,7 @@
 
 pub mod create;
 mod image;
+mod image_file;
 pub mod info;
 pub mod options;
 pub mod restore;

@@ -60,6 +60,9 @@ pub struct VerifyOptions {
     /// The manifest (default: `IMAGE.manifest`; a raw image needs one, a dsimg is checked against
     /// one if it exists).
     pub manifest: Option<PathBuf>,
+    /// Read the image as this format (`--format`); `None`: the dsimg magic, unless a manifest
+    /// describes a raw image of the image's size ([`super::detect`]).
+    pub format: Option<Format>,
 }
 
 /// `restore`: write the disk an image holds to a file or device.
@@ -71,8 +74,11 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Zero chunks on a device destination.
     pub zero_policy: ZeroPolicy,
-    /// The manifest of a raw image (default: `IMAGE.manifest`).
+    /// The manifest of a raw image (default: `IMAGE.manifest`), or one a dsimg is checked against.
     pub manifest: Option<PathBuf>,
+    /// Read the image as this format (`--format`); `None`: the dsimg magic, unless a manifest
+    /// describes a raw image of the image's size ([`super::detect`]).
+    pub format: Option<Format>,
 }
 
 /// `scan`: read a disk through the whole pipeline into a null sink.
@@ -102,6 +108,9 @@ impl Default for ScanOptions {
 /// `info`: describe an image from its structure.
 #[derive(Clone, Debug, Default)]
 pub struct InfoOptions {
-    /// The manifest of a raw image (default: `IMAGE.manifest`).
+    /// The manifest of a raw image (default: `IMAGE.manifest`), or one a dsimg is checked against.
     pub manifest: Option<PathBuf>,
+    /// Read the image as this format (`--format`); `None`: the dsimg magic, unless a manifest
+    /// describes a raw image of the image's size ([`super::detect`]).
+    pub format: Option<Format>,
 }

@@ -9,16 +9,16 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::image::{check_outputs, detect, image_size, load_manifest, open_plain, raw_image_source};
+use super::image::{check_dsimg_manifest, check_outputs, dsimg_source, load_manifest, raw_image_source};
+use super::image_file::ImageFile;
 use super::{Format, Progress, Report, RestoreOptions};
-use crate::direct_read::DirectReader;
 use crate::error::{Error, Result};
 use crate::format::reader::read_layout;
 use crate::report::ReportHead;
 use crate::sink::raw::{Overwritten, RawSink};
 use crate::sink::target::{same_file, Target};
 use crate::sink::verify::VerifySink;
-use crate::source::{Disk, FrameSource, Source};
+use crate::source::Source;
 use crate::transfer::Transfer;
 
 /// The raw sink writing a disk of `size` bytes in `chunk_size` chunks to `dest`; the sweep of
@@ -58,41 +58,51 @@ pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progres
     let t0 = Instant::now();
     let t = &o.tuning;
     t.check()?;
+    // One descriptor for every read: the format, the structure, the frames.
+    let img = ImageFile::open(image)?;
     let mut head = ReportHead {
         output: Some(dest.to_owned()),
-        format: Some(detect(image)?),
+        format: Some(img.format(o.format, o.manifest.as_deref())?),
         ..ReportHead::new("restore")
     };
     let written = Arc::new(Overwritten::default());
     let run = match head.format {
         Some(Format::Dsimg) => {
-            let disk = Disk::open(image)?;
-            let layout = read_layout(&open_plain(image)?, image)?;
+            let layout = read_layout(img.file(), image)?;
+            // Its manifest, if one is beside it or named, must be its own before a byte is written.
+            head.manifest = check_dsimg_manifest(&img, o.manifest.as_deref(), &layout)?;
             check_outputs(image, dest, None, o.force, Format::Raw)?;
+            let mpath = head.manifest.clone();
+            not_the_manifest(dest, mpath.as_deref())?;
+            let inputs: Vec<&Path> = std::iter::once(image).chain(mpath.as_deref()).collect();
             let geometry = (layout.header.disk_size, layout.header.chunk_size);
-            let sink = raw_sink(dest, geometry, o, &[image], &mut head)?.with_overwritten(Arc::clone(&written));
-            let direct = disk.is_direct();
-            let stream = DirectReader::new(disk.into_file());
-            let mut source = FrameSource::new(stream, image)?.opened(direct, None);
+            let sink = raw_sink(dest, geometry, o, &inputs, &mut head)?.with_overwritten(Arc::clone(&written));
+            let mut source = dsimg_source(img, &layout)?;
             Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
         }
         _ => {
-            let (mpath, manifest) = load_manifest(image, o.manifest.as_deref(), image_size(image)?)?;
+            let (mpath, manifest) = load_manifest(&img, o.manifest.as_deref())?;
             check_outputs(image, dest, None, o.force, Format::Raw)?;
-            if same_file(dest, &mpath) {
-                return Err(Error::Invalid(format!(
-                    "{}: is the image's manifest; refusing to write over it",
-                    dest.display()
-                )));
-            }
+            not_the_manifest(dest, Some(&mpath))?;
             let geometry = (manifest.disk_size, manifest.chunk_size);
             let sink = raw_sink(dest, geometry, o, &[image, &mpath], &mut head)?.with_overwritten(Arc::clone(&written));
             head.manifest = Some(mpath);
-            let mut source = raw_image_source(image, &manifest)?;
+            let mut source = raw_image_source(&img, &manifest)?;
             let chunks = source.info().chunks();
             let sink = VerifySink::new(Box::new(sink), image, chunks).against(&manifest);
             Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
         }
     };
     run.map_err(|e| say_overwritten(e, dest, &written))
+}
+
+/// Refuses a destination that is the image's manifest.
+fn not_the_manifest(dest: &Path, manifest: Option<&Path>) -> Result<()> {
+    match manifest {
+        Some(m) if same_file(dest, m) => Err(Error::Invalid(format!(
+            "{}: is the image's manifest; refusing to write over it",
+            dest.display()
+        ))),
+        _ => Ok(()),
+    }
 }

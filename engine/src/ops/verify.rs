@@ -8,14 +8,14 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::image::{check_dsimg_manifest, detect, image_size, load_manifest, open_plain, raw_image_source};
+use super::image::{check_dsimg_manifest, dsimg_source, load_manifest, raw_image_source};
+use super::image_file::ImageFile;
 use super::{Format, Progress, Report, VerifyOptions};
-use crate::direct_read::DirectReader;
 use crate::error::Result;
 use crate::format::reader::read_layout;
 use crate::report::ReportHead;
 use crate::sink::verify::VerifySink;
-use crate::source::{Disk, FrameSource, Source};
+use crate::source::Source;
 use crate::transfer::Transfer;
 
 /// Re-reads an image with O_DIRECT and checks every chunk: a `dsimg` against its own digests,
@@ -24,25 +24,24 @@ pub fn verify(image: &Path, o: &VerifyOptions, progress: &Progress) -> Result<Re
     let t0 = Instant::now();
     let t = &o.tuning;
     t.check()?;
+    // One descriptor for every read: the format, the structure, the frames.
+    let img = ImageFile::open(image)?;
     let mut head = ReportHead {
-        format: Some(detect(image)?),
+        format: Some(img.format(o.format, o.manifest.as_deref())?),
         ..ReportHead::new("verify")
     };
     match head.format {
         Some(Format::Dsimg) => {
-            let disk = Disk::open(image)?;
-            let layout = read_layout(&open_plain(image)?, image)?;
-            head.manifest = check_dsimg_manifest(image, o.manifest.as_deref(), &layout)?;
-            let (direct, warning) = (disk.is_direct(), disk.warning().map(str::to_owned));
-            let stream = DirectReader::new(disk.into_file());
-            let mut source = FrameSource::new(stream, image)?.opened(direct, warning.as_deref());
+            let layout = read_layout(img.file(), image)?;
+            head.manifest = check_dsimg_manifest(&img, o.manifest.as_deref(), &layout)?;
+            let mut source = dsimg_source(img, &layout)?;
             let sink = VerifySink::check_only(image, layout.header.chunk_count());
             Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
         }
         _ => {
-            let (mpath, manifest) = load_manifest(image, o.manifest.as_deref(), image_size(image)?)?;
+            let (mpath, manifest) = load_manifest(&img, o.manifest.as_deref())?;
             head.manifest = Some(mpath);
-            let mut source = raw_image_source(image, &manifest)?;
+            let mut source = raw_image_source(&img, &manifest)?;
             let sink = VerifySink::check_only(image, source.info().chunks()).against(&manifest);
             Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
         }

@@ -13,7 +13,7 @@ use crate::check::{run_frames, FramePools, ZeroMaps};
 use crate::direct_read::DirectReader;
 use crate::error::{Error, Result};
 use crate::format::reader::ImageReader;
-use crate::format::FrameKind;
+use crate::format::{FrameKind, Header};
 use crate::pipeline::{self, Payload, Processed};
 
 /// A byte stream that carries a dsimg image front to back.
@@ -65,6 +65,11 @@ impl<R: FrameStream> FrameSource<R> {
             direct: false,
             warnings: Vec::new(),
         })
+    }
+
+    /// The stream's header (read and checked by [`Self::new`]).
+    pub fn header(&self) -> Header {
+        self.reader.header()
     }
 
     /// Records how the stream is read: with O_DIRECT or not, and the warning if not as asked.
