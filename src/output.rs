@@ -263,7 +263,14 @@ pub fn info(res: Result<Info>, json_out: bool) -> ExitCode {
         i.file_len
     );
     outln!("checksum:    {}", i.checksum);
-    outln!("digest:      {}", i.digest);
+    let from = match i.format {
+        diskstream_engine::ops::Format::Dsimg => "the image's trailer",
+        diskstream_engine::ops::Format::Raw => "the manifest",
+    };
+    outln!(
+        "digest:      {} (recorded in {from}, not verified: `image verify` checks it)",
+        i.digest
+    );
     if let Some(m) = i.manifest {
         outln!("manifest:    {}", shown(&m));
     }

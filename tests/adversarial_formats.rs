@@ -405,3 +405,31 @@ fn an_image_replaced_during_restore_is_never_mixed_with_another() {
     eprintln!("{restored} of {runs} restores completed while the image was swapped");
     assert!(restored > 0, "no restore completed");
 }
+
+// ---------------------------------------------------------------------------------------------
+// F7: what info says of what it did not check, and appended bytes named as such.
+
+#[test]
+fn info_labels_the_digest_unverified_and_appended_bytes_are_named() {
+    let dir = scratch();
+    let d = dir.path();
+    let (_, a) = small_dsimg(d);
+    let (ok, out, _) = ds_text(&["image", "info", s(&a)]);
+    assert!(ok);
+    assert!(out.contains("recorded in the image's trailer, not verified"), "{out}");
+    let len = read(&a).len() as u64;
+    let f = std::fs::OpenOptions::new().append(true).open(&a).unwrap();
+    f.write_all_at(&[0u8; 100], len).unwrap();
+    for op in ["info", "verify"] {
+        let o = ds(&["image", op, s(&a)]);
+        let e = stderr_of(&o);
+        assert_eq!(o.status.code(), Some(3), "{op}: {e}");
+        assert!(
+            e.contains(&format!(
+                "100 bytes appended after the trailer (the image ends at byte {len}"
+            )),
+            "{op}: {e}"
+        );
+        assert!(!e.contains("truncated"), "{op}: {e}");
+    }
+}

@@ -203,9 +203,10 @@ pub struct Info {
     pub stored_bytes: u64,
     /// The chunk digest algorithm.
     pub checksum: Checksum,
-    /// Whole-image digest.
+    /// Whole-image digest as the image records it (a dsimg's trailer, a raw image's manifest):
+    /// not checked against the chunks, which `info` does not read (`verify` does).
     pub digest: String,
-    /// The manifest consulted, for raw images.
+    /// The manifest consulted: a raw image's, or the one a dsimg was checked against.
     #[serde(serialize_with = "lossy_path_opt")]
     pub manifest: Option<PathBuf>,
 }

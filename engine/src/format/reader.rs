@@ -390,7 +390,25 @@ pub fn read_layout(file: &File, path: &Path) -> Result<Layout> {
     let tat = len - TRAILER_LEN as u64;
     let mut t = [0u8; TRAILER_LEN];
     pread_exact(file, &mut t, tat, path)?;
-    let trailer = Trailer::decode(&t).map_err(|d| Error::corrupt(path, "trailer", tat, d))?;
+    let trailer = match Trailer::decode(&t) {
+        Ok(t) => t,
+        Err(d) => {
+            // Not a trailer at the end: if there is one a little earlier, whose total length is
+            // its own end, the image is whole and bytes were appended after it.
+            if let Some(end) = trailer_before(file, path, len)? {
+                return Err(Error::corrupt(
+                    path,
+                    "image",
+                    end,
+                    format!(
+                        "{} bytes appended after the trailer (the image ends at byte {end}, the file at {len})",
+                        len - end
+                    ),
+                ));
+            }
+            return Err(Error::corrupt(path, "trailer", tat, d));
+        }
+    };
     if trailer.total_len != len {
         return Err(Error::corrupt(
             path,
@@ -494,6 +512,28 @@ fn read_index(file: &File, path: &Path, header: &Header, at: u64) -> Result<[(u6
         ));
     }
     Ok(kinds)
+}
+
+/// How far back from the end of a file [`trailer_before`] looks for a trailer.
+const APPENDED_SCAN: u64 = 1 << 20;
+
+/// The end of the last valid trailer (magic, CRC, reserved bytes) in the last
+/// [`APPENDED_SCAN`] bytes of a file of `len` bytes whose total length is its own end, if any:
+/// where an image ends that had bytes appended after it.
+fn trailer_before(file: &File, path: &Path, len: u64) -> Result<Option<u64>> {
+    let start = len - len.min(APPENDED_SCAN);
+    let mut buf = vec![0u8; (len - start) as usize];
+    pread_exact(file, &mut buf, start, path)?;
+    for p in (0..buf.len().saturating_sub(TRAILER_LEN - 1)).rev() {
+        let Ok(t) = <&[u8; TRAILER_LEN]>::try_from(&buf[p..p + TRAILER_LEN]) else {
+            continue;
+        };
+        let end = start + (p + TRAILER_LEN) as u64;
+        if end < len && t[..4] == *b"DSTR" && Trailer::decode(t).is_ok_and(|t| t.total_len == end) {
+            return Ok(Some(end));
+        }
+    }
+    Ok(None)
 }
 
 fn pread_exact(file: &File, buf: &mut [u8], at: u64, path: &Path) -> Result<()> {
