@@ -461,45 +461,8 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
             manifest,
             format,
             tune,
-        } => {
-            let tuning = tune.tuning(stop, Op::ImageVerify, own(None, None))?;
-            let o = VerifyOptions {
-                tuning,
-                manifest,
-                format,
-            };
-            let total = image_size_hint(&image, &o.manifest, format);
-            start(Op::ImageVerify, &image, None);
-            let res = output::with_progress(&progress, total, Op::ImageVerify, tune.show(quiet), || {
-                ops::verify(&image, &o, &progress)
-            });
-            output::finish_or_interrupted(res, Op::ImageVerify, tune.json, &interrupt, false)
-        }
-        ImageCmd::Restore {
-            image,
-            dest,
-            write_depth,
-            zero_target,
-            manifest,
-            format,
-            tune,
-            force,
-        } => {
-            let tuning = tune.tuning(stop, Op::ImageRestore, own(None, Some(write_depth)))?;
-            let o = RestoreOptions {
-                tuning,
-                force,
-                zero_policy: zero_target,
-                manifest,
-                format,
-            };
-            let total = image_size_hint(&image, &o.manifest, format);
-            start(Op::ImageRestore, &image, Some(&dest));
-            let res = output::with_progress(&progress, total, Op::ImageRestore, tune.show(quiet), || {
-                ops::restore(&image, &dest, &o, &progress)
-            });
-            output::finish_or_interrupted(res, Op::ImageRestore, tune.json, &interrupt, true)
-        }
+        } => verify_cmd(&image, manifest, format, &tune, stop, quiet, &interrupt)?,
+        cmd @ ImageCmd::Restore { .. } => restore_cmd(cmd, stop, quiet, &interrupt)?,
         ImageCmd::Scan {
             src,
             compress,
@@ -528,6 +491,80 @@ fn image_op(cmd: ImageCmd, quiet: bool) -> Result<ExitCode, ExitCode> {
             json,
         } => output::info(ops::info(&image, &InfoOptions { manifest, format }), json),
     })
+}
+
+/// `image verify`.
+fn verify_cmd(
+    image: &std::path::Path,
+    manifest: Option<PathBuf>,
+    format: Option<Format>,
+    tune: &Tune,
+    stop: Option<ops::StopFlag>,
+    quiet: bool,
+    interrupt: &crate::interrupt::Interrupt,
+) -> Result<ExitCode, ExitCode> {
+    let progress: Progress = Default::default();
+    let tuning = tune.tuning(stop, Op::ImageVerify, own(None, None))?;
+    let o = VerifyOptions {
+        tuning,
+        manifest,
+        format,
+    };
+    let total = image_size_hint(image, &o.manifest, format);
+    start(Op::ImageVerify, image, None);
+    let res = output::with_progress(&progress, total, Op::ImageVerify, tune.show(quiet), || {
+        ops::verify(image, &o, &progress)
+    });
+    Ok(output::finish_or_interrupted(
+        res,
+        Op::ImageVerify,
+        tune.json,
+        interrupt,
+        false,
+    ))
+}
+
+/// `image restore`.
+fn restore_cmd(
+    cmd: ImageCmd,
+    stop: Option<ops::StopFlag>,
+    quiet: bool,
+    interrupt: &crate::interrupt::Interrupt,
+) -> Result<ExitCode, ExitCode> {
+    let ImageCmd::Restore {
+        image,
+        dest,
+        write_depth,
+        zero_target,
+        manifest,
+        format,
+        tune,
+        force,
+    } = cmd
+    else {
+        unreachable!("restore_cmd is called for `image restore` only")
+    };
+    let progress: Progress = Default::default();
+    let tuning = tune.tuning(stop, Op::ImageRestore, own(None, Some(write_depth)))?;
+    let o = RestoreOptions {
+        tuning,
+        force,
+        zero_policy: zero_target,
+        manifest,
+        format,
+    };
+    let total = image_size_hint(&image, &o.manifest, format);
+    start(Op::ImageRestore, &image, Some(&dest));
+    let res = output::with_progress(&progress, total, Op::ImageRestore, tune.show(quiet), || {
+        ops::restore(&image, &dest, &o, &progress)
+    });
+    Ok(output::finish_or_interrupted(
+        res,
+        Op::ImageRestore,
+        tune.json,
+        interrupt,
+        true,
+    ))
 }
 
 /// Logs the start of an image operation.
