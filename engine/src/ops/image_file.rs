@@ -123,6 +123,9 @@ impl ImageFile {
         match (as_raw, as_dsimg) {
             (true, false) => Ok(Format::Raw),
             (false, true) => Ok(Format::Dsimg),
+            // The magic, a damaged header, and not a raw image of its manifest: a damaged
+            // dsimg, which its reader reports as such (where, and exit code 3).
+            (false, false) if dsimg.is_none() => Ok(Format::Dsimg),
             (true, true) => Err(Error::Invalid(format!(
                 "{}: begins with the dsimg magic and its manifest {} fits it both as a raw image of {} bytes and as \
                  the dsimg's disk; say which it is with --format raw or --format dsimg",
@@ -137,7 +140,7 @@ impl ImageFile {
                     "the image begins with the dsimg magic{}, the manifest describes a disk of {} bytes in chunks of \
                      {}, neither a raw image of the image's {} bytes nor the dsimg's disk; --format raw or \
                      --format dsimg says which the image is",
-                    dsimg.map_or(" but has no valid dsimg header".into(), |d| format!(
+                    dsimg.map_or(String::new(), |d| format!(
                         " (a dsimg of a {} byte disk in chunks of {})",
                         d.disk_size, d.chunk_size
                     )),
