@@ -10,41 +10,12 @@ mod common;
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use common::*;
 
 const MIB: u64 = 1 << 20;
-const BIN: &str = env!("CARGO_BIN_EXE_diskstream");
 /// The peak RSS every image command stays under (`docs/performance.md`, bench-rss).
 const RSS_LIMIT: u64 = 128 * MIB;
-
-fn stderr_of(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Runs `diskstream ARGS` under `/usr/bin/time` and returns its output and peak RSS in bytes.
-fn ds_rss(args: &[&str]) -> (std::process::Output, u64) {
-    let dir = scratch();
-    let rss_file = dir.path().join("rss");
-    let out = Command::new("/usr/bin/time")
-        .arg("-f")
-        .arg("%M")
-        .arg("-o")
-        .arg(&rss_file)
-        .arg(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("/usr/bin/time is needed (apt-get install time; the test script installs it)");
-    let text = std::fs::read_to_string(&rss_file).expect("rss file");
-    let kib: u64 = text
-        .lines()
-        .rev()
-        .find_map(|l| l.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no peak RSS in {text:?}"));
-    (out, kib * 1024)
-}
 
 fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).expect("read")

@@ -23,33 +23,6 @@ use diskstream_engine::sample::Rng;
 const MIB: u64 = 1 << 20;
 const BIN: &str = env!("CARGO_BIN_EXE_diskstream");
 
-fn stderr_of(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Runs `diskstream ARGS` under `/usr/bin/time` and returns its output and peak RSS in bytes.
-fn ds_rss(args: &[&str]) -> (std::process::Output, u64) {
-    let dir = scratch();
-    let rss_file = dir.path().join("rss");
-    let out = Command::new("/usr/bin/time")
-        .arg("-f")
-        .arg("%M")
-        .arg("-o")
-        .arg(&rss_file)
-        .arg(BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("/usr/bin/time is needed (apt-get install time; the test script installs it)");
-    let text = std::fs::read_to_string(&rss_file).expect("rss file");
-    let kib: u64 = text
-        .lines()
-        .rev()
-        .find_map(|l| l.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no peak RSS in {text:?}"));
-    (out, kib * 1024)
-}
-
 fn sha(path: &Path) -> Vec<u8> {
     use sha2::Digest;
     sha2::Sha256::digest(std::fs::read(path).expect("read")).to_vec()

@@ -29,10 +29,6 @@ fn partials(dir: &Path) -> Vec<PathBuf> {
     find_named(dir, ".partial-")
 }
 
-fn stderr_of(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// A child process killed and reaped on drop (also when the test fails).
 struct Bg(Option<Child>);
 

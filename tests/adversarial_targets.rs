@@ -25,10 +25,6 @@ fn sha(path: &Path) -> Vec<u8> {
     sha2::Sha256::digest(std::fs::read(path).expect("read")).to_vec()
 }
 
-fn stderr_of(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn partials(dir: &Path) -> Vec<PathBuf> {
     find_named(dir, ".partial-")
 }

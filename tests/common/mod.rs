@@ -12,6 +12,34 @@ use diskstream_engine::sample::{fill_content, Rng};
 pub mod ganeti;
 pub mod netns;
 
+/// A command's stderr as text.
+pub fn stderr_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `diskstream ARGS` under `/usr/bin/time` and returns its output and peak RSS in bytes.
+pub fn ds_rss(args: &[&str]) -> (Output, u64) {
+    let dir = scratch();
+    let rss_file = dir.path().join("rss");
+    let out = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg("-o")
+        .arg(&rss_file)
+        .arg(env!("CARGO_BIN_EXE_diskstream"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("/usr/bin/time is needed (apt-get install time; the test script installs it)");
+    let text = std::fs::read_to_string(&rss_file).expect("rss file");
+    let kib: u64 = text
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in {text:?}"));
+    (out, kib * 1024)
+}
+
 /// A scratch directory on the build's file system (which supports O_DIRECT, unlike tmpfs),
 /// removed when dropped.
 pub fn scratch() -> tempfile::TempDir {
