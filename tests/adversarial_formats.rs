@@ -33,6 +33,15 @@ fn small_dsimg(d: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 // ---------------------------------------------------------------------------------------------
 // F4: the format is not the first 8 bytes alone.
 
+/// `image OP IMG`, with `DEST` for a restore.
+fn image_op<'a>(op: &'a str, img: &'a Path, dest: &'a Path) -> Vec<&'a str> {
+    let mut args = vec!["image", op, s(img)];
+    if op == "restore" {
+        args.push(s(dest));
+    }
+    args
+}
+
 #[test]
 fn a_raw_image_that_begins_with_the_dsimg_magic_is_read_as_raw() {
     let dir = scratch();
@@ -142,11 +151,7 @@ fn a_manifest_with_a_2_gib_chunk_is_refused_with_bounded_memory() {
     std::fs::write(&mpath, m.encode()).unwrap();
     for op in ["verify", "info", "restore"] {
         let dest = d.join("dest");
-        let mut args = vec!["image", op, s(&img)];
-        if op == "restore" {
-            args.push(s(&dest));
-        }
-        let (o, rss) = ds_rss(&args);
+        let (o, rss) = ds_rss(&image_op(op, &img, &dest));
         let e = stderr_of(&o);
         assert_eq!(o.status.code(), Some(3), "{op}: {e}");
         assert!(
@@ -193,11 +198,7 @@ fn a_header_declaring_2_pow_28_chunks_in_a_sparse_file_costs_no_memory() {
     hollow_dsimg(&img, 64 << 30, 1 << 28);
     for op in ["info", "verify", "restore"] {
         let dest = d.join("dest");
-        let mut args = vec!["image", op, s(&img)];
-        if op == "restore" {
-            args.push(s(&dest));
-        }
-        let (o, rss) = ds_rss(&args);
+        let (o, rss) = ds_rss(&image_op(op, &img, &dest));
         let e = stderr_of(&o);
         assert_eq!(o.status.code(), Some(3), "{op}: {e}");
         assert!(

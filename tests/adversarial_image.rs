@@ -13,7 +13,7 @@ mod common;
 
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,15 +22,6 @@ use diskstream_engine::sample::Rng;
 
 const MIB: u64 = 1 << 20;
 const BIN: &str = env!("CARGO_BIN_EXE_diskstream");
-
-fn sha(path: &Path) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(std::fs::read(path).expect("read")).to_vec()
-}
-
-fn partials(dir: &Path) -> Vec<PathBuf> {
-    find_named(dir, ".partial-")
-}
 
 /// An ext4 file system made on a device and mounted, unmounted on drop (also on failure).
 struct MountedDev {

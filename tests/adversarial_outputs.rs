@@ -20,15 +20,6 @@ use common::*;
 const MIB: u64 = 1 << 20;
 const BIN: &str = env!("CARGO_BIN_EXE_diskstream");
 
-fn sha(path: &Path) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(std::fs::read(path).expect("read")).to_vec()
-}
-
-fn partials(dir: &Path) -> Vec<PathBuf> {
-    find_named(dir, ".partial-")
-}
-
 /// A child process killed and reaped on drop (also when the test fails).
 struct Bg(Option<Child>);
 

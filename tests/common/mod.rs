@@ -12,6 +12,17 @@ use diskstream_engine::sample::{fill_content, Rng};
 pub mod ganeti;
 pub mod netns;
 
+/// The SHA-256 of a file's bytes.
+pub fn sha(path: &Path) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).expect("read")).to_vec()
+}
+
+/// The partial files (`.partial-`) a run left under `dir`.
+pub fn partials(dir: &Path) -> Vec<PathBuf> {
+    find_named(dir, ".partial-")
+}
+
 /// A command's stderr as text.
 pub fn stderr_of(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
