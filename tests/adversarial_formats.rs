@@ -2,7 +2,8 @@
 //! file is read as (a raw image that begins with the dsimg magic, `--format`), hostile headers
 //! and manifests that once made a reader allocate gigabytes (the child's peak RSS measured),
 //! the manifest of a dsimg checked by every command, one image file read through one
-//! descriptor, and what `info` says of what it did not check. Each test failed before its fix.
+//! descriptor, what `info` says of what it did not check, and memory flat in the number of frames.
+//! Each test failed before its fix.
 //!
 //! The RSS checks need `/usr/bin/time` (the project's test script installs it).
 
@@ -403,5 +404,62 @@ fn info_labels_the_digest_unverified_and_appended_bytes_are_named() {
             "{op}: {e}"
         );
         assert!(!e.contains("truncated"), "{op}: {e}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// F8: the streaming reader keeps no per-frame state.
+
+/// A dsimg of `chunks` 4 KiB zero chunks (64-byte frames without payload: the most frames a
+/// file can hold per byte), written as the engine writes one.
+fn zero_dsimg(path: &Path, chunks: u64) {
+    use diskstream_engine::digest::Checksum;
+    use diskstream_engine::format::writer::ImageWriter;
+    use diskstream_engine::format::{FrameKind, Header};
+    let header = Header {
+        disk_size: chunks * 4096,
+        chunk_size: 4096,
+        checksum: Checksum::Blake3,
+    };
+    let out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut w = ImageWriter::new(out, header).unwrap();
+    let zero = Checksum::Blake3.digest(&[0u8; 4096]);
+    for i in 0..chunks {
+        w.push(i, FrameKind::Zero, &zero, &[]).unwrap();
+    }
+    let (out, _) = w.finish().unwrap();
+    out.into_inner().unwrap().sync_all().unwrap();
+}
+
+#[test]
+fn verify_and_restore_of_millions_of_zero_frames_use_flat_memory() {
+    let dir = scratch();
+    let d = dir.path();
+    let mut peak = Vec::new();
+    for chunks in [1u64 << 14, 1 << 22] {
+        let img = d.join(format!("zeros-{chunks}.dsimg"));
+        zero_dsimg(&img, chunks);
+        let out = d.join("out");
+        let mut rss = Vec::new();
+        for args in [
+            vec!["image", "verify", s(&img)],
+            vec!["image", "restore", s(&img), s(&out), "--force"],
+        ] {
+            let (o, r) = ds_rss(&args);
+            assert!(o.status.success(), "{args:?}: {}", stderr_of(&o));
+            rss.push(r);
+        }
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), chunks * 4096);
+        std::fs::remove_file(&img).unwrap();
+        peak.push(rss);
+    }
+    // The old reader kept 16 bytes per frame: 64 MiB more for 4 Mi frames than for 16 Ki.
+    for (op, (small, big)) in ["verify", "restore"].iter().zip(peak[0].iter().zip(&peak[1])) {
+        assert!(
+            *big < small + 16 * MIB && *big < RSS_LIMIT,
+            "{op}: peak RSS {} MiB for 4 Mi frames, {} MiB for 16 Ki",
+            big >> 20,
+            small >> 20
+        );
     }
 }

@@ -5,10 +5,10 @@
 
 use std::path::Path;
 
-use diskstream_engine::digest::{is_zero, Checksum, ImageDigest};
+use diskstream_engine::digest::{is_zero, Checksum, ImageDigest, Incremental};
 use diskstream_engine::format::reader::{check_bytes, ImageReader};
 use diskstream_engine::format::writer::ImageWriter;
-use diskstream_engine::format::{FrameKind, Header};
+use diskstream_engine::format::{FrameKind, Header, IndexEntry, Trailer, INDEX_ENTRY_LEN, INDEX_HEAD_LEN, TRAILER_LEN};
 use diskstream_engine::fuzzing;
 use diskstream_engine::manifest::{ChunkKind, Manifest};
 use proptest::prelude::*;
@@ -148,6 +148,59 @@ fn the_header_records_the_algorithm_and_a_swapped_one_is_rejected() {
     bad[60..64].copy_from_slice(&crc.to_le_bytes());
     let e = check_bytes(&bad).unwrap_err().to_string();
     assert!(e.contains("unknown checksum algorithm 9"), "{e}");
+}
+
+/// `img` with index entry `i` replaced by `entry` and the index digest worked out again, so
+/// that only the comparison of the index with the frames can catch it.
+fn resigned(img: &[u8], i: usize, entry: IndexEntry) -> Vec<u8> {
+    let mut bad = img.to_vec();
+    let t = Trailer::decode(&bad[bad.len() - TRAILER_LEN..].try_into().unwrap()).unwrap();
+    let at = t.index_offset as usize;
+    let e = at + INDEX_HEAD_LEN + i * INDEX_ENTRY_LEN;
+    bad[e..e + INDEX_ENTRY_LEN].copy_from_slice(&entry.encode());
+    let dat = bad.len() - TRAILER_LEN - 32;
+    let checksum = Header::decode(&bad[..64].try_into().unwrap()).unwrap().checksum;
+    let mut h = Incremental::new(checksum);
+    h.update(&bad[at..dat]);
+    bad[dat..dat + 32].copy_from_slice(&h.finish());
+    bad
+}
+
+#[test]
+fn an_index_signed_again_but_not_matching_its_frames_is_rejected() {
+    for c in Checksum::ALL {
+        let img = small_image(c);
+        // Chunk 0 is an lz4 frame at byte 64: the same place, another kind.
+        let t = Trailer::decode(&img[img.len() - TRAILER_LEN..].try_into().unwrap()).unwrap();
+        let e0 = t.index_offset as usize + INDEX_HEAD_LEN;
+        let first = IndexEntry::decode(&img[e0..e0 + INDEX_ENTRY_LEN]).unwrap();
+        assert_eq!((first.frame_offset, first.kind), (64, FrameKind::Lz4));
+        let kind = resigned(
+            &img,
+            0,
+            IndexEntry {
+                kind: FrameKind::Raw,
+                ..first
+            },
+        );
+        let e = check_bytes(&kind).unwrap_err().to_string();
+        assert!(e.contains("its entries do not match the frames"), "{c}: {e}");
+        // Another place: the entry is named.
+        let moved = resigned(
+            &img,
+            0,
+            IndexEntry {
+                frame_offset: 128,
+                ..first
+            },
+        );
+        let e = check_bytes(&moved).unwrap_err().to_string();
+        assert!(e.contains("entry 0 does not match its frame"), "{c}: {e}");
+        assert!(
+            check_bytes(&resigned(&img, 0, first)).is_ok(),
+            "{c}: the unchanged index"
+        );
+    }
 }
 
 #[test]

@@ -12,7 +12,7 @@ use super::{
     decode_index_head, index_len, FrameHeader, FrameKind, Header, IndexEntry, Trailer, FRAME_HEADER_LEN, HEADER_LEN,
     INDEX_ENTRY_LEN, INDEX_HEAD_LEN, TRAILER_LEN,
 };
-use crate::digest::{Hash, ImageDigest, Incremental, ZeroDigests};
+use crate::digest::{Checksum, Hash, ImageDigest, Incremental, ZeroDigests};
 use crate::error::{Error, Result};
 
 /// Streaming decoder and checker.
@@ -21,7 +21,13 @@ pub struct ImageReader<R: Read> {
     path: PathBuf,
     header: Header,
     pos: u64,
-    index: Vec<IndexEntry>,
+    /// Frames read so far.
+    frames: u64,
+    /// Payload bytes of the raw and lz4 frames read so far.
+    stored: u64,
+    /// Where the last frame read began and how it was stored, to check the index's entries
+    /// against in order without keeping them (an image of 2^28 chunks must not cost 4 GiB).
+    frame_hash: Incremental,
     digest: ImageDigest,
     zeros: ZeroDigests,
     scratch: Vec<u8>,
@@ -40,7 +46,9 @@ impl<R: Read> ImageReader<R> {
             path: path.to_owned(),
             header,
             pos: HEADER_LEN as u64,
-            index: Vec::new(),
+            frames: 0,
+            stored: 0,
+            frame_hash: Incremental::new(Checksum::Blake3),
             digest: ImageDigest::new(header.checksum, header.disk_size, header.chunk_size),
             zeros: ZeroDigests::new(header.checksum, header.disk_size, header.chunk_size),
             scratch: Vec::new(),
@@ -116,7 +124,7 @@ impl<R: Read> ImageReader<R> {
     /// thread. Returns `None` after the last frame, once the index, the trailer and the image
     /// digest (over the frames' recorded digests) have been checked.
     pub fn next_stored(&mut self, stored: &mut [u8]) -> Result<Option<StoredFrame>> {
-        let n = self.index.len() as u64;
+        let n = self.frames;
         if n == self.header.chunk_count() {
             if self.trailer.is_none() {
                 self.finish()?;
@@ -147,11 +155,16 @@ impl<R: Read> ImageReader<R> {
             payload_at,
             "frame payload",
         )?;
-        self.index.push(IndexEntry {
+        let entry = IndexEntry {
             frame_offset: at,
             stored_len: f.stored_len,
             kind: f.kind,
-        });
+        };
+        self.frame_hash.update(&entry.encode());
+        self.frames += 1;
+        if f.kind != FrameKind::Zero {
+            self.stored += u64::from(f.stored_len);
+        }
         self.digest.push(&f.digest);
         self.pos = payload_at + u64::from(f.stored_len);
         Ok(Some(StoredFrame { frame: f, payload_at }))
@@ -164,11 +177,7 @@ impl<R: Read> ImageReader<R> {
 
     /// Payload bytes of the frames read so far that store data (raw and lz4 frames).
     pub fn stored_bytes(&self) -> u64 {
-        self.index
-            .iter()
-            .filter(|e| e.kind != FrameKind::Zero)
-            .map(|e| u64::from(e.stored_len))
-            .sum()
+        self.stored
     }
 
     /// The path that names the image in errors.
@@ -181,23 +190,27 @@ impl<R: Read> ImageReader<R> {
         let mut head = [0u8; INDEX_HEAD_LEN];
         read_exact(&mut self.r, &mut head, &self.path, at, "index")?;
         let count = decode_index_head(&head).map_err(|d| Error::corrupt(&self.path, "index", at, d))?;
-        if count != self.index.len() as u64 {
+        if count != self.frames {
             return Err(Error::corrupt(
                 &self.path,
                 "index",
                 at,
-                format!("{count} entries for {} frames", self.index.len()),
+                format!("{count} entries for {} frames", self.frames),
             ));
         }
         let mut hasher = Incremental::new(self.header.checksum);
         hasher.update(&head);
+        // Each entry must be its frame: in order, each begins where the one before ended (which
+        // names the first entry that does not), and all of them hash as the frames did.
+        let mut listed = Incremental::new(Checksum::Blake3);
         let mut e = [0u8; INDEX_ENTRY_LEN];
-        for (i, seen) in self.index.iter().enumerate() {
-            let eat = at + (INDEX_HEAD_LEN + i * INDEX_ENTRY_LEN) as u64;
+        let mut next = HEADER_LEN as u64;
+        for i in 0..count {
+            let eat = at + INDEX_HEAD_LEN as u64 + i * INDEX_ENTRY_LEN as u64;
             read_exact(&mut self.r, &mut e, &self.path, eat, "index")?;
             hasher.update(&e);
             let entry = IndexEntry::decode(&e).map_err(|d| Error::corrupt(&self.path, "index entry", eat, d))?;
-            if entry != *seen {
+            if entry.frame_offset != next {
                 return Err(Error::corrupt(
                     &self.path,
                     "index entry",
@@ -205,6 +218,16 @@ impl<R: Read> ImageReader<R> {
                     format!("entry {i} does not match its frame"),
                 ));
             }
+            next = entry.frame_offset + FRAME_HEADER_LEN as u64 + u64::from(entry.stored_len);
+            listed.update(&entry.encode());
+        }
+        if next != at || listed.finish() != self.frame_hash.clone().finish() {
+            return Err(Error::corrupt(
+                &self.path,
+                "index",
+                at,
+                "its entries do not match the frames",
+            ));
         }
         let dat = at + index_len(count) - 32;
         let mut d = [0u8; 32];
