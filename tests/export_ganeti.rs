@@ -13,8 +13,7 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use common::ganeti::{ganeti, normalized};
 use common::*;
@@ -404,38 +403,6 @@ fn config_ini_is_ganetis_finalize_export_for_a_snapshot_export() {
 // ---------------------------------------------------------------------------------------------
 // `--remove-instance` when the disks cannot be removed (Ganeti's `RemoveInstance` with and
 // without `ignore_failures`, `lib/cmdlib/instance_utils.py`).
-
-/// A read-only bind mount of a directory (removing a file in it fails with EROFS), unmounted on
-/// drop, so a failing test leaves nothing behind (scripts/test also sweeps mounts under
-/// target/tmp).
-struct ReadOnlyBind {
-    dir: PathBuf,
-}
-
-impl ReadOnlyBind {
-    fn new(src: &Path, dir: &Path) -> Self {
-        assert!(is_root(), "bind mounts need root: run scripts/test as root");
-        fs::create_dir_all(dir).unwrap();
-        let run = |args: &[&str]| {
-            let out = Command::new("mount").args(args).output().expect("run mount");
-            assert!(
-                out.status.success(),
-                "mount {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&["--bind", s(src), s(dir)]);
-        let guard = Self { dir: dir.to_path_buf() };
-        run(&["-o", "remount,ro,bind", s(dir)]);
-        guard
-    }
-}
-
-impl Drop for ReadOnlyBind {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
-    }
-}
 
 /// A down instance whose disks are reached through a read-only bind mount: they can be read
 /// (exported) but not removed.

@@ -498,3 +498,51 @@ fn a_damaged_pid_file_stops_the_export_before_anything_is_touched() {
     assert!(ok, "{out}\n{err}");
     assert!(guard.pid().is_some_and(|p| p != pid), "restarted after the export");
 }
+
+#[test]
+fn a_target_that_cannot_take_the_export_fails_before_the_instance_is_stopped() {
+    // Ganeti stops the instance, snapshots it and starts it again before the target's export
+    // directory is first written: a read-only one costs the instance a restart, for nothing.
+    let dir = scratch();
+    let roots = node_roots(dir.path(), 2);
+    let inst = InstSpec {
+        name: INST.into(),
+        primary: "node1.example.com".into(),
+        admin_state: "up",
+        disks: file_disks(dir.path(), 1, 2, 21),
+        process: Some(sleeper()),
+    };
+    let cfg = write_cluster(dir.path(), &roots, &[inst], &[]);
+    let guard = InstanceGuard::new(&cfg, INST, true);
+    let pid = guard.pid().expect("the instance runs");
+    let target = export_dir(&roots[1]);
+    let old = target.join(INST);
+    fs::create_dir_all(&old).unwrap();
+    fs::write(old.join("config.ini"), "an old export").unwrap();
+    let ro = ReadOnlyBind::new(&target, &target);
+    let plain = "read-only export directory";
+    let (ok, out, err) = ds_text(&["export", "--cluster", s(&cfg), "-n", "node2", "--long-sleep", INST]);
+    assert!(!ok, "{plain}: {out}");
+    assert!(
+        err.contains("Could not prepare the export directory on node node2.example.com")
+            && err.contains("Read-only file system")
+            && err.contains("was not stopped or snapshotted"),
+        "{plain}: {err}"
+    );
+    assert!(!out.contains("Shutting down instance"), "{plain}: {out}");
+    assert_eq!(guard.pid(), Some(pid), "{plain}: the instance was never stopped");
+    drop(ro);
+    assert_eq!(fs::read_to_string(old.join("config.ini")).unwrap(), "an old export");
+    assert!(find_named(dir.path(), ".new").is_empty());
+    // An export directory that is a file is no place for an export either.
+    fs::remove_dir_all(&target).unwrap();
+    fs::write(&target, "not a directory").unwrap();
+    let (ok, out, err) = ds_text(&["export", "--cluster", s(&cfg), "-n", "node2", INST]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains(&format!("create the export directory {}", target.display())),
+        "{err}"
+    );
+    assert_eq!(guard.pid(), Some(pid), "the instance was never stopped");
+    assert_eq!(fs::read_to_string(&target).unwrap(), "not a directory");
+}

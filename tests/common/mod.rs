@@ -254,6 +254,39 @@ impl Drop for Mount {
     }
 }
 
+/// A read-only bind mount of a directory (removing a file in it fails with EROFS), unmounted on
+/// drop, so a failing test leaves nothing behind (scripts/test also sweeps mounts under
+/// target/tmp).
+pub struct ReadOnlyBind {
+    dir: PathBuf,
+}
+
+impl ReadOnlyBind {
+    /// Shows `src` read-only at `dir` (created if missing).
+    pub fn new(src: &Path, dir: &Path) -> Self {
+        assert!(is_root(), "bind mounts need root: run scripts/test as root");
+        std::fs::create_dir_all(dir).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("mount").args(args).output().expect("run mount");
+            assert!(
+                out.status.success(),
+                "mount {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["--bind", s(src), s(dir)]);
+        let guard = Self { dir: dir.to_path_buf() };
+        run(&["-o", "remount,ro,bind", s(dir)]);
+        guard
+    }
+}
+
+impl Drop for ReadOnlyBind {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
 /// A directory shown at another path through bindfs (FUSE): the same files and inode numbers on
 /// another device number, as one NFS export looks from two machines. Unmounted on drop.
 pub struct Bindfs {

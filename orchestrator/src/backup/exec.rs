@@ -10,6 +10,9 @@
 //! | down | any | never tried | (stop), activate, send the disks, deactivate |
 //! | any | `--remove-instance` | never tried | stop, send the disks, remove disks and config entry |
 //!
+//! Before any of it, the staging export is opened on the target ([`Staged`]): a target that
+//! cannot take the export fails it while the instance is as it was.
+//!
 //! A SIGINT/SIGTERM stops it at the next step: what it started is undone and the instance is
 //! left as the user had it ([`Exec::interrupted_error`]).
 
@@ -24,7 +27,7 @@ use crate::locking::{LockLevel, LockMode, LockOwner};
 use crate::lu::{acquire, Context};
 use crate::node::NodeOps;
 
-use super::transfer::{self, SnapSet, Transfer};
+use super::transfer::{self, SnapSet, Staged, Transfer};
 use super::{ExportOp, ExportResult};
 
 /// One run of Exec.
@@ -83,6 +86,7 @@ impl<'a> Exec<'a> {
                 inst.name
             )));
         }
+        let staged = Staged::open(self)?;
         if self.op.shutdown {
             self.fb().info(fbk::shutting_down(&inst.name));
             let timeout = Duration::from_secs(self.op.shutdown_timeout);
@@ -102,7 +106,7 @@ impl<'a> Exec<'a> {
                 .activate_disks(self.src(), &inst.name)
                 .map_err(|e| OpError::exec(format!("Cannot activate block devices: {e}")).with_source(e))?;
         }
-        let result = self.snapshot_and_transfer(up, was_running);
+        let result = self.snapshot_and_transfer(staged, up, was_running);
         if activate {
             self.fb().info(fbk::deactivating_disks(&inst.name));
         }
@@ -153,7 +157,7 @@ impl<'a> Exec<'a> {
         self.nodes().sweep_export_leftovers(&self.target.name, &inst.name);
     }
 
-    fn snapshot_and_transfer(&self, up: bool, was_running: bool) -> Result<Transfer, OpError> {
+    fn snapshot_and_transfer(&self, staged: Staged<'_, '_>, up: bool, was_running: bool) -> Result<Transfer, OpError> {
         let inst = self.inst;
         let try_snapshot = !self.op.remove_instance && up;
         let do_reboot = self.op.shutdown && up && !self.op.remove_instance;
@@ -190,7 +194,7 @@ impl<'a> Exec<'a> {
         if do_reboot && have_snapshots {
             self.start_instance()?;
         }
-        let t = transfer::local_export(self, &snaps, have_snapshots);
+        let t = transfer::local_export(self, staged, &snaps, have_snapshots);
         // Interrupted, the instance is left as the user had it: started only if it was running.
         if do_reboot && !have_snapshots && (was_running || !self.interrupted()) {
             self.start_instance()?;

@@ -118,7 +118,8 @@ fn op() -> ExportOp {
     ExportOp::new("inst1", "node2")
 }
 
-/// CheckPrereq's size checks, the pre hooks and the leftover sweeps.
+/// CheckPrereq's size checks, the pre hooks, the leftover sweeps and the staging export opened
+/// before the instance is touched.
 fn prologue() -> Vec<String> {
     vec![
         format!("backing_size {N1} {INST} disk/0"),
@@ -128,6 +129,7 @@ fn prologue() -> Vec<String> {
         format!("sweep_stale_snapshots {N1} {INST}"),
         format!("sweep_export_leftovers {N2} {INST}"),
         format!("instance_running {N1} {INST}"),
+        format!("begin_export {N2} {INST}"),
     ]
 }
 
@@ -239,6 +241,7 @@ fn non_snapshot_export_with_shutdown_fails_and_restarts() {
                 "snapshot_capability N1 INST disk/0",
                 "snapshot_capability N1 INST disk/1",
                 "start_instance N1 INST",
+                "abandon_export N2 INST",
             ]),
         ])
     );
@@ -335,9 +338,13 @@ fn non_snapshot_live_export_is_refused() {
     );
     assert_eq!(
         f.calls(),
-        cat(&[prologue(), s(&["snapshot_capability N1 INST disk/0"])])
+        cat(&[
+            prologue(),
+            s(&["snapshot_capability N1 INST disk/0", "abandon_export N2 INST"])
+        ])
     );
     assert!(f.nodes.is_running(INST));
+    assert!(f.nodes.open_staging().is_empty());
 }
 
 /// testPlainOfflineExport / testFileOfflineExport: no snapshots, disks activated, not started.
@@ -580,15 +587,20 @@ fn failed_snapshot_removes_the_others() {
             prologue(),
             s(&["stop_instance N1 INST 120s"]),
             snapshots(),
-            s(&["remove_snapshot N1 INST disk/0", "start_instance N1 INST"]),
+            s(&[
+                "remove_snapshot N1 INST disk/0",
+                "start_instance N1 INST",
+                "abandon_export N2 INST",
+            ]),
         ])
     );
+    assert!(f.nodes.open_staging().is_empty());
     assert!(f.lines().contains(&format!(
         " - WARNING: Could not snapshot disk/1 on node {N1}: lvcreate: no space"
     )));
 }
 
-/// A failed shutdown is Ganeti's error; nothing else is done.
+/// A failed shutdown is Ganeti's error; nothing else is done but removing the staging export.
 #[test]
 fn failed_shutdown() {
     let f = Fixture::new("up", true);
@@ -599,7 +611,11 @@ fn failed_shutdown() {
         e.msg,
         format!("Could not shutdown instance {INST} on node {N1}: timed out")
     );
-    assert_eq!(f.calls(), cat(&[prologue(), s(&["stop_instance N1 INST 120s"])]));
+    assert_eq!(
+        f.calls(),
+        cat(&[prologue(), s(&["stop_instance N1 INST 120s", "abandon_export N2 INST"])])
+    );
+    assert!(f.nodes.open_staging().is_empty());
 }
 
 /// A failed finalize: the disks were sent, the export is not there, the instance runs.
@@ -695,6 +711,32 @@ fn interrupted_during_the_transfer() {
     assert_eq!(f.nodes.exports(N3), [INST]);
 }
 
+/// A target that cannot take the export fails it before the instance is stopped (Ganeti stops,
+/// snapshots and restarts the instance, then fails every disk).
+#[test]
+fn a_target_that_cannot_stage_fails_before_the_instance_is_touched() {
+    let f = Fixture::new("up", true);
+    f.nodes.fail(
+        "begin_export",
+        None,
+        None,
+        Fault::Failed("Read-only file system".into()),
+    );
+    let e = f.export(op()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Exec);
+    assert_eq!(
+        e.msg,
+        format!(
+            "Could not prepare the export directory on node {N2}: Read-only file system; nothing \
+             was changed (instance {INST} was not stopped or snapshotted)"
+        )
+    );
+    assert_eq!(f.calls(), cat(&[prologue(), s(&["abandon_export N2 INST"])]));
+    assert!(f.nodes.is_running(INST));
+    assert!(f.nodes.open_staging().is_empty());
+    assert!(f.nodes.exports(N2).is_empty());
+}
+
 /// Interrupted during the shutdown of a running instance: it is started again.
 #[test]
 fn interrupted_during_the_shutdown() {
@@ -715,9 +757,11 @@ fn interrupted_during_the_shutdown() {
                 "instance_running N1 INST",
                 "start_instance N1 INST",
                 "instance_running N1 INST",
+                "abandon_export N2 INST",
             ]),
         ])
     );
+    assert!(f.nodes.open_staging().is_empty());
 }
 
 /// A stopped instance with admin state up that the export started after the snapshots is

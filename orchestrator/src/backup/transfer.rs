@@ -1,6 +1,7 @@
-//! Ganeti's `LocalExport`: open the staging export on the target, send every disk (up to
-//! `max_parallel_disks` at a time, progress reported every `progress_interval`), remove each
-//! snapshot as soon as its disk is done, then finalize, or abandon the staging export.
+//! Ganeti's `LocalExport`: the staging export on the target (opened before the instance is
+//! stopped: [`Staged`]), every disk sent into it (up to `max_parallel_disks` at a time, progress
+//! reported every `progress_interval`), each snapshot removed as soon as its disk is done, then
+//! finalize, or abandon the staging export.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -160,13 +161,69 @@ struct DiskJob {
     result: Mutex<Option<Result<Report, TransferError>>>,
 }
 
+/// The staging export on the target, opened before the instance is touched: a target that
+/// cannot take the export (its export directory read-only, full of something else, not a
+/// directory) fails the export while nothing has changed, not after the instance was stopped
+/// and snapshotted. Dropped without reaching [`local_export`] (a failed shutdown, an interrupt,
+/// disks that cannot be snapshotted), it is abandoned.
+pub(super) struct Staged<'e, 'a> {
+    x: &'e Exec<'a>,
+    open: bool,
+}
+
+impl<'e, 'a> Staged<'e, 'a> {
+    /// Opens the staging export of `x`'s instance on its target node.
+    pub(super) fn open(x: &'e Exec<'a>) -> Result<Self, OpError> {
+        let (inst, dst) = (&x.inst.name, x.target.name.as_str());
+        match x.nodes().begin_export(dst, inst) {
+            Ok(()) => Ok(Self { x, open: true }),
+            Err(e) => {
+                // A staging directory half made (created, not made private) goes too.
+                x.nodes().abandon_export(dst, inst);
+                let msg = format!(
+                    "Could not prepare the export directory on node {dst}: {e}; nothing was changed \
+                     (instance {inst} was not stopped or snapshotted)"
+                );
+                Err(OpError::exec(msg).with_source(e))
+            }
+        }
+    }
+
+    /// Removes the staging export and what was written into it.
+    fn abandon(mut self) {
+        self.open = false;
+        self.x.nodes().abandon_export(&self.x.target.name, &self.x.inst.name);
+    }
+
+    /// The staging export is handed to the target's finalize.
+    fn finalizing(mut self) {
+        self.open = false;
+    }
+}
+
+impl Drop for Staged<'_, '_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.x.nodes().abandon_export(&self.x.target.name, &self.x.inst.name);
+        }
+    }
+}
+
 /// Ganeti's `LocalExport`: transfer every disk into the staging export, then finalize.
-pub(super) fn local_export(x: &Exec<'_>, snaps: &SnapSet<'_>, have_snapshots: bool) -> Result<Transfer, OpError> {
+pub(super) fn local_export(
+    x: &Exec<'_>,
+    staged: Staged<'_, '_>,
+    snaps: &SnapSet<'_>,
+    have_snapshots: bool,
+) -> Result<Transfer, OpError> {
     let inst = x.inst;
     let dst = x.target.name.as_str();
     let final_dir = x.ctx.cluster.export_dir(x.target).join(&inst.name);
     let export_id = ExportId::new().map_err(|e| OpError::exec(format!("cannot make the export's id: {e}")))?;
+    // Begun again, empty as it is: the shutdown before may have taken longer than the target
+    // agent keeps a staging export without word from the master (`--staging-timeout`).
     if let Err(e) = x.nodes().begin_export(dst, &inst.name) {
+        staged.abandon();
         return Ok(not_staged(x, e, have_snapshots, final_dir, export_id));
     }
     let mut jobs = Vec::new();
@@ -178,7 +235,7 @@ pub(super) fn local_export(x: &Exec<'_>, snaps: &SnapSet<'_>, have_snapshots: bo
         let dump = match crate::fsutil::new_uuid() {
             Ok(u) => u,
             Err(e) => {
-                x.nodes().abandon_export(dst, &inst.name);
+                staged.abandon();
                 return Err(OpError::exec(format!("cannot make a UUID: {e}")));
             }
         };
@@ -212,6 +269,7 @@ pub(super) fn local_export(x: &Exec<'_>, snaps: &SnapSet<'_>, have_snapshots: bo
     if disks.iter().all(|d| d.report.is_ok()) && !x.interrupted() {
         x.fb().info(fbk::finalizing_export(dst));
         let ini = config_ini(x, &disks, have_snapshots);
+        staged.finalizing();
         return Ok(match x.nodes().finalize_export(dst, &inst.name, &ini, &export_id) {
             Ok(dir) => {
                 let mut disks = disks;
@@ -240,7 +298,7 @@ pub(super) fn local_export(x: &Exec<'_>, snaps: &SnapSet<'_>, have_snapshots: bo
     if !x.interrupted() {
         x.fb().warning(fbk::some_disk_exports_failed(&inst.name, dst));
     }
-    x.nodes().abandon_export(dst, &inst.name);
+    staged.abandon();
     Ok(Transfer {
         fin_resu: false,
         disks,
