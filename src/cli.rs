@@ -148,6 +148,14 @@ enum ImageCmd {
         /// Replace DEST if it is an existing file.
         #[arg(short, long)]
         force: bool,
+        /// Check every chunk of IMAGE before writing a byte (default for a block device, which is
+        /// written in place: a damaged image never leaves it half overwritten). Reads IMAGE twice.
+        #[arg(long, overrides_with = "no_verify_first")]
+        verify_first: bool,
+        /// Check each chunk as it is written, even to a block device (one read of IMAGE; a damaged
+        /// chunk then leaves the device partly overwritten, and the error says how much).
+        #[arg(long, overrides_with = "verify_first")]
+        no_verify_first: bool,
     },
     /// Read SRC through the pipeline (zero check, digest, optional lz4) into a null sink.
     Scan {
@@ -540,6 +548,8 @@ fn restore_cmd(
         format,
         tune,
         force,
+        verify_first,
+        no_verify_first,
     } = cmd
     else {
         unreachable!("restore_cmd is called for `image restore` only")
@@ -552,8 +562,11 @@ fn restore_cmd(
         zero_policy: zero_target,
         manifest,
         format,
+        verify_first: (verify_first || no_verify_first).then_some(verify_first),
     };
-    let total = image_size_hint(&image, &o.manifest, format);
+    // A check pass first reads the image once more.
+    let passes = if o.verifies_first(&dest) { 2 } else { 1 };
+    let total = passes * image_size_hint(&image, &o.manifest, format);
     start(Op::ImageRestore, &image, Some(&dest));
     let res = output::with_progress(&progress, total, Op::ImageRestore, tune.show(quiet), || {
         ops::restore(&image, &dest, &o, &progress)

@@ -139,7 +139,8 @@ pub fn fail_msg(op: Op, kind: Kind, msg: &str, json: bool) -> ExitCode {
 }
 
 /// Like [`finish`], but an operation stopped by SIGINT/SIGTERM says so ("interrupted by SIGINT;
-/// partial output removed" where it writes) and exits 130/143.
+/// partial output removed" where it writes a file; what became of a block device it was
+/// writing in place) and exits 130/143.
 pub fn finish_or_interrupted(
     res: Result<Report>,
     op: Op,
@@ -149,11 +150,12 @@ pub fn finish_or_interrupted(
 ) -> ExitCode {
     match res {
         Err(e) if e.is_cancelled() && interrupt.signal().is_some() => {
-            let msg = format!(
-                "interrupted by {}{}",
-                interrupt.signal_name(),
-                if writes { "; partial output removed" } else { "" }
-            );
+            let what = match e.device_written() {
+                Some(device) => format!("; {device}"),
+                None if writes => "; partial output removed".into(),
+                None => String::new(),
+            };
+            let msg = format!("interrupted by {}{what}", interrupt.signal_name());
             errln!("diskstream: {}", escape_controls(&msg));
             Failed::new(op, Kind::Interrupted, msg)
                 .signal(interrupt.signal_name(), interrupt.code())

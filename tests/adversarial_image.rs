@@ -678,6 +678,46 @@ fn sigint_and_sigterm_stop_every_image_command_with_130_143_and_a_message() {
     assert!(slowest < Duration::from_secs(1), "a command took {slowest:?} to stop");
 }
 
+#[test]
+fn an_interrupted_restore_onto_a_device_says_what_became_of_the_device() {
+    // A device is written in place: "partial output removed" would be false. By default the
+    // whole image is checked first, so a signal then leaves the device as it was.
+    let dir = scratch();
+    let d = dir.path();
+    let src = d.join("src");
+    make_disk(&src, 64 * MIB, Data::Mixed, 31);
+    let img = d.join("i.dsimg");
+    ds_json(&["image", "create", s(&src), s(&img), "--format", "dsimg"]);
+    let backing = d.join("dev");
+    make_disk(&backing, 64 * MIB, Data::Random, 32);
+    let before = sha(&backing);
+    let lo = Loop::attach(&backing, false);
+    for sig in [Sig::Int, Sig::Term] {
+        let (st, err, _) = signal_and_collect(&["image", "restore", s(&img), lo.path(), "-f"], sig);
+        assert_eq!(st.code(), Some(if sig == Sig::Int { 130 } else { 143 }), "{err}");
+        assert!(
+            err.contains(&format!("nothing was written to {}: it holds its old data", lo.path())),
+            "{sig:?}: {err}"
+        );
+        assert!(!err.contains("partial output removed"), "{err}");
+        assert_eq!(sha(lo.path().as_ref()), before, "{sig:?}: the device was written");
+    }
+    // Written as it is checked, the device may be partly overwritten by then: the message says
+    // which of the two it is.
+    let (st, err, _) = signal_and_collect(
+        &["image", "restore", s(&img), lo.path(), "-f", "--no-verify-first"],
+        Sig::Int,
+    );
+    assert_eq!(st.code(), Some(130), "{err}");
+    let dev = lo.path();
+    assert!(
+        err.contains(&format!("nothing was written to {dev}"))
+            || err.contains(&format!("{dev} was partly overwritten")),
+        "{err}"
+    );
+    assert!(!err.contains("partial output removed"), "{err}");
+}
+
 #[derive(Default, Debug)]
 struct Tally {
     runs: u32,

@@ -5,7 +5,8 @@
 //! and new chunks, and verified), `--force` over a file (its owner and mode lost, a loop
 //! device's file replaced under it), a symbolic link as output (a dangling one failed only after
 //! the whole transfer, one to a file was replaced by a regular file), and a damaged chunk met
-//! mid-restore onto a device (the error did not say the device was partly overwritten).
+//! mid-restore onto a device (the device was half overwritten, and the error did not say so: a
+//! device restore now checks the whole image first).
 //!
 //! Needs root (loop devices).
 
@@ -312,7 +313,7 @@ fn an_output_that_is_a_symbolic_link_is_refused_before_any_data_moves() {
 }
 
 #[test]
-fn a_damaged_chunk_met_mid_restore_onto_a_device_says_the_device_was_partly_overwritten() {
+fn a_damaged_chunk_leaves_a_device_untouched_or_says_how_much_was_overwritten() {
     let dir = scratch();
     let d = dir.path();
     let src = d.join("src");
@@ -330,7 +331,19 @@ fn a_damaged_chunk_met_mid_restore_onto_a_device_says_the_device_was_partly_over
     let backing = d.join("dev");
     make_disk(&backing, 16 * MIB, Data::Random, 28);
     let lo = Loop::attach(&backing, false);
+    // By default the whole image is checked before a byte is written to a device.
+    let before = sha(&backing);
     let r = ds(&["image", "restore", s(&img), lo.path(), "-f", "--json"]);
+    assert_eq!(r.status.code(), Some(3), "{}", stderr_of(&r));
+    let e = stderr_of(&r);
+    assert!(e.contains("checksum mismatch in chunk 12"), "{e}");
+    assert!(
+        e.contains(&format!("nothing was written to {}: it holds its old data", lo.path())),
+        "{e}"
+    );
+    assert_eq!(sha(lo.path().as_ref()), before, "the device was written");
+    // Written as it is checked (--no-verify-first), the device is partly overwritten by then.
+    let r = ds(&["image", "restore", s(&img), lo.path(), "-f", "--no-verify-first", "--json"]);
     assert_eq!(r.status.code(), Some(3), "{}", stderr_of(&r));
     let e = stderr_of(&r);
     assert!(e.contains("checksum mismatch in chunk 12"), "{e}");
@@ -352,4 +365,38 @@ fn a_damaged_chunk_met_mid_restore_onto_a_device_says_the_device_was_partly_over
     assert!(!stderr_of(&r).contains("partly overwritten"), "{}", stderr_of(&r));
     assert_eq!(sha(&file), before);
     assert!(partials(d).is_empty(), "{:?}", partials(d));
+}
+
+#[test]
+fn a_device_restore_checks_the_whole_image_first_and_a_file_restore_when_asked() {
+    let dir = scratch();
+    let d = dir.path();
+    let src = d.join("src");
+    make_disk(&src, 8 * MIB + 4096, Data::Mixed, 33);
+    for format in ["raw", "dsimg"] {
+        let img = d.join(format!("img.{format}"));
+        ds_json(&["image", "create", s(&src), s(&img), "--format", format]);
+        let backing = d.join("dev");
+        make_disk(&backing, 9 * MIB, Data::Random, 34);
+        let lo = Loop::attach(&backing, false);
+        let j = ds_json(&["image", "restore", s(&img), lo.path(), "-f"]);
+        let first = j["verified_first_s"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{format}: {j}"));
+        assert!(
+            first > 0.0 && first <= j["elapsed_s"].as_f64().unwrap(),
+            "{format}: {j}"
+        );
+        let j = ds_json(&["image", "restore", s(&img), lo.path(), "-f", "--no-verify-first"]);
+        assert!(j.get("verified_first_s").is_none(), "{format}: {j}");
+        drop(lo);
+        assert_eq!(read_prefix(&backing, 8 * MIB + 4096), std::fs::read(&src).unwrap());
+        // A file is written under a temporary name: checked as it is written, unless asked.
+        let out = d.join("out");
+        let j = ds_json(&["image", "restore", s(&img), s(&out), "-f"]);
+        assert!(j.get("verified_first_s").is_none(), "{format}: {j}");
+        let j = ds_json(&["image", "restore", s(&img), s(&out), "-f", "--verify-first"]);
+        assert!(j["verified_first_s"].as_f64().is_some(), "{format}: {j}");
+        assert_eq!(sha(&out), sha(&src));
+    }
 }

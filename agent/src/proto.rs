@@ -483,6 +483,7 @@ impl WireReport {
             throughput_bytes_per_s: self.throughput_bytes_per_s,
             warnings: self.warnings.into_iter().chain(recv.warnings).collect(),
             wire: self.wire,
+            verified_first: None,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The engine's error type: every failure names what (path), the operation, and where (offset).
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Result alias used across the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -62,12 +62,10 @@ pub enum Error {
     /// and cleaned up what it had created.
     #[error("interrupted")]
     Cancelled,
-    /// A failure after a block device, which is written in place, was partly overwritten (a
-    /// restore that met a damaged chunk mid-way): the error, and how much of the device is gone.
-    #[error(
-        "{source}; {dest} was partly overwritten: {chunks} chunk(s) within its bytes 0..{reach} were written \
-         before the failure, so it now holds neither its old data nor the image's disk"
-    )]
+    /// A failure of a run that writes a block device in place (a restore that met a damaged
+    /// chunk mid-way, or was interrupted): the error, and how much of the device is gone (none:
+    /// it is untouched).
+    #[error("{source}; {}", device_state(.dest, *.chunks, *.reach))]
     PartlyWritten {
         /// The device.
         dest: PathBuf,
@@ -174,8 +172,35 @@ impl Error {
         self.kind() == ErrorKind::Integrity
     }
 
-    /// True if and only if the operation was stopped from outside ([`Error::Cancelled`]).
+    /// True if and only if the operation was stopped from outside ([`Error::Cancelled`], also
+    /// where it says what became of a device it was writing).
     pub fn is_cancelled(&self) -> bool {
-        matches!(self, Self::Cancelled)
+        match self {
+            Self::Cancelled => true,
+            Self::PartlyWritten { source, .. } => source.is_cancelled(),
+            _ => false,
+        }
     }
+
+    /// What became of the block device a failed run was writing in place, if it was writing one.
+    pub fn device_written(&self) -> Option<String> {
+        match self {
+            Self::PartlyWritten {
+                dest, chunks, reach, ..
+            } => Some(device_state(dest, *chunks, *reach)),
+            _ => None,
+        }
+    }
+}
+
+/// How much of `dest` a failed run wrote.
+fn device_state(dest: &Path, chunks: u64, reach: u64) -> String {
+    if chunks == 0 {
+        return format!("nothing was written to {}: it holds its old data", dest.display());
+    }
+    format!(
+        "{} was partly overwritten: {chunks} chunk(s) within its bytes 0..{reach} were written before the \
+         failure, so it now holds neither its old data nor the image's disk",
+        dest.display()
+    )
 }

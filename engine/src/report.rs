@@ -84,6 +84,23 @@ pub struct Report {
     /// What a stream to another node put on the wire; only for a disk sent over the network.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wire: Option<WireStats>,
+    /// Seconds a restore spent checking every chunk of the image before it wrote a byte
+    /// (`--verify-first`, the default for a block device; part of `elapsed_s`); absent where it
+    /// checked as it wrote.
+    #[serde(
+        rename = "verified_first_s",
+        serialize_with = "secs_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<f64>")]
+    pub verified_first: Option<Duration>,
+}
+
+fn secs_opt<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
 }
 
 fn secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -104,6 +121,8 @@ pub struct ReportHead {
     pub format: Option<Format>,
     /// Warnings about the output (after the source's).
     pub warnings: Vec<String>,
+    /// Time a check pass over the whole image took before the transfer ([`Report::verified_first`]).
+    pub verified_first: Option<Duration>,
 }
 
 impl ReportHead {
@@ -115,6 +134,7 @@ impl ReportHead {
             manifest: None,
             format: None,
             warnings: Vec::new(),
+            verified_first: None,
         }
     }
 }
@@ -174,6 +194,7 @@ impl Report {
             throughput_bytes_per_s: 0.0,
             warnings: source.warnings.into_iter().chain(head.warnings).collect(),
             wire: sink.wire,
+            verified_first: head.verified_first,
         };
         r.throughput_bytes_per_s = r.throughput();
         r

@@ -44,6 +44,17 @@ impl ImageFile {
         })
     }
 
+    /// The same open file through a second descriptor (`dup`: a file put in its place
+    /// meanwhile is not it), for a second pass over it.
+    pub(super) fn try_clone(&self) -> Result<Self> {
+        Ok(Self {
+            path: self.path.clone(),
+            file: self.file.try_clone().map_err(|e| Error::io("dup", &self.path, 0, e))?,
+            size: self.size,
+            device: self.device,
+        })
+    }
+
     /// The path it was opened from.
     pub(super) fn path(&self) -> &Path {
         &self.path

@@ -1,7 +1,7 @@
 //! What each operation is asked to do: [`Tuning`] (how to move the bytes, shared by every
 //! operation) and one options type per operation with only its own fields.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use crate::stop::StopFlag;
 pub use crate::tuning::{
@@ -79,6 +79,20 @@ pub struct RestoreOptions {
     /// Read the image as this format (`--format`); `None`: the dsimg magic, unless a manifest
     /// describes a raw image of the image's size ([`super::detect`]).
     pub format: Option<Format>,
+    /// Check every chunk of the image before writing a byte (`--verify-first`), or not
+    /// (`--no-verify-first`); `None`: for a block device, which is written in place, so that a
+    /// damaged image never leaves it partly overwritten ([`Self::verifies_first`]).
+    pub verify_first: Option<bool>,
+}
+
+impl RestoreOptions {
+    /// Whether a restore to `dest` checks the whole image before it writes: as asked, else when
+    /// `dest` is a block device (or a link to one). Such a restore reads the image twice.
+    pub fn verifies_first(&self, dest: &Path) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        self.verify_first
+            .unwrap_or_else(|| std::fs::metadata(dest).is_ok_and(|m| m.file_type().is_block_device()))
+    }
 }
 
 /// `scan`: read a disk through the whole pipeline into a null sink.

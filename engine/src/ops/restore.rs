@@ -7,13 +7,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::image::{check_dsimg_manifest, check_outputs, dsimg_source, load_manifest, raw_image_source};
 use super::image_file::ImageFile;
-use super::{Format, Progress, Report, RestoreOptions};
+use super::{Format, Progress, Report, RestoreOptions, Tuning};
 use crate::error::{Error, Result};
 use crate::format::reader::read_layout;
+use crate::manifest::Manifest;
 use crate::report::ReportHead;
 use crate::sink::raw::{Overwritten, RawSink};
 use crate::sink::target::{same_file, Target};
@@ -36,9 +37,11 @@ fn raw_sink(
     RawSink::tuned(target, size, chunk_size, t, o.zero_policy)
 }
 
-/// A failure that came after a device `dest` (written in place) was partly overwritten says so.
-fn say_overwritten(e: Error, dest: &Path, written: &Overwritten) -> Error {
-    if written.chunks() == 0 || e.is_cancelled() {
+/// A failure of a run writing a device `dest` in place says what became of it: untouched, or
+/// how much was overwritten ([`Error::PartlyWritten`]). A file is written under a temporary
+/// name, removed on failure: `dest` is untouched and the error is `e`.
+fn say_overwritten(e: Error, dest: &Path, device: bool, written: &Overwritten) -> Error {
+    if !device {
         return e;
     }
     Error::PartlyWritten {
@@ -49,11 +52,34 @@ fn say_overwritten(e: Error, dest: &Path, written: &Overwritten) -> Error {
     }
 }
 
+/// The check pass of `--verify-first`: every chunk of the image read from `source` and checked
+/// (against `manifest` for a raw image), nothing written. Its time.
+fn check_first(
+    source: &mut dyn Source,
+    image: &Path,
+    manifest: Option<&Manifest>,
+    t: &Tuning,
+    progress: &Progress,
+) -> Result<Duration> {
+    let t0 = Instant::now();
+    let sink = VerifySink::check_only(image, source.info().chunks());
+    let sink = match manifest {
+        Some(m) => sink.against(m),
+        None => sink,
+    };
+    Transfer::new(ReportHead::new("verify"), t, progress, t0).run(source, Box::new(sink))?;
+    Ok(t0.elapsed())
+}
+
 /// Writes the disk held by `image` to `dest` (a file, created, or a block device), checking
 /// every chunk before it is written. A `dsimg` is checked structurally first, so a truncated
-/// or damaged image is refused before the first byte lands on `dest`. A chunk found damaged
-/// mid-way leaves a file `dest` untouched; a device, written in place, is then partly
-/// overwritten, and the error says how much ([`Error::PartlyWritten`]).
+/// or damaged image is refused before the first byte lands on `dest`. A block device, written
+/// in place, gets the whole image checked before the first byte is written (unless
+/// [`RestoreOptions::verify_first`] says otherwise), so a damaged chunk never leaves it half
+/// overwritten; a file is written under a temporary name, so a damaged chunk found mid-way
+/// leaves `dest` untouched. Where a device was written mid-way after all (`--no-verify-first`,
+/// an interrupt, an image changed between the passes), the error says how much
+/// ([`Error::PartlyWritten`]).
 pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progress) -> Result<Report> {
     let t0 = Instant::now();
     let t = &o.tuning;
@@ -66,7 +92,9 @@ pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progres
         ..ReportHead::new("restore")
     };
     let written = Arc::new(Overwritten::default());
-    let run = match head.format {
+    let mut device = false;
+    // A closure, so that every failure after the sink exists says what became of a device.
+    let mut run = || match head.format {
         Some(Format::Dsimg) => {
             let layout = read_layout(img.file(), image)?;
             // Its manifest, if one is beside it or named, must be its own before a byte is written.
@@ -77,8 +105,13 @@ pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progres
             let inputs: Vec<&Path> = std::iter::once(image).chain(mpath.as_deref()).collect();
             let geometry = (layout.header.disk_size, layout.header.chunk_size);
             let sink = raw_sink(dest, geometry, o, &inputs, &mut head)?.with_overwritten(Arc::clone(&written));
-            let mut source = dsimg_source(img, &layout)?;
-            Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
+            device = sink.target().is_device();
+            if o.verify_first.unwrap_or(device) {
+                let mut check = dsimg_source(img.try_clone()?, &layout)?;
+                head.verified_first = Some(check_first(&mut check, image, None, t, progress)?);
+            }
+            let mut source = dsimg_source(img.try_clone()?, &layout)?;
+            Transfer::new(head.clone(), t, progress, t0).run(&mut source, Box::new(sink))
         }
         _ => {
             let (mpath, manifest) = load_manifest(&img, o.manifest.as_deref())?;
@@ -86,14 +119,20 @@ pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progres
             not_the_manifest(dest, Some(&mpath))?;
             let geometry = (manifest.disk_size, manifest.chunk_size);
             let sink = raw_sink(dest, geometry, o, &[image, &mpath], &mut head)?.with_overwritten(Arc::clone(&written));
+            device = sink.target().is_device();
             head.manifest = Some(mpath);
+            if o.verify_first.unwrap_or(device) {
+                let mut check = raw_image_source(&img, &manifest)?;
+                head.verified_first = Some(check_first(&mut check, image, Some(&manifest), t, progress)?);
+            }
             let mut source = raw_image_source(&img, &manifest)?;
             let chunks = source.info().chunks();
             let sink = VerifySink::new(Box::new(sink), image, chunks).against(&manifest);
-            Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
+            Transfer::new(head.clone(), t, progress, t0).run(&mut source, Box::new(sink))
         }
     };
-    run.map_err(|e| say_overwritten(e, dest, &written))
+    let res = run();
+    res.map_err(|e| say_overwritten(e, dest, device, &written))
 }
 
 /// Refuses a destination that is the image's manifest.
