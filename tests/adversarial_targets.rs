@@ -261,6 +261,55 @@ fn force_keeps_a_replaced_files_owner_and_mode_and_never_replaces_a_loop_devices
     assert!(partials(d).is_empty(), "{:?}", partials(d));
 }
 
+/// Runs an `acl`/`attr` tool (the project's test script installs them).
+fn attr_tool(tool: &str, args: &[&str]) -> String {
+    let o = std::process::Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} is needed (apt-get install acl attr; scripts/test does): {e}"));
+    assert!(o.status.success(), "{tool} {args:?}: {}", stderr_of(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn force_keeps_a_replaced_files_acl_label_and_user_attributes_and_names_what_it_drops() {
+    // A VM disk that libvirt gave an SELinux label and an ACL for the qemu user: a replacement
+    // without them would shut the VM out, as one without the old owner did.
+    let dir = scratch();
+    let d = dir.path();
+    let src = d.join("src");
+    make_disk(&src, 4 * MIB, Data::Mixed, 35);
+    let img = d.join("img.raw");
+    ds_json(&["image", "create", s(&src), s(&img)]);
+    let disk = d.join("disk");
+    make_disk(&disk, 4 * MIB, Data::Zeros, 0);
+    set_owner_and_mode(&disk, 4242, 4343, 0o600);
+    let label = "system_u:object_r:svirt_image_t:s0:c1,c2";
+    attr_tool("setfacl", &["-m", "u:4444:rw", s(&disk)]);
+    attr_tool("setfattr", &["-n", "security.selinux", "-v", label, s(&disk)]);
+    attr_tool("setfattr", &["-n", "user.vm", "-v", "web1-disk0", s(&disk)]);
+    // Attributes that vouch for the old content, and our own recorded digest, are not carried.
+    attr_tool("setfattr", &["-n", "trusted.overlay.origin", "-v", "x", s(&disk)]);
+    attr_tool("setfattr", &["-n", "user.diskstream.digest", "-v", "stale", s(&disk)]);
+    let acl_before = attr_tool("getfacl", &["-cp", s(&disk)]);
+    assert!(acl_before.contains("user:4444:rw-"), "{acl_before}");
+    let r = ds_json(&["image", "restore", s(&img), s(&disk), "-f"]);
+    assert_eq!(sha(&disk), sha(&src));
+    assert_eq!(owner_and_mode(&disk).0, 4242);
+    assert_eq!(attr_tool("getfacl", &["-cp", s(&disk)]), acl_before, "the ACL");
+    let attrs = attr_tool("getfattr", &["-d", "-m", "-", s(&disk)]);
+    assert!(attrs.contains(&format!("security.selinux=\"{label}\"")), "{attrs}");
+    assert!(attrs.contains("user.vm=\"web1-disk0\""), "{attrs}");
+    assert!(!attrs.contains("trusted.overlay.origin"), "{attrs}");
+    assert!(!attrs.contains("user.diskstream.digest"), "{attrs}");
+    let w = r["warnings"].to_string();
+    assert!(
+        w.contains("does not take the extended attribute(s) trusted.overlay.origin of the file it replaces"),
+        "{w}"
+    );
+    assert!(!w.contains("user.diskstream"), "{w}");
+}
+
 #[test]
 fn an_output_that_is_a_symbolic_link_is_refused_before_any_data_moves() {
     let dir = scratch();
@@ -343,7 +392,15 @@ fn a_damaged_chunk_leaves_a_device_untouched_or_says_how_much_was_overwritten() 
     );
     assert_eq!(sha(lo.path().as_ref()), before, "the device was written");
     // Written as it is checked (--no-verify-first), the device is partly overwritten by then.
-    let r = ds(&["image", "restore", s(&img), lo.path(), "-f", "--no-verify-first", "--json"]);
+    let r = ds(&[
+        "image",
+        "restore",
+        s(&img),
+        lo.path(),
+        "-f",
+        "--no-verify-first",
+        "--json",
+    ]);
     assert_eq!(r.status.code(), Some(3), "{}", stderr_of(&r));
     let e = stderr_of(&r);
     assert!(e.contains("checksum mismatch in chunk 12"), "{e}");

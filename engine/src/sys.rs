@@ -8,9 +8,11 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 
 use rustix::fs::{
-    fallocate, fcntl_getfl, fcntl_setfl, fgetxattr, fsetxattr, seek, FallocateFlags, OFlags, SeekFrom, XattrFlags,
+    fallocate, fcntl_getfl, fcntl_setfl, fgetxattr, fsetxattr, getxattr, listxattr, seek, FallocateFlags, OFlags,
+    SeekFrom, XattrFlags,
 };
 use rustix::io::Errno;
 
@@ -171,6 +173,30 @@ pub fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> io::Res
 /// `fsetxattr`: sets the extended attribute `name` to `value`.
 pub fn set_xattr(file: &File, name: &str, value: &[u8]) -> io::Result<()> {
     Ok(fsetxattr(file, name, value, XattrFlags::empty())?)
+}
+
+/// The extended attributes of `path` (following links), names and values: none where the file
+/// system has none. A name list or value larger than the kernel's 64 KiB limit cannot exist.
+pub fn xattrs(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
+    const XATTR_MAX: usize = 64 << 10;
+    let mut names = vec![0u8; XATTR_MAX];
+    let n = match listxattr(path, &mut names[..]) {
+        Ok(n) => n,
+        Err(Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    let mut value = vec![0u8; XATTR_MAX];
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        match getxattr(path, name.as_str(), &mut value[..]) {
+            Ok(len) => out.push((name, value[..len].to_vec())),
+            // Removed since it was listed.
+            Err(Errno::NODATA) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
 }
 
 /// `fgetxattr` into a buffer of at most `max` bytes: `Ok(None)` if the attribute is absent or the
