@@ -546,3 +546,46 @@ fn a_target_that_cannot_take_the_export_fails_before_the_instance_is_stopped() {
     assert_eq!(guard.pid(), Some(pid), "the instance was never stopped");
     assert_eq!(fs::read_to_string(&target).unwrap(), "not a directory");
 }
+
+#[test]
+fn a_failed_sync_after_the_swap_is_a_warning_and_the_export_stands() {
+    // Once the new export is swapped in, it is the export: a failure to sync the directory then
+    // must not report the job failed (Ganeti's users would retry an export that exists).
+    let dir = scratch();
+    let roots = node_roots(dir.path(), 2);
+    let inst = InstSpec {
+        name: INST.into(),
+        primary: "node1.example.com".into(),
+        admin_state: "down",
+        disks: file_disks(dir.path(), 1, 2, 23),
+        process: None,
+    };
+    let cfg = write_cluster(dir.path(), &roots, &[inst], &[]);
+    let args = ["export", "--cluster", s(&cfg), "-n", "node2", INST];
+    let (ok, out, err) = ds_text(&args);
+    assert!(ok, "{out}\n{err}");
+    let first = fs::read_to_string(export_dir(&roots[1]).join(INST).join("diskstream-export-id")).unwrap();
+    let o = ds_env(&args, &[("DISKSTREAM_TEST_ONLY_FAIL_AT", "sync-after-swap")]);
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr_of(&o));
+    assert!(o.status.success(), "{text}");
+    let new = export_dir(&roots[1]).join(INST);
+    assert!(
+        text.contains(&format!("WARNING: the new export is in place in {}", new.display()))
+            && text.contains("Input/output error")
+            && text.contains("a crash may bring back the export it replaced"),
+        "{text}"
+    );
+    let job = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        job.matches("WARNING: the new export is in place").count(),
+        1,
+        "said once: {job}"
+    );
+    let second = fs::read_to_string(new.join("diskstream-export-id")).unwrap();
+    assert_ne!(first, second, "the new export is the one in place");
+    check_export_complete(&new, 2 << 20).unwrap();
+    assert!(
+        find_named(dir.path(), ".new").is_empty(),
+        "the replaced export was removed"
+    );
+}

@@ -14,6 +14,7 @@ use diskstream_engine::ops::Report;
 use diskstream_orchestrator::cluster::Cluster;
 use diskstream_orchestrator::export::cleanup::{Keep, NodeListing};
 use diskstream_orchestrator::export::export_id::ExportId;
+use diskstream_orchestrator::export::store::Finalized;
 use diskstream_orchestrator::hooks::env::Env;
 use diskstream_orchestrator::hooks::{HookResult, HookStatus, HooksRunner, Phase};
 use diskstream_orchestrator::node::local::LocalNodeOps;
@@ -488,7 +489,7 @@ impl NodeOps for AgentNodes<'_> {
         instance: &str,
         config_ini: &str,
         id: &ExportId,
-    ) -> Result<std::path::PathBuf, NodeError> {
+    ) -> Result<Finalized, NodeError> {
         if !self.remote.has(node) {
             return self.local.finalize_export(node, instance, config_ini, id);
         }

@@ -16,6 +16,7 @@ use crate::cluster::{Instance, Node};
 use crate::error::OpError;
 use crate::export::config_ini::{export_config, ExportedDisk};
 use crate::export::export_id::ExportId;
+use crate::export::store::Finalized;
 use crate::feedback::{self as fbk, DiskProgress, Event, Feedback};
 use crate::node::{DiskSource, NodeOps, SendDisk, SnapshotRef, TransferError, TransferProgress};
 
@@ -271,7 +272,10 @@ pub(super) fn local_export(
         let ini = config_ini(x, &disks, have_snapshots);
         staged.finalizing();
         return Ok(match x.nodes().finalize_export(dst, &inst.name, &ini, &export_id) {
-            Ok(dir) => {
+            Ok(Finalized { dir, warnings }) => {
+                for w in warnings {
+                    x.fb().warning(w);
+                }
                 let mut disks = disks;
                 for d in &mut disks {
                     d.path = dir.join(&d.dump);

@@ -138,12 +138,14 @@ impl Staging {
     /// Writes `config.ini` and the export's id ([`export_id::EXPORT_ID_FILE`]), makes every
     /// file private and durable, and atomically replaces the previous export with this one,
     /// which is deleted before this returns. Returns the final directory.
-    pub fn finalize(self, config_ini: &str, id: &ExportId) -> io::Result<PathBuf> {
+    pub fn finalize(self, config_ini: &str, id: &ExportId) -> io::Result<Finalized> {
         self.finalize_with(config_ini, id, Removal::Now)
     }
 
-    /// [`Staging::finalize`], with the replaced export deleted as `removal` says.
-    pub fn finalize_with(mut self, config_ini: &str, id: &ExportId, removal: Removal) -> io::Result<PathBuf> {
+    /// [`Staging::finalize`], with the replaced export deleted as `removal` says. Once the new
+    /// export is swapped in, nothing fails the finalize (it would report a complete export as
+    /// missing): what goes wrong after is in [`Finalized::warnings`].
+    pub fn finalize_with(mut self, config_ini: &str, id: &ExportId, removal: Removal) -> io::Result<Finalized> {
         export_id::write(&self.dir, id)?;
         for e in fs::read_dir(&self.dir)? {
             let e = e?;
@@ -157,7 +159,11 @@ impl Staging {
         let target = self.export_dir.join(&self.instance);
         let replaced = swap_in(&self.dir, &target)?;
         self.done = true;
-        fsutil::sync_dir(&self.export_dir)?;
+        let mut fin = Finalized {
+            dir: target,
+            warnings: Vec::new(),
+        };
+        self.sync_swapped(&mut fin);
         if replaced {
             // The previous export is now at the staging name, which is never listed.
             match removal {
@@ -167,30 +173,64 @@ impl Staging {
                 Removal::Background => {
                     // Under a hidden removal name first, so that the staging name is free for
                     // the next export at once and an interrupted deletion is swept as a
-                    // half-removed export (`sweep_leftovers`).
-                    // The new export is in place: nothing here may fail the finalize; whatever
-                    // cannot go to the thread is deleted now, as with `Removal::Now`.
-                    let aside = unique_removal_path(&target)
+                    // half-removed export (`sweep_leftovers`); whatever cannot go to the
+                    // thread is deleted now, as with `Removal::Now`.
+                    let aside = unique_removal_path(&fin.dir)
                         .ok()
                         .filter(|aside| fs::rename(&self.dir, aside).is_ok());
-                    let Some(aside) = aside else {
-                        let _ = fsutil::remove_tree(&self.dir);
-                        fsutil::sync_dir(&self.export_dir)?;
-                        return Ok(target);
-                    };
-                    let mine = aside.clone();
-                    let spawned = std::thread::Builder::new()
-                        .name("ds-remove-old".into())
-                        .spawn(move || fsutil::remove_tree(&mine));
-                    if spawned.is_err() {
-                        let _ = fsutil::remove_tree(&aside);
+                    match aside {
+                        Some(aside) => {
+                            let mine = aside.clone();
+                            let spawned = std::thread::Builder::new()
+                                .name("ds-remove-old".into())
+                                .spawn(move || fsutil::remove_tree(&mine));
+                            if spawned.is_err() {
+                                let _ = fsutil::remove_tree(&aside);
+                            }
+                        }
+                        None => {
+                            let _ = fsutil::remove_tree(&self.dir);
+                        }
                     }
                 }
             }
-            fsutil::sync_dir(&self.export_dir)?;
+            self.sync_swapped(&mut fin);
         }
-        Ok(target)
+        Ok(fin)
     }
+
+    /// Syncs the export directory after the swap; a failure is a warning of `fin` (said once).
+    fn sync_swapped(&self, fin: &mut Finalized) {
+        let synced = test_only_fault("sync-after-swap").and_then(|()| fsutil::sync_dir(&self.export_dir));
+        if let (Err(e), true) = (synced, fin.warnings.is_empty()) {
+            fin.warnings.push(format!(
+                "the new export is in place in {}, but syncing {} failed: {e}; until the file system \
+                 writes it back, a crash may bring back the export it replaced",
+                fin.dir.display(),
+                self.export_dir.display()
+            ));
+        }
+    }
+}
+
+/// A finalized export: its directory, and what went wrong after it was in place (it stays, the
+/// swap is done): the job's warnings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Finalized {
+    /// The export directory.
+    pub dir: PathBuf,
+    /// What went wrong after the swap.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// A failure injected by the tests at `step` (`DISKSTREAM_TEST_ONLY_FAIL_AT=<step>`: EIO). Steps:
+/// `sync-after-swap`. Unset (always, outside tests) it costs one environment lookup.
+fn test_only_fault(step: &str) -> io::Result<()> {
+    if std::env::var_os("DISKSTREAM_TEST_ONLY_FAIL_AT").is_some_and(|v| v == step) {
+        return Err(io::Error::from_raw_os_error(5));
+    }
+    Ok(())
 }
 
 /// When [`Staging::finalize_with`] deletes the export it replaced.
@@ -332,6 +372,8 @@ mod tests {
         let s = Staging::begin(&ed, "i1").unwrap();
         fs::write(s.dir().join("dump1"), b"one").unwrap();
         let fin = s.finalize("[export]\n", &ExportId::new().unwrap()).unwrap();
+        assert_eq!(fin.warnings, Vec::<String>::new());
+        let fin = fin.dir;
         assert_eq!(fin, ed.join("i1"));
         assert_eq!(list_exports(&ed).unwrap(), ["i1"]);
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -388,7 +430,8 @@ mod tests {
             fs::write(s.dir().join(format!("dump{round}")), b"new").unwrap();
             let fin = s
                 .finalize_with("[export]\n", &ExportId::new().unwrap(), Removal::Background)
-                .unwrap();
+                .unwrap()
+                .dir;
             assert!(fin.join(format!("dump{round}")).exists());
             assert!(!ed.join("i1.new").exists(), "the staging name is free after finalize");
             assert_eq!(list_exports(&ed).unwrap(), ["i1"], "only the new export is listed");

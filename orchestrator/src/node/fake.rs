@@ -18,6 +18,7 @@ use diskstream_engine::ops::Report;
 use super::{DiskSource, NodeError, NodeOps, SendDisk, SnapshotRef, TransferError, TransferProgress};
 use crate::export::cleanup::{Keep, NodeListing};
 use crate::export::export_id::ExportId;
+use crate::export::store::Finalized;
 use crate::hooks::env::Env;
 use crate::hooks::{HookResult, Phase};
 use crate::snapshot::{Capability, Stale};
@@ -364,7 +365,7 @@ impl NodeOps for FakeNodes {
         instance: &str,
         _config_ini: &str,
         id: &ExportId,
-    ) -> Result<PathBuf, NodeError> {
+    ) -> Result<Finalized, NodeError> {
         self.record(format!("finalize_export {node} {instance}"));
         let key = (node.to_string(), instance.to_string());
         if !self.staged.lock().expect("fake").remove(&key) {
@@ -374,7 +375,10 @@ impl NodeOps for FakeNodes {
         self.add_export(node, instance);
         let key = (self.dir(node), instance.to_string());
         self.marks.lock().expect("fake").insert(key, id.clone());
-        Ok(PathBuf::from(format!("/fake/{}/export/{instance}", self.dir(node))))
+        Ok(Finalized {
+            dir: PathBuf::from(format!("/fake/{}/export/{instance}", self.dir(node))),
+            warnings: Vec::new(),
+        })
     }
 
     fn abandon_export(&self, node: &str, instance: &str) {

@@ -15,7 +15,7 @@ use crate::cluster::{Cluster, Disk, DiskTemplate, Instance, Node};
 use crate::driver::{self, InstanceDriver};
 use crate::export::cleanup::{self, Keep, NodeListing};
 use crate::export::export_id::ExportId;
-use crate::export::store::{self, Removal, Staging};
+use crate::export::store::{self, Finalized, Removal, Staging};
 use crate::hooks::env::Env;
 use crate::hooks::{HookResult, HooksRunner, Phase};
 use crate::snapshot::{self, Capability, Snapshot, Stale};
@@ -408,7 +408,7 @@ impl NodeOps for LocalNodeOps<'_> {
         instance: &str,
         config_ini: &str,
         id: &ExportId,
-    ) -> Result<PathBuf, NodeError> {
+    ) -> Result<Finalized, NodeError> {
         let taken = self
             .staging
             .lock()

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::driver::DriverError;
 use crate::export::cleanup::{CleanupError, Keep, NodeListing};
 use crate::export::export_id::ExportId;
-use crate::export::store::StoreError;
+use crate::export::store::{Finalized, StoreError};
 use crate::hooks::env::Env;
 use crate::hooks::{HookResult, Phase};
 use crate::snapshot::{Capability, SnapshotError, Stale};
@@ -227,14 +227,15 @@ pub trait NodeOps: Sync {
     /// updating `progress` as it goes; the engine's report of the dump and its manifest.
     fn send_disk(&self, req: &SendDisk, progress: &TransferProgress) -> Result<Report, TransferError>;
     /// Writes `config_ini` and the export's `id` into the staging export of `instance` on
-    /// `node` and swaps it in atomically; the final export directory.
+    /// `node` and swaps it in atomically; the final export directory (and what went wrong
+    /// once it was in place).
     fn finalize_export(
         &self,
         node: &str,
         instance: &str,
         config_ini: &str,
         id: &ExportId,
-    ) -> Result<PathBuf, NodeError>;
+    ) -> Result<Finalized, NodeError>;
     /// Removes the staging export of `instance` on `node` (a failed or stopped export).
     fn abandon_export(&self, node: &str, instance: &str);
     /// Removes what killed runs left of `instance`'s exports on `node` (staging and
