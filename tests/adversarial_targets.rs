@@ -311,6 +311,42 @@ fn force_keeps_a_replaced_files_acl_label_and_user_attributes_and_names_what_it_
 }
 
 #[test]
+fn a_loop_device_attached_to_the_replaced_file_during_the_run_is_refused_at_the_rename() {
+    let dir = scratch();
+    let d = dir.path();
+    let src = d.join("src");
+    make_disk(&src, 8 * MIB, Data::Random, 36);
+    let img = d.join("img.raw");
+    ds_json(&["image", "create", s(&src), s(&img)]);
+    let disk = d.join("disk");
+    make_disk(&disk, 8 * MIB, Data::Random, 37);
+    let before = sha(&disk);
+    // 8 MiB at 8 MB/s: the loop device is attached while the run writes its temporary file.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_diskstream"))
+        .args(["image", "restore", s(&img), s(&disk), "-f", "--bwlimit", "8M"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while partials(d).is_empty() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "no temporary file");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let lo = Loop::attach(&disk, false);
+    let o = child.wait_with_output().unwrap();
+    let e = stderr_of(&o);
+    assert!(!o.status.success(), "the file under {} was replaced: {e}", lo.path());
+    assert!(
+        e.contains("is the backing file of the loop device") && e.contains(lo.path()),
+        "{e}"
+    );
+    drop(lo);
+    assert_eq!(sha(&disk), before);
+    assert!(partials(d).is_empty(), "{:?}", partials(d));
+}
+
+#[test]
 fn an_output_that_is_a_symbolic_link_is_refused_before_any_data_moves() {
     let dir = scratch();
     let d = dir.path();

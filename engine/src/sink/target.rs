@@ -76,15 +76,7 @@ impl Replaced {
         use std::os::unix::fs::MetadataExt;
         let m = std::fs::metadata(path).map_err(|e| Error::io("stat", path, 0, e))?;
         if let Some(dev) = super::identity::loop_over(&m) {
-            return Err(Error::Invalid(format!(
-                "{}: is the backing file of the loop device {}; replacing it would leave {} on the old file \
-                 while this name led to the new one: detach it first (losetup -d {}) or write to {} itself",
-                path.display(),
-                dev.display(),
-                dev.display(),
-                dev.display(),
-                dev.display()
-            )));
+            return Err(loop_refusal(path, &dev));
         }
         let mut warnings: Vec<String> = (m.nlink() > 1)
             .then(|| {
@@ -164,6 +156,19 @@ impl Replaced {
             ))
         })
     }
+}
+
+/// The refusal to replace `path`, the backing file of loop device `dev`.
+fn loop_refusal(path: &Path, dev: &Path) -> Error {
+    Error::Invalid(format!(
+        "{}: is the backing file of the loop device {}; replacing it would leave {} on the old file \
+         while this name led to the new one: detach it first (losetup -d {}) or write to {} itself",
+        path.display(),
+        dev.display(),
+        dev.display(),
+        dev.display(),
+        dev.display()
+    ))
 }
 
 impl Target {
@@ -305,9 +310,26 @@ impl Target {
         self.device_size.is_some()
     }
 
+    /// Checked again right before the rename, as at the open: the file this one would replace
+    /// is no loop device's backing file (a loop device attached to it during the run would go
+    /// on with the old file while its name led to the new one).
+    fn still_replaceable(&self) -> Result<()> {
+        if self.temp_path.is_none() {
+            return Ok(());
+        }
+        match std::fs::metadata(&self.final_path) {
+            Ok(m) if m.is_file() => match super::identity::loop_over(&m) {
+                Some(dev) => Err(loop_refusal(&self.final_path, &dev)),
+                None => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
+
     /// Flushes the data to stable storage and, for a file, renames it into place and syncs the
     /// directory, so the complete output appears at once or not at all.
     pub fn commit(mut self) -> Result<PathBuf> {
+        self.still_replaceable()?;
         self.adopt_mode()?;
         self.file
             .sync_all()
@@ -330,6 +352,8 @@ impl Target {
     /// its old manifest was removed before its first byte was overwritten
     /// ([`remove_stale_manifest`]).
     pub fn commit_with_manifest(mut self, mut manifest: Target) -> Result<PathBuf> {
+        manifest.still_replaceable()?;
+        self.still_replaceable()?;
         manifest.adopt_mode()?;
         self.adopt_mode()?;
         manifest
