@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod null;
 pub mod partial;
 pub mod raw;
+mod replaced;
 pub mod stream;
 pub mod target;
 pub mod verify;
