@@ -409,6 +409,88 @@ fn two_disks_with_one_backing_file_are_refused_naming_both() {
 }
 
 #[test]
+fn nothing_that_must_last_may_lie_inside_an_export_directory() {
+    // node1's export directory is /etc/ds/vc/node1/var/lib/ganeti/export (the config is in
+    // /etc/ds). An export of inst1 replaces or removes whole directories there: a disk of inst2
+    // put there (a dump brought back as a disk) was deleted by the next export's cleanup.
+    let e1 = "/etc/ds/vc/node1/var/lib/ganeti/export";
+    for p in [
+        format!("{e1}/inst1.example.com/0b1c.dump"),
+        "vc/node1/var/lib/ganeti/export/inst1.example.com.new/x".into(),
+        format!("{e1}/other/d.img"),
+    ] {
+        let e = invalid(&with_second_disk("node1.example.com", &p));
+        assert!(
+            e.contains("instances[1].disks[0].path")
+                && e.contains("disk/0 of instance 'inst2'")
+                && e.contains(&format!("lies inside node node1.example.com's export directory {e1}")),
+            "{p}: {e}"
+        );
+    }
+    // Beside it is fine, and so is the same path on another agent's machine.
+    parse(&with_second_disk(
+        "node1.example.com",
+        "vc/node1/var/lib/ganeti/exports.img",
+    ))
+    .unwrap();
+    let agents = with_second_disk("node2.example.com", &format!("{e1}/x.img"))
+        .replace(
+            "root = \"vc/node1\"",
+            "root = \"vc/node1\"\naddress = \"10.0.0.1:1811\"",
+        )
+        .replace("offline = true", "address = \"10.0.0.2:1811\"");
+    parse(&agents).unwrap();
+    // A node whose root is inside another's export directory: the other's `list` showed it as
+    // an export, and `remove` deleted the node's whole root.
+    let e = invalid(&BASE.replace("root = \"/abs/node2\"", &format!("root = \"{e1}/node2root\"")));
+    assert!(
+        e.contains("nodes[1].root") && e.contains("node node2.example.com's root") && e.contains(e1),
+        "{e}"
+    );
+    // Nodes sharing one root (one export directory, as NFS shares it) are fine.
+    parse(&BASE.replace("root = \"/abs/node2\"", "root = \"vc/node1\"")).unwrap();
+    // The lock directory, the PKI and the config itself.
+    for (key, line) in [
+        ("cluster.lock_dir", format!("lock_dir = \"{e1}/locks\"")),
+        ("cluster.pki", format!("pki = \"{e1}/pki\"")),
+    ] {
+        let e = invalid(&BASE.replace(
+            "master = \"node1.example.com\"",
+            &format!("master = \"node1.example.com\"\n{line}"),
+        ));
+        assert!(e.contains(key) && e.contains(e1), "{key}: {e}");
+    }
+    // A disk that is the config, or lies in the lock directory or the PKI: --remove-instance
+    // deleted the config.
+    for (p, what) in [
+        ("/etc/ds/cluster.toml", "the cluster config"),
+        ("/etc/ds/pki/ca.key", "the PKI directory"),
+        ("vc/node1/var/run/ganeti/locks/x", "the lock directory"),
+    ] {
+        let e = invalid(&with_second_disk("node1.example.com", p));
+        assert!(
+            e.contains("instances[1].disks[0].path") && e.contains(&format!("is or lies in {what}")),
+            "{p}: {e}"
+        );
+    }
+}
+
+#[test]
+fn an_export_directory_reached_through_a_symbolic_link_is_the_same_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("vc/node1/var/lib/ganeti/export");
+    fs::create_dir_all(export.join("inst1.example.com")).unwrap();
+    std::os::unix::fs::symlink(export.join("inst1.example.com"), dir.path().join("dumps")).unwrap();
+    let cfg = dir.path().join("cluster.toml");
+    fs::write(&cfg, with_second_disk("node1.example.com", "dumps/0b1c.dump")).unwrap();
+    let e = Cluster::load(&cfg).unwrap_err().to_string();
+    assert!(
+        e.contains("instances[1].disks[0].path") && e.contains("export directory"),
+        "{e}"
+    );
+}
+
+#[test]
 fn remove_instance_through_a_symlink_edits_and_locks_the_real_file() {
     let dir = tempfile::tempdir().unwrap();
     let real_dir = dir.path().join("real");

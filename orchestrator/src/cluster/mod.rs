@@ -121,6 +121,7 @@ impl Cluster {
         let cluster = Self { path, base_dir, config };
         cluster
             .check_disk_paths()
+            .and_then(|()| cluster.check_export_dirs())
             .map_err(|Invalid { key, msg }| ConfigError::Invalid {
                 file: cluster.path.clone(),
                 key,

@@ -1,12 +1,15 @@
-//! Disk paths across the whole config: no two disks (of one instance or of two) may name the
-//! same backing file or device, since removing one instance (`--remove-instance`) deletes its
-//! disks and the stale-snapshot sweep of one instance must never reach another's disk.
+//! Paths across the whole config: no two disks (of one instance or of two) may name the same
+//! backing file or device, since removing one instance (`--remove-instance`) deletes its disks
+//! and the stale-snapshot sweep of one instance must never reach another's disk; and nothing
+//! that must last may lie inside a node's export directory, where replacing, cleaning up or
+//! removing an export deletes whole directories: no disk, no other node's root, not the config,
+//! the lock directory or the PKI. A disk may not be one of the cluster's own files either.
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
 use super::validate::Invalid;
-use super::Cluster;
+use super::{Cluster, Node};
 
 /// Where a disk lives, as far as this machine can tell: the node whose agent holds it (its
 /// paths are on that machine, and only compared with each other), or this machine (`None`).
@@ -28,6 +31,106 @@ impl Cluster {
             Some(n) => (Some(n.name.as_str()), lexical(&self.base_dir, p)),
             None => (None, self.resolved(p)),
         }
+    }
+
+    /// `p` made absolute with its longest existing ancestor canonical (symbolic links resolved)
+    /// and the rest as written: a directory not made yet compares as the one it will be.
+    fn anchored(&self, p: &Path) -> PathBuf {
+        let p = lexical(&self.base_dir, p);
+        let mut head = p.as_path();
+        let mut tail = Vec::new();
+        loop {
+            if let Ok(c) = std::fs::canonicalize(head) {
+                return tail.iter().rev().fold(c, |acc, t| acc.join(t));
+            }
+            match (head.parent(), head.file_name()) {
+                (Some(parent), Some(name)) => {
+                    tail.push(name.to_owned());
+                    head = parent;
+                }
+                _ => return p,
+            }
+        }
+    }
+
+    /// Where `p` of node `node` is: on the node's agent's machine (lexical), or on this one.
+    fn place<'a>(&'a self, node: Option<&'a Node>, p: &Path) -> (Machine<'a>, PathBuf) {
+        match node.filter(|n| n.address.is_some()) {
+            Some(n) => (Some(n.name.as_str()), lexical(&self.base_dir, p)),
+            None => (None, self.anchored(p)),
+        }
+    }
+
+    /// Refuses what would be deleted with an export: a disk, another node's root, the config,
+    /// the lock directory or the PKI inside a node's export directory (on the same machine);
+    /// and a disk that is the config or lies in the lock directory or the PKI.
+    pub(super) fn check_export_dirs(&self) -> Result<(), Invalid> {
+        let exports: Vec<(&str, (Machine<'_>, PathBuf))> = self
+            .nodes()
+            .iter()
+            .map(|n| (n.name.as_str(), self.place(Some(n), &self.export_dir(n))))
+            .collect();
+        let inside = |what: &(Machine<'_>, PathBuf), not_of: Option<&str>| {
+            exports
+                .iter()
+                .find(|(name, (m, e))| Some(*name) != not_of && *m == what.0 && what.1.starts_with(e))
+        };
+        let deleted = |e: &Path, name: &str| {
+            format!(
+                "lies inside node {name}'s export directory {}, where replacing, cleaning up or removing \
+                 an export deletes whole directories",
+                e.display()
+            )
+        };
+        for (k, n) in self.nodes().iter().enumerate() {
+            let root = self.place(Some(n), &self.node_root(n));
+            if let Some((name, (_, e))) = inside(&root, Some(&n.name)) {
+                let msg = format!("node {}'s root {} {}", n.name, root.1.display(), deleted(e, name));
+                return Err(Invalid {
+                    key: format!("nodes[{k}].root"),
+                    msg,
+                });
+            }
+        }
+        let own = [
+            ("cluster", "the cluster config", self.path.clone()),
+            ("cluster.lock_dir", "the lock directory", self.lock_dir()),
+            ("cluster.pki", "the PKI directory", self.pki_dir()),
+        ];
+        for (key, what, p) in &own {
+            let p = (None, self.anchored(p));
+            if let Some((name, (_, e))) = inside(&p, None) {
+                let msg = format!("{what} {} {}", p.1.display(), deleted(e, name));
+                return Err(Invalid {
+                    key: key.to_string(),
+                    msg,
+                });
+            }
+        }
+        for (i, inst) in self.instances().iter().enumerate() {
+            for (j, d) in inst.disks.iter().enumerate() {
+                let key = format!("instances[{i}].disks[{j}].path");
+                let disk = self.place(self.node(&inst.primary_node), &d.path);
+                let of = format!("disk/{j} of instance '{}' ({})", inst.name, disk.1.display());
+                if let Some((name, (_, e))) = inside(&disk, None) {
+                    return Err(Invalid {
+                        key,
+                        msg: format!("{of} {}", deleted(e, name)),
+                    });
+                }
+                let own_file = own
+                    .iter()
+                    .find(|(_, _, p)| disk.0.is_none() && disk.1.starts_with(self.anchored(p)));
+                if let Some((_, what, p)) = own_file {
+                    let msg = format!(
+                        "{of} is or lies in {what} {}: an export must never write or remove it",
+                        p.display()
+                    );
+                    return Err(Invalid { key, msg });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `p` canonical where it exists on this machine, else lexically absolute ([`lexical`]).
