@@ -173,8 +173,22 @@ fn validation_names_the_file_and_the_key() {
         "os = \"noop\"",
         "secondary_nodes = [\"node1.example.com\"]\nos = \"noop\"",
     );
+    // One that differs only in case or a final dot: Ganeti's lookup (and a file system that
+    // ignores case) takes them for one, while their locks would not.
+    let case = format!(
+        "{BASE}{}",
+        &BASE[BASE.find("[[instances]]").unwrap()..]
+            .replace("uuid = \"i-1\"", "uuid = \"i-2\"")
+            .replace("name = \"inst1.example.com\"", "name = \"Inst1.Example.com.\"")
+            .replace("d-1", "d-2")
+            .replace("disks/d1.img", "disks/d2.img")
+    );
     let mut cases = cases;
     cases.push((dup, "instances[1].name: duplicate instance name 'inst1.example.com'"));
+    cases.push((
+        case,
+        "instances[1].name: duplicate instance name 'Inst1.Example.com.' (of instance 'inst1.example.com'",
+    ));
     cases.push((sec, "secondary_nodes[0]: the primary node cannot also be a secondary"));
     for (text, want) in cases {
         let got = invalid(&text);

@@ -283,12 +283,20 @@ fn validate_instance<'a>(
             format!("instance name '{}' cannot be used: it {why}", inst.name),
         ));
     }
-    if !inst_names.insert(inst.name.as_str()) {
+    // As Ganeti's name lookup does (and a file system that ignores case would): without case,
+    // a final dot ignored. Two such instances would share export directories but not locks.
+    let fold = |n: &str| n.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(other) = inst_names.iter().find(|o| fold(o) == fold(&inst.name)) {
         return Err(invalid(
             format!("{key}.name"),
-            format!("duplicate instance name '{}'", inst.name),
+            format!(
+                "duplicate instance name '{}' (of instance '{other}': instance names are compared \
+                 without case and a final '.')",
+                inst.name
+            ),
         ));
     }
+    inst_names.insert(inst.name.as_str());
     check_uuid(uuids, &inst.uuid, &format!("{key}.uuid"))?;
     if !node_names.contains(inst.primary_node.as_str()) {
         return Err(invalid(
