@@ -129,7 +129,7 @@ fn pki_run(cmd: PkiCmd) -> Result<PkiResult, (Kind, String)> {
 /// `pki init` on `c`: the CA and a certificate for every node of its config.
 pub fn pki_init(c: &Cluster, force: bool) -> Result<PkiResult, String> {
     let dir = PkiDir::new(c.pki_dir());
-    let ca = if dir.ca_key().exists() {
+    let ca = if dir.ca_key().exists() || dir.ca_cert().exists() {
         PkiStatus::Replaced
     } else {
         PkiStatus::Created

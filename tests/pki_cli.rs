@@ -58,6 +58,22 @@ fn init_issue_and_refusals() {
         ca,
         "a refused init kept the CA"
     );
+    // On a node (the CA's key kept only on the master, as the README says) a second init is
+    // refused too: it replaced the CA certificate and every node's key without a word.
+    let aside = dir.path().join("ca.key.master");
+    std::fs::rename(pki.join("ca.key"), &aside).unwrap();
+    let node_key = std::fs::read(pki.join("nodes/node1.test.key")).unwrap();
+    let again = ds(&["pki", "init"], &cfg);
+    let e = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "{e}");
+    assert!(
+        e.contains(&format!("{} already exists", pki.join("ca.crt").display())),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(pki.join("ca.crt")).unwrap(), ca);
+    assert_eq!(std::fs::read(pki.join("nodes/node1.test.key")).unwrap(), node_key);
+    assert!(!pki.join("ca.key").exists(), "no new CA key");
+    std::fs::rename(&aside, pki.join("ca.key")).unwrap();
     let key_before = std::fs::read(pki.join("nodes/node2.test.key")).unwrap();
     let issued = ds(&["pki", "issue", "node2.test"], &cfg);
     assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));

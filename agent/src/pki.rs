@@ -131,15 +131,21 @@ impl PkiDir {
         self.root.join("nodes").join(format!("{node}.key"))
     }
 
-    /// Creates the cluster CA and one certificate per node. Refuses when a CA exists, unless
-    /// `force` (then a new CA replaces it and every listed node gets a new certificate; nodes
-    /// not listed keep certificates that no longer verify).
+    /// Creates the cluster CA and one certificate per node. Refuses when any of them exists (the
+    /// CA's key or certificate, a node's key or certificate: a node where the CA's key was never
+    /// copied must not get a new CA by a second `init`), unless `force` (then a new CA replaces
+    /// the old one and every listed node gets a new certificate; nodes not listed keep
+    /// certificates that no longer verify).
     pub fn init(&self, cluster: &str, nodes: &[&str], force: bool) -> Result<()> {
         for n in nodes {
             check_name(n)?;
         }
-        if !force && self.ca_key().exists() {
-            return Err(PkiError::Exists(self.ca_key()));
+        if !force {
+            let mut ours = vec![self.ca_key(), self.ca_cert()];
+            ours.extend(nodes.iter().flat_map(|n| [self.node_key(n), self.node_cert(n)]));
+            if let Some(there) = ours.into_iter().find(|p| p.symlink_metadata().is_ok()) {
+                return Err(PkiError::Exists(there));
+            }
         }
         make_private_dir(&self.root)?;
         make_private_dir(&self.root.join("nodes"))?;
