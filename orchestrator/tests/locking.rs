@@ -494,3 +494,107 @@ fn pick(rng: &mut XorShift, prefix: &str) -> Vec<String> {
         .map(|i| format!("{prefix}{i}"))
         .collect()
 }
+
+#[test]
+fn a_lock_directory_others_may_write_or_own_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    LockManager::new(&locks).unwrap();
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&locks), 0o700);
+    assert_eq!(mode(&locks.join("cluster")), 0o700);
+    // Writable by others (a shared /tmp-like directory): a planted link could make a holder
+    // file overwrite any file.
+    fs::set_permissions(&locks, fs::Permissions::from_mode(0o1777)).unwrap();
+    let e = LockManager::new(&locks).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("lock directory {}: mode 1777", locks.display())),
+        "{e}"
+    );
+    fs::set_permissions(&locks, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(locks.join("node"), fs::Permissions::from_mode(0o777)).unwrap();
+    let e = LockManager::new(&locks).unwrap_err().to_string();
+    assert!(e.contains("/node: mode 777") && e.contains("refusing to use it"), "{e}");
+    fs::set_permissions(locks.join("node"), fs::Permissions::from_mode(0o700)).unwrap();
+    // Owned by another user (who could plant links in it).
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(locks.join("instance"), Some(65534), Some(65534)).unwrap();
+        let e = LockManager::new(&locks).unwrap_err().to_string();
+        assert!(e.contains("owned by uid 65534"), "{e}");
+        std::os::unix::fs::chown(locks.join("instance"), Some(0), Some(0)).unwrap();
+    }
+    LockManager::new(&locks).unwrap();
+}
+
+#[test]
+fn lock_and_holder_files_are_private_and_links_in_their_place_are_never_followed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    let manager = LockManager::new(&locks).unwrap();
+    let victim = dir.path().join("victim");
+    fs::write(&victim, "keep").unwrap();
+    // A lock file that is a link: refused, the file it leads to untouched.
+    std::os::unix::fs::symlink(&victim, locks.join("instance/linked.lock")).unwrap();
+    let mut op = manager.owner("test");
+    let t = Duration::from_millis(100);
+    op.acquire(LockLevel::Cluster, &[BGL], LockMode::Shared, t).unwrap();
+    assert!(op
+        .acquire(LockLevel::Instance, &["linked"], LockMode::Exclusive, t)
+        .is_err());
+    drop(op);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+    // Holder files named as this process's next owners would name theirs (`<pid>-<owner id>`,
+    // ids counted up): links to the victim.
+    let holders = locks.join("instance/i1.holders");
+    let mut probe = manager.owner("probe");
+    probe.acquire(LockLevel::Cluster, &[BGL], LockMode::Shared, t).unwrap();
+    let side = fs::read_dir(locks.join("cluster/BGL.holders"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap();
+    let name = side.file_name().into_string().unwrap();
+    let (pid, id) = name.split_once('-').unwrap();
+    let id: u64 = id.parse().unwrap();
+    drop(probe);
+    fs::create_dir_all(&holders).unwrap();
+    for next in id + 1..id + 1000 {
+        std::os::unix::fs::symlink(&victim, holders.join(format!("{pid}-{next}"))).unwrap();
+    }
+    let links = || {
+        fs::read_dir(&holders)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_symlink())
+            .count()
+    };
+    let mut op = manager.owner("test");
+    op.acquire(LockLevel::Cluster, &[BGL], LockMode::Shared, t).unwrap();
+    op.acquire(LockLevel::Instance, &["i1"], LockMode::Exclusive, t)
+        .unwrap();
+    assert_eq!(links(), 998, "the holder file took the place of one planted link");
+    assert_eq!(
+        fs::read_to_string(&victim).unwrap(),
+        "keep",
+        "a holder file was written through a link"
+    );
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&locks.join("instance/i1.lock")), 0o600);
+    let own: Vec<_> = fs::read_dir(&holders)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_file())
+        .collect();
+    assert_eq!(own.len(), 1, "the holder file is a new file of its own");
+    assert_eq!(mode(&own[0].path()), 0o600);
+    drop(op);
+    // A lock file an older version made 0644 (any user could flock it and hold every
+    // operation up) is made private when it is next used.
+    fs::set_permissions(locks.join("instance/i1.lock"), fs::Permissions::from_mode(0o644)).unwrap();
+    let mut op = manager.owner("test");
+    op.acquire(LockLevel::Cluster, &[BGL], LockMode::Shared, t).unwrap();
+    op.acquire(LockLevel::Instance, &["i1"], LockMode::Shared, t).unwrap();
+    assert_eq!(mode(&locks.join("instance/i1.lock")), 0o600);
+}

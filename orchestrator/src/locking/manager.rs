@@ -12,11 +12,9 @@
 //! `/proc/locks` (matched by device and inode); side files only add the command and the time,
 //! and are used only for pids that `/proc/locks` lists, so a holder that died is never named.
 
-use std::collections::HashMap;
-use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
@@ -24,6 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{flock, FlockOperation};
 
+pub use super::holders::Holder;
+use super::holders::{describe_holders, read_side_files, remove_stale_side_files};
 use super::level::{LockLevel, LockMode};
 pub use super::proc::{civil_from_days, format_utc};
 use super::proc::{proc_cmdline, proc_locks_holders, proc_start_time};
@@ -75,6 +75,15 @@ pub enum LockError {
         /// The lock's name.
         name: String,
     },
+    /// The lock directory is not private to this user: others could plant links in it (a
+    /// holder file written through one would overwrite any file) or create its files.
+    #[error("lock directory {path}: {detail}; refusing to use it")]
+    NotPrivate {
+        /// The directory.
+        path: PathBuf,
+        /// Who owns it or who may write it.
+        detail: String,
+    },
     /// The lock directory or a lock file could not be used.
     #[error("lock file {path}: {source}")]
     Io {
@@ -91,46 +100,10 @@ impl From<LockError> for OpError {
             LockError::Timeout { .. } => Ecode::TempNoRes,
             LockError::InvalidName(_) => Ecode::Inval,
             LockError::Order(_) => Ecode::Fault,
-            LockError::Io { .. } => Ecode::Environ,
+            LockError::Io { .. } | LockError::NotPrivate { .. } => Ecode::Environ,
             LockError::Interrupted { .. } => return OpError::interrupted(e.to_string()),
         };
         OpError::lock(ecode, e.to_string())
-    }
-}
-
-/// A process holding a lock, as far as it can be known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holder {
-    /// The holder's pid (from `/proc/locks`).
-    pub pid: u32,
-    /// The mode it holds.
-    pub mode: LockMode,
-    /// The owner's command as it registered it, or the process's command line.
-    pub command: Option<String>,
-    /// When it acquired the lock (Unix seconds), if it registered.
-    pub since: Option<u64>,
-}
-
-impl fmt::Display for Holder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pid {}", self.pid)?;
-        if let Some(cmd) = &self.command {
-            write!(f, " ({cmd})")?;
-        }
-        write!(f, " {}", self.mode)?;
-        if let Some(since) = self.since {
-            write!(f, " since {}", format_utc(since))?;
-        }
-        Ok(())
-    }
-}
-
-fn describe_holders(holders: &[Holder]) -> String {
-    if holders.is_empty() {
-        "held by a process that released it meanwhile".into()
-    } else {
-        let list: Vec<String> = holders.iter().map(Holder::to_string).collect();
-        format!("held by {}", list.join(", "))
     }
 }
 
@@ -142,12 +115,30 @@ pub struct LockManager {
 }
 
 impl LockManager {
-    /// Uses (and creates if needed) `dir` and one subdirectory per level.
+    /// Uses (and creates if needed, mode 0700) `dir` and one subdirectory per level. Each must
+    /// belong to this user (or root) and be writable by no one else
+    /// ([`LockError::NotPrivate`]); lock files are made 0600, so no other user can take a lock
+    /// and hold every operation up.
     pub fn new(dir: impl Into<PathBuf>) -> Result<Self, LockError> {
         let dir = dir.into();
+        let io_err = |d: &Path| {
+            let path = d.to_path_buf();
+            move |source| LockError::Io { path, source }
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err(&dir))?;
+        check_private(&dir)?;
         for level in LockLevel::ALL {
             let d = dir.join(level.as_str());
-            fs::create_dir_all(&d).map_err(|source| LockError::Io { path: d, source })?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&d)
+                .map_err(io_err(&d))?;
+            check_private(&d)?;
         }
         Ok(Self { dir, stop: None })
     }
@@ -371,15 +362,21 @@ impl LockOwner {
             path: path.to_path_buf(),
             source,
         };
-        // std opens with O_CLOEXEC, so hook scripts and other children never inherit a lock.
+        // std opens with O_CLOEXEC, so hook scripts and other children never inherit a lock;
+        // a link in the lock's place is never followed.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o644)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&path)
             .map_err(|e| io_err(&path, e))?;
+        // A lock file made readable by others (by an older version) is made private.
+        if file.metadata().is_ok_and(|m| m.mode() & 0o077 != 0) {
+            let _ = rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(0o600));
+        }
         let op = match mode {
             LockMode::Shared => FlockOperation::NonBlockingLockShared,
             LockMode::Exclusive => FlockOperation::NonBlockingLockExclusive,
@@ -431,9 +428,17 @@ impl LockOwner {
             path: path.to_path_buf(),
             source,
         };
-        fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(&dir, e)),
+        }
+        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            let e = io::Error::other("not a directory (a link in its place is never followed)");
+            return Err(io_err(&dir, e));
+        }
         let pid = std::process::id();
-        remove_stale_side_files(&self.manager, level, name, &dir);
+        remove_stale_side_files(&self.manager.lock_path(level, name), &dir);
         let path = dir.join(format!("{pid}-{}", self.id));
         let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -442,7 +447,15 @@ impl LockOwner {
         let start = proc_start_time(pid).map(|s| s.to_string()).unwrap_or_default();
         let command = self.command.replace('\n', " ");
         let body = format!("pid={pid}\nstart_time={start}\nmode={mode}\nsince={since}\ncommand={command}\n");
-        let mut f = File::create(&path).map_err(|e| io_err(&path, e))?;
+        // A new file of ours: whatever was left under this name (a link included) goes first,
+        // and the create never follows one.
+        let _ = fs::remove_file(&path);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
         f.write_all(body.as_bytes()).map_err(|e| io_err(&path, e))?;
         Ok(path)
     }
@@ -454,67 +467,27 @@ impl Drop for LockOwner {
     }
 }
 
-/// Removes side files whose writer no longer holds the lock (it died without cleaning up).
-fn remove_stale_side_files(manager: &LockManager, level: LockLevel, name: &str, dir: &Path) {
-    let Ok(meta) = fs::metadata(manager.lock_path(level, name)) else {
-        return;
+/// Refuses a lock directory that another user (not root) owns or that others may write.
+fn check_private(dir: &Path) -> Result<(), LockError> {
+    let m = fs::metadata(dir).map_err(|source| LockError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let me = rustix::process::geteuid().as_raw();
+    let detail = if m.uid() != me && m.uid() != 0 {
+        format!("owned by uid {}, not by this user (uid {me}) or root", m.uid())
+    } else if m.mode() & 0o022 != 0 {
+        format!(
+            "mode {:o}: others could plant links or files in it (chmod go-w it)",
+            m.mode() & 0o7777
+        )
+    } else {
+        return Ok(());
     };
-    if !Path::new("/proc/locks").exists() {
-        return;
-    }
-    let live: Vec<u32> = proc_locks_holders(meta.dev(), meta.ino())
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .collect();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let fname = entry.file_name();
-        let pid = fname
-            .to_str()
-            .and_then(|s| s.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if !live.contains(&pid) {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-    }
-}
-
-#[derive(Debug)]
-struct SideInfo {
-    pid: u32,
-    start_time: Option<u64>,
-    mode: LockMode,
-    since: u64,
-    command: String,
-}
-
-fn read_side_files(dir: &Path) -> Vec<SideInfo> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for entry in entries.flatten() {
-        let Ok(text) = fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        let kv: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
-        let parsed = (|| {
-            Some(SideInfo {
-                pid: kv.get("pid")?.parse().ok()?,
-                start_time: kv.get("start_time").and_then(|s| s.parse().ok()),
-                mode: kv.get("mode")?.parse().ok()?,
-                since: kv.get("since")?.parse().ok()?,
-                command: kv.get("command")?.to_string(),
-            })
-        })();
-        out.extend(parsed);
-    }
-    out.sort_by_key(|i| (i.since, i.pid));
-    out
+    Err(LockError::NotPrivate {
+        path: dir.to_path_buf(),
+        detail,
+    })
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 //! assert!(op.acquire(LockLevel::Cluster, &[BGL], LockMode::Shared, t).is_err());
 //! ```
 
+mod holders;
 mod level;
 mod manager;
 mod proc;
