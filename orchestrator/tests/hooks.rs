@@ -311,6 +311,48 @@ fn a_script_that_exits_leaving_a_child_on_its_output_is_cut_off_after_the_grace(
 }
 
 #[test]
+fn a_process_that_left_the_scripts_session_is_not_read_from_after_the_grace() {
+    // It escapes the process group that is killed; its output used to be read for as long as it
+    // lived (in an agent: a thread and a pipe for ever per such hook).
+    let d = tempfile::tempdir().unwrap();
+    let pidfile = d.path().join("daemon.pid");
+    let marker = d.path().join("still-read");
+    let _kill = KillOnDrop(pidfile.clone());
+    let hooks = d.path().join("hooks");
+    fs::create_dir(&hooks).unwrap();
+    script(
+        &hooks,
+        "daemon",
+        &format!(
+            "setsid sh -c 'echo $$ > {}; sleep 4; echo late; touch {}' &\nexit 0",
+            pidfile.display(),
+            marker.display()
+        ),
+    );
+    let start = Instant::now();
+    let r = HooksRunner::new(Duration::from_secs(30)).run_parts(&hooks, &env_ab());
+    assert!(
+        start.elapsed() < OUTPUT_GRACE + Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(r[0].1, Success, "{r:?}");
+    // Its next write finds the pipe closed (SIGPIPE): it never gets to the marker.
+    let pid = loop {
+        if let Ok(p) = fs::read_to_string(&pidfile) {
+            break p.trim().to_string();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let t0 = Instant::now();
+    while !gone(&pid) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{pid} still runs");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!marker.exists(), "the escaped process's output was still read");
+}
+
+#[test]
 fn a_script_whose_background_child_closed_its_output_is_not_waited_for() {
     let d = tempfile::tempdir().unwrap();
     let pidfile = d.path().join("bg.pid");

@@ -8,11 +8,13 @@ use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::pipe::PipeFlags;
 use rustix::process::{Pid, Signal};
 
@@ -95,7 +97,7 @@ impl HooksRunner {
         };
 
         let output = Arc::new(Mutex::new(Tail::new(OUTPUT_TAIL)));
-        let eof_rx = read_into(fs::File::from(read_end), Arc::clone(&output));
+        let out = read_into(fs::File::from(read_end), Arc::clone(&output));
         let (exit_tx, exit_rx) = mpsc::channel();
         thread::spawn(move || {
             let _ = exit_tx.send(child.wait());
@@ -130,10 +132,10 @@ impl HooksRunner {
         };
         let end = if timed_out || interrupted {
             // The group was killed: its output ends now.
-            let _ = eof_rx.recv_timeout(Duration::from_secs(1));
+            out.end_or_abandon(Duration::from_secs(1));
             OutputEnd::Closed
         } else {
-            self.await_output_end(&eof_rx, started, &kill_group, report)
+            self.await_output_end(&out, started, &kill_group, report)
         };
         interrupted |= matches!(end, OutputEnd::Stopped);
         let cut_off = matches!(end, OutputEnd::CutOff);
@@ -154,23 +156,17 @@ impl HooksRunner {
     /// left behind may keep it open: they get [`OUTPUT_GRACE`] (never past the script's timeout,
     /// nor once the stop flag is set), then the script's process group is killed and the output
     /// ends there, and `report` is told.
-    fn await_output_end(
-        &self,
-        eof_rx: &mpsc::Receiver<()>,
-        started: Instant,
-        kill_group: &dyn Fn(),
-        report: Report<'_>,
-    ) -> OutputEnd {
+    fn await_output_end(&self, out: &Output, started: Instant, kill_group: &dyn Fn(), report: Report<'_>) -> OutputEnd {
         let exited = Instant::now();
         loop {
-            match eof_rx.recv_timeout(POLL) {
+            match out.eof.recv_timeout(POLL) {
                 Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return OutputEnd::Closed,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
             let stopped = self.stopped();
             if stopped || started.elapsed() >= self.timeout || exited.elapsed() >= OUTPUT_GRACE {
                 kill_group();
-                let _ = eof_rx.recv_timeout(Duration::from_secs(1));
+                out.end_or_abandon(Duration::from_secs(1));
                 if stopped {
                     return OutputEnd::Stopped;
                 }
@@ -195,12 +191,45 @@ enum OutputEnd {
     Stopped,
 }
 
-/// Reads `reader` into `output` on a thread; the receiver hears when the pipe is closed.
-fn read_into(mut reader: fs::File, output: Arc<Mutex<Tail>>) -> mpsc::Receiver<()> {
-    let (eof_tx, eof_rx) = mpsc::channel();
+/// A script's output being read on a thread of its own ([`read_into`]).
+struct Output {
+    /// Told when every writer closed the pipe (or the reader gave up).
+    eof: mpsc::Receiver<()>,
+    /// Set: the reader stops within [`POLL`] and closes its end of the pipe.
+    abandon: Arc<AtomicBool>,
+}
+
+impl Output {
+    /// Waits at most `limit` for the end of the output, then stops reading it: a process that
+    /// left the script's process group (`setsid`) and holds the pipe open would otherwise keep
+    /// the reader thread and the pipe for as long as it lives (in an agent, for ever).
+    fn end_or_abandon(&self, limit: Duration) {
+        if self.eof.recv_timeout(limit).is_err() {
+            self.abandon.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Reads `reader` into `output` on a thread, waking every [`POLL`] to see whether it was
+/// abandoned ([`Output::end_or_abandon`]).
+fn read_into(mut reader: fs::File, output: Arc<Mutex<Tail>>) -> Output {
+    let (eof_tx, eof) = mpsc::channel();
+    let abandon = Arc::new(AtomicBool::new(false));
+    let stop = Arc::clone(&abandon);
     thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
-        loop {
+        let wake = Timespec::try_from(POLL).unwrap_or(Timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        });
+        while !stop.load(Ordering::SeqCst) {
+            let mut fds = [PollFd::new(&reader, PollFlags::IN)];
+            match poll(&mut fds, Some(&wake)) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(e) if e == rustix::io::Errno::INTR => continue,
+                Err(_) => break,
+            }
             match reader.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => output.lock().expect("reader").push(&buf[..n]),
@@ -208,7 +237,7 @@ fn read_into(mut reader: fs::File, output: Arc<Mutex<Tail>>) -> mpsc::Receiver<(
         }
         let _ = eof_tx.send(());
     });
-    eof_rx
+    Output { eof, abandon }
 }
 
 /// A script's output with a last line saying why it was killed, if it was.
