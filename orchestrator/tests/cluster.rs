@@ -339,6 +339,11 @@ fn agent_addresses_and_the_pki_dir() {
         "master = \"node1.example.com\"\npki = \"\"",
     ));
     assert!(e.contains("cluster.pki: must not be empty"), "{e}");
+    let e = invalid(&BASE.replace(
+        "master = \"node1.example.com\"",
+        "master = \"node1.example.com\"\nlock_dir = \"\"",
+    ));
+    assert!(e.contains("cluster.lock_dir: must not be empty"), "{e}");
 }
 
 /// BASE with a second instance `inst2` whose one disk is `path` (on node `node`).

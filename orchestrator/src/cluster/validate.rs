@@ -177,6 +177,10 @@ pub fn validate(c: &ClusterConfig) -> Result<(), Invalid> {
     if c.cluster.pki.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
         return Err(invalid("cluster.pki", "must not be empty"));
     }
+    // Empty would be the config's own directory.
+    if c.cluster.lock_dir.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+        return Err(invalid("cluster.lock_dir", "must not be empty"));
+    }
     for (i, tool) in c.cluster.compression_tools.iter().enumerate() {
         if !is_tool_name(tool) {
             return Err(invalid(
