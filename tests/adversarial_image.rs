@@ -679,7 +679,7 @@ fn sigint_and_sigterm_stop_every_image_command_with_130_143_and_a_message() {
 }
 
 #[test]
-fn an_interrupted_restore_onto_a_device_says_what_became_of_the_device() {
+fn an_interrupted_restore_or_copy_onto_a_device_says_what_became_of_the_device() {
     // A device is written in place: "partial output removed" would be false. By default the
     // whole image is checked first, so a signal then leaves the device as it was.
     let dir = scratch();
@@ -704,18 +704,22 @@ fn an_interrupted_restore_onto_a_device_says_what_became_of_the_device() {
     }
     // Written as it is checked, the device may be partly overwritten by then: the message says
     // which of the two it is.
-    let (st, err, _) = signal_and_collect(
-        &["image", "restore", s(&img), lo.path(), "-f", "--no-verify-first"],
-        Sig::Int,
-    );
-    assert_eq!(st.code(), Some(130), "{err}");
     let dev = lo.path();
-    assert!(
-        err.contains(&format!("nothing was written to {dev}"))
-            || err.contains(&format!("{dev} was partly overwritten")),
-        "{err}"
-    );
-    assert!(!err.contains("partial output removed"), "{err}");
+    let man = d.join("dev.manifest");
+    for args in [
+        vec!["image", "restore", s(&img), dev, "-f", "--no-verify-first"],
+        // A raw copy onto a device is written in place as well.
+        vec!["image", "create", s(&src), dev, "-f", "--manifest", s(&man)],
+    ] {
+        let (st, err, _) = signal_and_collect(&args, Sig::Int);
+        assert_eq!(st.code(), Some(130), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("nothing was written to {dev}"))
+                || err.contains(&format!("{dev} was partly overwritten")),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("partial output removed"), "{args:?}: {err}");
+    }
 }
 
 #[derive(Default, Debug)]

@@ -2,15 +2,16 @@
 //! with its manifest, committed as a pair.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
-use super::image::{check_outputs, manifest_path, output_head};
+use super::image::{check_outputs, manifest_path, output_head, say_overwritten};
 use super::{CreateOptions, Format, Progress, Report};
 use crate::error::Result;
 use crate::format::Header;
 use crate::sink::image::ImageSink;
 use crate::sink::manifest::ManifestOut;
-use crate::sink::raw::RawSink;
+use crate::sink::raw::{Overwritten, RawSink};
 use crate::sink::target::{remove_stale_manifest, Target};
 use crate::sink::Sink;
 use crate::source::{Disk, DiskSource};
@@ -36,10 +37,14 @@ pub fn create(src: &Path, out: &Path, o: &CreateOptions, progress: &Progress) ->
     head.warnings
         .extend(target.warnings().iter().chain(manifest_target.warnings()).cloned());
     let manifest = ManifestOut::new(manifest_target, o.checksum, info.disk_size, info.chunk_size);
+    let device = target.is_device();
+    let written = Arc::new(Overwritten::default());
     let sink: Box<dyn Sink> = match o.format {
-        Format::Raw => {
-            Box::new(RawSink::tuned(target, info.disk_size, info.chunk_size, t, o.zero_policy)?.with_manifest(manifest))
-        }
+        Format::Raw => Box::new(
+            RawSink::tuned(target, info.disk_size, info.chunk_size, t, o.zero_policy)?
+                .with_manifest(manifest)
+                .with_overwritten(Arc::clone(&written)),
+        ),
         Format::Dsimg => {
             let header = Header {
                 disk_size: info.disk_size,
@@ -53,5 +58,8 @@ pub fn create(src: &Path, out: &Path, o: &CreateOptions, progress: &Progress) ->
             )
         }
     };
-    Transfer::new(head, t, progress, t0).run(&mut source, sink)
+    // A device output is written in place: a failure says what became of it.
+    Transfer::new(head, t, progress, t0)
+        .run(&mut source, sink)
+        .map_err(|e| say_overwritten(e, out, device, &written))
 }

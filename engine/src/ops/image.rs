@@ -13,6 +13,7 @@ use crate::format::reader::Layout;
 use crate::manifest::Manifest;
 use crate::report::ReportHead;
 use crate::sink::manifest::{digest_xattr, IMAGE_DIGEST_XATTR};
+use crate::sink::raw::Overwritten;
 use crate::sink::target::{check_output, same_file, Target};
 use crate::source::{Disk, DiskSource, FrameSource};
 
@@ -256,4 +257,19 @@ pub(super) fn check_dsimg_manifest(
         )));
     }
     Ok(Some(mpath))
+}
+
+/// A failure of a run writing a device `dest` in place says what became of it: untouched, or
+/// how much was overwritten ([`Error::PartlyWritten`]). A file is written under a temporary
+/// name, removed on failure: `dest` is untouched and the error is `e`.
+pub(super) fn say_overwritten(e: Error, dest: &Path, device: bool, written: &Overwritten) -> Error {
+    if !device {
+        return e;
+    }
+    Error::PartlyWritten {
+        dest: dest.to_owned(),
+        chunks: written.chunks(),
+        reach: written.reach(),
+        source: Box::new(e),
+    }
 }

@@ -9,7 +9,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::image::{check_dsimg_manifest, check_outputs, dsimg_source, load_manifest, raw_image_source};
+use super::image::{
+    check_dsimg_manifest, check_outputs, dsimg_source, load_manifest, raw_image_source, say_overwritten,
+};
 use super::image_file::ImageFile;
 use super::{Format, Progress, Report, RestoreOptions, Tuning};
 use crate::error::{Error, Result};
@@ -35,21 +37,6 @@ fn raw_sink(
     let target = Target::create(dest, o.force, true, inputs)?;
     head.warnings.extend(target.warnings().iter().cloned());
     RawSink::tuned(target, size, chunk_size, t, o.zero_policy)
-}
-
-/// A failure of a run writing a device `dest` in place says what became of it: untouched, or
-/// how much was overwritten ([`Error::PartlyWritten`]). A file is written under a temporary
-/// name, removed on failure: `dest` is untouched and the error is `e`.
-fn say_overwritten(e: Error, dest: &Path, device: bool, written: &Overwritten) -> Error {
-    if !device {
-        return e;
-    }
-    Error::PartlyWritten {
-        dest: dest.to_owned(),
-        chunks: written.chunks(),
-        reach: written.reach(),
-        source: Box::new(e),
-    }
 }
 
 /// The check pass of `--verify-first`: every chunk of the image read from `source` and checked
