@@ -467,7 +467,10 @@ impl NodeOps for AgentNodes<'_> {
             node: node.into(),
             instance: instance.into(),
         };
-        self.ask(node, call, self.short())
+        // Given up at once when this process is interrupted: the instance may be about to stop
+        // (or be down) while a slow target makes the directory. The caller abandons it.
+        self.ask_unless_stopped(node, call, self.short())?
+            .ok_or_else(|| NodeError::Failed("interrupted while the staging export was opened".into()))
     }
 
     fn send_disk(&self, req: &SendDisk, progress: &TransferProgress) -> Result<Report, TransferError> {

@@ -86,7 +86,16 @@ impl<'a> Exec<'a> {
                 inst.name
             )));
         }
-        let staged = Staged::open(self)?;
+        let staged = Staged::open(self);
+        if self.interrupted() {
+            // Dropped: a staging export opened meanwhile is abandoned.
+            drop(staged);
+            return Err(OpError::interrupted(format!(
+                "stopped before instance {} was shut down; nothing was changed",
+                inst.name
+            )));
+        }
+        let staged = staged?;
         if self.op.shutdown {
             self.fb().info(fbk::shutting_down(&inst.name));
             let timeout = Duration::from_secs(self.op.shutdown_timeout);

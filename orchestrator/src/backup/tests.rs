@@ -737,6 +737,23 @@ fn a_target_that_cannot_stage_fails_before_the_instance_is_touched() {
     assert!(f.nodes.exports(N2).is_empty());
 }
 
+/// Interrupted while the target opens the staging export (a slow target): the instance is
+/// never touched (a stop after the signal would kill it outright) and the staging goes.
+#[test]
+fn interrupted_while_the_staging_export_is_opened() {
+    let f = Fixture::new("up", true);
+    f.nodes.fail("begin_export", None, None, Fault::Interrupt);
+    let e = f.export(op()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Interrupted);
+    assert_eq!(
+        e.msg,
+        format!("stopped before instance {INST} was shut down; nothing was changed")
+    );
+    assert_eq!(f.calls(), cat(&[prologue(), s(&["abandon_export N2 INST"])]));
+    assert!(f.nodes.is_running(INST));
+    assert!(f.nodes.open_staging().is_empty());
+}
+
 /// Interrupted during the shutdown of a running instance: it is started again.
 #[test]
 fn interrupted_during_the_shutdown() {

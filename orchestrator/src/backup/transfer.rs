@@ -227,6 +227,12 @@ pub(super) fn local_export(
         staged.abandon();
         return Ok(not_staged(x, e, have_snapshots, final_dir, export_id));
     }
+    if x.interrupted() {
+        // Begun as the signal came: nothing was sent; the caller says what state it is in.
+        staged.abandon();
+        let e = crate::node::NodeError::Failed("interrupted".into());
+        return Ok(not_staged(x, e, have_snapshots, final_dir, export_id));
+    }
     let mut jobs = Vec::new();
     for i in 0..inst.disks.len() {
         let source = match snaps.get(i) {
@@ -320,9 +326,11 @@ fn not_staged(
     export_id: ExportId,
 ) -> Transfer {
     let (inst, dst) = (x.inst, x.target.name.as_str());
-    x.fb()
-        .warning(format!("Could not prepare the export directory on node {dst}: {e}"));
-    x.fb().warning(fbk::some_disk_exports_failed(&inst.name, dst));
+    if !x.interrupted() {
+        x.fb()
+            .warning(format!("Could not prepare the export directory on node {dst}: {e}"));
+        x.fb().warning(fbk::some_disk_exports_failed(&inst.name, dst));
+    }
     let e = std::sync::Arc::new(e);
     let disks = (0..inst.disks.len())
         .map(|i| DiskResult {
