@@ -589,3 +589,50 @@ fn a_failed_sync_after_the_swap_is_a_warning_and_the_export_stands() {
         "the replaced export was removed"
     );
 }
+
+#[test]
+fn without_rename_exchange_a_failed_swap_keeps_the_previous_export() {
+    // On a file system that cannot exchange (NFS) the previous export is moved aside under a
+    // hidden removal name first; a failure of the rename that follows left it there, and the
+    // next export's sweep deleted it.
+    let dir = scratch();
+    let roots = node_roots(dir.path(), 2);
+    let inst = InstSpec {
+        name: INST.into(),
+        primary: "node1.example.com".into(),
+        admin_state: "down",
+        disks: file_disks(dir.path(), 1, 2, 24),
+        process: None,
+    };
+    let cfg = write_cluster(dir.path(), &roots, &[inst], &[]);
+    let args = ["export", "--cluster", s(&cfg), "-n", "node2", INST];
+    let export = export_dir(&roots[1]).join(INST);
+    let id = || fs::read_to_string(export.join("diskstream-export-id")).unwrap();
+    let run = |faults: &str| {
+        let o = ds_env(&args, &[("DISKSTREAM_TEST_ONLY_FAIL_AT", faults)]);
+        (
+            o.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr_of(&o)),
+        )
+    };
+    let (ok, text) = run("");
+    assert!(ok, "{text}");
+    let first = id();
+    // The fallback itself replaces the export.
+    let (ok, text) = run("exchange");
+    assert!(ok, "{text}");
+    let second = id();
+    assert_ne!(first, second);
+    check_export_complete(&export, 2 << 20).unwrap();
+    // Its rename of the new export fails: the previous one is back under its name.
+    let (ok, text) = run("exchange,rename-into-place");
+    assert!(!ok, "{text}");
+    assert!(text.contains("Could not finalize export"), "{text}");
+    assert_eq!(id(), second, "the previous export is in place");
+    check_export_complete(&export, 2 << 20).unwrap();
+    assert!(find_named(dir.path(), ".ds-removing-").is_empty(), "hidden: {text}");
+    assert!(find_named(dir.path(), ".new").is_empty());
+    let (ok, text) = run("");
+    assert!(ok, "{text}");
+    assert_ne!(id(), second);
+}

@@ -394,8 +394,12 @@ pub fn remove_stale_manifest(manifest: &Path) -> Result<()> {
 /// `DISKSTREAM_TEST_ONLY_FAIL_AT=<step>` the step fails with EIO; with
 /// `DISKSTREAM_TEST_ONLY_CRASH_AT=<step>` the process exits at once without any cleanup, as a
 /// SIGKILL there would leave it. Steps: `rename` (a lone output), `rename-manifest`,
-/// `rename-image`. Unset (always, outside tests) they cost one environment lookup per commit.
+/// `rename-image`. Unset (always, outside tests) they cost one environment lookup per commit;
+/// a release build (no debug assertions) never looks.
 fn test_only_fault(step: &str) -> io::Result<()> {
+    if !cfg!(debug_assertions) {
+        return Ok(());
+    }
     if std::env::var_os("DISKSTREAM_TEST_ONLY_CRASH_AT").is_some_and(|v| v == step) {
         std::process::exit(86);
     }

@@ -224,11 +224,18 @@ pub struct Finalized {
     pub warnings: Vec<String>,
 }
 
-/// A failure injected by the tests at `step` (`DISKSTREAM_TEST_ONLY_FAIL_AT=<step>`: EIO). Steps:
-/// `sync-after-swap`. Unset (always, outside tests) it costs one environment lookup.
+/// A failure injected by the tests at `step` (`DISKSTREAM_TEST_ONLY_FAIL_AT=<step>[,<step>...]`:
+/// EIO). Steps: `sync-after-swap`; `exchange` (the file system cannot exchange: EINVAL, as on
+/// NFS) and `rename-into-place` (the fallback's rename of the new export fails). Unset (always,
+/// outside tests) it costs one environment lookup; a release build never looks.
 fn test_only_fault(step: &str) -> io::Result<()> {
-    if std::env::var_os("DISKSTREAM_TEST_ONLY_FAIL_AT").is_some_and(|v| v == step) {
-        return Err(io::Error::from_raw_os_error(5));
+    if !cfg!(debug_assertions) {
+        return Ok(());
+    }
+    let asked = std::env::var("DISKSTREAM_TEST_ONLY_FAIL_AT").unwrap_or_default();
+    if asked.split(',').any(|s| s == step) {
+        let errno = if step == "exchange" { 22 } else { 5 };
+        return Err(io::Error::from_raw_os_error(errno));
     }
     Ok(())
 }
@@ -255,7 +262,11 @@ impl Drop for Staging {
 /// Moves `new` to `target`: exchanged atomically with an existing `target` (then `new` holds
 /// the old content and `true` is returned), or renamed without replacing anything.
 fn swap_in(new: &Path, target: &Path) -> io::Result<bool> {
-    match renameat_with(CWD, new, CWD, target, RenameFlags::EXCHANGE) {
+    let exchanged = match test_only_fault("exchange") {
+        Ok(()) => renameat_with(CWD, new, CWD, target, RenameFlags::EXCHANGE),
+        Err(_) => Err(Errno::INVAL),
+    };
+    match exchanged {
         Ok(()) => Ok(true),
         Err(Errno::NOENT) if fs::symlink_metadata(new).is_ok() => {
             renameat_with(CWD, new, CWD, target, RenameFlags::NOREPLACE)?;
@@ -270,7 +281,12 @@ fn swap_in(new: &Path, target: &Path) -> io::Result<bool> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
-            fs::rename(new, target)?;
+            if let Err(e) = test_only_fault("rename-into-place").and_then(|()| fs::rename(new, target)) {
+                // The previous export goes back under its name: a hidden removal name would be
+                // swept (deleted) by the next export.
+                let _ = fs::rename(&aside, target);
+                return Err(e);
+            }
             fs::rename(&aside, new).or_else(|_| fsutil::remove_tree(&aside))?;
             Ok(true)
         }
