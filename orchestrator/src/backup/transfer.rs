@@ -233,30 +233,8 @@ pub(super) fn local_export(
         let e = crate::node::NodeError::Failed("interrupted".into());
         return Ok(not_staged(x, e, have_snapshots, final_dir, export_id));
     }
-    let mut jobs = Vec::new();
-    for i in 0..inst.disks.len() {
-        let source = match snaps.get(i) {
-            Some(s) if have_snapshots => DiskSource::Snapshot(s),
-            _ => DiskSource::Disk,
-        };
-        let dump = match crate::fsutil::new_uuid() {
-            Ok(u) => u,
-            Err(e) => {
-                staged.abandon();
-                return Err(OpError::exec(format!("cannot make a UUID: {e}")));
-            }
-        };
-        jobs.push(DiskJob {
-            index: i,
-            label: fbk::disk_label(i, have_snapshots),
-            dump,
-            source,
-            progress: TransferProgress::default(),
-            started: Mutex::new(None),
-            finished: AtomicBool::new(false),
-            result: Mutex::new(None),
-        });
-    }
+    // A failure here drops `staged`, which abandons it.
+    let jobs = disk_jobs(inst, snaps, have_snapshots)?;
     send_all(x, &jobs, snaps);
     let disks: Vec<DiskResult> = jobs
         .into_iter()
@@ -315,6 +293,30 @@ pub(super) fn local_export(
         export_dir: final_dir,
         export_id,
     })
+}
+
+/// One job per disk of `inst`, each with a new dump name, sent from its snapshot where
+/// `have_snapshots`.
+fn disk_jobs(inst: &Instance, snaps: &SnapSet<'_>, have_snapshots: bool) -> Result<Vec<DiskJob>, OpError> {
+    (0..inst.disks.len())
+        .map(|i| {
+            let source = match snaps.get(i) {
+                Some(s) if have_snapshots => DiskSource::Snapshot(s),
+                _ => DiskSource::Disk,
+            };
+            let dump = crate::fsutil::new_uuid().map_err(|e| OpError::exec(format!("cannot make a UUID: {e}")))?;
+            Ok(DiskJob {
+                index: i,
+                label: fbk::disk_label(i, have_snapshots),
+                dump,
+                source,
+                progress: TransferProgress::default(),
+                started: Mutex::new(None),
+                finished: AtomicBool::new(false),
+                result: Mutex::new(None),
+            })
+        })
+        .collect()
 }
 
 /// The staging export could not be opened on the target: every disk fails with that error.
