@@ -583,6 +583,21 @@ fn a_failed_sync_after_the_swap_is_a_warning_and_the_export_stands() {
     );
     let second = fs::read_to_string(new.join("diskstream-export-id")).unwrap();
     assert_ne!(first, second, "the new export is the one in place");
+    // A script that reads only the JSON result learns it too.
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let o = ds_env(&json_args, &[("DISKSTREAM_TEST_ONLY_FAIL_AT", "sync-after-swap")]);
+    assert!(o.status.success(), "{}", stderr_of(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let w = j["warnings"].as_array().unwrap_or_else(|| panic!("{j}"));
+    assert_eq!(w.len(), 1, "{j}");
+    assert!(
+        w[0].as_str().unwrap().starts_with("the new export is in place in "),
+        "{j}"
+    );
+    let third = fs::read_to_string(new.join("diskstream-export-id")).unwrap();
+    assert_eq!(j["export_id"].as_str(), Some(third.trim()), "{j}");
+    assert_ne!(second, third);
     check_export_complete(&new, 2 << 20).unwrap();
     assert!(
         find_named(dir.path(), ".new").is_empty(),

@@ -361,7 +361,9 @@ impl<'a> Exec<'a> {
             if let Err(why) = locked {
                 if has_export {
                     let why = format!("its node lock could not be acquired: {why}");
-                    self.fb().warning(fbk::could_not_remove_older_export(name, &node, &why));
+                    let w = fbk::could_not_remove_older_export(name, &node, &why);
+                    self.fb().warning(w.clone());
+                    res.warnings.push(w);
                 }
                 continue;
             }
@@ -369,9 +371,11 @@ impl<'a> Exec<'a> {
                 match self.nodes().remove_export(&node, name, &keep) {
                     Ok(true) => res.removed_old.push(node.clone()),
                     Ok(false) => {}
-                    Err(e) => self
-                        .fb()
-                        .warning(fbk::could_not_remove_older_export(name, &node, &e.to_string())),
+                    Err(e) => {
+                        let w = fbk::could_not_remove_older_export(name, &node, &e.to_string());
+                        self.fb().warning(w.clone());
+                        res.warnings.push(w);
+                    }
                 }
             }
             self.nodes().sweep_export_leftovers(&node, name);

@@ -135,6 +135,8 @@ pub struct ExportResult {
     pub removed_old: Vec<String>,
     /// Nodes whose export directory is the target's (shared), left alone.
     pub shared_nodes: Vec<String>,
+    /// What went wrong without failing the export (also in the job's log as warnings).
+    pub warnings: Vec<String>,
 }
 
 /// An export as the CLI's `--json` result shows it (the body of its envelope, which adds
@@ -153,6 +155,10 @@ struct ExportJson<'a> {
     instance_removed: bool,
     removed_old_exports: &'a [String],
     shared_export_dir_nodes: &'a [String],
+    /// What went wrong without failing the export: the target's export directory not synced
+    /// after the new export was swapped in, an old export on another node that could not be
+    /// removed. Also in the job's log as warnings.
+    warnings: &'a [String],
 }
 
 impl Serialize for ExportResult {
@@ -167,6 +173,7 @@ impl Serialize for ExportResult {
             instance_removed: self.instance_removed,
             removed_old_exports: &self.removed_old,
             shared_export_dir_nodes: &self.shared_nodes,
+            warnings: &self.warnings,
         }
         .serialize(s)
     }

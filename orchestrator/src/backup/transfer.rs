@@ -93,6 +93,8 @@ pub(super) struct Transfer {
     pub(super) export_dir: PathBuf,
     /// The new export's id (written into it at finalize).
     pub(super) export_id: ExportId,
+    /// What went wrong after the new export was in place.
+    pub(super) warnings: Vec<String>,
 }
 
 impl Transfer {
@@ -124,6 +126,7 @@ impl Transfer {
             instance_removed: false,
             removed_old: Vec::new(),
             shared_nodes: Vec::new(),
+            warnings: self.warnings,
         })
     }
 }
@@ -257,8 +260,8 @@ pub(super) fn local_export(
         staged.finalizing();
         return Ok(match x.nodes().finalize_export(dst, &inst.name, &ini, &export_id) {
             Ok(Finalized { dir, warnings }) => {
-                for w in warnings {
-                    x.fb().warning(w);
+                for w in &warnings {
+                    x.fb().warning(w.clone());
                 }
                 let mut disks = disks;
                 for d in &mut disks {
@@ -269,6 +272,7 @@ pub(super) fn local_export(
                     disks,
                     export_dir: dir,
                     export_id,
+                    warnings,
                 }
             }
             Err(e) => {
@@ -278,6 +282,7 @@ pub(super) fn local_export(
                     disks,
                     export_dir: final_dir,
                     export_id,
+                    warnings: Vec::new(),
                 }
             }
         });
@@ -292,6 +297,7 @@ pub(super) fn local_export(
         disks,
         export_dir: final_dir,
         export_id,
+        warnings: Vec::new(),
     })
 }
 
@@ -349,6 +355,7 @@ fn not_staged(
         disks,
         export_dir: final_dir,
         export_id,
+        warnings: Vec::new(),
     }
 }
 
