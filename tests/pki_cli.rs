@@ -74,6 +74,15 @@ fn init_issue_and_refusals() {
     assert_eq!(std::fs::read(pki.join("nodes/node1.test.key")).unwrap(), node_key);
     assert!(!pki.join("ca.key").exists(), "no new CA key");
     std::fs::rename(&aside, pki.join("ca.key")).unwrap();
+    // A key another user owns is refused (that user can read it whatever its mode).
+    if std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0) {
+        std::os::unix::fs::chown(pki.join("ca.key"), Some(65534), None).unwrap();
+        let r = ds(&["pki", "issue", "node2.test"], &cfg);
+        let e = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{e}");
+        assert!(e.contains("key is owned by uid 65534"), "{e}");
+        std::os::unix::fs::chown(pki.join("ca.key"), Some(0), None).unwrap();
+    }
     let key_before = std::fs::read(pki.join("nodes/node2.test.key")).unwrap();
     let issued = ds(&["pki", "issue", "node2.test"], &cfg);
     assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));

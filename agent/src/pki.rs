@@ -351,10 +351,24 @@ fn read_text(path: &Path) -> Result<String> {
     fs::read_to_string(path).map_err(io("read", path))
 }
 
-/// Reads a key file, refusing one that group or others can read (as ssh does).
+/// Reads a key file, refusing one that group or others can read, or that another user owns
+/// (who can read it whatever its mode, and so act as that node), as ssh does.
 fn read_key_text(path: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
     let text = read_text(path)?;
-    let mode = fs::metadata(path).map_err(io("read", path))?.permissions().mode();
+    let m = fs::metadata(path).map_err(io("read", path))?;
+    let me = rustix::process::geteuid().as_raw();
+    if m.uid() != me && m.uid() != 0 {
+        return Err(PkiError::Bad {
+            path: path.to_path_buf(),
+            detail: format!(
+                "key is owned by uid {}, not by this user (uid {me}) or root: that user can read it \
+                 and act as this node; chown it",
+                m.uid()
+            ),
+        });
+    }
+    let mode = m.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(PkiError::Bad {
             path: path.to_path_buf(),

@@ -510,6 +510,29 @@ fn an_export_directory_reached_through_a_symbolic_link_is_the_same_directory() {
 }
 
 #[test]
+fn a_config_others_may_write_or_own_is_refused() {
+    // It names the commands that start and stop instances, run as this user (root on a node).
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cluster.toml");
+    fs::write(&cfg, BASE).unwrap();
+    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o644)).unwrap();
+    Cluster::load(&cfg).unwrap();
+    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o666)).unwrap();
+    let e = Cluster::load(&cfg).unwrap_err().to_string();
+    assert!(e.contains("mode 666: writable by others"), "{e}");
+    fs::set_permissions(&cfg, fs::Permissions::from_mode(0o644)).unwrap();
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(&cfg, Some(65534), Some(65534)).unwrap();
+        let e = Cluster::load(&cfg).unwrap_err().to_string();
+        assert!(
+            e.contains("owned by uid 65534, not by this user (uid 0) or root"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn remove_instance_through_a_symlink_edits_and_locks_the_real_file() {
     let dir = tempfile::tempdir().unwrap();
     let real_dir = dir.path().join("real");

@@ -88,6 +88,33 @@ pub struct Cluster {
     config: ClusterConfig,
 }
 
+/// Refuses a config file that someone else could have written: it names the commands that
+/// start and stop instances and where hooks run from, which run as this user (root on a node).
+/// It must belong to this user or root and be writable by no one else.
+fn check_trusted(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path).map_err(|source| ConfigError::Io {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let me = rustix::process::geteuid().as_raw();
+    let why = if m.uid() != me && m.uid() != 0 {
+        format!("owned by uid {}, not by this user (uid {me}) or root", m.uid())
+    } else if m.mode() & 0o022 != 0 {
+        format!("mode {:o}: writable by others (chmod go-w it)", m.mode() & 0o7777)
+    } else {
+        return Ok(());
+    };
+    let msg = format!(
+        "{why}; it says which commands run as this user (instance start and stop), so it must be \
+         this user's or root's and writable by no one else"
+    );
+    Err(ConfigError::Io {
+        file: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::PermissionDenied, msg),
+    })
+}
+
 impl Cluster {
     /// Loads and validates a config file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
@@ -96,6 +123,7 @@ impl Cluster {
             file: path.clone(),
             source,
         })?;
+        check_trusted(&path)?;
         Self::from_str_at(&text, path)
     }
 
