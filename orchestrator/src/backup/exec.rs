@@ -30,6 +30,13 @@ use crate::node::NodeOps;
 use super::transfer::{self, SnapSet, Staged, Transfer};
 use super::{ExportOp, ExportResult};
 
+/// Ganeti's error when a live export (`--noshutdown`) cannot snapshot every disk.
+const LIVE_NEEDS_SNAPSHOTS: &str = "Not all disks could be snapshotted, and you requested a live export; aborting";
+/// Ganeti's error when a stopped instance's disks cannot all be snapshotted and the instance
+/// may not stay down for the whole transfer.
+const NEEDS_LONG_SLEEP: &str = "Not all disks could be snapshotted, and you did not allow the instance to remain \
+                                offline for a longer time through the --long-sleep option; aborting";
+
 /// One run of Exec.
 pub(super) struct Exec<'a> {
     pub(super) ctx: &'a Context<'a>,
@@ -96,6 +103,7 @@ impl<'a> Exec<'a> {
             )));
         }
         let staged = staged?;
+        let capable = self.snapshot_capable(up)?;
         if self.op.shutdown {
             self.fb().info(fbk::shutting_down(&inst.name));
             let timeout = Duration::from_secs(self.op.shutdown_timeout);
@@ -115,7 +123,7 @@ impl<'a> Exec<'a> {
                 .activate_disks(self.src(), &inst.name)
                 .map_err(|e| OpError::exec(format!("Cannot activate block devices: {e}")).with_source(e))?;
         }
-        let result = self.snapshot_and_transfer(staged, up, was_running);
+        let result = self.snapshot_and_transfer(staged, capable, was_running);
         if activate {
             self.fb().info(fbk::deactivating_disks(&inst.name));
         }
@@ -166,23 +174,51 @@ impl<'a> Exec<'a> {
         self.nodes().sweep_export_leftovers(&self.target.name, &inst.name);
     }
 
-    fn snapshot_and_transfer(&self, staged: Staged<'_, '_>, up: bool, was_running: bool) -> Result<Transfer, OpError> {
+    /// Whether every disk can be snapshotted, asked before the instance is touched: an export
+    /// that would abort for want of snapshots (a live one, or one without `--long-sleep`) aborts
+    /// with Ganeti's error before the instance is stopped (Ganeti stops it first). `None` where
+    /// no snapshots are tried (the instance is down, or removed after the export).
+    fn snapshot_capable(&self, up: bool) -> Result<Option<bool>, OpError> {
+        if self.op.remove_instance || !up {
+            return Ok(None);
+        }
+        let (inst, src) = (self.inst, self.src());
+        for i in 0..inst.disks.len() {
+            if let crate::snapshot::Capability::NotCapable(why) = self.nodes().snapshot_capability(src, &inst.name, i) {
+                self.fb().info(format!("disk/{i} cannot be snapshotted: {why}"));
+                if !self.op.shutdown {
+                    return Err(OpError::exec(LIVE_NEEDS_SNAPSHOTS));
+                }
+                if !self.op.long_sleep {
+                    return Err(OpError::exec(NEEDS_LONG_SLEEP));
+                }
+                return Ok(Some(false));
+            }
+        }
+        Ok(Some(true))
+    }
+
+    fn snapshot_and_transfer(
+        &self,
+        staged: Staged<'_, '_>,
+        capable: Option<bool>,
+        was_running: bool,
+    ) -> Result<Transfer, OpError> {
         let inst = self.inst;
-        let try_snapshot = !self.op.remove_instance && up;
-        let do_reboot = self.op.shutdown && up && !self.op.remove_instance;
+        // Snapshots are tried where the instance is up and stays (`capable` was asked).
+        let try_snapshot = capable.is_some();
+        let do_reboot = self.op.shutdown && try_snapshot;
         let snaps = SnapSet::new(self.nodes(), self.src(), self.fb(), inst.disks.len());
         let mut have_snapshots = false;
         if try_snapshot {
-            have_snapshots = self.create_snapshots(&snaps);
+            have_snapshots = capable == Some(true) && self.create_snapshots(&snaps);
             if self.interrupted() {
                 snaps.remove_all();
                 return Err(self.interrupted_error(was_running, "while the disks were snapshotted"));
             }
             if !have_snapshots {
                 if !self.op.shutdown {
-                    return Err(OpError::exec(
-                        "Not all disks could be snapshotted, and you requested a live export; aborting",
-                    ));
+                    return Err(OpError::exec(LIVE_NEEDS_SNAPSHOTS));
                 }
                 if !self.op.long_sleep {
                     if was_running {
@@ -193,10 +229,7 @@ impl<'a> Exec<'a> {
                                 .warning(format!("Could not start instance {}: {e}", inst.name));
                         }
                     }
-                    return Err(OpError::exec(
-                        "Not all disks could be snapshotted, and you did not allow the instance to \
-                         remain offline for a longer time through the --long-sleep option; aborting",
-                    ));
+                    return Err(OpError::exec(NEEDS_LONG_SLEEP));
                 }
             }
         }
@@ -258,12 +291,6 @@ impl<'a> Exec<'a> {
     /// Ganeti's `CreateSnapshots`: all disks or none.
     fn create_snapshots(&self, snaps: &SnapSet<'_>) -> bool {
         let (inst, src) = (self.inst, self.src());
-        for i in 0..inst.disks.len() {
-            if let crate::snapshot::Capability::NotCapable(why) = self.nodes().snapshot_capability(src, &inst.name, i) {
-                self.fb().info(format!("disk/{i} cannot be snapshotted: {why}"));
-                return false;
-            }
-        }
         let mut ok = true;
         for i in 0..inst.disks.len() {
             self.fb().info(fbk::creating_snapshot(i, src));
