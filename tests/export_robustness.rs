@@ -547,20 +547,27 @@ fn a_target_that_cannot_take_the_export_fails_before_the_instance_is_stopped() {
     assert_eq!(fs::read_to_string(&target).unwrap(), "not a directory");
 }
 
-#[test]
-fn a_failed_sync_after_the_swap_is_a_warning_and_the_export_stands() {
-    // Once the new export is swapped in, it is the export: a failure to sync the directory then
-    // must not report the job failed (Ganeti's users would retry an export that exists).
+/// A two-node cluster in a new scratch directory with a down instance of one 2 MiB disk on
+/// node1 (`seed` makes its data): the directory, the node roots and the config.
+fn down_instance(seed: u64) -> (tempfile::TempDir, Vec<PathBuf>, PathBuf) {
     let dir = scratch();
     let roots = node_roots(dir.path(), 2);
     let inst = InstSpec {
         name: INST.into(),
         primary: "node1.example.com".into(),
         admin_state: "down",
-        disks: file_disks(dir.path(), 1, 2, 23),
+        disks: file_disks(dir.path(), 1, 2, seed),
         process: None,
     };
     let cfg = write_cluster(dir.path(), &roots, &[inst], &[]);
+    (dir, roots, cfg)
+}
+
+#[test]
+fn a_failed_sync_after_the_swap_is_a_warning_and_the_export_stands() {
+    // Once the new export is swapped in, it is the export: a failure to sync the directory then
+    // must not report the job failed (Ganeti's users would retry an export that exists).
+    let (dir, roots, cfg) = down_instance(23);
     let args = ["export", "--cluster", s(&cfg), "-n", "node2", INST];
     let (ok, out, err) = ds_text(&args);
     assert!(ok, "{out}\n{err}");
@@ -610,16 +617,7 @@ fn without_rename_exchange_a_failed_swap_keeps_the_previous_export() {
     // On a file system that cannot exchange (NFS) the previous export is moved aside under a
     // hidden removal name first; a failure of the rename that follows left it there, and the
     // next export's sweep deleted it.
-    let dir = scratch();
-    let roots = node_roots(dir.path(), 2);
-    let inst = InstSpec {
-        name: INST.into(),
-        primary: "node1.example.com".into(),
-        admin_state: "down",
-        disks: file_disks(dir.path(), 1, 2, 24),
-        process: None,
-    };
-    let cfg = write_cluster(dir.path(), &roots, &[inst], &[]);
+    let (dir, roots, cfg) = down_instance(24);
     let args = ["export", "--cluster", s(&cfg), "-n", "node2", INST];
     let export = export_dir(&roots[1]).join(INST);
     let id = || fs::read_to_string(export.join("diskstream-export-id")).unwrap();

@@ -73,6 +73,23 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Why a file or directory with metadata `m` cannot be trusted by this process: owned by another
+/// user than this one or root, or writable by group or others. `None` if it can.
+pub fn untrusted(m: &fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    if m.uid() != me && m.uid() != 0 {
+        Some(format!("owned by uid {}, not by this user (uid {me}) or root", m.uid()))
+    } else if m.mode() & 0o022 != 0 {
+        Some(format!(
+            "mode {:o}: writable by others (chmod go-w it)",
+            m.mode() & 0o7777
+        ))
+    } else {
+        None
+    }
+}
+
 /// Fsyncs a file's data and metadata.
 pub fn sync_file(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()

@@ -92,17 +92,11 @@ pub struct Cluster {
 /// start and stop instances and where hooks run from, which run as this user (root on a node).
 /// It must belong to this user or root and be writable by no one else.
 fn check_trusted(path: &Path) -> Result<(), ConfigError> {
-    use std::os::unix::fs::MetadataExt;
     let m = fs::metadata(path).map_err(|source| ConfigError::Io {
         file: path.to_path_buf(),
         source,
     })?;
-    let me = rustix::process::geteuid().as_raw();
-    let why = if m.uid() != me && m.uid() != 0 {
-        format!("owned by uid {}, not by this user (uid {me}) or root", m.uid())
-    } else if m.mode() & 0o022 != 0 {
-        format!("mode {:o}: writable by others (chmod go-w it)", m.mode() & 0o7777)
-    } else {
+    let Some(why) = fsutil::untrusted(&m) else {
         return Ok(());
     };
     let msg = format!(

@@ -473,21 +473,13 @@ fn check_private(dir: &Path) -> Result<(), LockError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    let me = rustix::process::geteuid().as_raw();
-    let detail = if m.uid() != me && m.uid() != 0 {
-        format!("owned by uid {}, not by this user (uid {me}) or root", m.uid())
-    } else if m.mode() & 0o022 != 0 {
-        format!(
-            "mode {:o}: others could plant links or files in it (chmod go-w it)",
-            m.mode() & 0o7777
-        )
-    } else {
-        return Ok(());
-    };
-    Err(LockError::NotPrivate {
-        path: dir.to_path_buf(),
-        detail,
-    })
+    match crate::fsutil::untrusted(&m) {
+        None => Ok(()),
+        Some(detail) => Err(LockError::NotPrivate {
+            path: dir.to_path_buf(),
+            detail,
+        }),
+    }
 }
 
 #[cfg(test)]
