@@ -93,17 +93,21 @@ impl<'a> Exec<'a> {
                 inst.name
             )));
         }
-        let staged = Staged::open(self);
+        // Both asked before the instance is touched; a signal meanwhile stops the export there
+        // (a stop after the signal would kill the instance outright).
+        let ready = Staged::open(self).and_then(|staged| match self.interrupted() {
+            true => Ok((staged, None)),
+            false => self.snapshot_capable(up).map(|c| (staged, c)),
+        });
         if self.interrupted() {
             // Dropped: a staging export opened meanwhile is abandoned.
-            drop(staged);
+            drop(ready);
             return Err(OpError::interrupted(format!(
                 "stopped before instance {} was shut down; nothing was changed",
                 inst.name
             )));
         }
-        let staged = staged?;
-        let capable = self.snapshot_capable(up)?;
+        let (staged, capable) = ready?;
         if self.op.shutdown {
             self.fb().info(fbk::shutting_down(&inst.name));
             let timeout = Duration::from_secs(self.op.shutdown_timeout);

@@ -757,6 +757,18 @@ fn interrupted_while_the_staging_export_is_opened() {
     assert!(f.nodes.open_staging().is_empty());
 }
 
+/// Interrupted while the disks' snapshot capability is asked: the instance is never touched.
+#[test]
+fn interrupted_while_the_snapshot_capability_is_asked() {
+    let f = Fixture::new("up", true);
+    f.nodes.fail("snapshot_capability", None, Some(1), Fault::Interrupt);
+    let e = f.export(op()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Interrupted, "{e}");
+    assert_eq!(f.calls(), cat(&[prologue(), caps(), s(&["abandon_export N2 INST"])]));
+    assert!(f.nodes.is_running(INST));
+    assert!(f.nodes.open_staging().is_empty());
+}
+
 /// Interrupted during the shutdown of a running instance: it is started again.
 #[test]
 fn interrupted_during_the_shutdown() {

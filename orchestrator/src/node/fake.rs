@@ -279,6 +279,11 @@ impl NodeOps for FakeNodes {
 
     fn snapshot_capability(&self, node: &str, instance: &str, disk: usize) -> Capability {
         self.record(format!("snapshot_capability {node} {instance} disk/{disk}"));
+        // A fault rule makes it not capable (its message the reason); an interrupt rule only
+        // sets the stop flag.
+        if let Err(e) = self.check("snapshot_capability", node, Some(disk)) {
+            return Capability::NotCapable(e.to_string());
+        }
         if self.not_capable.lock().expect("fake").contains(&disk) {
             Capability::NotCapable("the fake says so".into())
         } else {
