@@ -470,9 +470,12 @@ fn a_damaged_pid_file_stops_the_export_before_anything_is_touched() {
     let pid = guard.pid().expect("the instance runs");
     let pid_file = guard.driver.pid_file.clone();
     let good = fs::read_to_string(&pid_file).unwrap();
+    // --long-sleep: the disks cannot be snapshotted (ext4), and without it the export would
+    // abort for that before it looks at the instance.
+    let args = ["export", "--cluster", s(&cfg), "-n", "node2", "--long-sleep", INST];
     for damaged in [format!("{pid}\n"), "1 1\n".into(), String::new()] {
         fs::write(&pid_file, &damaged).unwrap();
-        let (ok, out, err) = ds_text(&["export", "--cluster", s(&cfg), "-n", "node2", INST]);
+        let (ok, out, err) = ds_text(&args);
         assert!(!ok, "{damaged:?}: {out}");
         assert!(
             err.contains(&pid_file.display().to_string()) && err.contains("damaged"),
@@ -493,7 +496,6 @@ fn a_damaged_pid_file_stops_the_export_before_anything_is_touched() {
     }
     // Mended, the instance is found running, and the export stops and restarts it.
     fs::write(&pid_file, good).unwrap();
-    let args = ["export", "--cluster", s(&cfg), "-n", "node2", "--long-sleep", INST];
     let (ok, out, err) = ds_text(&args);
     assert!(ok, "{out}\n{err}");
     assert!(guard.pid().is_some_and(|p| p != pid), "restarted after the export");
