@@ -456,16 +456,7 @@ fn a_damaged_pid_file_stops_the_export_before_anything_is_touched() {
     // Whether the instance runs cannot be told from a pid file that lost its start time (or
     // was hand edited): reading it as "not running" would copy a disk in use and never start
     // the instance again; trusting its pid could signal a process that reused it.
-    let dir = scratch();
-    let roots = node_roots(dir.path(), 2);
-    let inst = InstSpec {
-        name: INST.into(),
-        primary: "node1.example.com".into(),
-        admin_state: "up",
-        disks: file_disks(dir.path(), 1, 2, 11),
-        process: Some(vec!["/bin/sleep".into(), "1000".into()]),
-    };
-    let cfg = write_cluster(dir.path(), &roots, &[inst], &[]);
+    let (dir, roots, cfg) = one_disk_instance(11, Some(vec!["/bin/sleep".into(), "1000".into()]));
     let guard = InstanceGuard::new(&cfg, INST, true);
     let pid = guard.pid().expect("the instance runs");
     let pid_file = guard.driver.pid_file.clone();
@@ -505,16 +496,7 @@ fn a_damaged_pid_file_stops_the_export_before_anything_is_touched() {
 fn a_target_that_cannot_take_the_export_fails_before_the_instance_is_stopped() {
     // Ganeti stops the instance, snapshots it and starts it again before the target's export
     // directory is first written: a read-only one costs the instance a restart, for nothing.
-    let dir = scratch();
-    let roots = node_roots(dir.path(), 2);
-    let inst = InstSpec {
-        name: INST.into(),
-        primary: "node1.example.com".into(),
-        admin_state: "up",
-        disks: file_disks(dir.path(), 1, 2, 21),
-        process: Some(sleeper()),
-    };
-    let cfg = write_cluster(dir.path(), &roots, &[inst], &[]);
+    let (dir, roots, cfg) = one_disk_instance(21, Some(sleeper()));
     let guard = InstanceGuard::new(&cfg, INST, true);
     let pid = guard.pid().expect("the instance runs");
     let target = export_dir(&roots[1]);
@@ -549,17 +531,18 @@ fn a_target_that_cannot_take_the_export_fails_before_the_instance_is_stopped() {
     assert_eq!(fs::read_to_string(&target).unwrap(), "not a directory");
 }
 
-/// A two-node cluster in a new scratch directory with a down instance of one 2 MiB disk on
-/// node1 (`seed` makes its data): the directory, the node roots and the config.
-fn down_instance(seed: u64) -> (tempfile::TempDir, Vec<PathBuf>, PathBuf) {
+/// A two-node cluster in a new scratch directory with an instance of one 2 MiB disk on node1
+/// (`seed` makes its data): up and running as `process`, or down without one. The directory,
+/// the node roots and the config.
+fn one_disk_instance(seed: u64, process: Option<Vec<String>>) -> (tempfile::TempDir, Vec<PathBuf>, PathBuf) {
     let dir = scratch();
     let roots = node_roots(dir.path(), 2);
     let inst = InstSpec {
         name: INST.into(),
         primary: "node1.example.com".into(),
-        admin_state: "down",
+        admin_state: if process.is_some() { "up" } else { "down" },
         disks: file_disks(dir.path(), 1, 2, seed),
-        process: None,
+        process,
     };
     let cfg = write_cluster(dir.path(), &roots, &[inst], &[]);
     (dir, roots, cfg)
@@ -569,7 +552,7 @@ fn down_instance(seed: u64) -> (tempfile::TempDir, Vec<PathBuf>, PathBuf) {
 fn a_failed_sync_after_the_swap_is_a_warning_and_the_export_stands() {
     // Once the new export is swapped in, it is the export: a failure to sync the directory then
     // must not report the job failed (Ganeti's users would retry an export that exists).
-    let (dir, roots, cfg) = down_instance(23);
+    let (dir, roots, cfg) = one_disk_instance(23, None);
     let args = ["export", "--cluster", s(&cfg), "-n", "node2", INST];
     let (ok, out, err) = ds_text(&args);
     assert!(ok, "{out}\n{err}");
@@ -619,7 +602,7 @@ fn without_rename_exchange_a_failed_swap_keeps_the_previous_export() {
     // On a file system that cannot exchange (NFS) the previous export is moved aside under a
     // hidden removal name first; a failure of the rename that follows left it there, and the
     // next export's sweep deleted it.
-    let (dir, roots, cfg) = down_instance(24);
+    let (dir, roots, cfg) = one_disk_instance(24, None);
     let args = ["export", "--cluster", s(&cfg), "-n", "node2", INST];
     let export = export_dir(&roots[1]).join(INST);
     let id = || fs::read_to_string(export.join("diskstream-export-id")).unwrap();
