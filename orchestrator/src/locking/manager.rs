@@ -125,14 +125,8 @@ impl LockManager {
             let path = d.to_path_buf();
             move |source| LockError::Io { path, source }
         };
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io_err(&dir))?;
-        check_private(&dir)?;
-        for level in LockLevel::ALL {
-            let d = dir.join(level.as_str());
+        let levels = LockLevel::ALL.iter().map(|level| dir.join(level.as_str()));
+        for d in std::iter::once(dir.clone()).chain(levels) {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
