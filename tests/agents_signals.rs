@@ -6,6 +6,8 @@
 //! interrupted master exits 130/143 within 3 s and leaves no staging export, no partial dump, no
 //! snapshot, no lock and the instance as the user had it; a killed one leaves agents that stop
 //! its send and remove its staging export after their lease, and the next export succeeds.
+//! A master killed between the target opening a receive and the primary sending leaves a port
+//! no stream reaches: its staging export goes after the lease all the same.
 //! Needs root and iproute2; skipped with a message otherwise.
 
 mod common;
@@ -183,5 +185,57 @@ fn signals_at_random_moments_of_exports_over_agents() {
         eprintln!("  {k}: {v}");
     }
     run_full();
+    assert!(leftovers(dir.path()).is_empty());
+}
+
+/// A master killed after the target opened a receive for a disk and before the primary was
+/// asked to send it (a test-only crash there, in debug builds): no stream will ever reach that
+/// port, and the target's staging export goes after its lease (1 s here), not after the
+/// receive's open timeout (60 s). Before, the waiting receive held the lease for the whole
+/// open timeout.
+#[test]
+fn a_master_killed_between_opening_a_receive_and_the_send_leaves_no_staging() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("ko", 69).expect("namespaces");
+    let (cfg, _local, _disks) = cluster(dir.path(), &net);
+    let _g = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    net.start_agents(&cfg, dir.path(), &["--staging-timeout", "1"]);
+    let args = export_args(s(&cfg));
+    let out = net.master(&args);
+    assert!(out.status.success(), "the first export: {}", text(&out));
+    let node3 = dir.path().join("node3");
+    let before = snapshot_of(&export_dir(&node3).join("inst1.example.com"));
+
+    let out = net
+        .master_cmd(&args)
+        .env("DISKSTREAM_TEST_ONLY_CRASH_AT", "open-receive")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(86),
+        "no crash at the open receive: {}",
+        text(&out)
+    );
+    let t0 = Instant::now();
+    let staging = export_dir(&node3).join("inst1.example.com.new");
+    assert!(staging.exists(), "the crash came before the staging export was opened");
+    let gone = wait_for(10, || leftovers(dir.path()).is_empty());
+    let log3 = std::fs::read_to_string(dir.path().join("agent3.log")).unwrap();
+    assert!(
+        gone,
+        "left {:?} after {:?}: {:?}\n{log3}",
+        t0.elapsed(),
+        leftovers(dir.path()),
+        "the waiting receive held its dead master's staging export"
+    );
+    eprintln!("the staging export went {:?} after the master died", t0.elapsed());
+    assert!(log3.contains("no word from the master"), "{log3}");
+    assert!(snapshot_of(&export_dir(&node3).join("inst1.example.com")) == before);
+    let out = net.master(&args);
+    assert!(out.status.success(), "the next export: {}", text(&out));
     assert!(leftovers(dir.path()).is_empty());
 }

@@ -217,6 +217,10 @@ impl Receiver {
         let mut streams = self.admit_all(cfg, req, t, &what, &|| {
             !lease.current() || local.stop_flag().load(Ordering::SeqCst)
         })?;
+        // From here the receive holds the lease (until its stream ends or stalls); before, a
+        // silent master's export expires around the waiting port. Not current any more: the
+        // receives below refuse to write.
+        lease.streaming();
         if streams.len() > 1 {
             return Ok(lanes::receive(local, streams, req, &what, t, lease));
         }

@@ -1,8 +1,11 @@
 //! Staging leases: a staging export on an agent's node lives while the master keeps working on
-//! it. Every call about it (opening the export, opening a receive) renews its lease, a receive
-//! in progress holds it, and finalizing or abandoning it ends it. A lease with no receive in
+//! it. Every call about it (opening the export, opening a receive) renews its lease, a stream
+//! in progress holds it, and finalizing or abandoning it ends it. A lease with no stream in
 //! progress and no word from the master for the timeout has lost its master (killed, cut off):
-//! the agent abandons the staging export (removes it), so nothing is left behind.
+//! the agent abandons the staging export (removes it), so nothing is left behind. A receive
+//! still waiting for its stream does not hold the lease: a master killed between opening the
+//! receive and asking the primary to send leaves a port that no stream will ever reach, and
+//! its staging export goes after the lease, not after the receive's open timeout.
 //!
 //! At most [`MAX_OPEN_RECEIVES`] receives are open at once (each a thread and a listening data
 //! port until its stream ends or the open timeout passes); one more is refused.
@@ -15,7 +18,7 @@
 //! it to finish before the directory is removed or made again ([`Leases::wait_writers`]); a
 //! finalize is refused while any writer of the instance is left ([`Leases::writers`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,8 +28,9 @@ struct Lease {
     /// Which staging export this is: a new one for every `BeginExport`, so that a receive
     /// opened for an export that was since abandoned (and begun again) is told apart.
     generation: u64,
-    /// The dumps being received into it.
-    receiving: BTreeSet<String>,
+    /// The dumps being received into it, and whether their stream has begun (only those hold
+    /// the lease).
+    receiving: BTreeMap<String, bool>,
 }
 
 /// Receives open at once on one agent (the master opens one per disk it exports to this node;
@@ -88,7 +92,7 @@ impl Leases {
         Lease {
             last: Instant::now(),
             generation: self.next.fetch_add(1, Ordering::Relaxed),
-            receiving: BTreeSet::new(),
+            receiving: BTreeMap::new(),
         }
     }
 
@@ -166,7 +170,7 @@ impl Leases {
         }
         let l = m.entry(instance.to_string()).or_insert_with(|| self.lease());
         l.last = Instant::now();
-        if !l.receiving.insert(dump.to_string()) {
+        if l.receiving.insert(dump.to_string(), false).is_some() {
             return Err(format!(
                 "dump {dump} of {instance} is already being received into its staging export"
             ));
@@ -198,7 +202,7 @@ impl Leases {
     pub fn receiving(&self, instance: &str) -> Vec<String> {
         let m = self.m.lock().expect("leases");
         m.get(instance)
-            .map(|l| l.receiving.iter().cloned().collect())
+            .map(|l| l.receiving.keys().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -210,16 +214,19 @@ impl Leases {
         self.halt_writers(instance);
     }
 
-    /// Removes and returns the leases that expired.
+    /// Removes and returns the leases that expired: no stream in progress and no word from
+    /// the master for the timeout. The receives still waiting for their stream are halted
+    /// ([`Leases::wait_writers`]).
     pub fn expired(&self) -> Vec<String> {
         let mut m = self.m.lock().expect("leases");
         let gone: Vec<String> = m
             .iter()
-            .filter(|(_, l)| l.receiving.is_empty() && l.last.elapsed() > self.timeout)
+            .filter(|(_, l)| !l.receiving.values().any(|&s| s) && l.last.elapsed() > self.timeout)
             .map(|(k, _)| k.clone())
             .collect();
         for k in &gone {
             m.remove(k);
+            self.halt_writers(k);
         }
         gone
     }
@@ -249,6 +256,21 @@ impl ReceiveLease<'_> {
     pub fn current(&self) -> bool {
         let m = self.leases.m.lock().expect("leases");
         !self.halt.load(Ordering::SeqCst) && m.get(&self.instance).is_some_and(|l| l.generation == self.generation)
+    }
+
+    /// Its stream has come: from now on the receive holds the staging export's lease (its
+    /// inactivity timeout bounds it). False, and nothing held, when the export it was opened
+    /// for is no longer the open one ([`ReceiveLease::current`]).
+    pub fn streaming(&self) -> bool {
+        let mut m = self.leases.m.lock().expect("leases");
+        let Some(l) = m.get_mut(&self.instance).filter(|l| l.generation == self.generation) else {
+            return false;
+        };
+        if self.halt.load(Ordering::SeqCst) {
+            return false;
+        }
+        l.receiving.insert(self.dump.clone(), true);
+        true
     }
 
     /// The dump is committed (or failed and removed): the staging export no longer waits for
@@ -285,10 +307,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_lease_expires_only_without_receives_and_word_from_the_master() {
+    fn a_lease_expires_only_without_streams_and_word_from_the_master() {
         let l = Leases::new(Duration::from_millis(30));
         l.touch("a");
         let r = l.begin_receive("b", "d0").unwrap();
+        assert!(r.streaming());
         l.touch("c");
         l.end("c");
         assert!(l.expired().is_empty());
@@ -299,6 +322,20 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(l.expired(), ["b"]);
         assert!(l.expired().is_empty());
+    }
+
+    #[test]
+    fn a_receive_still_waiting_for_its_stream_does_not_hold_the_lease() {
+        let l = Leases::new(Duration::from_millis(30));
+        l.begin("i");
+        let r = l.begin_receive("i", "d0").unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(l.expired(), ["i"], "a port no stream reached kept its master's export");
+        assert!(r.halt().load(Ordering::SeqCst), "the waiting receive was not halted");
+        assert!(!r.current() && !r.streaming(), "a stream came after the export expired");
+        assert_eq!(l.writers("i"), ["d0"], "a writer until its guard drops");
+        drop(r);
+        assert!(l.writers("i").is_empty());
     }
 
     #[test]

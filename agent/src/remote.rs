@@ -152,6 +152,7 @@ impl<'c> AgentNodes<'c> {
     /// A disk between two agents: open the receive on the target, then send from the primary.
     fn send_remote(&self, req: &SendDisk, progress: &TransferProgress) -> Result<Report, TransferError> {
         let opened: Opened = self.ask(&req.target_node, Call::OpenReceive { req: req.clone() }, self.short())?;
+        test_only_crash("open-receive");
         let call = Call::Send {
             req: req.clone(),
             port: opened.port,
@@ -563,5 +564,14 @@ impl NodeOps for AgentNodes<'_> {
             keep: keep.clone(),
         };
         self.ask(node, call, self.short())
+    }
+}
+
+/// Test-only: with `DISKSTREAM_TEST_ONLY_CRASH_AT=<step>` a debug build of the master exits at
+/// once at `step`, as a SIGKILL there would leave it (`open-receive`: the target has opened a
+/// receive and the primary was never asked to send). A release build never looks.
+fn test_only_crash(step: &str) {
+    if cfg!(debug_assertions) && std::env::var_os("DISKSTREAM_TEST_ONLY_CRASH_AT").is_some_and(|v| v == step) {
+        std::process::exit(86);
     }
 }

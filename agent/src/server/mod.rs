@@ -316,6 +316,8 @@ impl Agent {
                     "diskstream agent: no word from the master about the staging export of {inst} for {} s: removing it",
                     self.leases.timeout().as_secs()
                 );
+                // Receives still waiting for a stream were halted; they leave within a poll.
+                self.leases.wait_writers(&inst, WRITERS_WAIT);
                 self.local.abandon_export(&self.node, &inst);
             }
         }
