@@ -399,6 +399,12 @@ fn a_dsimg_on_a_full_file_system_names_one_file_and_one_offset() {
         .unwrap_or_else(|| panic!("no error line: {e}"));
     assert!(line.contains("No space left"), "{line}");
     assert_eq!(line.matches("byte offset").count(), 1, "{line}");
+    // With what the file system had free, and of how much.
+    let free = format!(
+        " MiB free of {:.1} MiB on its file system",
+        fs.size() as f64 / 1048576.0
+    );
+    assert!(line.contains(&free) && line.contains(s(&at)), "{line}");
     assert!(partials(&at).is_empty(), "{:?}", partials(&at));
     drop(fs);
 }

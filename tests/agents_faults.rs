@@ -60,6 +60,12 @@ fn target_file_system_full_fails_fast_and_cleanly() {
         t.contains("disk/0") && t.contains("node node3.example.com refused the stream"),
         "the target's reason did not reach the master: {t}"
     );
+    // With what node3's file system had free, and no empty "(recent output: )".
+    let free = format!(
+        " MiB free of {:.1} MiB on its file system",
+        fs.size() as f64 / 1048576.0
+    );
+    assert!(t.contains(&free) && !t.contains("recent output"), "{t}");
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(
         took < PROMPT,

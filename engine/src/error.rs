@@ -127,10 +127,18 @@ impl std::fmt::Display for ErrorKind {
 
 impl Error {
     /// An I/O error with its context.
+    /// A full file system (ENOSPC) is said with its free space: `No space left on device (os
+    /// error 28); 3.0 MiB free of 96.0 MiB on its file system`.
     pub fn io(op: &'static str, path: impl Into<PathBuf>, offset: u64, source: io::Error) -> Self {
+        let path = path.into();
+        let source = if source.raw_os_error() == Some(libc::ENOSPC) {
+            with_free_space(&path, source)
+        } else {
+            source
+        };
         Self::Io {
             op,
-            path: path.into(),
+            path,
             offset,
             source,
         }
@@ -203,4 +211,22 @@ fn device_state(dest: &Path, chunks: u64, reach: u64) -> String {
          failure, so it now holds neither its old data nor the image's disk",
         dest.display()
     )
+}
+
+/// `e` (a full file system) with what is free on the file system of `path` (or of the
+/// directory it would be in), as far as `statvfs` tells.
+fn with_free_space(path: &Path, e: io::Error) -> io::Error {
+    let fs = path
+        .ancestors()
+        .find_map(|p| rustix::fs::statvfs(if p.as_os_str().is_empty() { Path::new(".") } else { p }).ok());
+    let Some(fs) = fs else {
+        return e;
+    };
+    let mib = |blocks: u64| format!("{:.1} MiB", (blocks.saturating_mul(fs.f_frsize)) as f64 / 1048576.0);
+    let msg = format!(
+        "{e}; {} free of {} on its file system",
+        mib(fs.f_bavail),
+        mib(fs.f_blocks)
+    );
+    io::Error::new(e.kind(), msg)
 }

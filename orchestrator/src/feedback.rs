@@ -145,14 +145,23 @@ pub fn finished_receiving(label: &str) -> String {
     format!("{label} finished receiving data")
 }
 
-/// "LABEL failed to send data: MSG (recent output: OUT)".
+/// "LABEL failed to send data: MSG (recent output: OUT)"; without the parenthesis when there
+/// is no output (Ganeti prints an empty one).
 pub fn failed_to_send(label: &str, msg: &str, recent_output: &str) -> String {
-    format!("{label} failed to send data: {msg} (recent output: {recent_output})")
+    format!("{label} failed to send data: {msg}{}", recent(recent_output))
 }
 
-/// "LABEL failed to receive data: MSG (recent output: OUT)".
+/// "LABEL failed to receive data: MSG (recent output: OUT)"; the same.
 pub fn failed_to_receive(label: &str, msg: &str, recent_output: &str) -> String {
-    format!("{label} failed to receive data: {msg} (recent output: {recent_output})")
+    format!("{label} failed to receive data: {msg}{}", recent(recent_output))
+}
+
+fn recent(output: &str) -> String {
+    if output.trim().is_empty() {
+        String::new()
+    } else {
+        format!(" (recent output: {output})")
+    }
 }
 
 /// "Finalizing export on NODE".
@@ -420,6 +429,14 @@ mod tests {
             "disk/0 sent 1.5G, 120.2 MiB/s, 37%, ETA 1m 5s"
         );
         assert_eq!(removing_old_exports("i1"), "Removing old exports for instance i1");
+        assert_eq!(
+            failed_to_send("disk/0", "EIO", "dd: error"),
+            "disk/0 failed to send data: EIO (recent output: dd: error)"
+        );
+        assert_eq!(
+            failed_to_receive("disk/1", "ENOSPC", " "),
+            "disk/1 failed to receive data: ENOSPC"
+        );
         assert_eq!(log_line(Level::Warning, "x"), " - WARNING: x");
         assert_eq!(log_line(Level::Info, "x"), "x");
     }

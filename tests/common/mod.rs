@@ -444,8 +444,17 @@ impl LoopFs {
 
     /// Bytes free for an unprivileged writer (`df --output=avail`).
     pub fn avail(&self) -> u64 {
+        self.df("avail")
+    }
+
+    /// The file system's size in bytes (`df --output=size`).
+    pub fn size(&self) -> u64 {
+        self.df("size")
+    }
+
+    fn df(&self, field: &str) -> u64 {
         let out = Command::new("df")
-            .args(["-B1", "--output=avail"])
+            .args(["-B1", &format!("--output={field}")])
             .arg(&self.at)
             .output()
             .expect("df");
@@ -453,7 +462,7 @@ impl LoopFs {
             .lines()
             .nth(1)
             .and_then(|l| l.trim().parse().ok())
-            .expect("df avail")
+            .unwrap_or_else(|| panic!("df {field}"))
     }
 }
 
