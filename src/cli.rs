@@ -232,7 +232,7 @@ struct DemoArgs {
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Size of the sample disk (K/M/G suffixes): a whole number of MiB.
-    #[arg(long, default_value = "256M", value_parser = parse_demo_size)]
+    #[arg(long, default_value = "256M", value_parser = crate::demo_cmd::parse_size)]
     size: u64,
     /// Print one JSON object with the result on stdout (messages go to stderr).
     #[arg(long)]
@@ -241,17 +241,6 @@ struct DemoArgs {
     /// root, on 127.0.0.1 ports otherwise; the exports go through them, agent to agent.
     #[arg(long)]
     agents: bool,
-}
-
-/// A demo disk size: a whole number of MiB, at least 1 MiB (the cluster config gives disk sizes
-/// in MiB, and a disk of another size would fail the export's size check).
-fn parse_demo_size(s: &str) -> Result<u64, String> {
-    match parse_size(s)? {
-        b if b > 0 && b % (1 << 20) == 0 => Ok(b),
-        _ => Err(format!(
-            "{s:?}: the demo's disks are a whole number of MiB, at least 1M"
-        )),
-    }
 }
 
 /// The tuning flags that only some commands have: `None` where the command has not.
@@ -333,6 +322,9 @@ pub fn main() -> ExitCode {
     if matches!(cli.cmd, Cmd::Agent(_)) {
         // Before any thread: may re-execute the process (diskstream_agent::copies).
         diskstream_agent::copies::tune();
+    }
+    if matches!(cli.cmd, Cmd::Demo(_)) {
+        crate::demo_cmd::before_threads();
     }
     crate::logging::init(cli.verbose, cli.quiet);
     tracing::debug!(args = ?std::env::args_os().collect::<Vec<_>>(), "diskstream {}", env!("CARGO_PKG_VERSION"));

@@ -13,7 +13,8 @@
 //! are killed and waited for, and the namespaces deleted, when the guards drop: at the end, on
 //! an error, and after SIGINT/SIGTERM (the handler only sets the flag the steps poll). After a
 //! SIGKILL no guard runs: the agents still die with this process (`--exit-with-parent`), and the
-//! next `demo --agents` deletes the namespaces of demos that are no longer running.
+//! next `demo --agents` deletes the namespaces of demos that are no longer running; the
+//! instance ends with this process too ([`before_threads`]).
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -36,6 +37,24 @@ use crate::jobs::Printer;
 const NETNS_PORT: u16 = 1811;
 /// How long an agent may take to listen.
 const LISTEN_WAIT: Duration = Duration::from_secs(30);
+
+/// A demo disk size: a whole number of MiB, at least 1 MiB (the cluster config gives disk sizes
+/// in MiB, and a disk of another size would fail the export's size check).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    match crate::units::parse_size(s)? {
+        b if b > 0 && b % (1 << 20) == 0 => Ok(b),
+        _ => Err(format!(
+            "{s:?}: the demo's disks are a whole number of MiB, at least 1M"
+        )),
+    }
+}
+
+/// Called before any thread runs (the environment is the process's): puts this process's pid
+/// in its environment under [`demo::DEMO_PID_ENV`], so that the demo's instance, started here
+/// or by its agents, ends with this process, even a SIGKILLed one.
+pub fn before_threads() {
+    std::env::set_var(demo::DEMO_PID_ENV, std::process::id().to_string());
+}
 
 /// Runs `diskstream demo [--agents]`.
 pub fn demo(dir: Option<PathBuf>, size: u64, agents: bool, json: bool) -> ExitCode {

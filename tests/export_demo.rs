@@ -125,3 +125,51 @@ fn demo_refuses_directories_and_sizes_it_cannot_use() {
     assert!(!ok && err.contains("the demo needs about"), "{err}");
     assert!(!huge.exists(), "the directory it made for a refused size is removed");
 }
+
+/// A SIGKILLed demo runs no clean-up, yet its instance (a process standing in for a VM) ends
+/// with it: the demo's pid is in the instance's environment, and the instance watches it
+/// (`tail --pid`). The same cluster used by hand keeps its instance running until stopped.
+#[test]
+fn a_sigkilled_demo_leaves_no_instance_running() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let dir = scratch();
+    let demo = dir.path().join("demo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diskstream"))
+        .args(["demo", "--dir", s(&demo), "--size", "256M"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let running = lines.by_ref().map_while(Result::ok).any(|l| l.contains("is running"));
+    let pid_file = demo.join("vc/node1/var/run/ganeti/instances/inst1.example.com.pid");
+    let pid = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    let pid = pid.split_whitespace().next().unwrap_or_default().to_string();
+    let _ = child.kill();
+    let _ = child.wait();
+    // Not a zombie (ended, not yet reaped by this machine's init).
+    let alive = |pid: &str| {
+        let state = pid.parse().ok().and_then(diskstream_orchestrator::driver::proc_state);
+        state.is_some_and(|(s, _)| s != 'Z' && s != 'X')
+    };
+    assert!(running && alive(&pid), "the demo's instance never ran (pid '{pid}')");
+    let t0 = Instant::now();
+    while alive(&pid) && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = t0.elapsed();
+    if alive(&pid) {
+        let _ = Command::new("kill").args(["-9", &pid]).status();
+        panic!("the demo's instance {pid} outlived the SIGKILLed demo by {took:?}");
+    }
+    eprintln!("the instance ended {took:?} after the demo was killed");
+
+    // By hand (no demo running): the instance runs until stopped.
+    let cfg = demo.join("cluster.toml");
+    let g = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(g.pid().is_some(), "the demo's instance ended without a demo");
+}

@@ -73,6 +73,12 @@ fn local_list(c: &Cluster) -> Result<Vec<NodeExports>, OpError> {
 /// The instance of the demo cluster.
 pub const DEMO_INSTANCE: &str = "inst1.example.com";
 
+/// The variable that holds the demo's pid in its environment (and so in its agents' and its
+/// instance's): the demo's instance process ends when that process is gone (`tail --pid`),
+/// so that a SIGKILLed demo, which runs no clean-up, leaves no instance running. Without it
+/// (the demo's cluster used by hand) the instance runs until stopped.
+pub const DEMO_PID_ENV: &str = "DISKSTREAM_DEMO_PID";
+
 /// Writes the demo cluster into `dir` (disks of `size` bytes each) and returns the config path.
 /// `addresses` is empty, or one agent address (`host:port`) per node: node1, node2, node3.
 pub fn build_cluster(dir: &Path, size: u64, addresses: &[String]) -> Result<PathBuf, String> {
@@ -218,7 +224,10 @@ path = "vc/node1/disks/inst1-data.img"
 
 [instances.driver]
 kind = "process"
-start = ["/bin/sh", "-c", "echo \"instance $DISKSTREAM_INSTANCE running\"; exec sleep 2147483647"]
+# Under `diskstream demo` (DISKSTREAM_DEMO_PID set, also in its agents) the instance ends with
+# the demo, even a SIGKILLed one (started after the demo died, it ends at once); started by
+# hand it runs until stopped.
+start = ["/bin/sh", "-c", "echo \"instance $DISKSTREAM_INSTANCE running\"; if [ -n \"$DISKSTREAM_DEMO_PID\" ]; then exec tail -f -s 1 --pid=\"$DISKSTREAM_DEMO_PID\" /dev/null; fi; exec sleep 2147483647"]
 "#
     ));
     let path = dir.join("cluster.toml");
