@@ -320,6 +320,7 @@ fn probe_in_namespace() {
         Call::BeginExport {
             node: n3.into(),
             instance: "inst1.example.com.new".into(),
+            room: false,
         },
         "a staging name",
     );
@@ -328,6 +329,7 @@ fn probe_in_namespace() {
         Call::BeginExport {
             node: n2.into(),
             instance: inst.into(),
+            room: false,
         },
         "another node",
     );
@@ -397,6 +399,7 @@ fn probe_in_namespace() {
         Call::BeginExport {
             node: n3.into(),
             instance: "ghost.example.com".into(),
+            room: false,
         },
         "an export of an instance not in the config",
         "not in the cluster config",
@@ -435,6 +438,7 @@ fn probe_in_namespace() {
             &Call::BeginExport {
                 node: n3.into(),
                 instance: inst.into(),
+                room: false,
             },
             None,
         )
@@ -527,6 +531,7 @@ fn probe_in_namespace() {
             Call::BeginExport {
                 node: n3.into(),
                 instance: inst.into(),
+                room: false,
             },
         ] {
             remote.call(n3, &call, None).unwrap();
@@ -593,6 +598,7 @@ fn probe_in_namespace() {
             &Call::BeginExport {
                 node: n3.into(),
                 instance: inst.into(),
+                room: false,
             },
             None,
         )

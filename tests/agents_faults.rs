@@ -60,6 +60,12 @@ fn target_file_system_full_fails_fast_and_cleanly() {
         t.contains("disk/0") && t.contains("node node3.example.com refused the stream"),
         "the target's reason did not reach the master: {t}"
     );
+    // Said before the instance was stopped: node3 has less room than the disks are large.
+    let room = t.find("The export directory on node node3.example.com has ");
+    assert!(
+        room.is_some_and(|w| t.find("Shutting down instance").is_some_and(|s| w < s)),
+        "no warning of the full target before the shutdown: {t}"
+    );
     // With what node3's file system had free, and no empty "(recent output: )".
     let free = format!(
         " MiB free of {:.1} MiB on its file system",

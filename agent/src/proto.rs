@@ -129,6 +129,10 @@ pub enum Call {
         node: String,
         /// The instance, by its name in the cluster config.
         instance: String,
+        /// Answer the bytes free in the export directory (else `null`, as agents before it
+        /// answer, and as masters before it expect: neither side breaks the other).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        room: bool,
     },
     /// On the target: accept one disk stream for `req` from `req.source_node`.
     OpenReceive {
@@ -581,6 +585,26 @@ mod tests {
             digest: digest.into(),
             ..Report::default()
         })
+    }
+
+    #[test]
+    fn begin_export_asks_for_the_room_in_a_field_older_agents_ignore() {
+        // A master before it sends no `room`; this agent then answers `null`, as before.
+        let old: Call = serde_json::from_str(r#"{"method":"begin_export","node":"n","instance":"i"}"#).unwrap();
+        assert!(matches!(old, Call::BeginExport { room: false, .. }));
+        let asked = Call::BeginExport {
+            node: "n".into(),
+            instance: "i".into(),
+            room: true,
+        };
+        let v = serde_json::to_value(&asked).unwrap();
+        assert_eq!(v["room"], true);
+        let not = Call::BeginExport {
+            node: "n".into(),
+            instance: "i".into(),
+            room: false,
+        };
+        assert!(serde_json::to_value(&not).unwrap().get("room").is_none());
     }
 
     #[test]

@@ -460,13 +460,14 @@ impl NodeOps for AgentNodes<'_> {
         self.ask(node, call, self.short())
     }
 
-    fn begin_export(&self, node: &str, instance: &str) -> Result<(), NodeError> {
+    fn begin_export(&self, node: &str, instance: &str) -> Result<Option<u64>, NodeError> {
         if !self.remote.has(node) {
             return self.local.begin_export(node, instance);
         }
         let call = Call::BeginExport {
             node: node.into(),
             instance: instance.into(),
+            room: true,
         };
         // Given up at once when this process is interrupted: the instance may be about to stop
         // (or be down) while a slow target makes the directory. The caller abandons it.

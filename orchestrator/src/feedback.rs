@@ -194,6 +194,18 @@ pub fn could_not_finalize(instance: &str, node: &str, err: &str) -> String {
     format!("Could not finalize export for instance {instance} on node {node}: {err}")
 }
 
+/// Warning (diskstream's, before the instance is touched): the target's export directory has
+/// less room than the instance's disks are large.
+pub fn little_room(node: &str, free: u64, disks: u64) -> String {
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
+    format!(
+        "The export directory on node {node} has {} free and the instance's disks are {}: the export \
+         fails for want of space if they hold more data than that (zero runs take no space in the dumps)",
+        mib(free),
+        mib(disks)
+    )
+}
+
 /// Warning: "Some disk exports have failed; there may be leftover data for instance X on
 /// node N".
 pub fn some_disk_exports_failed(instance: &str, node: &str) -> String {

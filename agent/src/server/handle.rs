@@ -60,7 +60,9 @@ pub fn run(agent: &'static Agent, call: Call, cancel: &StopFlag) -> Result<Value
         SnapshotCapability { node, instance, disk } => json(l.snapshot_capability(&node, &instance, disk)),
         CreateSnapshot { node, instance, disk } => node_result(l.create_snapshot(&node, &instance, disk)),
         RemoveSnapshot { node, snapshot } => node_result(l.remove_snapshot(&node, &snapshot)),
-        BeginExport { node, instance } => node_result(l.begin_export(&node, &instance)),
+        BeginExport { node, instance, room } => {
+            node_result(l.begin_export(&node, &instance).map(|free| free.filter(|_| room)))
+        }
         OpenReceive { req } => agent.open_receive(req),
         Send {
             req,

@@ -228,6 +228,29 @@ fn snapshot_capable_export_with_shutdown() {
     assert!(at(&format!("Removing snapshot of disk/1 on node {N1}")) < at(&format!("Finalizing export on {N2}")));
 }
 
+/// A target with less room than the disks are large is said before the instance is stopped
+/// (the export still runs: zero runs take no space); with room enough, nothing is said.
+#[test]
+fn little_room_on_the_target_is_said_before_the_shutdown() {
+    for (free, warned) in [(3 << 19, true), (2 << 20, false)] {
+        let f = Fixture::new("up", true);
+        f.nodes.set_free(free);
+        assert_ok(&f.export(op()).unwrap());
+        let lines = f.lines();
+        let want = format!(
+            " - WARNING: The export directory on node {N2} has {:.1} MiB free and the instance's disks are 2.0 MiB: \
+             the export fails for want of space if they hold more data than that (zero runs take no space in the dumps)",
+            free as f64 / 1048576.0
+        );
+        let at = |m: &str| lines.iter().position(|l| l == m);
+        let shutdown = at(&format!("Shutting down instance {INST}")).expect("shut down");
+        match at(&want) {
+            Some(w) => assert!(warned && w < shutdown, "{free}: {lines:#?}"),
+            None => assert!(!warned, "{free}: no warning in {lines:#?}"),
+        }
+    }
+}
+
 /// testFileExportWithShutdown: no snapshots possible, no --long-sleep: aborted (before the stop).
 #[test]
 fn non_snapshot_export_with_shutdown_fails_before_the_shutdown() {

@@ -165,7 +165,8 @@ struct DiskJob {
     result: Mutex<Option<Result<Report, TransferError>>>,
 }
 
-/// The staging export on the target, opened before the instance is touched: a target that
+/// The staging export on the target, opened before the instance is touched (with a warning if
+/// the target has less room than the disks are large): a target that
 /// cannot take the export (its export directory read-only, full of something else, not a
 /// directory) fails the export while nothing has changed, not after the instance was stopped
 /// and snapshotted. Dropped without reaching [`local_export`] (a failed shutdown, an interrupt,
@@ -180,7 +181,14 @@ impl<'e, 'a> Staged<'e, 'a> {
     pub(super) fn open(x: &'e Exec<'a>) -> Result<Self, OpError> {
         let (inst, dst) = (&x.inst.name, x.target.name.as_str());
         match x.nodes().begin_export(dst, inst) {
-            Ok(()) => Ok(Self { x, open: true }),
+            Ok(free) => {
+                // Said before the instance is stopped: the operator may still give up.
+                let disks: u64 = x.inst.disks.iter().map(|d| d.size << 20).sum();
+                if let Some(free) = free.filter(|&f| f < disks) {
+                    x.fb().warning(fbk::little_room(dst, free, disks));
+                }
+                Ok(Self { x, open: true })
+            }
             Err(e) => {
                 // A staging directory half made (created, not made private) goes too.
                 x.nodes().abandon_export(dst, inst);

@@ -58,6 +58,8 @@ pub struct FakeNodes {
     shared_dir: Mutex<HashMap<String, String>>,
     exports: Mutex<BTreeMap<String, BTreeSet<String>>>,
     staged: Mutex<BTreeSet<(String, String)>>,
+    /// What `begin_export` says is free on the target (unknown unless set).
+    free: Mutex<Option<u64>>,
     /// The ids of the exports finalized here, by export directory and instance.
     marks: Mutex<HashMap<(String, String), ExportId>>,
     stop: Option<Arc<AtomicBool>>,
@@ -73,6 +75,11 @@ impl FakeNodes {
     pub fn with_stop(mut self, stop: Arc<AtomicBool>) -> Self {
         self.stop = Some(stop);
         self
+    }
+
+    /// Makes `begin_export` say that `bytes` are free in the export directory.
+    pub fn set_free(&self, bytes: u64) {
+        *self.free.lock().expect("fake") = Some(bytes);
     }
 
     /// Says whether `instance` runs.
@@ -306,14 +313,14 @@ impl NodeOps for FakeNodes {
         self.check("remove_snapshot", node, Some(s.disk))
     }
 
-    fn begin_export(&self, node: &str, instance: &str) -> Result<(), NodeError> {
+    fn begin_export(&self, node: &str, instance: &str) -> Result<Option<u64>, NodeError> {
         self.record(format!("begin_export {node} {instance}"));
         self.check("begin_export", node, None)?;
         self.staged
             .lock()
             .expect("fake")
             .insert((node.to_string(), instance.to_string()));
-        Ok(())
+        Ok(*self.free.lock().expect("fake"))
     }
 
     fn send_disk(&self, req: &SendDisk, progress: &TransferProgress) -> Result<Report, TransferError> {

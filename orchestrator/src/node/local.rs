@@ -382,14 +382,17 @@ impl NodeOps for LocalNodeOps<'_> {
         }
     }
 
-    fn begin_export(&self, node: &str, instance: &str) -> Result<(), NodeError> {
+    fn begin_export(&self, node: &str, instance: &str) -> Result<Option<u64>, NodeError> {
         let dir = self.export_dir(node)?;
         let key = (node.to_string(), instance.to_string());
         // An earlier staging of the same export is dropped (removed) before the new one exists.
         drop(self.staging.lock().expect("staging").remove(&key));
         let staging = Staging::begin(&dir, instance).map_err(crate::export::store::StoreError::from)?;
         self.staging.lock().expect("staging").insert(key, staging);
-        Ok(())
+        let free = rustix::fs::statvfs(&dir)
+            .ok()
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize));
+        Ok(free)
     }
 
     fn send_disk(&self, req: &SendDisk, progress: &TransferProgress) -> Result<Report, TransferError> {

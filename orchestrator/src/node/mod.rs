@@ -221,8 +221,10 @@ pub trait NodeOps: Sync {
     /// Removes a snapshot made by [`NodeOps::create_snapshot`] on `node`.
     fn remove_snapshot(&self, node: &str, snapshot: &SnapshotRef) -> Result<(), NodeError>;
 
-    /// Opens a fresh staging export of `instance` on `node` (clearing a stale one).
-    fn begin_export(&self, node: &str, instance: &str) -> Result<(), NodeError>;
+    /// Opens a fresh staging export of `instance` on `node` (clearing a stale one); the bytes
+    /// free for it on the file system of the export directory, where the node tells (an
+    /// agent of an earlier release does not).
+    fn begin_export(&self, node: &str, instance: &str) -> Result<Option<u64>, NodeError>;
     /// Sends one disk from `req.source_node` into the staging export on `req.target_node`,
     /// updating `progress` as it goes; the engine's report of the dump and its manifest.
     fn send_disk(&self, req: &SendDisk, progress: &TransferProgress) -> Result<Report, TransferError>;
