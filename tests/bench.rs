@@ -174,6 +174,40 @@ fn bench_refuses_devices_existing_files_export_dirs_and_bad_sources() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("not a block device or regular file"));
 }
 
+/// `--force` lets bench write a device, never the one it reads: the same loop device, the
+/// file behind it, or another loop device over that file. Refused before any stage runs (the
+/// target stage wrote the device in place before the pipeline stage's checks refused it).
+#[test]
+fn bench_never_writes_over_the_device_it_reads_even_with_force() {
+    let dir = scratch();
+    let backing = dir.path().join("dev");
+    make_disk(&backing, 8 * MIB, Data::Random, 2);
+    let before = std::fs::read(&backing).unwrap();
+    let (a, b) = (Loop::attach(&backing, false), Loop::attach(&backing, false));
+    for (device, target) in [(a.path(), a.path()), (s(&backing), a.path()), (a.path(), b.path())] {
+        let r = ds(&[
+            "bench",
+            "--device",
+            device,
+            "--target",
+            target,
+            "--force",
+            "--size",
+            "4M",
+            "--duration",
+            "0.05",
+            "--json",
+        ]);
+        let out = String::from_utf8_lossy(&r.stdout);
+        assert_eq!(r.status.code(), Some(1), "--device {device} --target {target}: {out}");
+        assert!(out.contains("refusing to write over it"), "{out}");
+        assert!(
+            std::fs::read(&backing).unwrap() == before,
+            "--device {device} --target {target}: the device it reads was written"
+        );
+    }
+}
+
 #[test]
 fn bench_ctrl_c_at_any_moment_leaves_no_scratch_file() {
     let dir = scratch();

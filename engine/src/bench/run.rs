@@ -161,6 +161,17 @@ pub struct BenchReport {
 /// Measures what `plan` asks for. `say` gets a line as each stage starts; `stop` ends the run at
 /// the next stage (an error "interrupted").
 pub fn run(plan: &BenchPlan, stop: &StopFlag, say: &mut dyn FnMut(&str)) -> Result<BenchReport, String> {
+    // Before any stage: the target stage writes the device in place, long before the pipeline
+    // stage's own output checks would refuse it.
+    if let (Some(dev), Some(BenchTarget::Device(t))) = (&plan.device, &plan.target) {
+        if crate::sink::target::same_file(dev, t) {
+            return Err(format!(
+                "{}: is the device this bench reads (--device {}), or shares its data; refusing to write over it",
+                t.display(),
+                dev.display()
+            ));
+        }
+    }
     let check = || {
         if stop.load(Ordering::Relaxed) {
             Err("interrupted".to_string())
