@@ -51,6 +51,24 @@ pub struct BenchPlan {
     pub drop_caches: bool,
 }
 
+impl BenchPlan {
+    /// Refuses, before any stage, a device target that is the device this bench reads (or
+    /// shares its data): the target stage writes it in place, long before the pipeline stage's
+    /// own output checks would refuse it.
+    fn check_target(&self) -> Result<(), String> {
+        if let (Some(dev), Some(BenchTarget::Device(t))) = (&self.device, &self.target) {
+            if crate::sink::target::same_file(dev, t) {
+                return Err(format!(
+                    "{}: is the device this bench reads (--device {}), or shares its data; refusing to write over it",
+                    t.display(),
+                    dev.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One measured stage, for a table.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Row {
@@ -158,20 +176,28 @@ pub struct BenchReport {
     pub rows: Vec<Row>,
 }
 
+/// The target stage: O_DIRECT writes of `plan.size` bytes to `t`.
+fn target_stage(plan: &BenchPlan, t: &BenchTarget, stop: &StopFlag, rows: &mut Vec<Row>) -> Result<TargetJson, String> {
+    // Only a device the user named (with --force) is written in place.
+    let (path, force) = match t {
+        BenchTarget::Scratch(s) => (s.path(), false),
+        BenchTarget::Device(d) => (d.as_path(), true),
+    };
+    let r =
+        target_write(path, force, plan.size, DEFAULT_WRITE_DEPTH, DEFAULT_CHUNK, stop).map_err(|e| e.to_string())?;
+    rows.push(Row {
+        name: format!("target write (qd {DEFAULT_WRITE_DEPTH}, {} MiB)", DEFAULT_CHUNK >> 20),
+        bytes_per_s: r.bytes_per_s(),
+    });
+    Ok(TargetJson {
+        write_bytes_per_s: r.bytes_per_s(),
+    })
+}
+
 /// Measures what `plan` asks for. `say` gets a line as each stage starts; `stop` ends the run at
 /// the next stage (an error "interrupted").
 pub fn run(plan: &BenchPlan, stop: &StopFlag, say: &mut dyn FnMut(&str)) -> Result<BenchReport, String> {
-    // Before any stage: the target stage writes the device in place, long before the pipeline
-    // stage's own output checks would refuse it.
-    if let (Some(dev), Some(BenchTarget::Device(t))) = (&plan.device, &plan.target) {
-        if crate::sink::target::same_file(dev, t) {
-            return Err(format!(
-                "{}: is the device this bench reads (--device {}), or shares its data; refusing to write over it",
-                t.display(),
-                dev.display()
-            ));
-        }
-    }
+    plan.check_target()?;
     let check = || {
         if stop.load(Ordering::Relaxed) {
             Err("interrupted".to_string())
@@ -229,20 +255,7 @@ pub fn run(plan: &BenchPlan, stop: &StopFlag, say: &mut dyn FnMut(&str)) -> Resu
         Some(t) => {
             check()?;
             say("O_DIRECT writes to the target");
-            // Only a device the user named (with --force) is written in place.
-            let (path, force) = match t {
-                BenchTarget::Scratch(s) => (s.path(), false),
-                BenchTarget::Device(d) => (d.as_path(), true),
-            };
-            let r = target_write(path, force, plan.size, DEFAULT_WRITE_DEPTH, DEFAULT_CHUNK, stop)
-                .map_err(|e| e.to_string())?;
-            rows.push(Row {
-                name: format!("target write (qd {DEFAULT_WRITE_DEPTH}, {} MiB)", DEFAULT_CHUNK >> 20),
-                bytes_per_s: r.bytes_per_s(),
-            });
-            Some(TargetJson {
-                write_bytes_per_s: r.bytes_per_s(),
-            })
+            Some(target_stage(plan, t, stop, &mut rows)?)
         }
         None => None,
     };
