@@ -202,10 +202,13 @@ pub fn run(a: BenchArgs) -> ExitCode {
         }
         Err(e) if stop.load(Ordering::Relaxed) => {
             drop(plan);
-            let msg = format!(
-                "interrupted by {}; scratch files removed ({e})",
-                interrupt.signal_name()
-            );
+            // The stage's own error, unless it only says it was interrupted.
+            let why = if e == "interrupted" {
+                String::new()
+            } else {
+                format!(" ({e})")
+            };
+            let msg = format!("interrupted by {}; scratch files removed{why}", interrupt.signal_name());
             errln!("diskstream bench: {msg}");
             Failed::new(Op::Bench, Kind::Interrupted, msg)
                 .signal(interrupt.signal_name(), interrupt.code())

@@ -230,7 +230,7 @@ fn bench_ctrl_c_at_any_moment_leaves_no_scratch_file() {
                 "0.1",
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("err")).unwrap())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
@@ -240,6 +240,15 @@ fn bench_ctrl_c_at_any_moment_leaves_no_scratch_file() {
             st.code() == Some(130) || st.success(),
             "exit {st:?} after SIGINT at {delay_ms} ms"
         );
+        let err = std::fs::read_to_string(dir.path().join("err")).unwrap();
+        if st.code() == Some(130) {
+            // Said once, not "... removed (interrupted)".
+            let said = err
+                .lines()
+                .find(|l| l.contains("interrupted by SIGINT"))
+                .unwrap_or_default();
+            assert!(said.ends_with("scratch files removed"), "at {delay_ms} ms: {err}");
+        }
         assert!(
             leftovers(&target).is_empty(),
             "scratch left after SIGINT at {delay_ms} ms: {:?}",

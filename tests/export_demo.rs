@@ -18,6 +18,7 @@ fn demo_runs_and_cleans_up() {
         "Finalizing export on node2.example.com",
         "Removing old exports for instance inst1.example.com",
         "result: (True, [True, True])",
+        "demo: verifying every dump against its manifest (every chunk's digest)",
         "node3.example.com inst1.example.com",
         "demo: done",
     ] {

@@ -337,7 +337,7 @@ fn run_steps(
     };
     let r = export("node2.example.com")?;
     list(say)?;
-    say("\ndemo: verifying every dump against its manifest (SHA-256 of every chunk)");
+    say("\ndemo: verifying every dump against its manifest (every chunk's digest)");
     for d in &r.disks {
         stopped()?;
         let dump = r.export_dir.join(&d.dump);
