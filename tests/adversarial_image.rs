@@ -160,6 +160,75 @@ fn device_needs_force_for_restore_and_create_and_never_takes_a_dsimg() {
     ds_json(&["image", "create", s(&src), lo.path(), "--manifest", s(&man), "--force"]);
     assert_eq!(read_prefix(&lo.dev, 8 * MIB), std::fs::read(&src).unwrap());
     ds_json(&["image", "verify", lo.path(), "--manifest", s(&man)]);
+    // Without --manifest, a device's raw image has none beside it: said so (not "output").
+    for cmd in ["verify", "info"] {
+        let r = ds(&["image", cmd, lo.path()]);
+        let e = stderr_of(&r);
+        assert_eq!(r.status.code(), Some(1), "{cmd}: {e}");
+        assert!(
+            e.contains("has no manifest beside it") && !e.contains("device output"),
+            "{cmd}: {e}"
+        );
+    }
+    // A dsimg copied onto a device (dd) is refused as such, not reported as a damaged image.
+    let bytes = std::fs::read(&img).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lo.dev)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
+        .unwrap();
+    for cmd in ["verify", "info"] {
+        let r = ds(&["image", cmd, lo.path(), "--format", "dsimg"]);
+        let e = stderr_of(&r);
+        assert_eq!(r.status.code(), Some(1), "{cmd}: {e}");
+        assert!(
+            e.contains("a dsimg image is read only from a regular file"),
+            "{cmd}: {e}"
+        );
+    }
+}
+
+/// A raw image cut short while `verify` or `restore` reads it is damaged data (exit 3,
+/// `integrity`, naming the image), as one found short before the run is; it was an I/O error
+/// (exit 1) about a "source".
+#[test]
+fn a_raw_image_truncated_while_it_is_read_is_an_integrity_error() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    make_disk(&src, 64 * MIB, Data::Random, 21);
+    for cmd in ["verify", "restore"] {
+        let img = dir.path().join(format!("{cmd}.raw"));
+        ds_json(&["image", "create", s(&src), s(&img), "--compress", "none"]);
+        let out = dir.path().join("restored");
+        let mut args = vec!["image", cmd, s(&img)];
+        if cmd == "restore" {
+            args.push(s(&out));
+        }
+        args.extend(["--bwlimit", "16MiB", "--json"]);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_diskstream"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .unwrap()
+            .set_len(20 * MIB)
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+        assert_eq!(o.status.code(), Some(3), "{cmd}: {v}");
+        assert_eq!(v["kind"], "integrity", "{cmd}: {v}");
+        let e = v["error"].as_str().unwrap();
+        assert!(
+            e.contains(s(&img)) && e.contains("truncated while it was read"),
+            "{cmd}: {e}"
+        );
+        assert!(!out.exists(), "{cmd}: a partial restore was left");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -397,7 +397,16 @@ const INDEX_PIECE: usize = 64 * 1024 * INDEX_ENTRY_LEN;
 /// Memory is bounded whatever the header claims: the index must fit between the frames' least
 /// possible end and the trailer, and is read, hashed and checked in pieces of [`INDEX_PIECE`].
 pub fn read_layout(file: &File, path: &Path) -> Result<Layout> {
-    let len = file.metadata().map_err(|e| Error::io("stat", path, 0, e))?.len();
+    let meta = file.metadata().map_err(|e| Error::io("stat", path, 0, e))?;
+    if !meta.is_file() {
+        // A block device's length is not the image's (and reads as 0 here): it holds raw
+        // images only, and a dsimg copied onto one is not read from there.
+        return Err(Error::Invalid(format!(
+            "{}: is not a regular file; a dsimg image is read only from a regular file (block devices hold raw images)",
+            path.display()
+        )));
+    }
+    let len = meta.len();
     let min = (HEADER_LEN + INDEX_HEAD_LEN + 32 + TRAILER_LEN) as u64;
     if len < min {
         return Err(Error::corrupt(

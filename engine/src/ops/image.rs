@@ -28,7 +28,7 @@ pub(super) fn manifest_path(out: &Path, explicit: Option<&Path>) -> Result<PathB
     }
     if is_block_device(out) {
         return Err(Error::Invalid(format!(
-            "{}: a block device output needs --manifest PATH for its manifest",
+            "{}: a block device has no manifest beside it: name one with --manifest PATH",
             out.display()
         )));
     }
@@ -143,6 +143,23 @@ pub(super) fn raw_image_source(img: &ImageFile, manifest: &Manifest) -> Result<D
     }
     size_fits(image, img.is_device(), disk.size(), manifest.disk_size)?;
     Ok(DiskSource::new(disk, manifest.chunk_size, manifest.checksum).limit(Some(manifest.disk_size)))
+}
+
+/// An image that ended before its reader did (cut short while it was being read: a short
+/// read, an I/O error of kind `UnexpectedEof` on the image itself) is damaged data, as one
+/// found short before the run is: an integrity error naming the image, not an I/O error.
+pub(super) fn truncated_while_read(e: Error, image: &Path) -> Error {
+    match e {
+        Error::Io {
+            path, offset, source, ..
+        } if path == image && source.kind() == std::io::ErrorKind::UnexpectedEof => Error::corrupt(
+            path,
+            "image",
+            offset,
+            format!("the image ends at byte {offset}, before the end its manifest or header gives (truncated while it was read?)"),
+        ),
+        e => e,
+    }
 }
 
 /// The error of an image replaced while it was being read.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::image::{
     check_dsimg_manifest, check_outputs, dsimg_source, load_manifest, raw_image_source, say_overwritten,
+    truncated_while_read,
 };
 use super::image_file::ImageFile;
 use super::{Format, Progress, Report, RestoreOptions, Tuning};
@@ -118,7 +119,7 @@ pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progres
             Transfer::new(head.clone(), t, progress, t0).run(&mut source, Box::new(sink))
         }
     };
-    let res = run();
+    let res = run().map_err(|e| truncated_while_read(e, image));
     res.map_err(|e| say_overwritten(e, dest, device, &written))
 }
 

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use super::image::{check_dsimg_manifest, dsimg_source, load_manifest, raw_image_source};
+use super::image::{check_dsimg_manifest, dsimg_source, load_manifest, raw_image_source, truncated_while_read};
 use super::image_file::ImageFile;
 use super::{Format, Progress, Report, VerifyOptions};
 use crate::error::Result;
@@ -30,7 +30,7 @@ pub fn verify(image: &Path, o: &VerifyOptions, progress: &Progress) -> Result<Re
         format: Some(img.format(o.format, o.manifest.as_deref())?),
         ..ReportHead::new("verify")
     };
-    match head.format {
+    let checked = match head.format {
         Some(Format::Dsimg) => {
             let layout = read_layout(img.file(), image)?;
             head.manifest = check_dsimg_manifest(&img, o.manifest.as_deref(), &layout)?;
@@ -45,5 +45,6 @@ pub fn verify(image: &Path, o: &VerifyOptions, progress: &Progress) -> Result<Re
             let sink = VerifySink::check_only(image, source.info().chunks()).against(&manifest);
             Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
         }
-    }
+    };
+    checked.map_err(|e| truncated_while_read(e, image))
 }
