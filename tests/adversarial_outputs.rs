@@ -383,6 +383,30 @@ fn outputs_named_oddly_get_errors_that_name_them() {
     assert!(partials(d).is_empty());
 }
 
+/// An output in a read-only directory is named as the user gave it, not by the temporary file
+/// that was never made.
+#[test]
+fn an_output_that_cannot_be_created_is_named_not_its_temporary_file() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    make_disk(&src, 4 * MIB, Data::Mixed, 3);
+    std::fs::create_dir(dir.path().join("w")).unwrap();
+    let ro = dir.path().join("ro");
+    let _bind = ReadOnlyBind::new(&dir.path().join("w"), &ro);
+    let out = ro.join("o.raw");
+    let r = ds(&["image", "create", s(&src), s(&out)]);
+    let e = stderr_of(&r);
+    assert_eq!(r.status.code(), Some(1), "{e}");
+    let line = e
+        .lines()
+        .find(|l| l.starts_with("diskstream: error:"))
+        .unwrap_or_default();
+    // The manifest is made first: `create OUT.manifest: Read-only file system`.
+    let said = format!("create {}.manifest: Read-only file system", out.display());
+    assert!(line.contains(&said), "{e}");
+    assert!(!line.contains(".partial-") && !line.contains("byte offset"), "{e}");
+}
+
 #[test]
 fn a_dsimg_on_a_full_file_system_names_one_file_and_one_offset() {
     let dir = scratch();

@@ -10,8 +10,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A system call failed.
-    #[error("{op} {path} at byte offset {offset}: {source}")]
+    /// A system call failed. The offset is said where it means something (reads, writes,
+    /// sends; a truncate's length), not for an open or a stat.
+    #[error("{op} {path}{}: {source}", place(op, *offset))]
     Io {
         /// The operation, e.g. "read", "write", "open".
         op: &'static str,
@@ -229,4 +230,42 @@ fn with_free_space(path: &Path, e: io::Error) -> io::Error {
         mib(fs.f_blocks)
     );
     io::Error::new(e.kind(), msg)
+}
+
+/// Where in the file an I/O error happened, for the operations that have a place.
+fn place(op: &str, offset: u64) -> String {
+    match op {
+        "read" | "write" | "send" => format!(" at byte offset {offset}"),
+        "truncate" => format!(" to {offset} bytes"),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_says_an_offset_only_where_it_has_one() {
+        let e = |op, off| Error::io(op, "/d/x", off, io::Error::from_raw_os_error(libc::ENOENT)).to_string();
+        assert_eq!(e("stat", 0), "stat /d/x: No such file or directory (os error 2)");
+        assert_eq!(e("open", 0), "open /d/x: No such file or directory (os error 2)");
+        assert_eq!(
+            e("read", 4096),
+            "read /d/x at byte offset 4096: No such file or directory (os error 2)"
+        );
+        assert_eq!(
+            e("truncate", 8),
+            "truncate /d/x to 8 bytes: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn a_full_file_system_is_said_with_its_free_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gone/dump");
+        let e = Error::io("write", &path, 0, io::Error::from_raw_os_error(libc::ENOSPC)).to_string();
+        assert!(e.contains("No space left on device (os error 28); "), "{e}");
+        assert!(e.ends_with(" on its file system") && e.contains(" MiB free of "), "{e}");
+    }
 }

@@ -100,7 +100,8 @@ pub(super) fn create(dir: &Path, name: &OsStr, want_direct: bool) -> Result<(Pat
                 Err(e) => return Err(Error::io("lock", &temp, 0, e)),
             },
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => e,
-            Err(e) => return Err(Error::io("create", &temp, 0, e)),
+            // Named by the output it was for: the temporary name never existed.
+            Err(e) => return Err(Error::io("create", dir.join(name), 0, e)),
         };
         tries += 1;
         if tries == 16 {
