@@ -1034,3 +1034,32 @@ fn kill_loop_restore() {
     assert!(t.int_term + t.kills >= 20);
     assert!(t.stopped > 0, "no run was stopped mid-way");
 }
+
+/// A source file that grows while `image create` reads it is imaged at the size it had, and
+/// the result says so (a shrink fails the read); the image is consistent with its manifest.
+#[test]
+fn a_source_that_grows_while_it_is_read_is_warned_of() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    make_disk(&src, 32 * MIB, Data::Mixed, 22);
+    let img = dir.path().join("o.raw");
+    let child = Command::new(env!("CARGO_BIN_EXE_diskstream"))
+        .args(["image", "create", s(&src), s(&img), "--bwlimit", "16MiB", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let f = std::fs::OpenOptions::new().append(true).open(&src).unwrap();
+    std::io::Write::write_all(&mut &f, &vec![7u8; 8 << 20]).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert!(o.status.success(), "{v}");
+    assert_eq!(v["disk_size"], 32 * MIB, "{v}");
+    let warned = v["warnings"].as_array().unwrap().iter().any(|w| {
+        w.as_str()
+            .is_some_and(|w| w.contains(&format!("grew from {} to {} bytes", 32 * MIB, 40 * MIB)))
+    });
+    assert!(warned, "no warning of the growth: {v}");
+    ds_json(&["image", "verify", s(&img)]);
+}

@@ -59,7 +59,22 @@ pub fn create(src: &Path, out: &Path, o: &CreateOptions, progress: &Progress) ->
         }
     };
     // A device output is written in place: a failure says what became of it.
-    Transfer::new(head, t, progress, t0)
+    let mut report = Transfer::new(head, t, progress, t0)
         .run(&mut source, sink)
-        .map_err(|e| say_overwritten(e, out, device, &written))
+        .map_err(|e| say_overwritten(e, out, device, &written))?;
+    report.warnings.extend(grew(src, info.disk_size, o.limit));
+    Ok(report)
+}
+
+/// A warning if the regular file `src` is now longer than the `read` bytes the image holds
+/// (it grew while it was read; a shrink fails the read): the image is of its start.
+fn grew(src: &Path, read: u64, limit: Option<u64>) -> Option<String> {
+    let now = std::fs::metadata(src).ok().filter(|m| m.is_file())?.len();
+    (limit.is_none() && now > read).then(|| {
+        format!(
+            "{} grew from {read} to {now} bytes while it was read: the image holds its first {read} bytes \
+             (image a snapshot or a disk not in use for a consistent copy)",
+            src.display()
+        )
+    })
 }
