@@ -1063,3 +1063,32 @@ fn a_source_that_grows_while_it_is_read_is_warned_of() {
     assert!(warned, "no warning of the growth: {v}");
     ds_json(&["image", "verify", s(&img)]);
 }
+
+/// `--manifest` naming the image itself is a usage mistake (exit 1, said as such), not a
+/// damaged manifest (it read as one, "not UTF-8", exit 3); for a raw image and a dsimg.
+#[test]
+fn a_manifest_that_is_the_image_itself_is_a_usage_error() {
+    let dir = scratch();
+    let src = dir.path().join("src");
+    make_disk(&src, 4 * MIB, Data::Mixed, 23);
+    let (raw, dsimg) = (dir.path().join("a.raw"), dir.path().join("a.ds"));
+    ds_json(&["image", "create", s(&src), s(&raw)]);
+    ds_json(&["image", "create", s(&src), s(&dsimg), "--format", "dsimg"]);
+    let out = dir.path().join("b.raw");
+    for img in [&raw, &dsimg] {
+        for cmd in ["verify", "info", "restore"] {
+            let mut a = vec!["image", cmd, s(img)];
+            if cmd == "restore" {
+                a.push(s(&out));
+            }
+            a.extend(["--manifest", s(img)]);
+            let r = ds(&a);
+            let e = stderr_of(&r);
+            assert_eq!(r.status.code(), Some(1), "{a:?}: {e}");
+            let said = format!("is {} itself, not its manifest", img.display());
+            assert!(e.contains(&said), "{a:?}: {e}");
+        }
+        assert!(!out.exists());
+        ds_json(&["image", "verify", s(img)]);
+    }
+}

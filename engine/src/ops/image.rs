@@ -37,6 +37,19 @@ pub(super) fn manifest_path(out: &Path, explicit: Option<&Path>) -> Result<PathB
     Ok(PathBuf::from(s))
 }
 
+/// The manifest of the image `image` that is read: [`manifest_path`], refusing one that is
+/// the image itself (a usage mistake, not a damaged manifest, which it read as: "not UTF-8").
+pub(super) fn image_manifest_path(image: &Path, explicit: Option<&Path>) -> Result<PathBuf> {
+    match explicit {
+        Some(m) if same_file(image, m) => Err(Error::Invalid(format!(
+            "--manifest {}: is {} itself, not its manifest",
+            m.display(),
+            image.display()
+        ))),
+        _ => manifest_path(image, explicit),
+    }
+}
+
 /// Refuses, before anything is opened for writing, an output or manifest path that names the
 /// input (the same path, a hard link or a symbolic link to it, the same device), a manifest that
 /// is the output, a manifest that is not a new or (with `force`) regular file, and a format that
@@ -117,7 +130,7 @@ pub fn detect(path: &Path, manifest: Option<&Path>) -> Result<Format> {
 /// count allows; then the image's own record of its digest, if it has one, must match.
 pub(super) fn load_manifest(img: &ImageFile, explicit: Option<&Path>) -> Result<(PathBuf, Manifest)> {
     let image = img.path();
-    let mpath = manifest_path(image, explicit)?;
+    let mpath = image_manifest_path(image, explicit)?;
     let mf = crate::input::ManifestFile::open(&mpath).map_err(|e| match e {
         Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => Error::Invalid(format!(
             "{}: read as a raw image, and its manifest {} does not exist (a raw image needs one)",
@@ -244,7 +257,7 @@ pub(super) fn check_dsimg_manifest(
     layout: &Layout,
 ) -> Result<Option<PathBuf>> {
     let image = img.path();
-    let mpath = manifest_path(image, explicit)?;
+    let mpath = image_manifest_path(image, explicit)?;
     if explicit.is_none() && std::fs::symlink_metadata(&mpath).is_err() {
         return Ok(None);
     }

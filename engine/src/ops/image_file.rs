@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::image::manifest_path;
+use super::image::image_manifest_path;
 use super::Format;
 use crate::direct_read::DirectReader;
 use crate::error::{Error, Result};
@@ -121,8 +121,10 @@ impl ImageFile {
         if head.is_none_or(|h| h[..MAGIC.len()] != MAGIC) {
             return Ok(Format::Raw);
         }
-        let Ok(mpath) = manifest_path(&self.path, explicit) else {
-            return Ok(Format::Dsimg); // A device without --manifest: no manifest to ask.
+        let Ok(mpath) = image_manifest_path(&self.path, explicit) else {
+            // A device without --manifest, or a manifest that is the image: none to ask (the
+            // dsimg's own check refuses the latter).
+            return Ok(Format::Dsimg);
         };
         if explicit.is_none() && std::fs::symlink_metadata(&mpath).is_err() {
             return Ok(Format::Dsimg);
