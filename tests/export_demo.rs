@@ -94,6 +94,16 @@ fn demo_refuses_directories_and_sizes_it_cannot_use() {
         0,
         "nothing written in a refused directory"
     );
+    // A dangling symbolic link is said as such (it was "No such file or directory"), and not
+    // followed to create its target.
+    let dangling = dir.path().join("dangling");
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+    let (ok, _, err) = ds_text(&["demo", "--dir", s(&dangling), "--size", "4M"]);
+    assert!(
+        !ok && err.contains("a symbolic link to ") && err.contains("which does not exist"),
+        "{err}"
+    );
+    assert!(!dir.path().join("nowhere").exists());
     if is_root() {
         let theirs = dir.path().join("theirs");
         std::fs::create_dir(&theirs).unwrap();

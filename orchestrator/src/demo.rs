@@ -122,7 +122,14 @@ fn prepare_dir(dir: &Path, size: u64) -> Result<bool, String> {
         ))
     };
     if !created {
-        let m = fs::metadata(dir).map_err(|e| err(dir, e))?;
+        let m = match fs::metadata(dir) {
+            Ok(m) => m,
+            Err(_) if fs::symlink_metadata(dir).is_ok_and(|l| l.file_type().is_symlink()) => {
+                let to = fs::read_link(dir).unwrap_or_default();
+                return refuse(format!("a symbolic link to {}, which does not exist", to.display()));
+            }
+            Err(e) => return Err(err(dir, e)),
+        };
         let me = rustix::process::geteuid().as_raw();
         if !m.is_dir() {
             return refuse("not a directory".into());
