@@ -429,6 +429,12 @@ fn a_dsimg_on_a_full_file_system_names_one_file_and_one_offset() {
         fs.size() as f64 / 1048576.0
     );
     assert!(line.contains(&free) && line.contains(s(&at)), "{line}");
+    // Named as the output the user asked for, not its (removed) temporary file.
+    assert!(
+        line.contains(&format!("{} at byte offset", at.join("o.ds").display())),
+        "{line}"
+    );
+    assert!(!line.contains(".partial-"), "{line}");
     assert!(partials(&at).is_empty(), "{:?}", partials(&at));
     drop(fs);
 }

@@ -72,6 +72,8 @@ fn target_file_system_full_fails_fast_and_cleanly() {
         fs.size() as f64 / 1048576.0
     );
     assert!(t.contains(&free) && !t.contains("recent output"), "{t}");
+    // The dump is named, not its (removed) temporary file.
+    assert!(!t.contains(".partial-"), "{t}");
     assert_eq!(out.status.code(), Some(1), "{t}");
     assert!(
         took < PROMPT,

@@ -145,6 +145,25 @@ impl Error {
         }
     }
 
+    /// The error with its path `temp` (an output's temporary file, which is removed) given as
+    /// `real` (the output's own name), so that an error names what the user asked for.
+    pub fn naming(self, temp: &Path, real: &Path) -> Self {
+        match self {
+            Self::Io {
+                op,
+                path,
+                offset,
+                source,
+            } if path == temp => Self::Io {
+                op,
+                path: real.to_owned(),
+                offset,
+                source,
+            },
+            e => e,
+        }
+    }
+
     /// [`Self::io`], unless `source` carries an engine error already (a write that failed
     /// deeper down, under its own path and offset): that one, not both with two offsets.
     pub fn io_or_inner(op: &'static str, path: impl Into<PathBuf>, offset: u64, source: io::Error) -> Self {

@@ -33,6 +33,10 @@ pub fn create(src: &Path, out: &Path, o: &CreateOptions, progress: &Progress) ->
     if target.is_device() {
         remove_stale_manifest(&manifest_path)?;
     }
+    let temps = [
+        (target.write_path().to_owned(), out.to_owned()),
+        (manifest_target.write_path().to_owned(), manifest_path.clone()),
+    ];
     let mut head = output_head("create", out, manifest_path, o.format, &target);
     head.warnings
         .extend(target.warnings().iter().chain(manifest_target.warnings()).cloned());
@@ -61,6 +65,7 @@ pub fn create(src: &Path, out: &Path, o: &CreateOptions, progress: &Progress) ->
     // A device output is written in place: a failure says what became of it.
     let mut report = Transfer::new(head, t, progress, t0)
         .run(&mut source, sink)
+        .map_err(|e| temps.iter().fold(e, |e, (temp, real)| e.naming(temp, real)))
         .map_err(|e| say_overwritten(e, out, device, &written))?;
     report.warnings.extend(grew(src, info.disk_size, o.limit));
     Ok(report)

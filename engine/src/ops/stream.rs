@@ -114,6 +114,10 @@ pub fn receive<R: FrameStream>(
     let manifest_path = manifest_path(out, None)?;
     let manifest_target = Target::create_file(&manifest_path, true, &[])?;
     let target = Target::create(out, true, true, &[])?;
+    let temps = [
+        (target.write_path().to_owned(), out.to_owned()),
+        (manifest_target.write_path().to_owned(), manifest_path.clone()),
+    ];
     let head = output_head("receive", out, manifest_path, Format::Raw, &target);
     let manifest = ManifestOut::new(manifest_target, info.checksum, info.disk_size, info.chunk_size);
     let flush_every = t
@@ -122,5 +126,7 @@ pub fn receive<R: FrameStream>(
     let sink = RawSink::tuned(target, info.disk_size, info.chunk_size, t, o.zero_policy)?
         .with_flush_every(Some(flush_every))
         .with_manifest(manifest);
-    Transfer::new(head, t, progress, t0).run(&mut source, Box::new(sink))
+    Transfer::new(head, t, progress, t0)
+        .run(&mut source, Box::new(sink))
+        .map_err(|e| temps.iter().fold(e, |e, (temp, real)| e.naming(temp, real)))
 }
