@@ -60,9 +60,9 @@ pub struct ExportArgs {
     /// for every chunk lz4 makes smaller).
     #[arg(long, default_value = "none")]
     transport_compression: String,
-    /// Disks transferred at the same time.
-    #[arg(long, default_value_t = 1)]
-    max_parallel_disks: usize,
+    /// Disks transferred at the same time (1 to 1024).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    max_parallel_disks: u16,
     #[command(flatten)]
     throttle: crate::throttle::Throttle,
     /// Take the engine's buffers from reserved hugetlb pages (vm.nr_hugepages) when enough are
@@ -161,9 +161,11 @@ const WEEK: f64 = 7.0 * 24.0 * 3600.0;
 
 /// `--hooks-timeout`: a positive number of seconds, at most a week.
 fn parse_hooks_timeout(v: &str) -> Result<f64, String> {
-    match parse_wait(v)? {
-        0.0 => Err(format!("{v}: must be above 0 and at most 604800 (one week)")),
-        s => Ok(s),
+    let range = || format!("{v}: must be above 0 and at most 604800 (one week)");
+    match parse_wait(v) {
+        Ok(s) if s > 0.0 => Ok(s),
+        Err(e) if v.parse::<f64>().is_err() => Err(e),
+        _ => Err(range()),
     }
 }
 
@@ -259,7 +261,7 @@ fn export_op(a: &ExportArgs, node: String, interval: f64) -> Result<ExportOp, Ex
     op.zero_free_space = a.zero_free_space;
     op.zeroing_timeout_fixed = a.zeroing_timeout_fixed;
     op.zeroing_timeout_per_mib = a.zeroing_timeout_per_mib;
-    op.max_parallel_disks = a.max_parallel_disks;
+    op.max_parallel_disks = usize::from(a.max_parallel_disks);
     let throttle = match a
         .throttle
         .with_defaults()
@@ -390,11 +392,17 @@ pub fn list(a: ListArgs) -> ExitCode {
     };
     if !a.json {
         use std::io::Write as _;
-        let _ = write!(
-            std::io::stdout().lock(),
-            "{}",
-            backup::format_table(&rows, !a.no_headers, a.separator.as_deref())
-        );
+        let table = backup::format_table(&rows, !a.no_headers, a.separator.as_deref());
+        let mut out = std::io::stdout().lock();
+        // A listing that could not be printed (a full disk) is not a success; a reader that
+        // stopped reading (`| head`) took what it wanted.
+        match out.write_all(table.as_bytes()).and_then(|()| out.flush()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                errln!("diskstream list: error: cannot print the listing: {e}");
+                return ExitCode::FAILURE;
+            }
+            _ => {}
+        }
     }
     contract::done(Op::List, Listing { nodes: rows }, a.json)
 }

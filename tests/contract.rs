@@ -304,6 +304,9 @@ fn one_failure_of_each_kind_exits_with_the_code_of_the_table() {
         &["--lock-timeout", "1e300"],
         &["--lock-timeout", "-1"],
         &["--progress-interval", "inf"],
+        &["--max-parallel-disks", "0"],
+        &["--hooks-timeout", "0"],
+        &["--hooks-timeout", "604801"],
     ] {
         let mut args = vec!["export", "--cluster", c, "-n", "node2", "--json", INST];
         args.extend_from_slice(bad);
@@ -499,4 +502,26 @@ fn readers_that_quit_do_not_make_a_command_panic() {
     assert_eq!(run_readers_gone(&["image", "info", s(&img)]), Some(0));
     assert_eq!(run_readers_gone(&["man"]), Some(0));
     assert_eq!(run_readers_gone(&["image", "info", s(&img), "--json"]), Some(1));
+}
+
+/// A text listing that cannot be written (stdout on a full device) fails with exit 1 and says
+/// so; it exited 0, which a cron job reads as success. `--json` already did.
+#[test]
+fn a_listing_that_cannot_be_printed_is_not_a_success() {
+    let dir = scratch();
+    let (cfg, _roots) = cluster(dir.path());
+    for json in [false, true] {
+        let mut args = vec!["list", "--cluster", s(&cfg)];
+        if json {
+            args.push("--json");
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_diskstream"))
+            .args(&args)
+            .stdout(std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("cannot print the"), "{args:?}: {err}");
+    }
 }

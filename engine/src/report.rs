@@ -255,9 +255,25 @@ pub fn escape_controls(s: &str) -> Cow<'_, str> {
 
 /// [`escape_controls`] for a message whose line breaks are its own (Ganeti's multi-line failure
 /// reports, whose text comes from the cluster config and hooks): newlines are kept, escapes
-/// and carriage returns are not.
+/// and carriage returns are not, and a line that would begin with `{` begins with a space, so
+/// that no such text passes for one of the `--progress json` lines that share stderr (which
+/// alone begin with `{`).
 pub fn escape_keeping_lines(s: &str) -> Cow<'_, str> {
-    escape_except(s, &['\t', '\n'])
+    let e = escape_except(s, &['\t', '\n']);
+    if !e.starts_with('{') && !e.contains("\n{") {
+        return e;
+    }
+    let lines: Vec<String> = e
+        .split('\n')
+        .map(|l| {
+            if l.starts_with('{') {
+                format!(" {l}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    Cow::Owned(lines.join("\n"))
 }
 
 fn escape_except<'a>(s: &'a str, keep: &[char]) -> Cow<'a, str> {
@@ -289,5 +305,11 @@ mod tests {
         );
         assert_eq!(escape_controls("c1\u{85}"), "c1\\u{85}");
         assert_eq!(escape_keeping_lines("a\nb\r\u{1b}[31m"), "a\nb\\r\\u{1b}[31m");
+        // No line passes for a JSON progress line.
+        assert_eq!(
+            escape_keeping_lines("Failure:\n{\"event\":\"progress\"}\n x{"),
+            "Failure:\n {\"event\":\"progress\"}\n x{"
+        );
+        assert_eq!(escape_keeping_lines("{a"), " {a");
     }
 }

@@ -89,10 +89,13 @@ pub fn format_table(rows: &[NodeExports], headers: bool, separator: Option<&str>
     if headers {
         table.push(["Node".into(), "Export".into()]);
     }
+    // Control characters in a name (a directory anyone who can write the export directory
+    // names) are escaped: a name cannot forge a row or send the terminal an escape sequence.
+    let esc = |s: &str| diskstream_engine::report::escape_controls(s).into_owned();
     for r in rows {
         match &r.exports {
-            Ok(list) => table.extend(list.iter().map(|e| [r.node.clone(), e.clone()])),
-            Err(_) => table.push([r.node.clone(), "?".into()]),
+            Ok(list) => table.extend(list.iter().map(|e| [esc(&r.node), esc(e)])),
+            Err(_) => table.push([esc(&r.node), "?".into()]),
         }
     }
     let width = table.iter().map(|row| row[0].len()).max().unwrap_or(0);
@@ -144,6 +147,22 @@ mod tests {
         assert_eq!(
             format_table(&rows[..1], false, Some("|")),
             "node1.example.com|inst1.example.com\n"
+        );
+    }
+
+    #[test]
+    fn control_characters_in_names_neither_forge_rows_nor_reach_the_terminal() {
+        let rows = vec![NodeExports {
+            node: "node2.example.com".into(),
+            exports: Ok(vec![
+                "x\nnode9.example.com inst9".into(),
+                "\u{1b}]0;pwned\u{7}clr".into(),
+            ]),
+        }];
+        let t = format_table(&rows, false, Some(","));
+        assert_eq!(
+            t,
+            "node2.example.com,x\\nnode9.example.com inst9\nnode2.example.com,\\u{1b}]0;pwned\\u{7}clr\n"
         );
     }
 

@@ -74,7 +74,9 @@ pub fn list_exports(export_dir: &Path) -> Result<Vec<String>, StoreError> {
     let mount_point = is_mount_point(export_dir);
     let mut names: Vec<String> = entries
         .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
+        // A name that is not UTF-8 is listed with U+FFFD (docs/json.md), not hidden; it can
+        // never equal an instance's name, so no clean-up takes it for one.
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| is_export_name(n))
         .filter(|n| !(mount_point && n == "lost+found"))
         .collect();
@@ -421,6 +423,11 @@ mod tests {
         // Removal goes through a hidden name.
         remove_export(&ed, "i1").unwrap();
         assert!(list_exports(&ed).unwrap().is_empty());
+        // Not UTF-8: listed with U+FFFD, not hidden.
+        use std::os::unix::ffi::OsStrExt;
+        fs::create_dir(ed.join(std::ffi::OsStr::from_bytes(b"caf\xe9"))).unwrap();
+        assert_eq!(list_exports(&ed).unwrap(), ["caf\u{fffd}"]);
+        fs::remove_dir(ed.join(std::ffi::OsStr::from_bytes(b"caf\xe9"))).unwrap();
         assert!(fs::read_dir(&ed).unwrap().next().is_none());
         assert!(matches!(
             list_exports(&d.path().join("missing")),
