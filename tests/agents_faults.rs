@@ -566,7 +566,7 @@ fn an_interrupted_master_stops_the_primarys_send_at_once() {
     assert_eq!(out.status.code(), Some(130), "{t}");
     assert!(took < PROMPT, "the master took {took:?} to stop: {t}");
     assert!(
-        t.contains("interrupted by SIGINT") && t.contains("is running, as before"),
+        t.contains("interrupted by SIGINT") && t.contains("is running again (it was shut down for the export"),
         "{t}"
     );
     assert!(
@@ -668,7 +668,7 @@ fn an_interrupted_master_has_its_agent_kill_the_hook_it_runs() {
 /// The master interrupted (SIGINT) while the primary's agent waits for the instance to shut
 /// down (an instance that ignores SIGTERM, a 600 s shutdown timeout): the master gives the call
 /// up, the agent stops the instance at once (as the local path does), and the master starts it
-/// again before it exits: the instance runs, as before. The agent's lock per instance makes
+/// again before it exits (and says so: not "as before"). The agent's lock per instance makes
 /// the master's next calls about it wait until the cancelled shutdown is over.
 #[test]
 fn an_interrupted_master_cuts_its_agents_shutdown_wait_short() {
@@ -710,7 +710,7 @@ fn an_interrupted_master_cuts_its_agents_shutdown_wait_short() {
     eprintln!("SIGINT during the shutdown wait on an agent: the master exited {took:?} after it:\n{t}");
     assert_eq!(out.status.code(), Some(130), "{t}");
     assert!(took < PROMPT, "the master took {took:?} to stop: {t}");
-    assert!(t.contains("is running, as before"), "{t}");
+    assert!(t.contains("is running again (it was shut down for the export"), "{t}");
     let now = inst.pid().expect("the instance runs again");
     assert_ne!(now, first, "it was stopped, then started again");
     assert!(!runs(first, "trap"), "the first instance process still runs");

@@ -46,6 +46,9 @@ pub(super) struct Exec<'a> {
     /// Whether this export started the instance (Ganeti's restart after the snapshots or the
     /// transfer).
     started: AtomicBool,
+    /// Whether this export shut the instance down (or began to): an instance running after an
+    /// interrupt is then running *again*, not "as before".
+    shut: AtomicBool,
 }
 
 impl<'a> Exec<'a> {
@@ -56,6 +59,7 @@ impl<'a> Exec<'a> {
             inst,
             target,
             started: AtomicBool::new(false),
+            shut: AtomicBool::new(false),
         }
     }
 
@@ -111,6 +115,7 @@ impl<'a> Exec<'a> {
         if self.op.shutdown {
             self.fb().info(fbk::shutting_down(&inst.name));
             let timeout = Duration::from_secs(self.op.shutdown_timeout);
+            self.shut.store(was_running, Ordering::SeqCst);
             let stopped = self.nodes().stop_instance(self.src(), &inst.name, timeout);
             if self.interrupted() {
                 return Err(self.interrupted_error(was_running, "during the shutdown of the instance"));
@@ -264,6 +269,7 @@ impl<'a> Exec<'a> {
         let name = &self.inst.name;
         let (nodes, src) = (self.nodes(), self.src());
         let running = nodes.instance_running(src, name).unwrap_or(false);
+        let restarted = was_running && (!running || self.shut.load(Ordering::SeqCst));
         if was_running && !running {
             self.fb().info(fbk::starting_instance(name));
             if let Err(e) = nodes.start_instance(src, name) {
@@ -277,6 +283,12 @@ impl<'a> Exec<'a> {
             }
         }
         match (was_running, nodes.instance_running(src, name)) {
+            // Not "as before": it was shut down (at once, if the signal cut the shutdown
+            // wait short) and booted again, by this clean-up or before it (after the
+            // snapshots, or after the transfer it was stopped for).
+            (true, Ok(true)) if restarted => {
+                format!("instance {name} is running again (it was shut down for the export and started again)")
+            }
             (true, Ok(true)) => format!("instance {name} is running, as before"),
             (false, Ok(false)) => format!("instance {name} is stopped, as before"),
             (true, _) => format!("instance {name} was running and could NOT be started again"),

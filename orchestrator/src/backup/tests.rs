@@ -702,7 +702,8 @@ fn cleanup_of_old_exports_on_other_nodes() {
 }
 
 /// Interrupted during a transfer: the staging export is abandoned, snapshots removed, the
-/// instance left running as it was, and the error is `Interrupted`.
+/// instance left running (again, after the shutdown for its snapshots: said so), and the error
+/// is `Interrupted`.
 #[test]
 fn interrupted_during_the_transfer() {
     let f = Fixture::new("up", true);
@@ -715,7 +716,7 @@ fn interrupted_during_the_transfer() {
         format!(
             "export of {INST} stopped during the export: the new export was abandoned (its staging \
              directory and snapshots were removed; a previous export is untouched); instance {INST} \
-             is running, as before"
+             is running again (it was shut down for the export and started again)"
         )
     );
     assert!(!e.is_integrity());
@@ -799,7 +800,10 @@ fn interrupted_during_the_shutdown() {
     assert_eq!(e.kind, ErrorKind::Interrupted);
     assert_eq!(
         e.msg,
-        format!("export of {INST} stopped during the shutdown of the instance; instance {INST} is running, as before")
+        format!(
+            "export of {INST} stopped during the shutdown of the instance; instance {INST} is running again \
+             (it was shut down for the export and started again)"
+        )
     );
     assert_eq!(
         f.calls(),
@@ -1177,7 +1181,8 @@ fn an_interrupt_at_the_finalize_keeps_the_complete_export_as_the_result() {
         .find(|l| l.contains("Interrupted after the new export was finalized"))
         .unwrap_or_else(|| panic!("{:?}", f.lines()));
     assert!(
-        warning.contains("the instance was not removed") && warning.ends_with("is running, as before"),
+        warning.contains("the instance was not removed")
+            && warning.ends_with("is running again (it was shut down for the export and started again)"),
         "{warning}"
     );
 }
