@@ -490,11 +490,21 @@ fn list_and_remove_like_gnt_backup() {
     // `list --json` is an envelope with the rows under "nodes" (docs/json.md).
     assert_eq!(v["nodes"][0]["node"], "node1.example.com");
     assert_eq!(v["nodes"][0]["error"], "No exports directory");
+    // And a half-removed export of a killed run there: node3 has no export, only leftovers,
+    // which `remove` sweeps too (they held their space for good, invisible to `list`).
+    let e3 = f.roots[2].join("var/lib/ganeti/export");
+    fs::create_dir_all(e3.join(".inst1.example.com.ds-removing-31337")).unwrap();
+    fs::write(e3.join(".inst1.example.com.ds-removing-31337/disk0"), b"old").unwrap();
     let (ok, out, _) = ds_text(&["remove", "--cluster", s(&f.cfg), "inst1"]);
     assert!(ok, "{out}");
     assert!(!f.export_dir(2).exists());
+    let left: Vec<_> = fs::read_dir(&e3).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "left on node3: {left:?}");
+    // Of a deleted instance too (its FQDN).
+    fs::create_dir_all(e3.join("gone.example.com.new")).unwrap();
     let (ok, out, _) = ds_text(&["remove", "--cluster", s(&f.cfg), "gone.example.com"]);
     assert!(ok);
+    assert!(!e3.join("gone.example.com.new").exists(), "{out}");
     assert!(
         out.contains("Export not found. If trying to remove an export belonging to a deleted instance please use its Fully Qualified Domain Name."),
         "{out}"

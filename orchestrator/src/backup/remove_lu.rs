@@ -57,14 +57,19 @@ impl LogicalUnit for RemoveLu {
     }
 
     fn declare_locks(&mut self, ctx: &Context<'_>, level: LockLevel, needed: &mut NeededLocks, _owner: &LockOwner) {
-        // Ganeti locks every node; the nodes that hold an export of this name are enough.
+        // Ganeti locks every node; the nodes that hold an export of this name, or what an
+        // interrupted run of it left (a staging or half-removed export, which no later export
+        // of a deleted instance would ever sweep), are enough.
         if level == LockLevel::Node {
             self.nodes = ctx
                 .cluster
                 .nodes()
                 .iter()
                 .filter(|n| !n.offline)
-                .filter(|n| ctx.nodes.list_exports(&n.name).is_ok_and(|l| l.contains(&self.name)))
+                .filter(|n| {
+                    let l = ctx.nodes.export_listing(&n.name, &self.name);
+                    l.leftovers || l.exports.is_ok_and(|e| e.contains(&self.name))
+                })
                 .map(|n| n.name.clone())
                 .collect();
             needed.set(level, self.nodes.clone(), LockMode::Exclusive);

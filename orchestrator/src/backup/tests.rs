@@ -970,9 +970,10 @@ fn remove_lu_removes_everywhere() {
     assert_eq!(
         f.calls(),
         s(&[
-            "list_exports N1",
-            "list_exports N2",
-            "list_exports N3",
+            // Nodes with the export or leftovers of it are locked.
+            "export_listing N1 INST",
+            "export_listing N2 INST",
+            "export_listing N3 INST",
             "list_exports N1",
             "remove_export N1 INST",
             "sweep_export_leftovers N1 INST",
