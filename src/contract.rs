@@ -160,6 +160,11 @@ pub struct Failed {
     /// The completed export's fields when `completed` is true.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<Box<ExportResult>>,
+    /// What caused the error, where `error` (Ganeti's wording) does not say it: e.g. each
+    /// failed disk's own error (`disk/0: write ...: No space left on device ...`) under Ganeti's
+    /// `Export failed, errors in export finalization, disk export: disk(s) 0`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
 }
 
 impl Failed {
@@ -178,6 +183,7 @@ impl Failed {
             signal: None,
             completed: None,
             result: None,
+            cause: None,
         }
     }
 

@@ -210,6 +210,10 @@ fn kind_of(e: &OpError) -> Kind {
 fn failure(op: Op, e: &OpError, kind: Kind) -> Failed {
     let mut f = Failed::new(op, kind, e.msg.clone());
     f.ecode = Some(e.ecode.as_str());
+    // The typed cause, where the message (Ganeti's) does not already say it.
+    f.cause = std::error::Error::source(e)
+        .map(ToString::to_string)
+        .filter(|c| !c.is_empty() && !e.msg.contains(c.as_str()));
     f
 }
 

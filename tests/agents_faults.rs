@@ -48,9 +48,15 @@ fn target_file_system_full_fails_fast_and_cleanly() {
     assert!(fs.avail() < 4 << 20, "{} bytes still free", fs.avail());
 
     let t0 = Instant::now();
-    let out = net.master(&args);
+    let mut json = args.clone();
+    json.push("--json");
+    let out = net.master(&json);
     let took = t0.elapsed();
     let t = text(&out);
+    // The JSON failure carries each failed disk's own error, not only Ganeti's summary.
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the JSON failure");
+    let cause = v["cause"].as_str().unwrap_or_default();
+    assert!(cause.starts_with("disk/0: ") && cause.contains("No space left on device"), "{v}");
     eprintln!(
         "file system full: failed after {took:?} (exit {:?}):\n{t}",
         out.status.code()
