@@ -229,7 +229,8 @@ fn interrupted(op: Op, i: &Interrupt, msg: &str, completed: Option<ExportResult>
     let sig = i.signal_name();
     errln!("diskstream {}: interrupted by {sig}: {msg}", op.name());
     let mut f = Failed::new(op, Kind::Interrupted, msg).signal(sig, i.code());
-    f.completed = Some(completed.is_some());
+    // Whether the export had completed: a field of export's alone (docs/json.md).
+    f.completed = (op == Op::Export).then_some(completed.is_some());
     f.result = completed.map(Box::new);
     f.emit(json_out)
 }
