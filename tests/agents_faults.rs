@@ -56,7 +56,10 @@ fn target_file_system_full_fails_fast_and_cleanly() {
     // The JSON failure carries each failed disk's own error, not only Ganeti's summary.
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the JSON failure");
     let cause = v["cause"].as_str().unwrap_or_default();
-    assert!(cause.starts_with("disk/0: ") && cause.contains("No space left on device"), "{v}");
+    assert!(
+        cause.starts_with("disk/0: ") && cause.contains("No space left on device"),
+        "{v}"
+    );
     eprintln!(
         "file system full: failed after {took:?} (exit {:?}):\n{t}",
         out.status.code()
