@@ -436,6 +436,19 @@ fn a_dsimg_on_a_full_file_system_names_one_file_and_one_offset() {
     );
     assert!(!line.contains(".partial-"), "{line}");
     assert!(partials(&at).is_empty(), "{:?}", partials(&at));
+    // A restore that runs out of space there names its output too.
+    let img = dir.path().join("big.ds");
+    ds_json(&["image", "create", s(&src), s(&img), "--format", "dsimg"]);
+    let r = ds(&["image", "restore", s(&img), s(&at.join("r.raw"))]);
+    let e = stderr_of(&r);
+    assert!(!r.status.success(), "{e}");
+    let line = e
+        .lines()
+        .find(|l| l.starts_with("diskstream: error:"))
+        .unwrap_or_default();
+    let named = format!("{} at byte offset", at.join("r.raw").display());
+    assert!(line.contains("No space left") && line.contains(&named), "{e}");
+    assert!(!line.contains(".partial-") && partials(&at).is_empty(), "{e}");
     drop(fs);
 }
 

@@ -342,12 +342,17 @@ impl<'a> Lines<'a> {
         let at = self.pos;
         let rest = &self.text[self.pos..];
         let Some(nl) = rest.find('\n') else {
-            return Err(Error::corrupt(
-                self.path,
-                "manifest",
-                at as u64,
-                format!("ends before the {what} (truncated?)"),
-            ));
+            // Nothing left, or text without a line end (cut mid-line, or no manifest at all:
+            // a file of NULs read as one said "ends before the first line").
+            let detail = if rest.is_empty() {
+                format!("ends before the {what} (truncated?)")
+            } else {
+                format!(
+                    "the {what} has no line end in the {} bytes read (truncated, or not a diskstream manifest)",
+                    rest.len()
+                )
+            };
+            return Err(Error::corrupt(self.path, "manifest", at as u64, detail));
         };
         self.pos += nl + 1;
         Ok((at as u64, &rest[..nl]))
@@ -421,6 +426,19 @@ mod tests {
         for m in samples() {
             assert_eq!(Manifest::parse(m.encode().as_bytes(), Path::new("m")).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn a_head_without_a_line_end_is_not_called_short() {
+        let e = ManifestHeader::parse(&[0u8; 4096], Path::new("m"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the first line has no line end in the 4096 bytes read"),
+            "{e}"
+        );
+        let e = ManifestHeader::parse(b"", Path::new("m")).unwrap_err().to_string();
+        assert!(e.contains("ends before the first line (truncated?)"), "{e}");
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progres
     };
     let written = Arc::new(Overwritten::default());
     let mut device = false;
+    // The output's temporary file, named in errors by the output's own name.
+    let mut temp = None;
     // A closure, so that every failure after the sink exists says what became of a device.
     let mut run = || match head.format {
         Some(Format::Dsimg) => {
@@ -94,6 +96,7 @@ pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progres
             let geometry = (layout.header.disk_size, layout.header.chunk_size);
             let sink = raw_sink(dest, geometry, o, &inputs, &mut head)?.with_overwritten(Arc::clone(&written));
             device = sink.target().is_device();
+            temp = Some(sink.target().write_path().to_owned());
             if o.verify_first.unwrap_or(device) {
                 let mut check = dsimg_source(img.try_clone()?, &layout)?;
                 head.verified_first = Some(check_first(&mut check, image, None, t, progress)?);
@@ -108,6 +111,7 @@ pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progres
             let geometry = (manifest.disk_size, manifest.chunk_size);
             let sink = raw_sink(dest, geometry, o, &[image, &mpath], &mut head)?.with_overwritten(Arc::clone(&written));
             device = sink.target().is_device();
+            temp = Some(sink.target().write_path().to_owned());
             head.manifest = Some(mpath);
             if o.verify_first.unwrap_or(device) {
                 let mut check = raw_image_source(&img, &manifest)?;
@@ -120,6 +124,10 @@ pub fn restore(image: &Path, dest: &Path, o: &RestoreOptions, progress: &Progres
         }
     };
     let res = run().map_err(|e| truncated_while_read(e, image));
+    let res = res.map_err(|e| match &temp {
+        Some(t) => e.naming(t, dest),
+        None => e,
+    });
     res.map_err(|e| say_overwritten(e, dest, device, &written))
 }
 
