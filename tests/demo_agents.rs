@@ -403,6 +403,24 @@ fn sigkill_mid_demo_takes_the_agents_down_and_the_next_demo_sweeps_the_namespace
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Its instance ends with it too: it watches the demo's pid (every 0.2 s), also when a dying
+    // agent started it after the kill. A real VM would outlive a killed master.
+    let t0 = Instant::now();
+    let instance_left = || {
+        guard
+            .leftovers()
+            .into_iter()
+            .filter(|l| l.starts_with("instance"))
+            .collect::<Vec<_>>()
+    };
+    while !instance_left().is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the instance outlived the SIGKILLed demo: {:?}",
+            instance_left()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     if !netns_usable() {
         return;
     }

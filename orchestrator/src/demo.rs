@@ -234,7 +234,7 @@ kind = "process"
 # Under `diskstream demo` (DISKSTREAM_DEMO_PID set, also in its agents) the instance ends with
 # the demo, even a SIGKILLed one (started after the demo died, it ends at once); started by
 # hand it runs until stopped.
-start = ["/bin/sh", "-c", "echo \"instance $DISKSTREAM_INSTANCE running\"; if [ -n \"$DISKSTREAM_DEMO_PID\" ]; then exec tail -f -s 1 --pid=\"$DISKSTREAM_DEMO_PID\" /dev/null; fi; exec sleep 2147483647"]
+start = ["/bin/sh", "-c", "echo \"instance $DISKSTREAM_INSTANCE running\"; if [ -n \"$DISKSTREAM_DEMO_PID\" ]; then exec tail -f -s 0.2 --pid=\"$DISKSTREAM_DEMO_PID\" /dev/null; fi; exec sleep 2147483647"]
 "#
     ));
     let path = dir.join("cluster.toml");
