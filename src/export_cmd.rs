@@ -335,7 +335,8 @@ pub fn export(a: ExportArgs, quiet: bool) -> ExitCode {
         Ok(i) => i,
         Err(code) => return code,
     };
-    tracing::info!(instance = %a.instance, node = %op.target_node, "export started");
+    // Names as typed: the cluster expands them later ("export ended" has the full names).
+    tracing::info!(instance = %a.instance, node = %op.target_node, "export started (names as given)");
     let mut lu = ExportLu::new(op);
     let opts = RunOptions {
         dry_run: a.dry_run,

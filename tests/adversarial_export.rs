@@ -388,6 +388,35 @@ fn hanging_hooks_time_out_by_flag_or_key_and_are_reported_while_waiting() {
 }
 
 #[test]
+fn a_hook_that_leaves_a_process_on_its_output_is_a_warning_naming_script_and_node() {
+    let dir = scratch();
+    let roots = node_roots(dir.path(), 2);
+    let cfg = write_cluster(
+        dir.path(),
+        &roots,
+        &[inst(INST, "down", file_disks(dir.path(), 1, 1, 5), None)],
+        &[],
+    );
+    let pids = dir.path().join("pids");
+    // The script exits at once; the sleep it started keeps its output open.
+    hook(
+        &roots[0],
+        "instance-export-pre.d",
+        "30-bg",
+        &format!(
+            "sleep 100000 &\necho $$ > {p}.tmp; echo $! >> {p}.tmp; mv {p}.tmp {p}\nexit 0",
+            p = s(&pids)
+        ),
+    );
+    let (ok, out, err) = ds_text(&["export", "--cluster", s(&cfg), "-n", "node2", INST]);
+    assert!(ok, "the script's own status decides: {out}\n{err}");
+    let line = "WARNING: Hook instance-export-pre.d/30-bg on node1.example.com exited, leaving processes \
+                behind still running with its output open; they were killed after 2.0s";
+    assert!(out.contains(line), "{out}\n{err}");
+    wait_dead(&pids_in(&pids), Duration::from_secs(5));
+}
+
+#[test]
 fn sigint_sigterm_and_sigkill_of_diskstream_kill_a_hanging_hook() {
     let dir = scratch();
     let roots = node_roots(dir.path(), 2);

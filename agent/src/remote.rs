@@ -16,7 +16,7 @@ use diskstream_orchestrator::export::cleanup::{Keep, NodeListing};
 use diskstream_orchestrator::export::export_id::ExportId;
 use diskstream_orchestrator::export::store::Finalized;
 use diskstream_orchestrator::hooks::env::Env;
-use diskstream_orchestrator::hooks::{HookResult, HookStatus, HooksRunner, Phase};
+use diskstream_orchestrator::hooks::{HookResult, HookStatus, HooksRunner, Note, Phase};
 use diskstream_orchestrator::node::local::LocalNodeOps;
 use diskstream_orchestrator::node::{NodeError, NodeOps, SendDisk, SnapshotRef, TransferError, TransferProgress};
 use diskstream_orchestrator::snapshot::{Capability, Stale};
@@ -257,7 +257,7 @@ impl<'c> AgentNodes<'c> {
 }
 
 impl NodeOps for AgentNodes<'_> {
-    fn run_hooks(&self, node: &str, hpath: &str, phase: Phase, env: &Env, report: &dyn Fn(String)) -> Vec<HookResult> {
+    fn run_hooks(&self, node: &str, hpath: &str, phase: Phase, env: &Env, report: &dyn Fn(Note)) -> Vec<HookResult> {
         if !self.remote.has(node) {
             return self.local.run_hooks(node, hpath, phase, env, report);
         }
@@ -286,10 +286,10 @@ impl NodeOps for AgentNodes<'_> {
                     Ok(r) => break r,
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                         waited += every;
-                        report(format!(
+                        report(Note::info(format!(
                             "Hooks {dir} on {node} still running after {} s",
                             waited.as_secs()
-                        ));
+                        )));
                     }
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                         break Err(NodeError::Failed(format!(

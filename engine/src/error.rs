@@ -164,6 +164,11 @@ impl Error {
         }
     }
 
+    /// [`Self::naming`] for each `(temporary, real)` pair of an operation's outputs.
+    pub fn naming_all(self, pairs: &[(PathBuf, PathBuf)]) -> Self {
+        pairs.iter().fold(self, |e, (temp, real)| e.naming(temp, real))
+    }
+
     /// [`Self::io`], unless `source` carries an engine error already (a write that failed
     /// deeper down, under its own path and offset): that one, not both with two offsets.
     pub fn io_or_inner(op: &'static str, path: impl Into<PathBuf>, offset: u64, source: io::Error) -> Self {

@@ -29,7 +29,7 @@ use crate::cluster::Cluster;
 use crate::error::OpError;
 use crate::feedback::Feedback;
 use crate::hooks::env::{phase_env, Env, HookContext};
-use crate::hooks::{check_pre_results, post_warnings, HooksRunner, NodeHookResults, Phase};
+use crate::hooks::{check_pre_results, post_warnings, HooksRunner, NodeHookResults, Note, Phase};
 use crate::locking::{LockError, LockLevel, LockManager, LockMode, LockOwner, BGL};
 use crate::node::local::LocalNodeOps;
 use crate::node::NodeOps;
@@ -323,7 +323,13 @@ fn run_pass<L: LogicalUnit>(lu: &mut L, ctx: &Context<'_>) -> Result<Pass<L::Out
 /// Runs a hooks phase on each of `h`'s nodes in order. Offline nodes are skipped, as Ganeti
 /// ignores them; once the operation is stopped, the remaining nodes are not run.
 fn run_hooks(ctx: &Context<'_>, h: &HooksSpec, phase: Phase, hpath: &str, env: &Env) -> Vec<NodeHookResults> {
-    let report = |msg: String| ctx.feedback.info(msg);
+    let report = |n: Note| {
+        if n.warning {
+            ctx.feedback.warning(n.text)
+        } else {
+            ctx.feedback.info(n.text)
+        }
+    };
     let mut out = Vec::new();
     for n in h
         .nodes

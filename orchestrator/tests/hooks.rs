@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use diskstream_orchestrator::cluster::Cluster;
 use diskstream_orchestrator::hooks::env::{export_hook_nodes, export_lu_env, phase_env, ExportHookParams, HookContext};
-use diskstream_orchestrator::hooks::{check_pre_results, HookStatus, HooksRunner, Phase, OUTPUT_GRACE};
+use diskstream_orchestrator::hooks::{check_pre_results, on_node, HookStatus, HooksRunner, Note, Phase, OUTPUT_GRACE};
 use diskstream_orchestrator::ErrorKind;
 
 use HookStatus::{Fail, Skip, Success};
@@ -301,10 +301,11 @@ fn a_script_that_exits_leaving_a_child_on_its_output_is_cut_off_after_the_grace(
     assert_eq!(r[1], ("then".to_string(), Success, "next".to_string()));
     assert_eq!(
         *reports.lock().unwrap(),
-        [
+        [Note::warning(
             "bg exited, leaving processes behind still running with its output open; they were killed \
           after 2.0s and its output was cut off"
-        ]
+                .to_string()
+        )]
     );
     let pid = fs::read_to_string(&pidfile).unwrap().trim().to_string();
     assert!(gone(&pid), "the leftover {pid} was not killed");
@@ -616,4 +617,24 @@ fn offline_nodes_run_no_hooks() {
     let direct = runner().run_phase(&c.hooks_dir(offline), "instance-export", Phase::Pre, &env_ab());
     assert_eq!(direct[0].status, Fail);
     assert_eq!(direct[0].script, "instance-export-pre.d/fail");
+}
+
+#[test]
+fn a_note_names_the_node_after_the_script() {
+    assert_eq!(
+        on_node(
+            "Hook instance-export-pre.d/10-x still running after 60 s (timeout 900 s)",
+            "node1"
+        ),
+        "Hook instance-export-pre.d/10-x on node1 still running after 60 s (timeout 900 s)"
+    );
+    assert_eq!(
+        on_node(
+            "Hook instance-export-post.d/bg exited, leaving processes behind still running",
+            "n2"
+        ),
+        "Hook instance-export-post.d/bg on n2 exited, leaving processes behind still running"
+    );
+    // Not a script's note: the node is said at the end.
+    assert_eq!(on_node("something else", "n3"), "something else (on n3)");
 }

@@ -34,7 +34,20 @@ pub fn run(agent: &'static Agent, call: Call, cancel: &StopFlag) -> Result<Value
             hpath,
             phase,
             env,
-        } => json(l.run_hooks_until(&node, &hpath, phase, &env, &|m| say!("diskstream agent: {m}"), cancel)),
+        } => json(l.run_hooks_until(
+            &node,
+            &hpath,
+            phase,
+            &env,
+            &|m| {
+                say!(
+                    "diskstream agent: {}{}",
+                    if m.warning { "warning: " } else { "" },
+                    m.text
+                )
+            },
+            cancel,
+        )),
         InstanceRunning { node, instance } => node_result(l.instance_running(&node, &instance)),
         StopInstance {
             node: _,

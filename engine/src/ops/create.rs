@@ -65,7 +65,7 @@ pub fn create(src: &Path, out: &Path, o: &CreateOptions, progress: &Progress) ->
     // A device output is written in place: a failure says what became of it.
     let mut report = Transfer::new(head, t, progress, t0)
         .run(&mut source, sink)
-        .map_err(|e| temps.iter().fold(e, |e, (temp, real)| e.naming(temp, real)))
+        .map_err(|e| e.naming_all(&temps))
         .map_err(|e| say_overwritten(e, out, device, &written))?;
     report.warnings.extend(grew(src, info.disk_size, o.limit));
     Ok(report)

@@ -128,5 +128,5 @@ pub fn receive<R: FrameStream>(
         .with_manifest(manifest);
     Transfer::new(head, t, progress, t0)
         .run(&mut source, Box::new(sink))
-        .map_err(|e| temps.iter().fold(e, |e, (temp, real)| e.naming(temp, real)))
+        .map_err(|e| e.naming_all(&temps))
 }

@@ -123,8 +123,38 @@ impl Default for HooksRunner {
     }
 }
 
-/// Where "still running" messages go.
-pub type Report<'a> = &'a dyn Fn(String);
+/// A note for the operator about a running script: that it still runs (information), or that
+/// processes it left behind were killed (a warning).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// What happened, naming the script (and, above the runner, its node).
+    pub text: String,
+    /// Whether it is a warning rather than information.
+    pub warning: bool,
+}
+
+impl Note {
+    /// Information: `text`.
+    pub fn info(text: String) -> Self {
+        Self { text, warning: false }
+    }
+
+    /// A warning: `text`.
+    pub fn warning(text: String) -> Self {
+        Self { text, warning: true }
+    }
+
+    /// The same note with its text changed by `f` (a name put in front, a node added).
+    pub fn map(self, f: impl FnOnce(String) -> String) -> Self {
+        Self {
+            text: f(self.text),
+            warning: self.warning,
+        }
+    }
+}
+
+/// Where notes about running scripts go.
+pub type Report<'a> = &'a dyn Fn(Note);
 
 impl HooksRunner {
     /// A runner that kills any script running longer than `timeout`.
@@ -180,7 +210,7 @@ impl HooksRunner {
         report: Report<'_>,
     ) -> Vec<HookResult> {
         let subdir = format!("{hpath}-{}.d", phase.as_str());
-        let named = |msg: String| report(format!("Hook {subdir}/{msg}"));
+        let named = |n: Note| report(n.map(|msg| format!("Hook {subdir}/{msg}")));
         self.run_parts_reporting(&hooks_dir.join(&subdir), env, &named)
             .into_iter()
             .map(|(name, status, output)| HookResult {
@@ -221,8 +251,7 @@ impl HooksRunner {
             if self.stopped() {
                 break;
             }
-            let named =
-                |msg: String| report(msg.replacen(" still running", &format!(" on {} still running", n.name), 1));
+            let named = |note: Note| report(note.map(|msg| on_node(&msg, &n.name)));
             out.push(NodeHookResults {
                 node: n.name.clone(),
                 results: self.run_phase_reporting(&cluster.hooks_dir(n), hpath, phase, env, &named),
@@ -263,7 +292,7 @@ impl HooksRunner {
                 out.push((name, HookStatus::Skip, String::new()));
                 continue;
             }
-            let named = |msg: String| report(format!("{name} {msg}"));
+            let named = |n: Note| report(n.map(|msg| format!("{name} {msg}")));
             let (status, output) = match self.run_script(&path, env, &named) {
                 Ok(Ran { success: true, output }) => (HookStatus::Success, output),
                 Ok(Ran { success: false, output }) => (HookStatus::Fail, output),
@@ -272,6 +301,16 @@ impl HooksRunner {
             out.push((name, status, output));
         }
         out
+    }
+}
+
+/// `Hook DIR/SCRIPT REST` said of `node`: `Hook DIR/SCRIPT on NODE REST` (hook paths hold no
+/// spaces: directory names are ours, script names pass [`is_valid_hook_name`]).
+pub fn on_node(msg: &str, node: &str) -> String {
+    let head = msg.strip_prefix("Hook ").and_then(|rest| rest.find(' ').map(|i| 5 + i));
+    match head {
+        Some(i) => format!("{} on {node}{}", &msg[..i], &msg[i..]),
+        None => format!("{msg} (on {node})"),
     }
 }
 

@@ -18,7 +18,7 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::pipe::PipeFlags;
 use rustix::process::{Pid, Signal};
 
-use super::{HooksRunner, Ran, Report, Tail, HOOKS_PATH, OUTPUT_TAIL, POLL};
+use super::{HooksRunner, Note, Ran, Report, Tail, HOOKS_PATH, OUTPUT_TAIL, POLL};
 
 /// How long, once a script has exited, processes it left behind may keep its output open
 /// before its process group is killed and the output is cut off. Ganeti's `RunCmd` waits for
@@ -122,11 +122,11 @@ impl HooksRunner {
                 break exit_rx.recv().map_err(|_| io::Error::other("waiter thread vanished"))?;
             }
             if elapsed >= next_report {
-                report(format!(
+                report(Note::info(format!(
                     "still running after {} s (timeout {} s)",
                     elapsed.as_secs(),
                     timeout.as_secs_f64()
-                ));
+                )));
                 next_report += self.report_interval;
             }
         };
@@ -170,11 +170,11 @@ impl HooksRunner {
                 if stopped {
                     return OutputEnd::Stopped;
                 }
-                report(format!(
+                report(Note::warning(format!(
                     "exited, leaving processes behind still running with its output open; they were \
                      killed after {:.1}s and its output was cut off",
                     OUTPUT_GRACE.as_secs_f64()
-                ));
+                )));
                 return OutputEnd::CutOff;
             }
         }

@@ -20,7 +20,7 @@ use crate::export::cleanup::{Keep, NodeListing};
 use crate::export::export_id::ExportId;
 use crate::export::store::Finalized;
 use crate::hooks::env::Env;
-use crate::hooks::{HookResult, Phase};
+use crate::hooks::{HookResult, Note, Phase};
 use crate::snapshot::{Capability, Stale};
 
 /// How a scripted failure fails.
@@ -217,14 +217,7 @@ impl FakeNodes {
 }
 
 impl NodeOps for FakeNodes {
-    fn run_hooks(
-        &self,
-        node: &str,
-        hpath: &str,
-        phase: Phase,
-        _env: &Env,
-        _report: &dyn Fn(String),
-    ) -> Vec<HookResult> {
+    fn run_hooks(&self, node: &str, hpath: &str, phase: Phase, _env: &Env, _report: &dyn Fn(Note)) -> Vec<HookResult> {
         self.record(format!("run_hooks {node} {hpath}-{}", phase.as_str()));
         match self.fault("run_hooks", node, None) {
             Some(Fault::Failed(output)) => vec![HookResult {

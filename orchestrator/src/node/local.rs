@@ -17,7 +17,7 @@ use crate::export::cleanup::{self, Keep, NodeListing};
 use crate::export::export_id::ExportId;
 use crate::export::store::{self, Finalized, Removal, Staging};
 use crate::hooks::env::Env;
-use crate::hooks::{HookResult, HooksRunner, Phase};
+use crate::hooks::{on_node, HookResult, HooksRunner, Note, Phase};
 use crate::snapshot::{self, Capability, Snapshot, Stale};
 
 /// The nodes of `cluster`, all reached through this machine's file systems (node roots,
@@ -224,7 +224,7 @@ impl LocalNodeOps<'_> {
         hpath: &str,
         phase: Phase,
         env: &Env,
-        report: &dyn Fn(String),
+        report: &dyn Fn(Note),
         stop: &StopFlag,
     ) -> Vec<HookResult> {
         let hooks = self.hooks.clone().with_stop(Arc::clone(stop));
@@ -238,12 +238,12 @@ impl LocalNodeOps<'_> {
         hpath: &str,
         phase: Phase,
         env: &Env,
-        report: &dyn Fn(String),
+        report: &dyn Fn(Note),
     ) -> Vec<HookResult> {
         let Ok(n) = self.node(node) else {
             return Vec::new();
         };
-        let named = |msg: String| report(msg.replacen(" still running", &format!(" on {node} still running"), 1));
+        let named = |n: Note| report(n.map(|msg| on_node(&msg, node)));
         hooks.run_phase_reporting(&self.cluster.hooks_dir(n), hpath, phase, env, &named)
     }
 
@@ -270,7 +270,7 @@ impl LocalNodeOps<'_> {
 }
 
 impl NodeOps for LocalNodeOps<'_> {
-    fn run_hooks(&self, node: &str, hpath: &str, phase: Phase, env: &Env, report: &dyn Fn(String)) -> Vec<HookResult> {
+    fn run_hooks(&self, node: &str, hpath: &str, phase: Phase, env: &Env, report: &dyn Fn(Note)) -> Vec<HookResult> {
         self.hooks_by(&self.hooks, node, hpath, phase, env, report)
     }
 

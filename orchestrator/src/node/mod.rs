@@ -30,7 +30,7 @@ use crate::export::cleanup::{CleanupError, Keep, NodeListing};
 use crate::export::export_id::ExportId;
 use crate::export::store::{Finalized, StoreError};
 use crate::hooks::env::Env;
-use crate::hooks::{HookResult, Phase};
+use crate::hooks::{HookResult, Note, Phase};
 use crate::snapshot::{Capability, SnapshotError, Stale};
 
 /// A snapshot a node made of one of an instance's disks.
@@ -192,7 +192,7 @@ impl From<NodeError> for TransferError {
 pub trait NodeOps: Sync {
     /// Runs the hook directory `<hpath>-<phase>.d` of `node` with `env`; `report` hears of
     /// scripts that run long.
-    fn run_hooks(&self, node: &str, hpath: &str, phase: Phase, env: &Env, report: &dyn Fn(String)) -> Vec<HookResult>;
+    fn run_hooks(&self, node: &str, hpath: &str, phase: Phase, env: &Env, report: &dyn Fn(Note)) -> Vec<HookResult>;
 
     /// Whether `instance` runs on `node`.
     fn instance_running(&self, node: &str, instance: &str) -> Result<bool, NodeError>;
