@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use diskstream_agent::data::Timeouts;
-use diskstream_agent::pki::PkiDir;
+use diskstream_agent::pki::{PkiDir, PkiError};
 use diskstream_agent::remote::{AgentNodes, RemoteTimeouts};
 use diskstream_agent::server::AgentOptions;
 use diskstream_orchestrator::backup::{self, RunOptions};
@@ -111,7 +111,17 @@ fn pki_sentence(r: &PkiResult) -> String {
 fn pki_run(cmd: PkiCmd) -> Result<PkiResult, (Kind, String)> {
     let load = |cluster| Cluster::load(cluster_path(cluster)).map_err(|e| (Kind::Config, e.to_string()));
     match cmd {
-        PkiCmd::Init { cluster, force, .. } => pki_init(&load(cluster)?, force).map_err(|e| (Kind::Error, e)),
+        PkiCmd::Init { cluster, force, .. } => {
+            let c = load(cluster)?;
+            let dir = PkiDir::new(c.pki_dir());
+            let (ca, nodes) = pki_before(&c, &dir);
+            match dir.init(&c.info().name, &nodes.iter().map(|n| n.0).collect::<Vec<_>>(), force) {
+                Ok(()) => Ok(pki_result(&c, &dir, ca, &nodes)),
+                // Nothing was changed: a prerequisite, as Ganeti's refusals (exit 4).
+                Err(e @ PkiError::Exists(..)) => Err((Kind::Prereq, e.to_string())),
+                Err(e) => Err((Kind::Error, e.to_string())),
+            }
+        }
         PkiCmd::Issue { cluster, node, .. } => {
             let c = load(cluster)?;
             if c.node(&node).is_none() {
@@ -129,19 +139,26 @@ fn pki_run(cmd: PkiCmd) -> Result<PkiResult, (Kind, String)> {
 /// `pki init` on `c`: the CA and a certificate for every node of its config.
 pub fn pki_init(c: &Cluster, force: bool) -> Result<PkiResult, String> {
     let dir = PkiDir::new(c.pki_dir());
+    let (ca, nodes) = pki_before(c, &dir);
+    let names: Vec<&str> = nodes.iter().map(|n| n.0).collect();
+    dir.init(&c.info().name, &names, force).map_err(|e| e.to_string())?;
+    Ok(pki_result(c, &dir, ca, &nodes))
+}
+
+/// What `init` finds in `dir`: whether it replaces a CA, and each node of `c` with whether it
+/// had a certificate.
+fn pki_before<'c>(c: &'c Cluster, dir: &PkiDir) -> (PkiStatus, Vec<(&'c str, bool)>) {
     let ca = if dir.ca_key().exists() || dir.ca_cert().exists() {
         PkiStatus::Replaced
     } else {
         PkiStatus::Created
     };
-    let nodes: Vec<(&str, bool)> = c
+    let nodes = c
         .nodes()
         .iter()
         .map(|n| (n.name.as_str(), dir.node_cert(&n.name).exists()))
         .collect();
-    let names: Vec<&str> = nodes.iter().map(|n| n.0).collect();
-    dir.init(&c.info().name, &names, force).map_err(|e| e.to_string())?;
-    Ok(pki_result(c, &dir, ca, &nodes))
+    (ca, nodes)
 }
 
 /// The result for `nodes` (name, whether a certificate existed before).

@@ -10,8 +10,22 @@ use clap::Command;
 /// Prints the completion script for `shell` to stdout.
 pub fn completions(mut cmd: Command, shell: clap_complete::Shell) -> ExitCode {
     let name = cmd.get_name().to_string();
-    clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
-    ExitCode::SUCCESS
+    // Into memory first: clap_complete panics on a failed write (`| head`, a full disk).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut script);
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&script).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `diskstream completions fish | head`: the reader has what it wanted.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "diskstream: error: writing the completion script: {e}"
+            );
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Prints `diskstream.1` to stdout, or with `dir` writes `diskstream.1` and one
@@ -41,6 +55,14 @@ pub fn man(cmd: Command, dir: Option<&Path>) -> ExitCode {
 /// page replaces its file atomically (a new file renamed over the name): a symlink planted
 /// under a page's name is replaced, never followed.
 fn write_pages(cmd: Command, dir: &Path) -> std::io::Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(std::io::Error::other("it is not a directory")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(std::io::Error::other("no such directory (create it first)"))
+        }
+        Err(e) => return Err(e),
+    }
     let cmd = cmd.disable_help_subcommand(true);
     cmd.clone().build();
     let mut stack = vec![(cmd.get_name().to_string(), cmd)];
@@ -51,7 +73,9 @@ fn write_pages(cmd: Command, dir: &Path) -> std::io::Result<()> {
         }
         let mut buf = Vec::new();
         clap_mangen::Man::new(cmd).render(&mut buf)?;
-        diskstream_orchestrator::fsutil::atomic_write(&dir.join(format!("{name}.1")), &buf, 0o644)?;
+        let page = dir.join(format!("{name}.1"));
+        diskstream_orchestrator::fsutil::atomic_write(&page, &buf, 0o644)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", page.display())))?;
     }
     Ok(())
 }

@@ -84,6 +84,8 @@ fn man_pages_and_completions_come_from_the_binary() {
     let victim = common::scratch();
     let victim = victim.path().join("victim");
     std::fs::write(&victim, "keep\n").unwrap();
+    // A private target: its mode is not the page's (the page is 0644 for every reader).
+    std::fs::set_permissions(&victim, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     std::os::unix::fs::symlink(&victim, dir.path().join("diskstream-export.1")).unwrap();
     let out = common::ds(&["man", "--dir", dir.path().to_str().expect("utf-8")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -94,6 +96,11 @@ fn man_pages_and_completions_come_from_the_binary() {
     );
     let page = std::fs::symlink_metadata(dir.path().join("diskstream-export.1")).unwrap();
     assert!(page.file_type().is_file(), "the page replaced the symlink");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&page.permissions()) & 0o777,
+        0o644,
+        "not the mode of the symlink's target"
+    );
     assert!(
         !dir.path().join("diskstream-schema.1").exists(),
         "no page for the hidden schema command"
@@ -145,6 +152,65 @@ fn man_pages_and_completions_come_from_the_binary() {
         String::from_utf8_lossy(&bad.stderr).contains("bash"),
         "the error lists the shells"
     );
+}
+
+/// `man --dir` that cannot write says which directory or page and why, never a temporary
+/// file's name; `completions` into a closed pipe or a full disk exits as `man` does, without a
+/// panic.
+#[test]
+fn man_and_completions_that_cannot_write_say_why() {
+    let dir = common::scratch();
+    let run = |args: &[&str]| {
+        let out = common::ds(args);
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let missing = dir.path().join("nope");
+    let (code, err) = run(&["man", "--dir", missing.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("nope: no such directory"), "{err}");
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let (code, err) = run(&["man", "--dir", file.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("file: it is not a directory"), "{err}");
+    let pages = dir.path().join("pages");
+    std::fs::create_dir_all(pages.join("diskstream-pki.1")).unwrap();
+    let (code, err) = run(&["man", "--dir", pages.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("pages/diskstream-pki.1: Is a directory"), "{err}");
+    assert!(!err.contains(".tmp-"), "{err}");
+    let leftovers: Vec<_> = std::fs::read_dir(&pages)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A full disk.
+    let full = std::fs::File::create("/dev/full").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_diskstream"))
+        .args(["completions", "bash"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("writing the completion script: No space left on device"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // A reader that stops early (fish's script is written in many small writes).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diskstream"))
+        .args(["completions", "fish"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
 }
 
 #[test]

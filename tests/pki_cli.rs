@@ -1,7 +1,8 @@
 //! `diskstream pki init` and `pki issue` against a cluster config: files and modes, the refusal
 //! to replace a CA without `--force`, an unknown node named in the error, and the `--json`
 //! results naming the files written; a PKI directory others could write to (or that another
-//! user owns) refused; the JSON `op` and `kind` of a refused command line and of a bad config.
+//! user owns) refused; the JSON `op` and `kind` of a refused command line and of a bad config;
+//! inits at once; an agent whose own key or certificate no peer would accept refuses to start.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -47,7 +48,7 @@ fn init_issue_and_refusals() {
     }
     let ca = std::fs::read(pki.join("ca.crt")).unwrap();
     let again = ds(&["pki", "init"], &cfg);
-    assert!(!again.status.success());
+    assert_eq!(again.status.code(), Some(4), "refused, nothing changed: a prerequisite");
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("already exists"),
         "{}",
@@ -208,4 +209,105 @@ fn pki_usage_and_config_failures_name_pki() {
         ("pki".into(), "config".into()),
         "{v}"
     );
+}
+
+/// Six `pki init` processes at once: one makes the CA, the others are refused (exit 4), and
+/// the CA's key is the one of its certificate (two used to install half each).
+#[test]
+fn inits_at_once_make_one_ca_and_refuse_the_others() {
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = two_node_cluster(dir.path());
+        let runs: Vec<_> = (0..6)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_diskstream"))
+                    .args(["pki", "init", "-q", "--cluster"])
+                    .arg(&cfg)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<Output> = runs.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+        let codes: Vec<Option<i32>> = outs.iter().map(|o| o.status.code()).collect();
+        assert_eq!(
+            codes.iter().filter(|c| **c == Some(0)).count(),
+            1,
+            "round {round}: {codes:?}"
+        );
+        assert_eq!(
+            codes.iter().filter(|c| **c == Some(4)).count(),
+            5,
+            "round {round}: {codes:?}"
+        );
+        let issued = ds(&["pki", "issue", "node2.test"], &cfg);
+        assert!(issued.status.success(), "{}", String::from_utf8_lossy(&issued.stderr));
+    }
+}
+
+/// An agent whose key is not its certificate's refuses to start, naming both files and the
+/// fix (it said "keys may not be consistent: KeyMismatch"); one on port 0 says the port bound.
+#[test]
+fn an_agent_with_a_mismatched_key_refuses_to_start_and_one_on_port_0_says_its_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = two_node_cluster(dir.path());
+    assert!(ds(&["pki", "init"], &cfg).status.success());
+    let pki = dir.path().join("pki/nodes");
+    let key2 = std::fs::read(pki.join("node2.test.key")).unwrap();
+    std::fs::copy(pki.join("node1.test.key"), pki.join("node2.test.key")).unwrap();
+    let agent = |listen: &str| {
+        Command::new(env!("CARGO_BIN_EXE_diskstream"))
+            .args(["agent", "--node", "node2.test", "--listen", listen, "--cluster"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut a = Reaped(agent("127.0.0.1:0"));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = a.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "the agent started with a mismatched key"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(a.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("node2.test.key: is not the key of")
+            && err.contains("node2.test.crt")
+            && err.contains("diskstream pki issue node2.test"),
+        "{err}"
+    );
+    std::fs::write(pki.join("node2.test.key"), key2).unwrap();
+    let mut a = Reaped(agent("127.0.0.1:0"));
+    let mut line = String::new();
+    let mut r = std::io::BufReader::new(a.0.stderr.take().unwrap());
+    while !line.contains("listening on") {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut r, &mut line).unwrap() > 0,
+            "no listening line"
+        );
+    }
+    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    assert_ne!(port, 0, "{line}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "{line}");
+}
+
+/// Kills and reaps the child when dropped, also when the test fails.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

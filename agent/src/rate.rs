@@ -79,8 +79,7 @@ fn cpu_seconds() -> f64 {
 /// of `allowed`; raw TLS connections and HTTP/2 connections are told apart by ALPN-free
 /// sniffing of the HTTP/2 preface.
 pub async fn serve(pki: &PkiDir, node: &str, listen: SocketAddr, allowed: Vec<String>) -> ProbeResult<()> {
-    let ca = pki.load_ca().map_err(|e| e.to_string())?;
-    let id = pki.load_identity(node).map_err(|e| e.to_string())?;
+    let (ca, id) = pki.load_checked(node).map_err(|e| e.to_string())?;
     let acceptor = TlsAcceptor::from(tls::server_config(&ca, &id).map_err(|e| e.to_string())?);
     let listener = TcpListener::bind(listen)
         .await
@@ -239,8 +238,7 @@ pub async fn send(
     if streams == 0 || (streams > 1 && mode != Mode::Tls) {
         return Err(format!("{streams} streams: 1 with HTTP/2, 1 or more with raw TLS"));
     }
-    let ca = pki.load_ca().map_err(|e| e.to_string())?;
-    let id = pki.load_identity(node).map_err(|e| e.to_string())?;
+    let (ca, id) = pki.load_checked(node).map_err(|e| e.to_string())?;
     let connector = TlsConnector::from(tls::client_config(&ca, &id).map_err(|e| e.to_string())?);
     let name = rustls::pki_types::ServerName::try_from(peer.to_string()).map_err(|e| e.to_string())?;
     let mut conns = Vec::with_capacity(streams);

@@ -111,8 +111,7 @@ impl<'c> AgentNodes<'c> {
     fn send_from_here(&self, req: &SendDisk, progress: &TransferProgress) -> Result<Report, TransferError> {
         let failed = |m: String| TransferError::Node(Box::new(NodeError::Failed(m)));
         let pki = PkiDir::new(self.cluster.pki_dir());
-        let ca = pki.load_ca().map_err(|e| failed(e.to_string()))?;
-        let id = pki.load_identity(&req.source_node).map_err(|e| failed(e.to_string()))?;
+        let (ca, id) = pki.load_checked(&req.source_node).map_err(|e| failed(e.to_string()))?;
         let cfg = tls::client_config(&ca, &id).map_err(|e| failed(e.to_string()))?;
         let addr = self.remote.address(&req.target_node).unwrap_or_default().to_string();
         let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);

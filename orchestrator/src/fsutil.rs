@@ -13,12 +13,18 @@ use std::path::Path;
 ///
 /// The data goes to a temporary file in the same directory, which is fsynced and renamed over
 /// `path`; then the directory is fsynced so the rename itself survives a crash. If `path`
-/// exists its permission bits are kept, otherwise the file gets `mode`.
+/// exists its permission bits are kept (not a symbolic link's target's: the link is replaced,
+/// not followed), otherwise the file gets `mode`. Errors never name the temporary file (it is
+/// gone): the caller names `path`.
 pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let dir = parent_dir(path);
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
-    let mode = match fs::metadata(path) {
-        Ok(meta) => meta.permissions().mode() & 0o7777,
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(without_temp_path)?;
+    let mode = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => meta.permissions().mode() & 0o7777,
+        Ok(_) => mode,
         Err(e) if e.kind() == io::ErrorKind::NotFound => mode,
         Err(e) => return Err(e),
     };
@@ -27,6 +33,15 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir)
+}
+
+/// `e` without the " at path \"…/.tmp-XXXX\"" that `tempfile` appends: that file was never made.
+fn without_temp_path(e: io::Error) -> io::Error {
+    let text = e.to_string();
+    match text.split_once(" at path ") {
+        Some((head, _)) => io::Error::new(e.kind(), head.to_string()),
+        None => e,
+    }
 }
 
 /// Fsyncs a directory, making renames and creations inside it durable.

@@ -53,8 +53,7 @@ impl Remote {
     pub fn new(cluster: &Cluster, timeouts: RemoteTimeouts) -> Result<Self, String> {
         let pki = PkiDir::new(cluster.pki_dir());
         let master = &cluster.master().name;
-        let ca = pki.load_ca().map_err(|e| e.to_string())?;
-        let id = pki.load_identity(master).map_err(|e| e.to_string())?;
+        let (ca, id) = pki.load_checked(master).map_err(|e| e.to_string())?;
         let cfg = tls::client_config(&ca, &id).map_err(|e| e.to_string())?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -35,7 +35,9 @@ impl Agent {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| format!("listen on {listen}: {e}"))?;
-        say!("diskstream agent: node {} listening on {listen}", self.node);
+        // The address bound: with port 0 the kernel chose the port.
+        let bound = listener.local_addr().unwrap_or(listen);
+        say!("diskstream agent: node {} listening on {bound}", self.node);
         raise_open_files_limit();
         loop {
             // Never ends on an error: out of file descriptors now is not out of them for good.

@@ -164,8 +164,7 @@ impl Agent {
             }
         };
         let pki = PkiDir::new(cluster.pki_dir());
-        let ca = pki.load_ca().map_err(|e| e.to_string())?;
-        let id = pki.load_identity(node).map_err(|e| e.to_string())?;
+        let (ca, id) = pki.load_checked(node).map_err(|e| e.to_string())?;
         let server_tls = tls::server_config(&ca, &id).map_err(|e| e.to_string())?;
         let client_tls = tls::client_config(&ca, &id).map_err(|e| e.to_string())?;
         let hooks = HooksRunner::new(cluster.hooks_timeout()).with_report_interval(cluster.hooks_report_interval());

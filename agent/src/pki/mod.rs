@@ -3,7 +3,8 @@
 //!
 //! Layout of a PKI directory (mode 0700; keys 0600, written under a temporary name, fsynced and
 //! renamed, so a key file is never readable by others, not even for a moment, and never half
-//! written):
+//! written; `init` and `issue` lock the directory, one at a time, and remove the temporary files
+//! of runs that were killed):
 //!
 //! ```text
 //! DIR/ca.crt            the cluster CA certificate (PEM); every node trusts it alone
@@ -17,9 +18,9 @@
 //! certificate names that node, so one node's stolen key cannot impersonate another node or the
 //! master.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+mod files;
+mod verify;
+
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -27,6 +28,8 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use files::Staged;
 
 /// How long the CA is valid.
 const CA_DAYS: i64 = 3650;
@@ -49,8 +52,8 @@ pub enum PkiError {
         source: std::io::Error,
     },
     /// A file exists that this operation would replace.
-    #[error("{0} already exists; refusing to replace it (pass --force to issue a new CA and new node certificates)")]
-    Exists(PathBuf),
+    #[error("{0} already exists; refusing to replace it (pass --force to issue a new CA and new node certificates{hint})", hint = if *.1 { ", or issue a missing node's certificate with this CA: diskstream pki issue NODE" } else { "" })]
+    Exists(PathBuf, bool),
     /// A file is not what it should be (not PEM, not a certificate, a key readable by others).
     #[error("{path}: {detail}")]
     Bad {
@@ -141,14 +144,15 @@ impl PkiDir {
             check_name(n)?;
         }
         if !force {
-            let mut ours = vec![self.ca_key(), self.ca_cert()];
-            ours.extend(nodes.iter().flat_map(|n| [self.node_key(n), self.node_cert(n)]));
-            if let Some(there) = ours.into_iter().find(|p| p.symlink_metadata().is_ok()) {
-                return Err(PkiError::Exists(there));
-            }
+            self.refuse_existing(nodes)?;
         }
-        make_private_dir(&self.root)?;
-        make_private_dir(&self.root.join("nodes"))?;
+        files::make_private_dir(&self.root)?;
+        files::make_private_dir(&self.root.join("nodes"))?;
+        let _lock = files::lock(&self.root)?;
+        if !force {
+            // Again under the lock: another init may have made them meanwhile.
+            self.refuse_existing(nodes)?;
+        }
         let key = generate_key(&format!("the key of the CA of cluster {cluster}"))?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| gen_err("CA parameters", e))?;
         params
@@ -158,22 +162,59 @@ impl PkiDir {
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         set_validity(&mut params, CA_DAYS);
         let cert = params.self_signed(&key).map_err(|e| gen_err("the CA certificate", e))?;
-        write_private(&self.ca_key(), key.serialize_pem().as_bytes())?;
-        write_public(&self.ca_cert(), cert.pem().as_bytes())?;
+        // Both written before either is installed: a kill can only fall between two renames,
+        // which `issue` and every start-up then say (the key does not match the certificate).
+        files::install(vec![
+            Staged::write(&self.ca_key(), key.serialize_pem().as_bytes(), 0o600)?,
+            Staged::write(&self.ca_cert(), cert.pem().as_bytes(), 0o644)?,
+        ])?;
         for n in nodes {
-            self.issue(n)?;
+            self.issue_locked(n)?;
         }
         Ok(())
+    }
+
+    /// [`PkiError::Exists`] for the first of the CA's and `nodes`' files that exists.
+    fn refuse_existing(&self, nodes: &[&str]) -> Result<()> {
+        let mut ours = vec![self.ca_key(), self.ca_cert()];
+        ours.extend(nodes.iter().flat_map(|n| [self.node_key(n), self.node_cert(n)]));
+        match ours.into_iter().find(|p| p.symlink_metadata().is_ok()) {
+            Some(there) => {
+                let ca_whole = self.ca_key().is_file() && self.ca_cert().is_file();
+                let is_node = there.parent().is_some_and(|d| d.ends_with("nodes"));
+                Err(PkiError::Exists(there, ca_whole && is_node))
+            }
+            None => Ok(()),
+        }
     }
 
     /// Issues (or renews) NODE's certificate with the CA's key.
     pub fn issue(&self, node: &str) -> Result<()> {
         check_name(node)?;
-        let ca_pem = read_text(&self.ca_cert())?;
-        let ca_key = KeyPair::from_pem(&read_key_text(&self.ca_key())?).map_err(|e| PkiError::Bad {
+        files::check_private_dir(&self.root)?;
+        files::make_private_dir(&self.root.join("nodes"))?;
+        let _lock = files::lock(&self.root)?;
+        self.issue_locked(node)
+    }
+
+    /// [`Self::issue`] with the directory locked.
+    fn issue_locked(&self, node: &str) -> Result<()> {
+        let ca_pem = files::read_cert_text(&self.ca_cert())?;
+        let ca_key_pem = files::read_key_text(&self.ca_key())?;
+        let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| PkiError::Bad {
             path: self.ca_key(),
             detail: format!("not a key: {e}"),
         })?;
+        // A CA key that does not sign for this CA certificate would issue certificates that
+        // no node accepts.
+        let ca_der = pem_cert(&self.ca_cert(), &ca_pem)?;
+        verify::key_matches(
+            &ca_der,
+            &self.ca_cert(),
+            PrivateKeyDer::Pkcs8(ca_key.serialize_der().into()),
+            &self.ca_key(),
+            "make a new CA (diskstream pki init --force) or put back the pair that belongs together",
+        )?;
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|e| PkiError::Bad {
             path: self.ca_cert(),
             detail: format!("not a CA certificate: {e}"),
@@ -189,41 +230,65 @@ impl PkiDir {
         let cert = params
             .signed_by(&key, &issuer)
             .map_err(|e| gen_err(&format!("the certificate of node {node}"), e))?;
-        make_private_dir(&self.root.join("nodes"))?;
-        write_private(&self.node_key(node), key.serialize_pem().as_bytes())?;
-        write_public(&self.node_cert(node), cert.pem().as_bytes())?;
-        Ok(())
+        files::install(vec![
+            Staged::write(&self.node_key(node), key.serialize_pem().as_bytes(), 0o600)?,
+            Staged::write(&self.node_cert(node), cert.pem().as_bytes(), 0o644)?,
+        ])
     }
 
-    /// The CA certificate, the only trust anchor of the cluster's connections.
+    /// The CA certificate, the only trust anchor of the cluster's connections. The directory
+    /// and the file must be such that no one but this user or root could have replaced it.
     pub fn load_ca(&self) -> Result<CertificateDer<'static>> {
+        files::check_private_dir(&self.root)?;
         let path = self.ca_cert();
-        let pem = read_text(&path)?;
-        CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::Bad {
-            path,
-            detail: format!("no PEM certificate: {e}"),
-        })
+        pem_cert(&path, &files::read_cert_text(&path)?)
     }
 
-    /// NODE's certificate and key. The key must not be readable by group or others.
+    /// NODE's certificate and key. The key must not be readable by group or others; the
+    /// directories and the certificate must not be writable by them.
     pub fn load_identity(&self, node: &str) -> Result<Identity> {
         check_name(node)?;
+        files::check_private_dir(&self.root)?;
+        files::check_private_dir(&self.root.join("nodes"))?;
         let cert_path = self.node_cert(node);
-        let cert = CertificateDer::from_pem_slice(read_text(&cert_path)?.as_bytes()).map_err(|e| PkiError::Bad {
-            path: cert_path,
-            detail: format!("no PEM certificate: {e}"),
-        })?;
+        let cert = pem_cert(&cert_path, &files::read_cert_text(&cert_path)?)?;
         let key_path = self.node_key(node);
-        let key = PrivateKeyDer::from_pem_slice(read_key_text(&key_path)?.as_bytes()).map_err(|e| PkiError::Bad {
-            path: key_path,
-            detail: format!("no PEM private key: {e}"),
-        })?;
+        let key =
+            PrivateKeyDer::from_pem_slice(files::read_key_text(&key_path)?.as_bytes()).map_err(|e| PkiError::Bad {
+                path: key_path,
+                detail: format!("no PEM private key: {e}"),
+            })?;
         Ok(Identity {
             node: node.to_string(),
             cert,
             key,
         })
     }
+
+    /// The CA and NODE's identity, checked as a peer would check them before they are used:
+    /// the key is the certificate's, and the certificate was issued by the CA, names NODE and
+    /// is valid now. What an agent and the master start with.
+    pub fn load_checked(&self, node: &str) -> Result<(CertificateDer<'static>, Identity)> {
+        let ca = self.load_ca()?;
+        let id = self.load_identity(node)?;
+        verify::key_matches(
+            &id.cert,
+            &self.node_cert(node),
+            id.key.clone_key(),
+            &self.node_key(node),
+            &format!("issue a new pair: diskstream pki issue {node}"),
+        )?;
+        verify::cert_is_valid(&ca, &id.cert, node, &self.node_cert(node), &self.ca_cert())?;
+        Ok((ca, id))
+    }
+}
+
+/// The first PEM certificate of `text` (read from `path`).
+fn pem_cert(path: &Path, text: &str) -> Result<CertificateDer<'static>> {
+    CertificateDer::from_pem_slice(text.as_bytes()).map_err(|e| PkiError::Bad {
+        path: path.to_path_buf(),
+        detail: format!("no PEM certificate: {e}"),
+    })
 }
 
 fn gen_err(what: &str, source: rcgen::Error) -> PkiError {
@@ -255,128 +320,4 @@ fn set_validity(params: &mut CertificateParams, days: i64) {
     // A little slack for clocks that are slightly behind the issuer's.
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(days);
-}
-
-/// Creates `dir` with mode 0700, or accepts an existing one only if no one else could have
-/// changed what is in it: owned by this user and writable by no group or other user. (Anyone
-/// who can write there can swap the CA certificate or a node's key and so defeat the mutual
-/// TLS.)
-fn make_private_dir(dir: &Path) -> Result<()> {
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => check_private_dir(dir),
-        Err(source) => Err(PkiError::Io {
-            op: "create",
-            path: dir.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-fn check_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let m = fs::metadata(dir).map_err(io("stat", dir))?;
-    let me = rustix::process::geteuid().as_raw();
-    let bad = |detail: String| {
-        Err(PkiError::Bad {
-            path: dir.to_path_buf(),
-            detail,
-        })
-    };
-    if m.uid() != me {
-        return bad(format!(
-            "the PKI directory is owned by uid {}, not by this user (uid {me}); refusing to use it",
-            m.uid()
-        ));
-    }
-    if m.mode() & 0o022 != 0 {
-        return bad(format!(
-            "the PKI directory is mode {:o}: others could replace its certificates and keys; \
-             refusing to use it (chmod 700 it, or remove it and run pki init again)",
-            m.mode() & 0o7777
-        ));
-    }
-    Ok(())
-}
-
-fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> PkiError + 'a {
-    move |source| PkiError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// Writes `bytes` to `path` with `mode`: created exclusively under a temporary name with the
-/// final mode from the first byte, fsynced, renamed over `path`.
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let mut f: File = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io("create", &tmp))?;
-    let res = f
-        .write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(io("write", &tmp))
-        .and_then(|()| fs::rename(&tmp, path).map_err(io("rename", path)));
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomically(path, bytes, 0o600)
-}
-
-fn write_public(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomically(path, bytes, 0o644)
-}
-
-/// The longest PEM file we read: certificates and keys are a few KiB.
-const MAX_PEM: u64 = 64 << 10;
-
-fn read_text(path: &Path) -> Result<String> {
-    let meta = fs::metadata(path).map_err(io("read", path))?;
-    if !meta.is_file() || meta.len() > MAX_PEM {
-        return Err(PkiError::Bad {
-            path: path.to_path_buf(),
-            detail: format!("not a PEM file (a regular file of at most {MAX_PEM} bytes)"),
-        });
-    }
-    fs::read_to_string(path).map_err(io("read", path))
-}
-
-/// Reads a key file, refusing one that group or others can read, or that another user owns
-/// (who can read it whatever its mode, and so act as that node), as ssh does.
-fn read_key_text(path: &Path) -> Result<String> {
-    use std::os::unix::fs::MetadataExt;
-    let text = read_text(path)?;
-    let m = fs::metadata(path).map_err(io("read", path))?;
-    let me = rustix::process::geteuid().as_raw();
-    if m.uid() != me && m.uid() != 0 {
-        return Err(PkiError::Bad {
-            path: path.to_path_buf(),
-            detail: format!(
-                "key is owned by uid {}, not by this user (uid {me}) or root: that user can read it \
-                 and act as this node; chown it",
-                m.uid()
-            ),
-        });
-    }
-    let mode = m.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(PkiError::Bad {
-            path: path.to_path_buf(),
-            detail: format!(
-                "key is accessible to group or others (mode {:04o}); chmod 600 it",
-                mode & 0o7777
-            ),
-        });
-    }
-    Ok(text)
 }
