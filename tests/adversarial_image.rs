@@ -679,10 +679,14 @@ fn signal_and_collect(args: &[&str], sig: Sig) -> (ExitStatus, String, Duration)
         assert!(t0.elapsed() < Duration::from_secs(10), "no handlers after 10 s");
         std::thread::sleep(Duration::from_micros(200));
     }
-    let name = if sig == Sig::Int { "INT" } else { "TERM" };
-    let _ = Command::new("kill")
-        .args(["-s", name, &child.id().to_string()])
-        .status();
+    // Straight from here: spawning `kill` could take longer than a short verify lasts.
+    let signal = if sig == Sig::Int {
+        rustix::process::Signal::INT
+    } else {
+        rustix::process::Signal::TERM
+    };
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a pid");
+    rustix::process::kill_process(pid, signal).expect("kill");
     let t1 = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if t1.elapsed() > Duration::from_secs(10) {

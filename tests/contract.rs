@@ -254,7 +254,9 @@ fn pki_results_validate() {
     assert_eq!(checked(&r, "pki", true)["ca"], "replaced");
     let r = run(&["pki", "init", "--cluster", c, "--json"], &[]);
     let v = checked(&r, "pki", false);
-    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    // Refused with nothing changed: a prerequisite (exit 4), as Ganeti's refusals.
+    assert_eq!(r.code, Some(4), "{}", r.stderr);
+    assert_eq!(v["kind"], "prereq", "{v}");
     assert!(v["error"].as_str().unwrap_or("").contains("already exists"), "{v}");
 }
 

@@ -36,7 +36,7 @@ pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
 }
 
 /// `e` without the " at path \"…/.tmp-XXXX\"" that `tempfile` appends: that file was never made.
-fn without_temp_path(e: io::Error) -> io::Error {
+pub(crate) fn without_temp_path(e: io::Error) -> io::Error {
     let text = e.to_string();
     match text.split_once(" at path ") {
         Some((head, _)) => io::Error::new(e.kind(), head.to_string()),

@@ -143,6 +143,9 @@ pub trait LogicalUnit {
     fn config_changed(&self) -> bool {
         false
     }
+    /// Records `warning` (a post hook that failed) in Exec's output, for an LU whose output
+    /// lists what went wrong without failing it; it is in the job's log either way.
+    fn add_warning(&self, _output: &mut Self::Output, _warning: &str) {}
 }
 
 /// Acquires `names` at `level`, telling the operator once who holds them if the first short
@@ -293,11 +296,12 @@ fn run_pass<L: LogicalUnit>(lu: &mut L, ctx: &Context<'_>) -> Result<Pass<L::Out
     if ctx.interrupted() {
         return Err(OpError::interrupted("stopped before Exec; nothing was changed"));
     }
-    let output = lu.exec(ctx, prereq, &mut owner)?;
+    let mut output = lu.exec(ctx, prereq, &mut owner)?;
     if let Some(h) = &hooks {
         let post = lu.post_hooks_env(ctx, h);
         let env = phase_env(&h.context, Phase::Post, &post, Some(&h.env));
         for w in post_warnings(&run_hooks(ctx, h, Phase::Post, &h.context.hpath, &env)) {
+            lu.add_warning(&mut output, &w);
             ctx.feedback.warning(w);
         }
         if lu.config_changed() {
@@ -312,6 +316,7 @@ fn run_pass<L: LogicalUnit>(lu: &mut L, ctx: &Context<'_>) -> Result<Pass<L::Out
                 env: Env::new(),
             };
             for w in post_warnings(&run_hooks(ctx, &master, Phase::Post, "config-update", &env)) {
+                lu.add_warning(&mut output, &w);
                 ctx.feedback.warning(w);
             }
         }

@@ -338,6 +338,14 @@ fn a_process_that_left_the_scripts_session_is_not_read_from_after_the_grace() {
         start.elapsed()
     );
     assert_eq!(r[0].1, Success, "{r:?}");
+    // Not said to be killed: it still runs.
+    assert!(
+        r[0].2.ends_with(
+            "output cut off and those in its process group killed (one that left it, with setsid, \
+             still runs) after 2.0s"
+        ),
+        "{r:?}"
+    );
     // Its next write finds the pipe closed (SIGPIPE): it never gets to the marker.
     let pid = loop {
         if let Ok(p) = fs::read_to_string(&pidfile) {
@@ -637,4 +645,28 @@ fn a_note_names_the_node_after_the_script() {
     );
     // Not a script's note: the node is said at the end.
     assert_eq!(on_node("something else", "n3"), "something else (on n3)");
+}
+
+#[test]
+fn a_script_killed_by_a_signal_says_which() {
+    let d = tempfile::tempdir().unwrap();
+    script(d.path(), "10-oom", "echo before\nkill -KILL $$");
+    script(d.path(), "20-term", "kill -TERM $$");
+    let r = HooksRunner::new(Duration::from_secs(30)).run_parts(d.path(), &env_ab());
+    assert_eq!(
+        r[0],
+        (
+            "10-oom".to_string(),
+            Fail,
+            "before\nHook script killed by signal 9 (SIGKILL)".to_string()
+        )
+    );
+    assert_eq!(
+        r[1],
+        (
+            "20-term".to_string(),
+            Fail,
+            "Hook script killed by signal 15 (SIGTERM)".to_string()
+        )
+    );
 }

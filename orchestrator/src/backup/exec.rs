@@ -327,6 +327,14 @@ impl<'a> Exec<'a> {
     /// Ganeti's `RemoveInstance`: the disks, then the instance's entry in the config.
     fn remove_instance(&self) -> Result<(), OpError> {
         let c = self.ctx.cluster;
+        // Locked (and shown writable) before the disks go: a config that cannot record the
+        // removal keeps the instance whole.
+        let edit = crate::cluster::ConfigEdit::begin(c.path()).map_err(|e| {
+            OpError::exec(format!(
+                "Could not remove the instance (its disks were kept; the export is complete): {}",
+                e.msg
+            ))
+        })?;
         let failed = self.nodes().remove_disks(self.src(), &self.inst.name);
         if !failed.is_empty() {
             let text: Vec<String> = failed.iter().map(|(i, e)| format!("disk/{i}: {e}")).collect();
@@ -341,7 +349,7 @@ impl<'a> Exec<'a> {
                 });
             }
         }
-        crate::cluster::Cluster::remove_instance(c.path(), &self.inst.name)?;
+        edit.remove_instance(&self.inst.name)?;
         self.nodes().forget_instance(self.src(), &self.inst.name);
         Ok(())
     }

@@ -113,6 +113,12 @@ impl LogicalUnit for ExportLu {
                 "Can not remove instance without shutting it down before",
             ));
         }
+        if self.op.remove_instance {
+            // The instance's removal is recorded in the config: one that cannot be edited is
+            // known now, before the instance is touched (not after its disks are deleted).
+            crate::cluster::ConfigEdit::begin(c.path())
+                .map_err(|e| OpError::prereq(Ecode::Environ, format!("Can not remove the instance: {}", e.msg)))?;
+        }
         let target = c.node(&self.target).expect("expanded").clone();
         check_node_online(&target)?;
         if target.drained {
@@ -161,7 +167,7 @@ impl LogicalUnit for ExportLu {
         Some(HooksSpec {
             context: HookContext::instance_export(ctx.cluster),
             nodes,
-            env: export_lu_env(&p.instance, &p.hook_params),
+            env: export_lu_env(&with_absolute_disks(ctx.cluster, &p.instance), &p.hook_params),
         })
     }
 
@@ -169,6 +175,10 @@ impl LogicalUnit for ExportLu {
         let r = Exec::new(ctx, &self.op, &p.instance, &p.target).run(owner)?;
         self.config_changed = r.instance_removed;
         Ok(r)
+    }
+
+    fn add_warning(&self, output: &mut ExportResult, warning: &str) {
+        output.warnings.push(warning.to_string());
     }
 
     fn config_changed(&self) -> bool {
@@ -260,4 +270,14 @@ fn mib(b: u64) -> String {
     } else {
         format!("{:.2} MiB", b as f64 / 1048576.0)
     }
+}
+
+/// `inst` with its disks' paths as the cluster resolves them (absolute): hooks run with cwd
+/// `/`, and Ganeti passes absolute paths (`GANETI_INSTANCE_DISK<i>_ID`).
+fn with_absolute_disks(c: &crate::cluster::Cluster, inst: &crate::cluster::Instance) -> crate::cluster::Instance {
+    let mut inst = inst.clone();
+    for d in &mut inst.disks {
+        d.path = c.disk_path(d);
+    }
+    inst
 }

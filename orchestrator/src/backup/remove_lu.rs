@@ -22,6 +22,9 @@ pub struct RemoveLu {
 pub struct RemoveResult {
     /// Nodes whose export was removed.
     pub removed: Vec<String>,
+    /// What went wrong without failing the removal (a node that could not be asked, an export
+    /// that could not be removed; also in the log as warnings).
+    pub warnings: Vec<String>,
 }
 
 impl RemoveLu {
@@ -92,15 +95,17 @@ impl LogicalUnit for RemoveLu {
                     self.nodes[k..].join(", ")
                 )));
             }
+            let mut warn = |w: String| {
+                res.warnings.push(w.clone());
+                ctx.feedback.warning(w);
+            };
             match ctx.nodes.list_exports(name) {
-                Err(e) => ctx
-                    .feedback
-                    .warning(format!("Failed to query node {name} (continuing): {e}")),
+                Err(e) => warn(format!("Failed to query node {name} (continuing): {e}")),
                 Ok(list) if list.contains(&self.name) => {
                     match ctx.nodes.remove_export(name, &self.name, &Keep::default()) {
                         Ok(true) => res.removed.push(name.clone()),
                         Ok(false) => {}
-                        Err(e) => ctx.feedback.warning(format!(
+                        Err(e) => warn(format!(
                             "Could not remove export for instance {} on node {name}: {e}",
                             self.name
                         )),

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Ecode, OpError};
 use crate::fsutil;
 
-pub use edit::update_file;
+pub use edit::{update_file, ConfigEdit};
 pub use layout::{DATA_SUBDIR, EXPORT_SUBDIR, HOOKS_SUBDIR, LOG_SUBDIR, RUN_SUBDIR};
 pub use schema::*;
 pub use validate::{
@@ -88,36 +88,118 @@ pub struct Cluster {
     config: ClusterConfig,
 }
 
-/// Refuses a config file that someone else could have written: it names the commands that
-/// start and stop instances and where hooks run from, which run as this user (root on a node).
-/// It must belong to this user or root and be writable by no one else.
-fn check_trusted(path: &Path) -> Result<(), ConfigError> {
-    let m = fs::metadata(path).map_err(|source| ConfigError::Io {
+/// The largest config file read: tens of thousands of instances fit in a few MiB.
+pub const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
+/// How much of one line of the file a parse error quotes.
+const QUOTE_CHARS: usize = 200;
+
+/// Refuses a config file that someone else could have written (`m` is the file's metadata): it
+/// names the commands that start and stop instances and where hooks run from, which run as
+/// this user (root on a node). It must belong to this user or root and be writable by no one
+/// else, and so must the directory that holds it (whoever can write there can rename another
+/// file over it), unless that directory is sticky (`/tmp`: others cannot replace our file).
+fn check_trusted(path: &Path, m: &fs::Metadata) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: String| ConfigError::Io {
         file: path.to_path_buf(),
+        source: io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{why}; it says which commands run as this user (instance start and stop), so it must be \
+                 this user's or root's and writable by no one else"
+            ),
+        ),
+    };
+    if let Some(why) = fsutil::untrusted(m) {
+        return Err(refuse(why));
+    }
+    let dir = fsutil::parent_dir(path);
+    let d = fs::metadata(dir).map_err(|source| ConfigError::Io {
+        file: dir.to_path_buf(),
         source,
     })?;
-    let Some(why) = fsutil::untrusted(&m) else {
-        return Ok(());
-    };
-    let msg = format!(
-        "{why}; it says which commands run as this user (instance start and stop), so it must be \
-         this user's or root's and writable by no one else"
-    );
-    Err(ConfigError::Io {
+    let sticky = d.mode() & 0o1000 != 0;
+    match fsutil::untrusted(&d) {
+        Some(why) if !(sticky && why.starts_with("mode")) => {
+            Err(refuse(format!("its directory {} is {why}", dir.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The text of the config file at `path`: a regular file (opened without blocking, so a FIFO
+/// is refused, not waited on), trusted ([`check_trusted`]), at most [`MAX_CONFIG_BYTES`], UTF-8
+/// without NUL bytes (each refusal names the line and byte).
+fn read_config(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let at = |source: io::Error| ConfigError::Io {
         file: path.to_path_buf(),
-        source: io::Error::new(io::ErrorKind::PermissionDenied, msg),
+        source,
+    };
+    let bad = |msg: String| ConfigError::Parse {
+        file: path.to_path_buf(),
+        msg,
+    };
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(at)?;
+    let m = f.metadata().map_err(at)?;
+    if !m.is_file() {
+        return Err(bad(format!(
+            "not a regular file ({}); a cluster config is a TOML file",
+            diskstream_engine::input::kind_name(&m.file_type())
+        )));
+    }
+    check_trusted(path, &m)?;
+    if m.len() > MAX_CONFIG_BYTES {
+        return Err(bad(format!(
+            "{} bytes: larger than any cluster config ({MAX_CONFIG_BYTES} bytes at most)",
+            m.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes).map_err(at)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(bad(format!("grew past {MAX_CONFIG_BYTES} bytes while it was read")));
+    }
+    let line_of = |offset: usize| bytes[..offset].iter().filter(|&&b| b == b'\n').count() + 1;
+    if let Some(i) = bytes.iter().position(|&b| b == 0) {
+        return Err(bad(format!(
+            "a NUL byte at line {}, byte offset {i}: not a TOML text file",
+            line_of(i)
+        )));
+    }
+    String::from_utf8(bytes.clone()).map_err(|e| {
+        let i = e.utf8_error().valid_up_to();
+        bad(format!(
+            "not UTF-8 at line {}, byte offset {i}: TOML files are UTF-8",
+            line_of(i)
+        ))
     })
+}
+
+/// `msg` (a TOML parse error, which quotes the offending line) with every line cut to
+/// [`QUOTE_CHARS`] characters.
+fn quote_short(msg: &str) -> String {
+    msg.trim_end()
+        .lines()
+        .map(|l| match l.char_indices().nth(QUOTE_CHARS) {
+            Some((i, _)) => format!("{}… (line cut)", &l[..i]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl Cluster {
     /// Loads and validates a config file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref().to_path_buf();
-        let text = fs::read_to_string(&path).map_err(|source| ConfigError::Io {
-            file: path.clone(),
-            source,
-        })?;
-        check_trusted(&path)?;
+        let text = read_config(&path)?;
         Self::from_str_at(&text, path)
     }
 
@@ -126,7 +208,7 @@ impl Cluster {
         let path = path.into();
         let config: ClusterConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             file: path.clone(),
-            msg: e.to_string().trim_end().to_string(),
+            msg: quote_short(&e.to_string()),
         })?;
         validate::validate(&config).map_err(|Invalid { key, msg }| ConfigError::Invalid {
             file: path.clone(),

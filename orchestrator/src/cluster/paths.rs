@@ -33,24 +33,24 @@ impl Cluster {
         }
     }
 
-    /// `p` made absolute with its longest existing ancestor canonical (symbolic links resolved)
-    /// and the rest as written: a directory not made yet compares as the one it will be.
+    /// `p` made absolute and resolved as far as it exists (symbolic links and `..` followed),
+    /// the rest as it will be once made: a directory not made yet compares as the one it will
+    /// be. A `..` after a part that does not exist yet cancels that part (it will be made a
+    /// real directory), and the path may exist again after it (`new/../node2` is `node2`,
+    /// itself resolved).
     fn anchored(&self, p: &Path) -> PathBuf {
-        let p = lexical(&self.base_dir, p);
-        let mut head = p.as_path();
-        let mut tail = Vec::new();
-        loop {
-            if let Ok(c) = std::fs::canonicalize(head) {
-                return tail.iter().rev().fold(c, |acc, t| acc.join(t));
+        let mut out = PathBuf::new();
+        for c in lexical(&self.base_dir, p).components() {
+            if c == Component::ParentDir && !out.exists() {
+                out.pop();
+            } else {
+                out.push(c);
             }
-            match (head.parent(), head.file_name()) {
-                (Some(parent), Some(name)) => {
-                    tail.push(name.to_owned());
-                    head = parent;
-                }
-                _ => return p,
+            if let Ok(real) = std::fs::canonicalize(&out) {
+                out = real;
             }
         }
+        out
     }
 
     /// Where `p` of node `node` is: on the node's agent's machine (lexical), or on this one.

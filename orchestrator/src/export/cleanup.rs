@@ -168,7 +168,8 @@ pub fn remove_unless(export_dir: &Path, instance: &str, keep: &Keep) -> Result<b
     if keep.is(id, mark.as_ref()) {
         return Ok(false);
     }
-    store::remove_export(export_dir, instance).map_err(|e| CleanupError::Remove(e.into()))?;
+    store::remove_export(export_dir, instance)
+        .map_err(|e| CleanupError::Remove(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())).into()))?;
     Ok(true)
 }
 

@@ -138,12 +138,21 @@ impl HooksRunner {
             self.await_output_end(&out, started, &kill_group, report)
         };
         interrupted |= matches!(end, OutputEnd::Stopped);
-        let cut_off = matches!(end, OutputEnd::CutOff);
+        let cut_off = match end {
+            OutputEnd::CutOff { escaped } => Some(escaped),
+            _ => None,
+        };
         if let Some(g) = guard {
             g.disarm();
         }
         let status = status?;
-        let text = output.lock().expect("reader").text();
+        let mut text = output.lock().expect("reader").text();
+        if let (Some(note), false, false) = (killed_note(&status), timed_out, interrupted) {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&note);
+        }
         Ok(Ran {
             success: status.success() && !timed_out && !interrupted,
             output: with_note(text, timed_out, interrupted, cut_off, timeout),
@@ -166,16 +175,23 @@ impl HooksRunner {
             let stopped = self.stopped();
             if stopped || started.elapsed() >= self.timeout || exited.elapsed() >= OUTPUT_GRACE {
                 kill_group();
-                out.end_or_abandon(Duration::from_secs(1));
+                // A process that left the group (`setsid`) survives the kill and keeps the
+                // output open: then it is not read any more, and said to still run.
+                let escaped = !out.end_or_abandon(Duration::from_secs(1));
                 if stopped {
                     return OutputEnd::Stopped;
                 }
+                let fate = if escaped {
+                    "those in its process group were killed, one that left it (setsid) still runs"
+                } else {
+                    "they were killed"
+                };
                 report(Note::warning(format!(
-                    "exited, leaving processes behind still running with its output open; they were \
-                     killed after {:.1}s and its output was cut off",
+                    "exited, leaving processes behind still running with its output open; {fate} \
+                     after {:.1}s and its output was cut off",
                     OUTPUT_GRACE.as_secs_f64()
                 )));
-                return OutputEnd::CutOff;
+                return OutputEnd::CutOff { escaped };
             }
         }
     }
@@ -186,7 +202,10 @@ enum OutputEnd {
     /// Every process closed it.
     Closed,
     /// Processes left behind kept it open past the grace (or the timeout) and were killed.
-    CutOff,
+    CutOff {
+        /// Whether one of them had left the script's process group and was not killed.
+        escaped: bool,
+    },
     /// The stop flag was set while they kept it open; they were killed.
     Stopped,
 }
@@ -203,10 +222,13 @@ impl Output {
     /// Waits at most `limit` for the end of the output, then stops reading it: a process that
     /// left the script's process group (`setsid`) and holds the pipe open would otherwise keep
     /// the reader thread and the pipe for as long as it lives (in an agent, for ever).
-    fn end_or_abandon(&self, limit: Duration) {
-        if self.eof.recv_timeout(limit).is_err() {
+    /// Whether the output ended (every writer closed it).
+    fn end_or_abandon(&self, limit: Duration) -> bool {
+        let ended = self.eof.recv_timeout(limit).is_ok();
+        if !ended {
             self.abandon.store(true, Ordering::SeqCst);
         }
+        ended
     }
 }
 
@@ -241,7 +263,19 @@ fn read_into(mut reader: fs::File, output: Arc<Mutex<Tail>>) -> Output {
 }
 
 /// A script's output with a last line saying why it was killed, if it was.
-fn with_note(mut text: String, timed_out: bool, interrupted: bool, cut_off: bool, timeout: Duration) -> String {
+/// For a script killed by a signal that we did not send (the OOM killer, an operator): which,
+/// as its output may not say.
+fn killed_note(status: &std::process::ExitStatus) -> Option<String> {
+    let sig = std::os::unix::process::ExitStatusExt::signal(status)?;
+    let name = Signal::from_named_raw(sig)
+        .map(|s| format!(" ({})", format!("{s:?}").replace("Signal::", "SIG").replace('"', "")))
+        .unwrap_or_default();
+    Some(format!("Hook script killed by signal {sig}{name}"))
+}
+
+/// `cut_off`: the output was cut off after the script exited, `Some(escaped)` where a process
+/// that left its process group still runs.
+fn with_note(mut text: String, timed_out: bool, interrupted: bool, cut_off: Option<bool>, timeout: Duration) -> String {
     let note = if timed_out {
         Some(format!(
             "Hook script killed after the {:.1}s timeout",
@@ -249,10 +283,15 @@ fn with_note(mut text: String, timed_out: bool, interrupted: bool, cut_off: bool
         ))
     } else if interrupted {
         Some("Hook script killed: diskstream was interrupted".to_string())
-    } else if cut_off {
+    } else if let Some(escaped) = cut_off {
+        let fate = if escaped {
+            "those in its process group killed (one that left it, with setsid, still runs)"
+        } else {
+            "those processes killed"
+        };
         Some(format!(
             "Hook script exited, but processes it left behind kept its output open: output cut off \
-             and those processes killed after {:.1}s",
+             and {fate} after {:.1}s",
             OUTPUT_GRACE.as_secs_f64()
         ))
     } else {
