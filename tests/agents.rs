@@ -828,3 +828,162 @@ fn a_long_hook_on_an_agent_is_reported_while_the_master_waits() {
         "the wait for node2's hooks is not reported: {t}"
     );
 }
+
+/// An agent acts on its own copy of the cluster config. A master whose copy says something
+/// else (here: the instance's first disk is another file) is refused before anything runs,
+/// naming both digests and the fix; before, the agent exported the disk of its own copy, and
+/// `--remove-instance` deleted what its copy named. `list` (which only reads the export
+/// directories) still answers.
+#[test]
+fn an_agent_refuses_a_master_whose_config_says_something_else() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("cd", 70).expect("namespaces");
+    let (cfg, _local, disks) = cluster(dir.path(), &net);
+    let _inst = InstanceGuard::new(&cfg, "inst1.example.com", true);
+    net.start_agents(&cfg, dir.path(), &[]);
+    // The master's copy beside the agents' one (same PKI, same relative paths).
+    let other = dir.path().join("other.img");
+    make_disk(&other, 24 << 20, Data::Mixed, 99);
+    let master_cfg = dir.path().join("master.toml");
+    let body = std::fs::read_to_string(&cfg).unwrap();
+    let from = format!("path = {:?}", disks[0].display().to_string());
+    assert!(body.contains(&from));
+    std::fs::write(&master_cfg, body.replacen(&from, &format!("path = {:?}", s(&other)), 1)).unwrap();
+    std::fs::set_permissions(&master_cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let pki = dir.path().join("pki");
+    assert!(pki.is_dir(), "the PKI is shared through the config's directory");
+    let before: Vec<Vec<u8>> = disks
+        .iter()
+        .chain([&other])
+        .map(|d| std::fs::read(d).unwrap())
+        .collect();
+    let mut args = export_args(s(&master_cfg));
+    args.push("--remove-instance");
+    args.push("--shutdown-timeout");
+    args.push("0");
+    let out = net.master(&args);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("runs with a cluster config that says something else than the master's")
+            && t.contains("copy the master's config to every node and restart their agents"),
+        "{t}"
+    );
+    let after: Vec<Vec<u8>> = disks
+        .iter()
+        .chain([&other])
+        .map(|d| std::fs::read(d).unwrap())
+        .collect();
+    assert!(before == after, "a disk was changed or removed");
+    assert!(
+        !export_dir(&node_roots(dir.path(), 3)[2])
+            .join("inst1.example.com")
+            .exists(),
+        "an export was made"
+    );
+    assert!(find_named(dir.path(), ".new").is_empty(), "staging left");
+    assert!(std::fs::read_to_string(&master_cfg)
+        .unwrap()
+        .contains("inst1.example.com"));
+    // Reading the export directories is still answered.
+    let out = net.master(&["list", "--cluster", s(&master_cfg)]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// A second agent started for a node whose agent runs cannot take its port, and deletes
+/// nothing: it swept the staging exports (which the running agent may be writing) before it
+/// tried to bind. The running agent's restart still sweeps them (nothing can finish them then).
+#[test]
+fn a_second_agent_of_a_node_leaves_the_running_ones_staging_alone() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("dup", 71).expect("namespaces");
+    let (cfg, _local, _disks) = cluster(dir.path(), &net);
+    net.start_agents(&cfg, dir.path(), &[]);
+    let staging = export_dir(&node_roots(dir.path(), 3)[2]).join("inst1.example.com.new");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join("disk0.partial"), b"being written").unwrap();
+    let log = dir.path().join("agent3-again.log");
+    net.start_agent(&cfg, 3, &log);
+    assert!(
+        wait_for(20, || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("in use")),
+        "the second agent did not fail on the port: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        staging.join("disk0.partial").exists(),
+        "the second agent deleted the staging export"
+    );
+    // The running agent's restart sweeps it.
+    net.kill_agent(1);
+    net.start_agent(&cfg, 3, &dir.path().join("agent3-restarted.log"));
+    assert!(
+        wait_for(20, || !staging.exists()),
+        "a restarted agent kept a staging export"
+    );
+}
+
+/// Between agents a disk is paced a chunk at a time, and a receiver that sees no byte for its
+/// inactivity timeout fails the stream: a `--bwlimit` that gives a disk less than 64 KiB/s is
+/// refused before anything runs (it failed as "stalled" after 30 s, the master later still).
+#[test]
+fn a_bwlimit_too_slow_for_the_agents_is_refused_up_front() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let net = Net::new("bw", 72).expect("namespaces");
+    let (cfg, _local, disks) = cluster(dir.path(), &net);
+    let before = std::fs::read(&disks[0]).unwrap();
+    // Two disks at once share 100K (100 000 bytes/s): 50 000 each.
+    let mut args = export_args(s(&cfg));
+    args.extend(["--bwlimit", "100K", "--max-parallel-disks", "2"]);
+    let out = net.master(&args);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{t}");
+    assert!(
+        t.contains("--bwlimit 100000 gives each of the 2 disk(s) moving at once 50000 bytes/s")
+            && t.contains("at least 65536 bytes/s"),
+        "{t}"
+    );
+    assert_eq!(std::fs::read(&disks[0]).unwrap(), before);
+    // One at a time, each gets all 100K: not refused for its rate (no agent runs: it fails
+    // later, reaching them).
+    let mut args = export_args(s(&cfg));
+    args.extend(["--bwlimit", "100K"]);
+    let t = text(&net.master(&args));
+    assert!(!t.contains("bytes/s; between node agents"), "{t}");
+}
+
+/// `remove` with a node whose agent does not answer warns of it (Ganeti's "Failed to query
+/// node ... (continuing)") in its log and its JSON `warnings`: it skipped the node silently.
+#[test]
+fn remove_warns_of_a_node_it_could_not_ask() {
+    if !usable() {
+        return;
+    }
+    let dir = scratch();
+    let mut net = Net::new("rm", 73).expect("namespaces");
+    let (cfg, _local, _disks) = cluster(dir.path(), &net);
+    net.start_agents(&cfg, dir.path(), &[]);
+    net.kill_agent(1);
+    let out = net.master(&["remove", "--cluster", s(&cfg), "--json", "inst1.example.com"]);
+    let t = text(&out);
+    assert!(out.status.success(), "Ganeti's remove succeeds: {t}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let warnings = v["warnings"].as_array().expect("warnings");
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .starts_with("Failed to query node node3.example.com (continuing)")),
+        "{v}"
+    );
+}

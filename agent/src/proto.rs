@@ -23,6 +23,17 @@ use diskstream_orchestrator::node::NodeOps;
 use diskstream_orchestrator::node::{NodeError, SendDisk, SnapshotRef, TransferError};
 use serde::{Deserialize, Serialize};
 
+/// The HTTP header of a call that carries the master's [`Cluster::digest`]: an agent whose
+/// config says something else refuses the call (a master without it, older, is taken at its
+/// word).
+///
+/// [`Cluster::digest`]: diskstream_orchestrator::cluster::Cluster::digest
+pub const CONFIG_HEADER: &str = "x-diskstream-config";
+
+/// Calls an agent answers whatever its config says: they only read the node's export
+/// directory, which is the node's own.
+pub const READ_ONLY_CALLS: &[&str] = &["list_exports", "export_listing"];
+
 /// A node operation, as the master asks it of a node's agent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case")]

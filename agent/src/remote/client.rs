@@ -46,6 +46,8 @@ pub struct Remote {
     connector: TlsConnector,
     addrs: HashMap<String, String>,
     timeouts: RemoteTimeouts,
+    /// [`Cluster::digest`] of the master's config, sent with every call.
+    config: String,
 }
 
 impl Remote {
@@ -70,6 +72,7 @@ impl Remote {
             connector: TlsConnector::from(cfg),
             addrs,
             timeouts,
+            config: cluster.digest(),
         })
     }
 
@@ -110,7 +113,7 @@ impl Remote {
             .get(node)
             .ok_or_else(|| WireError::new("failed", format!("node {node} has no agent address")))?;
         let t0 = std::time::Instant::now();
-        let fut = dial::call(&self.connector, self.timeouts.connect, node, addr, call);
+        let fut = dial::call(&self.connector, self.timeouts.connect, node, addr, call, &self.config);
         let stopped = async {
             match stop {
                 Some(s) => {

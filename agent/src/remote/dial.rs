@@ -66,6 +66,7 @@ pub(super) async fn call(
     node: &str,
     addr: &str,
     call: &Call,
+    config: &str,
 ) -> Result<Reply, CallFailed> {
     let unsent = |msg| CallFailed { msg, sent: false };
     let until = Instant::now() + connect;
@@ -82,7 +83,7 @@ pub(super) async fn call(
             Err(f) => return Err(unsent(f.msg)),
         }
     };
-    request(sender, node, call)
+    request(sender, node, call, config)
         .await
         .map_err(|msg| CallFailed { msg, sent: true })
 }
@@ -176,10 +177,11 @@ async fn open(
 }
 
 /// Sends `call` on a connection on which the agent spoke, and reads its answer.
-async fn request(mut sender: SendRequest<Full<Bytes>>, node: &str, call: &Call) -> Result<Reply, String> {
+async fn request(mut sender: SendRequest<Full<Bytes>>, node: &str, call: &Call, config: &str) -> Result<Reply, String> {
     let body = serde_json::to_vec(call).map_err(|e| e.to_string())?;
     let req = Request::post(format!("https://{node}/v1/{}", call.method()))
         .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(crate::proto::CONFIG_HEADER, config)
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let resp = sender
@@ -301,7 +303,7 @@ mod tests {
             node: "node3".into(),
             instance: "inst1".into(),
         };
-        let r = super::call(&c, Duration::from_secs(5), "node3", &addr, &call).await;
+        let r = super::call(&c, Duration::from_secs(5), "node3", &addr, &call, "").await;
         (r, requests.load(Ordering::SeqCst))
     }
 

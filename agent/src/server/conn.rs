@@ -28,6 +28,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use super::admit::{self, HandshakeSlot, Progress};
 use super::{answer, raise_open_files_limit, refused, Agent, KEEPALIVE_PING};
 use crate::tls;
+use diskstream_orchestrator::node::NodeOps;
 
 impl Agent {
     /// Serves until the agent's stop is over (`stop.rs`) or the process is killed.
@@ -35,6 +36,12 @@ impl Agent {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| format!("listen on {listen}: {e}"))?;
+        // Staging exports left by an agent that was killed: no master can finish them now.
+        // Only once the port is ours: a second agent of the node (which cannot bind it) must
+        // not delete what the running one is writing.
+        for i in self.cluster.instances() {
+            self.local.sweep_export_leftovers(&self.node, &i.name);
+        }
         // The address bound: with port 0 the kernel chose the port.
         let bound = listener.local_addr().unwrap_or(listen);
         say!("diskstream agent: node {} listening on {bound}", self.node);

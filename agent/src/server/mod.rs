@@ -12,6 +12,7 @@
 
 mod admit;
 mod conn;
+mod drift;
 mod handle;
 mod sending;
 mod stop;
@@ -73,6 +74,8 @@ const WRITERS_WAIT: Duration = Duration::from_secs(10);
 /// A running agent's state: its node, the cluster config, the node's operations, TLS.
 pub struct Agent {
     cluster: &'static Cluster,
+    /// [`Cluster::digest`] of `cluster`: a call from a master whose config differs is refused.
+    config: String,
     node: String,
     local: LocalNodeOps<'static>,
     server_tls: Arc<ServerConfig>,
@@ -171,6 +174,7 @@ impl Agent {
         let local = LocalNodeOps::new(cluster, hooks, stop).with_removal(Removal::Background);
         let agent = Self {
             cluster,
+            config: cluster.digest(),
             node: node.to_string(),
             local,
             server_tls,
@@ -187,15 +191,14 @@ impl Agent {
             begun: Default::default(),
             stopped: AtomicBool::new(false),
         };
-        // Staging exports left by an agent that was killed: no master can finish them now.
-        for i in cluster.instances() {
-            agent.local.sweep_export_leftovers(node, &i.name);
-        }
         Ok((agent, listen))
     }
 
     async fn request(&'static self, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
         let method = req.uri().path().strip_prefix("/v1/").unwrap_or("").to_string();
+        if let Some(msg) = self.config_differs(&method, req.headers().get(crate::proto::CONFIG_HEADER)) {
+            return Ok(answer(StatusCode::FORBIDDEN, Err(refused(msg))));
+        }
         let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => return Ok(answer(StatusCode::BAD_REQUEST, Err(refused(format!("body: {e}"))))),

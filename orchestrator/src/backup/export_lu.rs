@@ -121,6 +121,7 @@ impl LogicalUnit for ExportLu {
         }
         let target = c.node(&self.target).expect("expanded").clone();
         check_node_online(&target)?;
+        check_agent_rate(&self.op, &inst, primary, &target)?;
         if target.drained {
             return Err(OpError::prereq(
                 Ecode::State,
@@ -280,4 +281,36 @@ fn with_absolute_disks(c: &crate::cluster::Cluster, inst: &crate::cluster::Insta
         d.path = c.disk_path(d);
     }
     inst
+}
+
+/// The slowest `--bwlimit` a disk may get between agents: 64 KiB/s. The stream is paced a chunk
+/// (1 MiB) at a time, and a receiving agent that gets no byte for its inactivity timeout (30 s
+/// by default) fails the stream as stalled; at 64 KiB/s a chunk comes every 16 s.
+pub const MIN_AGENT_RATE: u64 = 64 << 10;
+
+/// Refuses a `--bwlimit` that gives a disk streamed between agents less than [`MIN_AGENT_RATE`]
+/// (it failed as "stalled" after 30 s, or waited much longer): it is shared by the disks moving
+/// at once.
+fn check_agent_rate(
+    op: &super::ExportOp,
+    inst: &crate::cluster::Instance,
+    primary: &crate::cluster::Node,
+    target: &crate::cluster::Node,
+) -> Result<(), OpError> {
+    let Some(rate) = op.bwlimit.filter(|&r| r > 0) else {
+        return Ok(());
+    };
+    if primary.address.is_none() && target.address.is_none() {
+        return Ok(());
+    }
+    let at_once = op.max_parallel_disks.clamp(1, inst.disks.len().max(1)) as u64;
+    if rate / at_once >= MIN_AGENT_RATE {
+        return Ok(());
+    }
+    Err(inval(format!(
+        "--bwlimit {rate} gives each of the {at_once} disk(s) moving at once {} bytes/s; between \
+         node agents a disk needs at least {MIN_AGENT_RATE} bytes/s (64K), or the receiving agent \
+         takes the stream for stalled",
+        rate / at_once
+    )))
 }

@@ -62,7 +62,7 @@ impl LogicalUnit for RemoveLu {
     fn declare_locks(&mut self, ctx: &Context<'_>, level: LockLevel, needed: &mut NeededLocks, _owner: &LockOwner) {
         // Ganeti locks every node; the nodes that hold an export of this name, or what an
         // interrupted run of it left (a staging or half-removed export, which no later export
-        // of a deleted instance would ever sweep), are enough.
+        // of a deleted instance would ever sweep), or that cannot say, are enough.
         if level == LockLevel::Node {
             self.nodes = ctx
                 .cluster
@@ -71,7 +71,9 @@ impl LogicalUnit for RemoveLu {
                 .filter(|n| !n.offline)
                 .filter(|n| {
                     let l = ctx.nodes.export_listing(&n.name, &self.name);
-                    l.leftovers || l.exports.is_ok_and(|e| e.contains(&self.name))
+                    // A node that could not be asked is kept: Exec asks again and warns
+                    // (it was dropped here, and a remove that missed it said nothing).
+                    l.leftovers || l.exports.as_ref().map_or(true, |e| e.contains(&self.name))
                 })
                 .map(|n| n.name.clone())
                 .collect();

@@ -244,6 +244,15 @@ impl Cluster {
         &self.config
     }
 
+    /// A digest of what the config says (not of how it is written: comments and layout do
+    /// not count): the master sends it with every call, and an agent whose copy says something
+    /// else refuses to act on it (`docs/data-plane.md`, "One config").
+    pub fn digest(&self) -> String {
+        let bytes = toml::to_string(&self.config).expect("a config serializes").into_bytes();
+        let hex = diskstream_engine::digest::hex(&diskstream_engine::digest::sha256(&bytes));
+        hex[..32].to_string()
+    }
+
     /// Cluster settings.
     pub fn info(&self) -> &ClusterInfo {
         &self.config.cluster
