@@ -240,9 +240,14 @@ impl<'c> AgentNodes<'c> {
                 node: req.target_node.clone(),
                 token: token.to_string(),
             };
-            let why = self.remote.call(&req.target_node, &ask, self.short()).ok();
-            why.and_then(|v| serde_json::from_value::<Option<WireError>>(v).ok())
-                .flatten()
+            match self.remote.call(&req.target_node, &ask, self.short()) {
+                Ok(v) => serde_json::from_value::<Option<WireError>>(v).ok().flatten(),
+                // Its agent cannot say (killed, stopped, cut off): that is its view.
+                Err(why) => Some(WireError::new(
+                    "unreachable",
+                    format!("its agent did not answer why the stream ended: {}", why.msg),
+                )),
+            }
         };
         let what = format!("{}/disk{}", req.instance, req.disk);
         TransferError::Node(Box::new(crate::abort::explain_send_failure(
@@ -302,7 +307,8 @@ impl NodeOps for AgentNodes<'_> {
             vec![HookResult {
                 script: dir,
                 status: HookStatus::Fail,
-                output: e.to_string(),
+                // Not a script's failure: Ganeti's "Communication failure to node".
+                output: format!("Communication failure to node {node}: {e} (no hook script ran there)"),
             }]
         })
     }

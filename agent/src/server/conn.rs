@@ -31,17 +31,28 @@ use crate::tls;
 use diskstream_orchestrator::node::NodeOps;
 
 impl Agent {
-    /// Serves until the agent's stop is over (`stop.rs`) or the process is killed.
-    pub async fn serve(&'static self, listen: SocketAddr) -> Result<(), String> {
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|e| format!("listen on {listen}: {e}"))?;
-        // Staging exports left by an agent that was killed: no master can finish them now.
-        // Only once the port is ours: a second agent of the node (which cannot bind it) must
-        // not delete what the running one is writing.
+    /// Binds `listen` (the port is then ours: a second agent of the node fails here), sweeps
+    /// the staging exports a killed agent left (no master can finish them now; not before the
+    /// port is ours, or a second agent would delete what the running one writes), and only then
+    /// listens: once the port accepts, the sweep is done.
+    fn claim_port(&self, listen: SocketAddr) -> std::io::Result<TcpListener> {
+        let sock = socket2::Socket::new(socket2::Domain::for_address(listen), socket2::Type::STREAM, None)?;
+        // As tokio's own bind: a restarted agent may take its port back at once.
+        sock.set_reuse_address(true)?;
+        sock.bind(&listen.into())?;
         for i in self.cluster.instances() {
             self.local.sweep_export_leftovers(&self.node, &i.name);
         }
+        sock.listen(1024)?;
+        sock.set_nonblocking(true)?;
+        TcpListener::from_std(sock.into())
+    }
+
+    /// Serves until the agent's stop is over (`stop.rs`) or the process is killed.
+    pub async fn serve(&'static self, listen: SocketAddr) -> Result<(), String> {
+        let listener = self
+            .claim_port(listen)
+            .map_err(|e| format!("listen on {listen}: {e}"))?;
         // The address bound: with port 0 the kernel chose the port.
         let bound = listener.local_addr().unwrap_or(listen);
         say!("diskstream agent: node {} listening on {bound}", self.node);

@@ -244,11 +244,19 @@ impl Cluster {
         &self.config
     }
 
-    /// A digest of what the config says (not of how it is written: comments and layout do
-    /// not count): the master sends it with every call, and an agent whose copy says something
-    /// else refuses to act on it (`docs/data-plane.md`, "One config").
+    /// A digest of what the config says about the cluster (not of how it is written: comments
+    /// and layout do not count; nor what is each machine's own view: the nodes' `address`es,
+    /// which a master on a primary's machine leaves out to run it in-process, the lock
+    /// directory and the PKI path): the master sends it with every call, and an agent whose
+    /// copy says something else refuses to act on it (`docs/data-plane.md`, "One config").
     pub fn digest(&self) -> String {
-        let bytes = toml::to_string(&self.config).expect("a config serializes").into_bytes();
+        let mut shared = self.config.clone();
+        shared.cluster.lock_dir = None;
+        shared.cluster.pki = None;
+        for n in &mut shared.nodes {
+            n.address = None;
+        }
+        let bytes = toml::to_string(&shared).expect("a config serializes").into_bytes();
         let hex = diskstream_engine::digest::hex(&diskstream_engine::digest::sha256(&bytes));
         hex[..32].to_string()
     }
