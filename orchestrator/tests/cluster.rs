@@ -624,3 +624,38 @@ fn parameter_names_must_be_ganeti_names_and_texts_carry_no_cr_or_nul() {
     parse(&with("hvparams", r#"kernel_path = "", vnc_x509_path = "/x""#)).unwrap();
     parse(&with("osparams", r#"dhcp-allowed = "yes", motd = "a\nb""#)).unwrap();
 }
+
+/// The digest an agent compares with the master's: what the config says, not how it is
+/// written, nor each machine's own view (addresses, lock directory, PKI); a disk path, a node
+/// root or an instance's command counts. The example config (drivers, NICs, parameters) has one.
+#[test]
+fn the_config_digest_is_what_the_config_says_about_the_cluster() {
+    let base = parse(BASE).unwrap().digest();
+    assert_eq!(base.len(), 32, "{base}");
+    let same = [
+        format!("# a comment\n{BASE}\n# another\n"),
+        BASE.replace(
+            "name = \"node2.example.com\"",
+            "name = \"node2.example.com\"\naddress = \"10.0.0.2:1811\"",
+        ),
+        BASE.replace(
+            "master = \"node1.example.com\"",
+            "master = \"node1.example.com\"\nlock_dir = \"/run/l\"\npki = \"/etc/p\"",
+        ),
+        BASE.replace("size = 10", "size    =    10"),
+    ];
+    for text in &same {
+        assert_eq!(parse(text).unwrap().digest(), base, "{text}");
+    }
+    let other = [
+        BASE.replace("disks/d1.img", "disks/d2.img"),
+        BASE.replace("root = \"vc/node1\"", "root = \"vc/node9\""),
+        BASE.replace("admin_state = \"up\"", "admin_state = \"down\""),
+        BASE.replace("maxmem = 128", "maxmem = 256"),
+    ];
+    for text in &other {
+        assert_ne!(parse(text).unwrap().digest(), base, "{text}");
+    }
+    let example = Cluster::load(example_path()).unwrap();
+    assert_eq!(example.digest(), Cluster::load(example_path()).unwrap().digest());
+}

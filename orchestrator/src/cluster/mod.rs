@@ -256,7 +256,11 @@ impl Cluster {
         for n in &mut shared.nodes {
             n.address = None;
         }
-        let bytes = toml::to_string(&shared).expect("a config serializes").into_bytes();
+        // A config that was parsed serializes; were it ever not to, its Debug form (maps keep
+        // the file's order) says the same on master and agent.
+        let bytes = toml::to_string(&shared)
+            .unwrap_or_else(|_| format!("{shared:?}"))
+            .into_bytes();
         let hex = diskstream_engine::digest::hex(&diskstream_engine::digest::sha256(&bytes));
         hex[..32].to_string()
     }
