@@ -36,6 +36,20 @@ fn cluster(dir: &Path) -> (PathBuf, Vec<PathBuf>, PathBuf) {
     (write_cluster(dir, &roots, &[inst], &[]), roots, disk)
 }
 
+/// `export --remove-instance --json` of the instance to node2 with the config `cfg`.
+fn export_removing(cfg: &Path) -> std::process::Output {
+    ds(&[
+        "export",
+        "--cluster",
+        s(cfg),
+        "-n",
+        "node2",
+        "--remove-instance",
+        "--json",
+        INST,
+    ])
+}
+
 /// `list --cluster CFG` that must fail within 20 s: its exit code and stderr.
 fn list_refused(cfg: &Path) -> (Option<i32>, String) {
     let out = ds_within(&["list", "--cluster", s(cfg)], Duration::from_secs(20));
@@ -130,16 +144,7 @@ fn the_configs_lock_is_never_followed_and_a_directory_others_can_write_is_refuse
     let (cfg, _, disk) = cluster(dir.path());
     let victim = dir.path().join("created-through-the-link");
     std::os::unix::fs::symlink(&victim, dir.path().join(".cluster.toml.lock")).unwrap();
-    let out = ds(&[
-        "export",
-        "--cluster",
-        s(&cfg),
-        "-n",
-        "node2",
-        "--remove-instance",
-        "--json",
-        INST,
-    ]);
+    let out = export_removing(&cfg);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "a prerequisite, before anything: {err}");
     assert!(
@@ -186,16 +191,7 @@ fn remove_instance_with_a_config_that_cannot_be_edited_keeps_the_disks() {
         st.success(),
         "chattr +i (the tests need a file system with immutable flags)"
     );
-    let out = ds(&[
-        "export",
-        "--cluster",
-        s(&moved),
-        "-n",
-        "node2",
-        "--remove-instance",
-        "--json",
-        INST,
-    ]);
+    let out = export_removing(&moved);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the JSON failure");

@@ -166,20 +166,24 @@ fn read_config(path: &Path) -> Result<String, ConfigError> {
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
         return Err(bad(format!("grew past {MAX_CONFIG_BYTES} bytes while it was read")));
     }
-    let line_of = |offset: usize| bytes[..offset].iter().filter(|&&b| b == b'\n').count() + 1;
     if let Some(i) = bytes.iter().position(|&b| b == 0) {
         return Err(bad(format!(
             "a NUL byte at line {}, byte offset {i}: not a TOML text file",
-            line_of(i)
+            line_of(&bytes, i)
         )));
     }
-    String::from_utf8(bytes.clone()).map_err(|e| {
+    String::from_utf8(bytes).map_err(|e| {
         let i = e.utf8_error().valid_up_to();
         bad(format!(
             "not UTF-8 at line {}, byte offset {i}: TOML files are UTF-8",
-            line_of(i)
+            line_of(e.as_bytes(), i)
         ))
     })
+}
+
+/// The line (from 1) of `bytes` that holds byte `offset`.
+fn line_of(bytes: &[u8], offset: usize) -> usize {
+    bytes[..offset].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 /// `msg` (a TOML parse error, which quotes the offending line) with every line cut to
