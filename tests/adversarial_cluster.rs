@@ -73,6 +73,14 @@ fn a_config_that_is_not_a_small_text_file_is_refused_at_once_naming_why() {
         err.contains("fifo.toml: not a regular file (a FIFO (named pipe))"),
         "{err}"
     );
+    // Refused unread, or missing: not "corrupt" (Ganeti's label for a file whose text is wrong).
+    assert!(err.starts_with("Cannot use configuration file: "), "{err}");
+    let (code, err) = list_refused(&dir.path().join("typo.toml"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.starts_with("Cannot use configuration file: ") && err.contains("typo.toml: No such file or directory"),
+        "{err}"
+    );
     let (_, err) = list_refused(Path::new("/dev/zero"));
     assert!(
         err.contains("/dev/zero: not a regular file (a character device)"),
@@ -89,6 +97,7 @@ fn a_config_that_is_not_a_small_text_file_is_refused_at_once_naming_why() {
     fs::write(&nul, b"[cluster]\nname = \"c\"\n\0\0\0").unwrap();
     let (_, err) = list_refused(&nul);
     assert!(err.contains("a NUL byte at line 3, byte offset 21"), "{err}");
+    assert!(err.starts_with("Corrupt configuration file: "), "{err}");
     let latin = dir.path().join("latin.toml");
     fs::write(&latin, b"[cluster]\nname = \"caf\xe9\"\n").unwrap();
     let (_, err) = list_refused(&latin);

@@ -199,6 +199,13 @@ impl OpError {
         Self::prereq(Ecode::NoEnt, format!("{what} '{name}' not known"))
     }
 
+    /// Whether this config error was caused by an I/O error: a cluster config that could not be
+    /// read or was refused before its text was (missing, not readable, writable by others), not
+    /// one whose text is wrong.
+    fn config_unusable(&self) -> bool {
+        self.kind == ErrorKind::Config && self.source.as_deref().is_some_and(|s| s.is::<std::io::Error>())
+    }
+
     /// The text the Ganeti CLI prints for this error (`cli.FormatError`).
     pub fn ganeti_report(&self) -> String {
         match self.kind {
@@ -211,6 +218,11 @@ impl OpError {
             ErrorKind::HooksAbort => format!("Failure: hooks execution failed:\n{}", self.msg),
             ErrorKind::HooksFailure => format!("Failure: hooks general failure: {}", self.msg),
             ErrorKind::Lock => format!("Failure: lock error: {}", self.msg),
+            // Ganeti's label says the file's text is at fault; a config that is missing or
+            // refused unread (a typo in --cluster, a directory others can write) is not corrupt.
+            ErrorKind::Config if self.config_unusable() => {
+                format!("Cannot use configuration file: {}\nAborting.", self.msg)
+            }
             ErrorKind::Config => {
                 format!("Corrupt configuration file: {}\nAborting.", self.msg)
             }

@@ -76,7 +76,12 @@ pub enum ConfigError {
 
 impl From<ConfigError> for OpError {
     fn from(e: ConfigError) -> Self {
-        OpError::config(e.to_string())
+        let op = OpError::config(e.to_string());
+        match e {
+            // Read or refused unread: the error's source says so (`OpError::ganeti_report`).
+            ConfigError::Io { source, .. } => op.with_source(source),
+            _ => op,
+        }
     }
 }
 
@@ -149,10 +154,10 @@ fn read_config(path: &Path) -> Result<String, ConfigError> {
         .map_err(at)?;
     let m = f.metadata().map_err(at)?;
     if !m.is_file() {
-        return Err(bad(format!(
+        return Err(at(io::Error::other(format!(
             "not a regular file ({}); a cluster config is a TOML file",
             diskstream_engine::input::kind_name(&m.file_type())
-        )));
+        ))));
     }
     check_trusted(path, &m)?;
     if m.len() > MAX_CONFIG_BYTES {
