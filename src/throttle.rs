@@ -44,18 +44,23 @@ pub struct Throttle {
 }
 
 /// Where the defaults file is, if any: `$DISKSTREAM_CONFIG` (must exist) or
-/// `/etc/diskstream.toml` (when present).
+/// `/etc/diskstream.toml` (when present). Either must be a regular file (or a link to one): a
+/// directory or FIFO by that name is an error, not a file without defaults.
 fn defaults_path() -> Result<Option<PathBuf>, String> {
-    match std::env::var_os("DISKSTREAM_CONFIG") {
-        Some(p) if !p.is_empty() => {
-            let p = PathBuf::from(p);
-            if p.is_file() {
-                Ok(Some(p))
-            } else {
-                Err(format!("{}: no such file (named by DISKSTREAM_CONFIG)", p.display()))
-            }
-        }
-        _ => Ok(Some(PathBuf::from("/etc/diskstream.toml")).filter(|p| p.is_file())),
+    let (path, named) = match std::env::var_os("DISKSTREAM_CONFIG") {
+        Some(p) if !p.is_empty() => (PathBuf::from(p), " (named by DISKSTREAM_CONFIG)"),
+        _ => (PathBuf::from("/etc/diskstream.toml"), ""),
+    };
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => Ok(Some(path)),
+        Ok(m) => Err(format!(
+            "{}: not a regular file ({}){named}; the defaults file is a TOML file",
+            path.display(),
+            diskstream_engine::input::kind_name(&m.file_type())
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && named.is_empty() => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!("{}: no such file{named}", path.display())),
+        Err(e) => Err(format!("{}: {e}{named}", path.display())),
     }
 }
 

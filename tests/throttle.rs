@@ -240,6 +240,17 @@ fn ionice_and_nice_apply_to_the_run_and_defaults_come_from_the_config_file() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such file (named by DISKSTREAM_CONFIG)"));
+    // A directory by that name is said to be one (it was "no such file").
+    let out = common::ds_env(
+        &["image", "scan", srcs],
+        &[("DISKSTREAM_CONFIG", dir.path().to_str().unwrap())],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a regular file (a directory) (named by DISKSTREAM_CONFIG)"),
+        "{err}"
+    );
 }
 
 /// A SIGINT to a run paced far below the disk's speed stops it at once, on every read path:
