@@ -6,7 +6,8 @@
 //! device's file replaced under it), a symbolic link as output (a dangling one failed only after
 //! the whole transfer, one to a file was replaced by a regular file), and a damaged chunk met
 //! mid-restore onto a device (the device was half overwritten, and the error did not say so: a
-//! device restore now checks the whole image first).
+//! device restore now checks the whole image first), and a refused create onto a device removed
+//! the manifest that still described it.
 //!
 //! Needs root (loop devices).
 
@@ -492,4 +493,62 @@ fn a_device_restore_checks_the_whole_image_first_and_a_file_restore_when_asked()
         assert!(j["verified_first_s"].as_f64().is_some(), "{format}: {j}");
         assert_eq!(sha(&out), sha(&src));
     }
+}
+
+/// A device's manifest from an earlier run describes what the device still holds until the next
+/// create writes its first chunk: a create refused (the disk does not fit) or stopped before
+/// then leaves it in place, and `verify` still passes. It used to be removed as soon as the
+/// device was opened (review of the engine as a library: a raw image without its manifest
+/// cannot be verified or restored). Once a chunk is written it goes, since it no longer holds.
+#[test]
+fn a_devices_manifest_stays_until_its_first_byte_is_overwritten() {
+    use diskstream_engine::ops::{self, CreateOptions};
+    let dir = scratch();
+    let d = dir.path();
+    let (src, big, backing, man) = (d.join("src"), d.join("big"), d.join("dev"), d.join("dev.manifest"));
+    make_disk(&src, 16 * MIB, Data::Random, 41);
+    make_disk(&big, 32 * MIB, Data::Random, 42);
+    make_disk(&backing, 16 * MIB, Data::Zeros, 0);
+    let lo = Loop::attach(&backing, false);
+    let create = |from: &Path, extra: &[&str]| {
+        let mut args = vec!["image", "create", s(from), lo.path(), "--manifest", s(&man), "-f"];
+        args.extend_from_slice(extra);
+        ds(&args)
+    };
+    let verified = || {
+        ds(&["image", "verify", lo.path(), "--manifest", s(&man)])
+            .status
+            .success()
+    };
+    let out = create(&src, &[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(verified());
+    let kept = std::fs::read(&man).unwrap();
+    // Refused: the disk does not fit on the device.
+    let out = create(&big, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("target device holds"), "{}", stderr_of(&out));
+    assert_eq!(
+        std::fs::read(&man).ok(),
+        Some(kept.clone()),
+        "the refusal removed the manifest"
+    );
+    assert!(verified(), "the device no longer matches its manifest");
+    // Stopped before the first chunk (through the library: the stop flag raised at the start).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut o = CreateOptions {
+        force: true,
+        manifest: Some(man.clone()),
+        ..CreateOptions::default()
+    };
+    o.tuning.stop = Some(stop);
+    let err = ops::create(&src, lo.path().as_ref(), &o, &Default::default()).unwrap_err();
+    assert!(err.is_cancelled(), "{err}");
+    assert_eq!(std::fs::read(&man).ok(), Some(kept), "the stop removed the manifest");
+    assert!(verified());
+    // Written over in full: the new manifest describes it.
+    let out = create(&src, &[]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(verified());
+    drop(lo);
 }

@@ -12,7 +12,7 @@ use crate::format::Header;
 use crate::sink::image::ImageSink;
 use crate::sink::manifest::ManifestOut;
 use crate::sink::raw::{Overwritten, RawSink};
-use crate::sink::target::{remove_stale_manifest, Target};
+use crate::sink::target::Target;
 use crate::sink::Sink;
 use crate::source::{Disk, DiskSource};
 use crate::transfer::Transfer;
@@ -29,10 +29,9 @@ pub fn create(src: &Path, out: &Path, o: &CreateOptions, progress: &Progress) ->
     check_outputs(src, out, Some(&manifest_path), o.force, o.format)?;
     // The manifest's temporary file first: every refusal comes before the first byte is written.
     let manifest_target = Target::create_file(&manifest_path, o.force, &[src])?;
+    // A device's manifest from an earlier run goes just before its first byte is overwritten
+    // (`RawSink::with_manifest`): a refusal or a stop before that leaves both as they were.
     let target = Target::create(out, o.force, true, &[src])?;
-    if target.is_device() {
-        remove_stale_manifest(&manifest_path)?;
-    }
     let temps = [
         (target.write_path().to_owned(), out.to_owned()),
         (manifest_target.write_path().to_owned(), manifest_path.clone()),

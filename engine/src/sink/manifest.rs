@@ -38,6 +38,11 @@ impl ManifestOut {
         }
     }
 
+    /// The path the manifest is committed to.
+    pub fn final_path(&self) -> &std::path::Path {
+        self.target.final_path()
+    }
+
     /// Records one chunk's kind and digest.
     pub fn record(&mut self, p: &Processed) {
         self.manifest.set(p.index, Self::kind_of(p), p.digest);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::manifest::{commit, ManifestOut};
-use super::target::Target;
+use super::target::{remove_stale_manifest, Target};
 use super::{Order, Sink, SinkNeeds, SinkStats, ZeroPolicy};
 use crate::buf::{AlignedBuf, PoolBuf};
 use crate::error::{Error, Result};
@@ -85,6 +85,10 @@ pub struct RawSink {
     flusher: Option<Flusher>,
     /// Where a device output's writes are counted.
     overwritten: Option<Arc<Overwritten>>,
+    /// A device output's manifest from an earlier run, removed just before the first chunk is
+    /// written: until then the device holds what it describes, and a refusal, a stop or a
+    /// read error before that leaves both as they were.
+    stale_manifest: Option<std::path::PathBuf>,
 }
 
 /// Syncs a file's data on a thread of its own every `every` bytes written, at most one sync
@@ -209,6 +213,7 @@ impl RawSink {
             stop: None,
             flusher: None,
             overwritten: None,
+            stale_manifest: None,
         })
     }
 
@@ -237,8 +242,13 @@ impl RawSink {
         self
     }
 
-    /// Records every chunk in `manifest`, committed with the image as a pair.
+    /// Records every chunk in `manifest`, committed with the image as a pair. On a device
+    /// output (written in place), the manifest already at that path is removed just before
+    /// the first chunk is written ([`remove_stale_manifest`]), not before.
     pub fn with_manifest(mut self, manifest: ManifestOut) -> Self {
+        if self.target.is_device() {
+            self.stale_manifest = Some(manifest.final_path().to_owned());
+        }
         self.manifest = Some(manifest);
         self
     }
@@ -419,6 +429,9 @@ impl Sink for RawSink {
     }
 
     fn put(&mut self, p: Processed) -> Result<()> {
+        if let Some(stale) = self.stale_manifest.take() {
+            remove_stale_manifest(&stale)?;
+        }
         if let Some(m) = &mut self.manifest {
             m.record(&p);
         }

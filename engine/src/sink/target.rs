@@ -223,7 +223,7 @@ impl Target {
     /// directories synced. A crash or failure between the two renames leaves the new manifest
     /// beside the previous image, which records its own digest, so `verify` names the mismatch;
     /// it never leaves a new image beside an old manifest. A device image is in place already:
-    /// its old manifest was removed before its first byte was overwritten
+    /// its old manifest was removed just before its first byte was overwritten (by the raw sink)
     /// ([`remove_stale_manifest`]).
     pub fn commit_with_manifest(mut self, mut manifest: Target) -> Result<PathBuf> {
         manifest.still_replaceable()?;
