@@ -187,3 +187,47 @@ fn an_image_that_appeared_meanwhile_is_kept_with_no_manifest_of_ours_beside_it()
     t.commit_with_manifest(m).unwrap();
     assert_eq!(fs::read(&out).unwrap(), b"ours");
 }
+
+/// Two runs replacing one image and its manifest at once (`--force`, a frontend running two
+/// creates of one name) take turns at the commit: whichever commits last, the image and the
+/// manifest on disk are its pair, and verify passes. Interleaved, their renames left one run's
+/// manifest beside the other's image (12 rounds in 40 in the review that found it), though
+/// both runs had succeeded. And one run's sweep of leftovers no longer removes the temporary
+/// file the other has just made (it dropped the file's lock before removing it: the other
+/// locked the file and wrote it, and its commit found it gone, about one run in 30).
+#[test]
+fn two_forced_creates_of_one_name_leave_a_pair_that_belongs_together() {
+    use diskstream_engine::ops::{self, CreateOptions, VerifyOptions};
+    let d = tempfile::tempdir().unwrap();
+    let srcs = [d.path().join("a"), d.path().join("b")];
+    for (i, s) in srcs.iter().enumerate() {
+        diskstream_engine::write_sample_disk(s, 8 << 20, 60, i as u64 + 1).unwrap();
+    }
+    let out = d.path().join("race.raw");
+    let o = CreateOptions {
+        force: true,
+        ..CreateOptions::default()
+    };
+    for round in 0..100 {
+        std::thread::scope(|sc| {
+            let runs: Vec<_> = srcs
+                .iter()
+                .map(|src| sc.spawn(|| ops::create(src, &out, &o, &Default::default())))
+                .collect();
+            for r in runs {
+                let names = || {
+                    fs::read_dir(d.path())
+                        .unwrap()
+                        .map(|e| e.unwrap().file_name())
+                        .collect::<Vec<_>>()
+                };
+                r.join()
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("round {round}: {e} (files: {:?})", names()));
+            }
+        });
+        let v = ops::verify(&out, &VerifyOptions::default(), &Default::default());
+        assert!(v.is_ok(), "round {round}: {}", v.unwrap_err());
+    }
+    assert!(partials(d.path()).is_empty(), "{:?}", partials(d.path()));
+}

@@ -179,31 +179,36 @@ pub fn sweep(path: &Path, spare: &[&Path]) -> Vec<PathBuf> {
             continue;
         };
         let p = e.path();
-        if leftover(&p, kind, &spared) && std::fs::remove_file(&p).is_ok() {
-            removed.push(p);
+        // Removed while the leftover's lock is held: a writer that made a file of this name a
+        // moment ago and has not locked it yet cannot lock it now, and makes another.
+        if let Some(_held) = leftover(&p, kind, &spared) {
+            if std::fs::remove_file(&p).is_ok() {
+                removed.push(p);
+            }
         }
     }
     removed
 }
 
-/// Whether the temporary file at `p` is a leftover to remove. Its lock is taken on a handle of
-/// its own and held until the caller has removed it (released when the handle closes).
-fn leftover(p: &Path, kind: Tail, spared: &[(u64, u64)]) -> bool {
-    let Ok(f) = OpenOptions::new()
+/// The temporary file at `p` if it is a leftover to remove, opened on a handle of its own
+/// whose lock the caller holds until it has removed the file (released when the handle
+/// closes). Dropped before the removal, the lock let a writer that had just made the file
+/// lock it and go on writing a file that was then removed under it (its commit failed).
+fn leftover(p: &Path, kind: Tail, spared: &[(u64, u64)]) -> Option<File> {
+    let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(p)
-    else {
-        return false;
-    };
-    let Ok(m) = f.metadata() else { return false };
+        .ok()?;
+    let m = f.metadata().ok()?;
     if !m.is_file() || spared.contains(&(m.dev(), m.ino())) {
-        return false;
+        return None;
     }
-    match kind {
+    let gone = match kind {
         Tail::Locked(pid) => lock_soon(&f, pid),
         Tail::Pid(pid) => pid == std::process::id() || !live_diskstream(pid),
-    }
+    };
+    gone.then_some(f)
 }
 
 /// Takes the lock of a temporary file whose name carries `pid`. A writer holds it while it

@@ -237,6 +237,9 @@ impl Target {
         self.file
             .sync_all()
             .map_err(|e| Error::io("fsync", self.write_path(), 0, e))?;
+        // Two runs committing pairs of one name (with --force) take turns: interleaved, their
+        // renames left one run's manifest beside the other's image, though both succeeded.
+        let _turn = self.temp_path.as_ref().and_then(|_| commit_turn(&self.final_path));
         if let Some(temp) = &manifest.temp_path {
             test_only_fault("rename-manifest")
                 .and_then(|()| place(temp, &manifest.final_path, manifest.replace))
@@ -456,6 +459,39 @@ fn rename_error(temp: &Path, dest: &Path, e: io::Error) -> Error {
         ));
     }
     Error::io("rename", temp, 0, e)
+}
+
+/// How long a commit waits for its turn ([`commit_turn`]) before it goes ahead without one.
+const COMMIT_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An exclusive `flock` on the directory that holds `path`, held (until dropped) across a
+/// pair's two renames, so that commits of pairs into one directory, by this process or
+/// another, do not interleave. Best effort: where the directory cannot be locked (a file
+/// system without `flock` on directories, such as NFS) or someone holds the lock for longer
+/// than [`COMMIT_TURN_WAIT`] (it is any reader's to take), the commit goes ahead without it,
+/// as it did before; an interleaving is then still caught by `verify` (each image records its
+/// digest), never silent.
+fn commit_turn(path: &Path) -> Option<File> {
+    use rustix::fs::{flock, FlockOperation};
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let d = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .ok()?;
+    let until = std::time::Instant::now() + COMMIT_TURN_WAIT;
+    loop {
+        match flock(&d, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Some(d),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK && std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(_) => return None,
+        }
+    }
 }
 
 /// Fsyncs the directory holding `path`, making a rename in it durable.
