@@ -39,6 +39,26 @@
 //! no safe wrapper); every block says why it is sound. The `testing` feature adds `sample`
 //! (deterministic sample disks and data), `fuzzing` (the fuzz targets' entry points) and
 //! `flock_holder` (a process holding a file's lock): test support, not API.
+//!
+//! # Embedding
+//!
+//! - The operations in [`ops`] check their options ([`tuning::Tuning::check`], the chunk count
+//!   and the buffers' memory against the machine's) and refuse with [`ErrorKind::Invalid`]
+//!   before anything is allocated or written. A frontend that runs a [`source::Source`] through
+//!   [`transfer::Transfer`] itself should call `Tuning::check` and
+//!   [`source::DiskSource::checked`] first (the source checks again when it runs).
+//! - Options and reports are plain structs with public fields: build them with
+//!   `..Default::default()`, and do not destructure them exhaustively (fields are added).
+//!   Error texts name the CLI's flags (`--chunk-size`, `--force`), the one frontend they were
+//!   written for; branch on [`Error::kind`], not on the text.
+//! - Several operations may run at once in one process. Outputs of one name get temporary files
+//!   of their own; two `force` creates of one name take turns at the commit, the last one's
+//!   pair wins ([`sink::target`]).
+//! - The engine installs no signal handler and no logging subscriber and spawns no thread that
+//!   outlives an operation. [`stop::StopFlag`] stops one, [`stop::Progress`] counts its bytes.
+//!   In builds with debug assertions, the environment variables `DISKSTREAM_TEST_ONLY_FAIL_AT`
+//!   and `DISKSTREAM_TEST_ONLY_CRASH_AT` inject faults at the commit for the project's tests
+//!   (`docs/image-format.md`); release builds never read them.
 
 #![deny(missing_docs)]
 

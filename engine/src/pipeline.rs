@@ -92,6 +92,72 @@ pub fn pool_shape(chunk_size: u32, disk_size: u64, want: usize) -> (usize, usize
     (size, count)
 }
 
+/// The most chunks one disk may be cut into: its read plan and its manifest hold some 100 bytes
+/// per chunk in memory (64 TiB in the default 1 MiB chunks).
+pub const MAX_CHUNKS: u64 = 1 << 26;
+
+/// Refuses, before anything is allocated, a run whose per-chunk lists or whose [`Pools`]
+/// (`depth` reads in flight, `threads` workers, lz4 output buffers if `compress`) would not fit:
+/// more than [`MAX_CHUNKS`] chunks, or buffers over half of this machine's memory. An
+/// allocation that fails aborts the process, the embedding frontend's with it.
+pub fn check_memory(chunk_size: u32, disk_size: u64, depth: u32, threads: usize, compress: bool) -> Result<()> {
+    check_chunks(chunk_size, disk_size)?;
+    let (size, count) = pool_shape(
+        chunk_size,
+        disk_size,
+        (depth as usize).saturating_add(threads).saturating_add(2),
+    );
+    let out = if compress {
+        lz4_flex::block::get_maximum_output_size(size)
+    } else {
+        0
+    };
+    let bytes = ((size + out) as u64).saturating_mul(count as u64);
+    match mem_total() {
+        Some(total) if bytes > total / 2 => Err(Error::Invalid(format!(
+            "chunks of {chunk_size} bytes with {depth} in flight and {threads} workers need {} MiB of \
+             buffers, more than half of this machine's memory ({} MiB): use smaller chunks, fewer \
+             reads in flight or fewer workers",
+            bytes >> 20,
+            total >> 20
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a chunk size the engine does not take (a power of two from `MIN_CHUNK` to
+/// `MAX_CHUNK`) and a disk of more than [`MAX_CHUNKS`] such chunks.
+pub fn check_chunks(chunk_size: u32, disk_size: u64) -> Result<()> {
+    use crate::format::{MAX_CHUNK, MIN_CHUNK};
+    if !chunk_size.is_power_of_two() || !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk_size) {
+        return Err(Error::Invalid(format!(
+            "chunk size {chunk_size}: must be a power of two from {MIN_CHUNK} to {MAX_CHUNK}"
+        )));
+    }
+    let chunks = disk_size.div_ceil(u64::from(chunk_size));
+    if chunks > MAX_CHUNKS {
+        return Err(Error::Invalid(format!(
+            "a disk of {disk_size} bytes in chunks of {chunk_size} bytes is {chunks} chunks, more than \
+             {MAX_CHUNKS} (each is held in memory, in the read plan and the manifest): use chunks of \
+             at least {} bytes",
+            disk_size.div_ceil(MAX_CHUNKS).next_power_of_two()
+        )));
+    }
+    Ok(())
+}
+
+/// This machine's memory (`MemTotal` of `/proc/meminfo`), if it can be read.
+fn mem_total() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = info.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+    kib.trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|k| k << 10)
+}
+
 /// The buffer pools of one run: read buffers, and compression output buffers when compressing.
 #[derive(Clone)]
 pub struct Pools {

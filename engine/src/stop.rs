@@ -10,7 +10,11 @@ use crate::error::{Error, Result};
 /// the next chunk; it then fails with [`Error::Cancelled`] and cleans up like any failure.
 pub type StopFlag = Arc<AtomicBool>;
 
-/// Bytes of disk processed so far; the CLI polls it to draw progress.
+/// Bytes of disk processed so far; the CLI polls it to draw progress. It only grows, and an
+/// operation adds to it without resetting it (a counter reused across runs goes on from where
+/// it was). An operation that reads its input twice counts both passes: a `restore` that
+/// checks the whole image first (`RestoreOptions::verify_first`, the default onto a block
+/// device) reaches twice the disk size.
 pub type Progress = Arc<AtomicU64>;
 
 /// [`Error::Cancelled`] if `stop` is set.

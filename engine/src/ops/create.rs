@@ -23,7 +23,9 @@ pub fn create(src: &Path, out: &Path, o: &CreateOptions, progress: &Progress) ->
     let t = &o.tuning;
     t.check()?;
     let disk = Disk::open(src)?;
-    let mut source = DiskSource::new(disk, t.chunk_size, o.checksum).limit(o.limit);
+    let mut source = DiskSource::new(disk, t.chunk_size, o.checksum)
+        .limit(o.limit)
+        .checked()?;
     let info = crate::source::Source::info(&source);
     let manifest_path = manifest_path(out, o.manifest.as_deref())?;
     check_outputs(src, out, Some(&manifest_path), o.force, o.format)?;

@@ -155,7 +155,9 @@ pub(super) fn raw_image_source(img: &ImageFile, manifest: &Manifest) -> Result<D
         return Err(replaced(image));
     }
     size_fits(image, img.is_device(), disk.size(), manifest.disk_size)?;
-    Ok(DiskSource::new(disk, manifest.chunk_size, manifest.checksum).limit(Some(manifest.disk_size)))
+    DiskSource::new(disk, manifest.chunk_size, manifest.checksum)
+        .limit(Some(manifest.disk_size))
+        .checked()
 }
 
 /// An image that ended before its reader did (cut short while it was being read: a short

@@ -17,7 +17,9 @@ pub fn scan(src: &Path, o: &ScanOptions, progress: &Progress) -> Result<Report> 
     let t0 = Instant::now();
     let t = &o.tuning;
     t.check()?;
-    let mut source = DiskSource::new(Disk::open(src)?, t.chunk_size, o.checksum).limit(o.limit);
+    let mut source = DiskSource::new(Disk::open(src)?, t.chunk_size, o.checksum)
+        .limit(o.limit)
+        .checked()?;
     let info = source.info();
     let sink = NullSink::new(o.compress).with_digest(o.checksum, info.disk_size, info.chunk_size);
     Transfer::new(ReportHead::new("scan"), t, progress, t0).run(&mut source, Box::new(sink))

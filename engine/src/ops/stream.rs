@@ -34,7 +34,9 @@ pub fn send<W: Write + Send>(
     let t = &o.tuning;
     t.check()?;
     let disk = Disk::open(src)?;
-    let mut source = DiskSource::new(disk, t.chunk_size, o.checksum).limit(o.limit);
+    let mut source = DiskSource::new(disk, t.chunk_size, o.checksum)
+        .limit(o.limit)
+        .checked()?;
     let info = source.info();
     let header = Header {
         disk_size: info.disk_size,

@@ -6,7 +6,7 @@
 //!
 //! An image and its manifest are committed together ([`Target::commit_with_manifest`]): both are
 //! complete and synced under temporary names before either is renamed, the manifest is renamed
-//! first, and the image records its whole-image digest (`user.diskstream.sha256`) so that a
+//! first, and the image records its whole-image digest (`user.diskstream.digest`) so that a
 //! reader can tell a manifest that belongs to another image (a commit cut between the renames)
 //! from damage (docs/image-format.md, "Committing an image and its manifest").
 //!

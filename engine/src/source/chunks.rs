@@ -37,6 +37,14 @@ impl DiskSource {
         self
     }
 
+    /// This source, if the engine can take its disk in its chunks
+    /// ([`pipeline::check_chunks`]): call it before anything sized by the chunk count (a
+    /// manifest) is made; [`Source::run`] checks again.
+    pub fn checked(self) -> Result<Self> {
+        pipeline::check_chunks(self.chunk_size, self.size)?;
+        Ok(self)
+    }
+
     /// The disk.
     pub fn disk(&self) -> &Disk {
         &self.disk
@@ -57,6 +65,10 @@ impl Source for DiskSource {
     fn run(&mut self, spec: RunSpec<'_>, deliver: &mut dyn FnMut(Processed) -> Result<()>) -> Result<SourceStats> {
         let t = spec.tuning;
         let cs = self.chunk_size;
+        // Checked here too, for a frontend that runs a source without an operation of `ops`.
+        t.check()?;
+        let depth = t.queue_depth.saturating_add(spec.needs.in_flight);
+        pipeline::check_memory(cs, self.size, depth, t.threads, spec.needs.lz4)?;
         let plans = plan_chunks(self.size, cs, self.disk.logical_block(), &self.disk.data_extents()?);
         let (mut backend, note) = ring::probe(
             t.backend,
@@ -67,16 +79,9 @@ impl Source for DiskSource {
         );
         backend.set_pacer(spec.pace.cloned());
         // A sink that keeps chunks in flight (raw writes) holds read buffers too.
-        let pools = Pools::new(
-            cs,
-            self.size,
-            t.queue_depth + spec.needs.in_flight,
-            t.threads,
-            spec.needs.lz4,
-            t.pages,
-        )
-        .with_gate(spec.lz4_gate.cloned())
-        .with_payload_crc(spec.needs.payload_crc);
+        let pools = Pools::new(cs, self.size, depth, t.threads, spec.needs.lz4, t.pages)
+            .with_gate(spec.lz4_gate.cloned())
+            .with_payload_crc(spec.needs.payload_crc);
         let mut warnings: Vec<String> = self.disk.warning().map(str::to_owned).into_iter().chain(note).collect();
         let pages = pools.input.pages_name();
         if t.pages == Pages::Hugetlb && !pools.input.hugetlb() {
