@@ -3,7 +3,7 @@
 //! `AlignedBuf` is the unit of memory that moves through every stage (source → ring →
 //! pipeline → sink): the kernel DMAs into it under O_DIRECT, workers hash and compress it,
 //! the raw sink hands the very same buffer back to the kernel. The pool hands out at most
-//! `capacity` buffers, carved lazily out of one [`Slab`] and never freed until the pool and all
+//! `capacity` buffers, carved lazily out of one `Slab` and never freed until the pool and all
 //! its buffers are gone, so peak memory is bounded by the pool and steady state allocates
 //! nothing (`engine/tests/alloc.rs` counts it).
 //!

@@ -24,13 +24,13 @@
 //! - [`tuning`]: [`tuning::Tuning`], the knobs every operation shares; [`stop`]: the stop flag
 //!   and progress counter a frontend holds; [`pace`]: the `--bwlimit` pacer; [`priority`]:
 //!   `--ionice`/`--nice`.
-//! - [`format`]: the `dsimg` byte format (encoder and decoder; the compatibility boundary,
+//! - [`format`](mod@format): the `dsimg` byte format (encoder and decoder; the compatibility boundary,
 //!   specified in `docs/image-format.md`) and [`manifest`]: the per-chunk digest list.
 //! - [`input`]: inputs refused unless they are regular files (or block devices) before any open
 //!   that could block, and manifests read no further than the disk they describe.
 //! - [`ops`]: the operations the CLI exposes, one file each: create, verify, restore, scan, info,
 //!   with their options (one type per operation).
-//! - [`bench`]: stage measurements for `diskstream bench`.
+//! - [`bench`](mod@bench): stage measurements for `diskstream bench`.
 //!
 //! Modules depend on each other in one direction only (no cycle): disk, plan, stop, tuning, pace
 //! below ring and pipeline; those below source and sink; then report, transfer, and ops on top.

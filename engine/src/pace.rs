@@ -7,7 +7,7 @@
 //! through at once), so in any window of `w` seconds at most `rate·w + rate·BURST + one chunk`
 //! bytes start, and over a long run the mean is the rate.
 //!
-//! Every wait sleeps in slices of at most [`NAP`] and ends as soon as the run's stop flag is
+//! Every wait sleeps in slices of at most `NAP` and ends as soon as the run's stop flag is
 //! raised (SIGINT/SIGTERM), however low the rate: a stop never waits for the pacer. A rate of 0
 //! is no limit (as rsync and vzdump read it): [`crate::tuning::Tuning::pacer`] then makes none.
 
@@ -65,7 +65,7 @@ impl Pacer {
         *tat = Some(from + Duration::from_secs_f64(bytes as f64 / self.rate));
     }
 
-    /// Waits until a transfer may start, in naps of at most [`NAP`]. Returns false as soon as
+    /// Waits until a transfer may start, in naps of at most `NAP`. Returns false as soon as
     /// the stop flag is raised (the caller then ends the run with [`crate::Error::Cancelled`]),
     /// true when the transfer may start.
     pub fn ready(&self) -> bool {

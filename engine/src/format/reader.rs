@@ -395,7 +395,7 @@ const INDEX_PIECE: usize = 64 * 1024 * INDEX_ENTRY_LEN;
 /// Checks the structure of an image file (header, trailer, index and how they fit the file's
 /// length) without reading the frames. Catches truncation and most structural damage at once.
 /// Memory is bounded whatever the header claims: the index must fit between the frames' least
-/// possible end and the trailer, and is read, hashed and checked in pieces of [`INDEX_PIECE`].
+/// possible end and the trailer, and is read, hashed and checked in pieces of `INDEX_PIECE`.
 pub fn read_layout(file: &File, path: &Path) -> Result<Layout> {
     let meta = file.metadata().map_err(|e| Error::io("stat", path, 0, e))?;
     if !meta.is_file() {

@@ -117,7 +117,7 @@ pub(super) fn output_head(
     head
 }
 
-/// Which format the image at `path` is read as (see [`ImageFile::format`]): the dsimg magic,
+/// Which format the image at `path` is read as (see `ImageFile::format`): the dsimg magic,
 /// unless a manifest (`manifest`, or `IMAGE.manifest` if it exists) describes a raw image of
 /// this image's size. Anything but a regular file or block device (a FIFO, `/dev/stdin`, a
 /// directory) is refused before it is opened.

@@ -1,5 +1,5 @@
 //! `restore`: writes the disk an image holds to a file or device through a [`RawSink`], every
-//! chunk checked before it is written: a `dsimg` as a [`FrameSource`] (its structure checked
+//! chunk checked before it is written: a `dsimg` as a [`FrameSource`](crate::source::FrameSource) (its structure checked
 //! before the first byte lands), a raw image as a [`DiskSource`] through a [`VerifySink`] holding
 //! its manifest.
 //!

@@ -1,5 +1,5 @@
 //! `verify`: re-reads an image with O_DIRECT and checks every chunk: a `dsimg` as a
-//! [`FrameSource`] (each frame against its own digest; the structure first, and against its
+//! [`FrameSource`](crate::source::FrameSource) (each frame against its own digest; the structure first, and against its
 //! manifest if one is beside it), a raw image as a [`DiskSource`] into a [`VerifySink`] holding
 //! its manifest. The sink keeps nothing.
 //!
