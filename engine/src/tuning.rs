@@ -65,9 +65,12 @@ impl Default for Tuning {
     }
 }
 
-/// One worker per core (2 if the count is unknown).
+/// One worker per core (2 if the count is unknown), at most [`MAX_THREADS`] (a machine with more
+/// cores would otherwise fail its own defaults' check).
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(MAX_THREADS)
 }
 
 impl Tuning {
