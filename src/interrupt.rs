@@ -58,6 +58,12 @@ impl Interrupt {
             signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)?;
             signal_hook::flag::register(sig, Arc::clone(&flag))?;
         }
+        // A signal that came between its two registrations set the number alone (the process
+        // already showed the signal as caught): it stops the run all the same. Seen as a
+        // SIGTERM sent the moment the handlers showed up, which the run then ignored (exit 0).
+        if signal.load(Ordering::SeqCst) != 0 {
+            flag.store(true, Ordering::SeqCst);
+        }
         // A thread that sleeps in a read of signal-hook's pipe until the first signal.
         let mut signals = signal_hook::iterator::Signals::new(&sigs)?;
         std::thread::Builder::new()
