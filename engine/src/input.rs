@@ -87,10 +87,20 @@ fn pseudo_refusal(path: &Path, what: &str, fs: &str) -> String {
     )
 }
 
+/// Refuses an empty path, which names no file (its errors said `stat : No such file or
+/// directory`, naming nothing); `what` names the role ("the source", "the output").
+pub fn refuse_empty(path: &Path, what: &str) -> Result<()> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::Invalid(format!("{what}: an empty path names no file")));
+    }
+    Ok(())
+}
+
 /// Refuses `path` unless it is a regular file (or, with `allow_device`, a block device) outside
 /// the kernel's pseudo file systems, following symbolic links; opens nothing. `what` names the
 /// role in the message ("the image").
 pub fn check_kind(path: &Path, what: &str, allow_device: bool) -> Result<Metadata> {
+    refuse_empty(path, what)?;
     let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, 0, e))?;
     if !acceptable(&meta.file_type(), allow_device) {
         return Err(refusal(path, what, &meta.file_type(), allow_device));

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::digest::{hex, Checksum, Hash, ImageDigest, ZeroDigests};
 use crate::error::{Error, Result};
-use crate::format::{MAX_CHUNK, MIN_CHUNK};
+use crate::format::{chunk_size_ok, MAX_CHUNK, MIN_CHUNK};
 
 /// First line of every manifest this version writes.
 pub const MANIFEST_MAGIC: &str = "diskstream-manifest v2";
@@ -273,7 +273,7 @@ impl ManifestHeader {
         let disk_size: u64 = p.field("disk-size")?;
         let cs_at = p.pos;
         let chunk_size: u32 = p.field("chunk-size")?;
-        if !chunk_size.is_power_of_two() || !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk_size) {
+        if !chunk_size_ok(chunk_size) {
             // Exactly what a writer produces: a larger chunk would make every reader allocate
             // buffers of that size (a `chunk-size 2147483648` once aborted verify on 77 GB).
             return Err(Error::corrupt(

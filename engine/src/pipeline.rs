@@ -128,8 +128,8 @@ pub fn check_memory(chunk_size: u32, disk_size: u64, depth: u32, threads: usize,
 /// Refuses a chunk size the engine does not take (a power of two from `MIN_CHUNK` to
 /// `MAX_CHUNK`) and a disk of more than [`MAX_CHUNKS`] such chunks.
 pub fn check_chunks(chunk_size: u32, disk_size: u64) -> Result<()> {
-    use crate::format::{MAX_CHUNK, MIN_CHUNK};
-    if !chunk_size.is_power_of_two() || !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk_size) {
+    use crate::format::{chunk_size_ok, MAX_CHUNK, MIN_CHUNK};
+    if !chunk_size_ok(chunk_size) {
         return Err(Error::Invalid(format!(
             "chunk size {chunk_size}: must be a power of two from {MIN_CHUNK} to {MAX_CHUNK}"
         )));

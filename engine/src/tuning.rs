@@ -3,7 +3,7 @@
 
 use crate::buf::Pages;
 use crate::error::{Error, Result};
-use crate::format::{MAX_CHUNK, MIN_CHUNK};
+use crate::format::{chunk_size_ok, MAX_CHUNK, MIN_CHUNK};
 use crate::ring::BackendKind;
 use crate::stop::{check_stop, StopFlag};
 
@@ -77,7 +77,7 @@ impl Tuning {
     /// Refuses values outside what the engine supports.
     pub fn check(&self) -> Result<()> {
         let cs = self.chunk_size;
-        if !cs.is_power_of_two() || !(MIN_CHUNK..=MAX_CHUNK).contains(&cs) {
+        if !chunk_size_ok(cs) {
             return Err(Error::Invalid(format!(
                 "--chunk-size {cs}: must be a power of two from {MIN_CHUNK} to {MAX_CHUNK}"
             )));

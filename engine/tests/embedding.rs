@@ -88,3 +88,27 @@ fn a_source_run_with_a_chunk_size_no_operation_takes_is_an_error_not_a_panic() {
         );
     }
 }
+
+#[test]
+fn an_empty_path_is_refused_as_such() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("small.img");
+    sparse(&src, 1 << 20);
+    let o = CreateOptions::default();
+    let p = Default::default();
+    let e = ops::create(Path::new(""), &d.path().join("o.raw"), &o, &p).unwrap_err();
+    assert!(e.to_string().contains("the source: an empty path names no file"), "{e}");
+    let e = ops::create(&src, Path::new(""), &o, &p).unwrap_err();
+    assert!(e.to_string().contains("an empty path names no file"), "{e}");
+    let with_manifest = CreateOptions {
+        manifest: Some("".into()),
+        ..CreateOptions::default()
+    };
+    let e = ops::create(&src, &d.path().join("o.raw"), &with_manifest, &p).unwrap_err();
+    assert!(e.to_string().contains("an empty path names no file"), "{e}");
+    let names: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["small.img"], "a refused create left files");
+}

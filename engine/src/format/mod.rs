@@ -31,6 +31,12 @@ pub const MIN_CHUNK: u32 = 4096;
 /// Largest chunk size (64 MiB).
 pub const MAX_CHUNK: u32 = 64 << 20;
 
+/// Whether the engine takes chunks of `chunk_size` bytes: a power of two from [`MIN_CHUNK`] to
+/// [`MAX_CHUNK`] (what every writer produces, and all a reader ever allocates for).
+pub fn chunk_size_ok(chunk_size: u32) -> bool {
+    chunk_size.is_power_of_two() && (MIN_CHUNK..=MAX_CHUNK).contains(&chunk_size)
+}
+
 const FRAME_MAGIC: [u8; 4] = *b"DSFR";
 const INDEX_MAGIC: [u8; 4] = *b"DSIX";
 const TRAILER_MAGIC: [u8; 4] = *b"DSTR";
@@ -132,7 +138,7 @@ impl Header {
             chunk_size: u32_at(b, 24),
             checksum,
         };
-        if !h.chunk_size.is_power_of_two() || !(MIN_CHUNK..=MAX_CHUNK).contains(&h.chunk_size) {
+        if !chunk_size_ok(h.chunk_size) {
             return Err(format!(
                 "chunk size {} is not a power of two in {MIN_CHUNK}..={MAX_CHUNK}",
                 h.chunk_size

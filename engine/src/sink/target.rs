@@ -286,6 +286,7 @@ pub enum OutputKind {
 /// written: a new file; an existing regular file or (with `allow_device`) block device only with
 /// `force`; never a directory, FIFO, socket or character device.
 pub fn check_output(path: &Path, force: bool, allow_device: bool) -> Result<OutputKind> {
+    crate::input::refuse_empty(path, "the output")?;
     refuse_link_to_file(path)?;
     match std::fs::metadata(path) {
         Ok(m) if m.file_type().is_block_device() && allow_device => {
