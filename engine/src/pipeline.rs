@@ -102,11 +102,7 @@ pub const MAX_CHUNKS: u64 = 1 << 26;
 /// allocation that fails aborts the process, the embedding frontend's with it.
 pub fn check_memory(chunk_size: u32, disk_size: u64, depth: u32, threads: usize, compress: bool) -> Result<()> {
     check_chunks(chunk_size, disk_size)?;
-    let (size, count) = pool_shape(
-        chunk_size,
-        disk_size,
-        (depth as usize).saturating_add(threads).saturating_add(2),
-    );
+    let (size, count) = pool_shape(chunk_size, disk_size, pool_want(depth, threads));
     let out = if compress {
         lz4_flex::block::get_maximum_output_size(size)
     } else {
@@ -123,6 +119,13 @@ pub fn check_memory(chunk_size: u32, disk_size: u64, depth: u32, threads: usize,
         ))),
         _ => Ok(()),
     }
+}
+
+/// The read buffers a run with `depth` reads in flight and `threads` workers wants (two more
+/// for the reader's hands), before [`pool_shape`] fits them to the disk: what [`Pools::new`]
+/// makes and [`check_memory`] counts.
+fn pool_want(depth: u32, threads: usize) -> usize {
+    (depth as usize).saturating_add(threads).saturating_add(2)
 }
 
 /// Refuses a chunk size the engine does not take (a power of two from `MIN_CHUNK` to
@@ -179,7 +182,7 @@ impl Pools {
     /// and `threads` workers, made of `pages`, shaped by [`pool_shape`]. The read pool bounds
     /// memory: every chunk in flight holds one of its buffers.
     pub fn new(chunk_size: u32, disk_size: u64, depth: u32, threads: usize, compress: bool, pages: Pages) -> Self {
-        let (size, count) = pool_shape(chunk_size, disk_size, depth as usize + threads + 2);
+        let (size, count) = pool_shape(chunk_size, disk_size, pool_want(depth, threads));
         let out_size = lz4_flex::block::get_maximum_output_size(size);
         let pools = Self {
             input: BufPool::with_pages(size, count, pages),

@@ -3,7 +3,8 @@
 //! API panicked on values the operations would have refused. Each is now an error naming what
 //! is wrong, returned before anything is allocated or written.
 
-use std::path::Path;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
 use diskstream_engine::ops::{self, CreateOptions, ScanOptions};
 use diskstream_engine::source::DiskSource;
@@ -12,6 +13,22 @@ use diskstream_engine::ErrorKind;
 /// A sparse file of `size` bytes (no block allocated).
 fn sparse(path: &Path, size: u64) {
     std::fs::File::create(path).unwrap().set_len(size).unwrap();
+}
+
+/// A new directory holding a sparse 1 MiB `small.img`, and that file's path.
+fn small_disk() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("small.img");
+    sparse(&src, 1 << 20);
+    (d, src)
+}
+
+/// The names in `dir`.
+fn names(dir: &Path) -> Vec<OsString> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect()
 }
 
 #[test]
@@ -34,11 +51,7 @@ fn a_disk_of_too_many_chunks_is_refused_before_its_lists_are_allocated() {
     let mut c = CreateOptions::default();
     c.tuning.chunk_size = 4096;
     assert!(ops::create(&src, &out, &c, &Default::default()).is_err());
-    let names: Vec<_> = std::fs::read_dir(d.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(names, ["huge.img"], "create left files behind");
+    assert_eq!(names(d.path()), ["huge.img"], "create left files behind");
 }
 
 #[test]
@@ -74,9 +87,7 @@ fn buffers_over_half_of_the_memory_are_refused_not_an_abort() {
 
 #[test]
 fn a_source_run_with_a_chunk_size_no_operation_takes_is_an_error_not_a_panic() {
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("small.img");
-    sparse(&src, 1 << 20);
+    let (_d, src) = small_disk();
     for cs in [0, 1000, 3 << 20] {
         let disk = diskstream_engine::disk::Disk::open(&src).unwrap();
         let e = DiskSource::new(disk, cs, Default::default()).checked().err();
@@ -91,9 +102,7 @@ fn a_source_run_with_a_chunk_size_no_operation_takes_is_an_error_not_a_panic() {
 
 #[test]
 fn an_empty_path_is_refused_as_such() {
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("small.img");
-    sparse(&src, 1 << 20);
+    let (d, src) = small_disk();
     let o = CreateOptions::default();
     let p = Default::default();
     let e = ops::create(Path::new(""), &d.path().join("o.raw"), &o, &p).unwrap_err();
@@ -106,9 +115,5 @@ fn an_empty_path_is_refused_as_such() {
     };
     let e = ops::create(&src, &d.path().join("o.raw"), &with_manifest, &p).unwrap_err();
     assert!(e.to_string().contains("an empty path names no file"), "{e}");
-    let names: Vec<_> = std::fs::read_dir(d.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(names, ["small.img"], "a refused create left files");
+    assert_eq!(names(d.path()), ["small.img"], "a refused create left files");
 }
